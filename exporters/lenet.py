@@ -1,0 +1,121 @@
+"""The LeNet-5 family on MNIST: model, training, ONNX export (torch only).
+
+LeNet-5: conv1 (1 -> 6, 5x5, pad 2) -> ReLU -> max-pool 2 -> conv2 (6 -> 16, 5x5) -> ReLU -> max-pool 2
+-> fc 400 -> 120 -> ReLU -> 84 -> ReLU -> 10. ``width`` multiplies the conv channels (LeNet-5x10:
+60 and 160), ``fc_width`` the hidden fully connected widths.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+__all__ = ["LeNet5", "TrainConfig", "train", "export_onnx"]
+
+log = logging.getLogger(__name__)
+
+ONNX_OPSET = 17
+ONNX_IR_VERSION = 8  # the IR version that goes with opset 17; onnxruntime-gpu 1.31 reads <= 13
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 with a width multiplier on the conv channels and one on the hidden fc widths."""
+
+    def __init__(self, width: int = 1, fc_width: int = 1) -> None:
+        super().__init__()
+        c1, c2 = 6 * width, 16 * width
+        self.conv1 = nn.Conv2d(1, c1, 5, padding=2)
+        self.conv2 = nn.Conv2d(c1, c2, 5)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(c2 * 5 * 5, 120 * fc_width)
+        self.fc2 = nn.Linear(120 * fc_width, 84 * fc_width)
+        self.fc3 = nn.Linear(84 * fc_width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training recipe: Adam with a one-cycle learning rate, light random shifts."""
+
+    epochs: int = 8
+    batch_size: int = 128
+    max_lr: float = 3e-3
+    weight_decay: float = 1e-4
+    max_shift: int = 2
+    seed: int = 0
+
+
+def _random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels (zero fill), one offset per batch."""
+    if max_shift == 0:
+        return x
+    dx, dy = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=gen))
+    return torch.roll(torch.nn.functional.pad(x, (max_shift,) * 4), (dy, dx), (2, 3))[
+        :, :, max_shift:-max_shift, max_shift:-max_shift
+    ]
+
+
+def train(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> nn.Module:
+    """Train ``model`` on images ``x`` (N, 1, 28, 28) in [0, 1] and labels ``y`` (N,), deterministically."""
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    steps = cfg.epochs * math.ceil(len(xt) / cfg.batch_size)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.max_lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.max_lr, total_steps=steps)
+    model.train()
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(xt), generator=gen)
+        total = 0.0
+        for start in range(0, len(xt), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            xb = _random_shift(xt[idx], cfg.max_shift, gen)
+            loss = nn.functional.cross_entropy(model(xb), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, total / len(xt))
+    model.eval()
+    return model
+
+
+def export_onnx(model: nn.Module, path: str) -> onnx.ModelProto:
+    """Export to ONNX: input ``input`` (N, 1, 28, 28), output ``logits``, dynamic batch,
+    opset 17, IR version 8, conv nodes named ``conv1``, ``conv2``, ..."""
+    model.eval()
+    dummy = torch.zeros(1, 1, 28, 28)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        path,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        opset_version=ONNX_OPSET,
+        dynamo=False,
+    )
+    proto = onnx.load(path)
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    for i, node in enumerate(convs, start=1):
+        node.name = f"conv{i}"
+    proto.ir_version = ONNX_IR_VERSION
+    proto.producer_name = "onnxredund-exporters"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, path)
+    return proto

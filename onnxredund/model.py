@@ -1,0 +1,456 @@
+"""Load, validate and describe an ONNX CNN: its input and its conv layers.
+
+``load_model(path)`` returns a :class:`Model`: the validated ``ModelProto`` (IR version lowered to
+what onnxruntime reads, batch made dynamic where provably safe), the data input, and one
+:class:`ConvLayer` record per Conv node in graph order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from onnxredund.errors import OnnxRedundError
+
+__all__ = ["ConvLayer", "Model", "load_model", "MAX_IR_VERSION", "MAX_OPSET", "MIN_OPSET"]
+
+log = logging.getLogger(__name__)
+
+MAX_IR_VERSION = 13  # newest IR that onnxruntime-gpu 1.31 reads
+MAX_OPSET = 26  # newest default-domain opset onnxruntime-gpu 1.31 runs
+MIN_OPSET = 7
+_ALLOWED_DOMAINS = ("", "ai.onnx")
+#: ops that keep a conv's output channel-wise; the activation A_i is the end of such a chain
+_UNARY_ELEMENTWISE = {
+    "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu",
+    "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu", "Identity",
+}  # fmt: skip
+_CONST_OPERAND_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "PRelu"}
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One conv layer in the conv's own (NCHW) terms.
+
+    Attributes:
+        index: position among the model's conv layers, from 0.
+        name: the node's name, or ``Conv_<node index>`` when it has none or shares it.
+        node_index: index of the Conv node in ``graph.node``.
+        input: tensor A_{i-1} the conv reads.
+        output: tensor the conv writes (pre-activation).
+        activation: tensor A_i, after the elementwise ops that directly follow the conv.
+        chain: op types between ``output`` and ``activation``.
+        weight: name of the weight tensor; bias: name of the bias tensor or None.
+        in_channels, out_channels, kernel, stride, pads, dilations, groups: conv geometry.
+        input_shape, output_shape: (C, H, W) of one sample.
+        macs: multiply-accumulates of the conv for one sample.
+    """
+
+    index: int
+    name: str
+    op: str
+    node_index: int
+    input: str
+    output: str
+    activation: str
+    chain: tuple[str, ...]
+    weight: str
+    bias: str | None
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    groups: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    macs: int
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["chain"] = list(self.chain)
+        for key in ("kernel", "stride", "pads", "dilations", "input_shape", "output_shape"):
+            d[key] = list(d[key])
+        return d
+
+
+@dataclass
+class Model:
+    """A validated model.
+
+    Attributes:
+        proto: the model, IR version <= 13, batch dynamic when ``batch_dynamic``.
+        path: the file it came from (never written).
+        input_name: the data input; sample_shape: its shape without the batch.
+        output_names: the graph outputs; the first is the prediction head.
+        layout: "NCHW" or "NHWC" (an input read through a Transpose to NCHW).
+        layers: conv layers in graph order.
+        batch_dynamic: whether batches of any size can run in one call.
+        shapes: sample shape (no batch) of every tensor whose shape is known.
+    """
+
+    proto: onnx.ModelProto
+    path: str
+    input_name: str
+    sample_shape: tuple[int, ...]
+    output_names: list[str]
+    layout: str
+    layers: list[ConvLayer]
+    batch_dynamic: bool
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def layer(self, key: str | int) -> ConvLayer:
+        """Look a layer up by name or index; a miss lists the valid ones."""
+        if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+            key = int(key)
+        if isinstance(key, int):
+            if 0 <= key < len(self.layers):
+                return self.layers[key]
+        else:
+            for layer in self.layers:
+                if layer.name == key:
+                    return layer
+        valid = ", ".join(f"{l.index}={l.name}" for l in self.layers)
+        raise OnnxRedundError(f"no conv layer {key!r}; valid layers: {valid}")
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of a constant tensor (initializer, Constant node, Identity of one), or None."""
+        return constant_values(self.proto.graph).get(name)
+
+
+def _fail_if_not_file(path: Path) -> None:
+    if not path.exists():
+        raise OnnxRedundError(f"model file {path} does not exist")
+    if not path.is_file():
+        raise OnnxRedundError(f"{path} is not a file; pass an .onnx model file")
+    if path.stat().st_size == 0:
+        raise OnnxRedundError(f"{path} is empty; pass an .onnx model file")
+
+
+def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
+    """Refuse external-data locations outside the model's folder before anything is read."""
+    root = folder.resolve()
+    for tensor in _all_tensors(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        loc = info.get("location", "")
+        if not loc or os.path.isabs(loc) or ".." in Path(loc).parts:
+            raise OnnxRedundError(
+                f"tensor {tensor.name!r} points its external data at {loc!r}, outside the model's folder; "
+                "refusing to read it"
+            )
+        target = folder / loc
+        if target.is_symlink() or not target.resolve().is_relative_to(root):
+            raise OnnxRedundError(
+                f"tensor {tensor.name!r}: external data {loc!r} is a link out of the model's folder; refusing it"
+            )
+        if not target.is_file():
+            raise OnnxRedundError(
+                f"tensor {tensor.name!r}: external data file {loc!r} is missing next to the model; copy it there"
+            )
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_tensors(g)
+
+
+def _read_proto(path: Path) -> onnx.ModelProto:
+    _fail_if_not_file(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and others
+        raise OnnxRedundError(f"{path} is not a readable ONNX model ({type(e).__name__}); check the file") from None
+    if not proto.HasField("graph") or not proto.graph.node:
+        raise OnnxRedundError(f"{path} has no graph (or an empty one); is it an ONNX model?")
+    _check_external_data(proto, path.parent)
+    try:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except Exception as e:
+        raise OnnxRedundError(f"{path}: cannot read its external data: {e}") from None
+    return proto
+
+
+def _check_opsets(proto: onnx.ModelProto, path: Path) -> None:
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    default = opsets.get("", opsets.get("ai.onnx"))
+    if default is None:
+        raise OnnxRedundError(f"{path} imports no default ONNX opset; re-export it with opset {MIN_OPSET}..{MAX_OPSET}")
+    if not MIN_OPSET <= default <= MAX_OPSET:
+        raise OnnxRedundError(
+            f"{path} uses opset {default}; onnxruntime runs opsets {MIN_OPSET}..{MAX_OPSET}: re-export with one of those"
+        )
+    for node in proto.graph.node:
+        if node.domain not in _ALLOWED_DOMAINS:
+            raise OnnxRedundError(
+                f"node {node.name or node.op_type!r} uses custom domain {node.domain!r}; only standard ONNX ops are "
+                "run (custom-op libraries are never loaded)"
+            )
+    if proto.functions:
+        raise OnnxRedundError(f"{path} defines model-local functions; inline them first (onnx.inliner)")
+
+
+def _validate(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    _check_opsets(proto, path)
+    if proto.ir_version > MAX_IR_VERSION:
+        proto.ir_version = MAX_IR_VERSION
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxRedundError(f"{path} is not a valid ONNX model: {first}") from None
+    except ValueError as e:  # > 2 GB protos are checked by path by onnx; we skip the in-memory check
+        log.debug("checker skipped: %s", e)
+    return proto
+
+
+def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Values of every constant tensor: initializers, Constant nodes and Identity of those."""
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+                elif attr.name in ("value_float", "value_int"):
+                    values[node.output[0]] = np.array(onnx.helper.get_attribute_value(attr))
+                elif attr.name in ("value_floats", "value_ints"):
+                    values[node.output[0]] = np.array(list(onnx.helper.get_attribute_value(attr)))
+        elif node.op_type == "Identity" and node.input and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
+    return values
+
+
+def data_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are not initializers (old exporters list weights as inputs too)."""
+    init = {t.name for t in graph.initializer}
+    return [i for i in graph.input if i.name not in init]
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | str] | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+
+
+def _pick_input(proto: onnx.ModelProto, path: Path, input_shape: tuple[int, ...] | None) -> tuple[str, list]:
+    inputs = data_inputs(proto.graph)
+    if len(inputs) != 1:
+        names = [i.name for i in inputs]
+        raise OnnxRedundError(f"{path} has {len(inputs)} data inputs {names}; onnxredund analyses single-input CNNs")
+    vi = inputs[0]
+    if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise OnnxRedundError(f"input {vi.name!r} is not float32; onnxredund analyses float image models")
+    dims = _dims(vi)
+    if dims is None or len(dims) != 4:
+        raise OnnxRedundError(
+            f"input {vi.name!r} has shape {dims}; onnxredund needs an image tensor N x C x H x W (or N x H x W x C)"
+        )
+    sample = dims[1:]
+    if input_shape is not None:
+        if len(input_shape) != 3:
+            raise OnnxRedundError(f"--input-shape needs three sizes like 3x48x192, got {input_shape}")
+        for want, have in zip(input_shape, sample, strict=True):
+            if isinstance(have, int) and have > 0 and have != want:
+                raise OnnxRedundError(f"--input-shape {input_shape} contradicts the model's fixed input {sample}")
+        sample = list(input_shape)
+    if any(not isinstance(d, int) or d <= 0 for d in sample):
+        raise OnnxRedundError(
+            f"input {vi.name!r} has free dimensions {dims}; pass --input-shape CxHxW (e.g. 3x224x224)"
+        )
+    return vi.name, [dims[0], *sample]
+
+
+def _set_input_shape(proto: onnx.ModelProto, name: str, dims: list) -> None:
+    vi = next(i for i in proto.graph.input if i.name == name)
+    shape = vi.type.tensor_type.shape
+    for d, v in zip(shape.dim, dims, strict=True):
+        if isinstance(v, int) and v > 0:
+            d.Clear()
+            d.dim_value = v
+        else:
+            d.Clear()
+            d.dim_param = "N"
+
+
+def _layout(graph: onnx.GraphProto, input_name: str) -> str:
+    consumers = [n for n in graph.node if input_name in n.input]
+    if consumers and all(n.op_type == "Transpose" for n in consumers):
+        perms = {tuple(a.ints) for n in consumers for a in n.attribute if a.name == "perm"}
+        if perms == {(0, 3, 1, 2)}:
+            return "NHWC"
+    return "NCHW"
+
+
+def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    except Exception as e:
+        log.debug("shape inference failed: %s", e)
+        return proto
+
+
+def _shape_table(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    g = proto.graph
+    table = {}
+    for vi in [*g.input, *g.value_info, *g.output]:
+        dims = _dims(vi)
+        if dims and all(isinstance(d, int) and d > 0 for d in dims[1:]):
+            table[vi.name] = tuple(dims[1:])
+    return table
+
+
+def consumers_of(graph: onnx.GraphProto) -> dict[str, list[int]]:
+    """tensor name -> indices of the nodes that read it."""
+    table: dict[str, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            if name:
+                table.setdefault(name, []).append(i)
+    return table
+
+
+def _elementwise_chain(graph, start: str, consumers, constants, outputs: set[str]) -> tuple[str, tuple[str, ...]]:
+    """Follow the single-consumer elementwise ops after a conv: the tensor A_i and the op types."""
+    tensor, chain = start, []
+    while tensor not in outputs:
+        readers = consumers.get(tensor, [])
+        if len(readers) != 1:
+            break
+        node = graph.node[readers[0]]
+        if node.op_type in _UNARY_ELEMENTWISE:
+            ok = node.input[0] == tensor and all(n in constants for n in node.input[1:] if n)
+        elif node.op_type == "BatchNormalization":
+            ok = node.input[0] == tensor and len(node.output) == 1
+        elif node.op_type in _CONST_OPERAND_ELEMENTWISE:
+            others = [n for n in node.input if n != tensor]
+            ok = len(node.input) == 2 and len(others) == 1 and others[0] in constants
+            ok = ok and (node.op_type in ("Add", "Mul") or node.input[0] == tensor)
+        else:
+            ok = False
+        if not ok:
+            break
+        chain.append(node.op_type)
+        tensor = node.output[0]
+    return tensor, tuple(chain)
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _conv_geometry(node, weight: np.ndarray | None, weight_shape, in_shape, out_shape) -> dict:
+    wshape = tuple(weight.shape) if weight is not None else weight_shape
+    if wshape is None or len(wshape) < 3:
+        raise OnnxRedundError(f"conv {node.name or node.output[0]!r}: cannot tell its weight shape")
+    groups = int(_attr(node, "group", 1))
+    nsp = len(wshape) - 2
+    kernel = tuple(int(k) for k in wshape[2:])
+    return {
+        "in_channels": int(wshape[1]) * groups,
+        "out_channels": int(wshape[0]),
+        "kernel": kernel,
+        "stride": tuple(_attr(node, "strides", [1] * nsp)),
+        "pads": tuple(_attr(node, "pads", [0] * 2 * nsp)),
+        "dilations": tuple(_attr(node, "dilations", [1] * nsp)),
+        "groups": groups,
+        "macs": int(np.prod(out_shape, dtype=np.int64)) * int(wshape[1]) * int(np.prod(kernel)),
+    }
+
+
+def _layer_names(graph) -> dict[int, str]:
+    convs = [i for i, n in enumerate(graph.node) if n.op_type == "Conv"]
+    counts: dict[str, int] = {}
+    for i in convs:
+        counts[graph.node[i].name] = counts.get(graph.node[i].name, 0) + 1
+    return {i: graph.node[i].name if graph.node[i].name and counts[graph.node[i].name] == 1 else f"Conv_{i}" for i in convs}
+
+
+def describe_layers(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[ConvLayer]:
+    """One :class:`ConvLayer` per Conv node, in graph order."""
+    graph = proto.graph
+    constants = constant_values(graph)
+    consumers = consumers_of(graph)
+    outputs = {o.name for o in graph.output}
+    layers = []
+    for node_index, name in _layer_names(graph).items():
+        node = graph.node[node_index]
+        x, w = node.input[0], node.input[1]
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if x not in shapes or node.output[0] not in shapes:
+            raise OnnxRedundError(f"cannot tell the shapes around conv {name!r}; pass --input-shape or fix the model")
+        activation, chain = _elementwise_chain(graph, node.output[0], consumers, constants, outputs)
+        geo = _conv_geometry(node, constants.get(w), shapes.get(w), shapes[x], shapes[node.output[0]])
+        if shapes[x][0] != geo["in_channels"]:
+            raise OnnxRedundError(
+                f"conv {name!r} reads {shapes[x][0]} channels but its weights expect {geo['in_channels']}; "
+                "the model's shapes are inconsistent"
+            )
+        layers.append(
+            ConvLayer(
+                index=len(layers), name=name, op=node.op_type, node_index=node_index, input=x,
+                output=node.output[0], activation=activation, chain=chain, weight=w, bias=bias,
+                input_shape=shapes[x], output_shape=shapes[node.output[0]], **geo,
+            )
+        )  # fmt: skip
+    return layers
+
+
+def load_model(path: str | os.PathLike, *, input_shape: tuple[int, ...] | None = None) -> Model:
+    """Load and validate an ONNX CNN; the file itself is never written.
+
+    Args:
+        path: the .onnx file (external data is read from its folder only).
+        input_shape: (C, H, W) (or (H, W, C) for NHWC inputs) for inputs with free dimensions.
+
+    Raises:
+        OnnxRedundError: the file is not a runnable single-input image CNN.
+    """
+    from onnxredund.batching import make_batch_dynamic  # noqa: PLC0415 (batching imports model)
+
+    path = Path(path)
+    proto = _validate(_read_proto(path), path)
+    input_name, dims = _pick_input(proto, path, input_shape)
+    _set_input_shape(proto, input_name, dims)
+    if not any(n.op_type == "Conv" for n in proto.graph.node):
+        raise OnnxRedundError(f"{path} has no Conv node; onnxredund analyses convolutional networks")
+    proto, batch_dynamic = make_batch_dynamic(proto, input_name, dims)
+    if not batch_dynamic and dims[0] != 1:
+        raise OnnxRedundError(f"{path} fixes its batch to {dims[0]} and cannot be freed; re-export with batch 1 or free")
+    shapes = _shape_table(_infer(proto))
+    conv_tensors = [t for n in proto.graph.node if n.op_type == "Conv" for t in (n.input[0], n.output[0])]
+    if any(t not in shapes for t in conv_tensors):
+        from onnxredund.runtime import probe_shapes  # noqa: PLC0415 (runtime is heavy)
+
+        shapes.update(probe_shapes(proto, input_name, tuple(dims[1:]), conv_tensors))
+    return Model(
+        proto=proto,
+        path=str(path),
+        input_name=input_name,
+        sample_shape=tuple(dims[1:]),
+        output_names=[o.name for o in proto.graph.output],
+        layout=_layout(proto.graph, input_name),
+        layers=describe_layers(proto, shapes),
+        batch_dynamic=batch_dynamic,
+        shapes=shapes,
+    )

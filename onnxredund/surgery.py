@@ -1,0 +1,196 @@
+"""Pure graph edits, ``ModelProto -> ModelProto``; every function copies its input.
+
+- :func:`expose_outputs`: make intermediate tensors graph outputs.
+- :func:`cut`: the subgraph that computes some tensors from others.
+- :func:`cut_prefix`, :func:`cut_layer`, :func:`cut_suffix`: the three cuts around a conv layer.
+- :func:`inject_input`: a new graph input that only the target conv reads.
+- :func:`side_inputs`: tensors computed before a layer that the rest of the network still reads.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from onnxredund.errors import OnnxRedundError
+from onnxredund.model import ConvLayer, consumers_of, data_inputs
+
+__all__ = [
+    "copy_model",
+    "cut",
+    "cut_layer",
+    "cut_prefix",
+    "cut_suffix",
+    "expose_outputs",
+    "inject_input",
+    "side_inputs",
+    "value_info",
+]
+
+
+def copy_model(proto: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
+
+
+def _inferred(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    except Exception:
+        inferred = proto
+    g = inferred.graph
+    return {vi.name: vi for vi in [*g.input, *g.value_info, *g.output]}
+
+
+def value_info(proto: onnx.ModelProto, name: str, known: dict | None = None) -> onnx.ValueInfoProto:
+    """A ValueInfo for tensor ``name``, with the batch dimension left free."""
+    known = known if known is not None else _inferred(proto)
+    if name in known and known[name].type.tensor_type.elem_type:
+        vi = onnx.ValueInfoProto()
+        vi.CopyFrom(known[name])
+        return vi
+    return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+
+
+def expose_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """Copy of ``proto`` whose graph also outputs the tensors ``names`` (after the existing ones)."""
+    produced = {o for n in proto.graph.node for o in n.output} | {i.name for i in proto.graph.input}
+    missing = [n for n in names if n not in produced]
+    if missing:
+        raise OnnxRedundError(f"no tensors {missing} in the model; tensors come from node outputs or graph inputs")
+    out = copy_model(proto)
+    have = {o.name for o in out.graph.output}
+    known = _inferred(proto)
+    for name in names:
+        if name not in have:
+            out.graph.output.append(value_info(proto, name, known))
+            have.add(name)
+    return out
+
+
+def _needed_nodes(graph: onnx.GraphProto, inputs: set[str], outputs: list[str]) -> list[int]:
+    """Indices (in graph order) of the nodes needed to compute ``outputs`` given ``inputs``."""
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    needed: set[int] = set()
+    stack = [o for o in outputs if o not in inputs]
+    seen = set(stack)
+    while stack:
+        tensor = stack.pop()
+        if tensor not in producer:
+            continue
+        idx = producer[tensor]
+        if idx in needed:
+            continue
+        needed.add(idx)
+        for t in graph.node[idx].input:
+            if t and t not in inputs and t not in seen:
+                seen.add(t)
+                stack.append(t)
+    return sorted(needed)
+
+
+def cut(proto: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
+    """The subgraph computing ``outputs`` from the tensors ``inputs`` (and the model's constants).
+
+    Raises:
+        OnnxRedundError: the outputs also depend on a graph input not listed in ``inputs``.
+    """
+    graph = proto.graph
+    known = _inferred(proto)
+    nodes = _needed_nodes(graph, set(inputs), outputs)
+    used = {t for i in nodes for t in graph.node[i].input if t} | set(outputs)
+    produced = {o for i in nodes for o in graph.node[i].output} | set(inputs)
+    graph_inputs = {i.name for i in data_inputs(graph)}
+    leaked = sorted((used - produced) & graph_inputs)
+    if leaked:
+        raise OnnxRedundError(f"the cut also needs the graph inputs {leaked}; add them to the cut's inputs")
+    init = [t for t in graph.initializer if t.name in used]
+    new_graph = helper.make_graph(
+        [graph.node[i] for i in nodes],
+        f"{graph.name or 'graph'}_cut",
+        [value_info(proto, n, known) for n in inputs],
+        [value_info(proto, n, known) for n in outputs],
+        initializer=init,
+    )
+    out = helper.make_model(new_graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+    out.producer_name = "onnxredund"
+    return out
+
+
+def downstream(graph: onnx.GraphProto, start: str) -> set[int]:
+    """Indices of the nodes that depend on tensor ``start``."""
+    consumers = consumers_of(graph)
+    found: set[int] = set()
+    stack = [start]
+    while stack:
+        for idx in consumers.get(stack.pop(), []):
+            if idx not in found:
+                found.add(idx)
+                stack.extend(o for o in graph.node[idx].output if o)
+    return found
+
+
+def _data_dependent(graph: onnx.GraphProto) -> set[str]:
+    """Tensors whose value depends on a data input (not constants)."""
+    dependent = {i.name for i in data_inputs(graph)}
+    for node in graph.node:  # graph.node is topologically sorted (checker verified)
+        if any(t in dependent for t in node.input):
+            dependent.update(node.output)
+    return dependent
+
+
+def side_inputs(proto: onnx.ModelProto, layer: ConvLayer) -> list[str]:
+    """Tensors computed before ``layer`` (not downstream of its input) that later nodes read.
+
+    With A_{i-1} (``layer.input``) they are everything the suffix needs: residual shortcuts from
+    earlier blocks, or the model input read again by a late node.
+    """
+    graph = proto.graph
+    after = downstream(graph, layer.input)
+    dependent = _data_dependent(graph)
+    produced_after = {o for i in after for o in graph.node[i].output}
+    names: list[str] = []
+    for idx in sorted(after):
+        for t in graph.node[idx].input:
+            if t and t in dependent and t not in produced_after and t != layer.input and t not in names:
+                names.append(t)
+    for o in graph.output:
+        if o.name in dependent and o.name not in produced_after and o.name not in names:
+            names.append(o.name)
+    return names
+
+
+def cut_prefix(proto: onnx.ModelProto, layer: ConvLayer) -> onnx.ModelProto:
+    """Model input -> A_{i-1} and the side tensors the suffix needs."""
+    inputs = [i.name for i in data_inputs(proto.graph)]
+    return cut(proto, inputs, [layer.input, *side_inputs(proto, layer)])
+
+
+def cut_layer(proto: onnx.ModelProto, layer: ConvLayer) -> onnx.ModelProto:
+    """A_{i-1} -> A_i: the conv and the elementwise ops that follow it."""
+    return cut(proto, [layer.input], [layer.activation])
+
+
+def cut_suffix(proto: onnx.ModelProto, layer: ConvLayer) -> onnx.ModelProto:
+    """A_{i-1} (and side tensors) -> the model outputs."""
+    return cut(proto, [layer.input, *side_inputs(proto, layer)], [o.name for o in proto.graph.output])
+
+
+def inject_input(proto: onnx.ModelProto, layer: ConvLayer, name: str = "perturbed_input") -> onnx.ModelProto:
+    """Copy of ``proto`` with a new graph input ``name`` that only the target conv reads.
+
+    Every other consumer of A_{i-1} (residual branches, other convs) keeps the clean tensor.
+    """
+    out = copy_model(proto)
+    existing = {t for n in out.graph.node for t in [*n.input, *n.output]} | {i.name for i in out.graph.input}
+    if name in existing:
+        raise OnnxRedundError(f"tensor name {name!r} is already used in the model; pick another")
+    node = out.graph.node[layer.node_index]
+    if node.op_type != "Conv" or node.input[0] != layer.input:
+        raise OnnxRedundError(f"layer {layer.name!r} does not match this model; describe the model again")
+    node.input[0] = name
+    vi = value_info(proto, layer.input)
+    vi.name = name
+    out.graph.input.append(vi)
+    return out
