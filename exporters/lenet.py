@@ -16,7 +16,7 @@ import onnx
 import torch
 from torch import nn
 
-__all__ = ["LeNet5", "TrainConfig", "train", "export_onnx"]
+__all__ = ["LeNet5", "TrainConfig", "export_onnx", "train"]
 
 log = logging.getLogger(__name__)
 

@@ -61,7 +61,7 @@ def rebatch(proto: onnx.ModelProto, input_name: str, batch: int) -> onnx.ModelPr
 
 
 def _outputs(proto: onnx.ModelProto, input_name: str, x: np.ndarray) -> list[np.ndarray]:
-    from onnxredund.runtime import Runner  # noqa: PLC0415 (runtime imports model)
+    from onnxredund.runtime import Runner
 
     return Runner.create(proto, "cpu").run({input_name: x})
 
@@ -78,8 +78,7 @@ def make_batch_dynamic(proto: onnx.ModelProto, input_name: str, dims: list) -> t
         together = _outputs(candidate, input_name, x)
         apart = [_outputs(proto, input_name, x[i : i + batch]) for i in range(0, len(x), batch)]
         ok = all(
-            np.allclose(t, np.concatenate([a[k] for a in apart]), rtol=1e-4, atol=1e-5)
-            for k, t in enumerate(together)
+            np.allclose(t, np.concatenate([a[k] for a in apart]), rtol=1e-4, atol=1e-5) for k, t in enumerate(together)
         )
     except (OnnxRedundError, ValueError) as e:
         log.debug("rebatching failed: %s", e)

@@ -46,7 +46,11 @@ class _Group(click.Group):
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else (logging.INFO if verbose == 1 else logging.DEBUG if verbose > 1 else logging.WARNING)
+    level = (
+        logging.ERROR
+        if quiet
+        else (logging.INFO if verbose == 1 else logging.DEBUG if verbose > 1 else logging.WARNING)
+    )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("onnxredund: %(message)s"))
     log.handlers[:] = [handler]
@@ -90,13 +94,13 @@ _overwrite = click.option("--overwrite", is_flag=True, help="Replace results in 
 
 
 def _load(model: Path, input_shape):
-    from onnxredund.model import load_model  # noqa: PLC0415 (keeps --help fast)
+    from onnxredund.model import load_model
 
     return load_model(model, input_shape=input_shape)
 
 
 def _dataset(spec, model, seed, limit):
-    from onnxredund.data import Dataset, load_dataset  # noqa: PLC0415
+    from onnxredund.data import Dataset, load_dataset
 
     data = load_dataset(spec, seed=seed, sample_shape=model.sample_shape)
     if limit:
@@ -142,14 +146,17 @@ def layers(model: Path, input_shape, as_json: bool) -> None:
 @_json
 def evaluate(model: Path, data, limit, batch_size, device, seed, input_shape, as_json) -> None:
     """Top-1 accuracy of MODEL's first output on labelled data."""
-    from onnxredund.evaluate import evaluate as run_eval  # noqa: PLC0415
+    from onnxredund.evaluate import evaluate as run_eval
 
     m = _load(model, input_shape)
     result = run_eval(m, _dataset(data, m, seed, limit), batch_size=batch_size, device=device)
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True))
     else:
-        click.echo(f"{result['model']}: top-1 accuracy {100 * result['accuracy']:.2f} % on {result['num_samples']} samples of {result['data']}")
+        click.echo(
+            f"{result['model']}: top-1 accuracy {100 * result['accuracy']:.2f} % "
+            f"on {result['num_samples']} samples of {result['data']}"
+        )
 
 
 def _model_sha256(path: Path) -> str:
@@ -161,7 +168,7 @@ def _checkpoint_key(args: dict) -> str:
 
 
 def _load_checkpoint(path: Path, key: str):
-    from onnxredund.shuffle import SweepState  # noqa: PLC0415
+    from onnxredund.shuffle import SweepState
 
     if not path.is_file():
         return None
@@ -176,7 +183,7 @@ def _load_checkpoint(path: Path, key: str):
 
 
 def _save_checkpoint(path: Path, key: str, state) -> None:
-    from onnxredund.outputs import atomic_write  # noqa: PLC0415
+    from onnxredund.outputs import atomic_write
 
     buf = io.BytesIO()
     np.savez(buf, key=np.array(key), batches_done=state.batches_done, samples_done=state.samples_done,
@@ -196,10 +203,15 @@ def _summary(result) -> list[str]:
     lines.append(f"  least redundant (lowest mean cosine): {bottom}")
     if result.accuracy is not None:
         worst = int(np.argmin(result.accuracy))
-        lines.append(f"  accuracy: baseline {100 * result.baseline_accuracy:.2f} %, worst {100 * result.accuracy[worst]:.2f} % "
-                     f"(channel {result.channels[worst]}), mean {100 * result.accuracy.mean():.2f} %")  # fmt: skip
+        lines.append(
+            f"  accuracy: baseline {100 * result.baseline_accuracy:.2f} %, worst {100 * result.accuracy[worst]:.2f} % "
+            f"(channel {result.channels[worst]}), mean {100 * result.accuracy.mean():.2f} %"
+        )
     if result.agreement is not None:
-        lines.append(f"  agreement with the clean model: min {100 * result.agreement.min():.2f} %, mean {100 * result.agreement.mean():.2f} %")
+        lines.append(
+            f"  agreement with the clean model: min {100 * result.agreement.min():.2f} %, "
+            f"mean {100 * result.agreement.mean():.2f} %"
+        )
     if not result.complete:
         lines.append("  INTERRUPTED: partial results; rerun with --resume to finish")
     return lines
@@ -228,8 +240,8 @@ def shuffle(ctx, model: Path, layer, mode, channels, data, limit, batch_size, re
             chunk, out, overwrite, resume, input_shape, as_json) -> None:  # fmt: skip
     """Shuffle each input channel of a conv layer (across samples, or its pixels) and measure the
     cosine similarity of the layer's output per channel, accuracy and agreement."""
-    from onnxredund.outputs import atomic_write, prepare_out_dir, write_json  # noqa: PLC0415
-    from onnxredund.shuffle import parse_channels, run_shuffle  # noqa: PLC0415
+    from onnxredund.outputs import atomic_write, prepare_out_dir, write_json
+    from onnxredund.shuffle import parse_channels, run_shuffle
 
     if resume and out is None:
         raise OnnxRedundError("--resume needs the --out folder of the interrupted run")
@@ -253,8 +265,19 @@ def shuffle(ctx, model: Path, layer, mode, channels, data, limit, batch_size, re
             if state is not None:
                 bar.update(state.samples_done)
             result = run_shuffle(
-                m, target, dataset, mode=md, channels=ks, batch_size=batch_size, repeats=repeats, seed=seed,
-                device=device, exact_path=exact_path, chunk=chunk, progress=bar.update, state=state,
+                m,
+                target,
+                dataset,
+                mode=md,
+                channels=ks,
+                batch_size=batch_size,
+                repeats=repeats,
+                seed=seed,
+                device=device,
+                exact_path=exact_path,
+                chunk=chunk,
+                progress=bar.update,
+                state=state,
                 on_batch=(lambda s, c=ckpt, k=key: _save_checkpoint(c, k, s)) if ckpt else None,
             )
         results[md] = result
@@ -276,6 +299,89 @@ def shuffle(ctx, model: Path, layer, mode, channels, data, limit, batch_size, re
             click.echo(f"results in {out_dir}/")
     if interrupted:
         sys.exit(130)
+
+
+def _parse_position(_ctx, _param, value: str | None):
+    if value is None:
+        return None
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise click.BadParameter(f"{value!r}: use ROW,COL like 14,14")
+    return int(parts[0]), int(parts[1])
+
+
+def _parse_layers(spec: str | None, model) -> list:
+    if spec is None:
+        return list(model.layers)
+    return list({model.layer(part.strip()).index: model.layer(part.strip()) for part in spec.split(",")}.values())
+
+
+def _impulse_summary(result) -> list[str]:
+    lines = [f"impulse responses ({result.mode} mode, NCC {'max over lags' if result.lags else 'at zero lag'}, "
+             f"threshold {result.threshold}):"]  # fmt: skip
+    for l in result.layers:
+        line = (f"  {l.name}: {l.redundant_count}/{len(l.best_match)} channels ({100 * l.redundant_fraction:.1f} %) "
+                f"have a match >= {result.threshold}")  # fmt: skip
+        finite = l.across_best_value[~np.isnan(l.across_best_value)]
+        if finite.size:
+            line += f"; {int((finite >= result.threshold).sum())} match an earlier layer"
+        lines.append(line)
+    lines += [f"  note: {n}" for n in result.notes]
+    return lines
+
+
+def write_impulse_outputs(out_dir: Path, result) -> list[Path]:
+    """impulse.json, impulse.csv, and per layer a response grid and an NCC heatmap."""
+    from onnxredund.figures import ncc_figure, response_grid_figure
+    from onnxredund.outputs import atomic_write, write_json
+
+    paths = [
+        write_json(out_dir / "impulse.json", result.to_dict()),
+        atomic_write(out_dir / "impulse.csv", result.to_csv()),
+    ]
+    for l in result.layers:
+        paths.append(
+            atomic_write(
+                out_dir / f"impulse-{l.index}-responses.png",
+                response_grid_figure(l.responses, f"{l.name}: impulse responses ({result.mode})"),
+            )
+        )
+        paths.append(atomic_write(out_dir / f"impulse-{l.index}-ncc.png",
+                                  ncc_figure(l.ncc, f"{l.name}: NCC of impulse responses")))  # fmt: skip
+    return paths
+
+
+@main.command()
+@_model_arg
+@click.option("--layers", "layer_spec", help="Conv layers by name or index, comma separated [default: all].")
+@click.option("--mode", type=click.Choice(["network", "linear"]), default="network", show_default=True)
+@click.option("--threshold", type=float, default=0.9, show_default=True, help="NCC at which channels count as alike.")
+@click.option("--zero-lag", is_flag=True, help="NCC at lag zero instead of the maximum over spatial lags.")
+@click.option("--position", callback=_parse_position, help="ROW,COL of the impulse [default: the centre].")
+@_device
+@_out
+@_overwrite
+@_input_shape
+@_json
+def impulse(model: Path, layer_spec, mode, threshold, zero_lag, position, device, out, overwrite, input_shape,
+            as_json) -> None:  # fmt: skip
+    """Unit impulse responses of every conv layer, compared by normalized cross-correlation within
+    and across layers."""
+    from onnxredund.impulse import run_impulse
+    from onnxredund.outputs import prepare_out_dir
+
+    out_dir = prepare_out_dir(out, overwrite=overwrite) if out else None
+    m = _load(model, input_shape)
+    result = run_impulse(m, layers=_parse_layers(layer_spec, m), mode=mode, threshold=threshold, lags=not zero_lag,
+                         position=position, device=device)  # fmt: skip
+    if out_dir:
+        write_impulse_outputs(out_dir, result)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+    else:
+        click.echo("\n".join(_impulse_summary(result)))
+        if out_dir:
+            click.echo(f"results in {out_dir}/")
 
 
 if __name__ == "__main__":

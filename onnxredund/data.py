@@ -30,10 +30,10 @@ import numpy as np
 from onnxredund.errors import OnnxRedundError
 
 __all__ = [
-    "Dataset",
-    "conform",
     "MNIST_FILES",
     "MNIST_MIRRORS",
+    "Dataset",
+    "conform",
     "load_dataset",
     "load_mnist",
     "load_npz",
@@ -129,9 +129,7 @@ def load_mnist(directory: str | os.PathLike, split: str = "test") -> Dataset:
     for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
         path = _find_idx(directory, f"{prefix}-{kind}")
         if path is None:
-            raise OnnxRedundError(
-                f"{directory} has no {prefix}-{kind}[.gz]; put the four MNIST IDX files there"
-            )
+            raise OnnxRedundError(f"{directory} has no {prefix}-{kind}[.gz]; put the four MNIST IDX files there")
         found[kind] = path
     images = read_idx(found["images-idx3-ubyte"])
     labels = read_idx(found["labels-idx1-ubyte"])
@@ -279,9 +277,7 @@ def load_dataset(spec: str | None, *, seed: int = 0, sample_shape: tuple[int, ..
             raise OnnxRedundError(f"data file {path} does not exist")
         return load_npz(path)
     if not path.exists():
-        raise OnnxRedundError(
-            f"data {spec!r} not found; pass an MNIST folder, a .npz file, 'mnist' or 'synthetic:N'"
-        )
+        raise OnnxRedundError(f"data {spec!r} not found; pass an MNIST folder, a .npz file, 'mnist' or 'synthetic:N'")
     raise OnnxRedundError(f"cannot use {spec!r} as data; pass an MNIST folder, a .npz file, 'mnist' or 'synthetic:N'")
 
 

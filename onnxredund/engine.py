@@ -178,7 +178,9 @@ def _tile(b: _GraphBuilder, tensor: str, k: int) -> str:
     head = b.op("Slice", [shape, b.const(f"s0_{tensor}", [0]), b.const(f"s1_{tensor}", [1])])
     tail = b.op("Slice", [shape, b.const(f"t1_{tensor}", [1]), b.const(f"tend_{tensor}", [np.iinfo(np.int64).max])])
     kk = b.const(f"k_{tensor}", np.array([k], np.int64))
-    expanded = b.op("Expand", [b.op("Unsqueeze", [tensor, b.const(f"ax1_{tensor}", [1])]), b.op("Concat", [head, kk, tail], axis=0)])
+    expanded = b.op(
+        "Expand", [b.op("Unsqueeze", [tensor, b.const(f"ax1_{tensor}", [1])]), b.op("Concat", [head, kk, tail], axis=0)]
+    )
     return b.op("Reshape", [expanded, b.op("Concat", [b.const(f"m1_{tensor}", [-1]), tail], axis=0)])
 
 
@@ -226,7 +228,7 @@ def build_fast_model(
         raise OnnxRedundError(f"fast path unavailable for {layer.name!r}: {blocker}; use --exact-path")
     proto, graph = model.proto, model.proto.graph
     weight = model.constant(layer.weight).astype(np.float32)
-    c_in, h, w = layer.input_shape
+    _, h, w = layer.input_shape
     c_out = layer.out_channels
     b = _GraphBuilder()
     x, z, a, ks, perm = layer.input, layer.output, layer.activation, "ks", "perm_index"
@@ -241,9 +243,13 @@ def build_fast_model(
     delta = b.op("Sub", [b.op("Reshape", [shuffled, b.op("Shape", [xk])]), xk])
     delta = b.op("Transpose", [delta], perm=[1, 0, 2, 3])  # (B, K, H, W)
     cols = b.const("weight_columns", weight_columns(weight, layer.groups))
-    kernels = b.op("Reshape", [b.op("Gather", [cols, ks], axis=0), b.const("kshape", np.array([-1, 1, *layer.kernel], np.int64))])
+    kernels = b.op(
+        "Reshape", [b.op("Gather", [cols, ks], axis=0), b.const("kshape", np.array([-1, 1, *layer.kernel], np.int64))]
+    )
     conv = graph.node[layer.node_index]
-    attrs = {a_.name: helper.get_attribute_value(a_) for a_ in conv.attribute if a_.name not in ("group", "kernel_shape")}
+    attrs = {
+        a_.name: helper.get_attribute_value(a_) for a_ in conv.attribute if a_.name not in ("group", "kernel_shape")
+    }
     dz = b.op("Conv", [delta, kernels], group=k, **attrs)  # (B, K*C_out, H', W')
     ho, wo = layer.output_shape[1:]
     dz = b.op("Reshape", [dz, b.const("dz5", np.array([-1, k, c_out, ho, wo], np.int64))])

@@ -18,7 +18,7 @@ from onnx import numpy_helper, shape_inference
 
 from onnxredund.errors import OnnxRedundError
 
-__all__ = ["ConvLayer", "Model", "load_model", "MAX_IR_VERSION", "MAX_OPSET", "MIN_OPSET"]
+__all__ = ["MAX_IR_VERSION", "MAX_OPSET", "MIN_OPSET", "ConvLayer", "Model", "load_model", "load_model_proto"]
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,8 @@ def _check_opsets(proto: onnx.ModelProto, path: Path) -> None:
         raise OnnxRedundError(f"{path} imports no default ONNX opset; re-export it with opset {MIN_OPSET}..{MAX_OPSET}")
     if not MIN_OPSET <= default <= MAX_OPSET:
         raise OnnxRedundError(
-            f"{path} uses opset {default}; onnxruntime runs opsets {MIN_OPSET}..{MAX_OPSET}: re-export with one of those"
+            f"{path} uses opset {default}; onnxruntime runs opsets {MIN_OPSET}..{MAX_OPSET}: "
+            "re-export with one of those"
         )
     for node in proto.graph.node:
         if node.domain not in _ALLOWED_DOMAINS:
@@ -208,8 +209,7 @@ def _check_opsets(proto: onnx.ModelProto, path: Path) -> None:
 
 def _validate(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     _check_opsets(proto, path)
-    if proto.ir_version > MAX_IR_VERSION:
-        proto.ir_version = MAX_IR_VERSION
+    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
@@ -383,7 +383,9 @@ def _layer_names(graph) -> dict[int, str]:
     counts: dict[str, int] = {}
     for i in convs:
         counts[graph.node[i].name] = counts.get(graph.node[i].name, 0) + 1
-    return {i: graph.node[i].name if graph.node[i].name and counts[graph.node[i].name] == 1 else f"Conv_{i}" for i in convs}
+    return {
+        i: graph.node[i].name if graph.node[i].name and counts[graph.node[i].name] == 1 else f"Conv_{i}" for i in convs
+    }
 
 
 def describe_layers(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[ConvLayer]:
@@ -426,21 +428,33 @@ def load_model(path: str | os.PathLike, *, input_shape: tuple[int, ...] | None =
     Raises:
         OnnxRedundError: the file is not a runnable single-input image CNN.
     """
-    from onnxredund.batching import make_batch_dynamic  # noqa: PLC0415 (batching imports model)
-
     path = Path(path)
-    proto = _validate(_read_proto(path), path)
+    return load_model_proto(_read_proto(path), name=str(path), input_shape=input_shape)
+
+
+def load_model_proto(
+    proto: onnx.ModelProto, *, name: str = "<memory>", input_shape: tuple[int, ...] | None = None
+) -> Model:
+    """Validate and describe a model already in memory (a copy is kept; ``proto`` is not changed)."""
+    from onnxredund.batching import make_batch_dynamic
+
+    path = Path(name)
+    work = onnx.ModelProto()
+    work.CopyFrom(proto)
+    proto = _validate(work, path)
     input_name, dims = _pick_input(proto, path, input_shape)
     _set_input_shape(proto, input_name, dims)
     if not any(n.op_type == "Conv" for n in proto.graph.node):
         raise OnnxRedundError(f"{path} has no Conv node; onnxredund analyses convolutional networks")
     proto, batch_dynamic = make_batch_dynamic(proto, input_name, dims)
     if not batch_dynamic and dims[0] != 1:
-        raise OnnxRedundError(f"{path} fixes its batch to {dims[0]} and cannot be freed; re-export with batch 1 or free")
+        raise OnnxRedundError(
+            f"{path} fixes its batch to {dims[0]} and cannot be freed; re-export with batch 1 or free"
+        )
     shapes = _shape_table(_infer(proto))
     conv_tensors = [t for n in proto.graph.node if n.op_type == "Conv" for t in (n.input[0], n.output[0])]
     if any(t not in shapes for t in conv_tensors):
-        from onnxredund.runtime import probe_shapes  # noqa: PLC0415 (runtime is heavy)
+        from onnxredund.runtime import probe_shapes
 
         shapes.update(probe_shapes(proto, input_name, tuple(dims[1:]), conv_tensors))
     return Model(

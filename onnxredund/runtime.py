@@ -51,13 +51,13 @@ def cuda_works() -> bool:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             try:
                 ort.preload_dlls()
-            except Exception as e:  # noqa: BLE001 - any failure means no CUDA
+            except Exception as e:
                 log.debug("preload_dlls: %s", e)
     ort.set_default_logger_severity(4)
     try:
         sess = ort.InferenceSession(_probe_model(), providers=[_CUDA, _CPU])
         return sess.get_providers()[0] == _CUDA
-    except Exception as e:  # noqa: BLE001 - any failure means no CUDA
+    except Exception as e:
         log.debug("CUDA probe failed: %s", e)
         return False
     finally:
@@ -155,7 +155,7 @@ def probe_shapes(
     proto: onnx.ModelProto, input_name: str, sample_shape: tuple[int, ...], tensors: list[str]
 ) -> dict[str, tuple[int, ...]]:
     """Shapes (without the batch) of ``tensors``, found by running one zero sample on CPU."""
-    from onnxredund.surgery import expose_outputs  # noqa: PLC0415 (surgery imports model)
+    from onnxredund.surgery import expose_outputs
 
     probe = expose_outputs(proto, tensors)
     runner = Runner.create(probe, "cpu")

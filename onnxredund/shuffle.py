@@ -57,6 +57,7 @@ class ShuffleResult:
     Attributes:
         channels: the perturbed input channels k, length K.
         cosine: mean cosine similarity, shape (K, C_out); cosine_std: std over repeats, same shape.
+        cosine_repeats: the cosine of each repeat, shape (R, K, C_out).
         accuracy, accuracy_std: shape (K,), or None without labels or a classifier output.
         agreement, agreement_std: shape (K,), or None without a classifier output.
         baseline_accuracy: clean top-1 accuracy, or None.
@@ -85,6 +86,7 @@ class ShuffleResult:
     complete: bool = True
     samples_done: int = 0
     seconds: float = 0.0
+    cosine_repeats: np.ndarray | None = None
 
     def mean_cosine(self) -> np.ndarray:
         """Mean over output channels of ``cosine``: one number per perturbed channel, shape (K,)."""
@@ -176,8 +178,7 @@ def parse_channels(spec: str | None, count: int) -> list[int]:
         return list(range(count))
     out: list[int] = []
     for part in spec.split(","):
-        part = part.strip()
-        lo, sep, hi = part.partition("-")
+        lo, sep, hi = part.strip().partition("-")
         if not lo.isdigit() or (sep and not hi.isdigit()):
             raise OnnxRedundError(f"bad channel list {spec!r}; use e.g. 0,3,5-9")
         rng = range(int(lo), int(hi) + 1) if sep else [int(lo)]
@@ -246,7 +247,9 @@ class _Engine:
     def _run_direct_feeds(self, feeds: dict) -> list[np.ndarray]:
         if not self.per_sample:
             return self.direct.run(feeds)
-        parts = [self.direct.run({n: v[i : i + 1] for n, v in feeds.items()}) for i in range(len(next(iter(feeds.values()))))]
+        parts = [
+            self.direct.run({n: v[i : i + 1] for n, v in feeds.items()}) for i in range(len(next(iter(feeds.values()))))
+        ]
         return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
     def run_fast(self, clean: dict, ks: list[int], perms: list[np.ndarray], labels, ref) -> tuple:
@@ -324,7 +327,9 @@ def run_shuffle(
     channels = list(range(layer.in_channels)) if channels is None else channels
     bad = [k for k in channels if not 0 <= k < layer.in_channels]
     if bad:
-        raise OnnxRedundError(f"channels {bad} do not exist: {layer.name!r} has input channels 0..{layer.in_channels - 1}")
+        raise OnnxRedundError(
+            f"channels {bad} do not exist: {layer.name!r} has input channels 0..{layer.in_channels - 1}"
+        )
     x = conform(data.x, model.sample_shape, model.layout)
     labels = data.y
     _warn_degenerate(mode, batch_size, len(x))
@@ -387,4 +392,5 @@ def _result(model, layer, data, engine, state, mode, seed, repeats, batch_size, 
         cosine_std=cosine_std, accuracy=acc[0], accuracy_std=acc[1], agreement=agr[0], agreement_std=agr[1],
         baseline_accuracy=state.baseline_correct / done if has_labels else None, path=engine.path,
         device=engine.device, complete=complete, samples_done=state.samples_done, seconds=state.seconds,
+        cosine_repeats=state.cos_sum / done,
     )  # fmt: skip

@@ -1,0 +1,130 @@
+"""Figures (matplotlib, imported only here and only when a figure is drawn).
+
+Every function returns PNG bytes, so callers write them atomically and reports can embed them.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+__all__ = [
+    "accuracy_figure",
+    "cascade_figure",
+    "cosine_figure",
+    "ncc_figure",
+    "response_grid_figure",
+    "shuffle_example_figure",
+]
+
+_MAX_TILES = 256
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def response_grid_figure(responses: np.ndarray, title: str) -> bytes:
+    """Impulse responses (C, M, H, W) as a grid of C tiles (input channel 0), each on its own scale."""
+    plt = _plt()
+    c = min(responses.shape[0], _MAX_TILES)
+    cols = math.ceil(math.sqrt(c))
+    rows = math.ceil(c / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < c:
+            tile = responses[i, 0]
+            lim = float(np.abs(tile).max()) or 1.0
+            ax.imshow(tile, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            ax.set_title(str(i), fontsize=6, pad=1)
+    more = f" (first {c} of {responses.shape[0]})" if c < responses.shape[0] else ""
+    fig.suptitle(title + more, fontsize=9)
+    return _png(fig)
+
+
+def ncc_figure(ncc: np.ndarray, title: str, xlabel: str = "channel", ylabel: str = "channel") -> bytes:
+    """An NCC matrix as a heatmap on [-1, 1]."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    im = ax.imshow(ncc, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="NCC")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    return _png(fig)
+
+
+def cosine_figure(channels: list[int], cosine: np.ndarray, title: str) -> bytes:
+    """Figure 5: cosine similarity per output channel (x) for each perturbed channel (lines), and their mean."""
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    im = ax1.imshow(cosine, aspect="auto", cmap="viridis", vmin=min(0.0, float(cosine.min())), vmax=1.0,
+                    interpolation="nearest")  # fmt: skip
+    fig.colorbar(im, ax=ax1, label="cosine")
+    ax1.set_xlabel("output channel c")
+    ax1.set_ylabel("perturbed input channel (row)")
+    if len(channels) <= 20:
+        ax1.set_yticks(range(len(channels)), [str(k) for k in channels], fontsize=7)
+    ax2.bar(range(len(channels)), cosine.mean(axis=1), color="tab:blue")
+    ax2.set_ylim(min(0.0, float(cosine.mean(axis=1).min())), 1.0)
+    ax2.set_xlabel("perturbed input channel (index in run)")
+    ax2.set_ylabel("mean cosine over c")
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def accuracy_figure(channels: list[int], accuracy: np.ndarray, baseline: float | None, title: str,
+                    ylabel: str = "top-1 accuracy") -> bytes:  # fmt: skip
+    """Figure 6: accuracy per perturbed channel, the clean baseline as a horizontal line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot(range(len(channels)), accuracy, "o-", ms=3, label="shuffled")
+    if baseline is not None:
+        ax.axhline(baseline, color="tab:green", label=f"baseline {100 * baseline:.2f} %")
+    ax.set_xlabel("perturbed input channel (index in run)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return _png(fig)
+
+
+def shuffle_example_figure(clean: np.ndarray, channel_shuffled: np.ndarray, pixel_shuffled: np.ndarray,
+                           title: str) -> bytes:  # fmt: skip
+    """Figure 4: one sample's input channel clean, channel-shuffled and pixel-shuffled (H, W) each."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.8))
+    for ax, img, name in zip(
+        axes, (clean, channel_shuffled, pixel_shuffled), ("clean", "channel shuffled", "pixel shuffled"), strict=True
+    ):
+        ax.imshow(img, cmap="gray", interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def cascade_figure(responses: np.ndarray, ncc: float) -> bytes:
+    """Figure 7: impulse responses of vertical->horizontal and horizontal->vertical Gaussian cascades."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+    for ax, img, name in zip(axes, responses, ("vertical then horizontal", "horizontal then vertical"), strict=True):
+        ax.imshow(img, cmap="viridis", interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"cascaded Gaussian kernels commute: NCC = {ncc:.6f}", fontsize=9)
+    return _png(fig)

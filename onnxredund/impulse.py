@@ -1,0 +1,357 @@
+"""Unit impulse responses of every conv layer, compared by normalized cross-correlation (section 3).
+
+Responses are read at each conv's output (before its activation), on the subgraph cut from the
+model's input to the conv layers, for one impulse per model input channel:
+
+- ``network`` mode: the real network; the response to the impulse minus the response to an all-zero
+  input, so constant terms (biases) cancel;
+- ``linear`` mode: every bias zeroed, activations and constant additions bypassed, BatchNormalization
+  reduced to its scale: the effective kernel of the cascade. Ops that stay non-linear (max-pool)
+  make it an approximation; the result lists them in ``notes``.
+
+Pseudocode::
+
+    x = [zeros, impulse(channel 0), ..., impulse(channel M-1)]          # (1 + M, *input)
+    out = cut(model, input -> conv outputs)(x)
+    response[layer] = out[layer][1:] - out[layer][0]                      # (M, C, H, W) -> (C, M, H, W)
+    ncc[layer] = ncc_matrix(response, response)                          # (C, C), lags or zero lag
+    best[c] = argmax over c' != c of ncc[c, c']; redundant = best value >= threshold
+    across[layer][earlier] = ncc_matrix(response[layer], response[earlier])
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxredund.errors import OnnxRedundError
+from onnxredund.metrics import ncc_matrix
+from onnxredund.model import ConvLayer, Model, constant_values, data_inputs, load_model_proto
+from onnxredund.runtime import Runner
+from onnxredund.surgery import copy_model, cut
+
+__all__ = [
+    "IMPULSE_MODES",
+    "ImpulseResult",
+    "LayerImpulse",
+    "best_matches",
+    "cascade_check",
+    "impulse_inputs",
+    "linearize",
+    "run_impulse",
+]
+
+log = logging.getLogger(__name__)
+
+IMPULSE_MODES = ("network", "linear")
+_BYPASS = {
+    "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu", "Softplus",
+    "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu", "PRelu",
+}  # fmt: skip
+_LINEAR = {
+    "Conv", "Identity", "AveragePool", "GlobalAveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Concat",
+    "Split", "Slice", "Squeeze", "Unsqueeze", "Add", "Sub", "Mul", "Div", "BatchNormalization", "Resize",
+    "Upsample", "ConvTranspose", "Gather", "Shape", "Cast", "Constant", "Sum",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LayerImpulse:
+    """One layer's impulse analysis.
+
+    Attributes:
+        responses: shape (C, M, H, W): channel c's response to an impulse in input channel m.
+        ncc: shape (C, C), one-vs-all NCC within the layer.
+        best_match: shape (C,), the most similar other channel (-1 for a single-channel layer).
+        best_value: shape (C,), its NCC.
+        across: per earlier layer name, NCC of this layer's channels against its channels (C, C_earlier).
+        across_best_layer, across_best_channel, across_best_value: per channel, the best match in
+            any earlier layer (empty strings / -1 / nan for the first layer).
+    """
+
+    name: str
+    index: int
+    responses: np.ndarray
+    ncc: np.ndarray
+    best_match: np.ndarray
+    best_value: np.ndarray
+    redundant_count: int
+    redundant_fraction: float
+    across: dict[str, np.ndarray]
+    across_best_layer: list[str]
+    across_best_channel: np.ndarray
+    across_best_value: np.ndarray
+
+    def to_dict(self, *, responses: bool = False) -> dict:
+        def r(a):
+            return np.round(np.asarray(a, np.float64), 10).tolist()
+
+        d = {
+            "name": self.name,
+            "index": self.index,
+            "channels": int(self.ncc.shape[0]),
+            "ncc": r(self.ncc),
+            "best_match": [int(v) for v in self.best_match],
+            "best_value": [None if np.isnan(v) else round(float(v), 10) for v in self.best_value],
+            "redundant_count": self.redundant_count,
+            "redundant_fraction": self.redundant_fraction,
+            "across": {k: r(v) for k, v in self.across.items()},
+            "across_best_layer": list(self.across_best_layer),
+            "across_best_channel": [int(v) for v in self.across_best_channel],
+            "across_best_value": [None if np.isnan(v) else round(float(v), 10) for v in self.across_best_value],
+        }
+        if responses:
+            d["responses"] = r(self.responses)
+        return d
+
+
+@dataclass(frozen=True)
+class ImpulseResult:
+    """Impulse analysis of a model's conv layers."""
+
+    model: str
+    mode: str
+    threshold: float
+    lags: bool
+    position: tuple[int, int]
+    notes: list[str]
+    layers: list[LayerImpulse]
+
+    def to_csv(self) -> str:
+        """One row per (layer, channel): its best match within the layer and in earlier layers."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["layer", "channel", "best_match", "best_value", "redundant", "across_layer", "across_channel",
+                    "across_value"])  # fmt: skip
+        for l in self.layers:
+            for c in range(len(l.best_match)):
+                across = "" if np.isnan(l.across_best_value[c]) else f"{l.across_best_value[c]:.6f}"
+                best = "" if np.isnan(l.best_value[c]) else f"{l.best_value[c]:.6f}"
+                w.writerow([l.name, c, int(l.best_match[c]), best, int(bool(l.best_value[c] >= self.threshold)),
+                            l.across_best_layer[c], int(l.across_best_channel[c]), across])  # fmt: skip
+        return buf.getvalue()
+
+    def to_dict(self, *, responses: bool = False) -> dict:
+        return {
+            "model": self.model,
+            "mode": self.mode,
+            "threshold": self.threshold,
+            "lags": self.lags,
+            "position": list(self.position),
+            "notes": list(self.notes),
+            "layers": [layer.to_dict(responses=responses) for layer in self.layers],
+        }
+
+
+def best_matches(ncc: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per row, the best column other than itself: (index (C,), value (C,), count >= threshold)."""
+    c = ncc.shape[0]
+    if c < 2:
+        return np.full(c, -1), np.full(c, np.nan), 0
+    masked = ncc.copy()
+    np.fill_diagonal(masked, -np.inf)
+    idx = masked.argmax(axis=1)
+    val = masked[np.arange(c), idx]
+    return idx, val, int((val >= threshold).sum())
+
+
+def impulse_inputs(
+    sample_shape: tuple[int, ...], layout: str, position: tuple[int, int] | None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """A zero input followed by one unit impulse per input channel: shape (1 + M, *sample_shape)."""
+    if layout == "NHWC":
+        h, w, m = sample_shape
+    else:
+        m, h, w = sample_shape
+    y, x = position if position is not None else (h // 2, w // 2)
+    if not (0 <= y < h and 0 <= x < w):
+        raise OnnxRedundError(f"impulse position ({y}, {x}) is outside the {h} x {w} input")
+    batch = np.zeros((1 + m, m, h, w), np.float32)
+    for c in range(m):
+        batch[1 + c, c, y, x] = 1.0
+    if layout == "NHWC":
+        batch = batch.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(batch), (y, x)
+
+
+def linearize(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Copy with biases zeroed and activations bypassed; returns it and notes on what stays non-linear."""
+    out = copy_model(proto)
+    graph = out.graph
+    values = constant_values(graph)
+    data = {i.name for i in data_inputs(graph)}
+    nonlinear: set[str] = set()
+    new_inits = []
+    for i, node in enumerate(graph.node):
+        if not any(t in data for t in node.input):
+            continue
+        data.update(node.output)
+        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
+            del node.input[2]
+        elif node.op_type in _BYPASS or (
+            node.op_type in ("Add", "Sub")
+            and len(node.input) == 2
+            and any(t in values for t in node.input)
+            and not all(t in values for t in node.input)
+        ):
+            keep = next(t for t in node.input if t in data)
+            _make_identity(node, keep)
+        elif node.op_type == "BatchNormalization":
+            scale, var = values.get(node.input[1]), values.get(node.input[4])
+            if scale is None or var is None:
+                nonlinear.add("BatchNormalization (non-constant)")
+                continue
+            eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+            gain = (scale / np.sqrt(var + eps)).astype(np.float32).reshape(-1, 1, 1)
+            name = f"onnxredund_bn_gain_{i}"
+            new_inits.append(numpy_helper.from_array(gain, name))
+            x = node.input[0]
+            node.ClearField("attribute")
+            del node.input[:]
+            node.input.extend([x, name])
+            node.op_type = "Mul"
+            del node.output[1:]
+        elif node.op_type not in _LINEAR:
+            nonlinear.add(node.op_type)
+    graph.initializer.extend(new_inits)
+    notes = [f"{op} stays non-linear: linear responses after it are approximations" for op in sorted(nonlinear)]
+    return out, notes
+
+
+def _make_identity(node: onnx.NodeProto, keep: str) -> None:
+    node.op_type = "Identity"
+    node.ClearField("attribute")
+    node.domain = ""
+    del node.input[:]
+    node.input.append(keep)
+    del node.output[1:]
+
+
+def _responses(
+    model: Model, sub: onnx.ModelProto, layers: list[ConvLayer], batch: np.ndarray, device: str
+) -> list[np.ndarray]:
+    runner = Runner.create(sub, device)
+    if model.batch_dynamic:
+        outs = runner.run({model.input_name: batch})
+    else:
+        parts = [runner.run({model.input_name: batch[i : i + 1]}) for i in range(len(batch))]
+        outs = [np.concatenate([p[j] for p in parts]) for j in range(len(layers))]
+    return [(o[1:] - o[:1]).astype(np.float64).transpose(1, 0, 2, 3) for o in outs]
+
+
+def run_impulse(
+    model: Model,
+    *,
+    layers: list[ConvLayer] | None = None,
+    mode: str = "network",
+    threshold: float = 0.9,
+    lags: bool = True,
+    position: tuple[int, int] | None = None,
+    across: bool = True,
+    device: str = "auto",
+) -> ImpulseResult:
+    """Impulse responses and NCC matrices of conv layers.
+
+    Args:
+        model: from :func:`onnxredund.load_model`.
+        layers: the conv layers to analyse (default all, in graph order).
+        mode: "network" or "linear" (see the module docstring).
+        threshold: a channel is redundant when its best match is >= threshold.
+        lags: maximise NCC over spatial lags (default) or take it at lag zero.
+        position: (row, column) of the impulse; default the centre.
+        across: also compare each layer with the earlier ones.
+        device: "auto", "cuda" or "cpu".
+    """
+    if mode not in IMPULSE_MODES:
+        raise OnnxRedundError(f"unknown impulse mode {mode!r}; use one of {', '.join(IMPULSE_MODES)}")
+    if not -1.0 <= threshold <= 1.0:
+        raise OnnxRedundError(f"--threshold {threshold} must lie in [-1, 1]")
+    layers = layers or model.layers
+    if any(len(l.kernel) != 2 for l in layers):
+        raise OnnxRedundError("impulse analysis handles 2-D convs; choose 2-D conv layers with --layers")
+    batch, pos = impulse_inputs(model.sample_shape, model.layout, position)
+    sub = cut(model.proto, [model.input_name], [l.output for l in layers])
+    sub, notes = (sub, []) if mode == "network" else linearize(sub)
+    responses = _responses(model, sub, layers, batch, device)
+    results: list[LayerImpulse] = []
+    for layer, resp in zip(layers, responses, strict=True):
+        ncc = ncc_matrix(resp, resp, lags=lags)
+        idx, val, count = best_matches(ncc, threshold)
+        across_ncc = {}
+        if across:
+            for earlier, eresp in zip(results, responses, strict=False):
+                across_ncc[earlier.name] = ncc_matrix(resp, eresp, lags=lags)
+        results.append(_layer_result(layer, resp, ncc, idx, val, count, across_ncc))
+    return ImpulseResult(
+        model=model.path, mode=mode, threshold=threshold, lags=lags, position=pos, notes=notes, layers=results
+    )
+
+
+def _layer_result(layer, resp, ncc, idx, val, count, across_ncc) -> LayerImpulse:
+    c = ncc.shape[0]
+    best_layer, best_channel, best_value = [""] * c, np.full(c, -1), np.full(c, np.nan)
+    for name, m in across_ncc.items():
+        j = m.argmax(axis=1)
+        v = m[np.arange(c), j]
+        for ch in range(c):
+            if np.isnan(best_value[ch]) or v[ch] > best_value[ch]:
+                best_layer[ch], best_channel[ch], best_value[ch] = name, j[ch], v[ch]
+    return LayerImpulse(
+        name=layer.name, index=layer.index, responses=resp, ncc=ncc, best_match=idx, best_value=val,
+        redundant_count=count, redundant_fraction=count / c, across=across_ncc, across_best_layer=best_layer,
+        across_best_channel=best_channel, across_best_value=best_value,
+    )  # fmt: skip
+
+
+def gaussian_kernel(size: int = 7, sigma: float = 1.5) -> np.ndarray:
+    """A 1-D Gaussian, normalized to sum 1: shape (size,)."""
+    t = np.arange(size) - (size - 1) / 2
+    g = np.exp(-(t**2) / (2 * sigma**2))
+    return (g / g.sum()).astype(np.float32)
+
+
+def cascade_model(first: np.ndarray, second: np.ndarray, size: int = 33) -> onnx.ModelProto:
+    """Two cascaded single-channel 2-D convs (``same`` padding) on a 1 x size x size input."""
+    nodes, inits = [], []
+    for i, k in enumerate((first, second)):
+        kh, kw = k.shape
+        inits.append(numpy_helper.from_array(k.reshape(1, 1, kh, kw).astype(np.float32), f"w{i}"))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                ["x" if i == 0 else "y0", f"w{i}"],
+                [f"y{i}"],
+                name=f"conv{i + 1}",
+                pads=[kh // 2, kw // 2, kh // 2, kw // 2],
+            )  # fmt: skip
+        )
+    graph = helper.make_graph(
+        nodes, "cascade", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, size, size])],
+        [helper.make_tensor_value_info("y1", onnx.TensorProto.FLOAT, ["N", 1, size, size])], initializer=inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def cascade_check(size: int = 33, kernel: int = 7, sigma: float = 1.5) -> dict:
+    """The paper's figure 7: vertical then horizontal Gaussian equals horizontal then vertical.
+
+    Returns:
+        ``{"ncc": float, "max_abs_diff": float, "responses": (2, size, size)}``: the impulse responses
+        of the last conv in both orders, their NCC (1.0) and largest difference (float rounding).
+    """
+    g = gaussian_kernel(kernel, sigma)
+    vertical, horizontal = g.reshape(-1, 1), g.reshape(1, -1)
+    responses = []
+    for first, second in ((vertical, horizontal), (horizontal, vertical)):
+        model = load_model_proto(cascade_model(first, second, size), name="cascade")
+        res = run_impulse(model, layers=[model.layers[-1]], mode="linear", across=False, device="cpu")
+        responses.append(res.layers[0].responses[0, 0])
+    a, b = responses
+    ncc = float(ncc_matrix(a[None, None], b[None, None], lags=False)[0, 0])
+    return {"ncc": ncc, "max_abs_diff": float(np.abs(a - b).max()), "responses": np.stack(responses)}
