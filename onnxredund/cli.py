@@ -259,7 +259,7 @@ def shuffle(ctx, model: Path, layer, mode, channels, data, limit, batch_size, re
                                "seed": seed, "exact": exact_path})  # fmt: skip
         ckpt = out_dir / f"shuffle-{md}.checkpoint.npz" if out_dir else None
         state = _load_checkpoint(ckpt, key) if (resume and ckpt) else None
-        quiet = ctx.obj["quiet"] or as_json
+        quiet = ctx.obj["quiet"] or as_json or not sys.stderr.isatty()
         with click.progressbar(length=len(dataset), label=f"{md} shuffle", file=sys.stderr,
                                hidden=quiet, show_eta=True) as bar:  # fmt: skip
             if state is not None:

@@ -436,8 +436,6 @@ def load_model_proto(
     proto: onnx.ModelProto, *, name: str = "<memory>", input_shape: tuple[int, ...] | None = None
 ) -> Model:
     """Validate and describe a model already in memory (a copy is kept; ``proto`` is not changed)."""
-    from onnxredund.batching import make_batch_dynamic
-
     path = Path(name)
     work = onnx.ModelProto()
     work.CopyFrom(proto)
@@ -446,6 +444,24 @@ def load_model_proto(
     _set_input_shape(proto, input_name, dims)
     if not any(n.op_type == "Conv" for n in proto.graph.node):
         raise OnnxRedundError(f"{path} has no Conv node; onnxredund analyses convolutional networks")
+    try:
+        return _describe(proto, path, input_name, dims)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
+        # the checker passed, yet the model contradicts itself (seen when fuzzing): a user error, not a bug
+        raise OnnxRedundError(f"{path} is malformed ({type(e).__name__}: {str(e)[:120]}); check the export") from None
+
+
+def _check_finite_weights(proto: onnx.ModelProto, path: Path) -> None:
+    for t in proto.graph.initializer:
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+            if not np.isfinite(numpy_helper.to_array(t)).all():
+                raise OnnxRedundError(f"{path}: weight {t.name!r} contains NaN or Inf; the model is broken")
+
+
+def _describe(proto: onnx.ModelProto, path: Path, input_name: str, dims: list) -> Model:
+    from onnxredund.batching import make_batch_dynamic  # batching imports this module
+
+    _check_finite_weights(proto, path)
     proto, batch_dynamic = make_batch_dynamic(proto, input_name, dims)
     if not batch_dynamic and dims[0] != 1:
         raise OnnxRedundError(
@@ -454,7 +470,7 @@ def load_model_proto(
     shapes = _shape_table(_infer(proto))
     conv_tensors = [t for n in proto.graph.node if n.op_type == "Conv" for t in (n.input[0], n.output[0])]
     if any(t not in shapes for t in conv_tensors):
-        from onnxredund.runtime import probe_shapes
+        from onnxredund.runtime import probe_shapes  # runtime imports this module
 
         shapes.update(probe_shapes(proto, input_name, tuple(dims[1:]), conv_tensors))
     return Model(
