@@ -124,11 +124,21 @@ def layers(model: Path, input_shape, as_json: bool) -> None:
         return
     rows = [["#", "name", "op", "channels", "kernel", "stride", "groups", "input", "output", "A_i", "MACs"]]
     for l in m.layers:
-        rows.append([
-            str(l.index), l.name, l.op, f"{l.in_channels}->{l.out_channels}", _fmt(l.kernel), _fmt(l.stride),
-            str(l.groups), _fmt(l.input_shape), _fmt(l.output_shape),
-            l.activation + (f" ({'+'.join(l.chain)})" if l.chain else ""), f"{l.macs:,}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                str(l.index),
+                l.name,
+                l.op,
+                f"{l.in_channels}->{l.out_channels}",
+                _fmt(l.kernel),
+                _fmt(l.stride),
+                str(l.groups),
+                _fmt(l.input_shape),
+                _fmt(l.output_shape),
+                l.activation + (f" ({'+'.join(l.chain)})" if l.chain else ""),
+                f"{l.macs:,}",
+            ]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     click.echo(f"{m.path}: input {m.input_name} N x {_fmt(m.sample_shape)} ({m.layout}), {len(m.layers)} conv layers")
     for r in rows:
@@ -176,8 +186,15 @@ def _load_checkpoint(path: Path, key: str):
         with np.load(path, allow_pickle=False) as z:
             if str(z["key"]) != key:
                 raise OnnxRedundError(f"{path} is from a run with other arguments; rerun without --resume")
-            return SweepState(int(z["batches_done"]), int(z["samples_done"]), int(z["baseline_correct"]),
-                              z["cos_sum"], z["correct"], z["agree"], float(z["seconds"]))  # fmt: skip
+            return SweepState(
+                int(z["batches_done"]),
+                int(z["samples_done"]),
+                int(z["baseline_correct"]),
+                z["cos_sum"],
+                z["correct"],
+                z["agree"],
+                float(z["seconds"]),
+            )
     except (OSError, KeyError, ValueError) as e:
         raise OnnxRedundError(f"cannot resume from {path}: {e}") from None
 
@@ -186,17 +203,27 @@ def _save_checkpoint(path: Path, key: str, state) -> None:
     from onnxredund.outputs import atomic_write
 
     buf = io.BytesIO()
-    np.savez(buf, key=np.array(key), batches_done=state.batches_done, samples_done=state.samples_done,
-             baseline_correct=state.baseline_correct, cos_sum=state.cos_sum, correct=state.correct,
-             agree=state.agree, seconds=state.seconds)  # fmt: skip
+    np.savez(
+        buf,
+        key=np.array(key),
+        batches_done=state.batches_done,
+        samples_done=state.samples_done,
+        baseline_correct=state.baseline_correct,
+        cos_sum=state.cos_sum,
+        correct=state.correct,
+        agree=state.agree,
+        seconds=state.seconds,
+    )
     atomic_write(path, buf.getvalue())
 
 
 def _summary(result) -> list[str]:
     mean = result.mean_cosine()
     order = np.argsort(-mean)
-    lines = [f"{result.mode} shuffling at {result.layer} ({result.path} path, {result.device}): "
-             f"{result.samples_done} samples, {len(result.channels)} channels, seed {result.seed}"]  # fmt: skip
+    lines = [
+        f"{result.mode} shuffling at {result.layer} ({result.path} path, {result.device}): "
+        f"{result.samples_done} samples, {len(result.channels)} channels, seed {result.seed}"
+    ]
     top = ", ".join(f"{result.channels[i]} ({mean[i]:.3f})" for i in order[:3])
     bottom = ", ".join(f"{result.channels[i]} ({mean[i]:.3f})" for i in order[::-1][:3])
     lines.append(f"  most redundant (highest mean cosine): {top}")
@@ -236,12 +263,31 @@ def _summary(result) -> list[str]:
 @_input_shape
 @_json
 @click.pass_context
-def shuffle(ctx, model: Path, layer, mode, channels, data, limit, batch_size, repeats, seed, device, exact_path,
-            chunk, out, overwrite, resume, input_shape, as_json) -> None:  # fmt: skip
+def shuffle(
+    ctx,
+    model: Path,
+    layer,
+    mode,
+    channels,
+    data,
+    limit,
+    batch_size,
+    repeats,
+    seed,
+    device,
+    exact_path,
+    chunk,
+    out,
+    overwrite,
+    resume,
+    input_shape,
+    as_json,
+) -> None:
     """Shuffle each input channel of a conv layer (across samples, or its pixels) and measure the
     cosine similarity of the layer's output per channel, accuracy and agreement."""
-    from onnxredund.outputs import atomic_write, prepare_out_dir, write_json
+    from onnxredund.outputs import prepare_out_dir
     from onnxredund.shuffle import parse_channels, run_shuffle
+    from onnxredund.writers import write_shuffle
 
     if resume and out is None:
         raise OnnxRedundError("--resume needs the --out folder of the interrupted run")
@@ -254,14 +300,26 @@ def shuffle(ctx, model: Path, layer, mode, channels, data, limit, batch_size, re
     results = {}
     interrupted = False
     for md in modes:
-        key = _checkpoint_key({"model": _model_sha256(model), "layer": target.name, "mode": md, "channels": ks,
-                               "data": dataset.name, "n": len(dataset), "batch": batch_size, "repeats": repeats,
-                               "seed": seed, "exact": exact_path})  # fmt: skip
+        key = _checkpoint_key(
+            {
+                "model": _model_sha256(model),
+                "layer": target.name,
+                "mode": md,
+                "channels": ks,
+                "data": dataset.name,
+                "n": len(dataset),
+                "batch": batch_size,
+                "repeats": repeats,
+                "seed": seed,
+                "exact": exact_path,
+            }
+        )
         ckpt = out_dir / f"shuffle-{md}.checkpoint.npz" if out_dir else None
         state = _load_checkpoint(ckpt, key) if (resume and ckpt) else None
         quiet = ctx.obj["quiet"] or as_json or not sys.stderr.isatty()
-        with click.progressbar(length=len(dataset), label=f"{md} shuffle", file=sys.stderr,
-                               hidden=quiet, show_eta=True) as bar:  # fmt: skip
+        with click.progressbar(
+            length=len(dataset), label=f"{md} shuffle", file=sys.stderr, hidden=quiet, show_eta=True
+        ) as bar:
             if state is not None:
                 bar.update(state.samples_done)
             result = run_shuffle(
@@ -282,8 +340,7 @@ def shuffle(ctx, model: Path, layer, mode, channels, data, limit, batch_size, re
             )
         results[md] = result
         if out_dir:
-            write_json(out_dir / f"shuffle-{md}.json", result.to_dict())
-            atomic_write(out_dir / f"shuffle-{md}.csv", result.to_csv())
+            write_shuffle(out_dir, result)
             if result.complete and ckpt.exists():
                 ckpt.unlink()
         if not result.complete:
@@ -317,38 +374,21 @@ def _parse_layers(spec: str | None, model) -> list:
 
 
 def _impulse_summary(result) -> list[str]:
-    lines = [f"impulse responses ({result.mode} mode, NCC {'max over lags' if result.lags else 'at zero lag'}, "
-             f"threshold {result.threshold}):"]  # fmt: skip
+    lines = [
+        f"impulse responses ({result.mode} mode, NCC {'max over lags' if result.lags else 'at zero lag'}, "
+        f"threshold {result.threshold}):"
+    ]
     for l in result.layers:
-        line = (f"  {l.name}: {l.redundant_count}/{len(l.best_match)} channels ({100 * l.redundant_fraction:.1f} %) "
-                f"have a match >= {result.threshold}")  # fmt: skip
+        line = (
+            f"  {l.name}: {l.redundant_count}/{len(l.best_match)} channels ({100 * l.redundant_fraction:.1f} %) "
+            f"have a match >= {result.threshold}"
+        )
         finite = l.across_best_value[~np.isnan(l.across_best_value)]
         if finite.size:
             line += f"; {int((finite >= result.threshold).sum())} match an earlier layer"
         lines.append(line)
     lines += [f"  note: {n}" for n in result.notes]
     return lines
-
-
-def write_impulse_outputs(out_dir: Path, result) -> list[Path]:
-    """impulse.json, impulse.csv, and per layer a response grid and an NCC heatmap."""
-    from onnxredund.figures import ncc_figure, response_grid_figure
-    from onnxredund.outputs import atomic_write, write_json
-
-    paths = [
-        write_json(out_dir / "impulse.json", result.to_dict()),
-        atomic_write(out_dir / "impulse.csv", result.to_csv()),
-    ]
-    for l in result.layers:
-        paths.append(
-            atomic_write(
-                out_dir / f"impulse-{l.index}-responses.png",
-                response_grid_figure(l.responses, f"{l.name}: impulse responses ({result.mode})"),
-            )
-        )
-        paths.append(atomic_write(out_dir / f"impulse-{l.index}-ncc.png",
-                                  ncc_figure(l.ncc, f"{l.name}: NCC of impulse responses")))  # fmt: skip
-    return paths
 
 
 @main.command()
@@ -363,8 +403,9 @@ def write_impulse_outputs(out_dir: Path, result) -> list[Path]:
 @_overwrite
 @_input_shape
 @_json
-def impulse(model: Path, layer_spec, mode, threshold, zero_lag, position, device, out, overwrite, input_shape,
-            as_json) -> None:  # fmt: skip
+def impulse(
+    model: Path, layer_spec, mode, threshold, zero_lag, position, device, out, overwrite, input_shape, as_json
+) -> None:
     """Unit impulse responses of every conv layer, compared by normalized cross-correlation within
     and across layers."""
     from onnxredund.impulse import run_impulse
@@ -372,16 +413,126 @@ def impulse(model: Path, layer_spec, mode, threshold, zero_lag, position, device
 
     out_dir = prepare_out_dir(out, overwrite=overwrite) if out else None
     m = _load(model, input_shape)
-    result = run_impulse(m, layers=_parse_layers(layer_spec, m), mode=mode, threshold=threshold, lags=not zero_lag,
-                         position=position, device=device)  # fmt: skip
+    result = run_impulse(
+        m,
+        layers=_parse_layers(layer_spec, m),
+        mode=mode,
+        threshold=threshold,
+        lags=not zero_lag,
+        position=position,
+        device=device,
+    )
     if out_dir:
-        write_impulse_outputs(out_dir, result)
+        from onnxredund.writers import write_impulse
+
+        write_impulse(out_dir, result)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
     else:
         click.echo("\n".join(_impulse_summary(result)))
         if out_dir:
             click.echo(f"results in {out_dir}/")
+
+
+class _StepBars:
+    """Progress for multi-step library calls: one click bar per step, on stderr, only on a terminal."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.hidden = quiet or not sys.stderr.isatty()
+        self.bar = None
+
+    def __call__(self, label: str, total: int):
+        if self.bar is not None:
+            self.bar.render_finish()
+        self.bar = click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True, hidden=self.hidden)
+        return self.bar.update
+
+
+@main.command()
+@_model_arg
+@_data
+@_limit
+@click.option("--layers", "layer_spec", help="Conv layers to shuffle [default: every conv with >1 input channel].")
+@click.option("--budget", type=click.FloatRange(min=1), help="Seconds for the shuffle sweeps; sweeps share it.")
+@click.option("--modes", type=click.Choice(["both", "channel", "pixel"]), default="both", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--threshold", type=float, default=0.9, show_default=True, help="NCC at which channels count as alike.")
+@click.option(
+    "--cheap-drop",
+    type=click.FloatRange(0, 1),
+    default=0.005,
+    show_default=True,
+    help="Accuracy drop at or under which a shuffled channel counts as cheap.",
+)
+@click.option(
+    "--fail-if",
+    "gates",
+    multiple=True,
+    help="Gate, e.g. 'redundant_fraction>0.5' or 'accuracy_drop>0.02': exit 1 when a layer trips it.",
+)
+@_seed
+@_device
+@_out
+@_overwrite
+@_input_shape
+@_json
+@click.pass_context
+def audit(
+    ctx,
+    model,
+    data,
+    limit,
+    layer_spec,
+    budget,
+    modes,
+    batch_size,
+    threshold,
+    cheap_drop,
+    gates,
+    seed,
+    device,
+    out,
+    overwrite,
+    input_shape,
+    as_json,
+) -> None:
+    """Impulse analysis of every conv and shuffling of the chosen layers, combined per layer into a
+    redundancy summary; writes report.html, results.json, CSV tables and figures into --out."""
+    from onnxredund.audit import check_gates, parse_gate, run_audit
+    from onnxredund.outputs import prepare_out_dir
+    from onnxredund.writers import redundancy_lines, write_audit
+
+    for g in gates:
+        parse_gate(g)  # fail early on a malformed gate
+    out_dir = prepare_out_dir(out or "onnxredund-audit", overwrite=overwrite)
+    m = _load(model, input_shape)
+    layers = None if layer_spec is None else _parse_layers(layer_spec, m)
+    dataset = _dataset(data, m, seed, limit)
+    result = run_audit(
+        m,
+        dataset,
+        layers=layers,
+        modes=("channel", "pixel") if modes == "both" else (modes,),
+        budget=budget,
+        seed=seed,
+        batch_size=batch_size,
+        threshold=threshold,
+        cheap_drop=cheap_drop,
+        device=device,
+        progress=_StepBars(ctx.obj["quiet"] or as_json),
+    )
+    write_audit(out_dir, result)
+    failures = check_gates(result, list(gates))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+    else:
+        click.echo(f"redundancy audit of {m.path} on {dataset.name}:")
+        click.echo("\n".join(redundancy_lines(result)))
+        click.echo(f"report: {out_dir / 'report.html'}")
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        click.echo(f"onnxredund: {failures[0]}{more}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -73,8 +73,9 @@ def cosine_figure(channels: list[int], cosine: np.ndarray, title: str) -> bytes:
     """Figure 5: cosine similarity per output channel (x) for each perturbed channel (lines), and their mean."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 2]})
-    im = ax1.imshow(cosine, aspect="auto", cmap="viridis", vmin=min(0.0, float(cosine.min())), vmax=1.0,
-                    interpolation="nearest")  # fmt: skip
+    im = ax1.imshow(
+        cosine, aspect="auto", cmap="viridis", vmin=min(0.0, float(cosine.min())), vmax=1.0, interpolation="nearest"
+    )
     fig.colorbar(im, ax=ax1, label="cosine")
     ax1.set_xlabel("output channel c")
     ax1.set_ylabel("perturbed input channel (row)")
@@ -88,8 +89,9 @@ def cosine_figure(channels: list[int], cosine: np.ndarray, title: str) -> bytes:
     return _png(fig)
 
 
-def accuracy_figure(channels: list[int], accuracy: np.ndarray, baseline: float | None, title: str,
-                    ylabel: str = "top-1 accuracy") -> bytes:  # fmt: skip
+def accuracy_figure(
+    channels: list[int], accuracy: np.ndarray, baseline: float | None, title: str, ylabel: str = "top-1 accuracy"
+) -> bytes:
     """Figure 6: accuracy per perturbed channel, the clean baseline as a horizontal line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -103,8 +105,9 @@ def accuracy_figure(channels: list[int], accuracy: np.ndarray, baseline: float |
     return _png(fig)
 
 
-def shuffle_example_figure(clean: np.ndarray, channel_shuffled: np.ndarray, pixel_shuffled: np.ndarray,
-                           title: str) -> bytes:  # fmt: skip
+def shuffle_example_figure(
+    clean: np.ndarray, channel_shuffled: np.ndarray, pixel_shuffled: np.ndarray, title: str
+) -> bytes:
     """Figure 4: one sample's input channel clean, channel-shuffled and pixel-shuffled (H, W) each."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.8))

@@ -51,14 +51,51 @@ log = logging.getLogger(__name__)
 
 IMPULSE_MODES = ("network", "linear")
 _BYPASS = {
-    "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu", "Softplus",
-    "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu", "PRelu",
-}  # fmt: skip
+    "Relu",
+    "LeakyRelu",
+    "Clip",
+    "Sigmoid",
+    "Tanh",
+    "HardSwish",
+    "HardSigmoid",
+    "Elu",
+    "Selu",
+    "Softplus",
+    "Softsign",
+    "Gelu",
+    "Mish",
+    "Celu",
+    "ThresholdedRelu",
+    "PRelu",
+}
 _LINEAR = {
-    "Conv", "Identity", "AveragePool", "GlobalAveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Concat",
-    "Split", "Slice", "Squeeze", "Unsqueeze", "Add", "Sub", "Mul", "Div", "BatchNormalization", "Resize",
-    "Upsample", "ConvTranspose", "Gather", "Shape", "Cast", "Constant", "Sum",
-}  # fmt: skip
+    "Conv",
+    "Identity",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Pad",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Concat",
+    "Split",
+    "Slice",
+    "Squeeze",
+    "Unsqueeze",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "BatchNormalization",
+    "Resize",
+    "Upsample",
+    "ConvTranspose",
+    "Gather",
+    "Shape",
+    "Cast",
+    "Constant",
+    "Sum",
+}
 
 
 @dataclass(frozen=True)
@@ -127,14 +164,34 @@ class ImpulseResult:
         """One row per (layer, channel): its best match within the layer and in earlier layers."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["layer", "channel", "best_match", "best_value", "redundant", "across_layer", "across_channel",
-                    "across_value"])  # fmt: skip
+        w.writerow(
+            [
+                "layer",
+                "channel",
+                "best_match",
+                "best_value",
+                "redundant",
+                "across_layer",
+                "across_channel",
+                "across_value",
+            ]
+        )
         for l in self.layers:
             for c in range(len(l.best_match)):
                 across = "" if np.isnan(l.across_best_value[c]) else f"{l.across_best_value[c]:.6f}"
                 best = "" if np.isnan(l.best_value[c]) else f"{l.best_value[c]:.6f}"
-                w.writerow([l.name, c, int(l.best_match[c]), best, int(bool(l.best_value[c] >= self.threshold)),
-                            l.across_best_layer[c], int(l.across_best_channel[c]), across])  # fmt: skip
+                w.writerow(
+                    [
+                        l.name,
+                        c,
+                        int(l.best_match[c]),
+                        best,
+                        int(bool(l.best_value[c] >= self.threshold)),
+                        l.across_best_layer[c],
+                        int(l.across_best_channel[c]),
+                        across,
+                    ]
+                )
         return buf.getvalue()
 
     def to_dict(self, *, responses: bool = False) -> dict:
@@ -303,10 +360,19 @@ def _layer_result(layer, resp, ncc, idx, val, count, across_ncc) -> LayerImpulse
             if np.isnan(best_value[ch]) or v[ch] > best_value[ch]:
                 best_layer[ch], best_channel[ch], best_value[ch] = name, j[ch], v[ch]
     return LayerImpulse(
-        name=layer.name, index=layer.index, responses=resp, ncc=ncc, best_match=idx, best_value=val,
-        redundant_count=count, redundant_fraction=count / c, across=across_ncc, across_best_layer=best_layer,
-        across_best_channel=best_channel, across_best_value=best_value,
-    )  # fmt: skip
+        name=layer.name,
+        index=layer.index,
+        responses=resp,
+        ncc=ncc,
+        best_match=idx,
+        best_value=val,
+        redundant_count=count,
+        redundant_fraction=count / c,
+        across=across_ncc,
+        across_best_layer=best_layer,
+        across_best_channel=best_channel,
+        across_best_value=best_value,
+    )
 
 
 def gaussian_kernel(size: int = 7, sigma: float = 1.5) -> np.ndarray:
@@ -329,12 +395,15 @@ def cascade_model(first: np.ndarray, second: np.ndarray, size: int = 33) -> onnx
                 [f"y{i}"],
                 name=f"conv{i + 1}",
                 pads=[kh // 2, kw // 2, kh // 2, kw // 2],
-            )  # fmt: skip
+            )
         )
     graph = helper.make_graph(
-        nodes, "cascade", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, size, size])],
-        [helper.make_tensor_value_info("y1", onnx.TensorProto.FLOAT, ["N", 1, size, size])], initializer=inits,
-    )  # fmt: skip
+        nodes,
+        "cascade",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, size, size])],
+        [helper.make_tensor_value_info("y1", onnx.TensorProto.FLOAT, ["N", 1, size, size])],
+        initializer=inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 

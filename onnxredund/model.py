@@ -28,9 +28,23 @@ MIN_OPSET = 7
 _ALLOWED_DOMAINS = ("", "ai.onnx")
 #: ops that keep a conv's output channel-wise; the activation A_i is the end of such a chain
 _UNARY_ELEMENTWISE = {
-    "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu",
-    "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu", "Identity",
-}  # fmt: skip
+    "Relu",
+    "LeakyRelu",
+    "Clip",
+    "Sigmoid",
+    "Tanh",
+    "HardSwish",
+    "HardSigmoid",
+    "Elu",
+    "Selu",
+    "Softplus",
+    "Softsign",
+    "Gelu",
+    "Mish",
+    "Celu",
+    "ThresholdedRelu",
+    "Identity",
+}
 _CONST_OPERAND_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "PRelu"}
 
 
@@ -410,11 +424,21 @@ def describe_layers(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) 
             )
         layers.append(
             ConvLayer(
-                index=len(layers), name=name, op=node.op_type, node_index=node_index, input=x,
-                output=node.output[0], activation=activation, chain=chain, weight=w, bias=bias,
-                input_shape=shapes[x], output_shape=shapes[node.output[0]], **geo,
+                index=len(layers),
+                name=name,
+                op=node.op_type,
+                node_index=node_index,
+                input=x,
+                output=node.output[0],
+                activation=activation,
+                chain=chain,
+                weight=w,
+                bias=bias,
+                input_shape=shapes[x],
+                output_shape=shapes[node.output[0]],
+                **geo,
             )
-        )  # fmt: skip
+        )
     return layers
 
 

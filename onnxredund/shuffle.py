@@ -234,8 +234,10 @@ class _Engine:
         a = _numpy(clean[self.layer.activation])
         cos, correct, agree = [], [], []
         for k, perm in zip(ks, perms, strict=True):
-            feeds = {n: (apply_permutation(x, k, perm, self.mode) if n.startswith("onnxredund") else _numpy(clean[n]))
-                     for n in self.direct_inputs}  # fmt: skip
+            feeds = {
+                n: (apply_permutation(x, k, perm, self.mode) if n.startswith("onnxredund") else _numpy(clean[n]))
+                for n in self.direct_inputs
+            }
             outs = self._run_direct_feeds(feeds)
             cos.append(cosine_per_channel(outs[0], a).sum(axis=0))
             if self.pred is not None:
@@ -297,6 +299,7 @@ def run_shuffle(
     progress: Callable[[int], None] | None = None,
     state: SweepState | None = None,
     on_batch: Callable[[SweepState], None] | None = None,
+    max_seconds: float | None = None,
 ) -> ShuffleResult:
     """Shuffle each input channel of a conv layer and measure cosine, accuracy and agreement.
 
@@ -315,6 +318,7 @@ def run_shuffle(
         progress: called with the number of samples finished after each batch.
         state: a :class:`SweepState` to resume from (same arguments as the interrupted run).
         on_batch: called with the state after each batch (checkpoints).
+        max_seconds: stop after the batch that passes this time (``complete`` False, like Ctrl-C).
 
     Returns:
         A :class:`ShuffleResult`; ``complete`` is False when interrupted (Ctrl-C).
@@ -369,6 +373,10 @@ def run_shuffle(
                 on_batch(state)
             if progress is not None:
                 progress(len(xb))
+            if max_seconds is not None and state.seconds >= max_seconds and bi + 1 < len(starts):
+                complete = False
+                log.warning("time budget spent after %d of %d samples", state.samples_done, len(x))
+                break
     except KeyboardInterrupt:
         complete = False
         log.warning("interrupted after %d of %d samples", state.samples_done, len(x))
@@ -387,10 +395,27 @@ def _result(model, layer, data, engine, state, mode, seed, repeats, batch_size, 
     acc = _mean_std(state.correct / done) if has_labels else (None, None)
     agr = _mean_std(state.agree / done) if has_pred else (None, None)
     return ShuffleResult(
-        model=model.path, layer=layer.name, layer_index=layer.index, mode=mode, seed=seed, repeats=repeats,
-        batch_size=batch_size, num_samples=n, data=data.name, channels=list(channels), cosine=cosine,
-        cosine_std=cosine_std, accuracy=acc[0], accuracy_std=acc[1], agreement=agr[0], agreement_std=agr[1],
-        baseline_accuracy=state.baseline_correct / done if has_labels else None, path=engine.path,
-        device=engine.device, complete=complete, samples_done=state.samples_done, seconds=state.seconds,
+        model=model.path,
+        layer=layer.name,
+        layer_index=layer.index,
+        mode=mode,
+        seed=seed,
+        repeats=repeats,
+        batch_size=batch_size,
+        num_samples=n,
+        data=data.name,
+        channels=list(channels),
+        cosine=cosine,
+        cosine_std=cosine_std,
+        accuracy=acc[0],
+        accuracy_std=acc[1],
+        agreement=agr[0],
+        agreement_std=agr[1],
+        baseline_accuracy=state.baseline_correct / done if has_labels else None,
+        path=engine.path,
+        device=engine.device,
+        complete=complete,
+        samples_done=state.samples_done,
+        seconds=state.seconds,
         cosine_repeats=state.cos_sum / done,
-    )  # fmt: skip
+    )

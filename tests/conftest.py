@@ -41,9 +41,20 @@ def save(model: onnx.ModelProto, tmp_path: Path, name: str = "model.onnx") -> Pa
     return path
 
 
-def small_cnn(seed: int = 0, *, c_in: int = 3, c_mid: int = 4, c_out: int = 5, size: int = 6, classes: int = 4,
-              residual: bool = False, bn: bool = False, groups: int = 1, zero_channel: int | None = None,
-              batch=None) -> tuple[onnx.ModelProto, dict]:  # fmt: skip
+def small_cnn(
+    seed: int = 0,
+    *,
+    c_in: int = 3,
+    c_mid: int = 4,
+    c_out: int = 5,
+    size: int = 6,
+    classes: int = 4,
+    residual: bool = False,
+    bn: bool = False,
+    groups: int = 1,
+    zero_channel: int | None = None,
+    batch=None,
+) -> tuple[onnx.ModelProto, dict]:
     """input (N, c_in, size, size) -> conv1 (+BN) -> Relu -> conv2 (groups) -> Relu [+ residual conv1 act]
     -> GlobalAveragePool -> Flatten -> Gemm -> logits (N, classes). Returns the model and its weights."""
     rng = np.random.default_rng(seed)
@@ -60,8 +71,12 @@ def small_cnn(seed: int = 0, *, c_in: int = 3, c_mid: int = 4, c_out: int = 5, s
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["z1"], name="conv1", pads=[1, 1, 1, 1])]
     act1_in = "z1"
     if bn:
-        w |= {"g": rng.uniform(0.5, 2, c_mid), "beta": rng.normal(size=c_mid), "mu": rng.normal(size=c_mid),
-              "var": rng.uniform(0.5, 2, c_mid)}  # fmt: skip
+        w |= {
+            "g": rng.uniform(0.5, 2, c_mid),
+            "beta": rng.normal(size=c_mid),
+            "mu": rng.normal(size=c_mid),
+            "var": rng.uniform(0.5, 2, c_mid),
+        }
         nodes.append(helper.make_node("BatchNormalization", ["z1", "g", "beta", "mu", "var"], ["bn1"], name="bn1"))
         act1_in = "bn1"
     nodes += [

@@ -48,14 +48,40 @@ def test_shuffle_json_and_outputs(tmp_path):
     x = np.random.default_rng(0).random((40, 3, 6, 6)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 4)
     out = tmp_path / "out"
-    r = run_cli("shuffle", path, "--layer", "conv2", "--data", tmp_path / "d.npz", "--batch-size", "16",
-                "--device", "cpu", "--mode", "both", "--out", out, "--json")  # fmt: skip
+    r = run_cli(
+        "shuffle",
+        path,
+        "--layer",
+        "conv2",
+        "--data",
+        tmp_path / "d.npz",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--mode",
+        "both",
+        "--out",
+        out,
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)
     assert set(res) == {"channel", "pixel"}
     ch = res["channel"]
-    for key in ("model", "layer", "mode", "seed", "batch_size", "num_samples", "channels", "cosine", "accuracy",
-                "agreement", "baseline_accuracy"):  # fmt: skip
+    for key in (
+        "model",
+        "layer",
+        "mode",
+        "seed",
+        "batch_size",
+        "num_samples",
+        "channels",
+        "cosine",
+        "accuracy",
+        "agreement",
+        "baseline_accuracy",
+    ):
         assert key in ch
     assert ch["channels"] == [0, 1, 2, 3] and len(ch["cosine"][0]) == 5 and ch["num_samples"] == 40
     assert json.loads((out / "shuffle-channel.json").read_text()) == ch

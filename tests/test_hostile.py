@@ -16,8 +16,14 @@ W = np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32)
 
 
 def conv_only(opset=17, **kw):
-    return make_model([helper.make_node("Conv", ["x", "w"], ["z"], name="c")], [("x", ["N", 3, 5, 5])],
-                      [("z", ["N", 4, 3, 3])], {"w": W}, opset=opset, **kw)  # fmt: skip
+    return make_model(
+        [helper.make_node("Conv", ["x", "w"], ["z"], name="c")],
+        [("x", ["N", 3, 5, 5])],
+        [("z", ["N", 4, 3, 3])],
+        {"w": W},
+        opset=opset,
+        **kw,
+    )
 
 
 def external(tmp_path: Path, location: str) -> Path:
@@ -32,7 +38,7 @@ def external(tmp_path: Path, location: str) -> Path:
     return path
 
 
-def build_case(name: str, tmp: Path) -> tuple[list, str]:  # noqa: PLR0911 - one branch per case
+def build_case(name: str, tmp: Path) -> tuple[list, str]:
     """Files for one case; returns (CLI args, expected message fragment)."""
     good = tmp / "good.onnx"
     onnx.save(small_cnn()[0], str(good))
@@ -87,13 +93,21 @@ def build_case(name: str, tmp: Path) -> tuple[list, str]:  # noqa: PLR0911 - one
         (tmp / "y.onnx").write_bytes(m.SerializeToString())
         return ["layers", tmp / "y.onnx"], "not a valid ONNX model"
     if name == "inconsistent shapes":
-        m = make_model([helper.make_node("Conv", ["x", "w"], ["z"], name="c")], [("x", ["N", 2, 5, 5])],
-                       [("z", ["N", 4, 3, 3])], {"w": W})  # fmt: skip
+        m = make_model(
+            [helper.make_node("Conv", ["x", "w"], ["z"], name="c")],
+            [("x", ["N", 2, 5, 5])],
+            [("z", ["N", 4, 3, 3])],
+            {"w": W},
+        )
         (tmp / "s.onnx").write_bytes(m.SerializeToString())
         return ["layers", tmp / "s.onnx"], "inconsistent"
     if name == "input not an image":
-        m = make_model([helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("Conv", ["r", "w"], ["z"])],
-                       [("x", ["N", 75])], [("z", ["N", 4, 3, 3])], {"w": W, "s": [-1, 3, 5, 5]})  # fmt: skip
+        m = make_model(
+            [helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("Conv", ["r", "w"], ["z"])],
+            [("x", ["N", 75])],
+            [("z", ["N", 4, 3, 3])],
+            {"w": W, "s": [-1, 3, 5, 5]},
+        )
         (tmp / "i.onnx").write_bytes(m.SerializeToString())
         return ["layers", tmp / "i.onnx"], "needs an image tensor"
     if name == "integer input":
@@ -102,8 +116,12 @@ def build_case(name: str, tmp: Path) -> tuple[list, str]:  # noqa: PLR0911 - one
         (tmp / "i.onnx").write_bytes(m.SerializeToString())
         return ["layers", tmp / "i.onnx"], "is not float32"
     if name == "two inputs":
-        m = make_model([helper.make_node("Add", ["x", "x2"], ["s"]), helper.make_node("Conv", ["s", "w"], ["z"])],
-                       [("x", ["N", 3, 5, 5]), ("x2", ["N", 3, 5, 5])], [("z", ["N", 4, 3, 3])], {"w": W})  # fmt: skip
+        m = make_model(
+            [helper.make_node("Add", ["x", "x2"], ["s"]), helper.make_node("Conv", ["s", "w"], ["z"])],
+            [("x", ["N", 3, 5, 5]), ("x2", ["N", 3, 5, 5])],
+            [("z", ["N", 4, 3, 3])],
+            {"w": W},
+        )
         (tmp / "i.onnx").write_bytes(m.SerializeToString())
         return ["layers", tmp / "i.onnx"], "2 data inputs"
     if name == "missing external data":
@@ -119,8 +137,11 @@ def build_case(name: str, tmp: Path) -> tuple[list, str]:  # noqa: PLR0911 - one
         return ["layers", external(tmp, "link.bin")], "is a link out of the model's folder"
     if name == "local functions":
         m = conv_only()
-        m.functions.append(helper.make_function("my", "F", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])],
-                                                [helper.make_opsetid("", 17)]))  # fmt: skip
+        m.functions.append(
+            helper.make_function(
+                "my", "F", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])], [helper.make_opsetid("", 17)]
+            )
+        )
         m.opset_import.append(helper.make_opsetid("my", 1))
         (tmp / "f.onnx").write_bytes(m.SerializeToString())
         return ["layers", tmp / "f.onnx"], "functions"
@@ -189,19 +210,54 @@ def build_case(name: str, tmp: Path) -> tuple[list, str]:  # noqa: PLR0911 - one
 
 
 CASES = [
-    "not a file", "missing file", "empty file", "non-ONNX bytes", "truncated protobuf", "no graph", "no conv",
-    "opset too new", "opset too old", "unknown op", "custom domain", "cyclic graph", "inconsistent shapes",
-    "input not an image", "integer input", "two inputs", "missing external data", "external data ../",
-    "external data absolute", "external data symlink", "local functions", "corrupt npz", "pickled npz",
-    "npz without x", "data of wrong shape", "data with wrong channel count", "data of wrong dtype", "NaN in data",
-    "Inf in data", "labels out of range", "negative labels", "labels of wrong length", "missing data folder",
-    "bad synthetic spec", "corrupt MNIST folder", "unknown layer", "unknown channel", "output path is a file",
-    "output not writable", "output folder not empty", "impulse outside the input",
-]  # fmt: skip
+    "not a file",
+    "missing file",
+    "empty file",
+    "non-ONNX bytes",
+    "truncated protobuf",
+    "no graph",
+    "no conv",
+    "opset too new",
+    "opset too old",
+    "unknown op",
+    "custom domain",
+    "cyclic graph",
+    "inconsistent shapes",
+    "input not an image",
+    "integer input",
+    "two inputs",
+    "missing external data",
+    "external data ../",
+    "external data absolute",
+    "external data symlink",
+    "local functions",
+    "corrupt npz",
+    "pickled npz",
+    "npz without x",
+    "data of wrong shape",
+    "data with wrong channel count",
+    "data of wrong dtype",
+    "NaN in data",
+    "Inf in data",
+    "labels out of range",
+    "negative labels",
+    "labels of wrong length",
+    "missing data folder",
+    "bad synthetic spec",
+    "corrupt MNIST folder",
+    "unknown layer",
+    "unknown channel",
+    "output path is a file",
+    "output not writable",
+    "output folder not empty",
+    "impulse outside the input",
+]
 
 
 def snapshot(root: Path) -> dict:
-    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {
+        p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()
+    }
 
 
 @pytest.mark.parametrize("case", CASES)

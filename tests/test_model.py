@@ -33,8 +33,9 @@ def test_conv_with_separate_bias_add():  # CNTK
         helper.make_node("Add", ["z", "b"], ["zb"]),
         helper.make_node("Relu", ["zb"], ["y"]),
     ]
-    m = load_model_proto(make_model(nodes, [("x", ["N", 3, 5, 5])], [("y", ["N", 4, 5, 5])],
-                                    {"w": W, "b": np.ones((1, 4, 1, 1))}))  # fmt: skip
+    m = load_model_proto(
+        make_model(nodes, [("x", ["N", 3, 5, 5])], [("y", ["N", 4, 5, 5])], {"w": W, "b": np.ones((1, 4, 1, 1))})
+    )
     l = m.layers[0]
     assert l.chain == ("Add", "Relu") and l.activation == "y" and l.bias is None
     assert l.name == "Conv_0"  # stable generated name for an unnamed node
@@ -65,8 +66,9 @@ def test_constant_node_weights():  # Paddle
 
 
 def test_initializer_listed_as_input():  # old exporters
-    model = make_model([helper.make_node("Conv", ["x", "w"], ["z"])], [("x", ["N", 3, 5, 5])],
-                       [("z", ["N", 4, 3, 3])], {"w": W})  # fmt: skip
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["z"])], [("x", ["N", 3, 5, 5])], [("z", ["N", 4, 3, 3])], {"w": W}
+    )
     model.graph.input.append(helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [4, 3, 3, 3]))
     m = load_model_proto(model)
     assert m.input_name == "x" and m.layers[0].weight == "w"

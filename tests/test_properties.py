@@ -21,8 +21,10 @@ from onnxredund.perturb import apply_permutation, permutation_for
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 
 
-@given(arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 5)), elements=finite),
-       arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 5)), elements=finite))  # fmt: skip
+@given(
+    arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 5)), elements=finite),
+    arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 5)), elements=finite),
+)
 @settings(max_examples=200, deadline=None)
 def test_cosine_is_within_bounds(a, b):
     b = np.resize(b, a.shape)
@@ -31,8 +33,13 @@ def test_cosine_is_within_bounds(a, b):
     np.testing.assert_allclose(cosine_per_channel(a, a)[np.abs(a).sum(-1) > 1e-3], 1.0, atol=1e-6)
 
 
-@given(st.sampled_from(["channel", "pixel"]), st.integers(0, 2**32), st.integers(0, 9), st.integers(1, 40),
-       st.integers(1, 50))  # fmt: skip
+@given(
+    st.sampled_from(["channel", "pixel"]),
+    st.integers(0, 2**32),
+    st.integers(0, 9),
+    st.integers(1, 40),
+    st.integers(1, 50),
+)
 @settings(max_examples=200, deadline=None)
 def test_permutations_are_bijections_and_seeded(mode, seed, k, batch, pixels):
     p = permutation_for(mode, seed, 0, k, 3, batch, pixels)

@@ -161,8 +161,16 @@ def test_resume_gives_the_uninterrupted_numbers():
     saved = []
 
     def stop_after_two(state):
-        saved.append(SweepState(state.batches_done, state.samples_done, state.baseline_correct,
-                                state.cos_sum.copy(), state.correct.copy(), state.agree.copy()))  # fmt: skip
+        saved.append(
+            SweepState(
+                state.batches_done,
+                state.samples_done,
+                state.baseline_correct,
+                state.cos_sum.copy(),
+                state.correct.copy(),
+                state.agree.copy(),
+            )
+        )
         if state.batches_done == 2:
             raise KeyboardInterrupt
 

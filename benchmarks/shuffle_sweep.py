@@ -1,0 +1,158 @@
+"""Time an all-channel shuffle sweep at conv2 against the PyTorch loop a user would write.
+
+    python benchmarks/shuffle_sweep.py --data DIR_WITH_MNIST [--device cpu|cuda] [--limit N]
+
+For each model (LeNet-5, LeNet-5x10) and mode (channel, pixel), on the same machine and data:
+
+- (a) PyTorch: a forward-pre-hook on conv2 shuffles one input channel per pass over the data, with the
+  same permutations as onnxredund; cosine of relu(conv2) per channel and accuracy, in float64;
+- (b) onnxredund's direct path (one run per channel, ``--exact-path``);
+- (c) onnxredund's default path (the fast, linear path);
+- one clean inference pass over the same data (onnxruntime).
+
+It checks that the three agree within 1e-4 and prints times and ratios (a/c and b/c) as a Markdown
+table. Needs torch (the ``export`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from exporters.lenet import LeNet5  # noqa: E402
+from onnxredund.data import Dataset, load_mnist  # noqa: E402
+from onnxredund.evaluate import predict  # noqa: E402
+from onnxredund.model import load_model  # noqa: E402
+from onnxredund.perturb import permutation_for  # noqa: E402
+from onnxredund.shuffle import run_shuffle  # noqa: E402
+
+WIDTHS = {"lenet5": 1, "lenet5x10": 10}
+
+
+def torch_model(name: str, device: str) -> torch.nn.Module:
+    """The ONNX model's weights in the torch LeNet5 (initializer names are the state-dict keys)."""
+    model = load_model(ROOT / "models" / f"{name}.onnx")
+    net = LeNet5(WIDTHS[name])
+    state = {k: torch.from_numpy(model.constant(k).copy()) for k in net.state_dict()}
+    net.load_state_dict(state)
+    return net.eval().to(device)
+
+
+def torch_sweep(net, x, y, mode: str, batch: int, seed: int, device: str):
+    """The baseline: one hooked pass over the data per perturbed channel."""
+    c_in = net.conv2.in_channels
+    state = {}
+
+    def pre_hook(_module, args):
+        (inp,) = args
+        k, perm = state["k"], state["perm"]
+        out = inp.clone()
+        if mode == "channel":
+            out[:, k] = inp[perm, k]
+        else:
+            flat = inp[:, k].reshape(inp.shape[0], -1)
+            out[:, k] = torch.gather(flat, 1, perm).reshape(inp[:, k].shape)
+        return (out,)
+
+    def post_hook(_module, _args, output):
+        state["a2"] = torch.relu(output)
+
+    h_post = net.conv2.register_forward_hook(post_hook)
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    cos = torch.zeros(c_in, net.conv2.out_channels, dtype=torch.float64, device=device)
+    correct = torch.zeros(c_in, dtype=torch.int64, device=device)
+    with torch.no_grad():
+        clean_a2 = []
+        for s in range(0, len(xt), batch):
+            net(xt[s : s + batch])
+            clean_a2.append(state["a2"])
+        h_pre = net.conv2.register_forward_pre_hook(pre_hook)
+        pixels = 14 * 14
+        for k in range(c_in):
+            for bi, s in enumerate(range(0, len(xt), batch)):
+                xb = xt[s : s + batch]
+                perm = permutation_for(mode, seed, 0, k, bi, len(xb), pixels)
+                state["k"], state["perm"] = k, torch.from_numpy(perm).to(device)
+                logits = net(xb)
+                a, b = state["a2"].flatten(2), clean_a2[bi].flatten(2)
+                dot, na, nb = (a * b).sum(-1), a.norm(dim=-1), b.norm(dim=-1)
+                c = torch.where((na == 0) | (nb == 0), 0.0, (dot / (na * nb)).clamp(-1, 1))
+                c = torch.where((na == 0) & (nb == 0), 1.0, c)
+                cos[k] += c.sum(0).double()
+                correct[k] += (logits.argmax(1) == yt[s : s + batch]).sum()
+        h_pre.remove()
+    h_post.remove()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (cos / len(xt)).cpu().numpy(), (correct.double() / len(xt)).cpu().numpy()
+
+
+def timed(fn, repeats: int = 1):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--limit", type=int, default=10000)
+    p.add_argument("--models", default="lenet5,lenet5x10")
+    p.add_argument("--modes", default="channel,pixel")
+    p.add_argument("--repeats", type=int, default=1, help="time each path this many times, keep the best")
+    p.add_argument("--skip-direct", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    test = load_mnist(args.data, "test")
+    data = Dataset(test.x[: args.limit], test.y[: args.limit], f"mnist:test[:{args.limit}]")
+    dev = f"{torch.cuda.get_device_name()} " if args.device == "cuda" else ""
+    print(f"# shuffle sweep at conv2, {len(data)} images, batch 256, device {args.device} {dev}")
+    print(f"python {platform.python_version()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print()
+    print("| model | mode | (a) torch hook loop s | (b) direct s | (c) default s | clean pass s | a/c | b/c | diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        model = load_model(ROOT / "models" / f"{name}.onnx")
+        net = torch_model(name, args.device)
+        clean_s, _ = timed(lambda m=model: predict(m, data.x, device=args.device), args.repeats)
+        for mode in args.modes.split(","):
+            ta, (cos_a, acc_a) = timed(
+                lambda n=net, md=mode: torch_sweep(n, data.x, data.y, md, 256, 0, args.device), args.repeats
+            )
+            tc, res_c = timed(
+                lambda m=model, md=mode: run_shuffle(m, "conv2", data, mode=md, device=args.device), args.repeats
+            )
+            diffs = [np.abs(res_c.cosine - cos_a).max(), np.abs(res_c.accuracy - acc_a).max()]
+            tb = float("nan")
+            if not args.skip_direct:
+                tb, res_b = timed(
+                    lambda m=model, md=mode: run_shuffle(
+                        m, "conv2", data, mode=md, device=args.device, exact_path=True
+                    ),
+                    args.repeats,
+                )
+                diffs += [np.abs(res_b.cosine - res_c.cosine).max(), np.abs(res_b.accuracy - res_c.accuracy).max()]
+            diff = max(diffs)
+            status = "" if diff <= 1e-4 else " MISMATCH"
+            print(
+                f"| {name} | {mode} | {ta:.2f} | {tb:.2f} | {tc:.2f} | {clean_s:.3f} | {ta / tc:.1f}x | "
+                f"{tb / tc:.1f}x | {diff:.1e}{status} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

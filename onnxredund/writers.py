@@ -1,0 +1,186 @@
+"""Write results to an output folder: JSON, CSV, PNG figures and the HTML report, each atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onnxredund.audit import AuditResult
+from onnxredund.figures import accuracy_figure, cosine_figure, ncc_figure, response_grid_figure
+from onnxredund.impulse import ImpulseResult
+from onnxredund.outputs import atomic_write, write_json
+from onnxredund.report import Figure, Section, Table, render_html
+from onnxredund.shuffle import ShuffleResult
+
+__all__ = [
+    "impulse_figures",
+    "redundancy_lines",
+    "shuffle_figures",
+    "write_audit",
+    "write_impulse",
+    "write_shuffle",
+]
+
+
+def impulse_figures(result: ImpulseResult, prefix: str = "") -> dict[str, Figure]:
+    """File name -> figure: per layer a response grid (paper fig. 8) and an NCC heatmap (fig. 9)."""
+    figs = {}
+    for l in result.layers:
+        figs[f"{prefix}impulse-{l.index}-responses.png"] = Figure(
+            response_grid_figure(l.responses, f"{prefix}{l.name}: impulse responses ({result.mode})"),
+            f"{prefix}{l.name}: impulse response of each output channel (input channel 0)",
+        )
+        figs[f"{prefix}impulse-{l.index}-ncc.png"] = Figure(
+            ncc_figure(l.ncc, f"{prefix}{l.name}: NCC of impulse responses"),
+            f"{prefix}{l.name}: one-vs-all normalized cross-correlation of the impulse responses",
+        )
+    return figs
+
+
+def shuffle_figures(result: ShuffleResult, prefix: str = "") -> dict[str, Figure]:
+    """File name -> figure: cosine per output channel (paper fig. 5) and accuracy per channel (fig. 6)."""
+    tag = f"{prefix}shuffle-{result.layer_index}-{result.mode}"
+    title = f"{prefix}{result.layer}: {result.mode} shuffling"
+    figs = {
+        f"{tag}-cosine.png": Figure(
+            cosine_figure(result.channels, result.cosine, title),
+            f"{title}: cosine similarity of A_i per output channel",
+        )
+    }
+    values, label = (
+        (result.accuracy, "top-1 accuracy") if result.accuracy is not None else (result.agreement, "agreement")
+    )
+    if values is not None:
+        figs[f"{tag}-accuracy.png"] = Figure(
+            accuracy_figure(result.channels, values, result.baseline_accuracy, title, label),
+            f"{title}: {label} per perturbed channel; the line is the clean baseline",
+        )
+    return figs
+
+
+def _write_figures(out: Path, figs: dict[str, Figure]) -> None:
+    for name, fig in figs.items():
+        atomic_write(out / name, fig.png)
+
+
+def write_impulse(out: Path, result: ImpulseResult) -> None:
+    write_json(out / "impulse.json", result.to_dict())
+    atomic_write(out / "impulse.csv", result.to_csv())
+    _write_figures(out, impulse_figures(result))
+
+
+def write_shuffle(out: Path, result: ShuffleResult, figures: bool = True) -> None:
+    write_json(out / f"shuffle-{result.mode}.json", result.to_dict())
+    atomic_write(out / f"shuffle-{result.mode}.csv", result.to_csv())
+    if figures:
+        _write_figures(out, shuffle_figures(result))
+
+
+def _summary_table(result: AuditResult) -> Table:
+    def pct(v):
+        return None if v is None else f"{100 * v:.1f} %"
+
+    rows = [
+        [
+            s.name,
+            f"{s.in_channels}->{s.out_channels}",
+            pct(s.impulse_redundant_fraction),
+            pct(s.channel_cheap_fraction),
+            pct(s.pixel_cheap_fraction),
+            None if s.worst_accuracy_drop is None else f"{100 * s.worst_accuracy_drop:.2f} pp",
+            f"{s.redundancy_score:.3f}",
+        ]
+        for s in result.layers
+    ]
+    return Table(
+        [
+            "layer",
+            "channels",
+            "impulse: redundant out-channels",
+            "channel shuffle: cheap in-channels",
+            "pixel shuffle: cheap in-channels",
+            "worst accuracy drop",
+            "redundancy score",
+        ],
+        rows,
+        f"cheap: shuffling costs at most {100 * result.cheap_drop:.2f} pp accuracy; redundant: NCC best match "
+        f">= {result.impulse.threshold}",
+    )
+
+
+def _ranked_table(summary) -> Table:
+    rows = [
+        [r["channel"], f"{100 * r['cost']:.2f} pp", *(f"{v:.4f}" for v in r["mean_cosine"].values())]
+        for r in summary.ranked_channels[:20]
+    ]
+    modes = list(summary.ranked_channels[0]["mean_cosine"]) if summary.ranked_channels else []
+    return Table(
+        ["input channel", "cost (worst mode)", *(f"mean cosine ({m})" for m in modes)],
+        rows,
+        f"{summary.name}: input channels whose perturbation costs least (first 20)",
+    )
+
+
+def write_audit(out: Path, result: AuditResult) -> None:
+    """results.json, summary.csv, impulse.csv, shuffle CSVs, PNG figures and report.html."""
+    write_json(out / "results.json", result.to_dict())
+    header = (
+        "layer,in_channels,out_channels,impulse_redundant_fraction,channel_cheap_fraction,"
+        "pixel_cheap_fraction,worst_accuracy_drop,redundancy_score\n"
+    )
+    lines = [
+        ",".join(
+            "" if v is None else str(v)
+            for v in (
+                s.name,
+                s.in_channels,
+                s.out_channels,
+                s.impulse_redundant_fraction,
+                s.channel_cheap_fraction,
+                s.pixel_cheap_fraction,
+                s.worst_accuracy_drop,
+                s.redundancy_score,
+            )
+        )
+        for s in result.layers
+    ]
+    atomic_write(out / "summary.csv", header + "\n".join(lines) + "\n")
+    atomic_write(out / "impulse.csv", result.impulse.to_csv())
+    figs = impulse_figures(result.impulse)
+    sections = [Section("Summary", [_summary_table(result), *[f"note: {n}" for n in result.notes]])]
+    for layer_name, modes in result.shuffles.items():
+        blocks = []
+        for r in modes.values():
+            atomic_write(out / f"shuffle-{r.layer_index}-{r.mode}.csv", r.to_csv())
+            sf = shuffle_figures(r)
+            figs |= sf
+            base = f"baseline accuracy {100 * r.baseline_accuracy:.2f} %" if r.baseline_accuracy is not None else ""
+            blocks.append(f"{r.mode} shuffling: {r.samples_done} samples, seed {r.seed}, {r.path} path. {base}")
+            blocks.extend(sf.values())
+        summary = next(s for s in result.layers if s.name == layer_name)
+        blocks.append(_ranked_table(summary))
+        sections.append(Section(f"Shuffling at {layer_name}", blocks))
+    imp_blocks = [f"mode {result.impulse.mode}; NCC {'maximised over lags' if result.impulse.lags else 'at lag 0'}"]
+    imp_blocks += list(impulse_figures(result.impulse).values())
+    sections.append(Section("Unit impulse responses", imp_blocks))
+    _write_figures(out, figs)
+    page = render_html(
+        f"Redundancy audit: {Path(result.model).name}", f"data {result.data}, seed {result.seed}", sections
+    )
+    atomic_write(out / "report.html", page)
+
+
+def redundancy_lines(result: AuditResult) -> list[str]:
+    """A short console summary."""
+    lines = []
+    for s in result.layers:
+        parts = [f"impulse {100 * s.impulse_redundant_fraction:.0f} %"]
+        if s.channel_cheap_fraction is not None:
+            parts.append(f"channel-cheap {100 * s.channel_cheap_fraction:.0f} %")
+        if s.pixel_cheap_fraction is not None:
+            parts.append(f"pixel-cheap {100 * s.pixel_cheap_fraction:.0f} %")
+        if s.worst_accuracy_drop is not None:
+            parts.append(f"worst drop {100 * s.worst_accuracy_drop:.2f} pp")
+        lines.append(
+            f"  {s.name} ({s.in_channels}->{s.out_channels}): score {s.redundancy_score:.2f}; " + ", ".join(parts)
+        )
+    return lines
