@@ -535,5 +535,51 @@ def audit(
         sys.exit(1)
 
 
+@main.command()
+@_data
+@_limit
+@click.option(
+    "--models",
+    "models_dir",
+    type=click.Path(path_type=Path),
+    default="models",
+    show_default=True,
+    help="Folder with lenet5.onnx and lenet5x10.onnx.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@_seed
+@_device
+@_out
+@_overwrite
+@_json
+@click.pass_context
+def reproduce(ctx, data, limit, models_dir, batch_size, seed, device, out, overwrite, as_json) -> None:
+    """The paper's experiments on the shipped LeNet-5 and LeNet-5x10: figures 4-9 and a table that
+    checks each of its claims with numbers."""
+    from onnxredund.data import Dataset, load_dataset
+    from onnxredund.outputs import prepare_out_dir
+    from onnxredund.reproduce import claims_lines, run_reproduce
+    from onnxredund.writers import write_reproduce
+
+    out_dir = prepare_out_dir(out or "onnxredund-reproduce", overwrite=overwrite)
+    dataset = load_dataset(data)
+    if limit:
+        dataset = Dataset(dataset.x[:limit], dataset.y[:limit], f"{dataset.name}[:{limit}]")
+    result = run_reproduce(
+        models_dir,
+        dataset,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        progress=_StepBars(ctx.obj["quiet"] or as_json),
+    )
+    write_reproduce(out_dir, result)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+    else:
+        click.echo("\n".join(claims_lines(result)))
+        click.echo(f"report: {out_dir / 'report.html'}")
+
+
 if __name__ == "__main__":
     main()

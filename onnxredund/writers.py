@@ -5,10 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from onnxredund.audit import AuditResult
-from onnxredund.figures import accuracy_figure, cosine_figure, ncc_figure, response_grid_figure
+from onnxredund.figures import (
+    accuracy_figure,
+    cascade_figure,
+    cosine_figure,
+    ncc_figure,
+    response_grid_figure,
+    shuffle_example_figure,
+)
 from onnxredund.impulse import ImpulseResult
 from onnxredund.outputs import atomic_write, write_json
 from onnxredund.report import Figure, Section, Table, render_html
+from onnxredund.reproduce import ReproduceResult
 from onnxredund.shuffle import ShuffleResult
 
 __all__ = [
@@ -17,6 +25,7 @@ __all__ = [
     "shuffle_figures",
     "write_audit",
     "write_impulse",
+    "write_reproduce",
     "write_shuffle",
 ]
 
@@ -184,3 +193,62 @@ def redundancy_lines(result: AuditResult) -> list[str]:
             f"  {s.name} ({s.in_channels}->{s.out_channels}): score {s.redundancy_score:.2f}; " + ", ".join(parts)
         )
     return lines
+
+
+def write_reproduce(out: Path, result: ReproduceResult) -> None:
+    """The paper's figures 4-9 as PNGs, results.json, claims.csv and report.html."""
+    write_json(out / "results.json", result.to_dict())
+    claims_csv = "claim,lenet5,lenet5x10,passed\n" + "".join(
+        f'"{c.claim}",{c.lenet5:.6f},{c.lenet5x10:.6f},{int(c.passed)}\n' for c in result.claims
+    )
+    atomic_write(out / "claims.csv", claims_csv)
+    ex = result.example
+    figs: dict[str, Figure] = {
+        "fig4-shuffle-example.png": Figure(
+            shuffle_example_figure(ex["clean"], ex["channel"], ex["pixel"], f"LeNet-5, A_1 channel {ex['index']}"),
+            "Figure 4: one test sample's A_1 channel (input of conv2), channel-shuffled and pixel-shuffled",
+        ),
+    }
+    for model, modes in result.shuffles.items():
+        for mode, r in modes.items():
+            title = f"{model} conv2, {mode} shuffling"
+            figs[f"fig5-{model}-{mode}-cosine.png"] = Figure(
+                cosine_figure(r.channels, r.cosine, title), f"Figure 5: {title}: cosine of A_2 per output channel"
+            )
+            figs[f"fig6-{model}-{mode}-accuracy.png"] = Figure(
+                accuracy_figure(r.channels, r.accuracy, r.baseline_accuracy, title),
+                f"Figure 6: {title}: accuracy per perturbed channel, the green line is the baseline",
+            )
+    figs["fig7-cascade.png"] = Figure(
+        cascade_figure(result.cascade["responses"], result.cascade["ncc"]),
+        "Figure 7: two cascaded convolutions with vertical and horizontal Gaussian kernels, in either order",
+    )
+    for model, imp in result.impulses.items():
+        for l in imp.layers:
+            figs[f"fig8-{model}-{l.name}-responses.png"] = Figure(
+                response_grid_figure(l.responses, f"{model} {l.name}: impulse responses"),
+                f"Figure 8: {model} {l.name}: impulse responses",
+            )
+            figs[f"fig9-{model}-{l.name}-ncc.png"] = Figure(
+                ncc_figure(l.ncc, f"{model} {l.name}: NCC"), f"Figure 9: {model} {l.name}: NCC of impulse responses"
+            )
+    _write_figures(out, figs)
+    claims = Table(
+        ["claim", "LeNet-5", "LeNet-5x10", "verdict"],
+        [[c.claim, c.lenet5, c.lenet5x10, c.passed] for c in result.claims],
+    )
+    base = {m: r["channel"].baseline_accuracy for m, r in result.shuffles.items()}
+    sections = [
+        Section(
+            "The paper's claims, checked",
+            [claims, "baselines: " + ", ".join(f"{m} {100 * v:.2f} %" for m, v in base.items())],
+        ),
+        Section(
+            "Channel and pixel shuffling (section 2)", [v for k, v in figs.items() if k[:4] in ("fig4", "fig5", "fig6")]
+        ),
+        Section("Unit impulse response (section 3)", [v for k, v in figs.items() if k[:4] in ("fig7", "fig8", "fig9")]),
+    ]
+    page = render_html(
+        "Reproduction: redundancy in LeNet-5 and LeNet-5x10", f"data {result.data}, seed {result.seed}", sections
+    )
+    atomic_write(out / "report.html", page)
