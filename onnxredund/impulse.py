@@ -14,6 +14,7 @@ Pseudocode::
     x = [zeros, impulse(channel 0), ..., impulse(channel M-1)]          # (1 + M, *input)
     out = cut(model, input -> conv outputs)(x)
     response[layer] = out[layer][1:] - out[layer][0]                      # (M, C, H, W) -> (C, M, H, W)
+    response[layer] = crop to the box where any channel responds (NCC independent of the input size)
     ncc[layer] = ncc_matrix(response, response)                          # (C, C), lags or zero lag
     best[c] = argmax over c' != c of ncc[c, c']; redundant = best value >= threshold
     across[layer][earlier] = ncc_matrix(response[layer], response[earlier])
@@ -42,6 +43,7 @@ __all__ = [
     "LayerImpulse",
     "best_matches",
     "cascade_check",
+    "crop_to_support",
     "impulse_inputs",
     "linearize",
     "run_impulse",
@@ -103,7 +105,8 @@ class LayerImpulse:
     """One layer's impulse analysis.
 
     Attributes:
-        responses: shape (C, M, H, W): channel c's response to an impulse in input channel m.
+        responses: shape (C, M, H, W): channel c's response to an impulse in input channel m, cropped
+            to ``support`` (top, left, height, width) in the layer's output map.
         ncc: shape (C, C), one-vs-all NCC within the layer.
         best_match: shape (C,), the most similar other channel (-1 for a single-channel layer).
         best_value: shape (C,), its NCC.
@@ -115,6 +118,7 @@ class LayerImpulse:
     name: str
     index: int
     responses: np.ndarray
+    support: tuple[int, int, int, int]
     ncc: np.ndarray
     best_match: np.ndarray
     best_value: np.ndarray
@@ -133,6 +137,7 @@ class LayerImpulse:
             "name": self.name,
             "index": self.index,
             "channels": int(self.ncc.shape[0]),
+            "support": list(self.support),
             "ncc": r(self.ncc),
             "best_match": [int(v) for v in self.best_match],
             "best_value": [None if np.isnan(v) else round(float(v), 10) for v in self.best_value],
@@ -204,6 +209,23 @@ class ImpulseResult:
             "notes": list(self.notes),
             "layers": [layer.to_dict(responses=responses) for layer in self.layers],
         }
+
+
+def crop_to_support(responses: np.ndarray, rel_tol: float = 1e-6) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Crop a layer's responses (C, M, H, W) to the box where any of them is non-zero.
+
+    NCC is then computed over the responses themselves, not over the zero margin around them, so it
+    does not depend on the input size. Returns the crop and its box (top, left, height, width).
+    """
+    mag = np.abs(responses).max(axis=(0, 1))
+    peak = float(mag.max(initial=0.0))
+    if peak == 0.0:
+        return responses, (0, 0, *responses.shape[2:])
+    rows = np.flatnonzero(mag.max(axis=1) > rel_tol * peak)
+    cols = np.flatnonzero(mag.max(axis=0) > rel_tol * peak)
+    top, left = int(rows[0]), int(cols[0])
+    h, w = int(rows[-1]) - top + 1, int(cols[-1]) - left + 1
+    return responses[:, :, top : top + h, left : left + w], (top, left, h, w)
 
 
 def best_matches(ncc: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
@@ -299,7 +321,10 @@ def _responses(
     else:
         parts = [runner.run({model.input_name: batch[i : i + 1]}) for i in range(len(batch))]
         outs = [np.concatenate([p[j] for p in parts]) for j in range(len(layers))]
-    return [(o[1:] - o[:1]).astype(np.float64).transpose(1, 0, 2, 3) for o in outs]
+    responses = [(o[1:].astype(np.float64) - o[:1]).transpose(1, 0, 2, 3) for o in outs]
+    if not all(np.isfinite(r).all() for r in responses):
+        raise OnnxRedundError("impulse responses are not finite: the model overflows on a unit impulse")
+    return responses
 
 
 def run_impulse(
@@ -335,22 +360,23 @@ def run_impulse(
     batch, pos = impulse_inputs(model.sample_shape, model.layout, position)
     sub = cut(model.proto, [model.input_name], [l.output for l in layers])
     sub, notes = (sub, []) if mode == "network" else linearize(sub)
-    responses = _responses(model, sub, layers, batch, device)
+    cropped = [crop_to_support(r) for r in _responses(model, sub, layers, batch, device)]
+    responses = [r for r, _ in cropped]
     results: list[LayerImpulse] = []
-    for layer, resp in zip(layers, responses, strict=True):
+    for layer, (resp, box) in zip(layers, cropped, strict=True):
         ncc = ncc_matrix(resp, resp, lags=lags)
         idx, val, count = best_matches(ncc, threshold)
         across_ncc = {}
         if across:
             for earlier, eresp in zip(results, responses, strict=False):
                 across_ncc[earlier.name] = ncc_matrix(resp, eresp, lags=lags)
-        results.append(_layer_result(layer, resp, ncc, idx, val, count, across_ncc))
+        results.append(_layer_result(layer, resp, box, ncc, idx, val, count, across_ncc))
     return ImpulseResult(
         model=model.path, mode=mode, threshold=threshold, lags=lags, position=pos, notes=notes, layers=results
     )
 
 
-def _layer_result(layer, resp, ncc, idx, val, count, across_ncc) -> LayerImpulse:
+def _layer_result(layer, resp, box, ncc, idx, val, count, across_ncc) -> LayerImpulse:
     c = ncc.shape[0]
     best_layer, best_channel, best_value = [""] * c, np.full(c, -1), np.full(c, np.nan)
     for name, m in across_ncc.items():
@@ -363,6 +389,7 @@ def _layer_result(layer, resp, ncc, idx, val, count, across_ncc) -> LayerImpulse
         name=layer.name,
         index=layer.index,
         responses=resp,
+        support=box,
         ncc=ncc,
         best_match=idx,
         best_value=val,

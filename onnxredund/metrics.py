@@ -32,22 +32,22 @@ def cosine_per_channel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where((na == 0) & (nb == 0), 1.0, cos)
 
 
-def _embed(responses: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
-    """Centre responses (C, M, H, W) in a zero frame (C, M, *frame)."""
-    c, m, h, w = responses.shape
+def _embed(x: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
+    """Centre arrays (C, M, H, W) in a zero frame (C, M, *frame)."""
+    c, m, h, w = x.shape
     out = np.zeros((c, m, *frame), np.float64)
     top, left = (frame[0] - h) // 2, (frame[1] - w) // 2
-    out[:, :, top : top + h, left : left + w] = responses
+    out[:, :, top : top + h, left : left + w] = x
     return out
 
 
-def normalize_responses(responses: np.ndarray, frame: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Embed in ``frame``, subtract each response's mean and scale to unit norm.
+def normalize_responses(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Subtract each response's mean and scale it to unit norm, over its whole (M, H, W) extent.
 
     Returns:
-        (normalized (C, M, *frame), constant mask (C,)) where constant responses are left zero.
+        (normalized float64 (C, M, H, W), constant mask (C,)); constant responses are left zero.
     """
-    x = _embed(responses, frame)
+    x = responses.astype(np.float64)
     x -= x.mean(axis=(1, 2, 3), keepdims=True)
     norm = np.sqrt((x**2).sum(axis=(1, 2, 3)))
     constant = norm <= 1e-12 * max(1.0, float(np.abs(responses).max(initial=0.0)))
@@ -59,10 +59,11 @@ def normalize_responses(responses: np.ndarray, frame: tuple[int, int]) -> tuple[
 def ncc_matrix(a: np.ndarray, b: np.ndarray, *, lags: bool = True) -> np.ndarray:
     """Normalized cross-correlation of every response in ``a`` with every response in ``b``.
 
-    Each response is centred in a common frame (the larger height and width of the two sets),
-    made zero-mean and unit-norm over the frame; NCC is their correlation, maximised over all
-    circular spatial lags when ``lags`` (so a shifted copy scores 1), or taken at lag zero.
-    Two constant responses score 1 (both dead), a constant against a varying one 0.
+    Each response is made zero-mean and unit-norm over its own extent. With ``lags`` NCC is the
+    maximum over all spatial lags of their full (zero-padded, linear) cross-correlation, so a
+    shifted copy scores 1; without, it is their correlation at lag zero, the smaller response
+    centred in the larger. Two constant responses score 1 (both dead), a constant against a
+    varying one 0.
 
     Args:
         a: responses, shape (Ca, M, Ha, Wa) (M: impulse input channels).
@@ -71,18 +72,19 @@ def ncc_matrix(a: np.ndarray, b: np.ndarray, *, lags: bool = True) -> np.ndarray
     Returns:
         float64, shape (Ca, Cb), in [-1, 1].
     """
-    frame = (max(a.shape[2], b.shape[2]), max(a.shape[3], b.shape[3]))
-    na, ca = normalize_responses(a, frame)
-    nb, cb = normalize_responses(b, frame)
+    na, ca = normalize_responses(a)
+    nb, cb = normalize_responses(b)
     if lags:
-        fa = scipy.fft.rfft2(na)
-        fb = scipy.fft.rfft2(nb)
+        size = (a.shape[2] + b.shape[2] - 1, a.shape[3] + b.shape[3] - 1)
+        fa = scipy.fft.rfft2(na, s=size)
+        fb = np.conj(scipy.fft.rfft2(nb, s=size))
         out = np.empty((len(a), len(b)))
         for i in range(len(a)):
-            corr = scipy.fft.irfft2(fa[i][None] * np.conj(fb), s=frame).sum(axis=1)  # (Cb, H, W)
+            corr = scipy.fft.irfft2(fa[i][None] * fb, s=size).sum(axis=1)  # (Cb, *size), summed over M
             out[i] = corr.reshape(len(b), -1).max(axis=1)
     else:
-        out = na.reshape(len(a), -1) @ nb.reshape(len(b), -1).T
+        frame = (max(a.shape[2], b.shape[2]), max(a.shape[3], b.shape[3]))
+        out = _embed(na, frame).reshape(len(a), -1) @ _embed(nb, frame).reshape(len(b), -1).T
     out = np.clip(out, -1.0, 1.0)
     out[ca[:, None] | cb[None, :]] = 0.0
     out[ca[:, None] & cb[None, :]] = 1.0

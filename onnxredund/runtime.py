@@ -108,9 +108,11 @@ class Runner:
             proto.ir_version = MAX_IR_VERSION
         providers = [_CUDA, _CPU] if device == "cuda" else [_CPU]
         try:
-            session = ort.InferenceSession(
-                proto.SerializeToString(), sess_options=_session_options(threads), providers=providers
-            )
+            # onnxruntime prints its provider fallback attempts; the one-line error below says it all
+            with contextlib.redirect_stdout(io.StringIO()):
+                session = ort.InferenceSession(
+                    proto.SerializeToString(), sess_options=_session_options(threads), providers=providers
+                )
         except Exception as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise OnnxRedundError(f"onnxruntime cannot load the model: {msg}") from None
