@@ -140,9 +140,10 @@ def _default_opset(proto: onnx.ModelProto) -> int:
 class _GraphBuilder:
     """Collects nodes and initializers under unique names."""
 
-    def __init__(self) -> None:
+    def __init__(self, opset: int) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+        self.opset = opset
         self._n = 0
 
     def const(self, name: str, value) -> str:
@@ -154,6 +155,12 @@ class _GraphBuilder:
         out = f"ox/{op_type.lower()}_{self._n}"
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
+
+    def reduce(self, op_type: str, x: str, axes: list[int]) -> str:
+        """A Reduce* op without kept dims; axes are an input from opset 13 (ReduceSum) or 18 (the others)."""
+        if self.opset >= (13 if op_type == "ReduceSum" else 18):
+            return self.op(op_type, [x, self.const(f"axes_{self._n}", np.array(axes, np.int64))], keepdims=0)
+        return self.op(op_type, [x], axes=axes, keepdims=0)
 
 
 def _copy_nodes(builder: _GraphBuilder, graph: onnx.GraphProto, indices, rename: dict[str, str], prefix: str) -> None:
@@ -188,12 +195,9 @@ def _cosine_sum(b: _GraphBuilder, ap: str, a: str, k: int, c_out: int, pixels: i
     """sum over b of cosine(ap[b, j, c], a[b, c]) in float64: (K, C_out)."""
     pa = b.op("Reshape", [ap, b.const("cos_shape_p", np.array([-1, k, c_out, pixels], np.int64))])
     ca = b.op("Reshape", [a, b.const("cos_shape_c", np.array([-1, 1, c_out, pixels], np.int64))])
-    ax = b.const("cos_axis", np.array([3], np.int64))
-
-    def rsum(x):
-        return b.op("Cast", [b.op("ReduceSum", [x, ax], keepdims=0)], to=TensorProto.DOUBLE)
-
-    dot, nn_p, nn_c = rsum(b.op("Mul", [pa, ca])), rsum(b.op("Mul", [pa, pa])), rsum(b.op("Mul", [ca, ca]))
+    dot = b.op("Cast", [b.reduce("ReduceSum", b.op("Mul", [pa, ca]), [3])], to=TensorProto.DOUBLE)
+    nn_p = b.op("Cast", [b.reduce("ReduceSumSquare", pa, [3])], to=TensorProto.DOUBLE)
+    nn_c = b.op("Cast", [b.reduce("ReduceSumSquare", ca, [3])], to=TensorProto.DOUBLE)
     zero, one = b.const("cos_zero", np.array(0.0)), b.const("cos_one", np.array(1.0))
     denom = b.op("Sqrt", [b.op("Mul", [nn_p, nn_c])])
     zp, zc = b.op("Equal", [nn_p, zero]), b.op("Equal", [nn_c, zero])
@@ -201,7 +205,7 @@ def _cosine_sum(b: _GraphBuilder, ap: str, a: str, k: int, c_out: int, pixels: i
     cos = b.op("Clip", [b.op("Div", [dot, safe]), b.const("cos_lo", np.array(-1.0)), one])
     cos = b.op("Where", [b.op("Or", [zp, zc]), zero, cos])
     cos = b.op("Where", [b.op("And", [zp, zc]), one, cos])
-    return b.op("ReduceSum", [cos, b.const("cos_batch_axis", np.array([0], np.int64))], keepdims=0)
+    return b.reduce("ReduceSum", cos, [0])
 
 
 def _count_matches(b: _GraphBuilder, pred: str, ref: str, k: int, classes: int, name: str) -> str:
@@ -210,7 +214,7 @@ def _count_matches(b: _GraphBuilder, pred: str, ref: str, k: int, classes: int, 
     arg = b.op("ArgMax", [logits], axis=2, keepdims=0)
     ref2 = b.op("Unsqueeze", [ref, b.const(f"{name}_ax", np.array([1], np.int64))])
     hits = b.op("Cast", [b.op("Equal", [arg, ref2])], to=TensorProto.INT64)
-    return b.op("ReduceSum", [hits, b.const(f"{name}_axis", np.array([0], np.int64))], keepdims=0)
+    return b.reduce("ReduceSum", hits, [0])
 
 
 def build_fast_model(
@@ -230,7 +234,7 @@ def build_fast_model(
     weight = model.constant(layer.weight).astype(np.float32)
     _, h, w = layer.input_shape
     c_out = layer.out_channels
-    b = _GraphBuilder()
+    b = _GraphBuilder(_default_opset(proto))
     x, z, a, ks, perm = layer.input, layer.output, layer.activation, "ks", "perm_index"
 
     xk = b.op("Transpose", [b.op("Gather", [x, ks], axis=1)], perm=[1, 0, 2, 3])  # (K, B, H, W)

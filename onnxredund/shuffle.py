@@ -23,8 +23,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,7 +49,7 @@ __all__ = ["ShuffleResult", "SweepState", "parse_channels", "run_shuffle"]
 
 log = logging.getLogger(__name__)
 
-_CHUNK_BUDGET_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30}
+_CHUNK_BUDGET_BYTES = {"cpu": 64 << 20, "cuda": 4 << 30}
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,42 @@ class _Engine:
         return outs[0][:n], outs[1][:n], outs[2][:n]
 
 
+def _feed_workers(device: str) -> int:
+    """Threads that draw permutations ahead: on a GPU run the host is otherwise idle."""
+    return 0 if device == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+class _PermutationFeed:
+    """The permutations of each batch, keyed (repeat, channel); drawn one batch ahead on threads.
+
+    Every permutation comes from :func:`permutation_for` with its own (seed, repeat, channel, batch)
+    generator, so threads change when they are drawn, never what they are.
+    """
+
+    def __init__(self, mode: str, seed: int, repeats: int, channels: list[int], pixels: int, workers: int) -> None:
+        self.mode, self.seed, self.pixels = mode, seed, pixels
+        self.cells = [(r, k) for r in range(repeats) for k in channels]
+        self.pool = ThreadPoolExecutor(workers) if workers else None
+        self.pending: dict[int, dict] = {}
+
+    def _draw(self, cell: tuple[int, int], bi: int, batch: int) -> np.ndarray:
+        return permutation_for(self.mode, self.seed, cell[0], cell[1], bi, batch, self.pixels)
+
+    def request(self, bi: int, batch: int) -> None:
+        if self.pool is not None and bi not in self.pending:
+            self.pending[bi] = {c: self.pool.submit(self._draw, c, bi, batch) for c in self.cells}
+
+    def take(self, bi: int, batch: int) -> dict[tuple[int, int], np.ndarray]:
+        futures = self.pending.pop(bi, None)
+        if futures is None:
+            return {c: self._draw(c, bi, batch) for c in self.cells}
+        return {c: f.result() for c, f in futures.items()}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _numpy(value) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else value.numpy()
 
@@ -349,18 +387,22 @@ def run_shuffle(
     complete = True
     t0 = time.perf_counter() - state.seconds
     starts = list(range(0, len(x), batch_size))
+    sizes = [min(batch_size, len(x) - s) for s in starts]
+    feed = _PermutationFeed(mode, seed, repeats, channels, pixels, workers=_feed_workers(device))
     try:
         for bi in range(state.batches_done, len(starts)):
             xb = x[starts[bi] : starts[bi] + batch_size]
             yb = labels[starts[bi] : starts[bi] + batch_size] if labels is not None else None
+            perms = feed.take(bi, sizes[bi])
+            if bi + 1 < len(starts):
+                feed.request(bi + 1, sizes[bi + 1])  # drawn on worker threads while the device works
             clean = engine.run_clean(xb)
             ref = _numpy(clean[engine.pred]).argmax(axis=1).astype(np.int64) if engine.pred else None
             for r in range(repeats):
                 for c0 in range(0, len(channels), chunk_k):
                     ks = channels[c0 : c0 + chunk_k]
-                    perms = [permutation_for(mode, seed, r, k, bi, len(xb), pixels) for k in ks]
                     run = engine.run_fast if engine.path == "fast" else engine.run_direct
-                    cos, correct, agree = run(clean, ks, perms, yb if yb is not None else ref, ref)
+                    cos, correct, agree = run(clean, ks, [perms[r, k] for k in ks], yb if yb is not None else ref, ref)
                     state.cos_sum[r, c0 : c0 + len(ks)] += cos
                     if correct is not None:
                         state.correct[r, c0 : c0 + len(ks)] += correct
@@ -380,6 +422,8 @@ def run_shuffle(
     except KeyboardInterrupt:
         complete = False
         log.warning("interrupted after %d of %d samples", state.samples_done, len(x))
+    finally:
+        feed.close()
     return _result(model, layer, data, engine, state, mode, seed, repeats, batch_size, channels, complete, len(x))
 
 

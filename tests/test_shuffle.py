@@ -197,3 +197,30 @@ def test_parse_channels():
     for bad in ("x", "3-", "12", ""):
         with pytest.raises(OnnxRedundError):
             parse_channels(bad, 10) if bad else parse_channels(",", 10)
+
+
+def test_permutation_feed_on_threads_draws_the_same_permutations():
+    from onnxredund.shuffle import _PermutationFeed
+
+    inline = _PermutationFeed("pixel", 3, 2, [0, 2, 5], 49, workers=0)
+    threaded = _PermutationFeed("pixel", 3, 2, [0, 2, 5], 49, workers=3)
+    threaded.request(4, 17)
+    a, b = inline.take(4, 17), threaded.take(4, 17)
+    threaded.close()
+    assert a.keys() == b.keys() and all(np.array_equal(a[c], b[c]) for c in a)
+
+
+@pytest.mark.parametrize("mode", ["channel", "pixel"])
+def test_cuda_gives_the_cpu_numbers(mode):
+    from onnxredund.runtime import cuda_works
+
+    if not cuda_works():
+        pytest.skip("no CUDA for onnxruntime here")
+    model = load_model_proto(small_cnn(5, residual=True, c_out=4)[0])
+    d = data(300)
+    cpu = run_shuffle(model, "conv2", d, mode=mode, batch_size=64, device="cpu", exact_path=True)
+    for exact in (False, True):
+        gpu = run_shuffle(model, "conv2", d, mode=mode, batch_size=64, device="cuda", exact_path=exact)
+        assert gpu.device == "cuda"
+        np.testing.assert_allclose(gpu.cosine, cpu.cosine, atol=1e-5)
+        np.testing.assert_allclose(gpu.accuracy, cpu.accuracy, atol=1 / 300)
