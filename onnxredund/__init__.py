@@ -1,10 +1,38 @@
-"""onnxredund: find redundancy in convolutional neural networks from their ONNX files."""
+"""onnxredund: find redundancy in convolutional neural networks from their ONNX files.
+
+The public API, imported lazily so that the command line starts fast::
+
+    from onnxredund import load_model, load_dataset, run_shuffle, run_impulse, run_audit
+"""
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-from onnxredund.errors import OnnxRedundError
-from onnxredund.model import ConvLayer, Model, load_model
+_EXPORTS = {
+    "OnnxRedundError": "onnxredund.errors",
+    "ConvLayer": "onnxredund.model",
+    "Model": "onnxredund.model",
+    "load_model": "onnxredund.model",
+    "load_model_proto": "onnxredund.model",
+    "Dataset": "onnxredund.data",
+    "load_dataset": "onnxredund.data",
+    "ShuffleResult": "onnxredund.shuffle",
+    "run_shuffle": "onnxredund.shuffle",
+    "ImpulseResult": "onnxredund.impulse",
+    "run_impulse": "onnxredund.impulse",
+    "cascade_check": "onnxredund.impulse",
+    "AuditResult": "onnxredund.audit",
+    "run_audit": "onnxredund.audit",
+    "evaluate": "onnxredund.evaluate",
+}
 
-__all__ = ["ConvLayer", "Model", "OnnxRedundError", "__version__", "load_model"]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'onnxredund' has no attribute {name!r}")
