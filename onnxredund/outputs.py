@@ -45,6 +45,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results get the user's usual mode
         os.replace(tmp, path)
     except OSError as e:
         raise OnnxRedundError(f"cannot write {path}: {e.strerror}") from None
@@ -52,6 +53,12 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:

@@ -329,3 +329,14 @@ def test_initializer_names_are_kept(tmp_path):
     m = onnx.load(str(external(tmp_path, "w.bin")), load_external_data=False)
     assert m.graph.initializer[0].data_location == onnx.TensorProto.EXTERNAL
     assert numpy_helper is not None
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    from onnxredund.outputs import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "r.json", "{}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -224,3 +224,58 @@ def test_cuda_gives_the_cpu_numbers(mode):
         assert gpu.device == "cuda"
         np.testing.assert_allclose(gpu.cosine, cpu.cosine, atol=1e-5)
         np.testing.assert_allclose(gpu.accuracy, cpu.accuracy, atol=1 / 300)
+
+
+def nhwc_model():
+    """input (N, 6, 6, 3) -> Transpose -> conv1 -> Relu -> conv2 -> Relu -> GAP -> Flatten -> Gemm."""
+    proto, _ = small_cnn(7)
+    from onnx import helper
+
+    g = proto.graph
+    g.node.insert(0, helper.make_node("Transpose", ["x_nhwc"], ["x"], perm=[0, 3, 1, 2], name="to_nchw"))
+    g.input[0].name = "x_nhwc"
+    dims = g.input[0].type.tensor_type.shape.dim
+    dims[1].dim_value, dims[3].dim_value = 6, 3
+    return proto
+
+
+def test_nhwc_model_fast_equals_direct_and_takes_nchw_data():
+    model = load_model_proto(nhwc_model())
+    assert model.layout == "NHWC"
+    d = data(40)  # NCHW data: moved to NHWC for the model
+    for layer in ("conv1", "conv2"):
+        fast = run_shuffle(model, layer, d, mode="pixel", batch_size=16, device="cpu")
+        direct = run_shuffle(model, layer, d, mode="pixel", batch_size=16, device="cpu", exact_path=True)
+        np.testing.assert_allclose(fast.cosine, direct.cosine, atol=1e-5)
+        np.testing.assert_array_equal(fast.accuracy, direct.accuracy)
+
+
+def test_fixed_batch_model_runs_sample_by_sample_with_the_same_numbers():
+    from onnx import helper, numpy_helper
+
+    dynamic = load_model_proto(small_cnn(8)[0])
+    proto = small_cnn(8, batch=1)[0]
+    g = proto.graph
+    # Flatten -> Reshape to (C, 1) then Transpose to (1, C): the batch of 1 is baked into the element count
+    flatten = next(i for i, n in enumerate(g.node) if n.op_type == "Flatten")
+    g.node[flatten].CopyFrom(helper.make_node("Reshape", ["gap", "c1"], ["col"], name="bake"))
+    g.node.insert(flatten + 1, helper.make_node("Transpose", ["col"], ["flat"], perm=[1, 0], name="row"))
+    g.initializer.append(numpy_helper.from_array(np.array([5, 1], np.int64), "c1"))
+    fixed = load_model_proto(proto)
+    assert not fixed.batch_dynamic
+    d = data(30)
+    a = run_shuffle(dynamic, "conv2", d, mode="channel", batch_size=8, device="cpu")
+    b = run_shuffle(fixed, "conv2", d, mode="channel", batch_size=8, device="cpu")
+    np.testing.assert_allclose(a.cosine, b.cosine, atol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [7, 11, 13, 17, 21])
+def test_opsets_7_and_later(opset):
+    proto, _ = small_cnn(9, bn=True)
+    proto.opset_import[0].version = opset
+    model = load_model_proto(proto)
+    d = data(24)
+    direct = run_shuffle(model, "conv2", d, mode="channel", batch_size=8, device="cpu", exact_path=True)
+    default = run_shuffle(model, "conv2", d, mode="channel", batch_size=8, device="cpu")
+    assert default.path == ("fast" if opset >= 13 else "direct")
+    np.testing.assert_allclose(default.cosine, direct.cosine, atol=1e-5)
