@@ -10,9 +10,9 @@ OUT=${OUT:-/tmp/out}
   python3 -c "import onnxruntime as o, torch, numpy; o.preload_dlls(); print('onnxruntime', o.__version__, o.get_available_providers()); print('torch', torch.__version__, 'numpy', numpy.__version__)"
   python3 -c "from onnxredund.runtime import resolve_device; print('auto ->', resolve_device('auto'))"
 } 2>&1 | tee "$OUT/env.txt"
-timeout 300 python3 benchmarks/shuffle_sweep.py --data .devdata/mnist --device cuda --repeats 3 2>&1 | tee "$OUT/gpu_sweep.md"
+timeout 260 python3 benchmarks/shuffle_sweep.py --data .devdata/mnist --device cuda --repeats 3 2>&1 | tee "$OUT/gpu_sweep.md"
 for m in channel pixel; do
-  timeout 60 python3 benchmarks/profile_fast.py --device cuda --mode $m 2>&1 | tee -a "$OUT/gpu_profile.txt"
+  timeout 40 python3 benchmarks/profile_fast.py --device cuda --mode $m 2>&1 | tee -a "$OUT/gpu_profile.txt"
 done
-timeout 120 python3 benchmarks/scaling.py --data .devdata/mnist --device cuda --resnet 256 2>&1 | tee "$OUT/gpu_scaling.md"
-timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/test_shuffle.py tests/test_surgery.py -k "cuda or fast or reference" 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
+timeout 90 python3 benchmarks/scaling.py --data .devdata/mnist --device cuda --resnet 256 2>&1 | tee "$OUT/gpu_scaling.md"
+timeout 60 python3 -m pytest -q -x -p no:cacheprovider tests/test_shuffle.py tests/test_surgery.py -k "cuda or fast or reference" 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
