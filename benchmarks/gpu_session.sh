@@ -10,7 +10,7 @@ OUT=${OUT:-/tmp/out}
   python3 -c "import onnxruntime as o, torch, numpy; o.preload_dlls(); print('onnxruntime', o.__version__, o.get_available_providers()); print('torch', torch.__version__, 'numpy', numpy.__version__)"
   python3 -c "from onnxredund.runtime import resolve_device; print('auto ->', resolve_device('auto'))"
 } 2>&1 | tee "$OUT/env.txt"
-timeout 260 python3 benchmarks/shuffle_sweep.py --data .devdata/mnist --device cuda --repeats 3 2>&1 | tee "$OUT/gpu_sweep.md"
+timeout 200 python3 benchmarks/shuffle_sweep.py --data .devdata/mnist --device cuda --repeats 3 ${SWEEP_ARGS:-} 2>&1 | tee "$OUT/gpu_sweep.md"
 for m in channel pixel; do
   timeout 40 python3 benchmarks/profile_fast.py --device cuda --mode $m 2>&1 | tee -a "$OUT/gpu_profile.txt"
 done

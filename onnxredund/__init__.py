@@ -29,7 +29,24 @@ _EXPORTS = {
     "evaluate": "onnxredund.evaluate",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [  # noqa: RUF022 - grouped by module, like _EXPORTS
+    "__version__",
+    "OnnxRedundError",
+    "ConvLayer",
+    "Model",
+    "load_model",
+    "load_model_proto",
+    "Dataset",
+    "load_dataset",
+    "ShuffleResult",
+    "run_shuffle",
+    "ImpulseResult",
+    "run_impulse",
+    "cascade_check",
+    "AuditResult",
+    "run_audit",
+    "evaluate",
+]
 
 
 def __getattr__(name: str):

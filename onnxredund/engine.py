@@ -8,17 +8,18 @@ For a target conv with input X = A_{i-1}, pre-activation Z = conv(X) and activat
   the injected (perturbed) X; one run per perturbed channel;
 - the **fast model** takes the clean tensors, the channels ``ks`` (K,) and the permutation indices,
   and returns only ``cos_sum`` (K, C_out), ``correct`` (K,) and ``agree`` (K,). It uses the conv's
-  linearity: perturbing channel k only adds ``conv(delta_k, W[:, k])`` to Z, and one grouped conv
-  with K groups does every k of the run at once. The elementwise chain f and the rest of the
-  network then run on a batch of B*K (sample b, channel j at row b*K + j).
+  linearity: perturbing channel k only adds ``conv(delta_k, W[:, k])`` to Z; with the deltas
+  unfolded into patches (im2col, one Gather), one batched MatMul does every k of the run at once.
+  The elementwise chain f and the rest of the network then run on a batch of K*B (channel j,
+  sample b at row j*B + b).
 
 Pseudocode of the fast model::
 
-    D[j, b]   = shuffle(X[:, ks[j]])[b] - X[b, ks[j]]            # (K, B, H, W)
-    Zp[b, j]  = Z[b] + conv(D[j, b], Wcols[ks[j]])               # (B, K, C_out, H', W')
-    Ap        = f(Zp)                                             # the elementwise chain
-    cos_sum   = sum_b cosine(Ap[b, j, c], A[b, c])                # (K, C_out), float64
-    pred      = argmax(suffix(Ap, side tensors tiled K times))    # (B, K)
+    D[j, b]   = shuffle(X[:, ks[j]])[b] - X[b, ks[j]]            # (K, B, H*W)
+    Zp[j, b]  = Z[b] + Wcols[ks[j]] @ im2col(D[j, b])             # (K, B, C_out, H'*W'), one MatMul
+    Ap        = f(Zp)                                             # the elementwise chain, on K*B rows
+    cos_sum   = sum_b cosine(Ap[j, b, c], A[b, c])                # (K, C_out), float64
+    pred      = argmax(suffix(Ap, side tensors tiled K times))    # (K, B)
     correct   = sum_b (pred == labels);  agree = sum_b (pred == clean prediction)
 """
 
@@ -180,21 +181,47 @@ def _copy_nodes(builder: _GraphBuilder, graph: onnx.GraphProto, indices, rename:
 
 
 def _tile(b: _GraphBuilder, tensor: str, k: int) -> str:
-    """(B, ...) -> (B*K, ...), row b*K + j = row b."""
+    """(B, ...) -> (K*B, ...), row j*B + b = row b."""
     shape = b.op("Shape", [tensor])
-    head = b.op("Slice", [shape, b.const(f"s0_{tensor}", [0]), b.const(f"s1_{tensor}", [1])])
-    tail = b.op("Slice", [shape, b.const(f"t1_{tensor}", [1]), b.const(f"tend_{tensor}", [np.iinfo(np.int64).max])])
     kk = b.const(f"k_{tensor}", np.array([k], np.int64))
     expanded = b.op(
-        "Expand", [b.op("Unsqueeze", [tensor, b.const(f"ax1_{tensor}", [1])]), b.op("Concat", [head, kk, tail], axis=0)]
+        "Expand", [b.op("Unsqueeze", [tensor, b.const(f"ax0_{tensor}", [0])]), b.op("Concat", [kk, shape], axis=0)]
     )
+    tail = b.op("Slice", [shape, b.const(f"t1_{tensor}", [1]), b.const(f"tend_{tensor}", [np.iinfo(np.int64).max])])
     return b.op("Reshape", [expanded, b.op("Concat", [b.const(f"m1_{tensor}", [-1]), tail], axis=0)])
 
 
+def im2col_index(layer: ConvLayer, conv: onnx.NodeProto) -> np.ndarray:
+    """For each kernel tap t and output pixel p, the flat input pixel it reads: shape (kh*kw, H'*W').
+
+    Padding reads index H*W, a zero appended to each flattened input plane.
+    """
+    _, h, w = layer.input_shape
+    (kh, kw), (sy, sx), (dy, dx) = layer.kernel, layer.stride, layer.dilations
+    ho, wo = layer.output_shape[1:]
+    auto_pad = next((helper.get_attribute_value(a) for a in conv.attribute if a.name == "auto_pad"), b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        total = [
+            max(0, (o - 1) * s + (k - 1) * d + 1 - n) for o, s, k, d, n in ((ho, sy, kh, dy, h), (wo, sx, kw, dx, w))
+        ]
+        top, left = ((t // 2 if auto_pad == "SAME_UPPER" else t - t // 2) for t in total)
+    elif auto_pad == "VALID":
+        top, left = 0, 0
+    else:
+        top, left = layer.pads[0], layer.pads[1]
+    oy, ox = np.meshgrid(np.arange(ho), np.arange(wo), indexing="ij")
+    ky, kx = np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij")
+    iy = oy.reshape(1, -1) * sy - top + ky.reshape(-1, 1) * dy
+    ix = ox.reshape(1, -1) * sx - left + kx.reshape(-1, 1) * dx
+    inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+    return np.where(inside, iy * w + ix, h * w).astype(np.int64)
+
+
 def _cosine_sum(b: _GraphBuilder, ap: str, a: str, k: int, c_out: int, pixels: int) -> str:
-    """sum over b of cosine(ap[b, j, c], a[b, c]) in float64: (K, C_out)."""
-    pa = b.op("Reshape", [ap, b.const("cos_shape_p", np.array([-1, k, c_out, pixels], np.int64))])
-    ca = b.op("Reshape", [a, b.const("cos_shape_c", np.array([-1, 1, c_out, pixels], np.int64))])
+    """sum over b of cosine(ap[j, b, c], a[b, c]) in float64: (K, C_out)."""
+    pa = b.op("Reshape", [ap, b.const("cos_shape_p", np.array([k, -1, c_out, pixels], np.int64))])
+    ca = b.op("Reshape", [a, b.const("cos_shape_c", np.array([1, -1, c_out, pixels], np.int64))])
     dot = b.op("Cast", [b.reduce("ReduceSum", b.op("Mul", [pa, ca]), [3])], to=TensorProto.DOUBLE)
     nn_p = b.op("Cast", [b.reduce("ReduceSumSquare", pa, [3])], to=TensorProto.DOUBLE)
     nn_c = b.op("Cast", [b.reduce("ReduceSumSquare", ca, [3])], to=TensorProto.DOUBLE)
@@ -205,16 +232,15 @@ def _cosine_sum(b: _GraphBuilder, ap: str, a: str, k: int, c_out: int, pixels: i
     cos = b.op("Clip", [b.op("Div", [dot, safe]), b.const("cos_lo", np.array(-1.0)), one])
     cos = b.op("Where", [b.op("Or", [zp, zc]), zero, cos])
     cos = b.op("Where", [b.op("And", [zp, zc]), one, cos])
-    return b.reduce("ReduceSum", cos, [0])
+    return b.reduce("ReduceSum", cos, [1])
 
 
 def _count_matches(b: _GraphBuilder, pred: str, ref: str, k: int, classes: int, name: str) -> str:
-    """pred (B*K, classes) vs ref (B,) -> (K,) int64 counts of argmax matches."""
-    logits = b.op("Reshape", [pred, b.const(f"{name}_shape", np.array([-1, k, classes], np.int64))])
-    arg = b.op("ArgMax", [logits], axis=2, keepdims=0)
-    ref2 = b.op("Unsqueeze", [ref, b.const(f"{name}_ax", np.array([1], np.int64))])
-    hits = b.op("Cast", [b.op("Equal", [arg, ref2])], to=TensorProto.INT64)
-    return b.reduce("ReduceSum", hits, [0])
+    """pred (K*B, classes) vs ref (B,) -> (K,) int64 counts of argmax matches."""
+    logits = b.op("Reshape", [pred, b.const(f"{name}_shape", np.array([k, -1, classes], np.int64))])
+    arg = b.op("ArgMax", [logits], axis=2, keepdims=0)  # (K, B)
+    hits = b.op("Cast", [b.op("Equal", [arg, ref])], to=TensorProto.INT64)
+    return b.reduce("ReduceSum", hits, [1])
 
 
 def build_fast_model(
@@ -223,8 +249,8 @@ def build_fast_model(
     """The fast model for runs of ``k`` channels; returns it and its input names.
 
     Inputs: X (B, C_in, H, W), Z and A (B, C_out, H', W'), the side tensors, ``ks`` (K,) int64,
-    ``perm_index`` ((K*B,) int64 rows for channel mode, (K*B, H*W) for pixel mode), and, with a
-    prediction output, ``labels`` and ``ref_pred`` (B,) int64.
+    ``perm_index`` ((K*B,) int64 rows for channel mode, (K*B, H*W) for pixel mode; row j*B + b is
+    sample b of channel ks[j]), and, with a prediction output, ``labels`` and ``ref_pred`` (B,) int64.
     Outputs: ``cos_sum`` (K, C_out) float64, ``correct`` and ``agree`` (K,) int64 when ``pred``.
     """
     blocker = fast_path_blocker(model, layer)
@@ -238,27 +264,27 @@ def build_fast_model(
     x, z, a, ks, perm = layer.input, layer.output, layer.activation, "ks", "perm_index"
 
     xk = b.op("Transpose", [b.op("Gather", [x, ks], axis=1)], perm=[1, 0, 2, 3])  # (K, B, H, W)
+    flat = b.op("Reshape", [xk, b.const("rows", np.array([-1, h * w], np.int64))])  # (K*B, H*W), row j*B + b
     if mode == "channel":
-        flat = b.op("Reshape", [xk, b.const("rows", np.array([-1, h, w], np.int64))])
         shuffled = b.op("Gather", [flat, perm], axis=0)
     else:
-        flat = b.op("Reshape", [xk, b.const("rows", np.array([-1, h * w], np.int64))])
         shuffled = b.op("GatherElements", [flat, perm], axis=1)
-    delta = b.op("Sub", [b.op("Reshape", [shuffled, b.op("Shape", [xk])]), xk])
-    delta = b.op("Transpose", [delta], perm=[1, 0, 2, 3])  # (B, K, H, W)
-    cols = b.const("weight_columns", weight_columns(weight, layer.groups))
-    kernels = b.op(
-        "Reshape", [b.op("Gather", [cols, ks], axis=0), b.const("kshape", np.array([-1, 1, *layer.kernel], np.int64))]
-    )
+    delta = b.op("Sub", [shuffled, flat])
+    # conv(delta_k, W[:, k]) for every k at once, as im2col (a Gather) and one batched MatMul
+    delta = b.op("Pad", [delta, b.const("pad_zero", np.array([0, 0, 0, 1], np.int64))])  # (K*B, H*W + 1)
     conv = graph.node[layer.node_index]
-    attrs = {
-        a_.name: helper.get_attribute_value(a_) for a_ in conv.attribute if a_.name not in ("group", "kernel_shape")
-    }
-    dz = b.op("Conv", [delta, kernels], group=k, **attrs)  # (B, K*C_out, H', W')
     ho, wo = layer.output_shape[1:]
-    dz = b.op("Reshape", [dz, b.const("dz5", np.array([-1, k, c_out, ho, wo], np.int64))])
-    zp = b.op("Add", [dz, b.op("Unsqueeze", [z, b.const("ax1", np.array([1], np.int64))])])
-    zp = b.op("Reshape", [zp, b.const("rows4", np.array([-1, c_out, ho, wo], np.int64))])  # (B*K, C_out, H', W')
+    taps = int(np.prod(layer.kernel))
+    patches = b.op("Gather", [delta, b.const("im2col", im2col_index(layer, conv))], axis=1)  # (K*B, T, P')
+    patches = b.op("Reshape", [patches, b.const("patches4", np.array([k, -1, taps, ho * wo], np.int64))])
+    cols = weight_columns(weight, layer.groups).reshape(layer.in_channels, c_out, taps)
+    kernels = b.op(
+        "Unsqueeze",
+        [b.op("Gather", [b.const("weight_columns", cols), ks], axis=0), b.const("ax1", np.array([1], np.int64))],
+    )  # (K, 1, C_out, T)
+    dz = b.op("MatMul", [kernels, patches])  # (K, B, C_out, P')
+    z1 = b.op("Reshape", [z, b.const("z4", np.array([1, -1, c_out, ho * wo], np.int64))])
+    zp = b.op("Reshape", [b.op("Add", [dz, z1]), b.const("rows4", np.array([-1, c_out, ho, wo], np.int64))])
 
     chain = _chain_nodes(graph, layer)
     rename = {layer.output: zp}

@@ -217,9 +217,12 @@ class _Engine:
             self.direct = Runner.create(direct, device)
 
     def _chunk_size(self, device: str) -> int:
+        """Channels per run: as many as the memory budget allows, balanced so the last run is not mostly padding."""
         c, h, w = self.layer.output_shape
-        per_channel = 256 * c * h * w * 4 * 6
-        return int(max(1, min(self.layer.in_channels, _CHUNK_BUDGET_BYTES[device] // per_channel)))
+        per_channel = 256 * c * h * w * 4 * 6  # about six live (B, C_out, H', W') float tensors per channel
+        most = max(1, min(self.layer.in_channels, _CHUNK_BUDGET_BYTES[device] // per_channel))
+        runs = -(-self.layer.in_channels // most)
+        return -(-self.layer.in_channels // runs)
 
     def run_clean(self, xb: np.ndarray) -> dict:
         if self.per_sample:
@@ -261,7 +264,7 @@ class _Engine:
         pad_ks = ks + [ks[-1]] * (self.k - n)
         pad_perms = perms + [perms[-1]] * (self.k - n)
         batch = len(pad_perms[0])
-        if self.mode == "channel":
+        if self.mode == "channel":  # rows j*B + b of the (K*B, H*W) channel planes
             index = (np.stack(pad_perms) + np.arange(self.k)[:, None] * batch).reshape(-1)
         else:
             index = np.concatenate(pad_perms)

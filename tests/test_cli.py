@@ -105,3 +105,10 @@ def test_errors_are_one_line_with_status_2(tmp_path):
         assert r.exit_code == 2, (args, r.stdout, r.stderr)
         assert message in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_public_api_names_resolve():
+    import onnxredund
+
+    for name in onnxredund.__all__:
+        assert getattr(onnxredund, name) is not None

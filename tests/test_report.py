@@ -41,9 +41,18 @@ def audit_dir(tmp_path_factory):
 
 def test_audit_writes_every_output(audit_dir):
     names = {p.name for p in audit_dir.iterdir()}
-    for expected in ("report.html", "results.json", "summary.csv", "impulse.csv", "shuffle-1-channel.csv",
-                     "shuffle-1-pixel.csv", "impulse-0-ncc.png", "impulse-1-responses.png",
-                     "shuffle-1-channel-cosine.png", "shuffle-1-pixel-accuracy.png"):
+    for expected in (
+        "report.html",
+        "results.json",
+        "summary.csv",
+        "impulse.csv",
+        "shuffle-1-channel.csv",
+        "shuffle-1-pixel.csv",
+        "impulse-0-ncc.png",
+        "impulse-1-responses.png",
+        "shuffle-1-channel-cosine.png",
+        "shuffle-1-pixel-accuracy.png",
+    ):
         assert expected in names, expected
     assert (audit_dir / "summary.csv").read_text().splitlines()[0].startswith("layer,in_channels")
 
@@ -88,8 +97,16 @@ def _chromium() -> str | None:
 
 
 def _browse(chromium: str, *args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-             "--disable-component-update", "--disable-sync", "--virtual-time-budget=10000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=10000",
+    ]
     return subprocess.run([chromium, *flags, *args], capture_output=True, text=True, timeout=120, check=False)
 
 
