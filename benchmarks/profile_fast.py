@@ -60,8 +60,7 @@ def main() -> None:
     opts = ort.SessionOptions()
     opts.enable_profiling = True
     opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "prof")
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.device == "cuda" else ["CPUExecutionProvider"]
-    sess = ort.InferenceSession(fast.SerializeToString(), opts, providers=providers)
+    sess = ort.InferenceSession(fast.SerializeToString(), opts, providers=providers_for(args.device))
     runner = Runner(sess, args.device)
     dev_feeds = {n: runner.to_device(v) for n, v in feeds.items()}
     for _ in range(3):

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import MAX_IR_VERSION
 
-__all__ = ["DEVICES", "Runner", "probe_shapes", "resolve_device"]
+__all__ = ["DEVICES", "Runner", "probe_shapes", "providers_for", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,14 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
+def providers_for(device: str) -> list:
+    """onnxruntime providers for a resolved device. CUDA runs in full float32 (no TF32 matmuls or
+    convs), so the numbers match the CPU's to float rounding."""
+    if device == "cuda":
+        return [(_CUDA, {"use_tf32": "0"}), _CPU]
+    return [_CPU]
+
+
 def _session_options(threads: int) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -106,7 +114,7 @@ class Runner:
         if proto.ir_version > MAX_IR_VERSION:
             proto = onnx.ModelProto.FromString(proto.SerializeToString())
             proto.ir_version = MAX_IR_VERSION
-        providers = [_CUDA, _CPU] if device == "cuda" else [_CPU]
+        providers = providers_for(device)
         try:
             # onnxruntime prints its provider fallback attempts; the one-line error below says it all
             with contextlib.redirect_stdout(io.StringIO()):
