@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from onnxredund.engine import build_clean_model, build_fast_model, prediction_output
 from onnxredund.model import load_model
 from onnxredund.perturb import permutation_for
-from onnxredund.runtime import Runner
+from onnxredund.runtime import Runner, providers_for
 
 
 def main() -> None:
