@@ -316,6 +316,10 @@ def shuffle(
         )
         ckpt = out_dir / f"shuffle-{md}.checkpoint.npz" if out_dir else None
         state = _load_checkpoint(ckpt, key) if (resume and ckpt) else None
+        if resume and state is None:
+            raise OnnxRedundError(
+                f"nothing to resume in {out_dir} for {md} mode (no checkpoint); pass --overwrite to start again"
+            )
         quiet = ctx.obj["quiet"] or as_json or not sys.stderr.isatty()
         with click.progressbar(
             length=len(dataset), label=f"{md} shuffle", file=sys.stderr, hidden=quiet, show_eta=True

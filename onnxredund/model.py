@@ -172,6 +172,22 @@ def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
             )
 
 
+_MAX_MODEL_BYTES = 2**31 - 2**24  # protobuf's 2 GB limit, less room for the graph itself
+
+
+def _check_size(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse, before reading them, external data that would not fit one in-memory protobuf."""
+    files = set()
+    for tensor in _all_tensors(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            files.add(next(e.value for e in tensor.external_data if e.key == "location"))
+    total = sum((path.parent / f).stat().st_size for f in files) + path.stat().st_size
+    if total > _MAX_MODEL_BYTES:
+        raise OnnxRedundError(
+            f"{path} with its external data is {total / 2**30:.1f} GiB; models over 2 GB are not supported yet"
+        )
+
+
 def _all_tensors(graph: onnx.GraphProto):
     yield from graph.initializer
     for node in graph.node:
@@ -194,6 +210,7 @@ def _read_proto(path: Path) -> onnx.ModelProto:
     if not proto.HasField("graph") or not proto.graph.node:
         raise OnnxRedundError(f"{path} has no graph (or an empty one); is it an ONNX model?")
     _check_external_data(proto, path.parent)
+    _check_size(proto, path)
     try:
         onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as e:

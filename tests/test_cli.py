@@ -112,3 +112,40 @@ def test_public_api_names_resolve():
 
     for name in onnxredund.__all__:
         assert getattr(onnxredund, name) is not None
+
+
+def test_ctrl_c_writes_partial_results_and_resume_finishes_with_the_same_numbers(tmp_path, monkeypatch):
+    from onnxredund import shuffle as S
+
+    path = save(small_cnn()[0], tmp_path)
+    args = ["shuffle", path, "--layer", "conv2", "--data", "synthetic:100", "--batch-size", "20", "--device", "cpu",
+            "--mode", "pixel"]  # fmt: skip
+    full = json.loads(run_cli(*args, "--json").stdout)
+    calls = {"n": 0}
+    real = S._Engine.run_fast
+
+    def interrupt_third_run(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(S._Engine, "run_fast", interrupt_third_run)
+    out = tmp_path / "out"
+    r = run_cli(*args, "--out", out)
+    assert r.exit_code == 130 and "INTERRUPTED" in r.stdout
+    partial = json.loads((out / "shuffle-pixel.json").read_text())
+    assert partial["complete"] is False and partial["samples_done"] == 40
+    assert (out / "shuffle-pixel.checkpoint.npz").exists()
+    monkeypatch.setattr(S._Engine, "run_fast", real)
+    r = run_cli(*args, "--out", out, "--resume", "--seed", "9")
+    assert r.exit_code == 2 and "other arguments" in r.stderr  # other permutations: not a continuation
+    r = run_cli(*args, "--out", out, "--resume", "--json")
+    assert r.exit_code == 0, r.stderr
+    resumed = json.loads(r.stdout)
+    assert resumed["complete"] and resumed["cosine"] == full["cosine"] and resumed["agreement"] == full["agreement"]
+    assert not (out / "shuffle-pixel.checkpoint.npz").exists()
+    # nothing left to resume: refused, and the finished results stay
+    r = run_cli(*args, "--out", out, "--resume", "--seed", "9")
+    assert r.exit_code == 2 and "nothing to resume" in r.stderr
+    assert json.loads((out / "shuffle-pixel.json").read_text())["cosine"] == full["cosine"]

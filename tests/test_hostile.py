@@ -135,6 +135,11 @@ def build_case(name: str, tmp: Path) -> tuple[list, str]:
         (tmp.parent / "secret2.bin").write_bytes(W.tobytes())
         (tmp / "link.bin").symlink_to(tmp.parent / "secret2.bin")
         return ["layers", external(tmp, "link.bin")], "is a link out of the model's folder"
+    if name == "model over 2 GB":
+        path = external(tmp, "huge.bin")
+        with open(tmp / "huge.bin", "wb") as f:
+            f.truncate(2**31 + 1)  # sparse: nothing is written or read
+        return ["layers", path], "models over 2 GB are not supported yet"
     if name == "local functions":
         m = conv_only()
         m.functions.append(
@@ -230,6 +235,7 @@ CASES = [
     "external data ../",
     "external data absolute",
     "external data symlink",
+    "model over 2 GB",
     "local functions",
     "corrupt npz",
     "pickled npz",
