@@ -33,7 +33,7 @@ from onnx import helper, numpy_helper
 
 from onnxredund.errors import OnnxRedundError
 from onnxredund.metrics import ncc_matrix
-from onnxredund.model import ConvLayer, Model, constant_values, data_inputs, load_model_proto
+from onnxredund.model import ACTIVATION_OPS, ConvLayer, Model, constant_values, data_inputs, load_model_proto
 from onnxredund.runtime import Runner
 from onnxredund.surgery import copy_model, cut
 
@@ -52,24 +52,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IMPULSE_MODES = ("network", "linear")
-_BYPASS = {
-    "Relu",
-    "LeakyRelu",
-    "Clip",
-    "Sigmoid",
-    "Tanh",
-    "HardSwish",
-    "HardSigmoid",
-    "Elu",
-    "Selu",
-    "Softplus",
-    "Softsign",
-    "Gelu",
-    "Mish",
-    "Celu",
-    "ThresholdedRelu",
-    "PRelu",
-}
+_BYPASS = ACTIVATION_OPS | {"PRelu"}
 _LINEAR = {
     "Conv",
     "Identity",

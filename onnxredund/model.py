@@ -27,24 +27,13 @@ MAX_OPSET = 26  # newest default-domain opset onnxruntime-gpu 1.31 runs
 MIN_OPSET = 7
 _ALLOWED_DOMAINS = ("", "ai.onnx")
 #: ops that keep a conv's output channel-wise; the activation A_i is the end of such a chain
-_UNARY_ELEMENTWISE = {
-    "Relu",
-    "LeakyRelu",
-    "Clip",
-    "Sigmoid",
-    "Tanh",
-    "HardSwish",
-    "HardSigmoid",
-    "Elu",
-    "Selu",
-    "Softplus",
-    "Softsign",
-    "Gelu",
-    "Mish",
-    "Celu",
-    "ThresholdedRelu",
-    "Identity",
-}
+#: non-linear elementwise activations; the activation A_i is the end of a chain of these (and of
+#: constant-operand Add/Mul/..., BatchNormalization) after a conv
+ACTIVATION_OPS = frozenset({
+    "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu",
+    "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu",
+})  # fmt: skip
+_UNARY_ELEMENTWISE = ACTIVATION_OPS | {"Identity"}
 _CONST_OPERAND_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "PRelu"}
 
 

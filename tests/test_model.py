@@ -144,3 +144,14 @@ def test_old_opset_and_new_ir_are_read():
     newer = small_cnn()[0]
     newer.ir_version = 14
     assert load_model_proto(newer).proto.ir_version <= 13
+
+
+def test_shapes_come_from_a_run_where_inference_fails(monkeypatch):
+    import onnxredund.model as M
+
+    expected = load_model_proto(small_cnn()[0]).layers
+    monkeypatch.setattr(M, "_infer", lambda proto: proto)  # as if shape inference knew nothing
+    probed = load_model_proto(small_cnn()[0]).layers
+    assert [(l.input_shape, l.output_shape, l.macs) for l in probed] == [
+        (l.input_shape, l.output_shape, l.macs) for l in expected
+    ]
