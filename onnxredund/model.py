@@ -18,7 +18,16 @@ from onnx import numpy_helper, shape_inference
 
 from onnxredund.errors import OnnxRedundError
 
-__all__ = ["MAX_IR_VERSION", "MAX_OPSET", "MIN_OPSET", "ConvLayer", "Model", "load_model", "load_model_proto"]
+__all__ = [
+    "ACTIVATION_OPS",
+    "MAX_IR_VERSION",
+    "MAX_OPSET",
+    "MIN_OPSET",
+    "ConvLayer",
+    "Model",
+    "load_model",
+    "load_model_proto",
+]
 
 log = logging.getLogger(__name__)
 
