@@ -77,6 +77,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--limit", type=int, default=0, help="train on the first N images only (smoke tests)")
     p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--fc-width", type=int, default=1, help="also widen the hidden fc layers of the wide model")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -90,6 +91,8 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         width, fc_width = MODELS[name]
+        if width > 1:
+            fc_width *= args.fc_width
         torch.manual_seed(args.seed)
         model = LeNet5(width, fc_width)
         t0 = time.time()
