@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -117,6 +118,7 @@ class Model:
     layers: list[ConvLayer]
     batch_dynamic: bool
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    _constants: ConstantTable | None = field(default=None, repr=False, compare=False)
 
     def layer(self, key: str | int) -> ConvLayer:
         """Look a layer up by name or index; a miss lists the valid ones."""
@@ -134,7 +136,9 @@ class Model:
 
     def constant(self, name: str) -> np.ndarray | None:
         """The value of a constant tensor (initializer, Constant node, Identity of one), or None."""
-        return constant_values(self.proto.graph).get(name)
+        if self._constants is None:
+            self._constants = ConstantTable(self.proto.graph)
+        return self._constants.get(name)
 
 
 def _fail_if_not_file(path: Path) -> None:
@@ -249,21 +253,51 @@ def _validate(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     return proto
 
 
-def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Values of every constant tensor: initializers, Constant nodes and Identity of those."""
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(attr.t)
-                elif attr.name in ("value_float", "value_int"):
-                    values[node.output[0]] = np.array(onnx.helper.get_attribute_value(attr))
-                elif attr.name in ("value_floats", "value_ints"):
-                    values[node.output[0]] = np.array(list(onnx.helper.get_attribute_value(attr)))
-        elif node.op_type == "Identity" and node.input and node.input[0] in values:
-            values[node.output[0]] = values[node.input[0]]
-    return values
+class ConstantTable(Mapping):
+    """The constant tensors of a graph (initializers, Constant nodes, Identity of those), by name.
+
+    Values are decoded to numpy only when looked up, and then kept: a big model's weights are not
+    all copied to find a few conv kernels.
+    """
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self._sources: dict[str, object] = {t.name: t for t in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output:
+                self._sources[node.output[0]] = node
+            elif node.op_type == "Identity" and node.input and node.input[0] in self._sources:
+                self._sources[node.output[0]] = self._sources[node.input[0]]
+        self._values: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._values:
+            self._values[name] = _decode(self._sources[name])
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._sources
+
+
+def _decode(source) -> np.ndarray:
+    if isinstance(source, onnx.TensorProto):
+        return numpy_helper.to_array(source)
+    for attr in source.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
+            return np.array(onnx.helper.get_attribute_value(attr))
+    raise KeyError(f"Constant node {source.name!r} holds no tensor value")
+
+
+def constant_values(graph: onnx.GraphProto) -> ConstantTable:
+    """The constant tensors of ``graph`` (see :class:`ConstantTable`)."""
+    return ConstantTable(graph)
 
 
 def data_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:

@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -165,7 +165,6 @@ class SweepState:
     correct: np.ndarray
     agree: np.ndarray
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def empty(cls, repeats: int, k: int, c_out: int) -> SweepState:
