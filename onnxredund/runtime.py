@@ -71,13 +71,23 @@ def resolve_device(device: str) -> str:
     if device == "cpu":
         return "cpu"
     if cuda_works():
+        _log_auto_choice(device, "cuda")
         return "cuda"
     if device == "cuda":
         raise OnnxRedundError(
             "--device cuda: onnxruntime cannot run on CUDA here (install onnxruntime-gpu with CUDA 12/13 "
             "libraries, or use --device cpu)"
         )
+    _log_auto_choice(device, "cpu")
     return "cpu"
+
+
+@functools.cache
+def _log_auto_choice(asked: str, got: str) -> None:
+    """One line, once per process: which device --device auto runs on."""
+    if asked == "auto":
+        where = "onnxruntime CUDA" if got == "cuda" else "CPU (no CUDA session could be had)"
+        log.info("device auto: running on %s", where)
 
 
 def providers_for(device: str) -> list:
