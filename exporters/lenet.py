@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,16 +101,19 @@ def export_onnx(model: nn.Module, path: str) -> onnx.ModelProto:
     opset 17, IR version 8, conv nodes named ``conv1``, ``conv2``, ..."""
     model.eval()
     dummy = torch.zeros(1, 1, 28, 28)
-    torch.onnx.export(
-        model,
-        (dummy,),
-        path,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-        opset_version=ONNX_OPSET,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # the TorchScript exporter on purpose: no onnxscript needed, stable node names, same bytes each time
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            path,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
     proto = onnx.load(path)
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     for i, node in enumerate(convs, start=1):
