@@ -32,8 +32,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxredund.errors import OnnxRedundError
-from onnxredund.model import ConvLayer, Model, constant_values, consumers_of, data_inputs
-from onnxredund.surgery import cut, downstream, expose_outputs, inject_input, value_info
+from onnxredund.model import ConvLayer, Model, constant_values, consumers_of
+from onnxredund.surgery import cut, downstream, expose_outputs, inject_input, side_inputs, value_info, value_infos
 
 __all__ = [
     "FAST_OPSET",
@@ -43,7 +43,6 @@ __all__ = [
     "build_fast_model",
     "fast_path_blocker",
     "prediction_output",
-    "suffix_side_inputs",
     "weight_columns",
 ]
 
@@ -60,27 +59,10 @@ def prediction_output(model: Model) -> str | None:
     return name if shape is not None and len(shape) == 1 else None
 
 
-def suffix_side_inputs(proto: onnx.ModelProto, start: str) -> list[str]:
-    """Data tensors that the nodes downstream of ``start`` read but do not compute (``start`` excluded)."""
-    graph = proto.graph
-    after = downstream(graph, start)
-    produced_after = {o for i in after for o in graph.node[i].output}
-    dependent = {i.name for i in data_inputs(graph)}
-    for node in graph.node:
-        if any(t in dependent for t in node.input):
-            dependent.update(node.output)
-    names: list[str] = []
-    for idx in sorted(after):
-        for t in graph.node[idx].input:
-            if t and t != start and t in dependent and t not in produced_after and t not in names:
-                names.append(t)
-    return names
-
-
 def _outputs_needed(model: Model, layer: ConvLayer, pred: str | None) -> list[str]:
     names = [layer.input, layer.output, layer.activation]
-    names += suffix_side_inputs(model.proto, layer.activation)
-    names += suffix_side_inputs(model.proto, layer.input)
+    names += side_inputs(model.proto, layer.activation)
+    names += side_inputs(model.proto, layer.input)
     if pred is not None:
         names.insert(0, pred)
     return list(dict.fromkeys(names))
@@ -96,7 +78,7 @@ def build_clean_model(model: Model, layer: ConvLayer, pred: str | None) -> tuple
 def build_direct_model(model: Model, layer: ConvLayer, pred: str | None) -> tuple[onnx.ModelProto, list[str]]:
     """(perturbed X, clean X, side tensors) -> (A_i, prediction); returns it and its input names."""
     injected = inject_input(model.proto, layer, PERTURBED)
-    side = [t for t in suffix_side_inputs(model.proto, layer.input) if t != layer.input]
+    side = [t for t in side_inputs(model.proto, layer.input) if t != layer.input]
     inputs = [PERTURBED, layer.input, *side]
     outputs = [layer.activation] + ([pred] if pred is not None else [])
     # Another consumer may not read the clean X at all: cut only keeps the inputs it needs.
@@ -291,7 +273,7 @@ def build_fast_model(
     _copy_nodes(b, graph, chain, rename, "chain/")
     ap = rename.get(layer.activation, zp)
     outputs = [_cosine_sum(b, ap, a, k, c_out, ho * wo)]
-    side = suffix_side_inputs(proto, layer.activation)
+    side = side_inputs(proto, layer.activation)
     after = {o for i in downstream(graph, layer.activation) for o in graph.node[i].output}
     if pred is not None and pred not in after and pred not in side:
         side.append(pred)  # the prediction does not depend on this layer: it is the clean one, tiled
@@ -333,6 +315,7 @@ def _assemble(b, proto, inputs, outputs, names, mode, k) -> onnx.ModelProto:
     for src, dst in zip(outputs, names, strict=False):
         b.nodes.append(helper.make_node("Identity", [src], [dst], name=f"ox/out_{dst}"))
     known_inputs = []
+    infos = value_infos(proto)
     for name in inputs:
         if name == "ks":
             known_inputs.append(helper.make_tensor_value_info("ks", TensorProto.INT64, [k]))
@@ -342,7 +325,7 @@ def _assemble(b, proto, inputs, outputs, names, mode, k) -> onnx.ModelProto:
         elif name in ("labels", "ref_pred"):
             known_inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, ["B"]))
         else:
-            known_inputs.append(value_info(proto, name))
+            known_inputs.append(value_info(proto, name, infos))
     outs = [helper.make_tensor_value_info("cos_sum", TensorProto.DOUBLE, [k, None])]
     outs += [helper.make_tensor_value_info(n, TensorProto.INT64, [k]) for n in names[1 : len(outputs)]]
     graph = helper.make_graph(b.nodes, "onnxredund_fast_sweep", known_inputs, outs, initializer=b.inits)

@@ -25,6 +25,7 @@ __all__ = [
     "inject_input",
     "side_inputs",
     "value_info",
+    "value_infos",
 ]
 
 
@@ -34,7 +35,8 @@ def copy_model(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _inferred(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+def value_infos(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Every tensor's inferred ValueInfo, by name (one shape inference for many lookups)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
     except Exception:
@@ -45,7 +47,7 @@ def _inferred(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
 
 def value_info(proto: onnx.ModelProto, name: str, known: dict | None = None) -> onnx.ValueInfoProto:
     """A ValueInfo for tensor ``name``, with the batch dimension left free."""
-    known = known if known is not None else _inferred(proto)
+    known = known if known is not None else value_infos(proto)
     if name in known and known[name].type.tensor_type.elem_type:
         vi = onnx.ValueInfoProto()
         vi.CopyFrom(known[name])
@@ -61,7 +63,7 @@ def expose_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
         raise OnnxRedundError(f"no tensors {missing} in the model; tensors come from node outputs or graph inputs")
     out = copy_model(proto)
     have = {o.name for o in out.graph.output}
-    known = _inferred(proto)
+    known = value_infos(proto)
     for name in names:
         if name not in have:
             out.graph.output.append(value_info(proto, name, known))
@@ -97,7 +99,7 @@ def cut(proto: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.M
         OnnxRedundError: the outputs also depend on a graph input not listed in ``inputs``.
     """
     graph = proto.graph
-    known = _inferred(proto)
+    known = value_infos(proto)
     nodes = _needed_nodes(graph, set(inputs), outputs)
     used = {t for i in nodes for t in graph.node[i].input if t} | set(outputs)
     produced = {o for i in nodes for o in graph.node[i].output} | set(inputs)
@@ -140,31 +142,27 @@ def _data_dependent(graph: onnx.GraphProto) -> set[str]:
     return dependent
 
 
-def side_inputs(proto: onnx.ModelProto, layer: ConvLayer) -> list[str]:
-    """Tensors computed before ``layer`` (not downstream of its input) that later nodes read.
+def side_inputs(proto: onnx.ModelProto, start: str, *, outputs: bool = False) -> list[str]:
+    """Data tensors that the nodes downstream of tensor ``start`` read but do not compute.
 
-    With A_{i-1} (``layer.input``) they are everything the suffix needs: residual shortcuts from
-    earlier blocks, or the model input read again by a late node.
+    With ``start`` = A_{i-1} they are, beside it, everything the rest of the network needs:
+    residual shortcuts from earlier blocks, or the model input read again by a late node. With
+    ``outputs``, graph outputs that do not depend on ``start`` are included too.
     """
     graph = proto.graph
-    after = downstream(graph, layer.input)
+    after = downstream(graph, start)
     dependent = _data_dependent(graph)
     produced_after = {o for i in after for o in graph.node[i].output}
-    names: list[str] = []
-    for idx in sorted(after):
-        for t in graph.node[idx].input:
-            if t and t in dependent and t not in produced_after and t != layer.input and t not in names:
-                names.append(t)
-    for o in graph.output:
-        if o.name in dependent and o.name not in produced_after and o.name not in names:
-            names.append(o.name)
-    return names
+    read = [t for idx in sorted(after) for t in graph.node[idx].input]
+    if outputs:
+        read += [o.name for o in graph.output]
+    return list(dict.fromkeys(t for t in read if t and t != start and t in dependent and t not in produced_after))
 
 
 def cut_prefix(proto: onnx.ModelProto, layer: ConvLayer) -> onnx.ModelProto:
     """Model input -> A_{i-1} and the side tensors the suffix needs."""
     inputs = [i.name for i in data_inputs(proto.graph)]
-    return cut(proto, inputs, [layer.input, *side_inputs(proto, layer)])
+    return cut(proto, inputs, [layer.input, *side_inputs(proto, layer.input, outputs=True)])
 
 
 def cut_layer(proto: onnx.ModelProto, layer: ConvLayer) -> onnx.ModelProto:
@@ -174,7 +172,8 @@ def cut_layer(proto: onnx.ModelProto, layer: ConvLayer) -> onnx.ModelProto:
 
 def cut_suffix(proto: onnx.ModelProto, layer: ConvLayer) -> onnx.ModelProto:
     """A_{i-1} (and side tensors) -> the model outputs."""
-    return cut(proto, [layer.input, *side_inputs(proto, layer)], [o.name for o in proto.graph.output])
+    outputs = [o.name for o in proto.graph.output]
+    return cut(proto, [layer.input, *side_inputs(proto, layer.input, outputs=True)], outputs)
 
 
 def inject_input(proto: onnx.ModelProto, layer: ConvLayer, name: str = "perturbed_input") -> onnx.ModelProto:

@@ -46,7 +46,8 @@ def test_layer_cut_is_conv_and_chain():
 def test_injection_leaves_other_consumers_clean():
     m = load_model_proto(small_cnn(residual=True, c_out=4)[0])
     conv2 = m.layer("conv2")
-    assert side_inputs(m.proto, conv2) == []  # the residual reads a1 itself, which is the cut input
+    assert side_inputs(m.proto, conv2.input) == []  # the residual reads a1 itself, which is the cut input
+    assert side_inputs(m.proto, conv2.activation) == ["a1"]  # after conv2, the residual still needs clean a1
     inj = expose_outputs(inject_input(m.proto, conv2, "p"), ["a1", "a2", "res"])
     clean = run(expose_outputs(m.proto, ["a1", "a2", "res"]), {"x": X}, ["a1", "a2", "res"])
     a1, a2, res = clean
