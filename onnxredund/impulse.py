@@ -299,11 +299,8 @@ def _responses(
     model: Model, sub: onnx.ModelProto, layers: list[ConvLayer], batch: np.ndarray, device: str
 ) -> list[np.ndarray]:
     runner = Runner.create(sub, device)
-    if model.batch_dynamic:
-        outs = runner.run({model.input_name: batch})
-    else:
-        parts = [runner.run({model.input_name: batch[i : i + 1]}) for i in range(len(batch))]
-        outs = [np.concatenate([p[j] for p in parts]) for j in range(len(layers))]
+    run = runner.run if model.batch_dynamic else runner.run_per_sample
+    outs = run({model.input_name: batch})
     responses = [(o[1:].astype(np.float64) - o[:1]).transpose(1, 0, 2, 3) for o in outs]
     if not all(np.isfinite(r).all() for r in responses):
         raise OnnxRedundError("impulse responses are not finite: the model overflows on a unit impulse")

@@ -160,6 +160,12 @@ class Runner:
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()
 
+    def run_per_sample(self, feeds: dict, outputs: list[str] | None = None) -> list[np.ndarray]:
+        """Run a model whose batch is fixed to 1: one sample of every feed at a time, outputs stacked."""
+        n = len(next(iter(feeds.values())))
+        parts = [self.run({name: value[i : i + 1] for name, value in feeds.items()}, outputs) for i in range(n)]
+        return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+
     def run(self, feeds: dict, outputs: list[str] | None = None) -> list[np.ndarray]:
         """Run and return numpy arrays."""
         if self.device == "cpu" and not any(isinstance(v, ort.OrtValue) for v in feeds.values()):

@@ -33,6 +33,7 @@ import numpy as np
 
 from onnxredund.data import Dataset, conform
 from onnxredund.engine import (
+    PERTURBED,
     build_clean_model,
     build_direct_model,
     build_fast_model,
@@ -225,8 +226,9 @@ class _Engine:
 
     def run_clean(self, xb: np.ndarray) -> dict:
         if self.per_sample:
-            parts = [self.clean.run({self.input_name: xb[i : i + 1]}, self.clean_names) for i in range(len(xb))]
-            return {n: np.concatenate([p[j] for p in parts]) for j, n in enumerate(self.clean_names)}
+            return dict(
+                zip(self.clean_names, self.clean.run_per_sample({self.input_name: xb}, self.clean_names), strict=True)
+            )
         if self.device == "cuda":
             vals = self.clean.run_device({self.input_name: xb}, self.clean_names)
         else:
@@ -239,24 +241,16 @@ class _Engine:
         cos, correct, agree = [], [], []
         for k, perm in zip(ks, perms, strict=True):
             feeds = {
-                n: (apply_permutation(x, k, perm, self.mode) if n.startswith("onnxredund") else _numpy(clean[n]))
+                n: (apply_permutation(x, k, perm, self.mode) if n == PERTURBED else _numpy(clean[n]))
                 for n in self.direct_inputs
             }
-            outs = self._run_direct_feeds(feeds)
+            outs = (self.direct.run_per_sample if self.per_sample else self.direct.run)(feeds)
             cos.append(cosine_per_channel(outs[0], a).sum(axis=0))
             if self.pred is not None:
                 top = outs[1].argmax(axis=1)
                 correct.append(int((top == labels).sum()))
                 agree.append(int((top == ref).sum()))
         return np.array(cos), np.array(correct, np.int64), np.array(agree, np.int64)
-
-    def _run_direct_feeds(self, feeds: dict) -> list[np.ndarray]:
-        if not self.per_sample:
-            return self.direct.run(feeds)
-        parts = [
-            self.direct.run({n: v[i : i + 1] for n, v in feeds.items()}) for i in range(len(next(iter(feeds.values()))))
-        ]
-        return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
     def run_fast(self, clean: dict, ks: list[int], perms: list[np.ndarray], labels, ref) -> tuple:
         n = len(ks)
