@@ -226,14 +226,10 @@ class _Engine:
 
     def run_clean(self, xb: np.ndarray) -> dict:
         if self.per_sample:
-            return dict(
-                zip(self.clean_names, self.clean.run_per_sample({self.input_name: xb}, self.clean_names), strict=True)
-            )
-        if self.device == "cuda":
-            vals = self.clean.run_device({self.input_name: xb}, self.clean_names)
-        else:
-            vals = self.clean.run({self.input_name: xb}, self.clean_names)
-        return dict(zip(self.clean_names, vals, strict=True))
+            run = self.clean.run_per_sample
+        else:  # on CUDA the clean tensors stay on the device for the fast model
+            run = self.clean.run_device if self.device == "cuda" else self.clean.run
+        return dict(zip(self.clean_names, run({self.input_name: xb}, self.clean_names), strict=True))
 
     def run_direct(self, clean: dict, ks: list[int], perms: list[np.ndarray], labels, ref) -> tuple:
         x = _numpy(clean[self.layer.input])
