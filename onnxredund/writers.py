@@ -154,7 +154,8 @@ def write_audit(out: Path, result: AuditResult) -> None:
     ]
     atomic_write(out / "summary.csv", header + "\n".join(lines) + "\n")
     atomic_write(out / "impulse.csv", result.impulse.to_csv())
-    figs = impulse_figures(result.impulse)
+    impulse_figs = impulse_figures(result.impulse)
+    figs = dict(impulse_figs)
     sections = [Section("Summary", [_summary_table(result), *[f"note: {n}" for n in result.notes]])]
     for layer_name, modes in result.shuffles.items():
         blocks = []
@@ -169,7 +170,7 @@ def write_audit(out: Path, result: AuditResult) -> None:
         blocks.append(_ranked_table(summary))
         sections.append(Section(f"Shuffling at {layer_name}", blocks))
     imp_blocks = [f"mode {result.impulse.mode}; NCC {'maximised over lags' if result.impulse.lags else 'at lag 0'}"]
-    imp_blocks += list(impulse_figures(result.impulse).values())
+    imp_blocks += list(impulse_figs.values())
     sections.append(Section("Unit impulse responses", imp_blocks))
     _write_figures(out, figs)
     page = render_html(
