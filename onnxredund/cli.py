@@ -100,9 +100,10 @@ def _load(model: Path, input_shape):
 
 
 def _dataset(spec, model, seed, limit):
+    """The --data spec loaded (synthetic data shaped like ``model``'s input, if a model is given) and cut to --limit."""
     from onnxredund.data import Dataset, load_dataset
 
-    data = load_dataset(spec, seed=seed, sample_shape=model.sample_shape)
+    data = load_dataset(spec, seed=seed, sample_shape=None if model is None else model.sample_shape)
     if limit:
         data = Dataset(data.x[:limit], None if data.y is None else data.y[:limit], f"{data.name}[:{limit}]")
     return data
@@ -560,15 +561,12 @@ def audit(
 def reproduce(ctx, data, limit, models_dir, batch_size, seed, device, out, overwrite, as_json) -> None:
     """The paper's experiments on the shipped LeNet-5 and LeNet-5x10: figures 4-9 and a table that
     checks each of its claims with numbers."""
-    from onnxredund.data import Dataset, load_dataset
     from onnxredund.outputs import prepare_out_dir
     from onnxredund.reproduce import claims_lines, run_reproduce
     from onnxredund.writers import write_reproduce
 
     out_dir = prepare_out_dir(out or "onnxredund-reproduce", overwrite=overwrite)
-    dataset = load_dataset(data)
-    if limit:
-        dataset = Dataset(dataset.x[:limit], dataset.y[:limit], f"{dataset.name}[:{limit}]")
+    dataset = _dataset(data, None, seed, limit)
     result = run_reproduce(
         models_dir,
         dataset,
