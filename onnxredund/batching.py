@@ -16,6 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxredund.errors import OnnxRedundError
+from onnxredund.model import tensor_array
 
 __all__ = ["make_batch_dynamic", "rebatch"]
 
@@ -51,7 +52,7 @@ def rebatch(proto: onnx.ModelProto, input_name: str, batch: int) -> onnx.ModelPr
             continue
         if any(a.name == "allowzero" and a.i for a in node.attribute):
             continue
-        shape = numpy_helper.to_array(consts[node.input[1]]).copy()
+        shape = tensor_array(consts[node.input[1]]).copy()
         if shape.ndim == 1 and shape.size and shape[0] == batch:
             shape[0] = 0
             name = f"{node.input[1]}__dynamic_batch_{i}"

@@ -28,6 +28,7 @@ __all__ = [
     "Model",
     "load_model",
     "load_model_proto",
+    "tensor_array",
 ]
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,9 @@ def _fail_if_not_file(path: Path) -> None:
         raise OnnxRedundError(f"{path} is empty; pass an .onnx model file")
 
 
+_EXTERNAL_KEYS = {"location", "offset", "length", "checksum", "basepath"}
+
+
 def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
     """Refuse external-data locations outside the model's folder before anything is read."""
     root = folder.resolve()
@@ -157,6 +161,11 @@ def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in tensor.external_data}
+        if not all(isinstance(v, str) for kv in info.items() for v in kv):  # protobuf hands back bad UTF-8 as bytes
+            raise OnnxRedundError(f"tensor {tensor.name!r}: its external data entries are not UTF-8 text; corrupt file")
+        unknown = sorted(set(info) - _EXTERNAL_KEYS)
+        if unknown:
+            raise OnnxRedundError(f"tensor {tensor.name!r}: unknown external data key {unknown[0]!r}; corrupt file")
         loc = info.get("location", "")
         if not loc or os.path.isabs(loc) or ".." in Path(loc).parts:
             raise OnnxRedundError(
@@ -172,22 +181,97 @@ def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
             raise OnnxRedundError(
                 f"tensor {tensor.name!r}: external data file {loc!r} is missing next to the model; copy it there"
             )
+        _check_external_extent(tensor, info, target)
 
 
-_MAX_MODEL_BYTES = 2**31 - 2**24  # protobuf's 2 GB limit, less room for the graph itself
+_SUB_BYTE_BITS = {  # packed types (those this onnx knows)
+    getattr(onnx.TensorProto, name): bits
+    for name, bits in [
+        ("INT4", 4),
+        ("UINT4", 4),
+        ("FLOAT4E2M1", 4),
+        ("INT2", 2),
+        ("UINT2", 2),
+        ("FLOAT6E2M3", 6),
+        ("FLOAT6E3M2", 6),
+    ]
+    if hasattr(onnx.TensorProto, name)
+}
 
 
-def _check_size(proto: onnx.ModelProto, path: Path) -> None:
-    """Refuse, before reading them, external data that would not fit one in-memory protobuf."""
-    files = set()
-    for tensor in _all_tensors(proto.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            files.add(next(e.value for e in tensor.external_data if e.key == "location"))
-    total = sum((path.parent / f).stat().st_size for f in files) + path.stat().st_size
-    if total > _MAX_MODEL_BYTES:
+def _tensor_bytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes a tensor's data takes, or None for types whose size we do not know."""
+    n = int(np.prod(tensor.dims, dtype=np.int64))
+    if tensor.data_type in _SUB_BYTE_BITS:
+        return (n * _SUB_BYTE_BITS[tensor.data_type] + 7) // 8
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    try:
+        return n * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _check_external_extent(tensor: onnx.TensorProto, info: dict, target: Path) -> None:
+    """The bytes a tensor names must lie in its file and match its shape (checked from sizes, not read)."""
+    size = target.stat().st_size
+    try:
+        offset = int(info.get("offset") or 0)
+        length = int(info["length"]) if info.get("length") else size - offset
+    except ValueError:
+        raise OnnxRedundError(f"tensor {tensor.name!r}: external data offset or length is not a number") from None
+    if offset < 0 or length < 0 or offset + length > size:
         raise OnnxRedundError(
-            f"{path} with its external data is {total / 2**30:.1f} GiB; models over 2 GB are not supported yet"
+            f"tensor {tensor.name!r}: external data runs past the end of {info['location']!r} ({size} bytes)"
         )
+    need = _tensor_bytes(tensor)
+    if need is not None and length != need:
+        raise OnnxRedundError(
+            f"tensor {tensor.name!r}: external data holds {length} bytes where its shape "
+            f"{'x'.join(map(str, tensor.dims)) or 'scalar'} needs {need}; the data file does not match the model"
+        )
+
+
+PROTOBUF_LIMIT = 2**31 - 1  # bytes one protobuf message (one .onnx file without external data) can hold
+BASEPATH = "basepath"  # onnx's key for the folder of a tensor's external data; never saved to a file
+
+
+def external_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The tensors of ``proto`` whose data lives in external files."""
+    return [t for t in _all_tensors(proto.graph) if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def external_folder(tensor: onnx.TensorProto) -> str:
+    """The folder a tensor's external data is read from ('' for none)."""
+    return next((e.value for e in tensor.external_data if e.key == BASEPATH), "")
+
+
+def _pin_external_data(proto: onnx.ModelProto, folder: Path) -> None:
+    """Record the model's folder in each external tensor, replacing any folder the file names.
+
+    The data stays on disk: weights are read from there by :func:`tensor_array` when needed and by
+    onnxruntime when a session is made (see ``runtime.Runner.create``), so no model, however big,
+    is ever copied into one protobuf.
+    """
+    root = str(folder.resolve())
+    for tensor in external_tensors(proto):
+        set_external_folder(tensor, root)
+
+
+def set_external_folder(tensor: onnx.TensorProto, folder: str) -> None:
+    """Set the folder a tensor's external data is read from; '' removes it."""
+    keep = [(e.key, e.value) for e in tensor.external_data if e.key != BASEPATH]
+    del tensor.external_data[:]
+    for key, value in keep + ([(BASEPATH, folder)] if folder else []):
+        tensor.external_data.add(key=key, value=value)
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """A tensor's values as numpy, read from its external file when it has one."""
+    try:
+        return numpy_helper.to_array(tensor, external_folder(tensor))
+    except (OSError, ValueError) as e:
+        raise OnnxRedundError(f"tensor {tensor.name!r}: cannot read its data: {e}") from None
 
 
 def _all_tensors(graph: onnx.GraphProto):
@@ -204,7 +288,14 @@ def _all_tensors(graph: onnx.GraphProto):
 
 
 def _read_proto(path: Path) -> onnx.ModelProto:
+    """The model's graph, with external data left on disk (checked to lie in the model's folder)."""
     _fail_if_not_file(path)
+    size = path.stat().st_size
+    if size > PROTOBUF_LIMIT:
+        raise OnnxRedundError(
+            f"{path} is {size / 2**30:.1f} GiB in one file, over protobuf's 2 GB limit; save its weights as "
+            "external data (onnx.save_model(..., save_as_external_data=True)) and pass the .onnx file"
+        )
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError and others
@@ -212,11 +303,7 @@ def _read_proto(path: Path) -> onnx.ModelProto:
     if not proto.HasField("graph") or not proto.graph.node:
         raise OnnxRedundError(f"{path} has no graph (or an empty one); is it an ONNX model?")
     _check_external_data(proto, path.parent)
-    _check_size(proto, path)
-    try:
-        onnx.load_external_data_for_model(proto, str(path.parent))
-    except Exception as e:
-        raise OnnxRedundError(f"{path}: cannot read its external data: {e}") from None
+    _pin_external_data(proto, path.parent)
     return proto
 
 
@@ -243,13 +330,20 @@ def _check_opsets(proto: onnx.ModelProto, path: Path) -> None:
 def _validate(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     _check_opsets(proto, path)
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    # external data is checked where it lives: by path (onnx's way for big models); an in-memory
+    # model with external data has no folder for the checker, and onnxruntime checks it instead
+    external = bool(external_tensors(proto))
+    if external and not path.is_file():
+        log.debug("checker skipped: external data and no model file")
+        return proto
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(str(path) if external else proto)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OnnxRedundError(f"{path} is not a valid ONNX model: {first}") from None
-    except ValueError as e:  # > 2 GB protos are checked by path by onnx; we skip the in-memory check
-        log.debug("checker skipped: %s", e)
+    except ValueError as e:  # text that is not UTF-8; an in-memory proto over 2 GB
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        raise OnnxRedundError(f"{path} is not a valid ONNX model ({type(e).__name__}: {first})") from None
     return proto
 
 
@@ -286,10 +380,10 @@ class ConstantTable(Mapping):
 
 def _decode(source) -> np.ndarray:
     if isinstance(source, onnx.TensorProto):
-        return numpy_helper.to_array(source)
+        return tensor_array(source)
     for attr in source.attribute:
         if attr.name == "value":
-            return numpy_helper.to_array(attr.t)
+            return tensor_array(attr.t)
         if attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
             return np.array(onnx.helper.get_attribute_value(attr))
     raise KeyError(f"Constant node {source.name!r} holds no tensor value")
@@ -524,11 +618,32 @@ def load_model_proto(
         raise OnnxRedundError(f"{path} is malformed ({type(e).__name__}: {str(e)[:120]}); check the export") from None
 
 
+_FLOATS = {onnx.TensorProto.FLOAT: "<f4", onnx.TensorProto.DOUBLE: "<f8", onnx.TensorProto.FLOAT16: "<f2"}
+_CHUNK = 2**24  # values checked at a time in an external file
+
+
+def _finite(tensor: onnx.TensorProto) -> bool:
+    """No NaN or Inf in a float tensor; external data is mapped and scanned in chunks, not loaded."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return bool(np.isfinite(tensor_array(tensor)).all())
+    info = {e.key: e.value for e in tensor.external_data}
+    n = int(np.prod(tensor.dims, dtype=np.int64))
+    if n == 0:
+        return True
+    values = np.memmap(
+        Path(external_folder(tensor)) / info["location"],
+        dtype=_FLOATS[tensor.data_type],
+        mode="r",
+        offset=int(info.get("offset") or 0),
+        shape=(n,),
+    )
+    return all(np.isfinite(values[i : i + _CHUNK]).all() for i in range(0, n, _CHUNK))
+
+
 def _check_finite_weights(proto: onnx.ModelProto, path: Path) -> None:
     for t in proto.graph.initializer:
-        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
-            if not np.isfinite(numpy_helper.to_array(t)).all():
-                raise OnnxRedundError(f"{path}: weight {t.name!r} contains NaN or Inf; the model is broken")
+        if t.data_type in _FLOATS and not _finite(t):
+            raise OnnxRedundError(f"{path}: weight {t.name!r} contains NaN or Inf; the model is broken")
 
 
 def _describe(proto: onnx.ModelProto, path: Path, input_name: str, dims: list) -> Model:

@@ -18,7 +18,13 @@ import onnx
 import onnxruntime as ort
 
 from onnxredund.errors import OnnxRedundError
-from onnxredund.model import MAX_IR_VERSION
+from onnxredund.model import (
+    MAX_IR_VERSION,
+    PROTOBUF_LIMIT,
+    external_folder,
+    external_tensors,
+    set_external_folder,
+)
 
 __all__ = ["DEVICES", "Runner", "probe_shapes", "providers_for", "resolve_device"]
 
@@ -98,13 +104,33 @@ def providers_for(device: str) -> list:
     return [_CPU]
 
 
-def _session_options(threads: int) -> ort.SessionOptions:
+def _session_options(threads: int, external_dir: str = "") -> ort.SessionOptions:
     opts = ort.SessionOptions()
+    if external_dir:  # where the external data of a model handed over as bytes lives
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", external_dir)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
     return opts
+
+
+def _for_session(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """The model as onnxruntime takes it (IR version it reads, no folder keys) and its data folder."""
+    external = external_tensors(proto)
+    folders = {external_folder(t) for t in external}
+    if len(folders) > 1:
+        raise OnnxRedundError(f"the model reads external data from {len(folders)} folders; keep it in one")
+    if proto.ir_version > MAX_IR_VERSION or external:
+        work = onnx.ModelProto()
+        work.CopyFrom(proto)  # cheap: external weights are references, not bytes
+        work.ir_version = min(work.ir_version, MAX_IR_VERSION)
+        for tensor in external_tensors(work):
+            set_external_folder(tensor, "")
+        proto = work
+    if proto.ByteSize() > PROTOBUF_LIMIT:
+        raise OnnxRedundError("the model is over protobuf's 2 GB limit in memory; keep its weights as external data")
+    return proto, folders.pop() if folders else ""
 
 
 @dataclass
@@ -120,16 +146,15 @@ class Runner:
 
     @classmethod
     def create(cls, proto: onnx.ModelProto, device: str = "auto", threads: int = 0) -> Runner:
+        """A session for ``proto``; weights in external files are read by onnxruntime from their folder."""
         device = resolve_device(device)
-        if proto.ir_version > MAX_IR_VERSION:
-            proto = onnx.ModelProto.FromString(proto.SerializeToString())
-            proto.ir_version = MAX_IR_VERSION
+        proto, external_dir = _for_session(proto)
         providers = providers_for(device)
         try:
             # onnxruntime prints its provider fallback attempts; the one-line error below says it all
             with contextlib.redirect_stdout(io.StringIO()):
                 session = ort.InferenceSession(
-                    proto.SerializeToString(), sess_options=_session_options(threads), providers=providers
+                    proto.SerializeToString(), sess_options=_session_options(threads, external_dir), providers=providers
                 )
         except Exception as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -26,13 +26,15 @@ def conv_only(opset=17, **kw):
     )
 
 
-def external(tmp_path: Path, location: str) -> Path:
+def external(tmp_path: Path, location: str, **keys: str) -> Path:
     model = conv_only()
     t = model.graph.initializer[0]
     t.ClearField("raw_data")
     t.ClearField("float_data")
     t.data_location = onnx.TensorProto.EXTERNAL
     t.external_data.add(key="location", value=location)
+    for key, value in keys.items():
+        t.external_data.add(key=key, value=value)
     path = tmp_path / "ext.onnx"
     path.write_bytes(model.SerializeToString())
     return path
@@ -135,11 +137,23 @@ def build_case(name: str, tmp: Path) -> tuple[list, str]:
         (tmp.parent / "secret2.bin").write_bytes(W.tobytes())
         (tmp / "link.bin").symlink_to(tmp.parent / "secret2.bin")
         return ["layers", external(tmp, "link.bin")], "is a link out of the model's folder"
-    if name == "model over 2 GB":
+    if name == "external data of the wrong size":
         path = external(tmp, "huge.bin")
         with open(tmp / "huge.bin", "wb") as f:
-            f.truncate(2**31 + 1)  # sparse: nothing is written or read
-        return ["layers", path], "models over 2 GB are not supported yet"
+            f.truncate(2**31 + 1)  # sparse: nothing is written, and nothing may be read
+        return ["layers", path], "holds 2147483649 bytes where its shape 4x3x3x3 needs 432"
+    if name == "external data past its file":
+        path = external(tmp, "w.bin", offset="400", length="432")
+        (tmp / "w.bin").write_bytes(W.tobytes())
+        return ["layers", path], "external data runs past the end of 'w.bin' (432 bytes)"
+    if name == "external data basepath elsewhere":
+        # the file's own basepath is ignored: data is read next to the model or not at all
+        return ["layers", external(tmp, "passwd", basepath="/etc")], "external data file 'passwd' is missing"
+    if name == "model file over 2 GB":
+        path = tmp / "huge.onnx"
+        with open(path, "wb") as f:
+            f.truncate(2**31 + 1)
+        return ["layers", path], "over protobuf's 2 GB limit; save its weights as external data"
     if name == "local functions":
         m = conv_only()
         m.functions.append(
@@ -235,7 +249,10 @@ CASES = [
     "external data ../",
     "external data absolute",
     "external data symlink",
-    "model over 2 GB",
+    "external data of the wrong size",
+    "external data past its file",
+    "external data basepath elsewhere",
+    "model file over 2 GB",
     "local functions",
     "corrupt npz",
     "pickled npz",
