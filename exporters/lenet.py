@@ -17,7 +17,7 @@ import onnx
 import torch
 from torch import nn
 
-__all__ = ["LeNet5", "TrainConfig", "export_onnx", "train"]
+__all__ = ["OPTIMIZERS", "LeNet5", "TrainConfig", "export_onnx", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,29 @@ class LeNet5(nn.Module):
         return self.fc3(x)
 
 
+OPTIMIZERS = ("adam", "sgd")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training recipe: Adam with a one-cycle learning rate, light random shifts."""
+    """Training recipe: Adam (or SGD with Nesterov momentum 0.9) with a one-cycle learning rate,
+    light random shifts."""
 
     epochs: int = 8
     batch_size: int = 128
+    optimizer: str = "adam"
     max_lr: float = 3e-3
     weight_decay: float = 1e-4
     max_shift: int = 2
     seed: int = 0
+
+    def describe(self) -> str:
+        opt = "Adam" if self.optimizer == "adam" else "SGD (Nesterov momentum 0.9)"
+        shift = f"random shifts of up to {self.max_shift} px (one per batch)" if self.max_shift else "no augmentation"
+        return (
+            f"{opt} with a one-cycle schedule to a peak learning rate of {self.max_lr:g}, weight decay "
+            f"{self.weight_decay:g}, batch {self.batch_size}, {self.epochs} epochs, {shift}, seed {self.seed}"
+        )
 
 
 def _random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -69,18 +82,30 @@ def _random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torc
     ]
 
 
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> nn.Module:
-    """Train ``model`` on images ``x`` (N, 1, 28, 28) in [0, 1] and labels ``y`` (N,), deterministically."""
+def train(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, device: str = "cpu") -> nn.Module:
+    """Train ``model`` on images ``x`` (N, 1, 28, 28) in [0, 1] and labels ``y`` (N,).
+
+    Deterministic on CPU given the seed; on CUDA the same batches and shifts, but max-pool's
+    backward pass is not bit-reproducible there. The model is returned on the CPU.
+    """
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use one of {OPTIMIZERS}")
     torch.manual_seed(cfg.seed)
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=device != "cpu")
     gen = torch.Generator().manual_seed(cfg.seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    model.to(device)
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     steps = cfg.epochs * math.ceil(len(xt) / cfg.batch_size)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.max_lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.max_lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(
+            model.parameters(), lr=cfg.max_lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+        )
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.max_lr, total_steps=steps)
     model.train()
     for epoch in range(cfg.epochs):
-        order = torch.randperm(len(xt), generator=gen)
+        order = torch.randperm(len(xt), generator=gen).to(device)
         total = 0.0
         for start in range(0, len(xt), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
@@ -93,7 +118,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> n
             total += loss.item() * len(idx)
         log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, total / len(xt))
     model.eval()
-    return model
+    return model.cpu()
 
 
 def export_onnx(model: nn.Module, path: str) -> onnx.ModelProto:
