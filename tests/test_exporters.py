@@ -8,6 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import MODELS  # noqa: E402
+
 from exporters.lenet import LeNet5, TrainConfig, export_onnx, train  # noqa: E402
 from onnxredund.data import load_mnist  # noqa: E402
 from onnxredund.model import load_model  # noqa: E402
@@ -34,3 +36,20 @@ def test_train_and_export_is_deterministic_and_matches_torch(mnist_dir, tmp_path
         expected = model(torch.from_numpy(x[:50])).numpy()
     got = Runner.create(m.proto, "cpu").run({"input": x[:50]})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_recipe_study_reads_the_shipped_pair(tmp_path):
+    import shutil
+
+    from exporters.recipe_study import _recipe, _seed, analyse, chance
+
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    for name in ("lenet5.onnx", "lenet5x10.onnx", "README.md"):
+        shutil.copy(MODELS / name, folder / name)
+    assert _recipe(folder / "README.md").startswith("SGD") and _seed(folder / "README.md") == 0
+    row = analyse(folder, None, 0.9)
+    assert row["lenet5 conv1"].startswith("0/6 ") and row["lenet5x10 conv2"].split("/")[1].startswith("160 ")
+    assert 0.0 < float(row["lenet5x10 conv1 vs its start"]) < 1.0  # trained, from the same seed's start
+    best, count = chance(channels=6, draws=3)
+    assert 0.0 < best < 1.0 and count >= 0.0

@@ -10,7 +10,10 @@ from conftest import MODELS
 
 from onnxredund.data import load_mnist
 from onnxredund.evaluate import evaluate
+from onnxredund.impulse import run_impulse
 from onnxredund.model import load_model
+
+PAPER_PAIR = ("lenet5", "lenet5x10")
 
 
 @pytest.mark.parametrize(("name", "minimum", "channels"), [("lenet5", 0.990, (6, 16)), ("lenet5x10", 0.992, (60, 160))])
@@ -32,3 +35,11 @@ def test_model_card_lists_each_file_with_its_sha256():
         row = next(line for line in card.splitlines() if f"`{name}`" in line)
         assert digest in row
         assert re.search(r"\d{2}\.\d{2} %", row)
+
+
+def test_the_wide_model_has_more_near_duplicate_impulse_responses_in_both_convs():
+    """The paper's impulse finding (issue 5's acceptance) on the shipped pair; models/STUDY.md has the recipes."""
+    small, wide = (run_impulse(load_model(MODELS / f"{n}.onnx"), across=False, device="cpu") for n in PAPER_PAIR)
+    for a, b in zip(small.layers, wide.layers, strict=True):
+        assert b.redundant_fraction > a.redundant_fraction, a.name
+        assert b.best_value.mean() > a.best_value.mean(), a.name
