@@ -155,7 +155,8 @@ _EXTERNAL_KEYS = {"location", "offset", "length", "checksum", "basepath"}
 
 
 def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
-    """Refuse external-data locations outside the model's folder before anything is read."""
+    """Refuse, before anything is read, external data outside the model's folder, of unknown keys or not
+    matching its tensor's size."""
     root = folder.resolve()
     for tensor in _all_tensors(proto.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
