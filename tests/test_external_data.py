@@ -121,3 +121,20 @@ def test_a_model_over_2_gb_runs_by_path(tmp_path):
     z /= np.linalg.norm(z, axis=1, keepdims=True)
     assert np.isclose(layer["ncc"][0][0], 1.0)
     assert layer["ncc"][0][1] >= float(z[0] @ z[1]) - 1e-6  # lag 0 is one of the lags maximised over
+
+
+def test_external_weights_on_cuda_give_the_cpu_numbers(tmp_path):
+    from onnxredund.runtime import cuda_works
+
+    if not cuda_works():
+        pytest.skip("no CUDA for onnxruntime here")
+    model = load_model(_save_external(small_cnn(4)[0], tmp_path / "m"))
+    rng = np.random.default_rng(1)
+    data = Dataset(rng.normal(size=(64, 3, 6, 6)).astype(np.float32), rng.integers(0, 4, 64), "random")
+    cpu = run_shuffle(model, "conv2", data, device="cpu", batch_size=32)
+    gpu = run_shuffle(model, "conv2", data, device="cuda", batch_size=32)
+    assert gpu.device == "cuda"
+    np.testing.assert_allclose(gpu.cosine, cpu.cosine, atol=1e-5)
+    imp_cpu, imp_gpu = run_impulse(model, device="cpu"), run_impulse(model, device="cuda")
+    for a, b in zip(imp_cpu.layers, imp_gpu.layers, strict=True):
+        np.testing.assert_allclose(a.ncc, b.ncc, atol=1e-5)
