@@ -87,7 +87,9 @@ def main() -> None:
     p.add_argument("--out", default="models")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainConfig.optimizer)
+    p.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default=TrainConfig.optimizer, help="with adam, lower --max-lr (3e-3)"
+    )
     p.add_argument("--max-lr", type=float, default=TrainConfig.max_lr, help="peak of the one-cycle schedule")
     p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     p.add_argument("--max-shift", type=int, default=TrainConfig.max_shift, help="random shifts in pixels, 0: none")
