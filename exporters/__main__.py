@@ -54,7 +54,7 @@ def write_card(out: Path, rows: list[dict], cfg: TrainConfig, device: str) -> No
         "## Data and recipe",
         "Trained on the 60,000 MNIST training images; tested on the 10,000 test images.",
         f"{cfg.describe()}: `{json.dumps(asdict(cfg))}`.",
-        f"Trained on {device}: "
+        f"Trained on {device} with torch {torch.__version__}: "
         + (
             "deterministic given the seed."
             if device == "cpu"
