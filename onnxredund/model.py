@@ -151,16 +151,16 @@ def _fail_if_not_file(path: Path) -> None:
         raise OnnxRedundError(f"{path} is empty; pass an .onnx model file")
 
 
-_EXTERNAL_KEYS = {"location", "offset", "length", "checksum", "basepath"}
+PROTOBUF_LIMIT = 2**31 - 1  # bytes one protobuf message (one .onnx file without external data) can hold
+BASEPATH = "basepath"  # onnx's key for the folder of a tensor's external data; never saved to a file
+_EXTERNAL_KEYS = {"location", "offset", "length", "checksum", BASEPATH}
 
 
 def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
     """Refuse, before anything is read, external data outside the model's folder, of unknown keys or not
     matching its tensor's size."""
     root = folder.resolve()
-    for tensor in _all_tensors(proto.graph):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
+    for tensor in external_tensors(proto):
         info = {e.key: e.value for e in tensor.external_data}
         if not all(isinstance(v, str) for kv in info.items() for v in kv):  # protobuf hands back bad UTF-8 as bytes
             raise OnnxRedundError(f"tensor {tensor.name!r}: its external data entries are not UTF-8 text; corrupt file")
@@ -231,10 +231,6 @@ def _check_external_extent(tensor: onnx.TensorProto, info: dict, target: Path) -
             f"tensor {tensor.name!r}: external data holds {length} bytes where its shape "
             f"{'x'.join(map(str, tensor.dims)) or 'scalar'} needs {need}; the data file does not match the model"
         )
-
-
-PROTOBUF_LIMIT = 2**31 - 1  # bytes one protobuf message (one .onnx file without external data) can hold
-BASEPATH = "basepath"  # onnx's key for the folder of a tensor's external data; never saved to a file
 
 
 def external_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
