@@ -8,7 +8,7 @@ OUT=${OUT:-/tmp/out}
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import onnxruntime as o, torch, numpy; o.preload_dlls(); print('onnxruntime', o.__version__, o.get_available_providers()); print('torch', torch.__version__, 'numpy', numpy.__version__)"
-  python3 -c "from onnxredund.runtime import resolve_device; print('auto ->', resolve_device('auto'))"
+  python3 -c "from onnxredund.engine.runtime import resolve_device; print('auto ->', resolve_device('auto'))"
 } 2>&1 | tee "$OUT/env.txt"
 timeout 200 python3 benchmarks/shuffle_sweep.py --data .devdata/mnist --device cuda --repeats 3 ${SWEEP_ARGS:-} 2>&1 | tee "$OUT/gpu_sweep.md"
 for m in channel pixel; do

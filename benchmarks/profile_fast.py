@@ -19,10 +19,11 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from onnxredund.engine import build_clean_model, build_fast_model, prediction_output
-from onnxredund.model import load_model
-from onnxredund.perturb import permutation_for
-from onnxredund.runtime import Runner, providers_for
+from onnxredund.engine import load_model
+from onnxredund.engine.analysis_models import build_clean_model, build_fast_model
+from onnxredund.engine.permutations import permutation_for
+from onnxredund.engine.runtime import Runner, providers_for
+from onnxredund.model import classifier_output
 
 
 def main() -> None:
@@ -36,9 +37,9 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=10)
     args = p.parse_args()
     model = load_model(args.model)
-    layer, pred = model.layer(args.layer), prediction_output(model)
+    layer, pred = model.layer(args.layer), classifier_output(model)
     k = args.chunk or layer.in_channels
-    fast, inputs = build_fast_model(model, layer, args.mode, k, pred)
+    fast, inputs = build_fast_model(model, layer, args.mode, k, pred, labelled=True)
     clean, names = build_clean_model(model, layer, pred)
     x = np.random.default_rng(0).random((args.batch, *model.sample_shape), dtype=np.float32)
     values = dict(zip(names, Runner.create(clean, args.device).run({model.input_name: x}, names), strict=True))

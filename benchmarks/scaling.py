@@ -19,9 +19,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from onnxredund.analyses.shuffle import run_shuffle  # noqa: E402
 from onnxredund.data import Dataset, load_mnist  # noqa: E402
-from onnxredund.model import load_model  # noqa: E402
-from onnxredund.shuffle import run_shuffle  # noqa: E402
+from onnxredund.engine import load_model  # noqa: E402
 
 
 def resnet18_onnx(folder: Path) -> Path | None:

@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from exporters.lenet import LeNet5  # noqa: E402
+from onnxredund.analyses.evaluate import predict  # noqa: E402
+from onnxredund.analyses.shuffle import run_shuffle  # noqa: E402
 from onnxredund.data import Dataset, load_mnist  # noqa: E402
-from onnxredund.evaluate import predict  # noqa: E402
-from onnxredund.model import load_model  # noqa: E402
-from onnxredund.perturb import permutation_for  # noqa: E402
-from onnxredund.shuffle import run_shuffle  # noqa: E402
+from onnxredund.engine import load_model  # noqa: E402
+from onnxredund.engine.permutations import permutation_for  # noqa: E402
 
 WIDTHS = {"lenet5": 1, "lenet5x10": 10}
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from onnxredund import load_model, run_impulse, run_shuffle
+from onnxredund.analyses.impulse import best_matches
 from onnxredund.data import Dataset, load_mnist
-from onnxredund.impulse import best_matches
 from onnxredund.metrics import ncc_matrix
 
 MODELS = ("lenet5", "lenet5x10")

@@ -76,6 +76,12 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    def limit(self, n: int | None) -> Dataset:
+        """The first ``n`` samples (all of them for None)."""
+        if not n:
+            return self
+        return Dataset(self.x[:n], None if self.y is None else self.y[:n], f"{self.name}[:{n}]")
+
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read one IDX file (gz or raw) into an array of its stored shape and dtype."""

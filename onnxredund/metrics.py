@@ -1,5 +1,8 @@
 """Similarity metrics with their edge cases defined, accumulated in float64.
 
+Pure numpy/scipy, imported by the engine (the direct path's cosine) and the analyses alike; imports
+nothing of the package.
+
 - :func:`cosine_per_channel`: the paper's eq. 1 per sample and channel.
 - :func:`ncc_matrix`: normalized cross-correlation of responses, maximised over spatial lags.
 """

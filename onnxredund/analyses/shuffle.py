@@ -1,0 +1,379 @@
+"""Channel and pixel shuffling sweeps (the paper's section 2) on any conv layer.
+
+For every perturbed input channel k of the target conv, over all samples:
+
+- ``cosine[k, c]``: mean over samples of the cosine similarity (eq. 1) of output channel c of A_i
+  clean and perturbed;
+- ``accuracy[k]``: top-1 accuracy of the perturbed model, where labels exist;
+- ``agreement[k]``: fraction of samples whose perturbed top-1 equals the clean top-1.
+
+Pseudocode::
+
+    for each mini-batch (B samples; the last one may be smaller):
+        X, Z, A, side, prediction = clean_model(batch)
+        for repeat r, for each run of K channels ks:
+            perms = [permutation(seed, r, k, batch index) for k in ks]
+            cos_sum[r, ks] += sum_b cosine(A, A_perturbed)     # in-graph on the fast path
+            correct[r, ks] += ...; agree[r, ks] += ...
+    cosine = mean over repeats of cos_sum / N (std over repeats too)
+
+A sweep's running sums are a :class:`~onnxredund.analyses.sweep_state.SweepState`; saved after each
+batch (:func:`run_shuffle_modes`), it lets an interrupted sweep resume with the same permutations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onnxredund.analyses.sweep_state import SweepState, checkpoint_path, sweep_key
+from onnxredund.atomic import csv_text
+from onnxredund.data import Dataset, conform
+from onnxredund.engine.permutations import MODES, PermutationFeed
+from onnxredund.engine.runtime import resolve_device
+from onnxredund.engine.sweep import SweepRunner, permutation_workers
+from onnxredund.errors import OnnxRedundError
+from onnxredund.model import ConvLayer, Model
+
+__all__ = ["ShuffleResult", "SweepState", "parse_channels", "run_shuffle", "run_shuffle_modes"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShuffleResult:
+    """One sweep's numbers.
+
+    Attributes:
+        channels: the perturbed input channels k, length K.
+        cosine: mean cosine similarity, shape (K, C_out); cosine_std: std over repeats, same shape.
+        cosine_repeats: the cosine of each repeat, shape (R, K, C_out).
+        accuracy, accuracy_std: shape (K,), or None without labels or a classifier output.
+        agreement, agreement_std: shape (K,), or None without a classifier output.
+        baseline_accuracy: clean top-1 accuracy, or None.
+        route: "fast" or "direct", the way the sweep ran (``path`` in the JSON).
+        samples_done: samples measured (all of them unless ``complete`` is False).
+    """
+
+    model: str
+    layer: str
+    layer_index: int
+    mode: str
+    seed: int
+    repeats: int
+    batch_size: int
+    num_samples: int
+    data: str
+    channels: list[int]
+    cosine: np.ndarray
+    cosine_std: np.ndarray
+    accuracy: np.ndarray | None
+    accuracy_std: np.ndarray | None
+    agreement: np.ndarray | None
+    agreement_std: np.ndarray | None
+    baseline_accuracy: float | None
+    route: str
+    device: str
+    complete: bool = True
+    samples_done: int = 0
+    seconds: float = 0.0
+    cosine_repeats: np.ndarray | None = None
+
+    def mean_cosine(self) -> np.ndarray:
+        """Mean over output channels of ``cosine``: one number per perturbed channel, shape (K,)."""
+        return self.cosine.mean(axis=1)
+
+    def to_dict(self, *, timing: bool = False) -> dict:
+        d = {
+            "model": self.model,
+            "layer": self.layer,
+            "layer_index": self.layer_index,
+            "mode": self.mode,
+            "seed": self.seed,
+            "repeats": self.repeats,
+            "batch_size": self.batch_size,
+            "num_samples": self.num_samples,
+            "samples_done": self.samples_done,
+            "complete": self.complete,
+            "data": self.data,
+            "path": self.route,
+            "channels": list(self.channels),
+            "cosine": _rounded(self.cosine),
+            "cosine_std": _rounded(self.cosine_std),
+            "mean_cosine": _rounded(self.mean_cosine()),
+            "accuracy": _rounded(self.accuracy),
+            "accuracy_std": _rounded(self.accuracy_std),
+            "agreement": _rounded(self.agreement),
+            "agreement_std": _rounded(self.agreement_std),
+            "baseline_accuracy": None if self.baseline_accuracy is None else round(self.baseline_accuracy, 10),
+        }
+        if timing:
+            d["device"], d["seconds"] = self.device, round(self.seconds, 3)
+        return d
+
+    def to_csv(self) -> str:
+        """One row per (k, c): channel, output_channel, cosine, cosine_std, accuracy, agreement."""
+        rows = []
+        for i, k in enumerate(self.channels):
+            acc = None if self.accuracy is None else f"{self.accuracy[i]:.6f}"
+            agr = None if self.agreement is None else f"{self.agreement[i]:.6f}"
+            for c in range(self.cosine.shape[1]):
+                rows.append([self.mode, k, c, f"{self.cosine[i, c]:.8f}", f"{self.cosine_std[i, c]:.8f}", acc, agr])
+        header = ["mode", "channel", "output_channel", "cosine", "cosine_std", "accuracy", "agreement"]
+        return csv_text(header, rows)
+
+
+def _rounded(a) -> list | None:
+    return None if a is None else np.round(np.asarray(a, np.float64), 10).tolist()
+
+
+def parse_channels(spec: str | None, count: int) -> list[int]:
+    """'0,3,5-9' -> [0, 3, 5, 6, 7, 8, 9]; None -> all ``count`` channels."""
+    if spec is None or spec.strip() in ("", "all"):
+        return list(range(count))
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise OnnxRedundError(f"bad channel list {spec!r}; use e.g. 0,3,5-9")
+        rng = range(int(lo), int(hi) + 1) if sep else [int(lo)]
+        for k in rng:
+            if k >= count:
+                raise OnnxRedundError(f"channel {k} does not exist: the layer's input has channels 0..{count - 1}")
+            if k not in out:
+                out.append(k)
+    if not out:
+        raise OnnxRedundError(f"empty channel list {spec!r}")
+    return out
+
+
+def _warn_degenerate(mode: str, batch_size: int, num: int) -> None:
+    if mode == "channel" and min(batch_size, num) == 1:
+        log.warning("channel shuffling with a batch of 1 is a no-op: every sample keeps its own channel")
+
+
+def _check_arguments(model: Model, layer: ConvLayer, mode: str, channels: list[int], batch_size: int, repeats: int):
+    if mode not in MODES:
+        raise OnnxRedundError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if batch_size < 1 or repeats < 1:
+        raise OnnxRedundError("--batch-size and --repeats must be at least 1")
+    bad = [k for k in channels if not 0 <= k < layer.in_channels]
+    if bad:
+        raise OnnxRedundError(
+            f"channels {bad} do not exist: {layer.name!r} has input channels 0..{layer.in_channels - 1}"
+        )
+
+
+def _check_labels(model: Model, runner: SweepRunner, labels: np.ndarray | None) -> None:
+    if labels is not None and runner.pred is not None:
+        classes = model.shapes[runner.pred][0]
+        if labels.size and int(labels.max()) >= classes:
+            raise OnnxRedundError(f"labels go up to {int(labels.max())} but the model has {classes} classes")
+
+
+def run_shuffle(
+    model: Model,
+    layer: ConvLayer | str | int,
+    data: Dataset,
+    *,
+    mode: str = "channel",
+    channels: list[int] | None = None,
+    batch_size: int = 256,
+    repeats: int = 1,
+    seed: int = 0,
+    device: str = "auto",
+    exact_path: bool = False,
+    chunk: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    state: SweepState | None = None,
+    on_batch: Callable[[SweepState], None] | None = None,
+    max_seconds: float | None = None,
+) -> ShuffleResult:
+    """Shuffle each input channel of a conv layer and measure cosine, accuracy and agreement.
+
+    Args:
+        model: from :func:`onnxredund.load_model`.
+        layer: the target conv (record, name or index).
+        data: inputs (N, ...) and optional labels.
+        mode: "channel" (across the samples of each mini-batch) or "pixel" (within each sample).
+        channels: input channels to perturb; default all.
+        batch_size: mini-batch size (the last batch may be smaller).
+        repeats: R seeds (seed, seed's repeat 1, ...); results give mean and std over them.
+        seed: the seed every permutation derives from.
+        device: "auto", "cuda" or "cpu".
+        exact_path: run the direct path (one full run per channel) instead of the fast one.
+        chunk: channels per run on the fast path (default: sized to memory).
+        progress: called with the number of samples finished after each batch.
+        state: a :class:`SweepState` to resume from (same arguments as the interrupted run).
+        on_batch: called with the state after each batch (checkpoints).
+        max_seconds: stop after the batch that passes this time (``complete`` False, like Ctrl-C).
+
+    Returns:
+        A :class:`ShuffleResult`; ``complete`` is False when interrupted (Ctrl-C).
+    """
+    layer = layer if isinstance(layer, ConvLayer) else model.layer(layer)
+    channels = list(range(layer.in_channels)) if channels is None else channels
+    _check_arguments(model, layer, mode, channels, batch_size, repeats)
+    x = conform(data.x, model.sample_shape, model.layout)
+    labels = data.y
+    _warn_degenerate(mode, batch_size, len(x))
+    device = resolve_device(device)
+    runner = SweepRunner(
+        model, layer, mode, device, exact=exact_path, chunk=chunk, batch_size=batch_size, labelled=labels is not None
+    )
+    _check_labels(model, runner, labels)
+    state = state or SweepState.empty(repeats, len(channels), layer.out_channels)
+    pixels = int(np.prod(layer.input_shape[1:]))
+    complete = True
+    t0 = time.perf_counter() - state.seconds
+    starts = list(range(0, len(x), batch_size))
+    sizes = [min(batch_size, len(x) - s) for s in starts]
+    feed = PermutationFeed(mode, seed, repeats, channels, pixels, workers=permutation_workers(device))
+    try:
+        for bi in range(state.batches_done, len(starts)):
+            xb = x[starts[bi] : starts[bi] + batch_size]
+            yb = labels[starts[bi] : starts[bi] + batch_size] if labels is not None else None
+            perms = feed.take(bi, sizes[bi])
+            if bi + 1 < len(starts):
+                feed.request(bi + 1, sizes[bi + 1])  # drawn on worker threads while the device works
+            _sweep_batch(runner, state, xb, yb, perms, channels, repeats)
+            state.batches_done, state.samples_done = bi + 1, state.samples_done + len(xb)
+            state.seconds = time.perf_counter() - t0
+            if on_batch is not None:
+                on_batch(state)
+            if progress is not None:
+                progress(len(xb))
+            if max_seconds is not None and state.seconds >= max_seconds and bi + 1 < len(starts):
+                complete = False
+                log.warning("time budget spent after %d of %d samples", state.samples_done, len(x))
+                break
+    except KeyboardInterrupt:
+        complete = False
+        log.warning("interrupted after %d of %d samples", state.samples_done, len(x))
+    finally:
+        feed.close()
+    return _result(model, layer, data, runner, state, mode, seed, repeats, batch_size, channels, complete, len(x))
+
+
+def _sweep_batch(runner: SweepRunner, state: SweepState, xb, yb, perms: dict, channels: list[int], repeats: int):
+    """Add one batch's sums to ``state`` (every repeat, every run of channels)."""
+    clean = runner.run_clean(xb)
+    ref = runner.clean_prediction(clean)
+    for r in range(repeats):
+        for c0 in range(0, len(channels), runner.k):
+            ks = channels[c0 : c0 + runner.k]
+            cos, correct, agree = runner.run(clean, ks, [perms[r, k] for k in ks], yb, ref)
+            state.cos_sum[r, c0 : c0 + len(ks)] += cos
+            if correct is not None:
+                state.correct[r, c0 : c0 + len(ks)] += correct
+            if agree is not None:
+                state.agree[r, c0 : c0 + len(ks)] += agree
+    if yb is not None and ref is not None:
+        state.baseline_correct += int((ref == yb).sum())
+
+
+def _mean_std(per_repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return per_repeat.mean(axis=0), per_repeat.std(axis=0)
+
+
+def _result(model, layer, data, runner, state, mode, seed, repeats, batch_size, channels, complete, n) -> ShuffleResult:
+    done = max(state.samples_done, 1)
+    cosine, cosine_std = _mean_std(state.cos_sum / done)
+    has_pred = runner.pred is not None
+    has_labels = has_pred and data.y is not None
+    acc = _mean_std(state.correct / done) if has_labels else (None, None)
+    agr = _mean_std(state.agree / done) if has_pred else (None, None)
+    return ShuffleResult(
+        model=model.path,
+        layer=layer.name,
+        layer_index=layer.index,
+        mode=mode,
+        seed=seed,
+        repeats=repeats,
+        batch_size=batch_size,
+        num_samples=n,
+        data=data.name,
+        channels=list(channels),
+        cosine=cosine,
+        cosine_std=cosine_std,
+        accuracy=acc[0],
+        accuracy_std=acc[1],
+        agreement=agr[0],
+        agreement_std=agr[1],
+        baseline_accuracy=state.baseline_correct / done if has_labels else None,
+        route=runner.path,
+        device=runner.device,
+        complete=complete,
+        samples_done=state.samples_done,
+        seconds=state.seconds,
+        cosine_repeats=state.cos_sum / done,
+    )
+
+
+def run_shuffle_modes(
+    model: Model,
+    layer: ConvLayer,
+    data: Dataset,
+    *,
+    modes: tuple[str, ...],
+    channels: list[int],
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    progress: Callable[[str, int, int], Callable[[int], None]] | None = None,
+    on_result: Callable[[ShuffleResult], None] | None = None,
+    **options,
+) -> dict[str, ShuffleResult]:
+    """One sweep per mode, each checkpointed after every batch in ``checkpoint_dir``; stops after an
+    interrupted sweep.
+
+    Args:
+        modes: the modes to sweep, in order.
+        checkpoint_dir: where checkpoints are kept (none without it); a finished sweep removes its own.
+        resume: continue from the checkpoints there (each must exist and match the arguments).
+        progress: ``progress(label, total samples, samples already done)`` returns a callback
+            taking samples finished.
+        on_result: called with each sweep's result as soon as it ends (to write it).
+        options: batch_size, repeats, seed, device, exact_path, chunk (see :func:`run_shuffle`).
+    """
+    if resume and checkpoint_dir is None:
+        raise OnnxRedundError("--resume needs the --out folder of the interrupted run")
+    keys = ("batch_size", "repeats", "seed", "exact_path")
+    defaults = {"batch_size": 256, "repeats": 1, "seed": 0, "exact_path": False}
+    key_args = {k: options.get(k, defaults[k]) for k in keys}
+    results: dict[str, ShuffleResult] = {}
+    for mode in modes:
+        ckpt = checkpoint_path(checkpoint_dir, mode) if checkpoint_dir else None
+        key = sweep_key(model, layer, data, mode=mode, channels=channels, **key_args) if ckpt else ""
+        state = SweepState.load(ckpt, key) if (resume and ckpt) else None
+        if resume and state is None:
+            raise OnnxRedundError(
+                f"nothing to resume in {checkpoint_dir} for {mode} mode (no checkpoint); "
+                "pass --overwrite to start again"
+            )
+        if ckpt is not None and state is None:
+            state = SweepState.empty(key_args["repeats"], len(channels), layer.out_channels, key)
+        bar = progress(f"{mode} shuffle", len(data), state.samples_done if state else 0) if progress else None
+        result = run_shuffle(
+            model,
+            layer,
+            data,
+            mode=mode,
+            channels=channels,
+            progress=bar,
+            state=state,
+            on_batch=(lambda s, c=ckpt: s.save(c)) if ckpt else None,
+            **options,
+        )
+        results[mode] = result
+        if on_result is not None:
+            on_result(result)
+        if result.complete and ckpt is not None and ckpt.exists():
+            ckpt.unlink()
+        if not result.complete:
+            break
+    return results

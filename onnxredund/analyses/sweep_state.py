@@ -1,0 +1,140 @@
+"""The running sums of a shuffle sweep, their key and their checkpoint file.
+
+A :class:`SweepState` holds the sums after the last finished batch; saved with the key of the
+sweep's arguments (:func:`sweep_key`: the model's bytes, its external weight files, the data and
+every option that changes a permutation), it lets an interrupted sweep resume with the same
+permutations and end with the numbers of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from onnxredund.atomic import atomic_write
+from onnxredund.data import Dataset
+from onnxredund.errors import OnnxRedundError
+from onnxredund.model import ConvLayer, Model, external_tensors, file_sha256
+
+__all__ = ["SweepState", "checkpoint_path", "sweep_key"]
+
+
+@dataclass
+class SweepState:
+    """Running sums, enough to resume a sweep after its last finished batch.
+
+    Attributes:
+        cos_sum: float64 (R, K, C_out); correct, agree: int64 (R, K).
+        key: the arguments the sums belong to (see :func:`sweep_key`); a resume must match it.
+    """
+
+    batches_done: int
+    samples_done: int
+    baseline_correct: int
+    cos_sum: np.ndarray
+    correct: np.ndarray
+    agree: np.ndarray
+    seconds: float = 0.0
+    key: str = field(default="", compare=False)
+
+    @classmethod
+    def empty(cls, repeats: int, k: int, c_out: int, key: str = "") -> SweepState:
+        return cls(
+            0,
+            0,
+            0,
+            np.zeros((repeats, k, c_out)),
+            np.zeros((repeats, k), np.int64),
+            np.zeros((repeats, k), np.int64),
+            key=key,
+        )
+
+    def save(self, path: Path) -> None:
+        """Write the state atomically as an .npz (no pickles)."""
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            key=np.array(self.key),
+            batches_done=self.batches_done,
+            samples_done=self.samples_done,
+            baseline_correct=self.baseline_correct,
+            cos_sum=self.cos_sum,
+            correct=self.correct,
+            agree=self.agree,
+            seconds=self.seconds,
+        )
+        atomic_write(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Path, key: str) -> SweepState | None:
+        """The state saved at ``path`` (None if there is none).
+
+        Raises:
+            OnnxRedundError: it belongs to other arguments, or cannot be read.
+        """
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["key"]) != key:
+                    raise OnnxRedundError(f"{path} is from a run with other arguments; rerun without --resume")
+                return cls(
+                    int(z["batches_done"]),
+                    int(z["samples_done"]),
+                    int(z["baseline_correct"]),
+                    z["cos_sum"],
+                    z["correct"],
+                    z["agree"],
+                    float(z["seconds"]),
+                    key=key,
+                )
+        except (OSError, KeyError, ValueError) as e:
+            raise OnnxRedundError(f"cannot resume from {path}: {e}") from None
+
+
+def _model_files(model: Model) -> list[Path]:
+    """The model file and the external weight files it reads."""
+    files = [Path(model.path)] if Path(model.path).is_file() else []
+    for tensor in external_tensors(model.proto):
+        info = {e.key: e.value for e in tensor.external_data}
+        files.append(Path(info.get("basepath", "")) / info["location"])
+    return list(dict.fromkeys(files))
+
+
+def sweep_key(
+    model: Model,
+    layer: ConvLayer,
+    data: Dataset,
+    *,
+    mode: str,
+    channels: list[int],
+    batch_size: int,
+    repeats: int,
+    seed: int,
+    exact_path: bool,
+) -> str:
+    """What a sweep's sums depend on: the model's bytes (external weight files too) and the arguments."""
+    return json.dumps(
+        {
+            "model": [file_sha256(p) for p in _model_files(model)],
+            "layer": layer.name,
+            "mode": mode,
+            "channels": channels,
+            "data": data.name,
+            "n": len(data),
+            "batch": batch_size,
+            "repeats": repeats,
+            "seed": seed,
+            "exact": exact_path,
+        },
+        sort_keys=True,
+    )
+
+
+def checkpoint_path(folder: Path, mode: str) -> Path:
+    """Where a sweep of ``mode`` keeps its checkpoint in an output folder."""
+    return folder / f"shuffle-{mode}.checkpoint.npz"

@@ -1,0 +1,71 @@
+"""The click group, its error boundary and the console's logging.
+
+User mistakes (:class:`OnnxRedundError`, bad flags) print one line and exit with status 2; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from onnxredund import __version__
+from onnxredund.errors import OnnxRedundError
+
+__all__ = ["main", "setup_logging"]
+
+log = logging.getLogger("onnxredund")
+
+
+class _Group(click.Group):
+    """Turns user mistakes into one line on stderr and exit status 2, never a traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except OnnxRedundError as e:
+            click.echo(f"onnxredund: error: {e}", err=True)
+            sys.exit(2)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help())
+            sys.exit(2)
+        except click.ClickException as e:
+            click.echo(f"onnxredund: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("onnxredund: aborted", err=True)
+            sys.exit(130)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except BrokenPipeError:
+            sys.exit(1)
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    """Log lines of the package on stderr: errors only with ``quiet``, INFO with -v, DEBUG with -vv."""
+    if quiet:
+        level = logging.ERROR
+    else:
+        level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("onnxredund: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="onnxredund")
+@click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Find redundancy in a convolutional network from its ONNX file.
+
+    Channel and pixel shuffling at any conv layer, unit impulse responses compared by
+    normalized cross-correlation, and a report that puts them together.
+    """
+    setup_logging(verbose, quiet)
+    ctx.obj = {"quiet": quiet}

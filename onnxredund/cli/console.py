@@ -1,0 +1,149 @@
+"""Everything the commands print: tables, summaries and progress bars (on stderr, only on a terminal)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import click
+import numpy as np
+
+from onnxredund.analyses.audit import AuditResult
+from onnxredund.analyses.impulse import ImpulseResult
+from onnxredund.analyses.reproduce import ReproduceResult
+from onnxredund.analyses.shuffle import ShuffleResult
+from onnxredund.model import Model
+
+__all__ = ["StepBars", "claims_lines", "impulse_lines", "layer_table", "redundancy_lines", "shuffle_lines"]
+
+
+def _fmt(t) -> str:
+    return "x".join(str(v) for v in t)
+
+
+def layer_table(model: Model) -> list[str]:
+    """The model's input and a table of its conv layers."""
+    rows = [["#", "name", "op", "channels", "kernel", "stride", "groups", "input", "output", "A_i", "MACs"]]
+    for l in model.layers:
+        rows.append(
+            [
+                str(l.index),
+                l.name,
+                l.op,
+                f"{l.in_channels}->{l.out_channels}",
+                _fmt(l.kernel),
+                _fmt(l.stride),
+                str(l.groups),
+                _fmt(l.input_shape),
+                _fmt(l.output_shape),
+                l.activation + (f" ({'+'.join(l.chain)})" if l.chain else ""),
+                f"{l.macs:,}",
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    head = (
+        f"{model.path}: input {model.input_name} N x {_fmt(model.sample_shape)} ({model.layout}), "
+        f"{len(model.layers)} conv layers"
+    )
+    return [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def shuffle_lines(result: ShuffleResult) -> list[str]:
+    """A sweep's summary: most and least redundant channels, accuracy and agreement."""
+    mean = result.mean_cosine()
+    order = np.argsort(-mean)
+    lines = [
+        f"{result.mode} shuffling at {result.layer} ({result.route} path, {result.device}): "
+        f"{result.samples_done} samples, {len(result.channels)} channels, seed {result.seed}"
+    ]
+    top = ", ".join(f"{result.channels[i]} ({mean[i]:.3f})" for i in order[:3])
+    bottom = ", ".join(f"{result.channels[i]} ({mean[i]:.3f})" for i in order[::-1][:3])
+    lines.append(f"  most redundant (highest mean cosine): {top}")
+    lines.append(f"  least redundant (lowest mean cosine): {bottom}")
+    if result.accuracy is not None:
+        worst = int(np.argmin(result.accuracy))
+        lines.append(
+            f"  accuracy: baseline {100 * result.baseline_accuracy:.2f} %, worst {100 * result.accuracy[worst]:.2f} % "
+            f"(channel {result.channels[worst]}), mean {100 * result.accuracy.mean():.2f} %"
+        )
+    if result.agreement is not None:
+        lines.append(
+            f"  agreement with the clean model: min {100 * result.agreement.min():.2f} %, "
+            f"mean {100 * result.agreement.mean():.2f} %"
+        )
+    if not result.complete:
+        lines.append("  INTERRUPTED: partial results; rerun with --resume to finish")
+    return lines
+
+
+def impulse_lines(result: ImpulseResult) -> list[str]:
+    """Per layer: channels with a near-duplicate within the layer and in earlier layers."""
+    lines = [
+        f"impulse responses ({result.mode} mode, NCC {'max over lags' if result.lags else 'at zero lag'}, "
+        f"threshold {result.threshold}):"
+    ]
+    for l in result.layers:
+        line = (
+            f"  {l.name}: {l.redundant_count}/{len(l.best_match)} channels ({100 * l.redundant_fraction:.1f} %) "
+            f"have a match >= {result.threshold}"
+        )
+        finite = l.across_best_value[~np.isnan(l.across_best_value)]
+        if finite.size:
+            line += f"; {int((finite >= result.threshold).sum())} match an earlier layer"
+        lines.append(line)
+    lines += [f"  note: {n}" for n in result.notes]
+    return lines
+
+
+def redundancy_lines(result: AuditResult) -> list[str]:
+    """The audit's per-layer summary."""
+    lines = []
+    for s in result.layers:
+        parts = [f"impulse {100 * s.impulse_redundant_fraction:.0f} %"]
+        if s.channel_cheap_fraction is not None:
+            parts.append(f"channel-cheap {100 * s.channel_cheap_fraction:.0f} %")
+        if s.pixel_cheap_fraction is not None:
+            parts.append(f"pixel-cheap {100 * s.pixel_cheap_fraction:.0f} %")
+        if s.worst_accuracy_drop is not None:
+            parts.append(f"worst drop {100 * s.worst_accuracy_drop:.2f} pp")
+        lines.append(
+            f"  {s.name} ({s.in_channels}->{s.out_channels}): score {s.redundancy_score:.2f}; " + ", ".join(parts)
+        )
+    return lines
+
+
+def _number(v: float | None) -> str:
+    return "" if v is None else f"{v:.4f}"
+
+
+def claims_lines(result: ReproduceResult) -> list[str]:
+    """The paper's claims as a markdown table."""
+    lines = ["| claim | LeNet-5 | LeNet-5x10 | value | verdict |", "|---|---|---|---|---|"]
+    for c in result.claims:
+        verdict = "PASS" if c.passed else "FAIL"
+        lines.append(f"| {c.claim} | {_number(c.lenet5)} | {_number(c.lenet5x10)} | {_number(c.value)} | {verdict} |")
+    return lines
+
+
+class StepBars:
+    """Progress for multi-step library calls: one click bar per step, on stderr, only on a terminal.
+
+    Called as ``bars(label, total, done=0)``, it returns the callback that takes samples finished.
+    """
+
+    def __init__(self, quiet: bool) -> None:
+        self.hidden = quiet or not sys.stderr.isatty()
+        self.bar = None
+
+    def __call__(self, label: str, total: int, done: int = 0) -> Callable[[int], None]:
+        self.close()
+        self.bar = click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True, hidden=self.hidden)
+        if done:
+            self.bar.update(done)
+        return self.bar.update
+
+    def close(self) -> None:
+        """Finish the current bar's line."""
+        if self.bar is not None:
+            self.bar.render_finish()
+            self.bar = None

@@ -1,0 +1,327 @@
+"""The analysis models a shuffle sweep runs.
+
+For a target conv with input X = A_{i-1}, pre-activation Z = conv(X) and activation A_i = f(Z):
+
+- the **clean model** is the original with X, Z, A_i and the side tensors exposed as outputs;
+  it runs once per batch;
+- the **direct model** is the network after the conv's input, where only the target conv reads
+  the injected (perturbed) X; one run per perturbed channel;
+- the **fast model** takes the clean tensors, the channels ``ks`` (K,) and the permutation indices,
+  and returns only ``cos_sum`` (K, C_out), ``correct`` (K,) and ``agree`` (K,). It uses the conv's
+  linearity: perturbing channel k only adds ``conv(delta_k, W[:, k])`` to Z; with the deltas
+  unfolded into patches (im2col, one Gather), one batched MatMul does every k of the run at once.
+  The elementwise chain f and the rest of the network then run on a batch of K*B (channel j,
+  sample b at row j*B + b).
+
+Pseudocode of the fast model::
+
+    D[j, b]   = shuffle(X[:, ks[j]])[b] - X[b, ks[j]]            # (K, B, H*W)
+    Zp[j, b]  = Z[b] + Wcols[ks[j]] @ im2col(D[j, b])             # (K, B, C_out, H'*W'), one MatMul
+    Ap        = f(Zp)                                             # the elementwise chain, on K*B rows
+    cos_sum   = sum_b cosine(Ap[j, b, c], A[b, c])                # (K, C_out), float64
+    pred      = argmax(suffix(Ap, side tensors tiled K times))    # (K, B)
+    correct   = sum_b (pred == labels);  agree = sum_b (pred == clean prediction)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxredund.engine.surgery import cut, expose_outputs, inject_input, side_inputs, value_info
+from onnxredund.errors import OnnxRedundError
+from onnxredund.model import (
+    ConstantTable,
+    ConvLayer,
+    Model,
+    attribute,
+    consumers_of,
+    default_opset,
+    downstream,
+    value_infos,
+)
+
+__all__ = [
+    "FAST_OPSET",
+    "PERTURBED",
+    "build_clean_model",
+    "build_direct_model",
+    "build_fast_model",
+    "fast_path_blocker",
+    "weight_columns",
+]
+
+PERTURBED = "onnxredund_perturbed_input"
+FAST_OPSET = 13  # ReduceSum/Unsqueeze take axes as inputs from 13 on
+
+
+def _outputs_needed(model: Model, layer: ConvLayer, pred: str | None) -> list[str]:
+    names = [layer.input, layer.output, layer.activation]
+    names += side_inputs(model.proto, layer.activation)
+    names += side_inputs(model.proto, layer.input)
+    if pred is not None:
+        names.insert(0, pred)
+    return list(dict.fromkeys(names))
+
+
+def build_clean_model(model: Model, layer: ConvLayer, pred: str | None) -> tuple[onnx.ModelProto, list[str]]:
+    """The original model exposing what both paths need; returns it and its output names."""
+    names = _outputs_needed(model, layer, pred)
+    exposed = expose_outputs(model.proto, names)
+    return exposed, names
+
+
+def build_direct_model(model: Model, layer: ConvLayer, pred: str | None) -> tuple[onnx.ModelProto, list[str]]:
+    """(perturbed X, clean X, side tensors) -> (A_i, prediction); returns it and its input names."""
+    injected = inject_input(model.proto, layer, PERTURBED)
+    side = [t for t in side_inputs(model.proto, layer.input) if t != layer.input]
+    inputs = [PERTURBED, layer.input, *side]
+    outputs = [layer.activation] + ([pred] if pred is not None else [])
+    # Another consumer may not read the clean X at all: cut only keeps the inputs it needs.
+    proto = cut(injected, inputs, outputs)
+    used = {t for n in proto.graph.node for t in n.input}
+    keep = [i for i in proto.graph.input if i.name in used or i.name in outputs]
+    del proto.graph.input[:]
+    proto.graph.input.extend(keep)
+    return proto, [i.name for i in keep]
+
+
+def weight_columns(weight: np.ndarray, groups: int) -> np.ndarray:
+    """Per input channel k, the kernels it feeds: shape (C_in, C_out, kh, kw), zero outside k's group."""
+    c_out, cin_g = weight.shape[:2]
+    c_in = cin_g * groups
+    cout_g = c_out // groups
+    cols = np.zeros((c_in, c_out, *weight.shape[2:]), weight.dtype)
+    for k in range(c_in):
+        g = k // cin_g
+        cols[k, g * cout_g : (g + 1) * cout_g] = weight[g * cout_g : (g + 1) * cout_g, k % cin_g]
+    return cols
+
+
+def fast_path_blocker(model: Model, layer: ConvLayer) -> str | None:
+    """Why the fast path cannot run this layer, or None when it can."""
+    if not model.batch_dynamic:
+        return "the model's batch is fixed"
+    if len(layer.kernel) != 2:
+        return "the conv is not 2-D"
+    if model.constant(layer.weight) is None:
+        return "the conv's weights are computed, not constant"
+    opset = default_opset(model.proto)
+    if opset < FAST_OPSET:
+        return f"the model's opset {opset} is older than {FAST_OPSET}"
+    return None
+
+
+class _GraphBuilder:
+    """Collects nodes and initializers under unique names."""
+
+    def __init__(self, opset: int) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.opset = opset
+        self._n = 0
+
+    def const(self, name: str, value) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value), f"ox/{name}"))
+        return f"ox/{name}"
+
+    def op(self, op_type: str, inputs: list[str], **attrs) -> str:
+        self._n += 1
+        out = f"ox/{op_type.lower()}_{self._n}"
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    def reduce(self, op_type: str, x: str, axes: list[int]) -> str:
+        """A Reduce* op without kept dims; axes are an input from opset 13 (ReduceSum) or 18 (the others)."""
+        if self.opset >= (13 if op_type == "ReduceSum" else 18):
+            return self.op(op_type, [x, self.const(f"axes_{self._n}", np.array(axes, np.int64))], keepdims=0)
+        return self.op(op_type, [x], axes=axes, keepdims=0)
+
+
+def _copy_nodes(builder: _GraphBuilder, graph: onnx.GraphProto, indices, rename: dict[str, str], prefix: str) -> None:
+    """Copy nodes, renaming their outputs with ``prefix`` and their inputs through ``rename``."""
+    for idx in sorted(indices):
+        node = onnx.NodeProto()
+        node.CopyFrom(graph.node[idx])
+        for j, t in enumerate(node.input):
+            if t in rename:
+                node.input[j] = rename[t]
+        for j, t in enumerate(node.output):
+            if t:
+                rename.setdefault(t, prefix + t)
+                node.output[j] = rename[t]
+        node.name = prefix + (node.name or f"node{idx}")
+        builder.nodes.append(node)
+
+
+def _tile(b: _GraphBuilder, tensor: str, k: int) -> str:
+    """(B, ...) -> (K*B, ...), row j*B + b = row b."""
+    shape = b.op("Shape", [tensor])
+    kk = b.const(f"k_{tensor}", np.array([k], np.int64))
+    expanded = b.op(
+        "Expand", [b.op("Unsqueeze", [tensor, b.const(f"ax0_{tensor}", [0])]), b.op("Concat", [kk, shape], axis=0)]
+    )
+    tail = b.op("Slice", [shape, b.const(f"t1_{tensor}", [1]), b.const(f"tend_{tensor}", [np.iinfo(np.int64).max])])
+    return b.op("Reshape", [expanded, b.op("Concat", [b.const(f"m1_{tensor}", [-1]), tail], axis=0)])
+
+
+def im2col_index(layer: ConvLayer, conv: onnx.NodeProto) -> np.ndarray:
+    """For each kernel tap t and output pixel p, the flat input pixel it reads: shape (kh*kw, H'*W').
+
+    Padding reads index H*W, a zero appended to each flattened input plane.
+    """
+    _, h, w = layer.input_shape
+    (kh, kw), (sy, sx), (dy, dx) = layer.kernel, layer.stride, layer.dilations
+    ho, wo = layer.output_shape[1:]
+    auto_pad = attribute(conv, "auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        total = [
+            max(0, (o - 1) * s + (k - 1) * d + 1 - n) for o, s, k, d, n in ((ho, sy, kh, dy, h), (wo, sx, kw, dx, w))
+        ]
+        top, left = ((t // 2 if auto_pad == "SAME_UPPER" else t - t // 2) for t in total)
+    elif auto_pad == "VALID":
+        top, left = 0, 0
+    else:
+        top, left = layer.pads[0], layer.pads[1]
+    oy, ox = np.meshgrid(np.arange(ho), np.arange(wo), indexing="ij")
+    ky, kx = np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij")
+    iy = oy.reshape(1, -1) * sy - top + ky.reshape(-1, 1) * dy
+    ix = ox.reshape(1, -1) * sx - left + kx.reshape(-1, 1) * dx
+    inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+    return np.where(inside, iy * w + ix, h * w).astype(np.int64)
+
+
+def _cosine_sum(b: _GraphBuilder, ap: str, a: str, k: int, c_out: int, pixels: int) -> str:
+    """sum over b of cosine(ap[j, b, c], a[b, c]) in float64: (K, C_out)."""
+    pa = b.op("Reshape", [ap, b.const("cos_shape_p", np.array([k, -1, c_out, pixels], np.int64))])
+    ca = b.op("Reshape", [a, b.const("cos_shape_c", np.array([1, -1, c_out, pixels], np.int64))])
+    dot = b.op("Cast", [b.reduce("ReduceSum", b.op("Mul", [pa, ca]), [3])], to=TensorProto.DOUBLE)
+    nn_p = b.op("Cast", [b.reduce("ReduceSumSquare", pa, [3])], to=TensorProto.DOUBLE)
+    nn_c = b.op("Cast", [b.reduce("ReduceSumSquare", ca, [3])], to=TensorProto.DOUBLE)
+    zero, one = b.const("cos_zero", np.array(0.0)), b.const("cos_one", np.array(1.0))
+    denom = b.op("Sqrt", [b.op("Mul", [nn_p, nn_c])])
+    zp, zc = b.op("Equal", [nn_p, zero]), b.op("Equal", [nn_c, zero])
+    safe = b.op("Where", [b.op("Equal", [denom, zero]), one, denom])
+    cos = b.op("Clip", [b.op("Div", [dot, safe]), b.const("cos_lo", np.array(-1.0)), one])
+    cos = b.op("Where", [b.op("Or", [zp, zc]), zero, cos])
+    cos = b.op("Where", [b.op("And", [zp, zc]), one, cos])
+    return b.reduce("ReduceSum", cos, [1])
+
+
+def _count_matches(b: _GraphBuilder, pred: str, ref: str, k: int, classes: int, name: str) -> str:
+    """pred (K*B, classes) vs ref (B,) -> (K,) int64 counts of argmax matches."""
+    logits = b.op("Reshape", [pred, b.const(f"{name}_shape", np.array([k, -1, classes], np.int64))])
+    arg = b.op("ArgMax", [logits], axis=2, keepdims=0)  # (K, B)
+    hits = b.op("Cast", [b.op("Equal", [arg, ref])], to=TensorProto.INT64)
+    return b.reduce("ReduceSum", hits, [1])
+
+
+def build_fast_model(
+    model: Model, layer: ConvLayer, mode: str, k: int, pred: str | None, *, labelled: bool = False
+) -> tuple[onnx.ModelProto, list[str]]:
+    """The fast model for runs of ``k`` channels; returns it and its input names.
+
+    Inputs: X (B, C_in, H, W), Z and A (B, C_out, H', W'), the side tensors, ``ks`` (K,) int64,
+    ``perm_index`` ((K*B,) int64 rows for channel mode, (K*B, H*W) for pixel mode; row j*B + b is
+    sample b of channel ks[j]), and, with a prediction output, ``ref_pred`` (B,) int64 (and ``labels``
+    (B,) int64 when ``labelled``). Outputs: ``cos_sum`` (K, C_out) float64; with ``pred``, ``agree``
+    (K,) int64, and ``correct`` (K,) int64 when ``labelled``.
+    """
+    blocker = fast_path_blocker(model, layer)
+    if blocker:
+        raise OnnxRedundError(f"fast path unavailable for {layer.name!r}: {blocker}; use --exact-path")
+    proto, graph = model.proto, model.proto.graph
+    weight = model.constant(layer.weight).astype(np.float32)
+    _, h, w = layer.input_shape
+    c_out = layer.out_channels
+    b = _GraphBuilder(default_opset(proto))
+    x, z, a, ks, perm = layer.input, layer.output, layer.activation, "ks", "perm_index"
+
+    xk = b.op("Transpose", [b.op("Gather", [x, ks], axis=1)], perm=[1, 0, 2, 3])  # (K, B, H, W)
+    flat = b.op("Reshape", [xk, b.const("rows", np.array([-1, h * w], np.int64))])  # (K*B, H*W), row j*B + b
+    if mode == "channel":
+        shuffled = b.op("Gather", [flat, perm], axis=0)
+    else:
+        shuffled = b.op("GatherElements", [flat, perm], axis=1)
+    delta = b.op("Sub", [shuffled, flat])
+    # conv(delta_k, W[:, k]) for every k at once, as im2col (a Gather) and one batched MatMul
+    delta = b.op("Pad", [delta, b.const("pad_zero", np.array([0, 0, 0, 1], np.int64))])  # (K*B, H*W + 1)
+    conv = graph.node[layer.node_index]
+    ho, wo = layer.output_shape[1:]
+    taps = int(np.prod(layer.kernel))
+    patches = b.op("Gather", [delta, b.const("im2col", im2col_index(layer, conv))], axis=1)  # (K*B, T, P')
+    patches = b.op("Reshape", [patches, b.const("patches4", np.array([k, -1, taps, ho * wo], np.int64))])
+    cols = weight_columns(weight, layer.groups).reshape(layer.in_channels, c_out, taps)
+    kernels = b.op(
+        "Unsqueeze",
+        [b.op("Gather", [b.const("weight_columns", cols), ks], axis=0), b.const("ax1", np.array([1], np.int64))],
+    )  # (K, 1, C_out, T)
+    dz = b.op("MatMul", [kernels, patches])  # (K, B, C_out, P')
+    z1 = b.op("Reshape", [z, b.const("z4", np.array([1, -1, c_out, ho * wo], np.int64))])
+    zp = b.op("Reshape", [b.op("Add", [dz, z1]), b.const("rows4", np.array([-1, c_out, ho, wo], np.int64))])
+
+    chain = _chain_nodes(graph, layer)
+    rename = {layer.output: zp}
+    _copy_nodes(b, graph, chain, rename, "chain/")
+    ap = rename.get(layer.activation, zp)
+    outputs = {"cos_sum": _cosine_sum(b, ap, a, k, c_out, ho * wo)}
+    side = side_inputs(proto, layer.activation)
+    after = {o for i in downstream(graph, layer.activation) for o in graph.node[i].output}
+    if pred is not None and pred not in after and pred not in side:
+        side.append(pred)  # the prediction does not depend on this layer: it is the clean one, tiled
+    inputs = list(dict.fromkeys([x, z, a, *side, ks, perm]))
+    if pred is not None:
+        rename2 = {layer.activation: ap} | {t: _tile(b, t, k) for t in side}
+        _copy_nodes(b, graph, downstream(graph, layer.activation), rename2, "suffix/")
+        classes = model.shapes[pred][0]
+        if labelled:
+            outputs["correct"] = _count_matches(b, rename2[pred], "labels", k, classes, "correct")
+            inputs.append("labels")
+        outputs["agree"] = _count_matches(b, rename2[pred], "ref_pred", k, classes, "agree")
+        inputs.append("ref_pred")
+    _copy_constant_producers(b, graph)
+    return _assemble(b, proto, inputs, outputs, mode, k), inputs
+
+
+def _chain_nodes(graph: onnx.GraphProto, layer: ConvLayer) -> list[int]:
+    consumers = consumers_of(graph)
+    tensor, nodes = layer.output, []
+    while tensor != layer.activation:
+        idx = consumers[tensor][0]
+        nodes.append(idx)
+        tensor = graph.node[idx].output[0]
+    return nodes
+
+
+def _copy_constant_producers(b: _GraphBuilder, graph: onnx.GraphProto) -> None:
+    used = {t for n in b.nodes for t in n.input}
+    produced = {t for n in b.nodes for t in n.output}
+    values = ConstantTable(graph)
+    for name in sorted(used - produced):
+        if name in values and not any(t.name == name for t in graph.initializer):
+            b.inits.append(numpy_helper.from_array(values[name], name))
+    b.inits.extend(t for t in graph.initializer if t.name in used)
+
+
+def _assemble(b, proto, inputs: list[str], outputs: dict[str, str], mode: str, k: int) -> onnx.ModelProto:
+    for dst, src in outputs.items():
+        b.nodes.append(helper.make_node("Identity", [src], [dst], name=f"ox/out_{dst}"))
+    known_inputs = []
+    infos = value_infos(proto)
+    for name in inputs:
+        if name == "ks":
+            known_inputs.append(helper.make_tensor_value_info("ks", TensorProto.INT64, [k]))
+        elif name == "perm_index":
+            shape = ["KB"] if mode == "channel" else ["KB", "P"]
+            known_inputs.append(helper.make_tensor_value_info("perm_index", TensorProto.INT64, shape))
+        elif name in ("labels", "ref_pred"):
+            known_inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, ["B"]))
+        else:
+            known_inputs.append(value_info(proto, name, infos))
+    outs = [helper.make_tensor_value_info("cos_sum", TensorProto.DOUBLE, [k, None])]
+    outs += [helper.make_tensor_value_info(n, TensorProto.INT64, [k]) for n in outputs if n != "cos_sum"]
+    graph = helper.make_graph(b.nodes, "onnxredund_fast_sweep", known_inputs, outs, initializer=b.inits)
+    out = helper.make_model(graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+    out.producer_name = "onnxredund"
+    return out

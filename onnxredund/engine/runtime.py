@@ -1,0 +1,213 @@
+"""onnxruntime sessions on CUDA or CPU, with IO binding so tensors can stay on the device.
+
+Owns every ``onnxruntime.InferenceSession`` the package makes (:class:`Runner`) and the device choice.
+
+``--device auto`` uses CUDA when a session really gets it (checked with ``get_providers()``) and
+CPU otherwise, and logs which in one line; ``--device cuda`` that cannot be had is an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxredund.engine.surgery import expose_outputs
+from onnxredund.errors import OnnxRedundError, first_line
+from onnxredund.model import (
+    MAX_IR_VERSION,
+    PROTOBUF_LIMIT,
+    copy_model,
+    external_folder,
+    external_tensors,
+    set_external_folder,
+)
+
+__all__ = ["DEVICES", "Runner", "cuda_works", "probe_shapes", "providers_for", "resolve_device", "session_model"]
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cuda", "cpu")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+def _probe_model() -> bytes:
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    return onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8
+    ).SerializeToString()
+
+
+@functools.cache
+def cuda_works() -> bool:
+    """Whether onnxruntime can really run a session on CUDA here (probed once, quietly)."""
+    if _CUDA not in ort.get_available_providers():
+        return False
+    try:
+        ctypes.CDLL("libcuda.so.1")  # the driver: without it there is no CUDA, and no noisy probe
+    except OSError:
+        return False
+    if hasattr(ort, "preload_dlls"):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            try:
+                ort.preload_dlls()
+            except Exception as e:
+                log.debug("preload_dlls: %s", e)
+    ort.set_default_logger_severity(4)
+    try:
+        sess = ort.InferenceSession(_probe_model(), providers=[_CUDA, _CPU])
+        return sess.get_providers()[0] == _CUDA
+    except Exception as e:
+        log.debug("CUDA probe failed: %s", e)
+        return False
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' or 'cpu'; 'cuda' where CUDA cannot be had raises."""
+    if device not in DEVICES:
+        raise OnnxRedundError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return "cpu"
+    if cuda_works():
+        _log_auto_choice(device, "cuda")
+        return "cuda"
+    if device == "cuda":
+        raise OnnxRedundError(
+            "--device cuda: onnxruntime cannot run on CUDA here (install onnxruntime-gpu with CUDA 12/13 "
+            "libraries, or use --device cpu)"
+        )
+    _log_auto_choice(device, "cpu")
+    return "cpu"
+
+
+@functools.cache
+def _log_auto_choice(asked: str, got: str) -> None:
+    """One line, once per process: which device --device auto runs on."""
+    if asked == "auto":
+        where = "onnxruntime CUDA" if got == "cuda" else "CPU (no CUDA session could be had)"
+        log.info("device auto: running on %s", where)
+
+
+def providers_for(device: str) -> list:
+    """onnxruntime providers for a resolved device. CUDA runs in full float32 (no TF32 matmuls or
+    convs), so the numbers match the CPU's to float rounding."""
+    if device == "cuda":
+        return [(_CUDA, {"use_tf32": "0"}), _CPU]
+    return [_CPU]
+
+
+def _session_options(threads: int, external_dir: str = "") -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    if external_dir:  # where the external data of a model handed over as bytes lives
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", external_dir)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
+def session_model(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """The model as onnxruntime takes it (IR version it reads, no folder keys) and its data folder."""
+    external = external_tensors(proto)
+    folders = {external_folder(t) for t in external}
+    if len(folders) > 1:
+        raise OnnxRedundError(f"the model reads external data from {len(folders)} folders; keep it in one")
+    if proto.ir_version > MAX_IR_VERSION or external:
+        work = copy_model(proto)  # cheap: external weights are references, not bytes
+        work.ir_version = min(work.ir_version, MAX_IR_VERSION)
+        for tensor in external_tensors(work):
+            set_external_folder(tensor, "")
+        proto = work
+    if proto.ByteSize() > PROTOBUF_LIMIT:
+        raise OnnxRedundError("the model is over protobuf's 2 GB limit in memory; keep its weights as external data")
+    return proto, folders.pop() if folders else ""
+
+
+@dataclass
+class Runner:
+    """One onnxruntime session and how to feed it.
+
+    Inputs may be numpy arrays or ``ort.OrtValue`` (already on the device); outputs come back as
+    ``OrtValue`` on the session's device (:meth:`run_device`) or numpy (:meth:`run`).
+    """
+
+    session: ort.InferenceSession
+    device: str
+
+    @classmethod
+    def create(cls, proto: onnx.ModelProto, device: str = "auto", threads: int = 0) -> Runner:
+        """A session for ``proto``; weights in external files are read by onnxruntime from their folder."""
+        device = resolve_device(device)
+        proto, external_dir = session_model(proto)
+        providers = providers_for(device)
+        try:
+            # onnxruntime prints its provider fallback attempts; the one-line error below says it all
+            with contextlib.redirect_stdout(io.StringIO()):
+                session = ort.InferenceSession(
+                    proto.SerializeToString(), sess_options=_session_options(threads, external_dir), providers=providers
+                )
+        except Exception as e:  # onnxruntime raises its own types (Fail, InvalidGraph, ...) with no common base
+            raise OnnxRedundError(f"onnxruntime cannot load the model: {first_line(e)}") from None
+        got = session.get_providers()[0]
+        if device == "cuda" and got != _CUDA:
+            raise OnnxRedundError("onnxruntime gave a CPU session where CUDA was asked for; use --device cpu")
+        return cls(session=session, device=device)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def to_device(self, array: np.ndarray) -> ort.OrtValue:
+        """Copy a numpy array to the session's device once, for reuse across runs."""
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+
+    def run_device(self, feeds: dict, outputs: list[str] | None = None) -> list[ort.OrtValue]:
+        """Run with IO binding; inputs and outputs stay on the device."""
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, self.to_device(value))
+        for name in outputs or self.output_names:
+            binding.bind_output(name, self.device)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()
+
+    def run_per_sample(self, feeds: dict, outputs: list[str] | None = None) -> list[np.ndarray]:
+        """Run a model whose batch is fixed to 1: one sample of every feed at a time, outputs stacked."""
+        n = len(next(iter(feeds.values())))
+        parts = [self.run({name: value[i : i + 1] for name, value in feeds.items()}, outputs) for i in range(n)]
+        return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+
+    def run(self, feeds: dict, outputs: list[str] | None = None) -> list[np.ndarray]:
+        """Run and return numpy arrays."""
+        if self.device == "cpu" and not any(isinstance(v, ort.OrtValue) for v in feeds.values()):
+            try:
+                return self.session.run(outputs, feeds)
+            except Exception as e:  # onnxruntime's own types, as above
+                raise OnnxRedundError(f"onnxruntime failed to run the model: {first_line(e)}") from None
+        return [v.numpy() for v in self.run_device(feeds, outputs)]
+
+
+def probe_shapes(
+    proto: onnx.ModelProto, input_name: str, sample_shape: tuple[int, ...], tensors: list[str]
+) -> dict[str, tuple[int, ...]]:
+    """Shapes (without the batch) of ``tensors``, found by running one zero sample on CPU."""
+    probe = expose_outputs(proto, tensors)
+    runner = Runner.create(probe, "cpu")
+    values = runner.run({input_name: np.zeros((1, *sample_shape), np.float32)}, list(dict.fromkeys(tensors)))
+    return {name: tuple(v.shape[1:]) for name, v in zip(dict.fromkeys(tensors), values, strict=True)}

@@ -1,0 +1,83 @@
+"""Reading and describing ONNX models, without running them.
+
+Owns: reading files safely (external data checked and left on disk, :mod:`.files`), validation
+(:mod:`.validate`), graph queries and the one helper for attributes, copies, shape inference and
+constants (:mod:`.graph`), the conv layer records (:mod:`.layers`) and the :class:`Model` record
+(:mod:`.model`). May import only :mod:`onnxredund.errors`, onnx and numpy: nothing here creates a
+session; loading a model, which frees its batch and may probe shapes with a run, is the engine's
+(:func:`onnxredund.engine.load_model`).
+"""
+
+from __future__ import annotations
+
+from onnxredund.model.files import (
+    BASEPATH,
+    PROTOBUF_LIMIT,
+    all_tensors,
+    external_folder,
+    external_tensors,
+    file_sha256,
+    read_model_file,
+    set_external_folder,
+    tensor_array,
+)
+from onnxredund.model.graph import (
+    ConstantTable,
+    attribute,
+    consumers_of,
+    copy_model,
+    data_dependent,
+    data_inputs,
+    default_opset,
+    downstream,
+    infer_shapes,
+    producers_of,
+    value_infos,
+)
+from onnxredund.model.layers import ACTIVATION_OPS, ConvLayer, describe_layers
+from onnxredund.model.model import (
+    Model,
+    classifier_output,
+    detect_layout,
+    select_input,
+    set_input_shape,
+    shape_table,
+)
+from onnxredund.model.validate import MAX_IR_VERSION, MAX_OPSET, MIN_OPSET, check_finite_weights, validate
+
+__all__ = [
+    "ACTIVATION_OPS",
+    "BASEPATH",
+    "MAX_IR_VERSION",
+    "MAX_OPSET",
+    "MIN_OPSET",
+    "PROTOBUF_LIMIT",
+    "ConstantTable",
+    "ConvLayer",
+    "Model",
+    "all_tensors",
+    "attribute",
+    "check_finite_weights",
+    "classifier_output",
+    "consumers_of",
+    "copy_model",
+    "data_dependent",
+    "data_inputs",
+    "default_opset",
+    "describe_layers",
+    "detect_layout",
+    "downstream",
+    "external_folder",
+    "external_tensors",
+    "file_sha256",
+    "infer_shapes",
+    "producers_of",
+    "read_model_file",
+    "select_input",
+    "set_external_folder",
+    "set_input_shape",
+    "shape_table",
+    "tensor_array",
+    "validate",
+    "value_infos",
+]

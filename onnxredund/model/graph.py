@@ -1,0 +1,177 @@
+"""Graph queries and the one helper for each piece of ONNX plumbing.
+
+Everything here reads a graph and returns plain values: attributes (:func:`attribute`), copies
+(:func:`copy_model`), shape inference (:func:`infer_shapes`, :func:`value_infos`), constant values
+(:class:`ConstantTable`), who reads and writes which tensor, and which tensors depend on data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import onnx
+from onnx import shape_inference
+
+from onnxredund.model.files import tensor_array
+
+__all__ = [
+    "ConstantTable",
+    "attribute",
+    "consumers_of",
+    "copy_model",
+    "data_dependent",
+    "data_inputs",
+    "default_opset",
+    "dims",
+    "downstream",
+    "infer_shapes",
+    "producers_of",
+    "value_infos",
+]
+
+log = logging.getLogger(__name__)
+
+_INFERENCE_ERRORS = (shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError)
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """The value of a node's attribute (strings decoded to ``str``), or ``default`` when absent."""
+    for a in node.attribute:
+        if a.name == name:
+            value = onnx.helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
+def copy_model(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy (external weights stay references to their files)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
+
+
+def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with inferred shapes (data propagation on); the model as it is when inference fails.
+
+    A failure is not an error: shapes that stay unknown are found by a run where needed.
+    """
+    try:
+        return shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    except _INFERENCE_ERRORS as e:
+        log.debug("shape inference failed (%s): shapes left to a probe run", str(e).splitlines()[0] if str(e) else e)
+        return proto
+
+
+def value_infos(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Every tensor's inferred ValueInfo, by name (one shape inference for many lookups)."""
+    g = infer_shapes(proto).graph
+    return {vi.name: vi for vi in [*g.input, *g.value_info, *g.output]}
+
+
+def dims(vi: onnx.ValueInfoProto) -> list[int | str] | None:
+    """A tensor's dimensions: ints where known, the symbolic name (or '?') where not; None without a shape."""
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+
+
+def default_opset(proto: onnx.ModelProto) -> int | None:
+    """The version of the default ONNX domain the model imports."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+class ConstantTable(Mapping):
+    """The constant tensors of a graph (initializers, Constant nodes, Identity of those), by name.
+
+    Values are decoded to numpy only when looked up, and then kept: a big model's weights are not
+    all copied to find a few conv kernels.
+    """
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self._sources: dict[str, onnx.TensorProto | onnx.NodeProto] = {t.name: t for t in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output:
+                self._sources[node.output[0]] = node
+            elif node.op_type == "Identity" and node.input and node.input[0] in self._sources:
+                self._sources[node.output[0]] = self._sources[node.input[0]]
+        self._values: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._values:
+            self._values[name] = _decode(self._sources[name])
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._sources
+
+    def tensor(self, name: str) -> onnx.TensorProto | None:
+        """The TensorProto behind a constant (None for scalar/list Constant attributes)."""
+        source = self._sources.get(name)
+        if isinstance(source, onnx.TensorProto):
+            return source
+        if source is not None:
+            return attribute(source, "value")
+        return None
+
+
+def _decode(source: onnx.TensorProto | onnx.NodeProto) -> np.ndarray:
+    if isinstance(source, onnx.TensorProto):
+        return tensor_array(source)
+    for attr in source.attribute:
+        if attr.name == "value":
+            return tensor_array(attr.t)
+        if attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
+            return np.array(onnx.helper.get_attribute_value(attr))
+    raise KeyError(f"Constant node {source.name!r} holds no tensor value")
+
+
+def data_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are not initializers (old exporters list weights as inputs too)."""
+    init = {t.name for t in graph.initializer}
+    return [i for i in graph.input if i.name not in init]
+
+
+def consumers_of(graph: onnx.GraphProto) -> dict[str, list[int]]:
+    """tensor name -> indices of the nodes that read it."""
+    table: dict[str, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            if name:
+                table.setdefault(name, []).append(i)
+    return table
+
+
+def producers_of(graph: onnx.GraphProto) -> dict[str, int]:
+    """tensor name -> index of the node that writes it."""
+    return {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+
+
+def downstream(graph: onnx.GraphProto, start: str) -> set[int]:
+    """Indices of the nodes that depend on tensor ``start``."""
+    consumers = consumers_of(graph)
+    found: set[int] = set()
+    stack = [start]
+    while stack:
+        for idx in consumers.get(stack.pop(), []):
+            if idx not in found:
+                found.add(idx)
+                stack.extend(o for o in graph.node[idx].output if o)
+    return found
+
+
+def data_dependent(graph: onnx.GraphProto, sources: list[str] | None = None) -> set[str]:
+    """Tensors whose value depends on ``sources`` (default: every data input), not only on constants."""
+    dependent = set(sources) if sources is not None else {i.name for i in data_inputs(graph)}
+    for node in graph.node:  # graph.node is topologically sorted (checker verified)
+        if any(t in dependent for t in node.input):
+            dependent.update(o for o in node.output if o)
+    return dependent

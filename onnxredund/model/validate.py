@@ -1,0 +1,93 @@
+"""What a model must be before anything runs it: standard opsets onnxruntime reads, no custom domains or
+local functions, a graph the ONNX checker accepts, and finite weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxredund.errors import OnnxRedundError, first_line
+from onnxredund.model.files import external_folder, external_tensors, tensor_array
+from onnxredund.model.graph import default_opset
+
+__all__ = ["MAX_IR_VERSION", "MAX_OPSET", "MIN_OPSET", "check_finite_weights", "validate"]
+
+log = logging.getLogger(__name__)
+
+MAX_IR_VERSION = 13  # newest IR that onnxruntime-gpu 1.31 reads
+MAX_OPSET = 26  # newest default-domain opset onnxruntime-gpu 1.31 runs
+MIN_OPSET = 7
+_ALLOWED_DOMAINS = ("", "ai.onnx")
+_FLOATS = {onnx.TensorProto.FLOAT: "<f4", onnx.TensorProto.DOUBLE: "<f8", onnx.TensorProto.FLOAT16: "<f2"}
+_CHUNK = 2**24  # values checked at a time in an external file
+
+
+def _check_opsets(proto: onnx.ModelProto, path: Path) -> None:
+    default = default_opset(proto)
+    if default is None:
+        raise OnnxRedundError(f"{path} imports no default ONNX opset; re-export it with opset {MIN_OPSET}..{MAX_OPSET}")
+    if not MIN_OPSET <= default <= MAX_OPSET:
+        raise OnnxRedundError(
+            f"{path} uses opset {default}; onnxruntime runs opsets {MIN_OPSET}..{MAX_OPSET}: "
+            "re-export with one of those"
+        )
+    for node in proto.graph.node:
+        if node.domain not in _ALLOWED_DOMAINS:
+            raise OnnxRedundError(
+                f"node {node.name or node.op_type!r} uses custom domain {node.domain!r}; only standard ONNX ops are "
+                "run (custom-op libraries are never loaded)"
+            )
+    if proto.functions:
+        raise OnnxRedundError(f"{path} defines model-local functions; inline them first (onnx.inliner)")
+
+
+def validate(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """Check ``proto`` in place and lower its IR version to what onnxruntime reads; returns it.
+
+    Raises:
+        OnnxRedundError: an opset out of range, a custom domain, local functions, or a checker failure.
+    """
+    _check_opsets(proto, path)
+    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    # external data is checked where it lives: by path (onnx's way for big models); an in-memory
+    # model with external data has no folder for the checker, and onnxruntime checks it instead
+    external = bool(external_tensors(proto))
+    if external and not path.is_file():
+        log.debug("checker skipped: external data and no model file")
+        return proto
+    try:
+        onnx.checker.check_model(str(path) if external else proto)
+    except onnx.checker.ValidationError as e:
+        raise OnnxRedundError(f"{path} is not a valid ONNX model: {first_line(e)}") from None
+    except ValueError as e:  # text that is not UTF-8; an in-memory proto over 2 GB
+        raise OnnxRedundError(f"{path} is not a valid ONNX model ({type(e).__name__}: {first_line(e, 120)})") from None
+    return proto
+
+
+def _finite(tensor: onnx.TensorProto) -> bool:
+    """No NaN or Inf in a float tensor; external data is mapped and scanned in chunks, not loaded."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return bool(np.isfinite(tensor_array(tensor)).all())
+    info = {e.key: e.value for e in tensor.external_data}
+    n = int(np.prod(tensor.dims, dtype=np.int64))
+    if n == 0:
+        return True
+    values = np.memmap(
+        Path(external_folder(tensor)) / info["location"],
+        dtype=_FLOATS[tensor.data_type],
+        mode="r",
+        offset=int(info.get("offset") or 0),
+        shape=(n,),
+    )
+    return all(np.isfinite(values[i : i + _CHUNK]).all() for i in range(0, n, _CHUNK))
+
+
+def check_finite_weights(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse float initializers holding NaN or Inf."""
+    for t in proto.graph.initializer:
+        if t.data_type in _FLOATS and not _finite(t):
+            raise OnnxRedundError(f"{path}: weight {t.name!r} contains NaN or Inf; the model is broken")

@@ -1,0 +1,281 @@
+"""Shuffle sweeps: fast path == direct path == a plain numpy reference, and known answers."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from conftest import small_cnn
+
+from onnxredund.analyses.shuffle import SweepState, parse_channels, run_shuffle
+from onnxredund.data import Dataset
+from onnxredund.engine import load_model_proto
+from onnxredund.engine.permutations import apply_permutation, permutation_for
+from onnxredund.metrics import cosine_per_channel
+
+
+def conv2d(x, w, b, pad=1, groups=1):
+    """Plain numpy conv, stride 1: x (N, C, H, W), w (O, C/g, kh, kw)."""
+    n, _, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = h + 2 * pad - kh + 1, wd + 2 * pad - kw + 1
+    out = np.zeros((n, o, ho, wo))
+    og = o // groups
+    for oc in range(o):
+        g = oc // og
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, g * cg : (g + 1) * cg, i : i + ho, j : j + wo]
+                out[:, oc] += np.einsum("nchw,c->nhw", patch, w[oc, :, i, j])
+    return out + b[None, :, None, None]
+
+
+def reference(w, x, y, mode, channels, batch, seed, groups=1):
+    """The conv2 sweep of small_cnn done by hand in numpy (float64)."""
+    relu = lambda t: np.maximum(t, 0)  # noqa: E731
+    a1 = relu(conv2d(x, w["w1"], w["b1"]))
+
+    def tail(a1_in, a1_clean):
+        a2 = relu(conv2d(a1_in, w["w2"], w["b2"], groups=groups))
+        return a2, (a2.mean(axis=(2, 3)) @ w["fc"] + w["fcb"]).argmax(1)
+
+    clean_a2, clean_top = tail(a1, a1)
+    cos = np.zeros((len(channels), w["w2"].shape[0]))
+    correct = np.zeros(len(channels))
+    agree = np.zeros(len(channels))
+    pixels = a1.shape[2] * a1.shape[3]
+    for bi, s in enumerate(range(0, len(x), batch)):
+        xa, ca, ct, yb = a1[s : s + batch], clean_a2[s : s + batch], clean_top[s : s + batch], y[s : s + batch]
+        for i, k in enumerate(channels):
+            perm = permutation_for(mode, seed, 0, k, bi, len(xa), pixels)
+            a2, top = tail(apply_permutation(xa, k, perm, mode), xa)
+            cos[i] += cosine_per_channel(a2, ca).sum(0)
+            correct[i] += (top == yb).sum()
+            agree[i] += (top == ct).sum()
+    return cos / len(x), correct / len(x), agree / len(x), (clean_top == y).mean()
+
+
+def data(n=37, seed=1, c=3, size=6, classes=4):
+    rng = np.random.default_rng(seed)
+    return Dataset(rng.normal(size=(n, c, size, size)).astype(np.float32), rng.integers(0, classes, n), "toy")
+
+
+@pytest.mark.parametrize("mode", ["channel", "pixel"])
+@pytest.mark.parametrize("exact", [False, True])
+def test_matches_numpy_reference(mode, exact):
+    proto, w = small_cnn()
+    model = load_model_proto(proto)
+    d = data()
+    res = run_shuffle(model, "conv2", d, mode=mode, batch_size=16, seed=3, device="cpu", exact_path=exact)
+    cos, acc, agr, base = reference(w, d.x.astype(np.float64), d.y, mode, list(range(4)), 16, 3)
+    assert res.route == ("direct" if exact else "fast")
+    np.testing.assert_allclose(res.cosine, cos, atol=1e-5)
+    np.testing.assert_allclose(res.accuracy, acc)
+    np.testing.assert_allclose(res.agreement, agr)
+    assert res.baseline_accuracy == pytest.approx(base)
+    assert res.cosine.shape == (4, 5) and res.num_samples == 37
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"residual": True, "c_out": 4}, {"bn": True}, {"groups": 2, "c_mid": 4, "c_out": 6}]
+)
+@pytest.mark.parametrize("mode", ["channel", "pixel"])
+def test_fast_equals_direct(kwargs, mode):
+    model = load_model_proto(small_cnn(2, **kwargs)[0])
+    d = data(50)
+    for layer in ("conv1", "conv2"):
+        fast = run_shuffle(model, layer, d, mode=mode, batch_size=20, seed=5, device="cpu", chunk=3)
+        direct = run_shuffle(model, layer, d, mode=mode, batch_size=20, seed=5, device="cpu", exact_path=True)
+        assert fast.route == "fast" and direct.route == "direct"
+        np.testing.assert_allclose(fast.cosine, direct.cosine, atol=1e-5)
+        np.testing.assert_array_equal(fast.accuracy, direct.accuracy)
+        np.testing.assert_array_equal(fast.agreement, direct.agreement)
+
+
+def test_chunk_size_does_not_change_numbers():
+    model = load_model_proto(small_cnn(4)[0])
+    d = data(40)
+    runs = [run_shuffle(model, 1, d, mode="pixel", batch_size=16, device="cpu", chunk=c) for c in (1, 3, 4)]
+    for r in runs[1:]:
+        np.testing.assert_allclose(r.cosine, runs[0].cosine, atol=1e-6)
+        np.testing.assert_array_equal(r.accuracy, runs[0].accuracy)
+
+
+def test_zero_weight_channel_is_fully_redundant():
+    model = load_model_proto(small_cnn(0, zero_channel=2)[0])
+    res = run_shuffle(model, "conv2", data(), mode="channel", batch_size=16, device="cpu")
+    np.testing.assert_allclose(res.cosine[2], 1.0, atol=1e-6)
+    assert res.accuracy[2] == pytest.approx(res.baseline_accuracy)
+    assert res.agreement[2] == 1.0
+    assert res.cosine[[0, 1, 3]].min() < 0.99  # the other channels do matter
+
+
+def test_constant_channel_is_unchanged_by_both_shuffles():
+    model = load_model_proto(small_cnn(1)[0])
+    d = data()
+    x = d.x.copy()
+    x[:, 1] = 0.7  # conv1 is the target: its input channel 1 is constant in every sample
+    d = Dataset(x, d.y, "const")
+    for mode in ("channel", "pixel"):
+        res = run_shuffle(model, "conv1", d, mode=mode, batch_size=16, device="cpu", channels=[1])
+        np.testing.assert_allclose(res.cosine, 1.0, atol=1e-6)
+        assert res.agreement[0] == 1.0
+
+
+def test_batch_of_one_channel_shuffle_is_noop_and_says_so(caplog):
+    model = load_model_proto(small_cnn(1)[0])
+    with caplog.at_level(logging.WARNING, logger="onnxredund"):
+        res = run_shuffle(model, "conv2", data(5), mode="channel", batch_size=1, device="cpu")
+    np.testing.assert_allclose(res.cosine, 1.0, atol=1e-6)
+    assert "no-op" in caplog.text
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers():
+    model = load_model_proto(small_cnn(3)[0])
+    d = data(64)
+    a = run_shuffle(model, 1, d, mode="channel", seed=7, batch_size=32, device="cpu")
+    b = run_shuffle(model, 1, d, mode="channel", seed=7, batch_size=32, device="cpu")
+    c = run_shuffle(model, 1, d, mode="channel", seed=8, batch_size=32, device="cpu")
+    assert a.to_dict() == b.to_dict()
+    assert not np.allclose(a.cosine, c.cosine)
+
+
+def test_repeats_give_mean_and_spread():
+    model = load_model_proto(small_cnn(3)[0])
+    d = data(64)
+    res = run_shuffle(model, 1, d, mode="channel", repeats=3, seed=7, batch_size=32, device="cpu")
+    single = run_shuffle(model, 1, d, mode="channel", seed=7, batch_size=32, device="cpu")
+    assert res.cosine_repeats.shape == (3, 4, 5)
+    np.testing.assert_allclose(res.cosine_repeats[0], single.cosine)  # repeat 0 is the single run
+    np.testing.assert_allclose(res.cosine, res.cosine_repeats.mean(0))
+    np.testing.assert_allclose(res.cosine_std, res.cosine_repeats.std(0))
+    assert res.cosine_std.max() > 0
+
+
+def test_resume_gives_the_uninterrupted_numbers():
+    model = load_model_proto(small_cnn(6)[0])
+    d = data(70)
+    full = run_shuffle(model, 1, d, mode="pixel", batch_size=16, device="cpu", seed=2)
+    saved = []
+
+    def stop_after_two(state):
+        saved.append(
+            SweepState(
+                state.batches_done,
+                state.samples_done,
+                state.baseline_correct,
+                state.cos_sum.copy(),
+                state.correct.copy(),
+                state.agree.copy(),
+            )
+        )
+        if state.batches_done == 2:
+            raise KeyboardInterrupt
+
+    partial = run_shuffle(model, 1, d, mode="pixel", batch_size=16, device="cpu", seed=2, on_batch=stop_after_two)
+    assert not partial.complete and partial.samples_done == 32
+    resumed = run_shuffle(model, 1, d, mode="pixel", batch_size=16, device="cpu", seed=2, state=saved[-1])
+    assert resumed.complete
+    np.testing.assert_allclose(resumed.cosine, full.cosine, atol=1e-12)
+    np.testing.assert_array_equal(resumed.accuracy, full.accuracy)
+
+
+def test_labels_are_optional():
+    model = load_model_proto(small_cnn(3)[0])
+    d = data(20)
+    res = run_shuffle(model, 1, Dataset(d.x, None, "nolabels"), device="cpu")
+    assert res.accuracy is None and res.baseline_accuracy is None and res.agreement is not None
+
+
+def test_parse_channels():
+    assert parse_channels("0,3,5-7", 10) == [0, 3, 5, 6, 7]
+    assert parse_channels(None, 3) == [0, 1, 2]
+    from onnxredund.errors import OnnxRedundError
+
+    for bad in ("x", "3-", "12", ""):
+        with pytest.raises(OnnxRedundError):
+            parse_channels(bad, 10) if bad else parse_channels(",", 10)
+
+
+def test_permutation_feed_on_threads_draws_the_same_permutations():
+    from onnxredund.engine.permutations import PermutationFeed
+
+    inline = PermutationFeed("pixel", 3, 2, [0, 2, 5], 49, workers=0)
+    threaded = PermutationFeed("pixel", 3, 2, [0, 2, 5], 49, workers=3)
+    threaded.request(4, 17)
+    a, b = inline.take(4, 17), threaded.take(4, 17)
+    threaded.close()
+    assert a.keys() == b.keys() and all(np.array_equal(a[c], b[c]) for c in a)
+
+
+@pytest.mark.parametrize("mode", ["channel", "pixel"])
+def test_cuda_gives_the_cpu_numbers(mode):
+    from onnxredund.engine.runtime import cuda_works
+
+    if not cuda_works():
+        pytest.skip("no CUDA for onnxruntime here")
+    model = load_model_proto(small_cnn(5, residual=True, c_out=4)[0])
+    d = data(300)
+    cpu = run_shuffle(model, "conv2", d, mode=mode, batch_size=64, device="cpu", exact_path=True)
+    for exact in (False, True):
+        gpu = run_shuffle(model, "conv2", d, mode=mode, batch_size=64, device="cuda", exact_path=exact)
+        assert gpu.device == "cuda"
+        np.testing.assert_allclose(gpu.cosine, cpu.cosine, atol=1e-5)
+        np.testing.assert_allclose(gpu.accuracy, cpu.accuracy, atol=1 / 300)
+
+
+def nhwc_model():
+    """input (N, 6, 6, 3) -> Transpose -> conv1 -> Relu -> conv2 -> Relu -> GAP -> Flatten -> Gemm."""
+    proto, _ = small_cnn(7)
+    from onnx import helper
+
+    g = proto.graph
+    g.node.insert(0, helper.make_node("Transpose", ["x_nhwc"], ["x"], perm=[0, 3, 1, 2], name="to_nchw"))
+    g.input[0].name = "x_nhwc"
+    dims = g.input[0].type.tensor_type.shape.dim
+    dims[1].dim_value, dims[3].dim_value = 6, 3
+    return proto
+
+
+def test_nhwc_model_fast_equals_direct_and_takes_nchw_data():
+    model = load_model_proto(nhwc_model())
+    assert model.layout == "NHWC"
+    d = data(40)  # NCHW data: moved to NHWC for the model
+    for layer in ("conv1", "conv2"):
+        fast = run_shuffle(model, layer, d, mode="pixel", batch_size=16, device="cpu")
+        direct = run_shuffle(model, layer, d, mode="pixel", batch_size=16, device="cpu", exact_path=True)
+        np.testing.assert_allclose(fast.cosine, direct.cosine, atol=1e-5)
+        np.testing.assert_array_equal(fast.accuracy, direct.accuracy)
+
+
+def test_fixed_batch_model_runs_sample_by_sample_with_the_same_numbers():
+    from onnx import helper, numpy_helper
+
+    dynamic = load_model_proto(small_cnn(8)[0])
+    proto = small_cnn(8, batch=1)[0]
+    g = proto.graph
+    # Flatten -> Reshape to (C, 1) then Transpose to (1, C): the batch of 1 is baked into the element count
+    flatten = next(i for i, n in enumerate(g.node) if n.op_type == "Flatten")
+    g.node[flatten].CopyFrom(helper.make_node("Reshape", ["gap", "c1"], ["col"], name="bake"))
+    g.node.insert(flatten + 1, helper.make_node("Transpose", ["col"], ["flat"], perm=[1, 0], name="row"))
+    g.initializer.append(numpy_helper.from_array(np.array([5, 1], np.int64), "c1"))
+    fixed = load_model_proto(proto)
+    assert not fixed.batch_dynamic
+    d = data(30)
+    a = run_shuffle(dynamic, "conv2", d, mode="channel", batch_size=8, device="cpu")
+    b = run_shuffle(fixed, "conv2", d, mode="channel", batch_size=8, device="cpu")
+    np.testing.assert_allclose(a.cosine, b.cosine, atol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [7, 11, 13, 17, 21])
+def test_opsets_7_and_later(opset):
+    proto, _ = small_cnn(9, bn=True)
+    proto.opset_import[0].version = opset
+    model = load_model_proto(proto)
+    d = data(24)
+    direct = run_shuffle(model, "conv2", d, mode="channel", batch_size=8, device="cpu", exact_path=True)
+    default = run_shuffle(model, "conv2", d, mode="channel", batch_size=8, device="cpu")
+    assert default.route == ("fast" if opset >= 13 else "direct")
+    np.testing.assert_allclose(default.cosine, direct.cosine, atol=1e-5)

@@ -1,0 +1,151 @@
+"""The command line: help, version, layers, shuffle, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from conftest import run_cli, save, small_cnn
+
+from onnxredund import __version__
+
+
+def test_version_and_help():
+    r = run_cli("--version")
+    assert r.exit_code == 0 and __version__ in r.stdout
+    r = run_cli("--help")
+    assert r.exit_code == 0
+    for cmd in ("layers", "shuffle", "impulse", "evaluate"):
+        assert cmd in r.stdout
+    assert run_cli("shuffle", "--help").exit_code == 0
+
+
+def test_layers_table_and_json(tmp_path):
+    path = save(small_cnn()[0], tmp_path)
+    r = run_cli("layers", path)
+    assert r.exit_code == 0 and "conv1" in r.stdout and "3->4" in r.stdout
+    r = run_cli("layers", path, "--json")
+    rows = json.loads(r.stdout)
+    assert [row["name"] for row in rows] == ["conv1", "conv2"]
+    for key in (
+        "index",
+        "name",
+        "op",
+        "in_channels",
+        "out_channels",
+        "kernel",
+        "groups",
+        "input",
+        "output",
+        "activation",
+    ):
+        assert key in rows[0]
+    assert rows[1]["activation"] == "a2" and rows[1]["kernel"] == [3, 3]
+
+
+def test_shuffle_json_and_outputs(tmp_path):
+    path = save(small_cnn()[0], tmp_path)
+    x = np.random.default_rng(0).random((40, 3, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 4)
+    out = tmp_path / "out"
+    r = run_cli(
+        "shuffle",
+        path,
+        "--layer",
+        "conv2",
+        "--data",
+        tmp_path / "d.npz",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--mode",
+        "both",
+        "--out",
+        out,
+        "--json",
+    )
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert set(res) == {"channel", "pixel"}
+    ch = res["channel"]
+    for key in (
+        "model",
+        "layer",
+        "mode",
+        "seed",
+        "batch_size",
+        "num_samples",
+        "channels",
+        "cosine",
+        "accuracy",
+        "agreement",
+        "baseline_accuracy",
+    ):
+        assert key in ch
+    assert ch["channels"] == [0, 1, 2, 3] and len(ch["cosine"][0]) == 5 and ch["num_samples"] == 40
+    assert json.loads((out / "shuffle-channel.json").read_text()) == ch
+    assert (out / "shuffle-pixel.csv").read_text().startswith("mode,channel,output_channel")
+    # a non-empty folder is not overwritten without --overwrite
+    r = run_cli("shuffle", path, "--layer", "1", "--data", tmp_path / "d.npz", "--out", out, "--device", "cpu")
+    assert r.exit_code == 2 and "--overwrite" in r.stderr
+
+
+def test_errors_are_one_line_with_status_2(tmp_path):
+    path = save(small_cnn()[0], tmp_path)
+    cases = [
+        (("layers", tmp_path / "missing.onnx"), "does not exist"),
+        (("shuffle", path, "--layer", "conv7", "--data", "synthetic:4"), "valid layers: 0=conv1, 1=conv2"),
+        (("shuffle", path, "--layer", "1", "--channels", "9", "--data", "synthetic:4"), "channel 9 does not exist"),
+        (("shuffle", path, "--layer", "1", "--bogus"), "No such option"),
+        (("layers",), "Missing argument"),
+    ]
+    for args, message in cases:
+        r = run_cli(*args)
+        assert r.exit_code == 2, (args, r.stdout, r.stderr)
+        assert message in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_public_api_names_resolve():
+    import onnxredund
+
+    for name in onnxredund.__all__:
+        assert getattr(onnxredund, name) is not None
+
+
+def test_ctrl_c_writes_partial_results_and_resume_finishes_with_the_same_numbers(tmp_path, monkeypatch):
+    from onnxredund.engine.sweep import SweepRunner
+
+    path = save(small_cnn()[0], tmp_path)
+    args = ["shuffle", path, "--layer", "conv2", "--data", "synthetic:100", "--batch-size", "20", "--device", "cpu",
+            "--mode", "pixel"]  # fmt: skip
+    full = json.loads(run_cli(*args, "--json").stdout)
+    calls = {"n": 0}
+    real = SweepRunner.run_fast
+
+    def interrupt_third_run(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(SweepRunner, "run_fast", interrupt_third_run)
+    out = tmp_path / "out"
+    r = run_cli(*args, "--out", out)
+    assert r.exit_code == 130 and "INTERRUPTED" in r.stdout
+    partial = json.loads((out / "shuffle-pixel.json").read_text())
+    assert partial["complete"] is False and partial["samples_done"] == 40
+    assert (out / "shuffle-pixel.checkpoint.npz").exists()
+    monkeypatch.setattr(SweepRunner, "run_fast", real)
+    r = run_cli(*args, "--out", out, "--resume", "--seed", "9")
+    assert r.exit_code == 2 and "other arguments" in r.stderr  # other permutations: not a continuation
+    r = run_cli(*args, "--out", out, "--resume", "--json")
+    assert r.exit_code == 0, r.stderr
+    resumed = json.loads(r.stdout)
+    assert resumed["complete"] and resumed["cosine"] == full["cosine"] and resumed["agreement"] == full["agreement"]
+    assert not (out / "shuffle-pixel.checkpoint.npz").exists()
+    # nothing left to resume: refused, and the finished results stay
+    r = run_cli(*args, "--out", out, "--resume", "--seed", "9")
+    assert r.exit_code == 2 and "nothing to resume" in r.stderr
+    assert json.loads((out / "shuffle-pixel.json").read_text())["cosine"] == full["cosine"]
