@@ -1,0 +1,60 @@
+"""Freeing a fixed batch: what rebatch rewrites, and when make_batch_dynamic keeps the original."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from conftest import make_model
+from onnx import helper
+
+from onnxredund.engine.batching import make_batch_dynamic, rebatch
+from onnxredund.engine.runtime import Runner
+from onnxredund.model import ConstantTable
+
+W = np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32)
+
+
+def reshaped(shape, allowzero: int = 0, batch: int = 1) -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["z"], name="c"),
+        helper.make_node("Reshape", ["z", "shape"], ["y"], allowzero=allowzero),
+    ]
+    return make_model(nodes, [("x", [batch, 3, 5, 5])], [("y", shape)], {"w": W, "shape": shape}, opset=14)
+
+
+def test_rebatch_frees_the_input_and_output_and_zeroes_a_leading_batch_in_reshape_constants():
+    out = rebatch(reshaped([1, 36]), "x", 1)
+    assert out.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    assert out.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    node = next(n for n in out.graph.node if n.op_type == "Reshape")
+    assert ConstantTable(out.graph)[node.input[1]].tolist() == [0, 36]  # 0: copy the input's batch
+
+
+def test_rebatch_leaves_allowzero_reshapes_and_the_original_alone():
+    original = reshaped([1, 36], allowzero=1)
+    out = rebatch(original, "x", 1)
+    node = next(n for n in out.graph.node if n.op_type == "Reshape")
+    assert node.input[1] == "shape"  # with allowzero a 0 would mean a zero-sized dimension
+    assert original.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+
+
+def test_make_batch_dynamic_checks_against_per_sample_runs():
+    freed, dynamic = make_batch_dynamic(reshaped([1, 36]), "x", [1, 3, 5, 5])
+    assert dynamic
+    x = np.random.default_rng(1).random((3, 3, 5, 5), dtype=np.float32)
+    together = Runner.create(freed, "cpu").run({"x": x})[0]
+    apart = np.concatenate([Runner.create(reshaped([1, 36]), "cpu").run({"x": x[i : i + 1]})[0] for i in range(3)])
+    np.testing.assert_allclose(together, apart, rtol=1e-6)
+
+
+def test_make_batch_dynamic_keeps_a_model_whose_batch_cannot_be_freed():
+    # the whole output is one fixed (36, 1) column: a batch of two cannot fit it
+    original = reshaped([36, 1])
+    kept, dynamic = make_batch_dynamic(original, "x", [1, 3, 5, 5])
+    assert not dynamic and kept is original
+
+
+def test_a_free_batch_is_left_as_it_is():
+    model = reshaped([1, 36])
+    same, dynamic = make_batch_dynamic(model, "x", ["N", 3, 5, 5])
+    assert dynamic and same is model

@@ -1,0 +1,63 @@
+"""Sessions: the device choice, what onnxruntime is handed, and the ways a model is run."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import small_cnn
+
+from onnxredund.engine.runtime import Runner, cuda_works, probe_shapes, resolve_device, session_model
+from onnxredund.errors import OnnxRedundError
+from onnxredund.model import BASEPATH
+
+X = np.random.default_rng(0).random((5, 3, 6, 6), dtype=np.float32)
+
+
+def test_device_choice():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if cuda_works() else "cpu")
+    with pytest.raises(OnnxRedundError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+
+
+def test_cuda_that_cannot_be_had_is_an_error():
+    if cuda_works():
+        pytest.skip("CUDA works here")
+    with pytest.raises(OnnxRedundError, match="--device cuda: onnxruntime cannot run on CUDA here"):
+        resolve_device("cuda")
+
+
+def test_run_per_sample_equals_one_batched_run():
+    runner = Runner.create(small_cnn()[0], "cpu")
+    batched = runner.run({"x": X})[0]
+    np.testing.assert_allclose(runner.run_per_sample({"x": X})[0], batched, rtol=1e-6)
+    on_device = runner.run({"x": runner.to_device(X)})[0]  # an OrtValue input goes through IO binding
+    np.testing.assert_array_equal(on_device, batched)
+
+
+def test_session_model_lowers_the_ir_and_strips_folder_keys():
+    model = small_cnn()[0]
+    model.ir_version = 14
+    t = model.graph.initializer[0]
+    t.ClearField("raw_data")
+    t.ClearField("float_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    t.external_data.add(key="location", value="w.bin")
+    t.external_data.add(key=BASEPATH, value="/data/models")
+    handed, folder = session_model(model)
+    assert handed.ir_version == 13 and folder == "/data/models"
+    assert [e.key for e in handed.graph.initializer[0].external_data] == ["location"]
+    assert [e.key for e in model.graph.initializer[0].external_data] == ["location", BASEPATH]  # a copy
+
+
+def test_a_model_onnxruntime_refuses_is_one_user_error():
+    broken = small_cnn()[0]
+    broken.graph.node[0].op_type = "NoSuchOp"
+    with pytest.raises(OnnxRedundError, match="onnxruntime cannot load the model"):
+        Runner.create(broken, "cpu")
+
+
+def test_probe_shapes_runs_one_zero_sample():
+    shapes = probe_shapes(small_cnn()[0], "x", (3, 6, 6), ["z1", "a2", "flat"])
+    assert shapes == {"z1": (4, 6, 6), "a2": (5, 6, 6), "flat": (5,)}

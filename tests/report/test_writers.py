@@ -1,0 +1,51 @@
+"""Writers: the files each result becomes, CSV that survives awkward names, PNGs that decode."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+from conftest import make_model, small_cnn
+from matplotlib.image import imread
+from onnx import helper
+
+from onnxredund.analyses.impulse import run_impulse
+from onnxredund.analyses.shuffle import run_shuffle
+from onnxredund.atomic import csv_text
+from onnxredund.data import Dataset
+from onnxredund.engine import load_model_proto
+from onnxredund.report.writers import write_impulse, write_shuffle
+
+
+def test_csv_text_quotes_fields_that_need_it_and_writes_none_empty():
+    text = csv_text(["layer", "value"], [["block1/conv,a", 0.5], ['say "hi"', None]])
+    assert list(csv.reader(io.StringIO(text))) == [["layer", "value"], ["block1/conv,a", "0.5"], ['say "hi"', ""]]
+
+
+def test_write_shuffle_files_match_the_result(tmp_path):
+    model = load_model_proto(small_cnn()[0])
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.random((20, 3, 6, 6), dtype=np.float32), rng.integers(0, 4, 20), "toy")
+    result = run_shuffle(model, "conv2", data, batch_size=10, device="cpu")
+    write_shuffle(tmp_path, result)
+    assert json.loads((tmp_path / "shuffle-channel.json").read_text()) == result.to_dict()
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "shuffle-channel.csv").read_text())))
+    assert len(rows) == 4 * 5  # one per (perturbed channel, output channel)
+    assert float(rows[7]["cosine"]) == round(float(result.cosine[1, 2]), 8)
+    for name in ("shuffle-1-channel-cosine.png", "shuffle-1-channel-accuracy.png"):
+        assert imread(str(tmp_path / name)).shape[2] in (3, 4)
+
+
+def test_write_impulse_csv_keeps_a_layer_name_with_a_comma(tmp_path):
+    w = np.random.default_rng(1).normal(size=(3, 1, 3, 3))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="block,conv", pads=[1, 1, 1, 1])]
+    model = load_model_proto(make_model(nodes, [("x", ["N", 1, 7, 7])], [("z", ["N", 3, 7, 7])], {"w": w}))
+    result = run_impulse(model, device="cpu")
+    write_impulse(tmp_path, result)
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "impulse.csv").read_text())))
+    assert [r["layer"] for r in rows] == ["block,conv"] * 3
+    assert [int(r["best_match"]) for r in rows] == result.layers[0].best_match.tolist()
+    assert json.loads((tmp_path / "impulse.json").read_text()) == result.to_dict()
+    assert {p.name for p in tmp_path.glob("*.png")} == {"impulse-0-responses.png", "impulse-0-ncc.png"}
