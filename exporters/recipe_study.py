@@ -27,13 +27,13 @@ from onnxredund.metrics import ncc_matrix
 MODELS = ("lenet5", "lenet5x10")
 
 
-def _recipe(card: Path) -> str:
+def card_recipe(card: Path) -> str:
     text = card.read_text() if card.exists() else ""
     match = re.search(r"^(?:Adam|SGD)[^\n`]*", text, re.MULTILINE)
     return match.group(0).rstrip(": ") if match else "(no model card)"
 
 
-def _seed(card: Path) -> int:
+def card_seed(card: Path) -> int:
     match = re.search(r'"seed": (\d+)', card.read_text()) if card.exists() else None
     return int(match.group(1)) if match else 0
 
@@ -58,7 +58,7 @@ def analyse(folder: Path, data, threshold: float) -> dict:
     for name in MODELS:
         model = load_model(folder / f"{name}.onnx")
         if name == "lenet5x10":
-            drift = conv1_drift(model, 10, _seed(folder / "README.md"))
+            drift = conv1_drift(model, 10, card_seed(folder / "README.md"))
             row["lenet5x10 conv1 vs its start"] = "n/a" if drift is None else f"{drift:.2f}"
         imp = run_impulse(model, threshold=threshold, across=False, device="cpu")
         for layer in imp.layers:
@@ -107,7 +107,7 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(row[c] for c in cols) + " |")
     print()
     for f in folders:
-        print(f"- {f.name}: {_recipe(f / 'README.md')}")
+        print(f"- {f.name}: {card_recipe(f / 'README.md')}")
     best, count = chance()
     print(f"\nChance: 60 random 5x5 kernels (uniform, 50 draws) have a mean best match of {best:.3f} and {count:.1f}")
     print(f"channels >= {args.threshold} on average.")

@@ -41,13 +41,13 @@ def test_train_and_export_is_deterministic_and_matches_torch(mnist_dir, tmp_path
 def test_recipe_study_reads_the_shipped_pair(tmp_path):
     import shutil
 
-    from exporters.recipe_study import _recipe, _seed, analyse, chance
+    from exporters.recipe_study import analyse, card_recipe, card_seed, chance
 
     folder = tmp_path / "shipped"
     folder.mkdir()
     for name in ("lenet5.onnx", "lenet5x10.onnx", "README.md"):
         shutil.copy(MODELS / name, folder / name)
-    assert _recipe(folder / "README.md").startswith("SGD") and _seed(folder / "README.md") == 0
+    assert card_recipe(folder / "README.md").startswith("SGD") and card_seed(folder / "README.md") == 0
     row = analyse(folder, None, 0.9)
     assert row["lenet5 conv1"].startswith("0/6 ") and row["lenet5x10 conv2"].split("/")[1].startswith("160 ")
     assert 0.0 < float(row["lenet5x10 conv1 vs its start"]) < 1.0  # trained, from the same seed's start
