@@ -22,7 +22,7 @@ import numpy as np
 from onnxredund import load_model, run_impulse, run_shuffle
 from onnxredund.analyses.impulse import best_matches
 from onnxredund.data import Dataset, load_mnist
-from onnxredund.metrics import ncc_matrix
+from onnxredund.ncc import ncc_matrix
 
 MODELS = ("lenet5", "lenet5x10")
 
@@ -62,7 +62,7 @@ def analyse(folder: Path, data, threshold: float) -> dict:
             row["lenet5x10 conv1 vs its start"] = "n/a" if drift is None else f"{drift:.2f}"
         imp = run_impulse(model, threshold=threshold, across=False, device="cpu")
         for layer in imp.layers:
-            frac, best = 100 * layer.redundant_fraction, np.mean(layer.best_value)
+            frac, best = 100 * (layer.redundant_fraction or 0.0), np.nanmean(layer.best_value)
             row[f"{name} {layer.name}"] = f"{layer.redundant_count}/{len(layer.best_value)} ({frac:.1f} %), {best:.3f}"
         if data is not None:
             res = run_shuffle(model, "conv2", data, mode="channel", device="cpu")

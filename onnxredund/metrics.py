@@ -3,16 +3,29 @@
 Pure numpy/scipy, imported by the engine (the direct path's cosine) and the analyses alike; imports
 nothing of the package.
 
-- :func:`cosine_per_channel`: the paper's eq. 1 per sample and channel.
-- :func:`ncc_matrix`: normalized cross-correlation of responses, maximised over spatial lags.
+- :func:`cosine_per_channel`: the paper's eq. 1 per sample and channel; :func:`flat_cosine` per sample.
+- output drift: :func:`error_histogram` and :func:`histogram_quantile` (absolute errors on fixed
+  log-spaced bins, so that sums over batches merge), :func:`log_softmax`, :func:`kl_divergence`,
+  :func:`top_k_hits`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft
 
-__all__ = ["cosine_per_channel", "ncc_matrix", "normalize_responses"]
+__all__ = [
+    "ERROR_EDGES",
+    "cosine_per_channel",
+    "error_histogram",
+    "flat_cosine",
+    "histogram_quantile",
+    "kl_divergence",
+    "log_softmax",
+    "top_k_hits",
+]
+
+#: bin edges for absolute errors: [0, 1e-12), then 20 bins per decade up to 1e8, then [1e8, inf)
+ERROR_EDGES = np.concatenate([[0.0], np.logspace(-12, 8, 401), [np.inf]])
 
 
 def cosine_per_channel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -35,60 +48,50 @@ def cosine_per_channel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where((na == 0) & (nb == 0), 1.0, cos)
 
 
-def _embed(x: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
-    """Centre arrays (C, M, H, W) in a zero frame (C, M, *frame)."""
-    c, m, h, w = x.shape
-    out = np.zeros((c, m, *frame), np.float64)
-    top, left = (frame[0] - h) // 2, (frame[1] - w) // 2
-    out[:, :, top : top + h, left : left + w] = x
-    return out
+def flat_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each sample's flattened ``a`` and ``b`` (N, ...): float64 (N,), eq. 1's edge cases."""
+    return cosine_per_channel(a.reshape(a.shape[0], 1, -1), b.reshape(b.shape[0], 1, -1))[:, 0]
 
 
-def normalize_responses(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Subtract each response's mean and scale it to unit norm, over its whole (M, H, W) extent.
-
-    Returns:
-        (normalized float64 (C, M, H, W), constant mask (C,)); constant responses are left zero.
-    """
-    x = responses.astype(np.float64)
-    x -= x.mean(axis=(1, 2, 3), keepdims=True)
-    norm = np.sqrt((x**2).sum(axis=(1, 2, 3)))
-    constant = norm <= 1e-12 * max(1.0, float(np.abs(responses).max(initial=0.0)))
-    x[~constant] /= norm[~constant, None, None, None]
-    x[constant] = 0.0
-    return x, constant
+def error_histogram(abs_error: np.ndarray) -> np.ndarray:
+    """Counts of absolute errors on :data:`ERROR_EDGES`: int64 (len(ERROR_EDGES) - 1,)."""
+    index = np.searchsorted(ERROR_EDGES, np.ravel(abs_error), side="right") - 1
+    return np.bincount(index, minlength=len(ERROR_EDGES) - 1).astype(np.int64)
 
 
-def ncc_matrix(a: np.ndarray, b: np.ndarray, *, lags: bool = True) -> np.ndarray:
-    """Normalized cross-correlation of every response in ``a`` with every response in ``b``.
+def histogram_quantile(counts: np.ndarray, q: float, maximum: float) -> float:
+    """The ``q`` quantile of errors counted by :func:`error_histogram`: the upper edge of the bin that holds
+    it (within a factor 10**(1/20) = 1.12 above the exact value), never above the exact ``maximum``."""
+    total = int(counts.sum())
+    if total == 0:
+        return 0.0
+    bin_index = int(np.searchsorted(np.cumsum(counts), q * total, side="left"))
+    return float(min(ERROR_EDGES[bin_index + 1], maximum))
 
-    Each response is made zero-mean and unit-norm over its own extent. With ``lags`` NCC is the
-    maximum over all spatial lags of their full (zero-padded, linear) cross-correlation, so a
-    shifted copy scores 1; without, it is their correlation at lag zero, the smaller response
-    centred in the larger. Two constant responses score 1 (both dead), a constant against a
-    varying one 0.
 
-    Args:
-        a: responses, shape (Ca, M, Ha, Wa) (M: impulse input channels).
-        b: responses, shape (Cb, M, Hb, Wb).
+def log_softmax(scores: np.ndarray, kind: str = "logits") -> np.ndarray:
+    """Log-probabilities over the last axis, float64, from ``logits``, ``probabilities`` (zeros floored at
+    1e-30) or ``log_probabilities``."""
+    x = np.asarray(scores, np.float64)
+    if kind == "probabilities":
+        return np.log(np.maximum(x, 1e-30))
+    if kind == "log_probabilities":
+        return x
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
-    Returns:
-        float64, shape (Ca, Cb), in [-1, 1].
-    """
-    na, ca = normalize_responses(a)
-    nb, cb = normalize_responses(b)
-    if lags:
-        size = (a.shape[2] + b.shape[2] - 1, a.shape[3] + b.shape[3] - 1)
-        fa = scipy.fft.rfft2(na, s=size)
-        fb = np.conj(scipy.fft.rfft2(nb, s=size))
-        out = np.empty((len(a), len(b)))
-        for i in range(len(a)):
-            corr = scipy.fft.irfft2(fa[i][None] * fb, s=size).sum(axis=1)  # (Cb, *size), summed over M
-            out[i] = corr.reshape(len(b), -1).max(axis=1)
-    else:
-        frame = (max(a.shape[2], b.shape[2]), max(a.shape[3], b.shape[3]))
-        out = _embed(na, frame).reshape(len(a), -1) @ _embed(nb, frame).reshape(len(b), -1).T
-    out = np.clip(out, -1.0, 1.0)
-    out[ca[:, None] | cb[None, :]] = 0.0
-    out[ca[:, None] & cb[None, :]] = 1.0
-    return out
+
+def kl_divergence(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
+    """KL(p || q) per row of log-probabilities (N, C), in nats: float64 (N,), >= 0."""
+    p = np.exp(log_p)
+    return np.maximum((p * (log_p - log_q)).sum(axis=-1), 0.0)
+
+
+def top_k_hits(scores: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
+    """Whether ``target`` (N,) is among the ``k`` highest of ``scores`` (N, C) (ties to the lower index, as
+    argmax): bool (N,)."""
+    k = min(k, scores.shape[-1])
+    if k == 1:
+        return scores.argmax(axis=-1) == target
+    order = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+    return (order == target[:, None]).any(axis=-1)

@@ -18,13 +18,14 @@ PACKAGE = Path(onnxredund.__file__).parent
 ALLOWED = {
     "errors": set(),
     "metrics": set(),
+    "ncc": set(),
     "atomic": {"errors"},
     "model": {"errors"},
-    "data": {"errors"},
+    "data": {"errors", "model"},
     "engine": {"errors", "metrics", "model", "data", "atomic"},
-    "analyses": {"errors", "metrics", "atomic", "model", "data", "engine"},
+    "analyses": {"errors", "metrics", "ncc", "atomic", "model", "data", "engine"},
     "report": {"errors", "metrics", "atomic", "model", "data", "analyses"},
-    "cli": {"errors", "metrics", "atomic", "model", "data", "engine", "analyses", "report"},
+    "cli": {"errors", "metrics", "ncc", "atomic", "model", "data", "engine", "analyses", "report"},
 }
 #: modules that may be imported inside a function: heavy and optional
 LAZY_OK = {"matplotlib", "matplotlib.pyplot"}

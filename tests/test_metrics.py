@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxredund.metrics import cosine_per_channel, ncc_matrix
+from onnxredund.metrics import cosine_per_channel
+from onnxredund.ncc import ncc_matrix
 
 RNG = np.random.default_rng(0)
 

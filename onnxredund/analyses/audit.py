@@ -1,27 +1,31 @@
-"""The audit: impulse analysis of every conv layer plus channel and pixel shuffling of chosen layers,
-combined per layer into one redundancy summary, with deployment gates.
+"""The audit: impulse analysis of the chosen conv layers plus channel and pixel shuffling of those with more
+than one input channel, combined per layer into one redundancy summary, with deployment gates
+(:mod:`.gates`).
 
-Per shuffled layer i, the three signals:
+Per layer i, the signals:
 
-- ``impulse_redundant_fraction``: fraction of conv i's output channels whose impulse response has a
-  match >= the NCC threshold in the same layer;
+- ``impulse_redundant_fraction``: fraction of conv i's compared output channels whose impulse response
+  has a match >= the NCC threshold in the same layer (None when no channel could be compared);
 - ``channel_cheap_fraction`` / ``pixel_cheap_fraction``: fraction of conv i's input channels whose
-  shuffling costs at most ``cheap_drop`` top-1 accuracy (or agreement, without labels);
-- ``redundancy_score``: the mean of the fractions above that were measured for the layer, in [0, 1].
-  The fractions count different channels (the impulse one counts conv i's output channels, the
-  shuffle ones its input channels), so the score is not a fraction of any one set of channels: it
-  is a summary of how many of the layer's channels, on either side of the conv, some signal calls
-  removable, meant for ranking layers and for gates, not as a pruning ratio.
+  shuffling costs at most ``cheap_drop``: the accuracy drop where there are labels, else the top-1
+  disagreement with the clean model where there is a classifier output, else 1 - the lowest output
+  cosine;
+- ``redundancy_score``: the mean of the fractions above that were measured, for shuffled layers only
+  (None otherwise: an impulse fraction alone is not a score). The fractions count different channels
+  (the impulse one counts conv i's output channels, the shuffle ones its input channels), so the score
+  is not a fraction of any one set of channels: it summarises how many of the layer's channels, on
+  either side of the conv, some signal calls removable, for ranking layers and for gates, not as a
+  pruning ratio;
+- the worst effect at the outputs over both modes and every perturbed channel (``worst_*``).
 
-The ranked list orders the input channels by what perturbing them costs: the largest accuracy drop
-over the two modes (or disagreement), then the lowest mean cosine.
+``budget`` covers the whole audit: the impulse analysis leaves its comparisons with earlier layers
+out past half of it, the sweeps share what is left, and whatever is cut short or skipped is said in
+``notes``.
 """
 
 from __future__ import annotations
 
 import logging
-import operator
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,18 +33,27 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxredund import __version__
+from onnxredund.analyses.gates import GATE_METRICS, check_gates, parse_gate
 from onnxredund.analyses.impulse import ImpulseResult, run_impulse
 from onnxredund.analyses.shuffle import ShuffleResult, run_shuffle
-from onnxredund.data import Dataset
-from onnxredund.errors import OnnxRedundError
-from onnxredund.model import ConvLayer, Model
+from onnxredund.data import DataSource
+from onnxredund.model import ConvLayer, Model, classifier_output
 
-__all__ = ["GATE_METRICS", "SCHEMA_VERSION", "AuditResult", "LayerSummary", "check_gates", "parse_gate", "run_audit"]
+__all__ = [
+    "GATE_METRICS",
+    "SCHEMA_VERSION",
+    "AuditResult",
+    "LayerSummary",
+    "check_gates",
+    "parse_gate",
+    "run_audit",
+    "shuffle_cost",
+]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+SCHEMA_VERSION = 2
+_IMPULSE_SHARE = 0.5  # of the budget, after which the impulse analysis leaves out comparisons with earlier layers
 
 
 @dataclass(frozen=True)
@@ -51,28 +64,59 @@ class LayerSummary:
     index: int
     in_channels: int
     out_channels: int
-    impulse_redundant_fraction: float
+    impulse_redundant_fraction: float | None
+    impulse_compared: int | None
+    impulse_excluded: dict | None
     channel_cheap_fraction: float | None
     pixel_cheap_fraction: float | None
     channel_mean_cosine: float | None
     pixel_mean_cosine: float | None
+    samples: dict[str, int]
     worst_accuracy_drop: float | None
-    redundancy_score: float
+    worst_agreement_drop: float | None
+    worst_top1_agreement: float | None
+    worst_top5_agreement: float | None
+    worst_kl_divergence: float | None
+    worst_output_cosine: float | None
+    worst_output_relative_l2: float | None
+    worst_output_sqnr: float | None
+    worst_output_abs_error_p99: float | None
+    worst_output_abs_error_max: float | None
+    redundancy_score: float | None
     ranked_channels: list[dict] = field(default_factory=list)
 
+    @property
+    def cheap_fraction(self) -> float | None:
+        fractions = [f for f in (self.channel_cheap_fraction, self.pixel_cheap_fraction) if f is not None]
+        return max(fractions) if fractions else None
+
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: _json_value(getattr(self, k)) for k in self.__dataclass_fields__}
+
+
+def _json_value(v):
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
 
 
 @dataclass(frozen=True)
 class AuditResult:
-    """Everything an audit measured; ``to_dict`` follows ``schema/results.schema.json``."""
+    """Everything an audit measured; ``to_dict`` follows ``schema/results.schema.json``.
+
+    Attributes:
+        labelled: whether the data has labels (accuracy) or not (agreement only).
+        classifier: the classifier output that accuracy and agreement are of, or None.
+    """
 
     model: str
     data: str
+    data_info: dict
     seed: int
     budget: float | None
     cheap_drop: float
+    labelled: bool
+    classifier: str | None
     impulse: ImpulseResult
     shuffles: dict[str, dict[str, ShuffleResult]]
     layers: list[LayerSummary]
@@ -84,9 +128,12 @@ class AuditResult:
             "tool": f"onnxredund {__version__}",
             "model": self.model,
             "data": self.data,
+            "data_info": self.data_info,
             "seed": self.seed,
             "budget_seconds": self.budget,
             "cheap_drop": self.cheap_drop,
+            "labelled": self.labelled,
+            "classifier_output": self.classifier,
             "notes": list(self.notes),
             "summary": [s.to_dict() for s in self.layers],
             "impulse": self.impulse.to_dict(),
@@ -94,84 +141,123 @@ class AuditResult:
         }
 
 
-def _cost(result: ShuffleResult) -> np.ndarray:
-    """Per perturbed channel: accuracy drop against the baseline, or disagreement without labels."""
+def shuffle_cost(result: ShuffleResult) -> np.ndarray:
+    """Per perturbed channel (K,): the accuracy drop where there are labels, else the top-1 disagreement with
+    the clean model, else 1 - the lowest cosine over the outputs."""
     if result.accuracy is not None and result.baseline_accuracy is not None:
         return result.baseline_accuracy - result.accuracy
     if result.agreement is not None:
         return 1.0 - result.agreement
-    return 1.0 - result.mean_cosine()
+    return 1.0 - np.min([e.cosine for e in result.outputs.values()], axis=0)
 
 
 def _ranked(modes: dict[str, ShuffleResult]) -> list[dict]:
     first = next(iter(modes.values()))
     rows = []
     for i, k in enumerate(first.channels):
-        costs = {m: float(_cost(r)[i]) for m, r in modes.items()}
+        costs = {m: float(shuffle_cost(r)[i]) for m, r in modes.items()}
         cos = {m: float(r.mean_cosine()[i]) for m, r in modes.items()}
         rows.append({"channel": k, "cost": max(costs.values()), "cost_by_mode": costs, "mean_cosine": cos})
     rows.sort(key=lambda r: (r["cost"], -min(r["mean_cosine"].values()), r["channel"]))
     return rows
 
 
+def _worst(values: list, pick) -> float | None:
+    present = [np.asarray(v, np.float64) for v in values if v is not None]
+    finite = [v[np.isfinite(v)] for v in present]
+    finite = [v for v in finite if v.size]
+    return float(pick([pick(v) for v in finite])) if finite else None
+
+
+def _output_worsts(modes: dict[str, ShuffleResult]) -> dict:
+    effects = [e for r in modes.values() for e in r.outputs.values()]
+    drops = [r.baseline_accuracy - r.accuracy for r in modes.values() if r.accuracy is not None]
+    agreements = [r.agreement for r in modes.values() if r.agreement is not None]
+    return {
+        "worst_accuracy_drop": _worst(drops, np.max),
+        "worst_agreement_drop": None if not agreements else 1.0 - _worst(agreements, np.min),
+        "worst_top1_agreement": _worst([e.top1_agreement for e in effects], np.min),
+        "worst_top5_agreement": _worst([e.top5_agreement for e in effects], np.min),
+        "worst_kl_divergence": _worst([e.kl_divergence for e in effects], np.max),
+        "worst_output_cosine": _worst([e.cosine for e in effects], np.min),
+        "worst_output_relative_l2": _worst([e.relative_l2 for e in effects], np.max),
+        "worst_output_sqnr": _worst([e.sqnr_db for e in effects], np.min),
+        "worst_output_abs_error_p99": _worst([e.abs_error_p99 for e in effects], np.max),
+        "worst_output_abs_error_max": _worst([e.abs_error_max for e in effects], np.max),
+    }
+
+
 def summarize_layer(
     layer: ConvLayer, impulse: ImpulseResult, modes: dict[str, ShuffleResult], cheap_drop: float
 ) -> LayerSummary:
     """Combine the impulse and shuffle signals of one layer."""
-    imp = next(l for l in impulse.layers if l.name == layer.name)
-    cheap = {m: float((_cost(r) <= cheap_drop).mean()) for m, r in modes.items()}
+    imp = next((l for l in impulse.layers if l.name == layer.name), None)
+    cheap = {m: float((shuffle_cost(r) <= cheap_drop).mean()) for m, r in modes.items()}
     cosine = {m: float(r.cosine.mean()) for m, r in modes.items()}
-    drops = [float(_cost(r).max()) for r in modes.values()]
-    signals = [imp.redundant_fraction, *cheap.values()]
+    fraction = None if imp is None else imp.redundant_fraction
+    signals = [s for s in (fraction, *cheap.values()) if s is not None]
     return LayerSummary(
         name=layer.name,
         index=layer.index,
         in_channels=layer.in_channels,
         out_channels=layer.out_channels,
-        impulse_redundant_fraction=imp.redundant_fraction,
+        impulse_redundant_fraction=fraction,
+        impulse_compared=None if imp is None else imp.compared_count,
+        impulse_excluded=None if imp is None else dict(imp.excluded),
         channel_cheap_fraction=cheap.get("channel"),
         pixel_cheap_fraction=cheap.get("pixel"),
         channel_mean_cosine=cosine.get("channel"),
         pixel_mean_cosine=cosine.get("pixel"),
-        worst_accuracy_drop=max(drops) if drops else None,
-        redundancy_score=float(np.mean(signals)),
+        samples={m: r.samples_done for m, r in modes.items()},
+        redundancy_score=float(np.mean(signals)) if modes and signals else None,
         ranked_channels=_ranked(modes) if modes else [],
+        **_output_worsts(modes),
     )
 
 
-def default_shuffle_layers(model: Model) -> list[ConvLayer]:
+def default_shuffle_layers(layers: list[ConvLayer]) -> list[ConvLayer]:
     """Every conv whose input has more than one channel."""
-    return [l for l in model.layers if l.in_channels > 1]
+    return [l for l in layers if l.in_channels > 1]
 
 
 def run_audit(
     model: Model,
-    data: Dataset,
+    data: DataSource,
     *,
     layers: list[ConvLayer] | None = None,
     modes: tuple[str, ...] = ("channel", "pixel"),
     budget: float | None = None,
+    started: float | None = None,
     seed: int = 0,
     batch_size: int = 256,
     threshold: float = 0.9,
     cheap_drop: float = 0.005,
     device: str = "auto",
-    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    progress: Callable[[str, int, int], Callable[[int], None]] | None = None,
+    on_impulse: Callable[[ImpulseResult], None] | None = None,
+    on_sweep: Callable[[ShuffleResult], None] | None = None,
 ) -> AuditResult:
-    """Run the impulse analysis on every conv and shuffling on ``layers`` within ``budget`` seconds.
+    """The impulse analysis of ``layers`` and shuffling of those with more than one input channel, within
+    ``budget`` seconds.
 
     Args:
-        layers: layers to shuffle (default: every conv whose input has more than one channel).
-        budget: seconds for the shuffle sweeps, shared out evenly over the sweeps still to run; a
-            sweep that runs out measures fewer samples and says so in ``notes``.
-        progress: ``progress(label, total samples)`` returns a callback taking samples finished.
+        layers: the layers to audit (default: every conv the image input reaches).
+        budget: seconds for the whole audit, counted from ``started`` (a ``time.perf_counter()`` value;
+            default: now); what does not fit is cut short or skipped and said in ``notes``.
+        progress: ``progress(label, total, done)`` returns a callback taking units finished.
+        on_impulse, on_sweep: called with each result as soon as it is there (to keep it on disk).
     """
-    start = time.perf_counter()
-    impulse = run_impulse(model, threshold=threshold, device=device)
-    targets = default_shuffle_layers(model) if layers is None else layers
+    start = time.perf_counter() if started is None else started
+    share = None if budget is None else max(0.0, _IMPULSE_SHARE * budget - (time.perf_counter() - start))
+    impulse = run_impulse(
+        model, layers=layers, threshold=threshold, device=device, progress=progress, max_seconds=share
+    )
+    if on_impulse is not None:
+        on_impulse(impulse)
+    audited = [model.layer(l.name) for l in impulse.layers] if layers is None else layers
     notes = list(impulse.notes)
     shuffles: dict[str, dict[str, ShuffleResult]] = {}
-    sweeps = [(l, m) for l in targets for m in modes]
+    sweeps = [(l, m) for l in default_shuffle_layers(audited) for m in modes]
     for i, (layer, mode) in enumerate(sweeps):
         share = None
         if budget is not None:
@@ -179,31 +265,30 @@ def run_audit(
             if share <= 0:
                 notes.append(f"{layer.name} {mode} shuffling skipped: time budget spent")
                 continue
-        cb = progress(f"{layer.name} {mode} ({i + 1}/{len(sweeps)})", len(data)) if progress else None
+        cb = progress(f"{layer.name} {mode} ({i + 1}/{len(sweeps)})", len(data), 0) if progress else None
         result = run_shuffle(
-            model,
-            layer,
-            data,
-            mode=mode,
-            batch_size=batch_size,
-            seed=seed,
-            device=device,
-            progress=cb,
+            model, layer, data, mode=mode, batch_size=batch_size, seed=seed, device=device, progress=cb,
             max_seconds=share,
-        )
+        )  # fmt: skip
         if not result.complete:
             notes.append(
                 f"{layer.name} {mode} shuffling measured {result.samples_done} of {result.num_samples} samples "
                 "(time budget)"
             )
         shuffles.setdefault(layer.name, {})[mode] = result
-    summaries = [summarize_layer(l, impulse, shuffles.get(l.name, {}), cheap_drop) for l in model.layers]
+        if on_sweep is not None:
+            on_sweep(result)
+    notes += _word_notes(model, data)
+    summaries = [summarize_layer(l, impulse, shuffles.get(l.name, {}), cheap_drop) for l in audited]
     return AuditResult(
         model=model.path,
         data=data.name,
+        data_info=data.describe(),
         seed=seed,
         budget=budget,
         cheap_drop=cheap_drop,
+        labelled=data.y is not None and classifier_output(model) is not None,
+        classifier=classifier_output(model),
         impulse=impulse,
         shuffles=shuffles,
         layers=summaries,
@@ -211,44 +296,12 @@ def run_audit(
     )
 
 
-def parse_gate(spec: str) -> tuple[str, str, float]:
-    """'redundant_fraction>0.5' -> ('redundant_fraction', '>', 0.5)."""
-    m = re.fullmatch(r"\s*([a-z_]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*", spec)
-    if not m or m.group(1) not in GATE_METRICS:
-        raise OnnxRedundError(f"bad gate {spec!r}; use METRIC>VALUE with METRIC one of {', '.join(GATE_METRICS)}")
-    try:
-        return m.group(1), m.group(2), float(m.group(3))
-    except ValueError:
-        raise OnnxRedundError(f"bad gate value in {spec!r}") from None
-
-
-def _cheap_fraction(summary: LayerSummary) -> float | None:
-    """The larger of the channel and pixel cheap fractions that were measured."""
-    fractions = [f for f in (summary.channel_cheap_fraction, summary.pixel_cheap_fraction) if f is not None]
-    return max(fractions) if fractions else None
-
-
-_GATE_VALUES: dict[str, Callable[[LayerSummary], float | None]] = {
-    "redundant_fraction": lambda s: s.impulse_redundant_fraction,
-    "accuracy_drop": lambda s: s.worst_accuracy_drop,
-    "redundancy_score": lambda s: s.redundancy_score,
-    "cheap_fraction": _cheap_fraction,
-}
-GATE_METRICS = tuple(_GATE_VALUES)
-
-
-def _gate_value(summary: LayerSummary, metric: str) -> float | None:
-    return _GATE_VALUES[metric](summary)
-
-
-def check_gates(result: AuditResult, gates: list[str]) -> list[str]:
-    """The gates that fail: one reason per gate, naming the first layer that trips it."""
-    failures = []
-    for spec in gates:
-        metric, op, limit = parse_gate(spec)
-        for s in result.layers:
-            value = _gate_value(s, metric)
-            if value is not None and _OPS[op](value, limit):
-                failures.append(f"gate {metric}{op}{limit:g} failed at {s.name}: {metric} = {value:.4f}")
-                break
-    return failures
+def _word_notes(model: Model, data: DataSource) -> list[str]:
+    if classifier_output(model) is None:
+        return [
+            "agreement and accuracy do not apply: the model has no classifier output (N, classes); "
+            "shuffling is measured as output drift (cosine, relative L2, SQNR)"
+        ]
+    if data.y is None:
+        return ["the data has no labels: the effect of shuffling is agreement with the unperturbed model"]
+    return []

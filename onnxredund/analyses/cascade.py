@@ -10,7 +10,7 @@ from onnx import helper, numpy_helper
 
 from onnxredund.analyses.impulse import run_impulse
 from onnxredund.engine.loading import load_model_proto
-from onnxredund.metrics import ncc_matrix
+from onnxredund.ncc import ncc_matrix
 
 __all__ = ["cascade_check", "cascade_model", "gaussian_kernel"]
 

@@ -1,7 +1,7 @@
 """Unit impulse responses of every conv layer, compared by normalized cross-correlation (section 3).
 
 Responses are read at each conv's output (before its activation), on the subgraph cut from the
-model's input to the conv layers, for one impulse per model input channel:
+model's image input to the conv layers, for one impulse per input channel (other inputs held at 0):
 
 - ``network`` mode: the real network; the response to the impulse minus the response to an all-zero
   input, so constant terms (biases) cancel;
@@ -9,20 +9,29 @@ model's input to the conv layers, for one impulse per model input channel:
   reduced to its scale: the effective kernel of the cascade. Ops that stay non-linear (max-pool)
   make it an approximation; the result lists them in ``notes``.
 
+A conv with stride s reads only every s-th position of its input, so one impulse shows one phase of
+its kernel. Each strided conv therefore gets the impulse at its s phase positions per axis (spaced
+by the stride the network has before the conv, at most :data:`MAX_PHASES` per axis), and its
+responses are interleaved: the layer's response at the resolution of its own input.
+
 Pseudocode::
 
-    x = [zeros, impulse(channel 0), ..., impulse(channel M-1)]          # (1 + M, *input)
+    x = [zeros] + [impulse(channel m, position p + phase offset) for offsets, for m]   # (1 + O*M, *input)
     out = cut(model, input -> conv outputs)(x)
-    response[layer] = out[layer][1:] - out[layer][0]                      # (M, C, H, W) -> (C, M, H, W)
-    response[layer] = crop to the box where any channel responds (NCC independent of the input size)
-    ncc[layer] = ncc_matrix(response, response)                          # (C, C), lags or zero lag
-    best[c] = argmax over c' != c of ncc[c, c']; redundant = best value >= threshold
-    across[layer][earlier] = ncc_matrix(response[layer], response[earlier])
+    response[layer] = interleave(out[layer][impulses] - out[layer][0] over the layer's phases)  # (C, M, *S)
+    response[layer] = crop to the box where any of them is non-zero (NCC independent of the input size)
+    compared = channels with a varying response over at least MIN_SUPPORT positions
+    ncc[layer] = NCC of every pair (C, C); best[c] = best match c' != c among compared channels
+    redundant fraction = compared channels whose best match >= threshold / compared channels
+    across[c] = best match among the compared channels of every earlier layer of the same rank
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -31,20 +40,27 @@ from onnxredund.atomic import csv_text
 from onnxredund.engine.runtime import Runner
 from onnxredund.engine.surgery import cut, linearize
 from onnxredund.errors import OnnxRedundError
-from onnxredund.metrics import ncc_matrix
-from onnxredund.model import ConvLayer, Model
+from onnxredund.model import ConvLayer, Model, data_dependent
+from onnxredund.ncc import best_earlier_matches, ncc_matrix
 
 __all__ = [
     "IMPULSE_MODES",
+    "MAX_PHASES",
+    "MIN_SUPPORT",
     "ImpulseResult",
     "LayerImpulse",
     "best_matches",
     "crop_to_support",
     "impulse_inputs",
+    "interleave",
     "run_impulse",
 ]
 
 IMPULSE_MODES = ("network", "linear")
+MAX_PHASES = 4  # phase positions per axis of a strided conv
+MIN_SUPPORT = 3  # positions a response needs to be compared (a 1x1 support is one number per input channel)
+_MAX_RUN = 64  # impulses per run
+_JSON_MATRIX_CHANNELS = 256  # larger NCC matrices go to the .npz only
 
 
 @dataclass(frozen=True)
@@ -52,159 +68,291 @@ class LayerImpulse:
     """One layer's impulse analysis.
 
     Attributes:
-        responses: shape (C, M, H, W): channel c's response to an impulse in input channel m, cropped
-            to ``support`` (top, left, height, width) in the layer's output map.
+        responses: shape (C, M, *S): channel c's response to an impulse in input channel m, cropped
+            to ``support`` ([*start, *size] in the layer's interleaved output map).
+        phases: phase positions per spatial axis the responses interleave (1 for a stride-1 conv).
         ncc: shape (C, C), one-vs-all NCC within the layer.
-        best_match: shape (C,), the most similar other channel (-1 for a single-channel layer).
-        best_value: shape (C,), its NCC.
-        across: per earlier layer name, NCC of this layer's channels against its channels (C, C_earlier).
-        across_best_layer, across_best_channel, across_best_value: per channel, the best match in
-            any earlier layer (empty strings / -1 / nan for the first layer).
+        compared: shape (C,) bool: channels whose response varies over at least MIN_SUPPORT positions.
+        excluded: why the others were left out: {"support": n (too few positions), "constant": n (no response)}.
+        best_match, best_value: shape (C,): the most similar other compared channel and its NCC
+            (-1 and nan for channels not compared, or without another compared channel).
+        redundant_count, redundant_fraction: compared channels whose best match >= the threshold, and
+            their share of the compared channels (None when none was compared).
+        across_best_layer, across_best_channel, across_best_value: per channel, the best match among the
+            compared channels of every earlier layer ("" / -1 / nan where there is none).
     """
 
     name: str
     index: int
     responses: np.ndarray
-    support: tuple[int, int, int, int]
+    support: tuple[int, ...]
+    phases: tuple[int, ...]
     ncc: np.ndarray
+    compared: np.ndarray
+    excluded: dict[str, int]
     best_match: np.ndarray
     best_value: np.ndarray
     redundant_count: int
-    redundant_fraction: float
-    across: dict[str, np.ndarray]
+    redundant_fraction: float | None
     across_best_layer: list[str]
     across_best_channel: np.ndarray
     across_best_value: np.ndarray
 
-    def to_dict(self, *, responses: bool = False) -> dict:
-        def r(a):
-            return np.round(np.asarray(a, np.float64), 10).tolist()
+    @property
+    def compared_count(self) -> int:
+        return int(self.compared.sum())
 
+    def to_dict(self, *, responses: bool = False, matrix_channels: int = _JSON_MATRIX_CHANNELS) -> dict:
         d = {
             "name": self.name,
             "index": self.index,
             "channels": int(self.ncc.shape[0]),
             "support": list(self.support),
-            "ncc": r(self.ncc),
+            "phases": list(self.phases),
+            "compared_count": self.compared_count,
+            "excluded": dict(self.excluded),
+            "ncc": _rounded(self.ncc) if len(self.ncc) <= matrix_channels else None,
             "best_match": [int(v) for v in self.best_match],
-            "best_value": [None if np.isnan(v) else round(float(v), 10) for v in self.best_value],
+            "best_value": _values(self.best_value),
             "redundant_count": self.redundant_count,
             "redundant_fraction": self.redundant_fraction,
-            "across": {k: r(v) for k, v in self.across.items()},
             "across_best_layer": list(self.across_best_layer),
             "across_best_channel": [int(v) for v in self.across_best_channel],
-            "across_best_value": [None if np.isnan(v) else round(float(v), 10) for v in self.across_best_value],
+            "across_best_value": _values(self.across_best_value),
         }
         if responses:
-            d["responses"] = r(self.responses)
+            d["responses"] = _rounded(self.responses)
         return d
+
+
+def _rounded(a: np.ndarray) -> list:
+    return np.round(np.asarray(a, np.float64), 10).tolist()
+
+
+def _values(a: np.ndarray) -> list:
+    return [None if np.isnan(v) else round(float(v), 10) for v in a]
 
 
 @dataclass(frozen=True)
 class ImpulseResult:
-    """Impulse analysis of a model's conv layers."""
+    """Impulse analysis of a model's conv layers.
+
+    Attributes:
+        position: where the impulse sits in the image input (spatial, in the input's own axis order).
+        notes: what is approximate or was left out, in words.
+    """
 
     model: str
     mode: str
     threshold: float
     lags: bool
-    position: tuple[int, int]
+    position: tuple[int, ...]
     notes: list[str]
     layers: list[LayerImpulse]
+    seconds: float = field(default=0.0, compare=False)
+
+    def layer(self, name: str) -> LayerImpulse:
+        return next(l for l in self.layers if l.name == name)
 
     def to_csv(self) -> str:
-        """One row per (layer, channel): its best match within the layer and in earlier layers."""
+        """One row per (layer, channel): whether it was compared, its best match within the layer and in
+        earlier layers."""
         rows = []
         for l in self.layers:
             for c in range(len(l.best_match)):
+                redundant = bool(l.best_value[c] >= self.threshold) if not np.isnan(l.best_value[c]) else False
                 rows.append(
                     [
                         l.name,
                         c,
+                        int(bool(l.compared[c])),
                         int(l.best_match[c]),
                         _csv_float(l.best_value[c]),
-                        int(bool(l.best_value[c] >= self.threshold)),
+                        int(redundant),
                         l.across_best_layer[c],
                         int(l.across_best_channel[c]),
                         _csv_float(l.across_best_value[c]),
                     ]
                 )
-        header = ["layer", "channel", "best_match", "best_value", "redundant", "across_layer", "across_channel"]
-        return csv_text([*header, "across_value"], rows)
+        header = ["layer", "channel", "compared", "best_match", "best_value", "redundant", "across_layer"]
+        return csv_text([*header, "across_channel", "across_value"], rows)
 
-    def to_dict(self, *, responses: bool = False) -> dict:
+    def to_dict(self, *, responses: bool = False, matrix_channels: int = _JSON_MATRIX_CHANNELS) -> dict:
         return {
             "model": self.model,
             "mode": self.mode,
             "threshold": self.threshold,
             "lags": self.lags,
             "position": list(self.position),
+            "min_support": MIN_SUPPORT,
             "notes": list(self.notes),
-            "layers": [layer.to_dict(responses=responses) for layer in self.layers],
+            "layers": [layer.to_dict(responses=responses, matrix_channels=matrix_channels) for layer in self.layers],
         }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every layer's full NCC matrix and best matches, for an .npz next to the JSON."""
+        out = {}
+        for l in self.layers:
+            out[f"{l.index}.ncc"] = l.ncc
+            out[f"{l.index}.best_match"] = l.best_match
+            out[f"{l.index}.best_value"] = l.best_value
+            out[f"{l.index}.across_best_channel"] = l.across_best_channel
+            out[f"{l.index}.across_best_value"] = l.across_best_value
+        return out
 
 
 def _csv_float(v: float) -> str:
     return "" if np.isnan(v) else f"{v:.6f}"
 
 
-def crop_to_support(responses: np.ndarray, rel_tol: float = 1e-6) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Crop a layer's responses (C, M, H, W) to the box where any of them is non-zero.
+def crop_to_support(responses: np.ndarray, rel_tol: float = 1e-6) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Crop a layer's responses (C, M, *S) to the box where any of them is non-zero.
 
     NCC is then computed over the responses themselves, not over the zero margin around them, so it
-    does not depend on the input size. Returns the crop and its box (top, left, height, width).
+    does not depend on the input size. Returns the crop and its box ([*start, *size]).
     """
+    nd = responses.ndim - 2
     mag = np.abs(responses).max(axis=(0, 1))
     peak = float(mag.max(initial=0.0))
     if peak == 0.0:
-        return responses, (0, 0, *responses.shape[2:])
-    rows = np.flatnonzero(mag.max(axis=1) > rel_tol * peak)
-    cols = np.flatnonzero(mag.max(axis=0) > rel_tol * peak)
-    top, left = int(rows[0]), int(cols[0])
-    h, w = int(rows[-1]) - top + 1, int(cols[-1]) - left + 1
-    return responses[:, :, top : top + h, left : left + w], (top, left, h, w)
+        return responses, (*([0] * nd), *responses.shape[2:])
+    starts, sizes = [], []
+    for axis in range(nd):
+        others = tuple(a for a in range(nd) if a != axis)
+        hit = np.flatnonzero(mag.max(axis=others) > rel_tol * peak) if others else np.flatnonzero(mag > rel_tol * peak)
+        starts.append(int(hit[0]))
+        sizes.append(int(hit[-1]) - int(hit[0]) + 1)
+    index = tuple(slice(s, s + n) for s, n in zip(starts, sizes, strict=True))
+    return responses[(slice(None), slice(None), *index)], (*starts, *sizes)
 
 
-def best_matches(ncc: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per row, the best column other than itself: (index (C,), value (C,), count >= threshold)."""
+def best_matches(
+    ncc: np.ndarray, threshold: float, compared: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per row, the best column other than itself among the ``compared`` ones (default all):
+    (index (C,), value (C,), count >= threshold); rows not compared get -1 and nan."""
     c = ncc.shape[0]
-    if c < 2:
-        return np.full(c, -1), np.full(c, np.nan), 0
+    compared = np.ones(c, bool) if compared is None else compared
+    idx, val = np.full(c, -1), np.full(c, np.nan)
+    if compared.sum() < 2:
+        return idx, val, 0
     masked = ncc.copy()
     np.fill_diagonal(masked, -np.inf)
-    idx = masked.argmax(axis=1)
-    val = masked[np.arange(c), idx]
-    return idx, val, int((val >= threshold).sum())
+    masked[:, ~compared] = -np.inf
+    rows = np.flatnonzero(compared)
+    idx[rows] = masked[rows].argmax(axis=1)
+    val[rows] = masked[rows, idx[rows]]
+    return idx, val, int((val[rows] >= threshold).sum())
+
+
+def _phase_plan(model: Model, layer: ConvLayer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(phases per axis, spacing in input positions) of a layer: its own stride, capped, and the stride the
+    network has before it."""
+    image = model.image_input.spatial_shape
+    own = layer.input_shape[1:]
+    if len(own) != len(image):
+        return (1,) * len(own), (1,) * len(own)
+    phases = tuple(min(s, MAX_PHASES) for s in layer.stride)
+    spacing = tuple(max(1, round(n / m)) for n, m in zip(image, own, strict=True))
+    return phases, spacing
+
+
+def _offsets(phases: tuple[int, ...], spacing: tuple[int, ...]) -> list[tuple[int, ...]]:
+    return [tuple(d * s for d, s in zip(ds, spacing, strict=True)) for ds in itertools.product(*map(range, phases))]
 
 
 def impulse_inputs(
-    sample_shape: tuple[int, ...], layout: str, position: tuple[int, int] | None
-) -> tuple[np.ndarray, tuple[int, int]]:
-    """A zero input followed by one unit impulse per input channel: shape (1 + M, *sample_shape)."""
-    if layout == "NHWC":
-        h, w, m = sample_shape
+    model: Model, position: tuple[int, ...] | None, offsets: list[tuple[int, ...]]
+) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
+    """Feeds of a zero sample and one unit impulse per (offset, image input channel), offsets outer.
+
+    Returns:
+        (feeds: the image input (1 + O*M, *sample) and zeros for every other input; the position).
+
+    Raises:
+        OnnxRedundError: the position lies outside the input, or has the wrong number of axes.
+    """
+    image = model.image_input
+    spatial, m = image.spatial_shape, image.channels
+    reach = [max(o[a] for o in offsets) for a in range(len(spatial))]
+    if position is None:
+        base = tuple(min(n // 2, n - 1 - r) for n, r in zip(spatial, reach, strict=True))
     else:
-        m, h, w = sample_shape
-    y, x = position if position is not None else (h // 2, w // 2)
-    if not (0 <= y < h and 0 <= x < w):
-        raise OnnxRedundError(f"impulse position ({y}, {x}) is outside the {h} x {w} input")
-    batch = np.zeros((1 + m, m, h, w), np.float32)
-    for c in range(m):
-        batch[1 + c, c, y, x] = 1.0
-    if layout == "NHWC":
-        batch = batch.transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(batch), (y, x)
+        if len(position) != len(spatial):
+            raise OnnxRedundError(f"--position needs {len(spatial)} coordinates for the {len(spatial)}-D input")
+        if not all(0 <= p < n for p, n in zip(position, spatial, strict=True)):
+            shape = " x ".join(map(str, spatial))
+            raise OnnxRedundError(f"impulse position {tuple(position)} is outside the {shape} input")
+        base = tuple(min(p, n - 1 - r) for p, n, r in zip(position, spatial, reach, strict=True))
+    batch = np.zeros((1 + len(offsets) * m, m, *spatial), np.float32)
+    for i, off in enumerate(offsets):
+        for c in range(m):
+            batch[(1 + i * m + c, c, *(b + o for b, o in zip(base, off, strict=True)))] = 1.0
+    if image.channels_last:
+        batch = np.moveaxis(batch, 1, -1)
+    feeds = {image.name: np.ascontiguousarray(batch)}
+    for inp in model.inputs:
+        if inp.name != image.name:
+            feeds[inp.name] = np.zeros((len(batch), *inp.sample_shape) if inp.batched else (), inp.dtype)
+    return feeds, base
 
 
-def _responses(model: Model, sub: onnx.ModelProto, batch: np.ndarray, device: str) -> list[np.ndarray]:
-    """Each output of ``sub`` for the impulses minus its output for zeros, as (C, M, H, W) float64."""
+def interleave(per_phase: np.ndarray, phases: tuple[int, ...]) -> np.ndarray:
+    """Responses to an impulse at each phase, (P, C, M, *S) with phases in row-major order, as one map
+    (C, M, *(S * phases)): phase d's value at output position o goes to o * p + (p - 1 - d) per axis."""
+    if all(p == 1 for p in phases):
+        return per_phase[0]
+    c, m, *spatial = per_phase.shape[1:]
+    out = np.zeros((c, m, *(s * p for s, p in zip(spatial, phases, strict=True))), per_phase.dtype)
+    for i, ds in enumerate(itertools.product(*map(range, phases))):
+        index = tuple(slice(p - 1 - d, None, p) for d, p in zip(ds, phases, strict=True))
+        out[(slice(None), slice(None), *index)] = per_phase[i]
+    return out
+
+
+def _run(model: Model, sub: onnx.ModelProto, feeds: dict, device: str) -> list[np.ndarray]:
+    """Every output of ``sub`` for the feeds, in runs of at most _MAX_RUN samples."""
     runner = Runner.create(sub, device)
     run = runner.run if model.batch_dynamic else runner.run_per_sample
-    outs = run({model.input_name: batch})
-    responses = [(o[1:].astype(np.float64) - o[:1]).transpose(1, 0, 2, 3) for o in outs]
-    if not all(np.isfinite(r).all() for r in responses):
+    n = len(feeds[model.input_name])
+    parts = []
+    for s in range(0, n, _MAX_RUN):
+        parts.append(run({k: v[s : s + _MAX_RUN] if np.ndim(v) else v for k, v in feeds.items()}))
+    outs = [np.concatenate([p[j] for p in parts]).astype(np.float64) for j in range(len(parts[0]))]
+    if not all(np.isfinite(o).all() for o in outs):
         raise OnnxRedundError("impulse responses are not finite: the model overflows on a unit impulse")
-    return responses
+    return outs
+
+
+def _layer_responses(out: np.ndarray, offsets: list, layer_offsets: list, phases, m: int) -> np.ndarray:
+    """A layer's responses (C, M, *S') from its output for the whole batch (1 + O*M, C, *S)."""
+    per_phase = []
+    for off in layer_offsets:
+        i = offsets.index(off)
+        block = out[1 + i * m : 1 + (i + 1) * m] - out[:1]  # (M, C, *S)
+        per_phase.append(np.swapaxes(block, 0, 1))
+    return interleave(np.stack(per_phase), phases)
+
+
+def _compared(responses: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    """Which channels' responses can be compared, and how many were left out for which reason."""
+    c = len(responses)
+    if int(np.prod(responses.shape[2:])) < MIN_SUPPORT:
+        return np.zeros(c, bool), {"support": c, "constant": 0}
+    flat = responses.reshape(c, -1)
+    constant = np.ptp(flat, axis=1) <= 1e-12 * max(1.0, float(np.abs(flat).max(initial=0.0)))
+    return ~constant, {"support": 0, "constant": int(constant.sum())}
+
+
+def _reachable(model: Model, layers: list[ConvLayer]) -> list[ConvLayer]:
+    reach = data_dependent(model.proto.graph, [model.input_name])
+    unreachable = [l.name for l in layers if l.input not in reach]
+    if unreachable:
+        raise OnnxRedundError(
+            f"conv {unreachable[0]!r} does not depend on the image input {model.input_name!r}: no impulse "
+            "reaches it (pick another input with --impulse-input)"
+        )
+    return layers
 
 
 def run_impulse(
@@ -214,69 +362,112 @@ def run_impulse(
     mode: str = "network",
     threshold: float = 0.9,
     lags: bool = True,
-    position: tuple[int, int] | None = None,
+    position: tuple[int, ...] | None = None,
     across: bool = True,
     device: str = "auto",
+    progress: Callable[[str, int, int], Callable[[int], None]] | None = None,
+    max_seconds: float | None = None,
 ) -> ImpulseResult:
-    """Impulse responses and NCC matrices of conv layers.
+    """Impulse responses and NCC of conv layers.
 
     Args:
         model: from :func:`onnxredund.load_model`.
-        layers: the conv layers to analyse (default all, in graph order).
+        layers: the conv layers to analyse (default every conv the image input reaches, in graph order).
         mode: "network" or "linear" (see the module docstring).
         threshold: a channel is redundant when its best match is >= threshold.
         lags: maximise NCC over spatial lags (default) or take it at lag zero.
-        position: (row, column) of the impulse; default the centre.
-        across: also compare each layer with the earlier ones.
+        position: the impulse's spatial coordinates in the image input; default the centre.
+        across: also find each channel's best match in the earlier layers.
         device: "auto", "cuda" or "cpu".
+        progress: ``progress(label, total layers, 0)`` returns a callback taking layers finished.
+        max_seconds: past this, the comparisons with earlier layers are left out (said in ``notes``).
     """
     if mode not in IMPULSE_MODES:
         raise OnnxRedundError(f"unknown impulse mode {mode!r}; use one of {', '.join(IMPULSE_MODES)}")
     if not -1.0 <= threshold <= 1.0:
         raise OnnxRedundError(f"--threshold {threshold} must lie in [-1, 1]")
-    layers = layers or model.layers
-    if any(len(l.kernel) != 2 for l in layers):
-        raise OnnxRedundError("impulse analysis handles 2-D convs; choose 2-D conv layers with --layers")
-    batch, pos = impulse_inputs(model.sample_shape, model.layout, position)
-    sub = cut(model.proto, [model.input_name], [l.output for l in layers])
+    t0 = time.perf_counter()
+    reach = data_dependent(model.proto.graph, [model.input_name])
+    layers = _reachable(model, layers) if layers else [l for l in model.layers if l.input in reach]
+    plans = {l.index: _phase_plan(model, l) for l in layers}
+    offsets = sorted({o for p in plans.values() for o in _offsets(*p)})
+    feeds, base = impulse_inputs(model, position, offsets)
+    sub = cut(model.proto, [i.name for i in model.inputs], [l.output for l in layers])
     sub, notes = (sub, []) if mode == "network" else linearize(sub)
-    cropped = [crop_to_support(r) for r in _responses(model, sub, batch, device)]
-    responses = [r for r, _ in cropped]
-    results: list[LayerImpulse] = []
-    for layer, (resp, box) in zip(layers, cropped, strict=True):
-        ncc = ncc_matrix(resp, resp, lags=lags)
-        idx, val, count = best_matches(ncc, threshold)
-        across_ncc = {}
-        if across:
-            for earlier, eresp in zip(results, responses, strict=False):
-                across_ncc[earlier.name] = ncc_matrix(resp, eresp, lags=lags)
-        results.append(_layer_result(layer, resp, box, ncc, idx, val, count, across_ncc))
+    outs = _run(model, sub, feeds, device)
+    m = model.image_input.channels
+    responses = []
+    for layer, out in zip(layers, outs, strict=True):
+        phases, spacing = plans[layer.index]
+        responses.append(crop_to_support(_layer_responses(out, offsets, _offsets(phases, spacing), phases, m)))
+    bar = progress("impulse NCC", len(layers), 0) if progress else None
+    results = _compare(layers, responses, plans, threshold, lags, across, bar, (t0, max_seconds, notes))
+    notes += _phase_notes(layers, plans)
     return ImpulseResult(
-        model=model.path, mode=mode, threshold=threshold, lags=lags, position=pos, notes=notes, layers=results
+        model=model.path,
+        mode=mode,
+        threshold=threshold,
+        lags=lags,
+        position=base,
+        notes=notes,
+        layers=results,
+        seconds=time.perf_counter() - t0,
     )
 
 
-def _layer_result(layer, resp, box, ncc, idx, val, count, across_ncc) -> LayerImpulse:
-    c = ncc.shape[0]
-    best_layer, best_channel, best_value = [""] * c, np.full(c, -1), np.full(c, np.nan)
-    for name, m in across_ncc.items():
-        j = m.argmax(axis=1)
-        v = m[np.arange(c), j]
-        for ch in range(c):
-            if np.isnan(best_value[ch]) or v[ch] > best_value[ch]:
-                best_layer[ch], best_channel[ch], best_value[ch] = name, j[ch], v[ch]
-    return LayerImpulse(
-        name=layer.name,
-        index=layer.index,
-        responses=resp,
-        support=box,
-        ncc=ncc,
-        best_match=idx,
-        best_value=val,
-        redundant_count=count,
-        redundant_fraction=count / c,
-        across=across_ncc,
-        across_best_layer=best_layer,
-        across_best_channel=best_channel,
-        across_best_value=best_value,
-    )
+def _phase_notes(layers: list[ConvLayer], plans: dict) -> list[str]:
+    capped = [l.name for l in layers if any(s > MAX_PHASES for s in l.stride)]
+    if not capped:
+        return []
+    return [f"strides over {MAX_PHASES} sampled at {MAX_PHASES} phases per axis: {', '.join(capped[:5])}"]
+
+
+def _compare(layers, responses, plans, threshold, lags, across, bar, clock) -> list[LayerImpulse]:
+    """NCC within each layer, and each channel's best match in the earlier layers (until the time is up)."""
+    t0, max_seconds, notes = clock
+    results: list[LayerImpulse] = []
+    compared_sets = []
+    for i, (layer, (resp, box)) in enumerate(zip(layers, responses, strict=True)):
+        compared, excluded = _compared(resp)
+        ncc = ncc_matrix(resp, lags=lags)
+        idx, val, count = best_matches(ncc, threshold, compared)
+        n = int(compared.sum())
+        c = len(resp)
+        across_layer, across_channel, across_value = [""] * c, np.full(c, -1), np.full(c, np.nan)
+        out_of_time = max_seconds is not None and time.perf_counter() - t0 > max_seconds
+        if across and out_of_time and not any("earlier layers left out" in x for x in notes):
+            notes.append(f"time budget spent: comparisons with earlier layers left out from {layer.name} on")
+        elif across and n:
+            earlier = [(j, responses[j][0][compared_sets[j]]) for j in range(i)
+                       if compared_sets[j].any() and responses[j][0].ndim == resp.ndim]  # fmt: skip
+            lj, ch, v = best_earlier_matches(resp[compared], [e for _, e in earlier], lags=lags)
+            rows = np.flatnonzero(compared)
+            for r, a, b, value in zip(rows, lj, ch, v, strict=True):
+                if a >= 0:
+                    j = earlier[a][0]
+                    across_layer[r] = layers[j].name
+                    across_channel[r] = int(np.flatnonzero(compared_sets[j])[b])
+                    across_value[r] = value
+        compared_sets.append(compared)
+        results.append(
+            LayerImpulse(
+                name=layer.name,
+                index=layer.index,
+                responses=resp,
+                support=box,
+                phases=plans[layer.index][0],
+                ncc=ncc,
+                compared=compared,
+                excluded=excluded,
+                best_match=idx,
+                best_value=val,
+                redundant_count=count,
+                redundant_fraction=count / n if n else None,
+                across_best_layer=across_layer,
+                across_best_channel=across_channel,
+                across_best_value=across_value,
+            )
+        )
+        if bar is not None:
+            bar(1)
+    return results

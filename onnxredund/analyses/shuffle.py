@@ -4,17 +4,20 @@ For every perturbed input channel k of the target conv, over all samples:
 
 - ``cosine[k, c]``: mean over samples of the cosine similarity (eq. 1) of output channel c of A_i
   clean and perturbed;
-- ``accuracy[k]``: top-1 accuracy of the perturbed model, where labels exist;
-- ``agreement[k]``: fraction of samples whose perturbed top-1 equals the clean top-1.
+- the effect at every graph output (:mod:`onnxredund.analyses.effects`): output cosine, relative L2,
+  SQNR, absolute error percentiles; for classifier outputs top-1 and top-5 agreement and KL
+  divergence; ``accuracy[k]`` against labels where they exist;
+- ``agreement[k]``: for the classifier output, the fraction of samples whose perturbed top-1 equals
+  the clean top-1 (label-free).
 
 Pseudocode::
 
     for each mini-batch (B samples; the last one may be smaller):
-        X, Z, A, side, prediction = clean_model(batch)
+        X, Z, A, side, outputs = clean_model(batch)
         for repeat r, for each run of K channels ks:
             perms = [permutation(seed, r, k, batch index) for k in ks]
             cos_sum[r, ks] += sum_b cosine(A, A_perturbed)     # in-graph on the fast path
-            correct[r, ks] += ...; agree[r, ks] += ...
+            output effect sums[r, ks] += ...                   # on the host, float64
     cosine = mean over repeats of cos_sum / N (std over repeats too)
 
 A sweep's running sums are a :class:`~onnxredund.analyses.sweep_state.SweepState`; saved after each
@@ -26,19 +29,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from onnxredund.analyses.effects import EffectMeter, OutputEffect
 from onnxredund.analyses.sweep_state import SweepState, checkpoint_path, sweep_key
 from onnxredund.atomic import csv_text
-from onnxredund.data import Dataset, conform
+from onnxredund.data import DataSource, conform_feeds, iter_batches
 from onnxredund.engine.permutations import MODES, PermutationFeed
 from onnxredund.engine.runtime import resolve_device
 from onnxredund.engine.sweep import SweepRunner, permutation_workers
 from onnxredund.errors import OnnxRedundError
-from onnxredund.model import ConvLayer, Model
+from onnxredund.model import ConvLayer, Model, classifier_output, output_kind
 
 __all__ = ["ShuffleResult", "SweepState", "parse_channels", "run_shuffle", "run_shuffle_modes"]
 
@@ -51,13 +55,17 @@ class ShuffleResult:
 
     Attributes:
         channels: the perturbed input channels k, length K.
-        cosine: mean cosine similarity, shape (K, C_out); cosine_std: std over repeats, same shape.
+        cosine: mean cosine similarity of A_i, shape (K, C_out); cosine_std: std over repeats, same shape.
         cosine_repeats: the cosine of each repeat, shape (R, K, C_out).
+        outputs: per graph output, the effects of perturbing each channel (arrays (K,)).
+        classifier: the classifier output the accuracy and agreement are of, or None.
         accuracy, accuracy_std: shape (K,), or None without labels or a classifier output.
-        agreement, agreement_std: shape (K,), or None without a classifier output.
+        agreement, agreement_std: top-1 agreement with the clean model, shape (K,), or None without a
+            classifier output.
         baseline_accuracy: clean top-1 accuracy, or None.
         route: "fast" or "direct", the way the sweep ran (``path`` in the JSON).
         samples_done: samples measured (all of them unless ``complete`` is False).
+        data_info: what the data was (:meth:`DataSource.describe`).
     """
 
     model: str
@@ -83,6 +91,9 @@ class ShuffleResult:
     samples_done: int = 0
     seconds: float = 0.0
     cosine_repeats: np.ndarray | None = None
+    outputs: dict[str, OutputEffect] = field(default_factory=dict)
+    classifier: str | None = None
+    data_info: dict = field(default_factory=dict)
 
     def mean_cosine(self) -> np.ndarray:
         """Mean over output channels of ``cosine``: one number per perturbed channel, shape (K,)."""
@@ -101,16 +112,19 @@ class ShuffleResult:
             "samples_done": self.samples_done,
             "complete": self.complete,
             "data": self.data,
+            "data_info": self.data_info,
             "path": self.route,
             "channels": list(self.channels),
             "cosine": _rounded(self.cosine),
             "cosine_std": _rounded(self.cosine_std),
             "mean_cosine": _rounded(self.mean_cosine()),
+            "classifier_output": self.classifier,
             "accuracy": _rounded(self.accuracy),
             "accuracy_std": _rounded(self.accuracy_std),
             "agreement": _rounded(self.agreement),
             "agreement_std": _rounded(self.agreement_std),
             "baseline_accuracy": None if self.baseline_accuracy is None else round(self.baseline_accuracy, 10),
+            "outputs": {name: effect.to_dict() for name, effect in self.outputs.items()},
         }
         if timing:
             d["device"], d["seconds"] = self.device, round(self.seconds, 3)
@@ -157,7 +171,7 @@ def _warn_degenerate(mode: str, batch_size: int, num: int) -> None:
         log.warning("channel shuffling with a batch of 1 is a no-op: every sample keeps its own channel")
 
 
-def _check_arguments(model: Model, layer: ConvLayer, mode: str, channels: list[int], batch_size: int, repeats: int):
+def _check_arguments(layer: ConvLayer, mode: str, channels: list[int], batch_size: int, repeats: int) -> None:
     if mode not in MODES:
         raise OnnxRedundError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if batch_size < 1 or repeats < 1:
@@ -169,17 +183,34 @@ def _check_arguments(model: Model, layer: ConvLayer, mode: str, channels: list[i
         )
 
 
-def _check_labels(model: Model, runner: SweepRunner, labels: np.ndarray | None) -> None:
-    if labels is not None and runner.pred is not None:
-        classes = model.shapes[runner.pred][0]
-        if labels.size and int(labels.max()) >= classes:
-            raise OnnxRedundError(f"labels go up to {int(labels.max())} but the model has {classes} classes")
+def check_labels(model: Model, data: DataSource) -> None:
+    """Labels must fit the classifier output's classes."""
+    pred = classifier_output(model)
+    if data.y is not None and pred is not None:
+        classes = model.shapes[pred][0]
+        if data.y.size and int(data.y.max()) >= classes:
+            raise OnnxRedundError(
+                f"labels go up to {int(data.y.max())} but the model has {classes} classes (output {pred!r})"
+            )
+
+
+def effect_meter(model: Model, data: DataSource, repeats: int, channels: int) -> EffectMeter:
+    """The meter of a sweep's output effects for ``model`` on ``data``."""
+    kinds = {name: output_kind(model.proto, name) for name in model.classifiers}
+    return EffectMeter(model.output_names, model.classifiers, kinds, repeats, channels, data.y is not None)
+
+
+def new_state(meter: EffectMeter, layer: ConvLayer, key: str = "") -> SweepState:
+    """An empty sweep state: the output effects' sums and the cosine sums of A_i."""
+    sums = meter.new_sums()
+    sums["cos_sum"] = np.zeros((meter.repeats, meter.channels, layer.out_channels))
+    return SweepState(0, 0, sums, key=key)
 
 
 def run_shuffle(
     model: Model,
     layer: ConvLayer | str | int,
-    data: Dataset,
+    data: DataSource,
     *,
     mode: str = "channel",
     channels: list[int] | None = None,
@@ -194,12 +225,12 @@ def run_shuffle(
     on_batch: Callable[[SweepState], None] | None = None,
     max_seconds: float | None = None,
 ) -> ShuffleResult:
-    """Shuffle each input channel of a conv layer and measure cosine, accuracy and agreement.
+    """Shuffle each input channel of a conv layer and measure the layer's cosine and the effect at the outputs.
 
     Args:
         model: from :func:`onnxredund.load_model`.
         layer: the target conv (record, name or index).
-        data: inputs (N, ...) and optional labels.
+        data: inputs and optional labels (any :class:`~onnxredund.data.DataSource`).
         mode: "channel" (across the samples of each mini-batch) or "pixel" (within each sample).
         channels: input channels to perturb; default all.
         batch_size: mini-batch size (the last batch may be smaller).
@@ -218,76 +249,72 @@ def run_shuffle(
     """
     layer = layer if isinstance(layer, ConvLayer) else model.layer(layer)
     channels = list(range(layer.in_channels)) if channels is None else channels
-    _check_arguments(model, layer, mode, channels, batch_size, repeats)
-    x = conform(data.x, model.sample_shape, model.layout)
-    labels = data.y
-    _warn_degenerate(mode, batch_size, len(x))
+    _check_arguments(layer, mode, channels, batch_size, repeats)
+    _warn_degenerate(mode, batch_size, len(data))
+    check_labels(model, data)
     device = resolve_device(device)
-    runner = SweepRunner(
-        model, layer, mode, device, exact=exact_path, chunk=chunk, batch_size=batch_size, labelled=labels is not None
-    )
-    _check_labels(model, runner, labels)
-    state = state or SweepState.empty(repeats, len(channels), layer.out_channels)
+    runner = SweepRunner(model, layer, mode, device, exact=exact_path, chunk=chunk, batch_size=batch_size)
+    if runner.blocker:
+        log.warning("fast path unavailable for %s (%s): using the direct path", layer.name, runner.blocker)
+    meter = effect_meter(model, data, repeats, len(channels))
+    state = state or new_state(meter, layer)
     pixels = int(np.prod(layer.input_shape[1:]))
     complete = True
     t0 = time.perf_counter() - state.seconds
-    starts = list(range(0, len(x), batch_size))
-    sizes = [min(batch_size, len(x) - s) for s in starts]
     feed = PermutationFeed(mode, seed, repeats, channels, pixels, workers=permutation_workers(device))
+    batches = iter_batches(data, batch_size, state.batches_done)
     try:
-        for bi in range(state.batches_done, len(starts)):
-            xb = x[starts[bi] : starts[bi] + batch_size]
-            yb = labels[starts[bi] : starts[bi] + batch_size] if labels is not None else None
-            perms = feed.take(bi, sizes[bi])
-            if bi + 1 < len(starts):
-                feed.request(bi + 1, sizes[bi + 1])  # drawn on worker threads while the device works
-            _sweep_batch(runner, state, xb, yb, perms, channels, repeats)
-            state.batches_done, state.samples_done = bi + 1, state.samples_done + len(xb)
+        for bi, arrays, labels in batches:
+            feeds = conform_feeds(arrays, model.inputs, model.input_name, data.name)
+            size = len(feeds[model.input_name])
+            perms = feed.take(bi, size)
+            if state.samples_done + size < len(data):
+                feed.request(bi + 1, min(batch_size, len(data) - state.samples_done - size))
+            _sweep_batch(runner, meter, state, feeds, labels, perms, channels)
+            state.batches_done, state.samples_done = bi + 1, state.samples_done + size
             state.seconds = time.perf_counter() - t0
             if on_batch is not None:
                 on_batch(state)
             if progress is not None:
-                progress(len(xb))
-            if max_seconds is not None and state.seconds >= max_seconds and bi + 1 < len(starts):
+                progress(size)
+            if max_seconds is not None and state.seconds >= max_seconds and state.samples_done < len(data):
                 complete = False
-                log.warning("time budget spent after %d of %d samples", state.samples_done, len(x))
+                log.warning("time budget spent after %d of %d samples", state.samples_done, len(data))
                 break
     except KeyboardInterrupt:
         complete = False
-        log.warning("interrupted after %d of %d samples", state.samples_done, len(x))
+        log.warning("interrupted after %d of %d samples", state.samples_done, len(data))
     finally:
+        batches.close()
         feed.close()
-    return _result(model, layer, data, runner, state, mode, seed, repeats, batch_size, channels, complete, len(x))
+    return _result(model, layer, data, runner, meter, state, (mode, seed, repeats, batch_size), channels, complete)
 
 
-def _sweep_batch(runner: SweepRunner, state: SweepState, xb, yb, perms: dict, channels: list[int], repeats: int):
+def _sweep_batch(runner: SweepRunner, meter: EffectMeter, state: SweepState, feeds, labels, perms, channels) -> None:
     """Add one batch's sums to ``state`` (every repeat, every run of channels)."""
-    clean = runner.run_clean(xb)
-    ref = runner.clean_prediction(clean)
-    for r in range(repeats):
+    clean = runner.run_clean(feeds)
+    clean_outputs = runner.clean_outputs(clean)
+    meter.add_clean(state.sums, clean_outputs, labels)
+    for r in range(meter.repeats):
         for c0 in range(0, len(channels), runner.k):
             ks = channels[c0 : c0 + runner.k]
-            cos, correct, agree = runner.run(clean, ks, [perms[r, k] for k in ks], yb, ref)
-            state.cos_sum[r, c0 : c0 + len(ks)] += cos
-            if correct is not None:
-                state.correct[r, c0 : c0 + len(ks)] += correct
-            if agree is not None:
-                state.agree[r, c0 : c0 + len(ks)] += agree
-    if yb is not None and ref is not None:
-        state.baseline_correct += int((ref == yb).sum())
+            cos, perturbed = runner.run(clean, ks, [perms[r, k] for k in ks])
+            state.sums["cos_sum"][r, c0 : c0 + len(ks)] += cos
+            meter.add_run(state.sums, r, c0, perturbed, clean_outputs, labels)
 
 
 def _mean_std(per_repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return per_repeat.mean(axis=0), per_repeat.std(axis=0)
 
 
-def _result(model, layer, data, runner, state, mode, seed, repeats, batch_size, channels, complete, n) -> ShuffleResult:
+def _result(model, layer, data, runner, meter, state, args, channels, complete) -> ShuffleResult:
+    mode, seed, repeats, batch_size = args
     done = max(state.samples_done, 1)
-    cosine, cosine_std = _mean_std(state.cos_sum / done)
-    has_pred = runner.pred is not None
-    has_labels = has_pred and data.y is not None
-    acc = _mean_std(state.correct / done) if has_labels else (None, None)
-    agr = _mean_std(state.agree / done) if has_pred else (None, None)
+    sums = state.sums
+    cosine, cosine_std = _mean_std(sums["cos_sum"] / done)
+    pred = classifier_output(model)
+    acc = _mean_std(sums["correct"] / done) if meter.labelled else (None, None)
+    agr = _mean_std(sums[meter.key(pred, "top1")] / done) if pred else (None, None)
     return ShuffleResult(
         model=model.path,
         layer=layer.name,
@@ -296,7 +323,7 @@ def _result(model, layer, data, runner, state, mode, seed, repeats, batch_size, 
         seed=seed,
         repeats=repeats,
         batch_size=batch_size,
-        num_samples=n,
+        num_samples=len(data),
         data=data.name,
         channels=list(channels),
         cosine=cosine,
@@ -305,20 +332,23 @@ def _result(model, layer, data, runner, state, mode, seed, repeats, batch_size, 
         accuracy_std=acc[1],
         agreement=agr[0],
         agreement_std=agr[1],
-        baseline_accuracy=state.baseline_correct / done if has_labels else None,
+        baseline_accuracy=int(sums["baseline_correct"]) / done if meter.labelled else None,
         route=runner.path,
         device=runner.device,
         complete=complete,
         samples_done=state.samples_done,
         seconds=state.seconds,
-        cosine_repeats=state.cos_sum / done,
+        cosine_repeats=sums["cos_sum"] / done,
+        outputs=meter.effects(sums, state.samples_done),
+        classifier=pred,
+        data_info=data.describe(),
     )
 
 
 def run_shuffle_modes(
     model: Model,
     layer: ConvLayer,
-    data: Dataset,
+    data: DataSource,
     *,
     modes: tuple[str, ...],
     channels: list[int],
@@ -342,9 +372,8 @@ def run_shuffle_modes(
     """
     if resume and checkpoint_dir is None:
         raise OnnxRedundError("--resume needs the --out folder of the interrupted run")
-    keys = ("batch_size", "repeats", "seed", "exact_path")
     defaults = {"batch_size": 256, "repeats": 1, "seed": 0, "exact_path": False}
-    key_args = {k: options.get(k, defaults[k]) for k in keys}
+    key_args = {k: options.get(k, v) for k, v in defaults.items()}
     results: dict[str, ShuffleResult] = {}
     for mode in modes:
         ckpt = checkpoint_path(checkpoint_dir, mode) if checkpoint_dir else None
@@ -355,9 +384,10 @@ def run_shuffle_modes(
                 f"nothing to resume in {checkpoint_dir} for {mode} mode (no checkpoint); "
                 "pass --overwrite to start again"
             )
-        if ckpt is not None and state is None:
-            state = SweepState.empty(key_args["repeats"], len(channels), layer.out_channels, key)
-        bar = progress(f"{mode} shuffle", len(data), state.samples_done if state else 0) if progress else None
+        if state is None:
+            meter = effect_meter(model, data, key_args["repeats"], len(channels))
+            state = new_state(meter, layer, key)
+        bar = progress(f"{mode} shuffle", len(data), state.samples_done) if progress else None
         result = run_shuffle(
             model,
             layer,

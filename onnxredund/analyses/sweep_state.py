@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxredund.atomic import atomic_write
-from onnxredund.data import Dataset
+from onnxredund.data import DataSource
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import ConvLayer, Model, external_tensors, file_sha256
 
@@ -28,30 +28,16 @@ class SweepState:
     """Running sums, enough to resume a sweep after its last finished batch.
 
     Attributes:
-        cos_sum: float64 (R, K, C_out); correct, agree: int64 (R, K).
+        sums: named arrays: ``cos_sum`` float64 (R, K, C_out), the output effects' sums
+            (:class:`~onnxredund.analyses.effects.EffectMeter`), ``baseline_correct`` and ``correct``.
         key: the arguments the sums belong to (see :func:`sweep_key`); a resume must match it.
     """
 
     batches_done: int
     samples_done: int
-    baseline_correct: int
-    cos_sum: np.ndarray
-    correct: np.ndarray
-    agree: np.ndarray
+    sums: dict[str, np.ndarray]
     seconds: float = 0.0
     key: str = field(default="", compare=False)
-
-    @classmethod
-    def empty(cls, repeats: int, k: int, c_out: int, key: str = "") -> SweepState:
-        return cls(
-            0,
-            0,
-            0,
-            np.zeros((repeats, k, c_out)),
-            np.zeros((repeats, k), np.int64),
-            np.zeros((repeats, k), np.int64),
-            key=key,
-        )
 
     def save(self, path: Path) -> None:
         """Write the state atomically as an .npz (no pickles)."""
@@ -61,11 +47,8 @@ class SweepState:
             key=np.array(self.key),
             batches_done=self.batches_done,
             samples_done=self.samples_done,
-            baseline_correct=self.baseline_correct,
-            cos_sum=self.cos_sum,
-            correct=self.correct,
-            agree=self.agree,
             seconds=self.seconds,
+            **{f"sum_{k}": v for k, v in self.sums.items()},
         )
         atomic_write(path, buf.getvalue())
 
@@ -82,16 +65,8 @@ class SweepState:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["key"]) != key:
                     raise OnnxRedundError(f"{path} is from a run with other arguments; rerun without --resume")
-                return cls(
-                    int(z["batches_done"]),
-                    int(z["samples_done"]),
-                    int(z["baseline_correct"]),
-                    z["cos_sum"],
-                    z["correct"],
-                    z["agree"],
-                    float(z["seconds"]),
-                    key=key,
-                )
+                sums = {name[4:]: z[name] for name in z.files if name.startswith("sum_")}
+                return cls(int(z["batches_done"]), int(z["samples_done"]), sums, float(z["seconds"]), key=key)
         except (OSError, KeyError, ValueError) as e:
             raise OnnxRedundError(f"cannot resume from {path}: {e}") from None
 
@@ -108,7 +83,7 @@ def _model_files(model: Model) -> list[Path]:
 def sweep_key(
     model: Model,
     layer: ConvLayer,
-    data: Dataset,
+    data: DataSource,
     *,
     mode: str,
     channels: list[int],
@@ -117,21 +92,21 @@ def sweep_key(
     seed: int,
     exact_path: bool,
 ) -> str:
-    """What a sweep's sums depend on: the model's bytes (external weight files too) and the arguments."""
+    """What a sweep's sums depend on: the model's bytes (external weight files too), the data and the arguments."""
     return json.dumps(
         {
             "model": [file_sha256(p) for p in _model_files(model)],
             "layer": layer.name,
             "mode": mode,
             "channels": channels,
-            "data": data.name,
-            "n": len(data),
+            "data": data.describe(),
             "batch": batch_size,
             "repeats": repeats,
             "seed": seed,
             "exact": exact_path,
         },
         sort_keys=True,
+        default=str,
     )
 
 

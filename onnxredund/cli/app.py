@@ -14,7 +14,7 @@ import click
 from onnxredund import __version__
 from onnxredund.errors import OnnxRedundError
 
-__all__ = ["main", "setup_logging"]
+__all__ = ["bar_shown", "command_logging", "main", "setup_logging"]
 
 log = logging.getLogger("onnxredund")
 
@@ -43,17 +43,42 @@ class _Group(click.Group):
             sys.exit(1)
 
 
+class _ClearsBars(logging.StreamHandler):
+    """Log lines on stderr that first clear a progress bar's line, so a message never runs into a bar
+    (the bar draws itself again on its next update)."""
+
+    bar_active = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _ClearsBars.bar_active and self.stream.isatty():
+            self.stream.write("\r\x1b[K")
+        super().emit(record)
+
+
+def bar_shown(active: bool) -> None:
+    """Tell the log handler whether a progress bar holds the terminal's last line."""
+    _ClearsBars.bar_active = active
+
+
 def setup_logging(verbose: int, quiet: bool) -> None:
     """Log lines of the package on stderr: errors only with ``quiet``, INFO with -v, DEBUG with -vv."""
     if quiet:
         level = logging.ERROR
     else:
         level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _ClearsBars(sys.stderr)
     handler.setFormatter(logging.Formatter("onnxredund: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+
+
+def command_logging(ctx: click.Context, verbose: int, quiet: bool) -> bool:
+    """-v/-q given after the command name count with those before it; returns whether to be quiet."""
+    verbose += ctx.obj["verbose"]
+    quiet = quiet or ctx.obj["quiet"]
+    setup_logging(verbose, quiet)
+    return quiet
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -68,4 +93,4 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     normalized cross-correlation, and a report that puts them together.
     """
     setup_logging(verbose, quiet)
-    ctx.obj = {"quiet": quiet}
+    ctx.obj = {"quiet": quiet, "verbose": verbose}

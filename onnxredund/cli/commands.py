@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -15,19 +17,46 @@ from onnxredund.analyses.reproduce import run_reproduce
 from onnxredund.analyses.shuffle import parse_channels, run_shuffle_modes
 from onnxredund.atomic import prepare_out_dir
 from onnxredund.cli import console, options
-from onnxredund.cli.app import main
-from onnxredund.data import Dataset, load_dataset
+from onnxredund.cli.app import command_logging, main
+from onnxredund.data import DataSource, load_dataset, load_script
 from onnxredund.engine.loading import load_model
 from onnxredund.engine.permutations import MODES
-from onnxredund.model import Model
-from onnxredund.report.writers import write_audit, write_impulse, write_reproduce, write_shuffle
+from onnxredund.errors import OnnxRedundError
+from onnxredund.model import Model, classifier_output
+from onnxredund.report.audit_report import write_audit, write_audit_impulse, write_audit_sweep
+from onnxredund.report.reproduce_report import write_reproduce
+from onnxredund.report.writers import impulse_payload, write_impulse, write_shuffle
 
 __all__ = ["audit", "evaluate", "impulse", "layers", "reproduce", "shuffle"]
 
+log = logging.getLogger("onnxredund")
 
-def _dataset(spec: str | None, model: Model | None, seed: int, limit: int | None) -> Dataset:
-    """The --data spec loaded (synthetic data shaped like ``model``'s input) and cut to --limit."""
-    return load_dataset(spec, seed=seed, sample_shape=None if model is None else model.sample_shape).limit(limit)
+_MODEL_KEYS = ("input_shape", "impulse_input", "layout", "classifier_output")
+_DATA_KEYS = ("data", "limit", "preprocess", "labels", "data_loader_script")
+
+
+def _model(model: Path, opts: dict) -> Model:
+    """The model, from the model option group's values (popped from ``opts``)."""
+    o = {k: opts.pop(k) for k in _MODEL_KEYS}
+    return load_model(
+        model,
+        input_shape=o["input_shape"],
+        impulse_input=o["impulse_input"],
+        layout=o["layout"],
+        classifier=o["classifier_output"],
+    )
+
+
+def _data(model: Model | None, opts: dict, seed: int) -> DataSource:
+    """The data, from the data option group's values (popped from ``opts``), cut to --limit."""
+    o = {k: opts.pop(k) for k in _DATA_KEYS}
+    if o["data_loader_script"]:
+        if o["data"]:
+            raise OnnxRedundError("pass --data or --data-loader-script, not both")
+        return load_script(o["data_loader_script"]).limit(o["limit"])
+    inputs = None if model is None else model.inputs
+    data = load_dataset(o["data"], seed=seed, inputs=inputs, preprocess=o["preprocess"], labels=o["labels"])
+    return data.limit(o["limit"])
 
 
 def _layer_list(spec: str | None, model: Model):
@@ -38,13 +67,21 @@ def _echo_json(payload) -> None:
     click.echo(json.dumps(payload, indent=2, sort_keys=True))
 
 
+def _kept_on_error(out_dir: Path | None, what: str):
+    """On an unexpected error, say where the finished work was kept, then let the error show as the bug it is."""
+    if out_dir is not None:
+        click.echo(f"onnxredund: an unexpected error stopped the run; {what} is kept in {out_dir}/", err=True)
+
+
 @main.command()
-@options.model_arg
-@options.input_shape
+@options.model_options
 @options.as_json
-def layers(model: Path, input_shape, as_json: bool) -> None:
+@options.verbosity
+@click.pass_context
+def layers(ctx, model: Path, as_json: bool, verbose: int, quiet: bool, **opts) -> None:
     """List the conv layers of MODEL: channels, kernel, shapes, the activation tensor A_i, MACs."""
-    m = load_model(model, input_shape=input_shape)
+    command_logging(ctx, verbose, quiet)
+    m = _model(model, opts)
     if as_json:
         click.echo(json.dumps([layer.to_dict() for layer in m.layers], indent=2))
     else:
@@ -52,18 +89,19 @@ def layers(model: Path, input_shape, as_json: bool) -> None:
 
 
 @main.command()
-@options.model_arg
-@options.data
-@options.limit
+@options.model_options
+@options.data_options
 @options.batch_size
 @options.device
 @options.seed
-@options.input_shape
 @options.as_json
-def evaluate(model: Path, data, limit, batch_size, device, seed, input_shape, as_json) -> None:
-    """Top-1 accuracy of MODEL's first output on labelled data."""
-    m = load_model(model, input_shape=input_shape)
-    result = evaluate_model(m, _dataset(data, m, seed, limit), batch_size=batch_size, device=device)
+@options.verbosity
+@click.pass_context
+def evaluate(ctx, model: Path, batch_size, device, seed, as_json, verbose, quiet, **opts) -> None:
+    """Top-1 accuracy of MODEL's classifier output on labelled data."""
+    command_logging(ctx, verbose, quiet)
+    m = _model(model, opts)
+    result = evaluate_model(m, _data(m, opts, seed), batch_size=batch_size, device=device)
     if as_json:
         _echo_json(result)
     else:
@@ -74,12 +112,11 @@ def evaluate(model: Path, data, limit, batch_size, device, seed, input_shape, as
 
 
 @main.command()
-@options.model_arg
+@options.model_options
 @click.option("--layer", required=True, help="Target conv: name or index (see `onnxredund layers`).")
 @click.option("--mode", type=options.shuffle_modes, default="channel", show_default=True)
 @click.option("--channels", help="Input channels to perturb, e.g. 0,3,5-9 [default: all].")
-@options.data
-@options.limit
+@options.data_options
 @options.batch_size
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, help="Seeds to average over.")
 @options.seed
@@ -89,28 +126,35 @@ def evaluate(model: Path, data, limit, batch_size, device, seed, input_shape, as
 @options.out
 @options.overwrite
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out with the same permutations.")
-@options.input_shape
 @options.as_json
+@options.verbosity
 @click.pass_context
-def shuffle(ctx, model: Path, layer, mode, channels, data, limit, out, overwrite, resume, input_shape, as_json, **run):
+def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_json, verbose, quiet, **opts):
     """Shuffle each input channel of a conv layer (across samples, or its pixels) and measure the
-    cosine similarity of the layer's output per channel, accuracy and agreement."""
+    cosine similarity of the layer's output per channel and the effect at the model's outputs."""
+    quiet = command_logging(ctx, verbose, quiet)
     out_dir = prepare_out_dir(out, overwrite=overwrite, resume=resume) if out else None
-    m = load_model(model, input_shape=input_shape)
+    m = _model(model, opts)
     target = m.layer(layer)
-    bars = console.StepBars(ctx.obj["quiet"] or as_json)
-    results = run_shuffle_modes(
-        m,
-        target,
-        _dataset(data, m, run["seed"], limit),
-        modes=MODES if mode == "both" else (mode,),
-        channels=parse_channels(channels, target.in_channels),
-        checkpoint_dir=out_dir,
-        resume=resume,
-        progress=bars,
-        on_result=(lambda r: write_shuffle(out_dir, r)) if out_dir else None,
-        **run,
-    )
+    data = _data(m, opts, opts["seed"])
+    bars = console.StepBars(quiet or as_json)
+    try:
+        results = run_shuffle_modes(
+            m,
+            target,
+            data,
+            modes=MODES if mode == "both" else (mode,),
+            channels=parse_channels(channels, target.in_channels),
+            checkpoint_dir=out_dir,
+            resume=resume,
+            progress=bars,
+            on_result=(lambda r: write_shuffle(out_dir, r)) if out_dir else None,
+            **opts,
+        )
+    except Exception:
+        bars.close()
+        _kept_on_error(out_dir, "the checkpoint of the finished batches (continue with --resume)")
+        raise
     bars.close()
     if as_json:
         payload = {k: v.to_dict() for k, v in results.items()}
@@ -125,7 +169,7 @@ def shuffle(ctx, model: Path, layer, mode, channels, data, limit, out, overwrite
 
 
 @main.command()
-@options.model_arg
+@options.model_options
 @click.option("--layers", "layer_spec", help="Conv layers by name or index, comma separated [default: all].")
 @click.option("--mode", type=options.impulse_modes, default="network", show_default=True)
 @click.option("--threshold", type=float, default=0.9, show_default=True, help="NCC at which channels count as alike.")
@@ -134,13 +178,17 @@ def shuffle(ctx, model: Path, layer, mode, channels, data, limit, out, overwrite
 @options.device
 @options.out
 @options.overwrite
-@options.input_shape
 @options.as_json
-def impulse(model: Path, layer_spec, mode, threshold, zero_lag, position, device, out, overwrite, input_shape, as_json):
+@options.verbosity
+@click.pass_context
+def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, device, out, overwrite, as_json,
+            verbose, quiet, **opts):  # fmt: skip
     """Unit impulse responses of every conv layer, compared by normalized cross-correlation within
     and across layers."""
+    quiet = command_logging(ctx, verbose, quiet)
     out_dir = prepare_out_dir(out, overwrite=overwrite) if out else None
-    m = load_model(model, input_shape=input_shape)
+    m = _model(model, opts)
+    bars = console.StepBars(quiet or as_json)
     result = run_impulse(
         m,
         layers=_layer_list(layer_spec, m),
@@ -149,11 +197,13 @@ def impulse(model: Path, layer_spec, mode, threshold, zero_lag, position, device
         lags=not zero_lag,
         position=position,
         device=device,
+        progress=bars,
     )
+    bars.close()
     if out_dir:
         write_impulse(out_dir, result)
     if as_json:
-        _echo_json(result.to_dict())
+        _echo_json(impulse_payload(result, "impulse.npz" if out_dir else None))
     else:
         click.echo("\n".join(console.impulse_lines(result)))
         if out_dir:
@@ -161,11 +211,10 @@ def impulse(model: Path, layer_spec, mode, threshold, zero_lag, position, device
 
 
 @main.command()
-@options.model_arg
-@options.data
-@options.limit
-@click.option("--layers", "layer_spec", help="Conv layers to shuffle [default: every conv with >1 input channel].")
-@click.option("--budget", type=click.FloatRange(min=1), help="Seconds for the shuffle sweeps; sweeps share it.")
+@options.model_options
+@options.data_options
+@click.option("--layers", "layer_spec", help="Conv layers to audit [default: every conv the image input reaches].")
+@click.option("--budget", type=click.FloatRange(min=1), help="Seconds for the whole audit; what does not fit is cut.")
 @click.option("--modes", type=options.shuffle_modes, default="both", show_default=True)
 @options.batch_size
 @click.option("--threshold", type=float, default=0.9, show_default=True, help="NCC at which channels count as alike.")
@@ -174,56 +223,73 @@ def impulse(model: Path, layer_spec, mode, threshold, zero_lag, position, device
     type=click.FloatRange(0, 1),
     default=0.005,
     show_default=True,
-    help="Accuracy drop at or under which a shuffled channel counts as cheap.",
+    help="Cost (accuracy or agreement drop; 1 - output cosine) at or under which a shuffled channel counts as cheap.",
 )
 @click.option(
     "--fail-if",
     "gates",
     multiple=True,
-    help="Gate, e.g. 'redundant_fraction>0.5' or 'accuracy_drop>0.02': exit 1 when a layer trips it.",
+    help="Gate, e.g. 'redundant_fraction>0.5', 'accuracy_drop>0.02', 'output_sqnr<20': exit 1 when a layer trips it.",
 )
 @options.seed
 @options.device
 @options.out
 @options.overwrite
-@options.input_shape
 @options.as_json
+@options.verbosity
 @click.pass_context
-def audit(ctx, model, data, limit, layer_spec, modes, gates, out, overwrite, input_shape, as_json, **run) -> None:
-    """Impulse analysis of every conv and shuffling of the chosen layers, combined per layer into a
-    redundancy summary; writes report.html, results.json, CSV tables and figures into --out."""
-    for g in gates:
-        parse_gate(g)  # fail early on a malformed gate
+def audit(ctx, model, layer_spec, modes, gates, out, overwrite, as_json, verbose, quiet, **run) -> None:
+    """Impulse analysis and shuffling of the chosen layers, combined per layer into a redundancy summary;
+    writes report.html, results.json, CSV tables and figures into --out."""
+    started = time.perf_counter()
+    quiet = command_logging(ctx, verbose, quiet)
     out_dir = prepare_out_dir(out or "onnxredund-audit", overwrite=overwrite)
-    m = load_model(model, input_shape=input_shape)
-    dataset = _dataset(data, m, run["seed"], limit)
-    bars = console.StepBars(ctx.obj["quiet"] or as_json)
-    result = run_audit(
-        m,
-        dataset,
-        layers=_layer_list(layer_spec, m),
-        modes=MODES if modes == "both" else (modes,),
-        progress=bars,
-        **run,
-    )
+    m = _model(model, run)
+    data = _data(m, run, run["seed"])
+    parsed = [parse_gate(g, labelled=data.y is not None, classifier=classifier_output(m) is not None) for g in gates]
+    bars = console.StepBars(quiet or as_json)
+    try:
+        result = run_audit(
+            m,
+            data,
+            layers=_layer_list(layer_spec, m),
+            modes=MODES if modes == "both" else (modes,),
+            started=started,
+            progress=bars,
+            on_impulse=lambda r: write_audit_impulse(out_dir, r),
+            on_sweep=lambda r: write_audit_sweep(out_dir, r),
+            **run,
+        )
+    except Exception:
+        bars.close()
+        _kept_on_error(out_dir, "what finished (impulse.json, the finished sweeps)")
+        raise
     bars.close()
     write_audit(out_dir, result)
-    failures = check_gates(result, list(gates))
+    outcomes = check_gates(result.layers, parsed)
     if as_json:
         _echo_json(result.to_dict())
     else:
-        click.echo(f"redundancy audit of {m.path} on {dataset.name}:")
+        click.echo(f"redundancy audit of {m.path} on {data.name}:")
         click.echo("\n".join(console.redundancy_lines(result)))
         click.echo(f"report: {out_dir / 'report.html'}")
+    _report_gates(outcomes)
+
+
+def _report_gates(outcomes) -> None:
+    failures = [o for o in outcomes if o.failed]
+    for o in outcomes:
+        if not o.failed and o.not_evaluated:
+            click.echo(f"onnxredund: {o.line()}", err=True)
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-        click.echo(f"onnxredund: {failures[0]}{more}", err=True)
+        click.echo(f"onnxredund: {failures[0].line()}{more}", err=True)
         sys.exit(1)
 
 
 @main.command()
-@options.data
-@options.limit
+@click.option("--data", help="An MNIST folder, or 'mnist' [default: mnist].")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
 @click.option(
     "--models",
     "models_dir",
@@ -238,13 +304,15 @@ def audit(ctx, model, data, limit, layer_spec, modes, gates, out, overwrite, inp
 @options.out
 @options.overwrite
 @options.as_json
+@options.verbosity
 @click.pass_context
-def reproduce(ctx, data, limit, models_dir, out, overwrite, as_json, **run) -> None:
+def reproduce(ctx, data, limit, models_dir, out, overwrite, as_json, verbose, quiet, **run) -> None:
     """The paper's experiments on the shipped LeNet-5 and LeNet-5x10: figures 4-9 and a table that
     checks each of its claims with numbers."""
+    quiet = command_logging(ctx, verbose, quiet)
     out_dir = prepare_out_dir(out or "onnxredund-reproduce", overwrite=overwrite)
-    dataset = _dataset(data, None, run["seed"], limit)
-    bars = console.StepBars(ctx.obj["quiet"] or as_json)
+    dataset = load_dataset(data, seed=run["seed"]).limit(limit)
+    bars = console.StepBars(quiet or as_json)
     result = run_reproduce(models_dir, dataset, progress=bars, **run)
     bars.close()
     write_reproduce(out_dir, result)

@@ -12,6 +12,7 @@ from onnxredund.analyses.audit import AuditResult
 from onnxredund.analyses.impulse import ImpulseResult
 from onnxredund.analyses.reproduce import ReproduceResult
 from onnxredund.analyses.shuffle import ShuffleResult
+from onnxredund.cli.app import bar_shown
 from onnxredund.model import Model
 
 __all__ = ["StepBars", "claims_lines", "impulse_lines", "layer_table", "redundancy_lines", "shuffle_lines"]
@@ -22,7 +23,7 @@ def _fmt(t) -> str:
 
 
 def layer_table(model: Model) -> list[str]:
-    """The model's input and a table of its conv layers."""
+    """The model's inputs and a table of its conv layers."""
     rows = [["#", "name", "op", "channels", "kernel", "stride", "groups", "input", "output", "A_i", "MACs"]]
     for l in model.layers:
         rows.append(
@@ -41,15 +42,20 @@ def layer_table(model: Model) -> list[str]:
             ]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    head = (
-        f"{model.path}: input {model.input_name} N x {_fmt(model.sample_shape)} ({model.layout}), "
-        f"{len(model.layers)} conv layers"
+    inputs = ", ".join(
+        f"{i.name} N x {_fmt(i.sample_shape) or 'scalar'} ({i.layout or i.dtype})"
+        + (" [impulse]" if i.name == model.input_name and len(model.inputs) > 1 else "")
+        for i in model.inputs
     )
-    return [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    head = f"{model.path}: input {inputs}, {len(model.layers)} conv layers"
+    lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    classifiers = ", ".join(model.classifiers) or "none (effects are measured as output drift)"
+    return [*lines, f"classifier output: {classifiers}"]
 
 
 def shuffle_lines(result: ShuffleResult) -> list[str]:
-    """A sweep's summary: most and least redundant channels, accuracy and agreement."""
+    """A sweep's summary: most and least redundant channels, and the effect at the outputs in words that fit
+    the data (accuracy only with labels)."""
     mean = result.mean_cosine()
     order = np.argsort(-mean)
     lines = [
@@ -68,8 +74,16 @@ def shuffle_lines(result: ShuffleResult) -> list[str]:
         )
     if result.agreement is not None:
         lines.append(
-            f"  agreement with the clean model: min {100 * result.agreement.min():.2f} %, "
+            f"  top-1 agreement with the clean model ({result.classifier}): min {100 * result.agreement.min():.2f} %, "
             f"mean {100 * result.agreement.mean():.2f} %"
+        )
+    for name, effect in result.outputs.items():
+        if effect.classifier:
+            continue
+        worst = int(np.argmin(effect.cosine))
+        lines.append(
+            f"  output {name}: lowest cosine {effect.cosine[worst]:.4f} (channel {result.channels[worst]}), "
+            f"lowest SQNR {np.nanmin(effect.sqnr_db):.1f} dB"
         )
     if not result.complete:
         lines.append("  INTERRUPTED: partial results; rerun with --resume to finish")
@@ -77,16 +91,22 @@ def shuffle_lines(result: ShuffleResult) -> list[str]:
 
 
 def impulse_lines(result: ImpulseResult) -> list[str]:
-    """Per layer: channels with a near-duplicate within the layer and in earlier layers."""
+    """Per layer: compared channels with a near-duplicate within the layer and in earlier layers."""
     lines = [
         f"impulse responses ({result.mode} mode, NCC {'max over lags' if result.lags else 'at zero lag'}, "
-        f"threshold {result.threshold}):"
+        f"threshold {result.threshold}, {result.seconds:.1f} s):"
     ]
     for l in result.layers:
-        line = (
-            f"  {l.name}: {l.redundant_count}/{len(l.best_match)} channels ({100 * l.redundant_fraction:.1f} %) "
-            f"have a match >= {result.threshold}"
-        )
+        c = len(l.best_match)
+        if l.redundant_fraction is None:
+            line = f"  {l.name}: no channel compared ({_left_out(l.excluded)})"
+        else:
+            line = (
+                f"  {l.name}: {l.redundant_count}/{l.compared_count} compared channels "
+                f"({100 * l.redundant_fraction:.1f} %) have a match >= {result.threshold}"
+            )
+            if l.compared_count < c:
+                line += f" ({_left_out(l.excluded)})"
         finite = l.across_best_value[~np.isnan(l.across_best_value)]
         if finite.size:
             line += f"; {int((finite >= result.threshold).sum())} match an earlier layer"
@@ -95,20 +115,39 @@ def impulse_lines(result: ImpulseResult) -> list[str]:
     return lines
 
 
+def _left_out(excluded: dict[str, int]) -> str:
+    parts = []
+    if excluded.get("support"):
+        parts.append(f"{excluded['support']} left out: support too small to compare")
+    if excluded.get("constant"):
+        parts.append(f"{excluded['constant']} left out: no response")
+    return "; ".join(parts)
+
+
 def redundancy_lines(result: AuditResult) -> list[str]:
-    """The audit's per-layer summary."""
+    """The audit's per-layer summary, in words that fit the data."""
     lines = []
     for s in result.layers:
-        parts = [f"impulse {100 * s.impulse_redundant_fraction:.0f} %"]
+        parts = []
+        if s.impulse_redundant_fraction is not None:
+            parts.append(f"impulse {100 * s.impulse_redundant_fraction:.0f} % of {s.impulse_compared}")
+        elif s.impulse_compared is not None:
+            parts.append("impulse: no channel compared")
         if s.channel_cheap_fraction is not None:
             parts.append(f"channel-cheap {100 * s.channel_cheap_fraction:.0f} %")
         if s.pixel_cheap_fraction is not None:
             parts.append(f"pixel-cheap {100 * s.pixel_cheap_fraction:.0f} %")
         if s.worst_accuracy_drop is not None:
-            parts.append(f"worst drop {100 * s.worst_accuracy_drop:.2f} pp")
-        lines.append(
-            f"  {s.name} ({s.in_channels}->{s.out_channels}): score {s.redundancy_score:.2f}; " + ", ".join(parts)
-        )
+            parts.append(f"worst accuracy drop {100 * s.worst_accuracy_drop:.2f} pp")
+        elif s.worst_agreement_drop is not None:
+            parts.append(f"worst agreement drop {100 * s.worst_agreement_drop:.2f} pp")
+        elif s.worst_output_cosine is not None:
+            parts.append(f"lowest output cosine {s.worst_output_cosine:.4f}")
+        if not s.samples:
+            parts.append("not shuffled")
+        score = "no score (not shuffled)" if s.redundancy_score is None else f"score {s.redundancy_score:.2f}"
+        lines.append(f"  {s.name} ({s.in_channels}->{s.out_channels}): {score}; " + ", ".join(parts))
+    lines += [f"  note: {n}" for n in result.notes]
     return lines
 
 
@@ -138,6 +177,7 @@ class StepBars:
     def __call__(self, label: str, total: int, done: int = 0) -> Callable[[int], None]:
         self.close()
         self.bar = click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True, hidden=self.hidden)
+        bar_shown(not self.hidden)
         if done:
             self.bar.update(done)
         return self.bar.update
@@ -147,3 +187,4 @@ class StepBars:
         if self.bar is not None:
             self.bar.render_finish()
             self.bar = None
+            bar_shown(False)

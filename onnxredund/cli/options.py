@@ -1,4 +1,4 @@
-"""Options shared by several commands, and the small parsers behind them.
+"""Options shared by several commands, as option groups, and the small parsers behind them.
 
 Choices come from the library's own constants, so a new mode or device shows up here by itself.
 """
@@ -10,49 +10,109 @@ from pathlib import Path
 import click
 
 from onnxredund.analyses.impulse import IMPULSE_MODES
+from onnxredund.data.images import PREPROCESS_KEYS
+from onnxredund.engine.loading import LAYOUT_CHOICES
 from onnxredund.engine.permutations import MODES
 from onnxredund.engine.runtime import DEVICES
 
 __all__ = [
     "as_json",
     "batch_size",
-    "data",
+    "data_options",
     "device",
     "impulse_modes",
-    "input_shape",
-    "limit",
-    "model_arg",
+    "model_options",
     "out",
     "overwrite",
     "parse_position",
     "seed",
     "shuffle_modes",
+    "verbosity",
 ]
 
 
-def _parse_shape(_ctx, _param, value: str | None):
-    if value is None:
+def _sizes(text: str) -> tuple[int, ...] | None:
+    parts = text.lower().replace(",", "x").split("x")
+    if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
         return None
-    parts = value.lower().replace(",", "x").split("x")
-    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise click.BadParameter(f"{value!r}: use three sizes like 3x48x192")
     return tuple(int(p) for p in parts)
+
+
+def _parse_shapes(_ctx, _param, values: tuple[str, ...]):
+    """``--input-shape 3x48x192`` (the image input) or ``--input-shape NAME=8x16`` (any input), repeatable."""
+    if not values:
+        return None
+    shapes = {}
+    for value in values:
+        name, sep, sizes = value.rpartition("=")
+        parsed = _sizes(sizes)
+        if parsed is None:
+            raise click.BadParameter(f"{value!r}: use sizes like 3x48x192, or NAME=3x48x192 for one input")
+        shapes[name if sep else None] = parsed
+    return shapes
 
 
 def parse_position(_ctx, _param, value: str | None):
     if value is None:
         return None
     parts = value.split(",")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise click.BadParameter(f"{value!r}: use ROW,COL like 14,14")
-    return int(parts[0]), int(parts[1])
+    if not all(p.strip().isdigit() for p in parts):
+        raise click.BadParameter(f"{value!r}: use coordinates like 14,14 (ROW,COL) or 40 for a 1-D input")
+    return tuple(int(p) for p in parts)
 
 
-model_arg = click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
-input_shape = click.option("--input-shape", callback=_parse_shape, help="CxHxW for models with free input sizes.")
+def _compose(*decorators):
+    def apply(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+model_options = _compose(
+    click.argument("model", type=click.Path(dir_okay=True, path_type=Path)),
+    click.option(
+        "--input-shape",
+        multiple=True,
+        callback=_parse_shapes,
+        help="Sizes after the batch for inputs with free dimensions: CxHxW for the image input, or NAME=SIZES.",
+    ),
+    click.option("--impulse-input", help="The image input (impulses go there) [default: the only image input]."),
+    click.option(
+        "--layout",
+        type=click.Choice(LAYOUT_CHOICES),
+        help="Channels first or last, for an image input whose graph does not show it.",
+    ),
+    click.option(
+        "--classifier-output",
+        help="The output holding class scores, or 'none' [default: a Softmax output, else the first (N, classes)].",
+    ),
+)
+data_options = _compose(
+    click.option(
+        "--data",
+        help="An image folder (png/jpg/bmp/webp, one subfolder per class for labels), an MNIST folder, a .npz "
+        "(x or one array per input, optional y), 'mnist' or 'synthetic[:N]' [default: mnist].",
+    ),
+    click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples."),
+    click.option(
+        "--preprocess",
+        help=f"Image folders: keys {', '.join(PREPROCESS_KEYS)}, e.g. "
+        "'resize=256,crop=224,scale=1/255,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,channels=rgb'.",
+    ),
+    click.option("--labels", type=click.Path(path_type=Path), help="Image folders: a CSV of file,label rows."),
+    click.option(
+        "--data-loader-script",
+        help="FILE.py[:FUNC] (FUNC defaults to load_data) returning feed dicts {input: array} (optionally "
+        "'labels'). The script runs as your own code, with your rights.",
+    ),
+)
+verbosity = _compose(
+    click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug)."),
+    click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars."),
+)
 device = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-data = click.option("--data", help="MNIST folder, .npz (x, y), 'mnist' or 'synthetic[:N]' [default: mnist].")
-limit = click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
 seed = click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
 as_json = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 out = click.option("--out", type=click.Path(path_type=Path), help="Folder for results and figures.")

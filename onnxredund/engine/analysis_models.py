@@ -2,25 +2,26 @@
 
 For a target conv with input X = A_{i-1}, pre-activation Z = conv(X) and activation A_i = f(Z):
 
-- the **clean model** is the original with X, Z, A_i and the side tensors exposed as outputs;
-  it runs once per batch;
+- the **clean model** is the original with X, Z, A_i, the side tensors and the measured outputs
+  exposed; it runs once per batch;
 - the **direct model** is the network after the conv's input, where only the target conv reads
-  the injected (perturbed) X; one run per perturbed channel;
+  the injected (perturbed) X; it returns A_i and the measured outputs; one run per perturbed channel;
 - the **fast model** takes the clean tensors, the channels ``ks`` (K,) and the permutation indices,
-  and returns only ``cos_sum`` (K, C_out), ``correct`` (K,) and ``agree`` (K,). It uses the conv's
-  linearity: perturbing channel k only adds ``conv(delta_k, W[:, k])`` to Z; with the deltas
-  unfolded into patches (im2col, one Gather), one batched MatMul does every k of the run at once.
-  The elementwise chain f and the rest of the network then run on a batch of K*B (channel j,
-  sample b at row j*B + b).
+  and returns ``cos_sum`` (K, C_out) and the measured outputs for every (channel, sample). It uses
+  the conv's linearity: perturbing channel k only adds ``conv(delta_k, W[:, k])`` to Z; with the
+  deltas unfolded into patches (im2col, one Gather), one batched MatMul does every k of the run at
+  once. The elementwise chain f and the rest of the network then run on a batch of K*B (channel j,
+  sample b at row j*B + b). 1-D, 2-D and 3-D convs alike: positions are flattened.
+
+The measured outputs are the graph outputs that depend on A_i; the rest cannot change.
 
 Pseudocode of the fast model::
 
-    D[j, b]   = shuffle(X[:, ks[j]])[b] - X[b, ks[j]]            # (K, B, H*W)
-    Zp[j, b]  = Z[b] + Wcols[ks[j]] @ im2col(D[j, b])             # (K, B, C_out, H'*W'), one MatMul
+    D[j, b]   = shuffle(X[:, ks[j]])[b] - X[b, ks[j]]            # (K, B, P), P = positions of X
+    Zp[j, b]  = Z[b] + Wcols[ks[j]] @ im2col(D[j, b])             # (K, B, C_out, P'), one MatMul
     Ap        = f(Zp)                                             # the elementwise chain, on K*B rows
     cos_sum   = sum_b cosine(Ap[j, b, c], A[b, c])                # (K, C_out), float64
-    pred      = argmax(suffix(Ap, side tensors tiled K times))    # (K, B)
-    correct   = sum_b (pred == labels);  agree = sum_b (pred == clean prediction)
+    outputs   = suffix(Ap, side tensors tiled K times)            # (K*B, ...) each
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ __all__ = [
     "build_direct_model",
     "build_fast_model",
     "fast_path_blocker",
+    "im2col_index",
+    "measured_outputs",
     "weight_columns",
 ]
 
@@ -56,39 +59,39 @@ PERTURBED = "onnxredund_perturbed_input"
 FAST_OPSET = 13  # ReduceSum/Unsqueeze take axes as inputs from 13 on
 
 
-def _outputs_needed(model: Model, layer: ConvLayer, pred: str | None) -> list[str]:
-    names = [layer.input, layer.output, layer.activation]
+def measured_outputs(model: Model, layer: ConvLayer) -> list[str]:
+    """The graph outputs that depend on the layer's activation A_i, in graph order."""
+    graph = model.proto.graph
+    after = {o for i in downstream(graph, layer.activation) for o in graph.node[i].output}
+    return [o for o in model.output_names if o in after or o == layer.activation]
+
+
+def build_clean_model(model: Model, layer: ConvLayer, outputs: list[str]) -> tuple[onnx.ModelProto, list[str]]:
+    """The original model exposing what both paths need (and ``outputs``); returns it and its output names."""
+    names = [*outputs, layer.input, layer.output, layer.activation]
     names += side_inputs(model.proto, layer.activation)
     names += side_inputs(model.proto, layer.input)
-    if pred is not None:
-        names.insert(0, pred)
-    return list(dict.fromkeys(names))
+    names = list(dict.fromkeys(names))
+    return expose_outputs(model.proto, names), names
 
 
-def build_clean_model(model: Model, layer: ConvLayer, pred: str | None) -> tuple[onnx.ModelProto, list[str]]:
-    """The original model exposing what both paths need; returns it and its output names."""
-    names = _outputs_needed(model, layer, pred)
-    exposed = expose_outputs(model.proto, names)
-    return exposed, names
-
-
-def build_direct_model(model: Model, layer: ConvLayer, pred: str | None) -> tuple[onnx.ModelProto, list[str]]:
-    """(perturbed X, clean X, side tensors) -> (A_i, prediction); returns it and its input names."""
+def build_direct_model(model: Model, layer: ConvLayer, outputs: list[str]) -> tuple[onnx.ModelProto, list[str]]:
+    """(perturbed X, clean X, side tensors) -> (A_i, *outputs); returns it and its input names."""
     injected = inject_input(model.proto, layer, PERTURBED)
     side = [t for t in side_inputs(model.proto, layer.input) if t != layer.input]
     inputs = [PERTURBED, layer.input, *side]
-    outputs = [layer.activation] + ([pred] if pred is not None else [])
+    wanted = list(dict.fromkeys([layer.activation, *outputs]))
     # Another consumer may not read the clean X at all: cut only keeps the inputs it needs.
-    proto = cut(injected, inputs, outputs)
+    proto = cut(injected, inputs, wanted)
     used = {t for n in proto.graph.node for t in n.input}
-    keep = [i for i in proto.graph.input if i.name in used or i.name in outputs]
+    keep = [i for i in proto.graph.input if i.name in used or i.name in wanted]
     del proto.graph.input[:]
     proto.graph.input.extend(keep)
     return proto, [i.name for i in keep]
 
 
 def weight_columns(weight: np.ndarray, groups: int) -> np.ndarray:
-    """Per input channel k, the kernels it feeds: shape (C_in, C_out, kh, kw), zero outside k's group."""
+    """Per input channel k, the kernels it feeds: shape (C_in, C_out, *kernel), zero outside k's group."""
     c_out, cin_g = weight.shape[:2]
     c_in = cin_g * groups
     cout_g = c_out // groups
@@ -103,8 +106,6 @@ def fast_path_blocker(model: Model, layer: ConvLayer) -> str | None:
     """Why the fast path cannot run this layer, or None when it can."""
     if not model.batch_dynamic:
         return "the model's batch is fixed"
-    if len(layer.kernel) != 2:
-        return "the conv is not 2-D"
     if model.constant(layer.weight) is None:
         return "the conv's weights are computed, not constant"
     opset = default_opset(model.proto)
@@ -166,30 +167,38 @@ def _tile(b: _GraphBuilder, tensor: str, k: int) -> str:
     return b.op("Reshape", [expanded, b.op("Concat", [b.const(f"m1_{tensor}", [-1]), tail], axis=0)])
 
 
-def im2col_index(layer: ConvLayer, conv: onnx.NodeProto) -> np.ndarray:
-    """For each kernel tap t and output pixel p, the flat input pixel it reads: shape (kh*kw, H'*W').
-
-    Padding reads index H*W, a zero appended to each flattened input plane.
-    """
-    _, h, w = layer.input_shape
-    (kh, kw), (sy, sx), (dy, dx) = layer.kernel, layer.stride, layer.dilations
-    ho, wo = layer.output_shape[1:]
+def _begin_pads(layer: ConvLayer, conv: onnx.NodeProto) -> list[int]:
+    """Padding before the first position, per spatial axis (explicit pads, or what auto_pad implies)."""
     auto_pad = attribute(conv, "auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        total = [
-            max(0, (o - 1) * s + (k - 1) * d + 1 - n) for o, s, k, d, n in ((ho, sy, kh, dy, h), (wo, sx, kw, dx, w))
-        ]
-        top, left = ((t // 2 if auto_pad == "SAME_UPPER" else t - t // 2) for t in total)
-    elif auto_pad == "VALID":
-        top, left = 0, 0
-    else:
-        top, left = layer.pads[0], layer.pads[1]
-    oy, ox = np.meshgrid(np.arange(ho), np.arange(wo), indexing="ij")
-    ky, kx = np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij")
-    iy = oy.reshape(1, -1) * sy - top + ky.reshape(-1, 1) * dy
-    ix = ox.reshape(1, -1) * sx - left + kx.reshape(-1, 1) * dx
-    inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-    return np.where(inside, iy * w + ix, h * w).astype(np.int64)
+    nd = len(layer.kernel)
+    if auto_pad == "VALID":
+        return [0] * nd
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        return list(layer.pads[:nd])
+    begins = []
+    for o, s, k, d, n in zip(layer.output_shape[1:], layer.stride, layer.kernel, layer.dilations, layer.input_shape[1:],
+                             strict=True):  # fmt: skip
+        total = max(0, (o - 1) * s + (k - 1) * d + 1 - n)
+        begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+    return begins
+
+
+def im2col_index(layer: ConvLayer, conv: onnx.NodeProto) -> np.ndarray:
+    """For each kernel tap t and output position p, the flat input position it reads: shape (T, P').
+
+    1-D, 2-D and 3-D alike; padding reads index P (the number of input positions), a zero appended to
+    each flattened input channel.
+    """
+    spatial, out = layer.input_shape[1:], layer.output_shape[1:]
+    begins = _begin_pads(layer, conv)
+    outs = np.indices(out).reshape(len(out), 1, -1)  # (nd, 1, P')
+    taps = np.indices(layer.kernel).reshape(len(out), -1, 1)  # (nd, T, 1)
+    stride = np.array(layer.stride).reshape(-1, 1, 1)
+    dil = np.array(layer.dilations).reshape(-1, 1, 1)
+    pos = outs * stride - np.array(begins).reshape(-1, 1, 1) + taps * dil  # (nd, T, P')
+    inside = np.all((pos >= 0) & (pos < np.array(spatial).reshape(-1, 1, 1)), axis=0)
+    flat = np.ravel_multi_index(tuple(np.where(inside, pos, 0)), spatial)
+    return np.where(inside, flat, int(np.prod(spatial))).astype(np.int64)
 
 
 def _cosine_sum(b: _GraphBuilder, ap: str, a: str, k: int, c_out: int, pixels: int) -> str:
@@ -209,79 +218,68 @@ def _cosine_sum(b: _GraphBuilder, ap: str, a: str, k: int, c_out: int, pixels: i
     return b.reduce("ReduceSum", cos, [1])
 
 
-def _count_matches(b: _GraphBuilder, pred: str, ref: str, k: int, classes: int, name: str) -> str:
-    """pred (K*B, classes) vs ref (B,) -> (K,) int64 counts of argmax matches."""
-    logits = b.op("Reshape", [pred, b.const(f"{name}_shape", np.array([k, -1, classes], np.int64))])
-    arg = b.op("ArgMax", [logits], axis=2, keepdims=0)  # (K, B)
-    hits = b.op("Cast", [b.op("Equal", [arg, ref])], to=TensorProto.INT64)
-    return b.reduce("ReduceSum", hits, [1])
-
-
 def build_fast_model(
-    model: Model, layer: ConvLayer, mode: str, k: int, pred: str | None, *, labelled: bool = False
+    model: Model, layer: ConvLayer, mode: str, k: int, outputs: list[str]
 ) -> tuple[onnx.ModelProto, list[str]]:
     """The fast model for runs of ``k`` channels; returns it and its input names.
 
-    Inputs: X (B, C_in, H, W), Z and A (B, C_out, H', W'), the side tensors, ``ks`` (K,) int64,
-    ``perm_index`` ((K*B,) int64 rows for channel mode, (K*B, H*W) for pixel mode; row j*B + b is
-    sample b of channel ks[j]), and, with a prediction output, ``ref_pred`` (B,) int64 (and ``labels``
-    (B,) int64 when ``labelled``). Outputs: ``cos_sum`` (K, C_out) float64; with ``pred``, ``agree``
-    (K,) int64, and ``correct`` (K,) int64 when ``labelled``.
+    Inputs: X (B, C_in, *spatial), Z and A (B, C_out, *spatial'), the side tensors, ``ks`` (K,) int64,
+    ``perm_index`` ((K*B,) int64 rows for channel mode, (K*B, P) for pixel mode; row j*B + b is
+    sample b of channel ks[j]). Outputs: ``cos_sum`` (K, C_out) float64 and, for each measured output
+    o, ``perturbed/o`` (K*B, ...).
     """
     blocker = fast_path_blocker(model, layer)
     if blocker:
         raise OnnxRedundError(f"fast path unavailable for {layer.name!r}: {blocker}; use --exact-path")
     proto, graph = model.proto, model.proto.graph
-    weight = model.constant(layer.weight).astype(np.float32)
-    _, h, w = layer.input_shape
-    c_out = layer.out_channels
     b = _GraphBuilder(default_opset(proto))
-    x, z, a, ks, perm = layer.input, layer.output, layer.activation, "ks", "perm_index"
+    zp = _perturbed_preactivation(b, model, layer, mode, k)
+    rename = {layer.output: zp}
+    _copy_nodes(b, graph, _chain_nodes(graph, layer), rename, "chain/")
+    ap = rename.get(layer.activation, zp)
+    out_positions = int(np.prod(layer.output_shape[1:]))
+    results = {"cos_sum": _cosine_sum(b, ap, layer.activation, k, layer.out_channels, out_positions)}
+    side = side_inputs(proto, layer.activation)
+    suffix = {layer.activation: ap} | {t: _tile(b, t, k) for t in side}
+    _copy_nodes(b, graph, downstream(graph, layer.activation), suffix, "suffix/")
+    for name in outputs:
+        results[f"perturbed/{name}"] = suffix[name]
+    inputs = list(dict.fromkeys([layer.input, layer.output, layer.activation, *side, "ks", "perm_index"]))
+    _copy_constant_producers(b, graph)
+    return _assemble(b, proto, inputs, results, mode, k), inputs
 
-    xk = b.op("Transpose", [b.op("Gather", [x, ks], axis=1)], perm=[1, 0, 2, 3])  # (K, B, H, W)
-    flat = b.op("Reshape", [xk, b.const("rows", np.array([-1, h * w], np.int64))])  # (K*B, H*W), row j*B + b
+
+def _perturbed_preactivation(b: _GraphBuilder, model: Model, layer: ConvLayer, mode: str, k: int) -> str:
+    """Z + conv(delta_k, W[:, k]) for the K channels of a run, as (K*B, C_out, *spatial')."""
+    x, z, ks, perm = layer.input, layer.output, "ks", "perm_index"
+    positions = int(np.prod(layer.input_shape[1:]))
+    out_spatial = list(layer.output_shape[1:])
+    out_positions = int(np.prod(out_spatial))
+    rank = len(layer.input_shape) + 1
+    c_out = layer.out_channels
+    xk = b.op("Transpose", [b.op("Gather", [x, ks], axis=1)], perm=[1, 0, *range(2, rank)])  # (K, B, *spatial)
+    flat = b.op("Reshape", [xk, b.const("rows", np.array([-1, positions], np.int64))])  # (K*B, P), row j*B + b
     if mode == "channel":
         shuffled = b.op("Gather", [flat, perm], axis=0)
     else:
         shuffled = b.op("GatherElements", [flat, perm], axis=1)
     delta = b.op("Sub", [shuffled, flat])
     # conv(delta_k, W[:, k]) for every k at once, as im2col (a Gather) and one batched MatMul
-    delta = b.op("Pad", [delta, b.const("pad_zero", np.array([0, 0, 0, 1], np.int64))])  # (K*B, H*W + 1)
-    conv = graph.node[layer.node_index]
-    ho, wo = layer.output_shape[1:]
+    delta = b.op("Pad", [delta, b.const("pad_zero", np.array([0, 0, 0, 1], np.int64))])  # (K*B, P + 1)
+    conv = model.proto.graph.node[layer.node_index]
     taps = int(np.prod(layer.kernel))
     patches = b.op("Gather", [delta, b.const("im2col", im2col_index(layer, conv))], axis=1)  # (K*B, T, P')
-    patches = b.op("Reshape", [patches, b.const("patches4", np.array([k, -1, taps, ho * wo], np.int64))])
+    patches = b.op("Reshape", [patches, b.const("patches4", np.array([k, -1, taps, out_positions], np.int64))])
+    weight = model.constant(layer.weight).astype(np.float32)
     cols = weight_columns(weight, layer.groups).reshape(layer.in_channels, c_out, taps)
     kernels = b.op(
         "Unsqueeze",
         [b.op("Gather", [b.const("weight_columns", cols), ks], axis=0), b.const("ax1", np.array([1], np.int64))],
     )  # (K, 1, C_out, T)
     dz = b.op("MatMul", [kernels, patches])  # (K, B, C_out, P')
-    z1 = b.op("Reshape", [z, b.const("z4", np.array([1, -1, c_out, ho * wo], np.int64))])
-    zp = b.op("Reshape", [b.op("Add", [dz, z1]), b.const("rows4", np.array([-1, c_out, ho, wo], np.int64))])
-
-    chain = _chain_nodes(graph, layer)
-    rename = {layer.output: zp}
-    _copy_nodes(b, graph, chain, rename, "chain/")
-    ap = rename.get(layer.activation, zp)
-    outputs = {"cos_sum": _cosine_sum(b, ap, a, k, c_out, ho * wo)}
-    side = side_inputs(proto, layer.activation)
-    after = {o for i in downstream(graph, layer.activation) for o in graph.node[i].output}
-    if pred is not None and pred not in after and pred not in side:
-        side.append(pred)  # the prediction does not depend on this layer: it is the clean one, tiled
-    inputs = list(dict.fromkeys([x, z, a, *side, ks, perm]))
-    if pred is not None:
-        rename2 = {layer.activation: ap} | {t: _tile(b, t, k) for t in side}
-        _copy_nodes(b, graph, downstream(graph, layer.activation), rename2, "suffix/")
-        classes = model.shapes[pred][0]
-        if labelled:
-            outputs["correct"] = _count_matches(b, rename2[pred], "labels", k, classes, "correct")
-            inputs.append("labels")
-        outputs["agree"] = _count_matches(b, rename2[pred], "ref_pred", k, classes, "agree")
-        inputs.append("ref_pred")
-    _copy_constant_producers(b, graph)
-    return _assemble(b, proto, inputs, outputs, mode, k), inputs
+    z1 = b.op("Reshape", [z, b.const("z4", np.array([1, -1, c_out, out_positions], np.int64))])
+    rows = b.const("rows_out", np.array([-1, c_out, *out_spatial], np.int64))
+    return b.op("Reshape", [b.op("Add", [dz, z1]), rows])
 
 
 def _chain_nodes(graph: onnx.GraphProto, layer: ConvLayer) -> list[int]:
@@ -315,12 +313,17 @@ def _assemble(b, proto, inputs: list[str], outputs: dict[str, str], mode: str, k
         elif name == "perm_index":
             shape = ["KB"] if mode == "channel" else ["KB", "P"]
             known_inputs.append(helper.make_tensor_value_info("perm_index", TensorProto.INT64, shape))
-        elif name in ("labels", "ref_pred"):
-            known_inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, ["B"]))
         else:
             known_inputs.append(value_info(proto, name, infos))
     outs = [helper.make_tensor_value_info("cos_sum", TensorProto.DOUBLE, [k, None])]
-    outs += [helper.make_tensor_value_info(n, TensorProto.INT64, [k]) for n in outputs if n != "cos_sum"]
+    for name in outputs:
+        if name != "cos_sum":
+            vi = value_info(proto, name.removeprefix("perturbed/"), infos)
+            vi.name = name
+            if vi.type.tensor_type.HasField("shape") and vi.type.tensor_type.shape.dim:
+                vi.type.tensor_type.shape.dim[0].Clear()
+                vi.type.tensor_type.shape.dim[0].dim_param = "KB"
+            outs.append(vi)
     graph = helper.make_graph(b.nodes, "onnxredund_fast_sweep", known_inputs, outs, initializer=b.inits)
     out = helper.make_model(graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
     out.producer_name = "onnxredund"

@@ -17,20 +17,21 @@ from onnx import numpy_helper
 
 from onnxredund.engine.runtime import Runner
 from onnxredund.errors import OnnxRedundError
-from onnxredund.model import ConstantTable, attribute, copy_model
+from onnxredund.model import ConstantTable, attribute, copy_model, data_inputs
 
-__all__ = ["make_batch_dynamic", "rebatch"]
+__all__ = ["check_feeds", "make_batch_dynamic", "rebatch"]
 
 log = logging.getLogger(__name__)
 
 _CHECK_BATCH = 2
 
 
-def rebatch(proto: onnx.ModelProto, input_name: str, batch: int) -> onnx.ModelProto:
-    """Copy of ``proto`` with a free batch dimension ``N`` (the check is :func:`make_batch_dynamic`'s)."""
+def rebatch(proto: onnx.ModelProto, inputs: list[str], batch: int) -> onnx.ModelProto:
+    """Copy of ``proto`` with a free batch dimension ``N`` on ``inputs`` and the outputs (the check is
+    :func:`make_batch_dynamic`'s)."""
     out = copy_model(proto)
     graph = out.graph
-    for vi in [*(i for i in graph.input if i.name == input_name), *graph.output]:
+    for vi in [*(i for i in graph.input if i.name in inputs), *graph.output]:
         dims = vi.type.tensor_type.shape.dim
         if len(dims) and dims[0].dim_value == batch:
             dims[0].Clear()
@@ -51,22 +52,42 @@ def rebatch(proto: onnx.ModelProto, input_name: str, batch: int) -> onnx.ModelPr
     return out
 
 
-def _outputs(proto: onnx.ModelProto, input_name: str, x: np.ndarray) -> list[np.ndarray]:
-    return Runner.create(proto, "cpu").run({input_name: x})
-
-
-def make_batch_dynamic(proto: onnx.ModelProto, input_name: str, dims: list) -> tuple[onnx.ModelProto, bool]:
-    """Return ``(model, batch_dynamic)``; see the module docstring."""
-    batch = dims[0]
-    if not isinstance(batch, int) or batch <= 0:
-        return proto, True
-    candidate = rebatch(proto, input_name, batch)
+def check_feeds(proto: onnx.ModelProto, sizes: dict[str, list], batch: int) -> dict[str, np.ndarray]:
+    """Seeded feeds of ``batch`` samples for every data input (uniform [0, 1) floats, zero integers)."""
     rng = np.random.default_rng(0)
-    x = rng.random((_CHECK_BATCH * batch, *dims[1:]), dtype=np.float32)
+    feeds = {}
+    for vi in data_inputs(proto.graph):
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+        dims = sizes[vi.name]
+        shape = (batch, *dims[1:]) if dims else ()
+        feeds[vi.name] = rng.random(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
+    return feeds
+
+
+def _outputs(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return Runner.create(proto, "cpu").run(feeds)
+
+
+def _slice(feeds: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    return {name: value[start:stop] if value.ndim else value for name, value in feeds.items()}
+
+
+def make_batch_dynamic(proto: onnx.ModelProto, sizes: dict[str, list]) -> tuple[onnx.ModelProto, bool]:
+    """Return ``(model, batch_dynamic)``; see the module docstring.
+
+    Args:
+        sizes: every data input's dimensions ``[batch, *sample]`` (``[]`` for scalars).
+    """
+    fixed = {name: dims[0] for name, dims in sizes.items() if dims and isinstance(dims[0], int) and dims[0] > 0}
+    if not fixed:
+        return proto, True
+    batch = max(fixed.values())
+    candidate = rebatch(proto, list(fixed), batch)
+    feeds = check_feeds(proto, sizes, _CHECK_BATCH * batch)
     try:
-        together = _outputs(candidate, input_name, x)
-        apart = [_outputs(proto, input_name, x[i : i + batch]) for i in range(0, len(x), batch)]
-        ok = all(
+        together = _outputs(candidate, feeds)
+        apart = [_outputs(proto, _slice(feeds, i, i + batch)) for i in range(0, _CHECK_BATCH * batch, batch)]
+        ok = len(set(fixed.values())) == 1 and all(
             np.allclose(t, np.concatenate([a[k] for a in apart]), rtol=1e-4, atol=1e-5) for k, t in enumerate(together)
         )
     except (OnnxRedundError, ValueError) as e:

@@ -1,5 +1,6 @@
-"""Loading a model for analysis: read and validate it, free its batch where that is provably safe, and
-find the shapes around every conv (by inference, or by one probe run where inference cannot tell).
+"""Loading a model for analysis: read and validate it, fix the sizes of its inputs, free its batch where that
+is provably safe, find the shapes around every conv (by inference, or by one probe run where inference
+cannot tell), and decide its image input's layout from what the graph does with it.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from onnxredund.engine.batching import make_batch_dynamic
@@ -14,62 +16,150 @@ from onnxredund.engine.runtime import probe_shapes
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import (
     Model,
+    ModelInput,
+    channel_axis,
     check_finite_weights,
+    classifier_outputs,
     copy_model,
+    data_inputs,
     describe_layers,
-    detect_layout,
+    image_layout,
     infer_shapes,
+    input_sizes,
+    pick_image_input,
     read_model_file,
-    select_input,
     set_input_shape,
     shape_table,
     validate,
 )
 
-__all__ = ["load_model", "load_model_proto"]
+__all__ = ["LAYOUT_CHOICES", "load_model", "load_model_proto"]
+
+#: what --layout takes for an image input whose layout the graph does not show
+LAYOUT_CHOICES = ("nchw", "nhwc")
+
+InputShapes = tuple[int, ...] | dict[str | None, tuple[int, ...]] | None
 
 
-def load_model(path: str | os.PathLike, *, input_shape: tuple[int, ...] | None = None) -> Model:
+def load_model(
+    path: str | os.PathLike,
+    *,
+    input_shape: InputShapes = None,
+    impulse_input: str | None = None,
+    layout: str | None = None,
+    classifier: str | None = None,
+) -> Model:
     """Load and validate an ONNX CNN; the file itself is never written.
 
     Args:
         path: the .onnx file (external data is read from its folder only).
-        input_shape: (C, H, W) (or (H, W, C) for NHWC inputs) for inputs with free dimensions.
+        input_shape: sizes after the batch for inputs with free dimensions, in each input's own layout
+            ((C, H, W), or (H, W, C) for NHWC): one tuple for the image input, or a dict by input name.
+        impulse_input: the image input (default: the only float32 input of rank 3 to 5).
+        layout: "nchw" or "nhwc" for an image input whose layout the graph does not show.
+        classifier: the output holding class scores (default: found from the graph), or "none".
 
     Raises:
-        OnnxRedundError: the file is not a runnable single-input image CNN.
+        OnnxRedundError: the file is not a runnable CNN with an image input.
     """
-    return load_model_proto(read_model_file(path), name=str(path), input_shape=input_shape)
+    return load_model_proto(
+        read_model_file(path),
+        name=str(path),
+        input_shape=input_shape,
+        impulse_input=impulse_input,
+        layout=layout,
+        classifier=classifier,
+    )
+
+
+def _given_sizes(input_shape: InputShapes) -> dict[str | None, tuple[int, ...]]:
+    if input_shape is None:
+        return {}
+    return dict(input_shape) if isinstance(input_shape, dict) else {None: tuple(input_shape)}
 
 
 def load_model_proto(
-    proto: onnx.ModelProto, *, name: str = "<memory>", input_shape: tuple[int, ...] | None = None
+    proto: onnx.ModelProto,
+    *,
+    name: str = "<memory>",
+    input_shape: InputShapes = None,
+    impulse_input: str | None = None,
+    layout: str | None = None,
+    classifier: str | None = None,
 ) -> Model:
     """Validate and describe a model already in memory (a copy is kept; ``proto`` is not changed)."""
     path = Path(name)
     proto = validate(copy_model(proto), path)
-    input_name, sizes = select_input(proto, path, input_shape)
-    set_input_shape(proto, input_name, sizes)
+    image = pick_image_input(proto, path, impulse_input)
+    sizes = input_sizes(proto, image, _given_sizes(input_shape))
+    for input_name, dims in sizes.items():
+        if dims:
+            set_input_shape(proto, input_name, dims)
     if not any(n.op_type == "Conv" for n in proto.graph.node):
         raise OnnxRedundError(f"{path} has no Conv node; onnxredund analyses convolutional networks")
     check_finite_weights(proto, path)
-    proto, batch_dynamic = make_batch_dynamic(proto, input_name, sizes)
-    if not batch_dynamic and sizes[0] != 1:
-        raise OnnxRedundError(
-            f"{path} fixes its batch to {sizes[0]} and cannot be freed; re-export with batch 1 or free"
-        )
-    shapes = shape_table(infer_shapes(proto))
-    conv_tensors = [t for n in proto.graph.node if n.op_type == "Conv" for t in (n.input[0], n.output[0])]
-    if any(t not in shapes for t in conv_tensors):
-        shapes.update(probe_shapes(proto, input_name, tuple(sizes[1:]), conv_tensors))
+    proto, batch_dynamic = make_batch_dynamic(proto, sizes)
+    batch = sizes[image][0]
+    if not batch_dynamic and batch != 1:
+        raise OnnxRedundError(f"{path} fixes its batch to {batch} and cannot be freed; re-export with batch 1 or free")
+    shapes = _shapes(proto, sizes)
+    inputs = _inputs(proto, sizes, image, shapes, layout)
     return Model(
         proto=proto,
         path=str(path),
-        input_name=input_name,
-        sample_shape=tuple(sizes[1:]),
+        inputs=inputs,
+        input_name=image,
         output_names=[o.name for o in proto.graph.output],
-        layout=detect_layout(proto.graph, input_name),
         layers=describe_layers(proto, shapes),
         batch_dynamic=batch_dynamic,
         shapes=shapes,
+        classifiers=_classifiers(proto, shapes, classifier),
     )
+
+
+def _shapes(proto: onnx.ModelProto, sizes: dict[str, list]) -> dict[str, tuple[int, ...]]:
+    """Per-sample shapes of the model's tensors; a probe run finds those around convs that inference misses."""
+    shapes = shape_table(infer_shapes(proto))
+    needed = [t for n in proto.graph.node if n.op_type == "Conv" for t in (n.input[0], n.output[0])]
+    needed += [o.name for o in proto.graph.output]
+    if any(t not in shapes for t in needed):
+        shapes.update(probe_shapes(proto, _zero_feeds(proto, sizes), needed))
+    return shapes
+
+
+def _zero_feeds(proto: onnx.ModelProto, sizes: dict[str, list]) -> dict[str, np.ndarray]:
+    """One all-zero sample for every data input."""
+    feeds = {}
+    for vi in data_inputs(proto.graph):
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        dims = sizes[vi.name]
+        feeds[vi.name] = np.zeros((1, *dims[1:]) if dims else (), dtype)
+    return feeds
+
+
+def _inputs(proto, sizes, image: str, shapes, layout: str | None) -> list[ModelInput]:
+    inputs = []
+    for vi in data_inputs(proto.graph):
+        dims = sizes[vi.name]
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).name
+        kind = ""
+        if vi.name == image:
+            kind = image_layout(len(dims), channel_axis(proto.graph, image, shapes), layout, image)
+        inputs.append(ModelInput(vi.name, dtype, tuple(dims[1:]), batched=bool(dims), layout=kind))
+    return inputs
+
+
+def _classifiers(proto: onnx.ModelProto, shapes: dict, classifier: str | None) -> list[str]:
+    if classifier is None:
+        return classifier_outputs(proto, shapes)
+    if classifier.lower() == "none":
+        return []
+    outputs = [o.name for o in proto.graph.output]
+    if classifier not in outputs:
+        raise OnnxRedundError(f"--classifier-output {classifier!r} is not an output; outputs: {outputs}")
+    if len(shapes.get(classifier, ())) != 1:
+        raise OnnxRedundError(
+            f"--classifier-output {classifier!r} has shape {shapes.get(classifier)} per sample; class scores are "
+            "(classes,) per sample"
+        )
+    return [classifier]

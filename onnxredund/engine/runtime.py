@@ -189,8 +189,11 @@ class Runner:
 
     def run_per_sample(self, feeds: dict, outputs: list[str] | None = None) -> list[np.ndarray]:
         """Run a model whose batch is fixed to 1: one sample of every feed at a time, outputs stacked."""
-        n = len(next(iter(feeds.values())))
-        parts = [self.run({name: value[i : i + 1] for name, value in feeds.items()}, outputs) for i in range(n)]
+        n = len(next(v for v in feeds.values() if np.ndim(v)))
+        parts = [
+            self.run({name: value[i : i + 1] if np.ndim(value) else value for name, value in feeds.items()}, outputs)
+            for i in range(n)
+        ]
         return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
     def run(self, feeds: dict, outputs: list[str] | None = None) -> list[np.ndarray]:
@@ -204,10 +207,10 @@ class Runner:
 
 
 def probe_shapes(
-    proto: onnx.ModelProto, input_name: str, sample_shape: tuple[int, ...], tensors: list[str]
+    proto: onnx.ModelProto, feeds: dict[str, np.ndarray], tensors: list[str]
 ) -> dict[str, tuple[int, ...]]:
-    """Shapes (without the batch) of ``tensors``, found by running one zero sample on CPU."""
-    probe = expose_outputs(proto, tensors)
-    runner = Runner.create(probe, "cpu")
-    values = runner.run({input_name: np.zeros((1, *sample_shape), np.float32)}, list(dict.fromkeys(tensors)))
-    return {name: tuple(v.shape[1:]) for name, v in zip(dict.fromkeys(tensors), values, strict=True)}
+    """Shapes (without the batch) of ``tensors``, found by running ``feeds`` (one sample) on CPU."""
+    names = list(dict.fromkeys(tensors))
+    probe = expose_outputs(proto, names)
+    values = Runner.create(probe, "cpu").run(feeds, names)
+    return {name: tuple(v.shape[1:]) for name, v in zip(names, values, strict=True)}

@@ -18,18 +18,19 @@ from onnxredund.engine.analysis_models import (
     build_direct_model,
     build_fast_model,
     fast_path_blocker,
+    measured_outputs,
 )
 from onnxredund.engine.permutations import apply_permutation
 from onnxredund.engine.runtime import Runner
 from onnxredund.metrics import cosine_per_channel
-from onnxredund.model import ConvLayer, Model, classifier_output
+from onnxredund.model import ConvLayer, Model
 
 __all__ = ["SweepRunner", "permutation_workers"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK_BUDGET_BYTES = {"cpu": 64 << 20, "cuda": 4 << 30}
-_LIVE_TENSORS = 6  # about six live (B, C_out, H', W') float tensors per perturbed channel in a fast run
+_LIVE_TENSORS = 6  # about six live (B, C_out, *spatial') float tensors per perturbed channel in a fast run
 
 
 def permutation_workers(device: str) -> int:
@@ -37,114 +38,100 @@ def permutation_workers(device: str) -> int:
     return 0 if device == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def _numpy(value) -> np.ndarray:
+def as_numpy(value) -> np.ndarray:
+    """A numpy array from a numpy array or an onnxruntime OrtValue."""
     return value if isinstance(value, np.ndarray) else value.numpy()
 
 
 class SweepRunner:
-    """The sessions of one sweep: clean model, and the fast or the direct model.
+    """The sessions of one sweep: the clean model, and the fast or the direct model.
 
     Attributes:
-        path: "fast" or "direct"; k: channels per fast run; pred: the classifier output or None.
+        path: "fast" or "direct"; k: channels per fast run.
+        outputs: the graph outputs the layer can change (measured); every graph output is in the clean run.
+        blocker: why the fast path does not run (None when it does, or when the direct path was asked for).
     """
 
     def __init__(
-        self,
-        model: Model,
-        layer: ConvLayer,
-        mode: str,
-        device: str,
-        *,
-        exact: bool,
-        chunk: int | None,
-        batch_size: int,
-        labelled: bool,
+        self, model: Model, layer: ConvLayer, mode: str, device: str, *, exact: bool, chunk: int | None, batch_size: int
     ) -> None:
-        self.layer, self.mode, self.device, self.labelled = layer, mode, device, labelled
-        self.pred = classifier_output(model)
-        clean, self.clean_names = build_clean_model(model, layer, self.pred)
+        self.model, self.layer, self.mode, self.device = model, layer, mode, device
+        self.outputs = measured_outputs(model, layer)
+        clean, self.clean_names = build_clean_model(model, layer, model.output_names)
         self.clean = Runner.create(clean, device)
-        self.input_name = model.input_name
         self.per_sample = not model.batch_dynamic
-        blocker = None if exact else fast_path_blocker(model, layer)
-        if blocker:
-            log.warning("fast path unavailable (%s): using the direct path", blocker)
-        self.path = "direct" if exact or blocker else "fast"
+        self.blocker = None if exact else fast_path_blocker(model, layer)
+        self.path = "direct" if exact or self.blocker else "fast"
         self.k = 1
         if self.path == "fast":
             self.k = chunk or self._chunk_size(device, batch_size)
-            fast, self.fast_inputs = build_fast_model(model, layer, mode, self.k, self.pred, labelled=labelled)
+            fast, self.fast_inputs = build_fast_model(model, layer, mode, self.k, self.outputs)
             self.fast = Runner.create(fast, device)
         else:
-            direct, self.direct_inputs = build_direct_model(model, layer, self.pred)
+            direct, self.direct_inputs = build_direct_model(model, layer, self.outputs)
             self.direct = Runner.create(direct, device)
 
     def _chunk_size(self, device: str, batch_size: int) -> int:
         """Channels per run: as many as the memory budget allows, balanced so the last run is not mostly padding."""
-        per_channel = batch_size * int(np.prod(self.layer.output_shape)) * 4 * _LIVE_TENSORS
+        outputs = sum(int(np.prod(self.model.shapes.get(o, (1,)))) for o in self.outputs)
+        per_sample = int(np.prod(self.layer.output_shape)) * _LIVE_TENSORS + 2 * outputs
+        per_channel = batch_size * per_sample * 4
         most = max(1, min(self.layer.in_channels, _CHUNK_BUDGET_BYTES[device] // per_channel))
         runs = -(-self.layer.in_channels // most)
         return -(-self.layer.in_channels // runs)
 
-    def run_clean(self, xb: np.ndarray) -> dict:
+    def run_clean(self, feeds: dict[str, np.ndarray]) -> dict:
         """The clean tensors of a batch, by name (on CUDA they stay on the device for the fast model)."""
         if self.per_sample:
             run = self.clean.run_per_sample
         else:
             run = self.clean.run_device if self.device == "cuda" else self.clean.run
-        return dict(zip(self.clean_names, run({self.input_name: xb}, self.clean_names), strict=True))
+        return dict(zip(self.clean_names, run(feeds, self.clean_names), strict=True))
 
-    def clean_prediction(self, clean: dict) -> np.ndarray | None:
-        """Top-1 of the clean model per sample (B,), or None without a classifier output."""
-        return _numpy(clean[self.pred]).argmax(axis=1).astype(np.int64) if self.pred else None
+    def clean_outputs(self, clean: dict) -> dict[str, np.ndarray]:
+        """Every graph output of the clean run, as numpy (B, ...)."""
+        return {name: as_numpy(clean[name]) for name in self.model.output_names}
 
-    def run(self, clean: dict, ks: list[int], perms: list[np.ndarray], labels, ref) -> tuple:
-        """(cos_sum (K, C_out), correct (K,) or None, agree (K,) or None) for the channels ``ks`` of one batch.
+    def run(self, clean: dict, ks: list[int], perms: list[np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One run of the channels ``ks`` over a batch.
 
-        Args:
-            labels: (B,) labels of the batch, or None; ref: (B,) clean top-1, or None.
+        Returns:
+            (sum over the batch of the cosine of A_i per channel: float64 (K, C_out),
+            each measured output with channel k perturbed: (K, B, ...)).
         """
-        return (self.run_fast if self.path == "fast" else self.run_direct)(clean, ks, perms, labels, ref)
+        return (self.run_fast if self.path == "fast" else self.run_direct)(clean, ks, perms)
 
-    def run_direct(self, clean: dict, ks: list[int], perms: list[np.ndarray], labels, ref) -> tuple:
-        x = _numpy(clean[self.layer.input])
-        a = _numpy(clean[self.layer.activation])
-        cos, correct, agree = [], [], []
+    def run_direct(self, clean: dict, ks: list[int], perms: list[np.ndarray]) -> tuple:
+        x = as_numpy(clean[self.layer.input])
+        a = as_numpy(clean[self.layer.activation])
+        cos, outs = [], {name: [] for name in self.outputs}
+        run = self.direct.run_per_sample if self.per_sample else self.direct.run
         for k, perm in zip(ks, perms, strict=True):
             feeds = {
-                n: (apply_permutation(x, k, perm, self.mode) if n == PERTURBED else _numpy(clean[n]))
+                n: (apply_permutation(x, k, perm, self.mode) if n == PERTURBED else as_numpy(clean[n]))
                 for n in self.direct_inputs
             }
-            outs = (self.direct.run_per_sample if self.per_sample else self.direct.run)(feeds)
-            cos.append(cosine_per_channel(outs[0], a).sum(axis=0))
-            if self.pred is not None:
-                top = outs[1].argmax(axis=1)
-                agree.append(int((top == ref).sum()))
-                if labels is not None:
-                    correct.append(int((top == labels).sum()))
-        has_pred = self.pred is not None
-        return np.array(cos), _counts(correct, has_pred and labels is not None), _counts(agree, has_pred)
+            values = dict(zip(self.direct.output_names, run(feeds), strict=True))
+            cos.append(cosine_per_channel(values[self.layer.activation], a).sum(axis=0))
+            for name in self.outputs:
+                outs[name].append(values[name])
+        return np.array(cos), {name: np.stack(v) for name, v in outs.items()}
 
-    def run_fast(self, clean: dict, ks: list[int], perms: list[np.ndarray], labels, ref) -> tuple:
+    def run_fast(self, clean: dict, ks: list[int], perms: list[np.ndarray]) -> tuple:
         n = len(ks)
         pad_ks = ks + [ks[-1]] * (self.k - n)
         pad_perms = perms + [perms[-1]] * (self.k - n)
         batch = len(pad_perms[0])
-        if self.mode == "channel":  # rows j*B + b of the (K*B, H*W) channel planes
+        if self.mode == "channel":  # rows j*B + b of the (K*B, P) channel planes
             index = (np.stack(pad_perms) + np.arange(self.k)[:, None] * batch).reshape(-1)
         else:
             index = np.concatenate(pad_perms)
         feeds = {name: clean[name] for name in self.fast_inputs if name in clean}
         feeds["ks"] = np.array(pad_ks, np.int64)
         feeds["perm_index"] = index.astype(np.int64)
-        if self.pred is not None:
-            feeds["ref_pred"] = ref
-            if self.labelled:
-                feeds["labels"] = labels
-        outs = dict(zip(self.fast.output_names, self.fast.run(feeds), strict=True))
-        correct, agree = outs.get("correct"), outs.get("agree")
-        return outs["cos_sum"][:n], None if correct is None else correct[:n], None if agree is None else agree[:n]
-
-
-def _counts(values: list[int], measured: bool) -> np.ndarray | None:
-    return np.array(values, np.int64) if measured else None
+        values = dict(zip(self.fast.output_names, self.fast.run(feeds), strict=True))
+        outs = {}
+        for name in self.outputs:
+            rows = values[f"perturbed/{name}"]
+            outs[name] = rows.reshape(self.k, batch, *rows.shape[1:])[:n]
+        return values["cos_sum"][:n], outs

@@ -4,6 +4,7 @@ layout, the per-sample shape of every tensor, and which output holds class score
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,10 +12,62 @@ import numpy as np
 import onnx
 
 from onnxredund.errors import OnnxRedundError
-from onnxredund.model.graph import ConstantTable, data_inputs, dims
+from onnxredund.model.graph import ConstantTable, attribute, data_inputs, dims
 from onnxredund.model.layers import ConvLayer
 
-__all__ = ["Model", "classifier_output", "detect_layout", "select_input", "set_input_shape", "shape_table"]
+__all__ = [
+    "LAYOUTS",
+    "Model",
+    "ModelInput",
+    "channel_axis",
+    "classifier_output",
+    "classifier_outputs",
+    "image_layout",
+    "input_sizes",
+    "output_kind",
+    "pick_image_input",
+    "set_input_shape",
+    "shape_table",
+]
+
+log = logging.getLogger(__name__)
+
+
+#: the layouts of an image input, by rank: channels first, then channels last
+LAYOUTS = {3: ("NCL", "NLC"), 4: ("NCHW", "NHWC"), 5: ("NCDHW", "NDHWC")}
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One data input of a model.
+
+    Attributes:
+        name: the graph input.
+        dtype: its numpy dtype name ("float32", "int64", ...).
+        sample_shape: its shape without the batch axis (() for a scalar).
+        batched: whether axis 0 is the batch (scalars are not batched: the same value feeds every sample).
+        layout: for an image input ("NCHW", "NHWC", "NCL", "NLC", "NCDHW", "NDHWC"), else "".
+    """
+
+    name: str
+    dtype: str
+    sample_shape: tuple[int, ...]
+    batched: bool = True
+    layout: str = ""
+
+    @property
+    def channels_last(self) -> bool:
+        return self.layout in ("NHWC", "NLC", "NDHWC")
+
+    @property
+    def channels(self) -> int:
+        """Channels of an image input (its channel axis' size)."""
+        return self.sample_shape[-1] if self.channels_last else self.sample_shape[0]
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """Spatial sizes of an image input, in the input's own order."""
+        return self.sample_shape[:-1] if self.channels_last else self.sample_shape[1:]
 
 
 @dataclass
@@ -24,9 +77,10 @@ class Model:
     Attributes:
         proto: the model, IR version <= 13, batch dynamic when ``batch_dynamic``.
         path: the file it came from (never written).
-        input_name: the data input; sample_shape: its shape without the batch.
-        output_names: the graph outputs; the first is the prediction head.
-        layout: "NCHW" or "NHWC" (an input read through a Transpose to NCHW).
+        inputs: every data input, in graph order.
+        input_name: the image input: the one impulses go into and data without names feed.
+        output_names: the graph outputs.
+        classifiers: the outputs that hold class scores (N, classes), the prediction first; may be empty.
         layers: conv layers in graph order.
         batch_dynamic: whether batches of any size can run in one call.
         shapes: sample shape (no batch) of every tensor whose shape is known.
@@ -34,14 +88,35 @@ class Model:
 
     proto: onnx.ModelProto
     path: str
+    inputs: list[ModelInput]
     input_name: str
-    sample_shape: tuple[int, ...]
     output_names: list[str]
-    layout: str
     layers: list[ConvLayer]
     batch_dynamic: bool
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    classifiers: list[str] = field(default_factory=list)
     _constants: ConstantTable | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def image_input(self) -> ModelInput:
+        return self.input(self.input_name)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The image input's shape without the batch."""
+        return self.image_input.sample_shape
+
+    @property
+    def layout(self) -> str:
+        """The image input's layout."""
+        return self.image_input.layout
+
+    def input(self, name: str) -> ModelInput:
+        """Look a data input up by name; a miss lists the inputs."""
+        for i in self.inputs:
+            if i.name == name:
+                return i
+        raise OnnxRedundError(f"no input {name!r}; the model's inputs are {[i.name for i in self.inputs]}")
 
     def layer(self, key: str | int) -> ConvLayer:
         """Look a layer up by name or index; a miss lists the valid ones."""
@@ -72,44 +147,119 @@ class Model:
         return self._constants.get(name)
 
 
+_PROBABILITIES = ("Softmax", "LogSoftmax")
+
+
+def classifier_outputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """The outputs that hold class scores (N, classes): those a Softmax or LogSoftmax writes, or else the first
+    output of that shape (logits). A regression head beside a softmax head (a face detector's boxes) is not one.
+    """
+    producers = {o: n.op_type for n in proto.graph.node for o in n.output}
+    two_d = [o.name for o in proto.graph.output if len(shapes.get(o.name, ())) == 1 and shapes[o.name][0] >= 2]
+    soft = [name for name in two_d if producers.get(name) in _PROBABILITIES]
+    return soft or two_d[:1]
+
+
 def classifier_output(model: Model) -> str | None:
-    """The first graph output if it is (N, classes), else None (no accuracy or agreement)."""
-    name = model.output_names[0]
-    shape = model.shapes.get(name)
-    return name if shape is not None and len(shape) == 1 else None
+    """The output whose top-1 is the prediction (labels are checked against it), or None."""
+    return model.classifiers[0] if model.classifiers else None
 
 
-def select_input(proto: onnx.ModelProto, path: Path, input_shape: tuple[int, ...] | None) -> tuple[str, list]:
-    """The data input's name and its dimensions ``[batch, *sample]`` with every sample size known.
+def output_kind(proto: onnx.ModelProto, name: str) -> str:
+    """What a classifier output holds: "probabilities", "log_probabilities" or "logits" (what writes it)."""
+    op = next((n.op_type for n in proto.graph.node if name in n.output), "")
+    return {"Softmax": "probabilities", "LogSoftmax": "log_probabilities"}.get(op, "logits")
+
+
+_IMAGE_RANKS = (3, 4, 5)
+_NEEDS_IMAGE = "an image tensor N x C x H x W (or N x H x W x C), N x C x L or N x C x D x H x W"
+
+
+def _dtype(vi: onnx.ValueInfoProto) -> str:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).name
+    except (KeyError, TypeError):
+        return "unknown"
+
+
+def _rank(vi: onnx.ValueInfoProto) -> int:
+    return len(dims(vi) or [])
+
+
+def pick_image_input(proto: onnx.ModelProto, path: Path, name: str | None = None) -> str:
+    """The input impulses go into: ``name``, or the only float32 input of rank 3 to 5.
 
     Raises:
-        OnnxRedundError: not one float image input, or free sizes without ``input_shape``.
+        OnnxRedundError: no such input, none of image rank, or several without ``name``.
     """
     inputs = data_inputs(proto.graph)
-    if len(inputs) != 1:
-        names = [i.name for i in inputs]
-        raise OnnxRedundError(f"{path} has {len(inputs)} data inputs {names}; onnxredund analyses single-input CNNs")
-    vi = inputs[0]
-    if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+    if name is not None:
+        candidates = [i for i in inputs if i.name == name]
+        if not candidates:
+            names = [i.name for i in inputs]
+            raise OnnxRedundError(f"--impulse-input {name!r} is not an input of {path}; its inputs: {names}")
+    else:
+        candidates = [i for i in inputs if _rank(i) in _IMAGE_RANKS and _dtype(i) == "float32"]
+        if len(candidates) > 1:
+            names = [i.name for i in candidates]
+            raise OnnxRedundError(f"{path} has {len(names)} image inputs {names}; pass --impulse-input NAME")
+        if not candidates and len(inputs) == 1:
+            candidates = inputs  # one input: say what is wrong with it
+    if not candidates:
+        shapes = {i.name: dims(i) for i in inputs}
+        raise OnnxRedundError(f"{path} has no input of image shape (inputs {shapes}); onnxredund needs {_NEEDS_IMAGE}")
+    vi = candidates[0]
+    if _dtype(vi) != "float32":
         raise OnnxRedundError(f"input {vi.name!r} is not float32; onnxredund analyses float image models")
-    shape = dims(vi)
-    if shape is None or len(shape) != 4:
-        raise OnnxRedundError(
-            f"input {vi.name!r} has shape {shape}; onnxredund needs an image tensor N x C x H x W (or N x H x W x C)"
-        )
+    if _rank(vi) not in _IMAGE_RANKS:
+        raise OnnxRedundError(f"input {vi.name!r} has shape {dims(vi)}; onnxredund needs {_NEEDS_IMAGE}")
+    return vi.name
+
+
+def input_sizes(proto: onnx.ModelProto, image: str, given: dict[str | None, tuple[int, ...]]) -> dict[str, list]:
+    """Every data input's dimensions ``[batch, *sample]`` (``[]`` for a scalar) with every sample size known.
+
+    Args:
+        image: the image input.
+        given: sample sizes from --input-shape, by input name (None: the image input).
+
+    Raises:
+        OnnxRedundError: free sizes not given, sizes that contradict the model, or a name that is no input.
+    """
+    inputs = {i.name: i for i in data_inputs(proto.graph)}
+    unknown = [n for n in given if n is not None and n not in inputs]
+    if unknown:
+        raise OnnxRedundError(f"--input-shape names {unknown[0]!r}, which is not an input; inputs: {list(inputs)}")
+    sizes = {}
+    for name, vi in inputs.items():
+        shape = dims(vi)
+        if shape is None:
+            raise OnnxRedundError(f"input {name!r} has no shape in the model; re-export it with shapes")
+        want = given.get(name, given.get(None) if name == image else None)
+        sizes[name] = _with_sizes(name, shape, want)
+    return sizes
+
+
+def _with_sizes(name: str, shape: list, want: tuple[int, ...] | None) -> list:
+    if not shape:
+        return []
     sample = shape[1:]
-    if input_shape is not None:
-        if len(input_shape) != 3:
-            raise OnnxRedundError(f"--input-shape needs three sizes like 3x48x192, got {input_shape}")
-        for want, have in zip(input_shape, sample, strict=True):
-            if isinstance(have, int) and have > 0 and have != want:
-                raise OnnxRedundError(f"--input-shape {input_shape} contradicts the model's fixed input {sample}")
-        sample = list(input_shape)
+    if want is not None:
+        if len(want) != len(sample):
+            raise OnnxRedundError(
+                f"--input-shape for {name!r} needs {len(sample)} sizes like {'x'.join(['8'] * len(sample))}, got "
+                f"{'x'.join(map(str, want))}"
+            )
+        for w, have in zip(want, sample, strict=True):
+            if isinstance(have, int) and have > 0 and have != w:
+                raise OnnxRedundError(f"--input-shape {want} contradicts the model's fixed input {name!r} {sample}")
+        sample = list(want)
     if any(not isinstance(d, int) or d <= 0 for d in sample):
+        example = "x".join(str(d) if isinstance(d, int) and d > 0 else "64" for d in sample)
         raise OnnxRedundError(
-            f"input {vi.name!r} has free dimensions {shape}; pass --input-shape CxHxW (e.g. 3x224x224)"
+            f"input {name!r} has free dimensions {shape}; pass --input-shape {example} (its sizes after the batch)"
         )
-    return vi.name, [shape[0], *sample]
+    return [shape[0], *sample]
 
 
 def set_input_shape(proto: onnx.ModelProto, name: str, sizes: list) -> None:
@@ -123,14 +273,87 @@ def set_input_shape(proto: onnx.ModelProto, name: str, sizes: list) -> None:
             d.dim_param = "N"
 
 
-def detect_layout(graph: onnx.GraphProto, input_name: str) -> str:
-    """The input's layout: NHWC when it is only read through Transposes to NCHW, else NCHW."""
-    consumers = [n for n in graph.node if input_name in n.input]
-    if consumers and all(n.op_type == "Transpose" for n in consumers):
-        perms = {tuple(a.ints) for n in consumers for a in n.attribute if a.name == "perm"}
-        if perms == {(0, 3, 1, 2)}:
-            return "NHWC"
-    return "NCHW"
+_AXIS_KEEPING = frozenset({
+    "Identity", "Cast", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",
+    "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Neg", "Abs", "Exp", "Log", "Max", "Min", "Sum", "Mean", "PRelu",
+    "BatchNormalization", "InstanceNormalization", "Slice", "Pad", "Concat", "Split", "MaxPool", "AveragePool",
+    "LpPool", "Resize", "Upsample", "Dropout", "Floor", "Ceil", "Round", "Where",
+})  # fmt: skip
+
+
+def _reshape_as_transpose(before: tuple, after: tuple) -> list[int] | None:
+    """For a Reshape of per-sample shapes ``before`` -> ``after`` that only moves one size-1 axis, which input
+    axis each output axis is, the batch axis 0 included (else None)."""
+    if len(before) != len(after):
+        return None
+    kept_from = [i for i, d in enumerate(before) if d != 1]
+    kept_to = [i for i, d in enumerate(after) if d != 1]
+    ones_from = [i for i, d in enumerate(before) if d == 1]
+    ones_to = [i for i, d in enumerate(after) if d == 1]
+    if [before[i] for i in kept_from] != [after[i] for i in kept_to] or len(ones_from) > 1:
+        return None
+    order = [0] * (len(after) + 1)
+    for src, dst in zip(kept_from + ones_from, kept_to + ones_to, strict=True):
+        order[dst + 1] = src + 1
+    return order
+
+
+def channel_axis(graph: onnx.GraphProto, name: str, shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """The axis of input ``name`` that the convs it reaches read as channels.
+
+    Found by following the input through axis-keeping ops, Transposes, and Reshapes that only move a
+    size-1 axis (TensorFlow exporters write NHWC -> NCHW of one channel so); None where paths disagree
+    or a shape-changing op stands in the way.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+    found: set[int | None] = set()
+    stack = [(name, tuple(range(len(shapes[name]) + 1)))]
+    seen = set()
+    while stack:
+        tensor, axes = stack.pop()
+        if (tensor, axes) in seen:
+            continue
+        seen.add((tensor, axes))
+        for node in consumers.get(tensor, []):
+            if node.op_type == "Conv":
+                found.add(axes[1] if node.input[0] == tensor else None)
+            elif node.op_type == "Transpose":
+                perm = attribute(node, "perm", list(range(len(axes)))[::-1])
+                stack.append((node.output[0], tuple(axes[p] for p in perm)))
+            elif node.op_type == "Reshape" and node.input[0] == tensor:
+                before, after = shapes.get(tensor), shapes.get(node.output[0])
+                order = _reshape_as_transpose(before, after) if before and after else None
+                if order is None:
+                    found.add(None)
+                else:
+                    stack.append((node.output[0], tuple(axes[o] for o in order)))
+            elif node.op_type in _AXIS_KEEPING:
+                stack.extend((o, axes) for o in node.output if o)
+            elif node.op_type not in ("Shape", "Size"):
+                found.add(None)
+    return found.pop() if len(found) == 1 else None
+
+
+def image_layout(rank: int, axis: int | None, given: str | None, name: str) -> str:
+    """The layout of an image input of ``rank``: the one given (--layout nchw|nhwc), else the one its channel
+    axis shows; where the graph cannot tell, channels first, said in a warning."""
+    first, last = LAYOUTS[rank]
+    if given is not None:
+        return first if given.lower() in ("nchw", "channels_first") else last
+    if axis == 1:
+        return first
+    if axis == rank - 1:
+        return last
+    log.warning(
+        "cannot tell from the graph whether input %r has its channels first or last; assuming %s "
+        "(pass --layout nhwc if they are last)",
+        name,
+        first,
+    )
+    return first
 
 
 def shape_table(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:

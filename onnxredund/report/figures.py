@@ -38,8 +38,16 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _tile(responses: np.ndarray, i: int) -> np.ndarray:
+    """Channel i's response to input channel 0 as something to draw: a line (1-D), a map (2-D), or the
+    middle slice along the first axis (3-D)."""
+    tile = responses[i, 0]
+    return tile[tile.shape[0] // 2] if tile.ndim == 3 else tile
+
+
 def response_grid_figure(responses: np.ndarray, title: str) -> bytes:
-    """Impulse responses (C, M, H, W) as a grid of C tiles (input channel 0), each on its own scale."""
+    """Impulse responses (C, M, *S) as a grid of C tiles (input channel 0), each on its own scale: maps for
+    2-D convs, the middle slice for 3-D, curves for 1-D."""
     plt = _plt()
     c = min(responses.shape[0], _MAX_TILES)
     cols = math.ceil(math.sqrt(c))
@@ -48,9 +56,13 @@ def response_grid_figure(responses: np.ndarray, title: str) -> bytes:
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < c:
-            tile = responses[i, 0]
+            tile = _tile(responses, i)
             lim = float(np.abs(tile).max()) or 1.0
-            ax.imshow(tile, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            if tile.ndim == 1:
+                ax.plot(tile, lw=0.8)
+                ax.set_ylim(-lim, lim)
+            else:
+                ax.imshow(tile, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
             ax.set_title(str(i), fontsize=6, pad=1)
     more = f" (first {c} of {responses.shape[0]})" if c < responses.shape[0] else ""
     fig.suptitle(title + more, fontsize=9)

@@ -11,6 +11,7 @@ from scipy.signal import convolve2d
 from onnxredund.analyses.cascade import cascade_check
 from onnxredund.analyses.impulse import best_matches, impulse_inputs, run_impulse
 from onnxredund.engine import load_model_proto
+from onnxredund.errors import OnnxRedundError
 
 RNG = np.random.default_rng(0)
 
@@ -111,9 +112,9 @@ def test_across_layers_finds_a_cascade_that_repeats_an_earlier_response():
     m = load_model_proto(make_model(nodes, [("x", ["N", 1, 9, 9])], [("z2", ["N", 1, 9, 9])], {"w1": w1, "w2": w2}))
     res = run_impulse(m, device="cpu")
     second = res.layers[1]
-    assert second.across["c1"].shape == (1, 2)
     assert second.across_best_layer == ["c1"] and second.across_best_channel[0] == 0
     assert second.across_best_value[0] == pytest.approx(1.0)
+    assert res.layers[0].across_best_layer == ["", ""] and np.isnan(res.layers[0].across_best_value).all()
 
 
 def test_paper_figure_7_cascade_commutes():
@@ -122,12 +123,101 @@ def test_paper_figure_7_cascade_commutes():
     assert check["max_abs_diff"] < 1e-6
 
 
+def _plain(shape, layout="NCHW"):
+    """A one-conv model whose input has ``shape`` after the batch."""
+    c = shape[-1] if layout.endswith("C") else shape[0]
+    w = np.ones((1, c, *([1] * (len(shape) - 1))), np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="c")]
+    if layout.endswith("C"):
+        nodes.insert(0, helper.make_node("Transpose", ["x"], ["xt"], perm=[0, len(shape), *range(1, len(shape))]))
+        nodes[1].input[0] = "xt"
+    out = ["N", 1, *(shape[:-1] if layout.endswith("C") else shape[1:])]
+    return load_model_proto(make_model(nodes, [("x", ["N", *shape])], [("z", out)], {"w": w}))
+
+
 def test_impulse_inputs_and_positions():
-    batch, pos = impulse_inputs((2, 5, 7), "NCHW", None)
+    feeds, pos = impulse_inputs(_plain((2, 5, 7)), None, [(0, 0)])
+    batch = feeds["x"]
     assert pos == (2, 3) and batch.shape == (3, 2, 5, 7)
     assert batch[0].sum() == 0 and batch[1, 0, 2, 3] == 1 and batch[2, 1, 2, 3] == 1 and batch.sum() == 2
-    nhwc, _ = impulse_inputs((5, 7, 2), "NHWC", (0, 0))
-    assert nhwc.shape == (3, 5, 7, 2) and nhwc[2, 0, 0, 1] == 1
+    nhwc, _ = impulse_inputs(_plain((5, 7, 2), "NHWC"), (0, 0), [(0, 0)])
+    assert nhwc["x"].shape == (3, 5, 7, 2) and nhwc["x"][2, 0, 0, 1] == 1
+    # phase offsets: one impulse per (offset, channel), offsets outer; the base moves in so all fit
+    shifted, base = impulse_inputs(_plain((1, 6, 6)), (5, 5), [(0, 0), (0, 1), (1, 0), (1, 1)])
+    assert base == (4, 4) and shifted["x"].shape == (5, 1, 6, 6)
+    assert [tuple(np.argwhere(shifted["x"][i, 0])[0]) for i in range(1, 5)] == [(4, 4), (4, 5), (5, 4), (5, 5)]
+    with pytest.raises(OnnxRedundError, match="--position needs 2 coordinates"):
+        impulse_inputs(_plain((1, 6, 6)), (1, 2, 3), [(0, 0)])
+
+
+def test_a_strided_first_conv_shows_its_whole_kernel_through_interleaved_phases():
+    # 3x3 stride-2 convs: one impulse shows a single tap of each kernel (all look alike); the 2 x 2 phases show
+    # every tap, so each channel's response is its full flipped kernel and distinct kernels are told apart
+    w = RNG.normal(size=(4, 1, 3, 3))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="c", pads=[1, 1, 1, 1], strides=[2, 2])]
+    m = load_model_proto(make_model(nodes, [("x", ["N", 1, 12, 12])], [("z", ["N", 4, 6, 6])], {"w": w}))
+    layer = run_impulse(m, device="cpu").layers[0]
+    assert layer.phases == (2, 2) and layer.responses.shape == (4, 1, 3, 3)
+    for c in range(4):
+        np.testing.assert_allclose(layer.responses[c, 0], w[c, 0, ::-1, ::-1], atol=1e-6)
+    assert layer.compared.all() and layer.redundant_count == 0
+
+
+def test_responses_too_small_or_constant_are_left_out_and_counted():
+    # conv (3 channels) -> GlobalAveragePool -> 1x1 conv (squeeze-excitation style): the 1x1 conv's response is
+    # one value per input channel, too few to compare; conv channel 2 has zero weights: no response at all
+    w = RNG.normal(size=(3, 1, 3, 3))
+    w[2] = 0.0
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["z"], name="c", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["z"], ["g"]),
+        helper.make_node("Conv", ["g", "w2"], ["y"], name="se"),
+    ]
+    inits = {"w": w, "w2": RNG.normal(size=(5, 3, 1, 1))}
+    m = load_model_proto(make_model(nodes, [("x", ["N", 1, 9, 9])], [("y", ["N", 5, 1, 1])], inits))
+    conv, se = run_impulse(m, device="cpu").layers
+    assert conv.excluded == {"support": 0, "constant": 1} and conv.compared.tolist() == [True, True, False]
+    assert conv.best_match[2] == -1 and np.isnan(conv.best_value[2])
+    assert se.excluded == {"support": 5, "constant": 0} and se.compared_count == 0
+    assert se.redundant_fraction is None and (se.best_match == -1).all()
+
+
+def test_one_dimensional_convs_find_a_duplicate_and_a_negated_copy():
+    k = RNG.normal(size=(1, 5))
+    w = np.stack([k, RNG.normal(size=(1, 5)), 2.0 * k, -k])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="c1d", pads=[2, 2])]
+    m = load_model_proto(make_model(nodes, [("x", ["N", 1, 32])], [("z", ["N", 4, 32])], {"w": w}))
+    assert m.layout == "NCL"
+    layer = run_impulse(m, device="cpu").layers[0]
+    assert layer.responses.shape == (4, 1, 5)
+    np.testing.assert_allclose(layer.responses[0, 0], k[0, ::-1], atol=1e-6)
+    assert layer.best_match[0] == 2 and layer.best_value[0] == pytest.approx(1.0)
+    zero_lag = run_impulse(m, device="cpu", lags=False).layers[0]
+    assert zero_lag.ncc[0, 3] == pytest.approx(-1.0)
+
+
+def test_three_dimensional_convs_give_the_flipped_kernel():
+    w = RNG.normal(size=(2, 1, 3, 3, 3))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="c3d", pads=[1] * 6)]
+    m = load_model_proto(make_model(nodes, [("x", ["N", 1, 7, 7, 7])], [("z", ["N", 2, 7, 7, 7])], {"w": w}))
+    layer = run_impulse(m, device="cpu").layers[0]
+    np.testing.assert_allclose(layer.responses[:, 0], w[:, 0, ::-1, ::-1, ::-1], atol=1e-6)
+
+
+def test_a_second_input_is_held_at_zero_and_convs_it_feeds_alone_are_refused():
+    # x -> conv c1; meta (N, 4) is added after c1; a conv fed by meta alone cannot see the impulse
+    w = RNG.normal(size=(2, 1, 3, 3))
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["z"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceMean", ["z"], ["zm"], axes=[2, 3], keepdims=0),
+        helper.make_node("Gemm", ["meta", "fc"], ["mf"]),
+        helper.make_node("Add", ["zm", "mf"], ["y"]),
+    ]
+    inits = {"w": w, "fc": RNG.normal(size=(4, 2))}
+    m = load_model_proto(make_model(nodes, [("x", ["N", 1, 7, 7]), ("meta", ["N", 4])], [("y", ["N", 2])], inits))
+    assert m.input_name == "x" and [i.name for i in m.inputs] == ["x", "meta"]
+    layer = run_impulse(m, device="cpu").layers[0]
+    np.testing.assert_allclose(layer.responses[:, 0], w[:, 0, ::-1, ::-1], atol=1e-6)
 
 
 def test_best_matches_excludes_self():

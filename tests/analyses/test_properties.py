@@ -16,7 +16,8 @@ from onnxredund.analyses.impulse import run_impulse
 from onnxredund.engine import load_model
 from onnxredund.engine.permutations import apply_permutation, permutation_for
 from onnxredund.errors import OnnxRedundError
-from onnxredund.metrics import cosine_per_channel, ncc_matrix
+from onnxredund.metrics import cosine_per_channel
+from onnxredund.ncc import ncc_matrix
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 

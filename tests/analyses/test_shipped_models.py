@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+import numpy as np
 import pytest
 from conftest import MODELS
 
@@ -42,4 +43,4 @@ def test_the_wide_model_has_more_near_duplicate_impulse_responses_in_both_convs(
     small, wide = (run_impulse(load_model(MODELS / f"{n}.onnx"), across=False, device="cpu") for n in PAPER_PAIR)
     for a, b in zip(small.layers, wide.layers, strict=True):
         assert b.redundant_fraction > a.redundant_fraction, a.name
-        assert b.best_value.mean() > a.best_value.mean(), a.name
+        assert np.nanmean(b.best_value) > np.nanmean(a.best_value), a.name

@@ -161,16 +161,8 @@ def test_resume_gives_the_uninterrupted_numbers():
     saved = []
 
     def stop_after_two(state):
-        saved.append(
-            SweepState(
-                state.batches_done,
-                state.samples_done,
-                state.baseline_correct,
-                state.cos_sum.copy(),
-                state.correct.copy(),
-                state.agree.copy(),
-            )
-        )
+        sums = {k: v.copy() for k, v in state.sums.items()}
+        saved.append(SweepState(state.batches_done, state.samples_done, sums))
         if state.batches_done == 2:
             raise KeyboardInterrupt
 
@@ -180,6 +172,7 @@ def test_resume_gives_the_uninterrupted_numbers():
     assert resumed.complete
     np.testing.assert_allclose(resumed.cosine, full.cosine, atol=1e-12)
     np.testing.assert_array_equal(resumed.accuracy, full.accuracy)
+    assert resumed.to_dict()["outputs"] == full.to_dict()["outputs"]
 
 
 def test_labels_are_optional():

@@ -114,7 +114,7 @@ MODEL_FILES = {
     "integer input": (lambda good: _integer_input().SerializeToString(), "is not float32"),
     "two inputs": (
         lambda good: _conv_model(SUMMED, [("x", ["N", 3, 5, 5]), ("x2", ["N", 3, 5, 5])], {"w": W}).SerializeToString(),
-        "2 data inputs",
+        "2 image inputs ['x', 'x2']; pass --impulse-input NAME",
     ),
     "local functions": (lambda good: _local_function().SerializeToString(), "functions"),
 }

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from onnxredund import data as D
+from onnxredund.data import mnist as MN
 from onnxredund.errors import OnnxRedundError
+from onnxredund.model import ModelInput
 
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -54,28 +56,28 @@ def test_mismatched_image_and_label_counts(mnist_dir, tmp_path):
 
 def test_lookup_order_env_then_cache_then_download(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ONNXREDUND_DATA", str(mnist_dir))
-    assert D.locate_mnist() == mnist_dir
+    assert MN.locate_mnist() == mnist_dir
     monkeypatch.setenv("ONNXREDUND_DATA", str(tmp_path / "empty"))
     # nothing in the env folder nor the cache: download from a (local) mirror, checksums verified
     mirror = "file://" + str(mnist_dir) + "/"
-    found = D.locate_mnist(mirrors=(mirror,))
-    assert found == D.mnist_cache_dir() and D.load_dataset("mnist").y[0] == 7
-    assert D.locate_mnist(mirrors=()) == found  # now cached: no download needed
+    found = MN.locate_mnist(mirrors=(mirror,))
+    assert found == MN.mnist_cache_dir() and D.load_dataset("mnist").y[0] == 7
+    assert MN.locate_mnist(mirrors=()) == found  # now cached: no download needed
 
 
 def test_download_rejects_a_bad_checksum(tmp_path):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    for stem in D.MNIST_FILES:
+    for stem in MN.MNIST_FILES:
         (mirror / f"{stem}.gz").write_bytes(b"tampered")
     with pytest.raises(OnnxRedundError, match="checksum"):
-        D.download_mnist(tmp_path / "dest", mirrors=("file://" + str(mirror) + "/",))
+        MN.download_mnist(tmp_path / "dest", mirrors=("file://" + str(mirror) + "/",))
     assert not any((tmp_path / "dest").iterdir())  # nothing half-written is left
 
 
 def test_unreachable_mirror_says_how_to_provide_files(tmp_path):
     with pytest.raises(OnnxRedundError, match="--data DIR"):
-        D.download_mnist(tmp_path, mirrors=("file:///nonexistent/",))
+        MN.download_mnist(tmp_path, mirrors=("file:///nonexistent/",))
 
 
 def test_npz(tmp_path):
@@ -104,9 +106,9 @@ def test_synthetic_is_seeded():
 
 def test_conform_moves_channels_and_rejects_mismatch():
     x = np.zeros((2, 1, 28, 28), np.float32)
-    assert D.conform(x, (28, 28, 1), "NHWC").shape == (2, 28, 28, 1)
+    assert D.conform(x, ModelInput("x", "float32", (28, 28, 1), layout="NHWC")).shape == (2, 28, 28, 1)
     with pytest.raises(OnnxRedundError, match="takes"):
-        D.conform(x, (3, 28, 28))
+        D.conform(x, ModelInput("x", "float32", (3, 28, 28), layout="NCHW"))
 
 
 def test_limit_keeps_the_first_samples_and_says_so_in_the_name():

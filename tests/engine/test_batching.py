@@ -23,7 +23,7 @@ def reshaped(shape, allowzero: int = 0, batch: int = 1) -> onnx.ModelProto:
 
 
 def test_rebatch_frees_the_input_and_output_and_zeroes_a_leading_batch_in_reshape_constants():
-    out = rebatch(reshaped([1, 36]), "x", 1)
+    out = rebatch(reshaped([1, 36]), ["x"], 1)
     assert out.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
     assert out.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "N"
     node = next(n for n in out.graph.node if n.op_type == "Reshape")
@@ -32,14 +32,14 @@ def test_rebatch_frees_the_input_and_output_and_zeroes_a_leading_batch_in_reshap
 
 def test_rebatch_leaves_allowzero_reshapes_and_the_original_alone():
     original = reshaped([1, 36], allowzero=1)
-    out = rebatch(original, "x", 1)
+    out = rebatch(original, ["x"], 1)
     node = next(n for n in out.graph.node if n.op_type == "Reshape")
     assert node.input[1] == "shape"  # with allowzero a 0 would mean a zero-sized dimension
     assert original.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
 
 
 def test_make_batch_dynamic_checks_against_per_sample_runs():
-    freed, dynamic = make_batch_dynamic(reshaped([1, 36]), "x", [1, 3, 5, 5])
+    freed, dynamic = make_batch_dynamic(reshaped([1, 36]), {"x": [1, 3, 5, 5]})
     assert dynamic
     x = np.random.default_rng(1).random((3, 3, 5, 5), dtype=np.float32)
     together = Runner.create(freed, "cpu").run({"x": x})[0]
@@ -50,11 +50,11 @@ def test_make_batch_dynamic_checks_against_per_sample_runs():
 def test_make_batch_dynamic_keeps_a_model_whose_batch_cannot_be_freed():
     # the whole output is one fixed (36, 1) column: a batch of two cannot fit it
     original = reshaped([36, 1])
-    kept, dynamic = make_batch_dynamic(original, "x", [1, 3, 5, 5])
+    kept, dynamic = make_batch_dynamic(original, {"x": [1, 3, 5, 5]})
     assert not dynamic and kept is original
 
 
 def test_a_free_batch_is_left_as_it_is():
     model = reshaped([1, 36])
-    same, dynamic = make_batch_dynamic(model, "x", ["N", 3, 5, 5])
+    same, dynamic = make_batch_dynamic(model, {"x": ["N", 3, 5, 5]})
     assert dynamic and same is model

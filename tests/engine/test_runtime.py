@@ -59,5 +59,5 @@ def test_a_model_onnxruntime_refuses_is_one_user_error():
 
 
 def test_probe_shapes_runs_one_zero_sample():
-    shapes = probe_shapes(small_cnn()[0], "x", (3, 6, 6), ["z1", "a2", "flat"])
+    shapes = probe_shapes(small_cnn()[0], {"x": np.zeros((1, 3, 6, 6), np.float32)}, ["z1", "a2", "flat"])
     assert shapes == {"z1": (4, 6, 6), "a2": (5, 6, 6), "flat": (5,)}

@@ -1,14 +1,20 @@
-"""The Model record's lookups and the input queries, without running anything."""
+"""The Model record's lookups and the input queries: which input is the image, its sizes and its layout,
+read from what the graph does with it."""
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import pytest
 from conftest import make_model, small_cnn
 from onnx import helper
 
 from onnxredund.engine import load_model_proto
 from onnxredund.errors import OnnxRedundError
-from onnxredund.model import classifier_output, detect_layout, select_input
+from onnxredund.model import channel_axis, classifier_output, image_layout, input_sizes, pick_image_input
+
+W1 = np.random.default_rng(0).normal(size=(24, 1, 3, 3)).astype(np.float32)
 
 
 def test_pick_layers_by_name_or_index_each_once_in_the_order_named():
@@ -18,26 +24,83 @@ def test_pick_layers_by_name_or_index_each_once_in_the_order_named():
         m.pick_layers(["conv3"])
 
 
-def test_classifier_output_is_the_first_output_when_it_is_n_by_classes():
+def test_classifier_output_is_a_softmax_output_or_the_first_n_by_classes():
     m = load_model_proto(small_cnn()[0])
     assert classifier_output(m) == "logits"
     nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="c")]
     w = small_cnn()[1]["w1"]
     conv = load_model_proto(make_model(nodes, [("x", ["N", 3, 6, 6])], [("z", ["N", 4, 4, 4])], {"w": w}))
     assert classifier_output(conv) is None
+    # a face detector: box regression (N, 4) first, face probability (N, 2) from a Softmax second
+    proto, _ = small_cnn(classes=4)
+    proto.graph.node.append(helper.make_node("Softmax", ["logits"], ["prob"], axis=1))
+    proto.graph.output.append(helper.make_tensor_value_info("prob", 1, ["N", 4]))
+    two = load_model_proto(proto)
+    assert two.classifiers == ["prob"]
+    assert load_model_proto(proto, classifier="logits").classifiers == ["logits"]
+    assert load_model_proto(proto, classifier="none").classifiers == []
+    with pytest.raises(OnnxRedundError, match="--classifier-output 'nope' is not an output"):
+        load_model_proto(proto, classifier="nope")
 
 
-def test_select_input_takes_input_shape_for_free_sizes_and_refuses_contradictions(tmp_path):
+def test_input_sizes_take_given_sizes_for_free_dimensions_and_refuse_contradictions():
     nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="c")]
     w = small_cnn()[1]["w1"]
     proto = make_model(nodes, [("x", ["N", 3, "H", "W"])], [("z", ["N", 4, "h", "w"])], {"w": w})
-    assert select_input(proto, tmp_path, (3, 9, 11)) == ("x", ["N", 3, 9, 11])
+    assert input_sizes(proto, "x", {None: (3, 9, 11)}) == {"x": ["N", 3, 9, 11]}
     with pytest.raises(OnnxRedundError, match="contradicts the model's fixed input"):
-        select_input(proto, tmp_path, (1, 9, 11))
+        input_sizes(proto, "x", {None: (1, 9, 11)})
+    with pytest.raises(OnnxRedundError, match="pass --input-shape 3x64x64"):
+        input_sizes(proto, "x", {})
 
 
-def test_layout_is_nhwc_only_behind_a_transpose_to_nchw():
-    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2])]
-    assert detect_layout(helper.make_graph(nodes, "g", [], []), "x") == "NHWC"
-    other = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1])]
-    assert detect_layout(helper.make_graph(other, "g", [], []), "x") == "NCHW"
+def test_the_image_input_is_the_only_float_input_of_image_rank_or_the_one_named():
+    nodes = [helper.make_node("Add", ["x", "x2"], ["s"]), helper.make_node("Conv", ["s", "w"], ["z"])]
+    w = small_cnn()[1]["w1"]
+    proto = make_model(nodes, [("x", ["N", 3, 6, 6]), ("x2", ["N", 3, 6, 6])], [("z", ["N", 4, 4, 4])], {"w": w})
+    with pytest.raises(OnnxRedundError, match="2 image inputs"):
+        pick_image_input(proto, "m.onnx")
+    assert pick_image_input(proto, "m.onnx", "x2") == "x2"
+
+
+def tf_one_channel(reshape: bool) -> object:
+    """TensorFlow's NHWC input of one channel, N x 8 x 6 x 1, reaching the conv through a Reshape to
+    N x 1 x 8 x 6 (what tf2onnx writes for one channel) or a Transpose."""
+    if reshape:
+        first = helper.make_node("Reshape", ["x", "shape"], ["xt"])
+    else:
+        first = helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2])
+    nodes = [first, helper.make_node("Conv", ["xt", "w"], ["z"], name="c")]
+    inits = {"w": W1} | ({"shape": [-1, 1, 8, 6]} if reshape else {})
+    return make_model(nodes, [("x", ["N", 8, 6, 1])], [("z", ["N", 24, 6, 4])], inits)
+
+
+@pytest.mark.parametrize("reshape", [True, False])
+def test_a_one_channel_nhwc_input_is_read_as_nhwc_from_the_graph(reshape):
+    m = load_model_proto(tf_one_channel(reshape))
+    assert m.layout == "NHWC" and m.sample_shape == (8, 6, 1)
+    assert m.image_input.channels == 1 and m.image_input.spatial_shape == (8, 6)
+    assert m.layers[0].input_shape == (1, 8, 6)
+
+
+def test_a_layout_the_graph_does_not_show_is_assumed_nchw_with_a_warning_and_taken_from_layout(caplog):
+    # N x 2 x 8 x 4 reshaped to N x 4 x 4 x 4: the graph cannot tell which input axis holds the channels
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["xr"]), helper.make_node("Conv", ["xr", "w"], ["z"])]
+    w = np.ones((2, 4, 3, 3), np.float32)
+    proto = make_model(nodes, [("x", ["N", 2, 8, 4])], [("z", ["N", 2, 2, 2])], {"w": w, "shape": [-1, 4, 4, 4]})
+    with caplog.at_level(logging.WARNING, logger="onnxredund"):
+        assert load_model_proto(proto).layout == "NCHW"
+    assert "cannot tell from the graph" in caplog.text and "--layout nhwc" in caplog.text
+    assert load_model_proto(proto, layout="nhwc").layout == "NHWC"
+
+
+def test_channel_axis_follows_transposes_and_axis_keeping_ops():
+    nodes = [
+        helper.make_node("Mul", ["x", "scale"], ["xs"]),
+        helper.make_node("Transpose", ["xs"], ["xt"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["xt", "w"], ["z"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [], [])
+    assert channel_axis(graph, "x", {"x": (8, 6, 3), "xs": (8, 6, 3), "xt": (3, 8, 6)}) == 3
+    assert image_layout(4, 3, None, "x") == "NHWC" and image_layout(3, 1, None, "x") == "NCL"
+    assert image_layout(5, 4, None, "x") == "NDHWC" and image_layout(4, 3, "nchw", "x") == "NCHW"

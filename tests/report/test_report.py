@@ -60,12 +60,12 @@ def test_audit_writes_every_output(audit_dir):
 def test_results_json_validates_against_the_schema(audit_dir):
     results = json.loads((audit_dir / "results.json").read_text())
     jsonschema.validate(results, json.loads(SCHEMA.read_text()))
-    assert results["schema_version"] == 1
+    assert results["schema_version"] == 2
     conv2 = next(s for s in results["summary"] if s["name"] == "conv2")
     assert conv2["channel_cheap_fraction"] is not None and len(conv2["ranked_channels"]) == 4
     costs = [r["cost"] for r in conv2["ranked_channels"]]
     assert costs == sorted(costs)  # cheapest first
-    broken = dict(results, schema_version=2)
+    broken = dict(results, schema_version=1)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, json.loads(SCHEMA.read_text()))
 
@@ -78,7 +78,10 @@ def test_gates_fail_with_status_1(tmp_path):
     # conv2's input channel 1 has zero weights: shuffling it costs nothing, so >= 1 of 4 channels is cheap
     bad = run_cli(*args, "--out", tmp_path / "b", "--fail-if", "cheap_fraction>=0.25")
     assert bad.exit_code == 1
-    summary = json.loads((tmp_path / "b" / "results.json").read_text())["summary"][1]
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert [s["name"] for s in results["summary"]] == ["conv2"]  # --layers limits the impulse step too
+    assert [l["name"] for l in results["impulse"]["layers"]] == ["conv2"]
+    summary = results["summary"][0]
     assert summary["channel_cheap_fraction"] >= 0.25 and summary["ranked_channels"][0]["channel"] == 1
     expected = f"failed at conv2: cheap_fraction = {summary['channel_cheap_fraction']:.4f}"
     assert bad.stderr.strip() == f"onnxredund: gate cheap_fraction>=0.25 {expected}"

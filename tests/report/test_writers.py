@@ -16,7 +16,7 @@ from onnxredund.analyses.shuffle import run_shuffle
 from onnxredund.atomic import csv_text
 from onnxredund.data import Dataset
 from onnxredund.engine import load_model_proto
-from onnxredund.report.writers import write_impulse, write_shuffle
+from onnxredund.report.writers import impulse_payload, write_impulse, write_shuffle
 
 
 def test_csv_text_quotes_fields_that_need_it_and_writes_none_empty():
@@ -47,5 +47,7 @@ def test_write_impulse_csv_keeps_a_layer_name_with_a_comma(tmp_path):
     rows = list(csv.DictReader(io.StringIO((tmp_path / "impulse.csv").read_text())))
     assert [r["layer"] for r in rows] == ["block,conv"] * 3
     assert [int(r["best_match"]) for r in rows] == result.layers[0].best_match.tolist()
-    assert json.loads((tmp_path / "impulse.json").read_text()) == result.to_dict()
+    assert json.loads((tmp_path / "impulse.json").read_text()) == impulse_payload(result)
+    with np.load(tmp_path / "impulse.npz") as z:
+        np.testing.assert_array_equal(z["0.ncc"], result.layers[0].ncc)
     assert {p.name for p in tmp_path.glob("*.png")} == {"impulse-0-responses.png", "impulse-0-ncc.png"}

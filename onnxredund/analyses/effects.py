@@ -1,0 +1,182 @@
+"""What perturbing one input channel does at the model's outputs, for any model.
+
+Per graph output o and perturbed channel k, over all samples (clean y, perturbed y~):
+
+- ``cosine``: mean over samples of the cosine of the flattened y and y~ (eq. 1's edge cases);
+- ``relative_l2``: sqrt(sum (y~ - y)^2 / sum y^2) over every sample and element (None when y is all 0);
+- ``sqnr_db``: 10 log10(sum y^2 / sum (y~ - y)^2), capped at :data:`SQNR_CAP_DB` (identical outputs);
+- ``abs_error_p50``, ``abs_error_p99``: percentiles of |y~ - y| over every element, from a histogram
+  on fixed log-spaced bins (within 12 % above the exact value); ``abs_error_max``: exact;
+
+and for classifier outputs (N, classes): ``top1_agreement`` (perturbed top-1 equals the clean top-1),
+``top5_agreement`` (the clean top-1 is among the perturbed top 5) and ``kl_divergence`` (mean over
+samples of KL(clean softmax || perturbed softmax), nats); ``accuracy`` against labels for the first
+classifier output where labels exist.
+
+Everything is a sum over batches (the maximum merges by max), so batches and channel runs can be
+measured in any order, anywhere, and merged: :class:`EffectMeter` keeps the sums in a dict of arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxredund.metrics import (
+    ERROR_EDGES,
+    error_histogram,
+    flat_cosine,
+    histogram_quantile,
+    kl_divergence,
+    log_softmax,
+    top_k_hits,
+)
+
+__all__ = ["SQNR_CAP_DB", "EffectMeter", "OutputEffect", "merge_sums"]
+
+SQNR_CAP_DB = 300.0
+
+
+def _nan_to_none(values) -> list | None:
+    if values is None:
+        return None
+    return [None if not np.isfinite(v) else round(float(v), 10) for v in np.asarray(values, np.float64)]
+
+
+@dataclass(frozen=True)
+class OutputEffect:
+    """The effect on one graph output of perturbing each channel k: arrays (K,), means over repeats."""
+
+    name: str
+    classifier: bool
+    cosine: np.ndarray
+    relative_l2: np.ndarray
+    sqnr_db: np.ndarray
+    abs_error_p50: np.ndarray
+    abs_error_p99: np.ndarray
+    abs_error_max: np.ndarray
+    top1_agreement: np.ndarray | None = None
+    top5_agreement: np.ndarray | None = None
+    kl_divergence: np.ndarray | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "classifier": self.classifier,
+            "cosine": _nan_to_none(self.cosine),
+            "relative_l2": _nan_to_none(self.relative_l2),
+            "sqnr_db": _nan_to_none(self.sqnr_db),
+            "abs_error_p50": _nan_to_none(self.abs_error_p50),
+            "abs_error_p99": _nan_to_none(self.abs_error_p99),
+            "abs_error_max": _nan_to_none(self.abs_error_max),
+            "top1_agreement": _nan_to_none(self.top1_agreement),
+            "top5_agreement": _nan_to_none(self.top5_agreement),
+            "kl_divergence": _nan_to_none(self.kl_divergence),
+        }
+
+
+def merge_sums(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``a`` + ``b`` array by array (maxima, the keys ending in ``.max``, by maximum)."""
+    return {k: np.maximum(a[k], b[k]) if k.endswith(".max") else a[k] + b[k] for k in a}
+
+
+class EffectMeter:
+    """Accumulates output effects in a dict of arrays (the sweep's sums).
+
+    Args:
+        outputs: every graph output; classifiers: those holding class scores (the first is the prediction);
+        kinds: per classifier, "logits", "probabilities" or "log_probabilities"; repeats, channels: R and K.
+        labelled: whether the data has labels (accuracy of the first classifier).
+    """
+
+    def __init__(self, outputs, classifiers, kinds, repeats: int, channels: int, labelled: bool) -> None:
+        self.outputs, self.classifiers, self.kinds = list(outputs), list(classifiers), dict(kinds)
+        self.repeats, self.channels = repeats, channels
+        self.labelled = labelled and bool(self.classifiers)
+
+    def key(self, name: str, what: str) -> str:
+        """The name of the sum ``what`` of output ``name`` in the sums dict."""
+        return f"out{self.outputs.index(name)}.{what}"
+
+    def new_sums(self) -> dict[str, np.ndarray]:
+        rk = (self.repeats, self.channels)
+        sums = {"baseline_correct": np.zeros((), np.int64)}
+        if self.labelled:
+            sums["correct"] = np.zeros(rk, np.int64)
+        for name in self.outputs:
+            sums[self.key(name, "ref_sq")] = np.zeros(())
+            sums[self.key(name, "cos")] = np.zeros(rk)
+            sums[self.key(name, "err_sq")] = np.zeros(rk)
+            sums[self.key(name, "hist")] = np.zeros((*rk, len(ERROR_EDGES) - 1), np.int64)
+            sums[self.key(name, "max")] = np.zeros(rk)
+            if name in self.classifiers:
+                for what in ("top1", "top5"):
+                    sums[self.key(name, what)] = np.zeros(rk, np.int64)
+                sums[self.key(name, "kl")] = np.zeros(rk)
+        return sums
+
+    def add_clean(self, sums: dict, clean: dict[str, np.ndarray], labels: np.ndarray | None) -> None:
+        """A batch's clean outputs: the reference energy, and the baseline's correct count."""
+        for name in self.outputs:
+            sums[self.key(name, "ref_sq")] += np.square(clean[name], dtype=np.float64).sum()
+        if self.labelled and labels is not None:
+            sums["baseline_correct"] += int((clean[self.classifiers[0]].argmax(axis=1) == labels).sum())
+
+    def add_run(self, sums: dict, r: int, first: int, perturbed: dict, clean: dict, labels: np.ndarray | None) -> None:
+        """One run's perturbed outputs (K', B, ...) for the channels ``first:first + K'`` of repeat ``r``.
+
+        Outputs missing from ``perturbed`` cannot change: they count as their clean values.
+        """
+        for name in self.outputs:
+            ref = clean[name]
+            pert = perturbed.get(name)
+            count = next(iter(perturbed.values())).shape[0] if perturbed else 0
+            for j in range(count):
+                y = ref if pert is None else pert[j]
+                self._add_one(sums, name, (r, first + j), y, ref, labels)
+
+    def _add_one(self, sums, name: str, at: tuple[int, int], y: np.ndarray, ref: np.ndarray, labels) -> None:
+        diff = np.abs(y.astype(np.float64) - ref)
+        sums[self.key(name, "cos")][at] += flat_cosine(y, ref).sum()
+        sums[self.key(name, "err_sq")][at] += np.square(diff).sum()
+        sums[self.key(name, "hist")][at] += error_histogram(diff)
+        sums[self.key(name, "max")][at] = max(sums[self.key(name, "max")][at], float(diff.max(initial=0.0)))
+        if name not in self.classifiers:
+            return
+        clean_top = ref.argmax(axis=1)
+        sums[self.key(name, "top1")][at] += int(top_k_hits(y, clean_top, 1).sum())
+        sums[self.key(name, "top5")][at] += int(top_k_hits(y, clean_top, 5).sum())
+        kind = self.kinds.get(name, "logits")
+        sums[self.key(name, "kl")][at] += kl_divergence(log_softmax(ref, kind), log_softmax(y, kind)).sum()
+        if self.labelled and name == self.classifiers[0] and labels is not None:
+            sums["correct"][at] += int((y.argmax(axis=1) == labels).sum())
+
+    def effects(self, sums: dict, samples: int) -> dict[str, OutputEffect]:
+        """Per output, the effects (K,) as means over repeats."""
+        n = max(samples, 1)
+        return {name: self._effect(sums, name, n) for name in self.outputs}
+
+    def _effect(self, sums: dict, name: str, n: int) -> OutputEffect:
+        def mean(what: str) -> np.ndarray:
+            return (sums[self.key(name, what)] / n).mean(axis=0)
+
+        err, ref = sums[self.key(name, "err_sq")], float(sums[self.key(name, "ref_sq")])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.sqrt(err / ref) if ref > 0 else np.where(err == 0, 0.0, np.nan)
+            sqnr = np.where(err > 0, 10 * np.log10(ref / err), SQNR_CAP_DB) if ref > 0 else np.full(err.shape, np.nan)
+        hist, top = sums[self.key(name, "hist")], sums[self.key(name, "max")]
+        quantile = np.vectorize(histogram_quantile, signature="(b),(),()->()")
+        classifier = name in self.classifiers
+        return OutputEffect(
+            name=name,
+            classifier=classifier,
+            cosine=mean("cos"),
+            relative_l2=rel.mean(axis=0),
+            sqnr_db=np.minimum(sqnr, SQNR_CAP_DB).mean(axis=0),
+            abs_error_p50=quantile(hist, 0.5, top).mean(axis=0),
+            abs_error_p99=quantile(hist, 0.99, top).mean(axis=0),
+            abs_error_max=top.max(axis=0),
+            top1_agreement=mean("top1") if classifier else None,
+            top5_agreement=mean("top5") if classifier else None,
+            kl_divergence=mean("kl") if classifier else None,
+        )

@@ -1,0 +1,176 @@
+"""The audit's outputs: results.json, impulse.npz, summary.csv, impulse and shuffle CSVs, figures and a
+self-contained report.html that says what data it saw and what was sampled or left out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onnxredund.analyses.audit import AuditResult, LayerSummary
+from onnxredund.analyses.impulse import MIN_SUPPORT, ImpulseResult
+from onnxredund.analyses.shuffle import ShuffleResult
+from onnxredund.atomic import atomic_write, csv_text, write_json
+from onnxredund.report.html import Section, Table, render_html
+from onnxredund.report.writers import (
+    IMPULSE_NPZ,
+    impulse_figures,
+    impulse_payload,
+    outputs_csv,
+    shuffle_figures,
+    write_figures,
+    write_npz,
+)
+
+__all__ = ["SUMMARY_COLUMNS", "cost_word", "write_audit", "write_audit_impulse", "write_audit_sweep"]
+
+SUMMARY_COLUMNS = [
+    "name",
+    "in_channels",
+    "out_channels",
+    "impulse_redundant_fraction",
+    "impulse_compared",
+    "channel_cheap_fraction",
+    "pixel_cheap_fraction",
+    "worst_accuracy_drop",
+    "worst_agreement_drop",
+    "worst_output_cosine",
+    "worst_output_sqnr",
+    "redundancy_score",
+]
+
+
+def cost_word(result: AuditResult) -> str:
+    """What a shuffle costs is measured in: accuracy, agreement or output cosine."""
+    if result.labelled:
+        return "accuracy"
+    return "agreement" if result.classifier else "output cosine"
+
+
+def write_audit_impulse(out: Path, impulse: ImpulseResult) -> None:
+    """The impulse part as soon as it is there: kept on disk whatever happens to the sweeps after it."""
+    write_npz(out / IMPULSE_NPZ, impulse.arrays())
+    write_json(out / "impulse.json", impulse_payload(impulse))
+    atomic_write(out / "impulse.csv", impulse.to_csv())
+
+
+def write_audit_sweep(out: Path, result: ShuffleResult) -> None:
+    """One sweep as soon as it ends."""
+    tag = f"shuffle-{result.layer_index}-{result.mode}"
+    write_json(out / f"{tag}.json", result.to_dict())
+    atomic_write(out / f"{tag}.csv", result.to_csv())
+    atomic_write(out / f"{tag}-outputs.csv", outputs_csv(result))
+
+
+def _pct(v: float | None) -> str | None:
+    return None if v is None else f"{100 * v:.1f} %"
+
+
+def _impulse_cell(s: LayerSummary) -> str | None:
+    if s.impulse_compared is None:
+        return None
+    left_out = sum((s.impulse_excluded or {}).values())
+    text = _pct(s.impulse_redundant_fraction) or "not compared"
+    return f"{text} of {s.impulse_compared}" + (f" ({left_out} left out)" if left_out else "")
+
+
+def _cost_cell(s: LayerSummary, word: str) -> str | None:
+    if word == "accuracy":
+        return None if s.worst_accuracy_drop is None else f"{100 * s.worst_accuracy_drop:.2f} pp"
+    if word == "agreement":
+        return None if s.worst_agreement_drop is None else f"{100 * s.worst_agreement_drop:.2f} pp"
+    return None if s.worst_output_cosine is None else f"{s.worst_output_cosine:.4f}"
+
+
+def _summary_table(result: AuditResult) -> Table:
+    word = cost_word(result)
+    worst = {"accuracy": "worst accuracy drop", "agreement": "worst agreement drop"}.get(word, "lowest output cosine")
+    rows = [
+        [
+            s.name,
+            f"{s.in_channels}->{s.out_channels}",
+            _impulse_cell(s),
+            _pct(s.channel_cheap_fraction),
+            _pct(s.pixel_cheap_fraction),
+            _cost_cell(s, word),
+            None if s.redundancy_score is None else f"{s.redundancy_score:.3f}",
+        ]
+        for s in result.layers
+    ]
+    cheap = f"{100 * result.cheap_drop:.2f} pp {word}" if word != "output cosine" else f"{result.cheap_drop} cosine"
+    return Table(
+        [
+            "layer",
+            "channels",
+            "impulse: redundant out-channels",
+            "channel shuffle: cheap in-channels",
+            "pixel shuffle: cheap in-channels",
+            worst,
+            "redundancy score",
+        ],  # fmt: skip
+        rows,
+        f"cheap: shuffling costs at most {cheap}; redundant: NCC best match >= {result.impulse.threshold} among "
+        f"the compared channels (responses over fewer than {MIN_SUPPORT} positions, or "
+        "constant, are left out); empty: not measured",
+    )
+
+
+def _data_lines(result: AuditResult) -> list[str]:
+    info = result.data_info
+    facts = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("name",) and v not in (None, "", []))
+    return [f"data: {result.data} ({facts})"]
+
+
+def _ranked_table(summary: LayerSummary, word: str) -> Table:
+    unit = " pp" if word in ("accuracy", "agreement") else ""
+    scale = 100 if unit else 1
+    rows = [
+        [r["channel"], f"{scale * r['cost']:.2f}{unit}", *(f"{v:.4f}" for v in r["mean_cosine"].values())]
+        for r in summary.ranked_channels[:20]
+    ]
+    modes = list(summary.ranked_channels[0]["mean_cosine"]) if summary.ranked_channels else []
+    return Table(
+        ["input channel", f"cost in {word} (worst mode)", *(f"mean cosine ({m})" for m in modes)],
+        rows,
+        f"{summary.name}: input channels whose perturbation costs least (first 20)",
+    )
+
+
+def _shuffle_section(layer_name: str, modes: dict[str, ShuffleResult], summary: LayerSummary, word: str, figs: dict):
+    blocks = []
+    for r in modes.values():
+        sf = shuffle_figures(r)
+        figs |= sf
+        base = f" Baseline accuracy {100 * r.baseline_accuracy:.2f} %." if r.baseline_accuracy is not None else ""
+        sampled = "" if r.complete else f" (sampled: {r.samples_done} of {r.num_samples}, time budget)"
+        blocks.append(f"{r.mode} shuffling: {r.samples_done} samples{sampled}, seed {r.seed}, {r.route} path.{base}")
+        blocks.extend(sf.values())
+    blocks.append(_ranked_table(summary, word))
+    return Section(f"Shuffling at {layer_name}", blocks)
+
+
+def write_audit(out: Path, result: AuditResult) -> None:
+    """Every output of the audit (see the module docstring)."""
+    write_audit_impulse(out, result.impulse)
+    for modes in result.shuffles.values():
+        for r in modes.values():
+            write_audit_sweep(out, r)
+    write_json(out / "results.json", {**result.to_dict(), "matrices_file": IMPULSE_NPZ})
+    rows = [[getattr(s, c) for c in SUMMARY_COLUMNS] for s in result.layers]
+    atomic_write(out / "summary.csv", csv_text(["layer", *SUMMARY_COLUMNS[1:]], rows))
+    impulse_figs = impulse_figures(result.impulse)
+    figs = dict(impulse_figs)
+    word = cost_word(result)
+    overview = [_summary_table(result), *_data_lines(result), *[f"note: {n}" for n in result.notes]]
+    sections = [Section("Summary", overview)]
+    for layer_name, modes in result.shuffles.items():
+        summary = next(s for s in result.layers if s.name == layer_name)
+        sections.append(_shuffle_section(layer_name, modes, summary, word, figs))
+    imp = result.impulse
+    imp_blocks = [
+        f"mode {imp.mode}; NCC {'maximised over lags' if imp.lags else 'at lag 0'}; impulse at {imp.position}"
+    ]
+    imp_blocks += list(impulse_figs.values())
+    sections.append(Section("Unit impulse responses", imp_blocks))
+    write_figures(out, figs)
+    meta = f"data {result.data}, seed {result.seed}" + (f", budget {result.budget:g} s" if result.budget else "")
+    page = render_html(f"Redundancy audit: {Path(result.model).name}", meta, sections)
+    atomic_write(out / "report.html", page)

@@ -1,0 +1,82 @@
+"""The reproduction's outputs: the paper's figures 4-9 as PNGs, results.json, claims.csv and report.html."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onnxredund.analyses.reproduce import ReproduceResult
+from onnxredund.atomic import atomic_write, csv_text, write_json
+from onnxredund.report.figures import (
+    accuracy_figure,
+    cascade_figure,
+    cosine_figure,
+    ncc_figure,
+    response_grid_figure,
+    shuffle_example_figure,
+)
+from onnxredund.report.html import Figure, Section, Table, render_html
+from onnxredund.report.writers import write_figures
+
+__all__ = ["write_reproduce"]
+
+
+def _csv_number(v: float | None) -> str | None:
+    return None if v is None else f"{v:.6f}"
+
+
+def write_reproduce(out: Path, result: ReproduceResult) -> None:
+    """The paper's figures 4-9 as PNGs, results.json, claims.csv and report.html."""
+    write_json(out / "results.json", result.to_dict())
+    rows = [[c.claim, _csv_number(c.lenet5), _csv_number(c.lenet5x10), _csv_number(c.value), int(c.passed)]
+            for c in result.claims]  # fmt: skip
+    atomic_write(out / "claims.csv", csv_text(["claim", "lenet5", "lenet5x10", "value", "passed"], rows))
+    ex = result.example
+    figs: dict[str, Figure] = {
+        "fig4-shuffle-example.png": Figure(
+            shuffle_example_figure(ex["clean"], ex["channel"], ex["pixel"], f"LeNet-5, A_1 channel {ex['index']}"),
+            "Figure 4: one test sample's A_1 channel (input of conv2), channel-shuffled and pixel-shuffled",
+        ),
+    }
+    for model, modes in result.shuffles.items():
+        for mode, r in modes.items():
+            title = f"{model} conv2, {mode} shuffling"
+            figs[f"fig5-{model}-{mode}-cosine.png"] = Figure(
+                cosine_figure(r.channels, r.cosine, title), f"Figure 5: {title}: cosine of A_2 per output channel"
+            )
+            figs[f"fig6-{model}-{mode}-accuracy.png"] = Figure(
+                accuracy_figure(r.channels, r.accuracy, r.baseline_accuracy, title),
+                f"Figure 6: {title}: accuracy per perturbed channel, the green line is the baseline",
+            )
+    figs["fig7-cascade.png"] = Figure(
+        cascade_figure(result.cascade["responses"], result.cascade["ncc"]),
+        "Figure 7: two cascaded convolutions with vertical and horizontal Gaussian kernels, in either order",
+    )
+    for model, imp in result.impulses.items():
+        for l in imp.layers:
+            figs[f"fig8-{model}-{l.name}-responses.png"] = Figure(
+                response_grid_figure(l.responses, f"{model} {l.name}: impulse responses"),
+                f"Figure 8: {model} {l.name}: impulse responses",
+            )
+            figs[f"fig9-{model}-{l.name}-ncc.png"] = Figure(
+                ncc_figure(l.ncc, f"{model} {l.name}: NCC"), f"Figure 9: {model} {l.name}: NCC of impulse responses"
+            )
+    write_figures(out, figs)
+    claims = Table(
+        ["claim", "LeNet-5", "LeNet-5x10", "value", "verdict"],
+        [[c.claim, c.lenet5, c.lenet5x10, c.value, c.passed] for c in result.claims],
+    )
+    base = {m: r["channel"].baseline_accuracy for m, r in result.shuffles.items()}
+    sections = [
+        Section(
+            "The paper's claims, checked",
+            [claims, "baselines: " + ", ".join(f"{m} {100 * v:.2f} %" for m, v in base.items())],
+        ),
+        Section(
+            "Channel and pixel shuffling (section 2)", [v for k, v in figs.items() if k[:4] in ("fig4", "fig5", "fig6")]
+        ),
+        Section("Unit impulse response (section 3)", [v for k, v in figs.items() if k[:4] in ("fig7", "fig8", "fig9")]),
+    ]
+    page = render_html(
+        "Reproduction: redundancy in LeNet-5 and LeNet-5x10", f"data {result.data}, seed {result.seed}", sections
+    )
+    atomic_write(out / "report.html", page)
