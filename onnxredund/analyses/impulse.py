@@ -41,7 +41,7 @@ from onnxredund.engine.runtime import Runner
 from onnxredund.engine.surgery import cut, linearize
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import ConvLayer, Model, data_dependent
-from onnxredund.ncc import best_earlier_matches, ncc_matrix
+from onnxredund.ncc import EarlierLayers, ncc_matrix
 
 __all__ = [
     "IMPULSE_MODES",
@@ -61,6 +61,7 @@ MAX_PHASES = 4  # phase positions per axis of a strided conv
 MIN_SUPPORT = 3  # positions a response needs to be compared (a 1x1 support is one number per input channel)
 _MAX_RUN = 64  # impulses per run
 _JSON_MATRIX_CHANNELS = 256  # larger NCC matrices go to the .npz only
+_JSON_MATRIX_VALUES = 100_000  # and so do those past this many values in all (about 1.3 MB of JSON)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ class LayerImpulse:
     def compared_count(self) -> int:
         return int(self.compared.sum())
 
-    def to_dict(self, *, responses: bool = False, matrix_channels: int = _JSON_MATRIX_CHANNELS) -> dict:
+    def to_dict(self, *, responses: bool = False, matrix: bool = True) -> dict:
+        """The layer as JSON; ``matrix``: with its NCC matrix (rounded to 6 decimals; exact in the .npz)."""
         d = {
             "name": self.name,
             "index": self.index,
@@ -111,7 +113,7 @@ class LayerImpulse:
             "phases": list(self.phases),
             "compared_count": self.compared_count,
             "excluded": dict(self.excluded),
-            "ncc": _rounded(self.ncc) if len(self.ncc) <= matrix_channels else None,
+            "ncc": np.round(self.ncc, 6).tolist() if matrix else None,
             "best_match": [int(v) for v in self.best_match],
             "best_value": _values(self.best_value),
             "redundant_count": self.redundant_count,
@@ -177,7 +179,19 @@ class ImpulseResult:
         header = ["layer", "channel", "compared", "best_match", "best_value", "redundant", "across_layer"]
         return csv_text([*header, "across_channel", "across_value"], rows)
 
-    def to_dict(self, *, responses: bool = False, matrix_channels: int = _JSON_MATRIX_CHANNELS) -> dict:
+    def json_matrices(self) -> set[str]:
+        """The layers whose NCC matrix goes into the JSON: up to 256 channels, smallest first, until 100,000
+        values in all (every matrix is in the .npz)."""
+        chosen, total = set(), 0
+        for l in sorted(self.layers, key=lambda l: (len(l.ncc), l.index)):
+            if len(l.ncc) > _JSON_MATRIX_CHANNELS or total + l.ncc.size > _JSON_MATRIX_VALUES:
+                break
+            chosen.add(l.name)
+            total += l.ncc.size
+        return chosen
+
+    def to_dict(self, *, responses: bool = False) -> dict:
+        with_matrix = self.json_matrices()
         return {
             "model": self.model,
             "mode": self.mode,
@@ -186,7 +200,7 @@ class ImpulseResult:
             "position": list(self.position),
             "min_support": MIN_SUPPORT,
             "notes": list(self.notes),
-            "layers": [layer.to_dict(responses=responses, matrix_channels=matrix_channels) for layer in self.layers],
+            "layers": [layer.to_dict(responses=responses, matrix=layer.name in with_matrix) for layer in self.layers],
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -422,33 +436,36 @@ def _phase_notes(layers: list[ConvLayer], plans: dict) -> list[str]:
     return [f"strides over {MAX_PHASES} sampled at {MAX_PHASES} phases per axis: {', '.join(capped[:5])}"]
 
 
+def _extents(responses: list[tuple[np.ndarray, tuple]]) -> dict[int, tuple[int, ...]]:
+    """The largest spatial extent per axis of the responses of each rank."""
+    extents: dict[int, tuple[int, ...]] = {}
+    for resp, _ in responses:
+        spatial = resp.shape[2:]
+        extents[len(spatial)] = tuple(
+            max(a, b) for a, b in zip(extents.get(len(spatial), spatial), spatial, strict=True)
+        )
+    return extents
+
+
 def _compare(layers, responses, plans, threshold, lags, across, bar, clock) -> list[LayerImpulse]:
     """NCC within each layer, and each channel's best match in the earlier layers (until the time is up)."""
     t0, max_seconds, notes = clock
+    extents = _extents(responses)
+    searches: dict[int, tuple[EarlierLayers, list[tuple[int, np.ndarray]]]] = {}
     results: list[LayerImpulse] = []
-    compared_sets = []
-    for i, (layer, (resp, box)) in enumerate(zip(layers, responses, strict=True)):
+    for layer, (resp, box) in zip(layers, responses, strict=True):
         compared, excluded = _compared(resp)
         ncc = ncc_matrix(resp, lags=lags)
         idx, val, count = best_matches(ncc, threshold, compared)
         n = int(compared.sum())
-        c = len(resp)
-        across_layer, across_channel, across_value = [""] * c, np.full(c, -1), np.full(c, np.nan)
+        search, members = searches.setdefault(resp.ndim, (EarlierLayers(extents[resp.ndim - 2]), []))
         out_of_time = max_seconds is not None and time.perf_counter() - t0 > max_seconds
         if across and out_of_time and not any("earlier layers left out" in x for x in notes):
             notes.append(f"time budget spent: comparisons with earlier layers left out from {layer.name} on")
-        elif across and n:
-            earlier = [(j, responses[j][0][compared_sets[j]]) for j in range(i)
-                       if compared_sets[j].any() and responses[j][0].ndim == resp.ndim]  # fmt: skip
-            lj, ch, v = best_earlier_matches(resp[compared], [e for _, e in earlier], lags=lags)
-            rows = np.flatnonzero(compared)
-            for r, a, b, value in zip(rows, lj, ch, v, strict=True):
-                if a >= 0:
-                    j = earlier[a][0]
-                    across_layer[r] = layers[j].name
-                    across_channel[r] = int(np.flatnonzero(compared_sets[j])[b])
-                    across_value[r] = value
-        compared_sets.append(compared)
+        matches = _across(search, members, layers, resp, compared, lags) if across and n and not out_of_time else None
+        if n:
+            search.add(resp[compared])
+            members.append((len(results), np.flatnonzero(compared)))
         results.append(
             LayerImpulse(
                 name=layer.name,
@@ -463,11 +480,27 @@ def _compare(layers, responses, plans, threshold, lags, across, bar, clock) -> l
                 best_value=val,
                 redundant_count=count,
                 redundant_fraction=count / n if n else None,
-                across_best_layer=across_layer,
-                across_best_channel=across_channel,
-                across_best_value=across_value,
+                **_across_fields(matches, len(resp)),
             )
         )
         if bar is not None:
             bar(1)
     return results
+
+
+def _across(search, members, layers, resp, compared, lags) -> list[tuple[int, str, int, float]] | None:
+    """(channel, earlier layer name, its channel, NCC) for each compared channel with an earlier match."""
+    lj, ch, v = search.best_matches(resp[compared], lags=lags)
+    out = []
+    for r, a, b, value in zip(np.flatnonzero(compared), lj, ch, v, strict=True):
+        if a >= 0:
+            position, kept = members[a]
+            out.append((int(r), layers[position].name, int(kept[b]), float(value)))
+    return out
+
+
+def _across_fields(matches, c: int) -> dict:
+    names, channels, values = [""] * c, np.full(c, -1), np.full(c, np.nan)
+    for r, name, channel, value in matches or []:
+        names[r], channels[r], values[r] = name, channel, value
+    return {"across_best_layer": names, "across_best_channel": channels, "across_best_value": values}

@@ -1,0 +1,78 @@
+"""NCC at scale equals the plain definition: a numpy reference over every lag, in 1-D, 2-D and 3-D, within a
+layer and for each channel's best match among earlier layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.signal import correlate
+
+from onnxredund.ncc import EarlierLayers, best_earlier_matches, ncc_matrix, normalize_responses
+
+RNG = np.random.default_rng(0)
+
+
+def reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """max over all lags of the full cross-correlation, summed over input channels, by scipy.signal directly."""
+    na, _ = normalize_responses(a)
+    nb, _ = normalize_responses(b)
+    out = np.empty((len(a), len(b)))
+    for i in range(len(a)):
+        for j in range(len(b)):
+            corr = sum(correlate(na[i, m], nb[j, m], mode="full", method="direct") for m in range(a.shape[1]))
+            out[i, j] = corr.max()
+    return np.clip(out, -1, 1)
+
+
+@pytest.mark.parametrize("spatial", [(7,), (4, 5), (3, 3, 4)])
+@pytest.mark.parametrize("m", [1, 3])
+def test_ncc_matrix_equals_the_direct_correlation_in_any_dimension(spatial, m):
+    a = RNG.normal(size=(6, m, *spatial))
+    b = RNG.normal(size=(4, m, *[s + 2 for s in spatial]))
+    np.testing.assert_allclose(ncc_matrix(a, b), reference(a, b), atol=1e-12)
+    within = ncc_matrix(a)  # one layer with itself: computed once per pair, mirrored
+    np.testing.assert_allclose(within, reference(a, a), atol=1e-12)
+    np.testing.assert_array_equal(within, within.T)
+
+
+def _layers():
+    """Earlier layers of several sizes, and a target holding an exact copy of earlier channels, a scaled copy,
+    and unrelated responses."""
+    earlier = [RNG.normal(size=(5, 2, 3, 3)), RNG.normal(size=(8, 2, 5, 4)), RNG.normal(size=(3, 2, 2, 6))]
+    target = np.concatenate([earlier[1][[6]], 3.0 * earlier[1][[2]], RNG.normal(size=(4, 2, 5, 4))])
+    return target, earlier
+
+
+@pytest.mark.parametrize("lags", [True, False])
+def test_best_earlier_matches_equal_the_full_matrices(lags):
+    target, earlier = _layers()
+    layer, channel, value = best_earlier_matches(target, earlier, lags=lags)
+    full = [ncc_matrix(target, e, lags=lags) for e in earlier]
+    flat = np.concatenate(full, axis=1)
+    owner = np.concatenate([np.full(e.shape[0], i) for i, e in enumerate(earlier)])
+    index = np.concatenate([np.arange(e.shape[0]) for e in earlier])
+    best = flat.argmax(axis=1)
+    np.testing.assert_array_equal(layer, owner[best])
+    np.testing.assert_array_equal(channel, index[best])
+    np.testing.assert_allclose(value, flat.max(axis=1), atol=1e-12)
+    assert (layer[0], channel[0]) == (1, 6) and value[0] == pytest.approx(1.0)
+    assert (layer[1], channel[1]) == (1, 2) and value[1] == pytest.approx(1.0)
+
+
+def test_the_spectral_bound_is_never_below_the_ncc():
+    target, earlier = _layers()
+    extent = tuple(max(r.shape[2 + a] for r in [target, *earlier]) for a in range(2))
+    search = EarlierLayers(extent)
+    for e in earlier:
+        search.add(e)
+    nt, _ = normalize_responses(target)
+    weighted = search._magnitudes(nt, weighted=True)
+    n = float(np.prod(search.grid))
+    for e, mags in zip(earlier, search.magnitudes, strict=True):
+        bound = weighted @ mags.T / n
+        assert (bound >= ncc_matrix(target, e) - 1e-5).all()
+
+
+def test_no_earlier_layer_gives_no_match():
+    layer, channel, value = best_earlier_matches(RNG.normal(size=(3, 1, 3, 3)), [])
+    assert (layer == -1).all() and (channel == -1).all() and np.isnan(value).all()
