@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 PERTURBED = "onnxredund_perturbed_input"
-FAST_OPSET = 13  # ReduceSum/Unsqueeze take axes as inputs from 13 on
+FAST_OPSET = 11  # Pad and Clip take their pads and bounds as inputs, GatherElements exists, from 11 on
 
 
 def measured_outputs(model: Model, layer: ConvLayer) -> list[str]:
@@ -133,6 +133,12 @@ class _GraphBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
+    def unsqueeze(self, x: str, axes: list[int]) -> str:
+        """Unsqueeze; its axes are an input from opset 13 on, an attribute before."""
+        if self.opset >= 13:
+            return self.op("Unsqueeze", [x, self.const(f"axes_{self._n}", np.array(axes, np.int64))])
+        return self.op("Unsqueeze", [x], axes=axes)
+
     def reduce(self, op_type: str, x: str, axes: list[int]) -> str:
         """A Reduce* op without kept dims; axes are an input from opset 13 (ReduceSum) or 18 (the others)."""
         if self.opset >= (13 if op_type == "ReduceSum" else 18):
@@ -161,7 +167,7 @@ def _tile(b: _GraphBuilder, tensor: str, k: int) -> str:
     shape = b.op("Shape", [tensor])
     kk = b.const(f"k_{tensor}", np.array([k], np.int64))
     expanded = b.op(
-        "Expand", [b.op("Unsqueeze", [tensor, b.const(f"ax0_{tensor}", [0])]), b.op("Concat", [kk, shape], axis=0)]
+        "Expand", [b.unsqueeze(tensor, [0]), b.op("Concat", [kk, shape], axis=0)]
     )
     tail = b.op("Slice", [shape, b.const(f"t1_{tensor}", [1]), b.const(f"tend_{tensor}", [np.iinfo(np.int64).max])])
     return b.op("Reshape", [expanded, b.op("Concat", [b.const(f"m1_{tensor}", [-1]), tail], axis=0)])
@@ -212,7 +218,7 @@ def _cosine_sum(b: _GraphBuilder, ap: str, a: str, k: int, c_out: int, pixels: i
     denom = b.op("Sqrt", [b.op("Mul", [nn_p, nn_c])])
     zp, zc = b.op("Equal", [nn_p, zero]), b.op("Equal", [nn_c, zero])
     safe = b.op("Where", [b.op("Equal", [denom, zero]), one, denom])
-    cos = b.op("Clip", [b.op("Div", [dot, safe]), b.const("cos_lo", np.array(-1.0)), one])
+    cos = b.op("Min", [b.op("Max", [b.op("Div", [dot, safe]), b.const("cos_lo", np.array(-1.0))]), one])
     cos = b.op("Where", [b.op("Or", [zp, zc]), zero, cos])
     cos = b.op("Where", [b.op("And", [zp, zc]), one, cos])
     return b.reduce("ReduceSum", cos, [1])
@@ -272,10 +278,7 @@ def _perturbed_preactivation(b: _GraphBuilder, model: Model, layer: ConvLayer, m
     patches = b.op("Reshape", [patches, b.const("patches4", np.array([k, -1, taps, out_positions], np.int64))])
     weight = model.constant(layer.weight).astype(np.float32)
     cols = weight_columns(weight, layer.groups).reshape(layer.in_channels, c_out, taps)
-    kernels = b.op(
-        "Unsqueeze",
-        [b.op("Gather", [b.const("weight_columns", cols), ks], axis=0), b.const("ax1", np.array([1], np.int64))],
-    )  # (K, 1, C_out, T)
+    kernels = b.unsqueeze(b.op("Gather", [b.const("weight_columns", cols), ks], axis=0), [1])  # (K, 1, C_out, T)
     dz = b.op("MatMul", [kernels, patches])  # (K, B, C_out, P')
     z1 = b.op("Reshape", [z, b.const("z4", np.array([1, -1, c_out, out_positions], np.int64))])
     rows = b.const("rows_out", np.array([-1, c_out, *out_spatial], np.int64))
