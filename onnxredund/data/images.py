@@ -62,7 +62,7 @@ class Preprocess:
     resize: int | tuple[int, int] | None = None
     crop: tuple[int, int] | None = None
     channels: str | None = None
-    scale: float = 1 / 255
+    scale: Fraction = Fraction(1, 255)
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
 
@@ -74,7 +74,7 @@ class Preprocess:
             parts.append(f"crop={_size_text(self.crop)}")
         if self.channels is not None:
             parts.append(f"channels={self.channels}")
-        parts.append(f"scale={Fraction(self.scale).limit_denominator(100000)}")
+        parts.append(f"scale={self.scale}")
         parts.append("mean=" + "/".join(f"{v:g}" for v in self.mean))
         parts.append("std=" + "/".join(f"{v:g}" for v in self.std))
         return ",".join(parts)
@@ -85,6 +85,11 @@ class Preprocess:
         Raises:
             OnnxRedundError: the input takes neither 1 nor 3 channels, or the spec's channels do not fit it.
         """
+        if len(inp.sample_shape) != 3:
+            raise OnnxRedundError(
+                f"image folders feed 2-D image inputs; input {inp.name!r} is N x {'x'.join(map(str, inp.sample_shape))}"
+                f" ({inp.layout}): give a .npz or --data-loader-script"
+            )
         c = inp.channels
         channels = self.channels or {1: "gray", 3: "rgb"}.get(c)
         if channels is None or (channels == "gray") != (c == 1):
@@ -113,11 +118,15 @@ def _parse_size(key: str, text: str, allow_side: bool) -> int | tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def _parse_number(key: str, text: str) -> float:
+def _parse_fraction(key: str, text: str) -> Fraction:
     try:
-        return float(Fraction(text.strip()))
+        return Fraction(text.strip())
     except (ValueError, ZeroDivisionError):
         raise OnnxRedundError(f"--preprocess {key}={text}: not a number (use e.g. 0.5 or 1/255)") from None
+
+
+def _parse_number(key: str, text: str) -> float:
+    return float(_parse_fraction(key, text))
 
 
 def parse_preprocess(spec: str | None) -> Preprocess:
@@ -151,7 +160,7 @@ def _parse_value(key: str, text: str):
             raise OnnxRedundError(f"--preprocess channels={text}: use one of {', '.join(_CHANNELS)}")
         return text.lower()
     if key == "scale":
-        return _parse_number(key, text)
+        return _parse_fraction(key, text)
     numbers = tuple(_parse_number(key, t) for t in text.split("/"))
     if key == "std" and any(v == 0 for v in numbers):
         raise OnnxRedundError("--preprocess std must not be 0")
@@ -243,7 +252,7 @@ class ImageFolder:
         try:
             with Image.open(path) as img:
                 img.load()
-                pixels = _pixels(img, self.spec, path)
+                pixels = _pixels(img, self.spec, path, self.target.spatial_shape)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise OnnxRedundError(
                 f"{path} is not a readable image ({type(e).__name__}: {str(e)[:80]}); remove or replace it"
@@ -257,7 +266,8 @@ class ImageFolder:
                 f"{path}: preprocessing gives {pixels.shape[1]}x{pixels.shape[0]} images but input "
                 f"{self.target.name!r} takes {spatial[1]}x{spatial[0]} (WxH); change --preprocess resize/crop"
             )
-        x = pixels * np.float32(self.spec.scale)
+        # x * p / q for scale p/q: 1/255 gives pixels / 255 exactly as float32 division does
+        x = pixels * np.float32(self.spec.scale.numerator) / np.float32(self.spec.scale.denominator)
         x = (x - np.asarray(self.spec.mean, np.float32)) / np.asarray(self.spec.std, np.float32)
         return np.ascontiguousarray(x if self.target.channels_last else x.transpose(2, 0, 1), np.float32)
 
@@ -271,7 +281,7 @@ class ImageFolder:
         return {"name": self.name, "samples": len(self), "labelled": self.y is not None, **self.info}
 
 
-def _pixels(img: Image.Image, spec: Preprocess, path: Path) -> np.ndarray:
+def _pixels(img: Image.Image, spec: Preprocess, path: Path, size_hw: tuple[int, ...]) -> np.ndarray:
     """Decoded pixels after channels, resize and crop: float32 (H, W, C)."""
     if img.mode in _HIGH_DEPTH:
         if spec.channels != "gray":
@@ -282,13 +292,15 @@ def _pixels(img: Image.Image, spec: Preprocess, path: Path) -> np.ndarray:
         img = img.convert("F")
     else:
         img = img.convert("L" if spec.channels == "gray" else "RGB")
-    img = _resized(img, spec, path)
+    img = _resized(img, spec, path, (size_hw[1], size_hw[0]))
     x = np.asarray(img, np.float32)
     x = x[:, :, None] if x.ndim == 2 else x
     return x[:, :, ::-1] if spec.channels == "bgr" else x
 
 
-def _resized(img: Image.Image, spec: Preprocess, path: Path) -> Image.Image:
+def _resized(img: Image.Image, spec: Preprocess, path: Path, model_wh: tuple[int, int]) -> Image.Image:
+    if spec.resize is None and spec.crop is None:
+        return img if img.size == model_wh else img.resize(model_wh, Image.Resampling.BILINEAR)
     if isinstance(spec.resize, int):
         w, h = img.size
         short = spec.resize
