@@ -35,6 +35,14 @@ import numpy as np
 from onnxredund import __version__
 from onnxredund.analyses.gates import GATE_METRICS, check_gates, parse_gate
 from onnxredund.analyses.impulse import ImpulseResult, run_impulse
+from onnxredund.analyses.plan import (
+    PASS_COST,
+    SETUP_SECONDS,
+    SweepPlan,
+    evenly_spaced,
+    plan_sweeps,
+    probe_seconds_per_image,
+)
 from onnxredund.analyses.shuffle import ShuffleResult, run_shuffle
 from onnxredund.data import DataSource
 from onnxredund.model import ConvLayer, Model, classifier_output
@@ -53,7 +61,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-_IMPULSE_SHARE = 0.5  # of the budget, after which the impulse analysis leaves out comparisons with earlier layers
+_IMPULSE_SHARE = 0.3  # of the budget, after which the impulse analysis leaves out comparisons with earlier layers
+_WRITE_RESERVE = 5.0  # seconds kept for writing the report, results and figures at the end
 
 
 @dataclass(frozen=True)
@@ -152,12 +161,19 @@ def shuffle_cost(result: ShuffleResult) -> np.ndarray:
 
 
 def _ranked(modes: dict[str, ShuffleResult]) -> list[dict]:
-    first = next(iter(modes.values()))
-    rows = []
-    for i, k in enumerate(first.channels):
-        costs = {m: float(shuffle_cost(r)[i]) for m, r in modes.items()}
-        cos = {m: float(r.mean_cosine()[i]) for m, r in modes.items()}
-        rows.append({"channel": k, "cost": max(costs.values()), "cost_by_mode": costs, "mean_cosine": cos})
+    """Every input channel measured in some mode, cheapest first: its worst cost over the modes that measured
+    it (a budget can sample other channels in each mode), then its lowest mean cosine."""
+    costs: dict[int, dict[str, float]] = {}
+    cosines: dict[int, dict[str, float]] = {}
+    for mode, r in modes.items():
+        cost, mean = shuffle_cost(r), r.mean_cosine()
+        for i, k in enumerate(r.channels):
+            costs.setdefault(k, {})[mode] = float(cost[i])
+            cosines.setdefault(k, {})[mode] = float(mean[i])
+    rows = [
+        {"channel": k, "cost": max(costs[k].values()), "cost_by_mode": costs[k], "mean_cosine": cosines[k]}
+        for k in costs
+    ]
     rows.sort(key=lambda r: (r["cost"], -min(r["mean_cosine"].values()), r["channel"]))
     return rows
 
@@ -236,6 +252,7 @@ def run_audit(
     progress: Callable[[str, int, int], Callable[[int], None]] | None = None,
     on_impulse: Callable[[ImpulseResult], None] | None = None,
     on_sweep: Callable[[ShuffleResult], None] | None = None,
+    write_seconds: Callable[[int, int], float] | None = None,
 ) -> AuditResult:
     """The impulse analysis of ``layers`` and shuffling of those with more than one input channel, within
     ``budget`` seconds.
@@ -243,41 +260,32 @@ def run_audit(
     Args:
         layers: the layers to audit (default: every conv the image input reaches).
         budget: seconds for the whole audit, counted from ``started`` (a ``time.perf_counter()`` value;
-            default: now); what does not fit is cut short or skipped and said in ``notes``.
+            default: now). The sweeps measure fewer images, then fewer channels, to fit
+            (:mod:`onnxredund.analyses.plan`); what was sampled or left out is said in ``notes``.
         progress: ``progress(label, total, done)`` returns a callback taking units finished.
         on_impulse, on_sweep: called with each result as soon as it is there (to keep it on disk).
+        write_seconds: ``write_seconds(layers, sweeps)``: what writing the outputs will take, kept aside from
+            the budget (default 5 s).
     """
-    start = time.perf_counter() if started is None else started
-    share = None if budget is None else max(0.0, _IMPULSE_SHARE * budget - (time.perf_counter() - start))
+    clock = _Clock(time.perf_counter() if started is None else started, budget)
     impulse = run_impulse(
-        model, layers=layers, threshold=threshold, device=device, progress=progress, max_seconds=share
-    )
+        model, layers=layers, threshold=threshold, device=device, progress=progress,
+        max_seconds=clock.share(_IMPULSE_SHARE),
+    )  # fmt: skip
     if on_impulse is not None:
         on_impulse(impulse)
     audited = [model.layer(l.name) for l in impulse.layers] if layers is None else layers
     notes = list(impulse.notes)
-    shuffles: dict[str, dict[str, ShuffleResult]] = {}
     sweeps = [(l, m) for l in default_shuffle_layers(audited) for m in modes]
-    for i, (layer, mode) in enumerate(sweeps):
-        share = None
-        if budget is not None:
-            share = (budget - (time.perf_counter() - start)) / (len(sweeps) - i)
-            if share <= 0:
-                notes.append(f"{layer.name} {mode} shuffling skipped: time budget spent")
-                continue
-        cb = progress(f"{layer.name} {mode} ({i + 1}/{len(sweeps)})", len(data), 0) if progress else None
-        result = run_shuffle(
-            model, layer, data, mode=mode, batch_size=batch_size, seed=seed, device=device, progress=cb,
-            max_seconds=share,
-        )  # fmt: skip
-        if not result.complete:
-            notes.append(
-                f"{layer.name} {mode} shuffling measured {result.samples_done} of {result.num_samples} samples "
-                "(time budget)"
-            )
-        shuffles.setdefault(layer.name, {})[mode] = result
-        if on_sweep is not None:
-            on_sweep(result)
+    if write_seconds is not None:
+        clock.reserve = write_seconds(len(audited), len(sweeps))
+    shuffles: dict[str, dict[str, ShuffleResult]] = {}
+    if sweeps:
+        options = {"seed": seed, "batch_size": batch_size, "device": device}
+        for result in _run_sweeps(model, data, sweeps, clock, options, progress, notes):
+            shuffles.setdefault(result.layer, {})[result.mode] = result
+            if on_sweep is not None:
+                on_sweep(result)
     notes += _word_notes(model, data)
     summaries = [summarize_layer(l, impulse, shuffles.get(l.name, {}), cheap_drop) for l in audited]
     return AuditResult(
@@ -294,6 +302,75 @@ def run_audit(
         layers=summaries,
         notes=notes,
     )
+
+
+@dataclass
+class _Clock:
+    """The audit's time: its start, its budget, and what writing the outputs will need at the end."""
+
+    start: float
+    budget: float | None
+    reserve: float = _WRITE_RESERVE
+
+    def left(self) -> float | None:
+        return None if self.budget is None else self.budget - self.reserve - (time.perf_counter() - self.start)
+
+    def share(self, fraction: float) -> float | None:
+        return None if self.budget is None else max(0.0, fraction * self.budget - (time.perf_counter() - self.start))
+
+
+def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, notes: list[str]):
+    """Run the sweeps, each planned afresh from the time left and what the sweeps so far cost."""
+    seconds_per_image = probe_seconds_per_image(model, data, options["device"], options["batch_size"])
+    seen: list[float] = []  # the pass costs the sweeps so far showed: their median plans the next ones
+    images = None  # fixed by the first plan: every sweep measures the same images
+    for i, (layer, mode) in enumerate(sweeps):
+        pass_cost = float(np.median(seen)) if seen else PASS_COST
+        plans = plan_sweeps(
+            model, sweeps[i:], samples=len(data), seconds=clock.left(), seconds_per_image=seconds_per_image,
+            pass_cost=pass_cost, images=images,
+        )  # fmt: skip
+        if not plans:
+            notes.append(f"{layer.name} {mode} shuffling skipped: time budget spent")
+            continue
+        plan = plans[0]
+        images = plan.images
+        subset = data if plan.images >= len(data) else data.subset(evenly_spaced(plan.images, len(data)), "sampled")
+        cb = progress(f"{layer.name} {mode} ({i + 1}/{len(sweeps)})", len(subset), 0) if progress else None
+        t0 = time.perf_counter()
+        result = run_shuffle(
+            model, layer, subset, mode=mode, channels=plan.channels, progress=cb,
+            max_seconds=None if clock.budget is None else max(1.0, 2 * plan.seconds), **options,
+        )  # fmt: skip
+        took = time.perf_counter() - t0
+        log.debug(
+            "%s %s: planned %d images x %d channels, %.2f s; took %.2f s; %.1f s left",
+            layer.name, mode, plan.images, len(plan.channels), plan.seconds, took, clock.left() or 0.0,
+        )  # fmt: skip
+        observed = _observed_pass_cost(plan, took, seconds_per_image)
+        if observed is not None:
+            seen.append(observed)
+        notes += _sampling_notes(plan, result, len(data))
+        yield result
+
+
+def _observed_pass_cost(plan: SweepPlan, seconds: float, seconds_per_image: float) -> float | None:
+    """The pass cost a sweep's real time shows (between 0.1 and 100), or None when it shows nothing."""
+    work = plan.images * seconds_per_image * len(plan.channels) * plan.share
+    if work <= 0:
+        return None
+    return float(np.clip((seconds - SETUP_SECONDS - plan.images * seconds_per_image) / work, 0.1, 100.0))
+
+
+def _sampling_notes(plan: SweepPlan, result: ShuffleResult, samples: int) -> list[str]:
+    parts = []
+    if plan.images < samples:
+        parts.append(f"{plan.images} of {samples} images (evenly spaced)")
+    if plan.sampled:
+        parts.append(f"{len(plan.channels)} of {plan.layer.in_channels} input channels (evenly spaced)")
+    if not result.complete:
+        parts.append(f"stopped after {result.samples_done} images")
+    return [f"{result.layer} {result.mode} shuffling measured {', '.join(parts)} (time budget)"] if parts else []
 
 
 def _word_notes(model: Model, data: DataSource) -> list[str]:

@@ -326,7 +326,7 @@ def interleave(per_phase: np.ndarray, phases: tuple[int, ...]) -> np.ndarray:
 
 def _run(model: Model, sub: onnx.ModelProto, feeds: dict, device: str) -> list[np.ndarray]:
     """Every output of ``sub`` for the feeds, in runs of at most _MAX_RUN samples."""
-    runner = Runner.create(sub, device)
+    runner = Runner.create(sub, device, derived=True)
     run = runner.run if model.batch_dynamic else runner.run_per_sample
     n = len(feeds[model.input_name])
     parts = []

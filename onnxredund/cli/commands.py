@@ -23,7 +23,7 @@ from onnxredund.engine.loading import load_model
 from onnxredund.engine.permutations import MODES
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import Model, classifier_output
-from onnxredund.report.audit_report import write_audit, write_audit_impulse, write_audit_sweep
+from onnxredund.report.audit_report import report_seconds, write_audit, write_audit_impulse, write_audit_sweep
 from onnxredund.report.reproduce_report import write_reproduce
 from onnxredund.report.writers import impulse_payload, write_impulse, write_shuffle
 
@@ -258,6 +258,7 @@ def audit(ctx, model, layer_spec, modes, gates, out, overwrite, as_json, verbose
             progress=bars,
             on_impulse=lambda r: write_audit_impulse(out_dir, r),
             on_sweep=lambda r: write_audit_sweep(out_dir, r),
+            write_seconds=report_seconds,
             **run,
         )
     except Exception:

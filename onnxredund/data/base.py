@@ -36,6 +36,8 @@ class DataSource(Protocol):
 
     def limit(self, n: int | None) -> DataSource: ...
 
+    def subset(self, indices: list[int], label: str) -> DataSource: ...
+
     def describe(self) -> dict: ...
 
 
@@ -76,6 +78,13 @@ class Dataset:
             return self
         x = self.x[:n] if not isinstance(self.x, dict) else self.arrays(0, n)
         return Dataset(x, None if self.y is None else self.y[:n], f"{self.name}[:{n}]", self.info)
+
+    def subset(self, indices: list[int], label: str) -> Dataset:
+        """The samples at ``indices`` (in that order), named ``name[label]``."""
+        index = np.asarray(indices, np.int64)
+        x = {k: v[index] if _batched(v) else v for k, v in self._named().items()}
+        x = x if isinstance(self.x, dict) else x[IMAGE_KEY]
+        return Dataset(x, None if self.y is None else self.y[index], f"{self.name}[{label}]", self.info)
 
     def describe(self) -> dict:
         """What the data is, for results: its name, sample count, labels and the source's own facts."""

@@ -277,6 +277,10 @@ class ImageFolder:
         y = None if self.y is None else self.y[:n]
         return replace(self, files=self.files[:n], y=y, name=f"{self.name}[:{n}]")
 
+    def subset(self, indices: list[int], label: str) -> ImageFolder:
+        y = None if self.y is None else self.y[np.asarray(indices, np.int64)]
+        return replace(self, files=[self.files[i] for i in indices], y=y, name=f"{self.name}[{label}]")
+
     def describe(self) -> dict:
         return {"name": self.name, "samples": len(self), "labelled": self.y is not None, **self.info}
 

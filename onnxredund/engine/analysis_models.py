@@ -30,10 +30,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxredund.engine.surgery import cut, expose_outputs, inject_input, side_inputs, value_info
+from onnxredund.engine.surgery import cut, expose_outputs, inject_input, needed_nodes, side_inputs, value_info
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import (
-    ConstantTable,
     ConvLayer,
     Model,
     attribute,
@@ -166,9 +165,7 @@ def _tile(b: _GraphBuilder, tensor: str, k: int) -> str:
     """(B, ...) -> (K*B, ...), row j*B + b = row b."""
     shape = b.op("Shape", [tensor])
     kk = b.const(f"k_{tensor}", np.array([k], np.int64))
-    expanded = b.op(
-        "Expand", [b.unsqueeze(tensor, [0]), b.op("Concat", [kk, shape], axis=0)]
-    )
+    expanded = b.op("Expand", [b.unsqueeze(tensor, [0]), b.op("Concat", [kk, shape], axis=0)])
     tail = b.op("Slice", [shape, b.const(f"t1_{tensor}", [1]), b.const(f"tend_{tensor}", [np.iinfo(np.int64).max])])
     return b.op("Reshape", [expanded, b.op("Concat", [b.const(f"m1_{tensor}", [-1]), tail], axis=0)])
 
@@ -251,7 +248,7 @@ def build_fast_model(
     for name in outputs:
         results[f"perturbed/{name}"] = suffix[name]
     inputs = list(dict.fromkeys([layer.input, layer.output, layer.activation, *side, "ks", "perm_index"]))
-    _copy_constant_producers(b, graph)
+    _copy_constant_producers(b, graph, inputs)
     return _assemble(b, proto, inputs, results, mode, k), inputs
 
 
@@ -295,13 +292,15 @@ def _chain_nodes(graph: onnx.GraphProto, layer: ConvLayer) -> list[int]:
     return nodes
 
 
-def _copy_constant_producers(b: _GraphBuilder, graph: onnx.GraphProto) -> None:
-    used = {t for n in b.nodes for t in n.input}
+def _copy_constant_producers(b: _GraphBuilder, graph: onnx.GraphProto, inputs: list[str]) -> None:
+    """Give the copied nodes the constants they read: initializers, and the nodes that compute tensors from
+    constants alone (a bias reshaped by a Reshape node, say), copied as they are, ahead of the rest."""
+    used = {t for n in b.nodes for t in n.input if t}
     produced = {t for n in b.nodes for t in n.output}
-    values = ConstantTable(graph)
-    for name in sorted(used - produced):
-        if name in values and not any(t.name == name for t in graph.initializer):
-            b.inits.append(numpy_helper.from_array(values[name], name))
+    missing = sorted(used - produced - set(inputs))
+    constant_nodes = [graph.node[i] for i in needed_nodes(graph, set(inputs), missing)]
+    b.nodes[:0] = constant_nodes
+    used |= {t for n in constant_nodes for t in n.input if t}
     b.inits.extend(t for t in graph.initializer if t.name in used)
 
 

@@ -148,8 +148,13 @@ class Runner:
     device: str
 
     @classmethod
-    def create(cls, proto: onnx.ModelProto, device: str = "auto", threads: int = 0) -> Runner:
-        """A session for ``proto``; weights in external files are read by onnxruntime from their folder."""
+    def create(cls, proto: onnx.ModelProto, device: str = "auto", threads: int = 0, *, derived: bool = False) -> Runner:
+        """A session for ``proto``; weights in external files are read by onnxruntime from their folder.
+
+        Args:
+            derived: ``proto`` is a model onnxredund built from the user's (an analysis model): if onnxruntime
+                refuses it, that is a bug of onnxredund's (a RuntimeError), not a mistake in the user's model.
+        """
         device = resolve_device(device)
         proto, external_dir = session_model(proto)
         providers = providers_for(device)
@@ -160,6 +165,8 @@ class Runner:
                     proto.SerializeToString(), sess_options=_session_options(threads, external_dir), providers=providers
                 )
         except Exception as e:  # onnxruntime raises its own types (Fail, InvalidGraph, ...) with no common base
+            if derived:
+                raise RuntimeError(f"onnxruntime refuses an analysis model built by onnxredund: {e}") from e
             raise OnnxRedundError(f"onnxruntime cannot load the model: {first_line(e)}") from None
         got = session.get_providers()[0]
         if device == "cuda" and got != _CUDA:

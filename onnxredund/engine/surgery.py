@@ -36,6 +36,7 @@ __all__ = [
     "expose_outputs",
     "inject_input",
     "linearize",
+    "needed_nodes",
     "side_inputs",
     "value_info",
 ]
@@ -67,7 +68,7 @@ def expose_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return out
 
 
-def _needed_nodes(graph: onnx.GraphProto, inputs: set[str], outputs: list[str]) -> list[int]:
+def needed_nodes(graph: onnx.GraphProto, inputs: set[str], outputs: list[str]) -> list[int]:
     """Indices (in graph order) of the nodes needed to compute ``outputs`` given ``inputs``."""
     producer = producers_of(graph)
     needed: set[int] = set()
@@ -96,7 +97,7 @@ def cut(proto: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.M
     """
     graph = proto.graph
     known = value_infos(proto)
-    nodes = _needed_nodes(graph, set(inputs), outputs)
+    nodes = needed_nodes(graph, set(inputs), outputs)
     used = {t for i in nodes for t in graph.node[i].input if t} | set(outputs)
     produced = {o for i in nodes for o in graph.node[i].output} | set(inputs)
     graph_inputs = {i.name for i in data_inputs(graph)}

@@ -23,7 +23,7 @@ from onnxredund.engine.analysis_models import (
 from onnxredund.engine.permutations import apply_permutation
 from onnxredund.engine.runtime import Runner
 from onnxredund.metrics import cosine_per_channel
-from onnxredund.model import ConvLayer, Model
+from onnxredund.model import ConvLayer, Model, downstream
 
 __all__ = ["SweepRunner", "permutation_workers"]
 
@@ -58,7 +58,7 @@ class SweepRunner:
         self.model, self.layer, self.mode, self.device = model, layer, mode, device
         self.outputs = measured_outputs(model, layer)
         clean, self.clean_names = build_clean_model(model, layer, model.output_names)
-        self.clean = Runner.create(clean, device)
+        self.clean = Runner.create(clean, device, derived=True)
         self.per_sample = not model.batch_dynamic
         self.blocker = None if exact else fast_path_blocker(model, layer)
         self.path = "direct" if exact or self.blocker else "fast"
@@ -66,15 +66,23 @@ class SweepRunner:
         if self.path == "fast":
             self.k = chunk or self._chunk_size(device, batch_size)
             fast, self.fast_inputs = build_fast_model(model, layer, mode, self.k, self.outputs)
-            self.fast = Runner.create(fast, device)
+            self.fast = Runner.create(fast, device, derived=True)
         else:
             direct, self.direct_inputs = build_direct_model(model, layer, self.outputs)
-            self.direct = Runner.create(direct, device)
+            self.direct = Runner.create(direct, device, derived=True)
 
     def _chunk_size(self, device: str, batch_size: int) -> int:
-        """Channels per run: as many as the memory budget allows, balanced so the last run is not mostly padding."""
+        """Channels per run: as many as the memory budget allows, balanced so the last run is not mostly padding.
+
+        Each channel of a run holds a batch of the layer's output a few times over, and runs the rest of the
+        network on its own batch: the largest tensors there (a squeeze-excitation scale multiplies a whole
+        feature map) count too.
+        """
+        graph = self.model.proto.graph
+        after = [o for i in downstream(graph, self.layer.activation) for o in graph.node[i].output if o]
+        suffix = max((int(np.prod(self.model.shapes.get(t, (1,)))) for t in after), default=0)
         outputs = sum(int(np.prod(self.model.shapes.get(o, (1,)))) for o in self.outputs)
-        per_sample = int(np.prod(self.layer.output_shape)) * _LIVE_TENSORS + 2 * outputs
+        per_sample = int(np.prod(self.layer.output_shape)) * _LIVE_TENSORS + 3 * suffix + 2 * outputs
         per_channel = batch_size * per_sample * 4
         most = max(1, min(self.layer.in_channels, _CHUNK_BUDGET_BYTES[device] // per_channel))
         runs = -(-self.layer.in_channels // most)

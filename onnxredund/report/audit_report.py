@@ -9,7 +9,8 @@ from onnxredund.analyses.audit import AuditResult, LayerSummary
 from onnxredund.analyses.impulse import MIN_SUPPORT, ImpulseResult
 from onnxredund.analyses.shuffle import ShuffleResult
 from onnxredund.atomic import atomic_write, csv_text, write_json
-from onnxredund.report.html import Section, Table, render_html
+from onnxredund.report.figures import overview_figure
+from onnxredund.report.html import Figure, Section, Table, render_html
 from onnxredund.report.writers import (
     IMPULSE_NPZ,
     impulse_figures,
@@ -20,7 +21,18 @@ from onnxredund.report.writers import (
     write_npz,
 )
 
-__all__ = ["SUMMARY_COLUMNS", "cost_word", "write_audit", "write_audit_impulse", "write_audit_sweep"]
+__all__ = [
+    "FIGURE_LAYERS",
+    "SUMMARY_COLUMNS",
+    "cost_word",
+    "report_seconds",
+    "write_audit",
+    "write_audit_impulse",
+    "write_audit_sweep",
+]
+
+FIGURE_LAYERS = 16  # layers drawn in the report (those with the most redundancy)
+_SECONDS_PER_FIGURE = 0.15
 
 SUMMARY_COLUMNS = [
     "name",
@@ -119,14 +131,18 @@ def _data_lines(result: AuditResult) -> list[str]:
     return [f"data: {result.data} ({facts})"]
 
 
+def _cos(v: float | None) -> str | None:
+    return None if v is None else f"{v:.4f}"
+
+
 def _ranked_table(summary: LayerSummary, word: str) -> Table:
     unit = " pp" if word in ("accuracy", "agreement") else ""
     scale = 100 if unit else 1
+    modes = sorted({m for r in summary.ranked_channels for m in r["mean_cosine"]})
     rows = [
-        [r["channel"], f"{scale * r['cost']:.2f}{unit}", *(f"{v:.4f}" for v in r["mean_cosine"].values())]
+        [r["channel"], f"{scale * r['cost']:.2f}{unit}", *(_cos(r["mean_cosine"].get(m)) for m in modes)]
         for r in summary.ranked_channels[:20]
     ]
-    modes = list(summary.ranked_channels[0]["mean_cosine"]) if summary.ranked_channels else []
     return Table(
         ["input channel", f"cost in {word} (worst mode)", *(f"mean cosine ({m})" for m in modes)],
         rows,
@@ -134,21 +150,42 @@ def _ranked_table(summary: LayerSummary, word: str) -> Table:
     )
 
 
-def _shuffle_section(layer_name: str, modes: dict[str, ShuffleResult], summary: LayerSummary, word: str, figs: dict):
+def _shuffle_section(layer_name: str, modes: dict[str, ShuffleResult], summary: LayerSummary, word: str, figs: dict,
+                     with_figures: bool) -> Section:  # fmt: skip
     blocks = []
     for r in modes.values():
-        sf = shuffle_figures(r)
-        figs |= sf
         base = f" Baseline accuracy {100 * r.baseline_accuracy:.2f} %." if r.baseline_accuracy is not None else ""
-        sampled = "" if r.complete else f" (sampled: {r.samples_done} of {r.num_samples}, time budget)"
-        blocks.append(f"{r.mode} shuffling: {r.samples_done} samples{sampled}, seed {r.seed}, {r.route} path.{base}")
-        blocks.extend(sf.values())
+        sampled = "" if r.complete else f" (stopped after {r.samples_done} of {r.num_samples}: time budget)"
+        channels = (
+            "" if len(r.channels) == summary.in_channels else f", {len(r.channels)} of {summary.in_channels} channels"
+        )
+        blocks.append(
+            f"{r.mode} shuffling: {r.samples_done} samples of {r.data}{sampled}{channels}, seed {r.seed}, "
+            f"{r.route} path.{base}"
+        )
+        if with_figures:
+            sf = shuffle_figures(r)
+            figs |= sf
+            blocks.extend(sf.values())
     blocks.append(_ranked_table(summary, word))
     return Section(f"Shuffling at {layer_name}", blocks)
 
 
+def _most_redundant(names: list[str], score: dict[str, float | None]) -> set[str]:
+    """The :data:`FIGURE_LAYERS` names with the highest score (unscored last, then graph order)."""
+    order = sorted(range(len(names)), key=lambda i: (-(score.get(names[i]) or -1.0), i))
+    return {names[i] for i in order[:FIGURE_LAYERS]}
+
+
+def report_seconds(layers: int, sweeps: int) -> float:
+    """About how long writing an audit's outputs takes (figures dominate), for budgets to keep aside."""
+    figures = 2 * min(layers, FIGURE_LAYERS) + 2 * min(sweeps, 2 * FIGURE_LAYERS) + 1
+    return 3.0 + _SECONDS_PER_FIGURE * figures
+
+
 def write_audit(out: Path, result: AuditResult) -> None:
-    """Every output of the audit (see the module docstring)."""
+    """Every output of the audit (see the module docstring). Figures are drawn for the :data:`FIGURE_LAYERS`
+    layers with the most redundancy; every number of every layer is in results.json and the CSVs."""
     write_audit_impulse(out, result.impulse)
     for modes in result.shuffles.values():
         for r in modes.values():
@@ -156,15 +193,26 @@ def write_audit(out: Path, result: AuditResult) -> None:
     write_json(out / "results.json", {**result.to_dict(), "matrices_file": IMPULSE_NPZ})
     rows = [[getattr(s, c) for c in SUMMARY_COLUMNS] for s in result.layers]
     atomic_write(out / "summary.csv", csv_text(["layer", *SUMMARY_COLUMNS[1:]], rows))
-    impulse_figs = impulse_figures(result.impulse)
+    imp = result.impulse
+    drawn = _most_redundant([l.name for l in imp.layers], {l.name: l.redundant_fraction for l in imp.layers})
+    impulse_figs = impulse_figures(
+        ImpulseResult(**{**imp.__dict__, "layers": [l for l in imp.layers if l.name in drawn]})
+    )
     figs = dict(impulse_figs)
+    figs["overview.png"] = Figure(overview_figure(result.layers), "Redundancy per layer: the three signals")
     word = cost_word(result)
-    overview = [_summary_table(result), *_data_lines(result), *[f"note: {n}" for n in result.notes]]
+    shown = _most_redundant(list(result.shuffles), {s.name: s.redundancy_score for s in result.layers})
+    overview = [_summary_table(result), figs["overview.png"], *_data_lines(result)]
+    overview += [f"note: {n}" for n in result.notes]
+    if len(imp.layers) > FIGURE_LAYERS or len(result.shuffles) > FIGURE_LAYERS:
+        overview.append(
+            f"figures are drawn for the {FIGURE_LAYERS} layers with the most redundancy; every layer's numbers are "
+            "in results.json, summary.csv, the shuffle CSVs and impulse.npz"
+        )
     sections = [Section("Summary", overview)]
     for layer_name, modes in result.shuffles.items():
         summary = next(s for s in result.layers if s.name == layer_name)
-        sections.append(_shuffle_section(layer_name, modes, summary, word, figs))
-    imp = result.impulse
+        sections.append(_shuffle_section(layer_name, modes, summary, word, figs, layer_name in shown))
     imp_blocks = [
         f"mode {imp.mode}; NCC {'maximised over lags' if imp.lags else 'at lag 0'}; impulse at {imp.position}"
     ]

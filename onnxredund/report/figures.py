@@ -15,6 +15,7 @@ __all__ = [
     "cascade_figure",
     "cosine_figure",
     "ncc_figure",
+    "overview_figure",
     "response_grid_figure",
     "shuffle_example_figure",
 ]
@@ -45,27 +46,43 @@ def _tile(responses: np.ndarray, i: int) -> np.ndarray:
     return tile[tile.shape[0] // 2] if tile.ndim == 3 else tile
 
 
+def _mosaic(responses: np.ndarray, cols: int) -> np.ndarray:
+    """Every channel's tile (input channel 0), each scaled to [-1, 1], in one array with a gap of one pixel."""
+    tiles = [_tile(responses, i) for i in range(len(responses))]
+    h, w = tiles[0].shape
+    rows = math.ceil(len(tiles) / cols)
+    out = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
+        out[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = tile / (float(np.abs(tile).max()) or 1.0)
+    return out
+
+
 def response_grid_figure(responses: np.ndarray, title: str) -> bytes:
-    """Impulse responses (C, M, *S) as a grid of C tiles (input channel 0), each on its own scale: maps for
-    2-D convs, the middle slice for 3-D, curves for 1-D."""
+    """Impulse responses (C, M, *S) as one mosaic of C tiles (input channel 0, row by row), each on its own
+    scale: maps for 2-D convs, the middle slice for 3-D, curves for 1-D."""
     plt = _plt()
     c = min(responses.shape[0], _MAX_TILES)
     cols = math.ceil(math.sqrt(c))
-    rows = math.ceil(c / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows + 0.4), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < c:
-            tile = _tile(responses, i)
-            lim = float(np.abs(tile).max()) or 1.0
-            if tile.ndim == 1:
-                ax.plot(tile, lw=0.8)
-                ax.set_ylim(-lim, lim)
-            else:
-                ax.imshow(tile, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-            ax.set_title(str(i), fontsize=6, pad=1)
     more = f" (first {c} of {responses.shape[0]})" if c < responses.shape[0] else ""
-    fig.suptitle(title + more, fontsize=9)
+    if responses.ndim == 3:  # 1-D: curves, one axis each
+        rows = math.ceil(c / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.0 * rows + 0.4), squeeze=False)
+        for i, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if i < c:
+                tile = responses[i, 0]
+                ax.plot(tile, lw=0.8)
+                lim = float(np.abs(tile).max()) or 1.0
+                ax.set_ylim(-lim, lim)
+        fig.suptitle(title + more, fontsize=9)
+        return _png(fig)
+    mosaic = _mosaic(responses[:c], cols)
+    aspect = mosaic.shape[0] / max(1, mosaic.shape[1])
+    fig, ax = plt.subplots(figsize=(6, max(1.5, min(12.0, 6 * aspect)) + 0.4))
+    ax.imshow(mosaic, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(f"{title}{more}: channels row by row", fontsize=9)
     return _png(fig)
 
 
@@ -142,4 +159,24 @@ def cascade_figure(responses: np.ndarray, ncc: float) -> bytes:
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.suptitle(f"cascaded Gaussian kernels commute: NCC = {ncc:.6f}", fontsize=9)
+    return _png(fig)
+
+
+def overview_figure(summaries) -> bytes:
+    """Per layer (x): the impulse's redundant fraction and the channel and pixel cheap fractions, as bars."""
+    plt = _plt()
+    names = [s.name for s in summaries]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(names) + 2), 3.2))
+    x = np.arange(len(names))
+    series = [
+        ("impulse: redundant", [s.impulse_redundant_fraction for s in summaries]),
+        ("channel shuffle: cheap", [s.channel_cheap_fraction for s in summaries]),
+        ("pixel shuffle: cheap", [s.pixel_cheap_fraction for s in summaries]),
+    ]
+    for j, (label, values) in enumerate(series):
+        ax.bar(x + (j - 1) * 0.27, [np.nan if v is None else v for v in values], width=0.27, label=label)
+    ax.set_xticks(x, names, rotation=90, fontsize=6 if len(names) > 20 else 8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("fraction of channels")
+    ax.legend(fontsize=7, ncol=3, loc="upper left")
     return _png(fig)
