@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from onnxredund.engine.batching import make_batch_dynamic
-from onnxredund.engine.runtime import probe_shapes
+from onnxredund.engine.runtime import Runner, probe_shapes
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import (
     Model,
@@ -98,6 +98,7 @@ def load_model_proto(
     if not any(n.op_type == "Conv" for n in proto.graph.node):
         raise OnnxRedundError(f"{path} has no Conv node; onnxredund analyses convolutional networks")
     check_finite_weights(proto, path)
+    Runner.create(proto, "cpu", optimize=False)  # onnxruntime must take the model as it is: say so now if not
     proto, batch_dynamic = make_batch_dynamic(proto, sizes)
     batch = sizes[image][0]
     if not batch_dynamic and batch != 1:

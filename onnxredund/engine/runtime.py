@@ -108,11 +108,12 @@ def providers_for(device: str) -> list:
     return [_CPU]
 
 
-def _session_options(threads: int, external_dir: str = "") -> ort.SessionOptions:
+def _session_options(threads: int, external_dir: str = "", optimize: bool = True) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     if external_dir:  # where the external data of a model handed over as bytes lives
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", external_dir)
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    level = ort.GraphOptimizationLevel
+    opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
@@ -148,12 +149,21 @@ class Runner:
     device: str
 
     @classmethod
-    def create(cls, proto: onnx.ModelProto, device: str = "auto", threads: int = 0, *, derived: bool = False) -> Runner:
+    def create(
+        cls,
+        proto: onnx.ModelProto,
+        device: str = "auto",
+        threads: int = 0,
+        *,
+        derived: bool = False,
+        optimize: bool = True,
+    ) -> Runner:
         """A session for ``proto``; weights in external files are read by onnxruntime from their folder.
 
         Args:
             derived: ``proto`` is a model onnxredund built from the user's (an analysis model): if onnxruntime
                 refuses it, that is a bug of onnxredund's (a RuntimeError), not a mistake in the user's model.
+            optimize: let onnxruntime optimize the graph (off: a quick check that it loads at all).
         """
         device = resolve_device(device)
         proto, external_dir = session_model(proto)
@@ -162,7 +172,9 @@ class Runner:
             # onnxruntime prints its provider fallback attempts; the one-line error below says it all
             with contextlib.redirect_stdout(io.StringIO()):
                 session = ort.InferenceSession(
-                    proto.SerializeToString(), sess_options=_session_options(threads, external_dir), providers=providers
+                    proto.SerializeToString(),
+                    sess_options=_session_options(threads, external_dir, optimize),
+                    providers=providers,
                 )
         except Exception as e:  # onnxruntime raises its own types (Fail, InvalidGraph, ...) with no common base
             if derived:
