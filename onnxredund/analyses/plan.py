@@ -82,7 +82,7 @@ def _node_costs(model: Model) -> list[float]:
 def suffix_share(model: Model, layer: ConvLayer) -> float:
     """The share of the model's work in ``layer`` and the nodes after it (what a perturbed pass reruns)."""
     costs = _node_costs(model)
-    after = downstream(model.proto.graph, layer.activation) | {layer.node_index}
+    after = downstream(model.proto.graph, layer.output) | {layer.node_index}
     return sum(costs[i] for i in after) / (sum(costs) or 1.0)
 
 
@@ -149,6 +149,8 @@ def _fitting_counts(full, shares, images, seconds, t, g) -> list[int] | None:
 
     if total(counts(0.0)) > seconds:
         return None
+    if total(full) <= seconds:
+        return list(full)
     lo, hi = 0.0, 1.0
     for _ in range(30):
         mid = (lo + hi) / 2

@@ -149,3 +149,50 @@ def test_ctrl_c_writes_partial_results_and_resume_finishes_with_the_same_numbers
     r = run_cli(*args, "--out", out, "--resume", "--seed", "9")
     assert r.exit_code == 2 and "nothing to resume" in r.stderr
     assert json.loads((out / "shuffle-pixel.json").read_text())["cosine"] == full["cosine"]
+
+
+def test_no_data_on_a_model_mnist_does_not_fit_says_the_shape_and_how(tmp_path):
+    path = save(small_cnn()[0], tmp_path)
+    r = run_cli("shuffle", path, "--layer", "conv2", "--device", "cpu")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "MNIST (1x28x28) does not fit the model's input 'x' (3x6x6, NCHW)" in r.stderr
+    assert "--data" in r.stderr and "--data-loader-script" in r.stderr and "download" not in r.stderr
+
+
+def test_verbosity_flags_work_after_the_command_too(tmp_path):
+    path = save(small_cnn()[0], tmp_path)
+    quiet = run_cli(
+        "shuffle", path, "--layer", "1", "--data", "synthetic:8", "--device", "cpu", "--batch-size", "1", "-q"
+    )
+    assert quiet.exit_code == 0 and "no-op" not in quiet.stderr  # -q: warnings hidden
+    loud = run_cli("shuffle", path, "--layer", "1", "--data", "synthetic:8", "--device", "cpu", "--batch-size", "1")
+    assert "no-op" in loud.stderr
+    verbose = run_cli("layers", path, "-v")
+    assert verbose.exit_code == 0
+
+
+def test_unlabelled_audits_speak_of_agreement_and_accuracy_gates_name_agreement_drop(tmp_path):
+    path = save(small_cnn(3)[0], tmp_path)
+    args = ["audit", path, "--data", "synthetic:64", "--device", "cpu", "--modes", "channel"]
+    r = run_cli(*args, "--out", tmp_path / "a")
+    assert r.exit_code == 0, r.stderr
+    assert "accuracy" not in r.stdout.replace("agreement", "") and "worst agreement drop" in r.stdout
+    bad = run_cli(*args, "--out", tmp_path / "b", "--fail-if", "accuracy_drop>0.1")
+    assert bad.exit_code == 2 and "use agreement_drop" in bad.stderr
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+
+
+def test_an_audit_budget_covers_the_whole_command_and_says_what_it_left_out(tmp_path):
+    path = save(small_cnn(3)[0], tmp_path)
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((64, 3, 6, 6)), y=np.arange(64) % 4)
+    r = run_cli("audit", path, "--data", tmp_path / "d.npz", "--device", "cpu", "--budget", "1", "--out",
+                tmp_path / "o", "--fail-if", "accuracy_drop>0.5")  # fmt: skip
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    skipped = [n for n in results["notes"] if "skipped: time budget spent" in n]
+    measured = {s["name"]: s for s in results["summary"]}
+    # a 1 s budget leaves the sweeps out (or some of them); every layer left out says so and has no score
+    for s in measured.values():
+        if not s["samples"]:
+            assert s["redundancy_score"] is None and any(s["name"] in n for n in skipped)
+    if not any(s["samples"] for s in measured.values()):
+        assert r.exit_code == 1 and "not evaluated" in r.stderr
