@@ -13,6 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 MODELS = ROOT / "models"
+#: where scripts/fetch_models.py puts third-party models (read before the tests isolate the user's cache)
+REAL_MODELS = Path(os.environ.get("ONNXREDUND_MODELS") or Path.home() / ".cache" / "onnxredund" / "models")
 
 
 def _typed(value) -> np.ndarray:
@@ -104,6 +106,19 @@ def mnist_dir() -> Path:
     if not (MNIST_DIR / "t10k-labels-idx1-ubyte.gz").is_file():
         pytest.skip("MNIST not at ../shared/data/mnist")
     return MNIST_DIR
+
+
+@pytest.fixture
+def real_model():
+    """A third-party model from the cache by its name there; the test skips, saying how to fetch it, if absent."""
+
+    def get(name: str) -> Path:
+        path = REAL_MODELS / name
+        if not path.is_file():
+            pytest.skip(f"{name} is not in {REAL_MODELS}: run python scripts/fetch_models.py")
+        return path
+
+    return get
 
 
 @pytest.fixture(autouse=True)

