@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 _IMPULSE_SHARE = 0.3  # of the budget, after which the impulse analysis leaves out comparisons with earlier layers
 _WRITE_RESERVE = 5.0  # seconds kept for writing the report, results and figures at the end
+_PLAN_MARGIN = 0.85  # of the time left that the sweeps are planned to fill (estimates are estimates)
 
 
 @dataclass(frozen=True)
@@ -326,9 +327,10 @@ def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, not
     images = None  # fixed by the first plan: every sweep measures the same images
     for i, (layer, mode) in enumerate(sweeps):
         pass_cost = float(np.median(seen)) if seen else PASS_COST
+        left = clock.left()
         plans = plan_sweeps(
-            model, sweeps[i:], samples=len(data), seconds=clock.left(), seconds_per_image=seconds_per_image,
-            pass_cost=pass_cost, images=images,
+            model, sweeps[i:], samples=len(data), seconds=None if left is None else _PLAN_MARGIN * left,
+            seconds_per_image=seconds_per_image, pass_cost=pass_cost, images=images,
         )  # fmt: skip
         if not plans:
             notes.append(f"{layer.name} {mode} shuffling skipped: time budget spent")

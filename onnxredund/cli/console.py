@@ -130,13 +130,13 @@ def redundancy_lines(result: AuditResult) -> list[str]:
     for s in result.layers:
         parts = []
         if s.impulse_redundant_fraction is not None:
-            parts.append(f"impulse {100 * s.impulse_redundant_fraction:.0f} % of {s.impulse_compared}")
+            parts.append(f"impulse {100 * s.impulse_redundant_fraction:.1f} % of {s.impulse_compared}")
         elif s.impulse_compared is not None:
             parts.append("impulse: no channel compared")
         if s.channel_cheap_fraction is not None:
-            parts.append(f"channel-cheap {100 * s.channel_cheap_fraction:.0f} %")
+            parts.append(f"channel-cheap {100 * s.channel_cheap_fraction:.1f} %")
         if s.pixel_cheap_fraction is not None:
-            parts.append(f"pixel-cheap {100 * s.pixel_cheap_fraction:.0f} %")
+            parts.append(f"pixel-cheap {100 * s.pixel_cheap_fraction:.1f} %")
         if s.worst_accuracy_drop is not None:
             parts.append(f"worst accuracy drop {100 * s.worst_accuracy_drop:.2f} pp")
         elif s.worst_agreement_drop is not None:
@@ -147,8 +147,19 @@ def redundancy_lines(result: AuditResult) -> list[str]:
             parts.append("not shuffled")
         score = "no score (not shuffled)" if s.redundancy_score is None else f"score {s.redundancy_score:.2f}"
         lines.append(f"  {s.name} ({s.in_channels}->{s.out_channels}): {score}; " + ", ".join(parts))
-    lines += [f"  note: {n}" for n in result.notes]
-    return lines
+    return lines + [f"  note: {n}" for n in _grouped_notes(result.notes)]
+
+
+def _grouped_notes(notes: list[str]) -> list[str]:
+    """The notes, with the per-sweep budget notes counted in one line each (all of them are in the report)."""
+    sampled = [n for n in notes if "measured" in n and n.endswith("(time budget)")]
+    skipped = [n for n in notes if n.endswith("skipped: time budget spent")]
+    out = [n for n in notes if n not in sampled and n not in skipped]
+    if sampled:
+        out.append(f"{len(sampled)} sweeps measured fewer images or channels to fit the time budget (see the report)")
+    if skipped:
+        out.append(f"{len(skipped)} sweeps skipped: the time budget was spent (see the report)")
+    return out
 
 
 def _number(v: float | None) -> str:
