@@ -1,0 +1,124 @@
+"""Channel shuffling of a channel group at its consumers: what the ``shuffle`` pruning criterion measures.
+
+The paper shuffles one input channel of one conv across the samples of a mini-batch. A group's channel
+may be read by several consumers (the convs after a residual stream, a dense layer after a Flatten),
+so here every consumer's input gets its copy of the channel shuffled, with the same permutation: for
+each consumer input T, ``T' = T + mask * (T[perm] - T)`` where ``mask`` selects the channel (its block of
+features for a dense consumer), and the consumers read T'. ``perm`` and the masks are inputs of the
+model, so one session serves every channel of the group.
+
+The part of the network before the consumer inputs runs once per batch (the clean model, which also
+exposes what the rest needs); only the rest, from the consumer inputs on, runs once per channel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxredund.engine.channel_groups import ChannelGroup
+from onnxredund.engine.runtime import Runner
+from onnxredund.engine.surgery import cut, expose_outputs
+from onnxredund.model import Model, copy_model, data_dependent
+
+__all__ = ["GroupShuffle"]
+
+PERM = "onnxredund_perm"
+
+
+def _mask_name(k: int) -> str:
+    return f"onnxredund_mask_{k}"
+
+
+class GroupShuffle:
+    """Runs the model with one channel of ``group`` shuffled at every consumer input."""
+
+    def __init__(self, model: Model, group: ChannelGroup, device: str = "auto") -> None:
+        self.model, self.group = model, group
+        graph = model.proto.graph
+        self.tensors = list(dict.fromkeys(c.tensor for c in group.consumers))
+        after = data_dependent(graph, self.tensors)
+        rest = [n for n in graph.node if any(t in after for t in n.input)]
+        made_by_rest = {o for n in rest for o in n.output}
+        data = data_dependent(graph)
+        self.frontier = list(dict.fromkeys(t for n in rest for t in n.input if t in data and t not in made_by_rest))
+        self.inputs = {i.name for i in model.inputs}
+        self.changed = [o for o in model.output_names if o in after]
+        exposed = [t for t in self.frontier if t not in self.inputs]
+        self.clean = Runner.create(expose_outputs(model.proto, exposed), device, derived=True)
+        self.suffix = Runner.create(self._suffix_model(), device, derived=True)
+
+    def _suffix_model(self) -> onnx.ModelProto:
+        proto = copy_model(self.model.proto)
+        graph = proto.graph
+        readers = {c.node for c in self.group.consumers}
+        replaced = {}
+        for k, t in enumerate(self.tensors):
+            shape = self.model.shapes[t]
+            graph.input.append(
+                helper.make_tensor_value_info(_mask_name(k), TensorProto.FLOAT, [1, shape[0]] + [1] * (len(shape) - 1))
+            )
+            new = f"{t}__shuffled"
+            graph.node.extend([
+                helper.make_node("Gather", [t, PERM], [f"{new}_g"], axis=0),
+                helper.make_node("Sub", [f"{new}_g", t], [f"{new}_d"]),
+                helper.make_node("Mul", [f"{new}_d", _mask_name(k)], [f"{new}_m"]),
+                helper.make_node("Add", [t, f"{new}_m"], [new]),
+            ])  # fmt: skip
+            replaced[t] = new
+        for i in readers:
+            node = graph.node[i]
+            for j, name in enumerate(node.input):
+                if name in replaced:
+                    node.input[j] = replaced[name]
+        graph.input.append(helper.make_tensor_value_info(PERM, TensorProto.INT64, ["N"]))
+        inputs = [*self.frontier, PERM, *(_mask_name(k) for k in range(len(self.tensors)))]
+        return cut(_topological(proto), inputs, self.changed)
+
+    def masks(self, channel: int) -> dict[str, np.ndarray]:
+        """The mask inputs selecting group channel ``channel``."""
+        feeds = {}
+        for k, t in enumerate(self.tensors):
+            shape = self.model.shapes[t]
+            m = np.zeros((1, shape[0]) + (1,) * (len(shape) - 1), np.float32)
+            for c in self.group.consumers:
+                if c.tensor == t:
+                    m[0, c.indices([channel])] = 1.0
+            feeds[_mask_name(k)] = m
+        return feeds
+
+    def run_clean(self, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        """The model's outputs on one batch, and what the shuffled runs of that batch start from."""
+        names = self.model.output_names
+        exposed = [t for t in self.frontier if t not in self.inputs]
+        values = self.clean.run(feeds, names + exposed)
+        start = dict(zip(exposed, values[len(names) :], strict=True))
+        start.update({t: feeds[t] for t in self.frontier if t in self.inputs})
+        return values[: len(names)], start
+
+    def outputs(self, clean: list[np.ndarray], start: dict[str, np.ndarray], channel: int, perm: np.ndarray):
+        """The model's outputs with ``channel`` shuffled by ``perm`` (outputs it cannot reach stay clean)."""
+        changed = dict(zip(self.changed, self.suffix.run({**start, **self.masks(channel), PERM: perm}), strict=True))
+        return [changed.get(name, value) for name, value in zip(self.model.output_names, clean, strict=True)]
+
+
+def _topological(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The appended nodes run before their readers: a stable topological sort."""
+    graph = proto.graph
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(t in available for t in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise RuntimeError("the shuffle model has a cycle (a bug of onnxredund's)")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return proto

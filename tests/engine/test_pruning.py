@@ -1,0 +1,361 @@
+"""Channel groups and physical channel removal on tiny models with a residual Add, a Concat, a depthwise
+conv, BatchNormalization and Flatten -> Gemm: removing a channel that is always zero, or merging an exact
+duplicate into its twin, leaves every output equal; a removal equals the original with the channel zeroed
+(or set to its mean) where its consumers read it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_model
+from onnx import helper
+
+from onnxredund.data import Dataset
+from onnxredund.engine.calibration import collect_statistics
+from onnxredund.engine.channel_groups import channel_groups
+from onnxredund.engine.loading import load_model_proto
+from onnxredund.engine.pruning import PruneCost, compensate, consumer_columns, remove_channels
+from onnxredund.engine.runtime import Runner
+from onnxredund.errors import OnnxRedundError
+from onnxredund.model import copy_model, describe_layers, infer_shapes, shape_table
+
+SIZE = 6
+
+
+def zoo(seed: int = 0, *, dead_b: int | None = None, dead_a: int | None = None, twin_b: tuple[int, int] | None = None):
+    """x (N,2,6,6) -> convA (4) -> BN -> Relu = a;  a -> convB (3) -> Relu = b;  a -> depthwise (4) -> Relu = d;
+    concat(b, d) (7) -> convC (4) -> Relu = c;  r = c + a (residual);  r -> Flatten -> Gemm (3) = out.
+
+    dead_b: convB's channel that is always 0 after its Relu; dead_a: the residual group's channel that is 0
+    everywhere (a, d and c); twin_b: (i, j) makes convB's channel j a copy of channel i.
+    """
+    rng = np.random.default_rng(seed)
+    w = {
+        "wa": rng.normal(size=(4, 2, 3, 3)), "ba": rng.normal(size=4) * 0.1,
+        "g": rng.uniform(0.5, 2, 4), "beta": rng.normal(size=4) * 0.1, "mu": rng.normal(size=4) * 0.1,
+        "var": rng.uniform(0.5, 2, 4),
+        "wb": rng.normal(size=(3, 4, 3, 3)), "bb": rng.normal(size=3) * 0.1,
+        "wd": rng.normal(size=(4, 1, 3, 3)), "bd": rng.normal(size=4) * 0.1,
+        "wc": rng.normal(size=(4, 7, 3, 3)) * 0.3, "bc": rng.normal(size=4) * 0.1,
+        "fc": rng.normal(size=(3, 4 * SIZE * SIZE)) * 0.1, "fcb": rng.normal(size=3) * 0.1,
+    }  # fmt: skip
+    if dead_b is not None:
+        w["wb"][dead_b], w["bb"][dead_b] = 0.0, -1.0
+    if dead_a is not None:
+        w["wa"][dead_a], w["ba"][dead_a], w["beta"][dead_a], w["mu"][dead_a] = 0.0, 0.0, -5.0, 0.0
+        w["bd"][dead_a] = -1.0
+        w["wc"][dead_a], w["bc"][dead_a] = 0.0, -1.0
+    if twin_b is not None:
+        i, j = twin_b
+        w["wb"][j], w["bb"][j] = w["wb"][i], w["bb"][i]
+    pad = {"pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["za"], name="convA", **pad),
+        helper.make_node("BatchNormalization", ["za", "g", "beta", "mu", "var"], ["na"], name="bnA"),
+        helper.make_node("Relu", ["na"], ["a"], name="reluA"),
+        helper.make_node("Conv", ["a", "wb", "bb"], ["zb"], name="convB", **pad),
+        helper.make_node("Relu", ["zb"], ["b"], name="reluB"),
+        helper.make_node("Conv", ["a", "wd", "bd"], ["zd"], name="dw", group=4, **pad),
+        helper.make_node("Relu", ["zd"], ["d"], name="reluD"),
+        helper.make_node("Concat", ["b", "d"], ["cat"], name="cat", axis=1),
+        helper.make_node("Conv", ["cat", "wc", "bc"], ["zc"], name="convC", **pad),
+        helper.make_node("Relu", ["zc"], ["c"], name="reluC"),
+        helper.make_node("Add", ["c", "a"], ["r"], name="residual"),
+        helper.make_node("Flatten", ["r"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc", "fcb"], ["out"], name="fc", transB=1),
+    ]
+    return make_model(nodes, [("x", ["N", 2, SIZE, SIZE])], [("out", ["N", 3])], w)
+
+
+def inputs(n: int = 16, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 2, SIZE, SIZE)).astype(np.float32)
+
+
+def run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return Runner.create(proto, "cpu").run({"x": x})[0]
+
+
+def group_of(groups, producer: str):
+    return next(g for g in groups if producer in g.producers)
+
+
+def test_zoo_groups_tie_the_residual_and_follow_concat_depthwise_and_flatten():
+    m = load_model_proto(zoo())
+    groups = channel_groups(m)
+    assert [sorted(g.producers) for g in groups] == [["convA", "convC"], ["convB"]]
+    res, b = group_of(groups, "convA"), group_of(groups, "convB")
+    assert res.prunable and b.prunable
+    assert res.consumer_names == ["convB", "convC", "fc"]  # convC reads the depthwise copy at offset 3
+    roles = {(m.proto.graph.node[s.node].name, s.name, s.axis, s.offset, s.block, s.role) for s in res.slicings}
+    assert ("dw", "wd", 0, 0, 1, "depthwise") in roles
+    assert ("convC", "wc", 1, 3, 1, "consumer") in roles  # concat offset of d
+    assert ("fc", "fc", 1, 0, SIZE * SIZE, "dense") in roles  # transB: columns, a block of 36 per channel
+    assert ("bnA", "var", 0, 0, 1, "norm") in roles
+    assert {(s.name, s.axis, s.offset) for s in b.slicings if s.role == "consumer"} == {("wc", 1, 0)}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "producer", "channel"),
+    [({"dead_b": 1}, "convB", 1), ({"dead_a": 2}, "convA", 2)],
+    ids=["concat-input", "residual-group"],
+)
+def test_removing_an_always_zero_channel_leaves_every_output_equal(kwargs, producer, channel):
+    proto = zoo(**kwargs)
+    m = load_model_proto(proto)
+    groups = channel_groups(m)
+    g = group_of(groups, producer)
+    pruned = remove_channels(m, groups, {g.index: [channel]})
+    x = inputs()
+    np.testing.assert_allclose(run(pruned, x), run(proto, x), rtol=1e-5, atol=1e-5)
+    assert PruneCost.of(m, groups).macs({g.index: [channel]}) < PruneCost.of(m, groups).macs_total
+    onnx.checker.check_model(pruned, full_check=True)
+
+
+def _zeroed_at_consumers(m, group, channels, mean_of=None) -> onnx.ModelProto:
+    """The original with the channels' columns zeroed in every consumer (and, with ``mean_of``, the mean's
+    contribution put in its bias): the channels set to zero (or their mean) where they are read."""
+    out = copy_model(m.proto)
+    inits = {t.name: t for t in out.graph.initializer}
+    for c in group.consumers:
+        node = out.graph.node[c.node]
+        w = onnx.numpy_helper.to_array(inits[node.input[1]]).copy()
+        rows = w.reshape(w.shape[0], -1) if node.op_type == "Conv" else w
+        if node.op_type == "MatMul" or (
+            node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute)
+        ):
+            rows = w.T  # a view: (O, F) rows
+        cols = consumer_columns(m, c, channels)
+        if mean_of is not None:
+            b = onnx.numpy_helper.to_array(inits[node.input[2]]).copy()
+            b += rows[:, cols] @ np.concatenate([mean_of.mean(c, k, len(cols) // len(channels)) for k in channels])
+            inits[node.input[2]].CopyFrom(onnx.numpy_helper.from_array(b.astype(np.float32), node.input[2]))
+        rows[:, cols] = 0.0
+        inits[node.input[1]].CopyFrom(onnx.numpy_helper.from_array(w.astype(np.float32), node.input[1]))
+    return out
+
+
+@pytest.mark.parametrize("producer", ["convA", "convB"])
+def test_a_removal_equals_the_channel_zeroed_where_its_consumers_read_it(producer):
+    m = load_model_proto(zoo(seed=3))
+    groups = channel_groups(m)
+    g = group_of(groups, producer)
+    channels = [0, 2]
+    pruned = remove_channels(m, groups, {g.index: channels})
+    x = inputs(seed=5)
+    np.testing.assert_allclose(run(pruned, x), run(_zeroed_at_consumers(m, g, channels), x), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(run(pruned, x), run(m.proto, x), atol=1e-3)  # the channels did matter
+
+
+def flat_head(seed: int = 0):
+    """x -> conv (3 channels) -> Relu -> Flatten -> MatMul -> out: the consumer reads every position."""
+    rng = np.random.default_rng(seed)
+    w = {"w": rng.normal(size=(3, 2, 3, 3)), "b": rng.normal(size=3), "fc": rng.normal(size=(3 * 16, 5))}
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["z"], name="conv"),
+        helper.make_node("Relu", ["z"], ["a"]),
+        helper.make_node("Flatten", ["a"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc"], ["out"], name="fc"),
+    ]
+    return make_model(nodes, [("x", ["N", 2, SIZE, SIZE])], [("out", ["N", 5])], w)
+
+
+def test_mean_compensation_equals_the_channel_set_to_its_mean_at_a_dense_consumer():
+    m = load_model_proto(flat_head())
+    groups = channel_groups(m)
+    g = groups[0]
+    x = inputs(64, seed=7)
+    stats = collect_statistics(m, g.consumers, Dataset(x, None, "x"))
+    updates = compensate(m, groups, {0: [1]}, "mean", stats)
+    pruned = remove_channels(m, groups, {0: [1]}, updates=updates)  # a MatMul without bias gets an Add
+    features = Runner.create(infer_shapes(_expose(m.proto, "f")), "cpu").run({"x": x})[1]
+    mean = features.mean(axis=0)
+    fixed = features.copy()
+    fixed[:, 16:32] = mean[16:32]
+    want = fixed.astype(np.float64) @ onnx.numpy_helper.to_array(m.proto.graph.initializer[2]).astype(np.float64)
+    np.testing.assert_allclose(run(pruned, x), want, rtol=1e-4, atol=1e-4)
+
+
+def _expose(proto, name):
+    out = copy_model(proto)
+    out.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return out
+
+
+def test_merging_an_exact_duplicate_into_its_twin_leaves_every_output_equal():
+    proto = zoo(seed=2, twin_b=(0, 2))
+    m = load_model_proto(proto)
+    groups = channel_groups(m)
+    g = group_of(groups, "convB")
+    x = inputs(32, seed=9)
+    stats = collect_statistics(m, g.consumers, Dataset(x, None, "x"), cross=True)
+    pruned = remove_channels(m, groups, {g.index: [2]}, updates=compensate(m, groups, {g.index: [2]}, "merge", stats))
+    np.testing.assert_allclose(run(pruned, x), run(proto, x), rtol=1e-5, atol=1e-5)
+    plain = remove_channels(m, groups, {g.index: [2]})
+    assert not np.allclose(run(plain, x), run(proto, x), atol=1e-3)
+
+
+def test_least_squares_refit_recovers_a_channel_its_twin_carries():
+    proto = zoo(seed=4, twin_b=(1, 0))
+    m = load_model_proto(proto)
+    groups = channel_groups(m)
+    g = group_of(groups, "convB")
+    x = inputs(64, seed=11)
+    stats = collect_statistics(m, g.consumers, Dataset(x, None, "x"), gram=True)
+    exact = compensate(m, groups, {g.index: [0]}, "lstsq", stats, ridge=1e-9)
+    np.testing.assert_allclose(run(remove_channels(m, groups, {g.index: [0]}, updates=exact), x), run(proto, x),
+                               rtol=1e-3, atol=1e-3)  # fmt: skip
+
+
+def test_least_squares_refit_stays_sound_with_fewer_samples_than_inputs():
+    """convC multiplies 7 x 9 + 1 = 64 values per output; one image gives 32 sampled positions. A bare least-squares
+    fit then fits noise; the pull towards the original weights keeps it near them. With 16 images the refit beats
+    no compensation on other data."""
+    proto = zoo(seed=6)
+    m = load_model_proto(proto)
+    groups = channel_groups(m)
+    g = group_of(groups, "convB")
+    removal = {g.index: [1]}
+    x = inputs(64, seed=2)
+    want = run(proto, x)
+
+    def error(n: int, **ridge) -> float:
+        stats = collect_statistics(m, g.consumers, Dataset(inputs(n, seed=1), None, "x"), gram=True)
+        pruned = remove_channels(m, groups, removal, updates=compensate(m, groups, removal, "lstsq", stats, **ridge))
+        return float(np.abs(run(pruned, x) - want).mean())
+
+    assert error(1) < error(1, ridge=1e-9) / 3
+    assert error(16) < float(np.abs(run(remove_channels(m, groups, removal), x) - want).mean())
+
+
+def test_cost_counts_the_pruned_models_macs_and_parameters_exactly():
+    m = load_model_proto(zoo())
+    groups = channel_groups(m)
+    cost = PruneCost.of(m, groups)
+    removal = {group_of(groups, "convA").index: [1, 3], group_of(groups, "convB").index: [0]}
+    pruned = remove_channels(m, groups, removal)
+    layers = describe_layers(pruned, shape_table(pruned))
+    assert cost.macs(removal) == sum(l.macs for l in layers)
+    params = sum(
+        t.size for t in (onnx.numpy_helper.to_array(i) for i in pruned.graph.initializer) if t.dtype.kind == "f"
+    )
+    assert cost.params(removal) == params
+    assert cost.macs_total == sum(l.macs for l in m.layers)
+
+
+def test_the_original_model_is_untouched():
+    proto = zoo()
+    m = load_model_proto(proto)
+    before = m.proto.SerializeToString()
+    groups = channel_groups(m)
+    remove_channels(m, groups, {0: [1]})
+    assert m.proto.SerializeToString() == before
+
+
+def _graph(nodes, w, out_shape):
+    return make_model(nodes, [("x", ["N", 2, SIZE, SIZE])], [("out", out_shape)], w)
+
+
+def _check_against_zeroed(proto, producer, channels):
+    """Remove ``channels`` of ``producer``'s group; the outputs equal the original's with them zeroed at the
+    consumers. Returns the pruned model."""
+    m = load_model_proto(proto)
+    groups = channel_groups(m)
+    g = group_of(groups, producer)
+    assert g.prunable, g.reason
+    pruned = remove_channels(m, groups, {g.index: channels})
+    x = inputs()
+    np.testing.assert_allclose(run(pruned, x), run(_zeroed_at_consumers(m, g, channels), x), rtol=1e-5, atol=1e-5)
+    return pruned
+
+
+def _initializer(proto, node_name: str, position: int) -> np.ndarray:
+    node = next(n for n in proto.graph.node if n.name == node_name)
+    return next(onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.name == node.input[position])
+
+
+def test_a_split_cuts_each_part_of_a_group_and_its_sizes_are_recounted():
+    rng = np.random.default_rng(0)
+    w = {"w1": rng.normal(size=(4, 2, 3, 3)), "split": np.array([2, 2]),
+         "wx": rng.normal(size=(3, 2, 1, 1)), "wy": rng.normal(size=(3, 2, 1, 1))}  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["p"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["p"], ["a"]),
+        helper.make_node("Split", ["a", "split"], ["s1", "s2"], name="split", axis=1),
+        helper.make_node("Conv", ["s1", "wx"], ["cx"], name="convX"),
+        helper.make_node("Conv", ["s2", "wy"], ["cy"], name="convY"),
+        helper.make_node("Add", ["cx", "cy"], ["out"]),
+    ]
+    pruned = _check_against_zeroed(_graph(nodes, w, ["N", 3, SIZE, SIZE]), "conv1", [1, 2])
+    assert _initializer(pruned, "split", 1).tolist() == [1, 1]
+
+
+def test_a_slice_of_the_channels_is_cut_and_its_bounds_recounted():
+    rng = np.random.default_rng(1)
+    w = {"w1": rng.normal(size=(5, 2, 3, 3)), "st": np.array([1]), "en": np.array([4]), "ax": np.array([1]),
+         "w5": rng.normal(size=(2, 3, 1, 1))}  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["p"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Slice", ["p", "st", "en", "ax"], ["mid"], name="slice"),  # channels 1, 2, 3
+        helper.make_node("Conv", ["mid", "w5"], ["out"], name="conv5"),
+    ]
+    proto = _graph(nodes, w, ["N", 2, SIZE, SIZE])
+    pruned = _check_against_zeroed(proto, "conv1", [0, 2])
+    assert (_initializer(pruned, "slice", 1).tolist(), _initializer(pruned, "slice", 2).tolist()) == ([0], [2])
+    x = inputs()
+    np.testing.assert_allclose(run(_check_against_zeroed(proto, "conv1", [0, 4]), x), run(proto, x), rtol=1e-5)
+
+
+def test_a_reshape_to_features_shrinks_its_shape_constant():
+    rng = np.random.default_rng(2)
+    w = {"w1": rng.normal(size=(3, 2, 3, 3)), "shape": np.array([0, 3 * SIZE * SIZE]),
+         "fc": rng.normal(size=(3 * SIZE * SIZE, 4))}  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["p"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["p", "shape"], ["flat"], name="reshape"),
+        helper.make_node("MatMul", ["flat", "fc"], ["out"], name="fc"),
+    ]
+    pruned = _check_against_zeroed(_graph(nodes, w, ["N", 4]), "conv1", [1])
+    assert _initializer(pruned, "reshape", 1).tolist() == [0, 2 * SIZE * SIZE]
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("grouped", "grouped conv"),
+        ("output", "graph output"),
+        ("transpose", "Transpose"),
+        ("reduce", "reduces over the channels"),
+    ],
+)
+def test_groups_that_cannot_be_pruned_say_why(case, reason):
+    rng = np.random.default_rng(0)
+    w = {"w1": rng.normal(size=(4, 2, 3, 3)), "wg": rng.normal(size=(4, 2, 3, 3))}
+    first = helper.make_node("Conv", ["x", "w1"], ["p"], name="conv1", pads=[1, 1, 1, 1])
+    out_shape = ["N", 4, SIZE, SIZE]
+    if case == "grouped":
+        nodes = [first, helper.make_node("Conv", ["p", "wg"], ["out"], name="g", group=2, pads=[1, 1, 1, 1])]
+    elif case == "output":
+        nodes = [first, helper.make_node("Relu", ["p"], ["out"])]
+    elif case == "transpose":
+        nodes = [first, helper.make_node("Transpose", ["p"], ["out"], perm=[0, 2, 3, 1])]
+        out_shape = ["N", SIZE, SIZE, 4]
+    else:
+        nodes = [first, helper.make_node("ReduceMean", ["p"], ["out"], axes=[1])]
+        out_shape = ["N", 1, SIZE, SIZE]
+    m = load_model_proto(_graph(nodes, w, out_shape))
+    groups = channel_groups(m)
+    g = group_of(groups, "conv1")
+    assert not g.prunable and reason in g.reason
+    with pytest.raises(OnnxRedundError, match="cannot be removed"):
+        remove_channels(m, groups, {g.index: [0]})
+
+
+@pytest.mark.parametrize(
+    ("removal", "message"),
+    [({1: [5]}, "no channel 5"), ({1: [0, 1, 2]}, "every channel")],
+)
+def test_bad_removals_are_errors(removal, message):
+    m = load_model_proto(zoo())
+    with pytest.raises(OnnxRedundError, match=message):
+        remove_channels(m, channel_groups(m), removal)
