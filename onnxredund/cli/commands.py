@@ -13,21 +13,24 @@ import click
 from onnxredund.analyses.audit import check_gates, parse_gate, run_audit
 from onnxredund.analyses.evaluate import evaluate as evaluate_model
 from onnxredund.analyses.impulse import run_impulse
+from onnxredund.analyses.prune import CRITERIA, SCOPES, SHUFFLE_METRICS, Target, parse_channel_spec, run_prune
 from onnxredund.analyses.reproduce import run_reproduce
 from onnxredund.analyses.shuffle import parse_channels, run_shuffle_modes
-from onnxredund.atomic import prepare_out_dir
+from onnxredund.atomic import prepare_out_dir, write_json
 from onnxredund.cli import console, options
 from onnxredund.cli.app import command_logging, main
 from onnxredund.data import DataSource, load_dataset, load_script
+from onnxredund.engine.channel_groups import channel_groups
 from onnxredund.engine.loading import load_model
 from onnxredund.engine.permutations import MODES
+from onnxredund.engine.pruning import COMPENSATIONS, save_pruned
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import Model, classifier_output
 from onnxredund.report.audit_report import report_seconds, write_audit, write_audit_impulse, write_audit_sweep
 from onnxredund.report.reproduce_report import write_reproduce
 from onnxredund.report.writers import impulse_payload, write_impulse, write_shuffle
 
-__all__ = ["audit", "evaluate", "impulse", "layers", "reproduce", "shuffle"]
+__all__ = ["audit", "evaluate", "impulse", "layers", "prune", "reproduce", "shuffle"]
 
 log = logging.getLogger("onnxredund")
 
@@ -322,3 +325,128 @@ def reproduce(ctx, data, limit, models_dir, out, overwrite, as_json, verbose, qu
     else:
         click.echo("\n".join(console.claims_lines(result)))
         click.echo(f"report: {out_dir / 'report.html'}")
+
+
+@main.command()
+@options.model_options
+@options.data_options
+@click.option(
+    "--criterion",
+    type=click.Choice(CRITERIA),
+    default="l1",
+    show_default=True,
+    help="How channels are ranked (see the README's Pruning section).",
+)
+@click.option(
+    "--scope",
+    type=click.Choice(SCOPES),
+    default="layer",
+    show_default=True,
+    help="layer: the same fraction of every group; global: one ranking, by importance per MAC saved.",
+)
+@click.option("--target-macs", type=float, help="Fraction of the conv MACs to remove, e.g. 0.5.")
+@click.option("--target-params", type=float, help="Fraction of the parameters to remove.")
+@click.option(
+    "--channels",
+    "channel_specs",
+    multiple=True,
+    help="Remove these channels instead: LAYER:CHANNELS, e.g. conv2:3,7 (repeatable).",
+)
+@click.option(
+    "--compensate",
+    type=click.Choice(["none", *COMPENSATIONS]),
+    default="none",
+    show_default=True,
+    help="Make up for what the removed channels carried: their mean into the consumers' bias, a merge "
+    "into the best-fitting kept channel, or a least-squares refit of the consumers.",
+)
+@click.option(
+    "--calibration",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="The first N samples calibrate (statistics, criteria); the others measure.",
+)
+@click.option("--eval-samples", type=click.IntRange(min=1), help="Measure on at most N samples after those.")
+@click.option(
+    "--shuffle-metric",
+    type=click.Choice(SHUFFLE_METRICS),
+    default="drift",
+    show_default=True,
+    help="Criterion shuffle: the cost measured at the outputs.",
+)
+@click.option(
+    "--shuffle-samples",
+    type=click.IntRange(min=2),
+    default=512,
+    show_default=True,
+    help="Criterion shuffle: calibration samples it shuffles over.",
+)
+@click.option(
+    "--plan", "plan_only", is_flag=True, help="Only list the channel groups (what prunes together, and why not)."
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="The pruned model (.onnx); its plan goes beside it (.json)."
+)
+@options.overwrite
+@options.batch_size
+@options.seed
+@options.device
+@options.as_json
+@options.verbosity
+@click.pass_context
+def prune(ctx, model, target_macs, target_params, channel_specs, plan_only, out, overwrite, as_json, verbose, quiet,
+          **run) -> None:  # fmt: skip
+    """Remove channels from MODEL (a new, smaller ONNX file in --out), then measure both models: parameters,
+    conv MACs, file size, accuracy, agreement, output drift, onnxruntime latency."""
+    command_logging(ctx, verbose, quiet)
+    m = _model(model, run)
+    if plan_only:
+        groups = channel_groups(m)
+        if as_json:
+            _echo_json([g.to_dict() for g in groups])
+        else:
+            click.echo("\n".join(console.group_lines(m, groups)))
+        return
+    target = _prune_target(target_macs, target_params, channel_specs)
+    out_path = _pruned_path(out, model, overwrite)
+    data = _data(m, run, run["seed"])
+    compensation = run.pop("compensate")
+    compensation = None if compensation == "none" else compensation
+    result = run_prune(
+        m, data, target=target, channels=parse_channel_spec(channel_specs) if channel_specs else None,
+        compensation=compensation, evaluation=run.pop("eval_samples"), **run,
+    )  # fmt: skip
+    save_pruned(result.proto, out_path)
+    plan_path = out_path.with_suffix(".json")
+    write_json(plan_path, {**result.to_dict(), "pruned_model": str(out_path)})
+    if as_json:
+        _echo_json(result.to_dict())
+    else:
+        click.echo("\n".join(console.prune_lines(result)))
+        click.echo(f"pruned model: {out_path}  plan: {plan_path}")
+
+
+def _prune_target(macs: float | None, params: float | None, channels) -> Target | None:
+    given = [x for x in (macs, params) if x is not None]
+    if len(given) + bool(channels) != 1:
+        raise OnnxRedundError("give one of --target-macs, --target-params or --channels")
+    if channels:
+        return None
+    return Target("macs", macs) if macs is not None else Target("params", params)
+
+
+def _pruned_path(out: Path | None, model: Path, overwrite: bool) -> Path:
+    """Where the pruned model goes: never over the input model, over another file only with --overwrite."""
+    if out is None:
+        raise OnnxRedundError("pass --out FILE.onnx for the pruned model (or --plan to list the groups)")
+    if out.suffix.lower() != ".onnx":
+        raise OnnxRedundError(f"--out {out}: name the pruned model FILE.onnx")
+    if out.exists() and out.resolve() == Path(model).resolve():
+        raise OnnxRedundError(f"--out {out} is the input model; the input is never overwritten")
+    for path in (out, out.with_suffix(".json")):
+        if path.exists() and not overwrite:
+            raise OnnxRedundError(f"{path} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise OnnxRedundError(f"--out {out}: no folder {out.parent}")
+    return out

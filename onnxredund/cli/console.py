@@ -10,12 +10,23 @@ import numpy as np
 
 from onnxredund.analyses.audit import AuditResult
 from onnxredund.analyses.impulse import ImpulseResult
+from onnxredund.analyses.prune import PruneResult
 from onnxredund.analyses.reproduce import ReproduceResult
 from onnxredund.analyses.shuffle import ShuffleResult
 from onnxredund.cli.app import bar_shown
+from onnxredund.engine.channel_groups import ChannelGroup
 from onnxredund.model import Model
 
-__all__ = ["StepBars", "claims_lines", "impulse_lines", "layer_table", "redundancy_lines", "shuffle_lines"]
+__all__ = [
+    "StepBars",
+    "claims_lines",
+    "group_lines",
+    "impulse_lines",
+    "layer_table",
+    "prune_lines",
+    "redundancy_lines",
+    "shuffle_lines",
+]
 
 
 def _fmt(t) -> str:
@@ -199,3 +210,47 @@ class StepBars:
             self.bar.render_finish()
             self.bar = None
             bar_shown(False)
+
+
+def group_lines(model: Model, groups: list[ChannelGroup]) -> list[str]:
+    """The channel groups: which convs' output channels prune together, who reads them, or why they cannot go."""
+    prunable = sum(g.prunable for g in groups)
+    lines = [f"{model.path}: {len(groups)} channel groups, {prunable} prunable"]
+    rows = [["#", "producers", "channels", "consumers", "prunable"]]
+    for g in groups:
+        rows.append([
+            str(g.index), ", ".join(g.producers), str(g.channels), ", ".join(g.consumer_names) or "-",
+            "yes" if g.prunable else f"no: {g.reason}",
+        ])  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
+    return lines
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f} %"
+
+
+def prune_lines(result: PruneResult) -> list[str]:
+    """What was removed, and both models' size, speed and quality."""
+    how = "channels named" if result.criterion is None else f"criterion {result.criterion}, {result.scope}-wise"
+    comp = result.compensation or "no"
+    lines = [f"pruned {result.model} ({how}, {comp} compensation):"]
+    for r in result.removed:
+        lines.append(f"  {', '.join(r['producers'])}: {r['channels']} -> {r['kept']} channels")
+    b, a = result.before, result.after
+    qb, qa = result.quality_before, result.quality_after
+    for label, key in (("parameters", "params"), ("conv MACs", "conv_macs")):
+        fewer = 100 * (1 - a[key] / b[key])
+        lines.append(f"  {label:<11} {b[key]:,} -> {a[key]:,} ({fewer:.1f} % fewer)")
+    lines.append(f"  file        {b['file_bytes']:,} -> {a['file_bytes']:,} bytes")
+    if "latency_ms" in a:
+        for batch, ms in a["latency_ms"].items():
+            lines.append(f"  latency     {b['latency_ms'][batch]:.3f} -> {ms:.3f} ms per run of {batch} (onnxruntime)")
+    lines.append(
+        f"  on {result.evaluation_samples} held-back samples: accuracy {_pct(qb['accuracy'])} -> "
+        f"{_pct(qa['accuracy'])}, agreement {_pct(qa['agreement'])}, output drift {qa['output_drift']:.4f}, "
+        f"output cosine {qa['output_cosine']:.4f}"
+    )
+    lines += [f"  note: {n}" for n in result.notes]
+    return lines

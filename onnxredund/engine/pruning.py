@@ -30,7 +30,6 @@ from onnxredund.model import (
     attribute,
     copy_model,
     external_tensors,
-    infer_shapes,
     tensor_array,
 )
 
@@ -116,7 +115,15 @@ class _Writer:
         return name
 
     def replace(self, node_index: int, old: str, value: np.ndarray) -> None:
+        """Node ``node_index`` reads ``value`` where it read ``old``: in place where ``old`` is an initializer
+        only this node reads, else as a fresh initializer."""
         node = self.graph.node[node_index]
+        readers = sum(list(n.input).count(old) for n in self.graph.node) + sum(o.name == old for o in self.graph.output)
+        init = next((t for t in self.graph.initializer if t.name == old), None)
+        if init is not None and readers == 1 and old not in self.written:
+            init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), old))
+            self.written[old] = value
+            return
         self.set_input(node_index, list(node.input).index(old), value, old)
 
     def drop_unused(self) -> None:
@@ -298,14 +305,13 @@ def remove_channels(
                 update = ConsumerUpdate(update.weight, np.delete(update.bias, sorted(bias_cut[0])))
             _write_consumer(writer, model, node_index, update, own_cuts.get(node.input[1]))
     writer.drop_unused()
-    del graph.value_info[:]  # inner shapes changed: inferred again
-    inferred = infer_shapes(proto)
+    del graph.value_info[:]  # inner shapes changed
     try:
-        onnx.checker.check_model(inferred, full_check=True)
+        onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise RuntimeError(f"the pruned model fails onnx's check (a bug of onnxredund's): {e}") from e
-    Runner.create(inferred, "cpu", derived=True, optimize=False)
-    return inferred
+    Runner.create(proto, "cpu", derived=True, optimize=False)
+    return proto
 
 
 def save_pruned(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:

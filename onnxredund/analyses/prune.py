@@ -1,0 +1,596 @@
+"""Structured pruning guided by a criterion, with its cost re-measured.
+
+Pseudocode::
+
+    groups = channel dependency groups of the model            # engine.channel_groups
+    calibration, evaluation = first C samples, the rest         # never the same samples
+    importance[g][c] = criterion(group g, channel c)           # higher: keep
+    removed = lowest-importance channels until the target      # layer-wise: one fraction for every group;
+                                                               # global: one ranking, importance per MAC saved
+    updates = compensation of the consumers (mean, merge, lstsq), from calibration statistics
+    pruned = the model with the channels cut out               # engine.pruning.remove_channels
+    measure both on the evaluation samples: accuracy, agreement, output drift; params, conv MACs,
+    file size, onnxruntime latency
+
+Criteria (each gives every channel of a prunable group an importance):
+
+- ``random``: uniform draws from the seed.
+- ``l1``: mean absolute weight of the channel's kernels (Li et al., 2017), summed over the group's producers.
+- ``bn``: |scale| of the BatchNormalization after each producer (Network Slimming); groups without one are left.
+- ``activation``: root mean square of the channel where its consumers read it (calibration data).
+- ``variance``: its standard deviation there (what mean compensation cannot fold away).
+- ``shuffle``: what channel-shuffling it across the samples of each mini-batch, at every consumer's input,
+  costs at the model's outputs (the paper's measure of redundancy): relative output drift (default),
+  lost agreement with the unperturbed top-1, or lost accuracy.
+- ``impulse``: 1 - its best impulse-response NCC with another channel, in its layer or an earlier one.
+
+Importances on a layer's own scale (l1, activation, variance) are divided by their group's mean before a
+global ranking; the others (output-level costs, NCC, BN scales, random draws) are compared as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnxredund.analyses.impulse import run_impulse
+from onnxredund.data import DataSource, conform_feeds, iter_batches
+from onnxredund.engine.calibration import CalibrationStats, collect_statistics
+from onnxredund.engine.channel_groups import ChannelGroup, channel_groups
+from onnxredund.engine.group_shuffle import GroupShuffle
+from onnxredund.engine.permutations import batch_generator, channel_permutation
+from onnxredund.engine.pruning import (
+    COMPENSATIONS,
+    PruneCost,
+    compensate,
+    describe_removal,
+    remove_channels,
+)
+from onnxredund.engine.runtime import Runner
+from onnxredund.errors import OnnxRedundError
+from onnxredund.model import Model, classifier_output
+
+__all__ = [
+    "CRITERIA",
+    "SCOPES",
+    "SHUFFLE_METRICS",
+    "PruneResult",
+    "Reference",
+    "Target",
+    "channel_importance",
+    "parse_channel_spec",
+    "run_prune",
+    "select_channels",
+]
+
+log = logging.getLogger(__name__)
+
+CRITERIA = ("random", "l1", "bn", "activation", "variance", "shuffle", "impulse")
+SCOPES = ("layer", "global")
+SHUFFLE_METRICS = ("drift", "agreement", "accuracy")
+_OWN_SCALE = {"l1", "activation", "variance"}
+_NEEDS_STATS = {"activation", "variance"}
+_LATENCY_SECONDS = 0.5  # per model and batch size
+IMPULSE_THRESHOLD = 0.9  # NCC at which two channels count as duplicates (the paper's)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to remove: ``fraction`` of the model's conv MACs ("macs") or of its parameters ("params")."""
+
+    kind: str
+    fraction: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("macs", "params"):
+            raise OnnxRedundError(f"no target {self.kind!r}; use macs or params")
+        if not 0.0 < self.fraction < 1.0:
+            raise OnnxRedundError(f"--target-{self.kind} {self.fraction} must lie strictly between 0 and 1")
+
+    def removed(self, cost: PruneCost, removal: dict[int, list[int]]) -> float:
+        """The fraction of the conv MACs (or parameters) ``removal`` removes."""
+        if self.kind == "macs":
+            return 1.0 - cost.macs(removal) / cost.macs_total
+        return 1.0 - cost.params(removal) / cost.params_total
+
+    def reached(self, cost: PruneCost, tally) -> bool:
+        left = tally.macs() / cost.macs_total if self.kind == "macs" else tally.params() / cost.params_total
+        return 1.0 - left >= self.fraction
+
+
+def parse_channel_spec(specs: list[str] | tuple[str, ...]) -> dict[str, list[int]]:
+    """``["conv2:3,7", "conv1:0-2"]`` -> ``{"conv2": [3, 7], "conv1": [0, 1, 2]}``."""
+    out: dict[str, list[int]] = {}
+    for spec in specs:
+        layer, sep, channels = spec.rpartition(":")
+        if not sep or not layer or not channels:
+            raise OnnxRedundError(f"--channels {spec!r}: write LAYER:CHANNELS, e.g. conv2:3,7 or conv2:0-3")
+        picked = out.setdefault(layer, [])
+        for part in channels.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            try:
+                span = range(int(lo), int(hi) + 1) if dash else [int(lo)]
+            except ValueError:
+                raise OnnxRedundError(f"--channels {spec!r}: {part!r} is not a channel or a range a-b") from None
+            picked += [c for c in span if c not in picked]
+    return out
+
+
+def _by_producer(groups: list[ChannelGroup], model: Model, layer: str) -> ChannelGroup:
+    for g in groups:
+        if layer in g.producers:
+            return g
+    name = model.layer(layer).name  # an index, or a miss that lists the layers
+    for g in groups:
+        if name in g.producers:
+            return g
+    raise OnnxRedundError(f"conv {name!r} starts no channel group (its output channels continue its input's)")
+
+
+def explicit_removal(model: Model, groups: list[ChannelGroup], spec: dict[str, list[int]]) -> dict[int, list[int]]:
+    """The removal named by ``--channels``; an unprunable group or a channel out of range is an error."""
+    removed: dict[int, list[int]] = {}
+    for layer, channels in spec.items():
+        g = _by_producer(groups, model, layer)
+        if not g.prunable:
+            raise OnnxRedundError(f"channels of {layer!r} cannot be removed: {g.reason}")
+        bad = [c for c in channels if not 0 <= c < g.channels]
+        if bad:
+            raise OnnxRedundError(f"{layer!r} has channels 0..{g.channels - 1}; no channel {bad[0]}")
+        removed[g.index] = sorted(set(removed.get(g.index, [])) | set(channels))
+        if len(removed[g.index]) >= g.channels:
+            raise OnnxRedundError(f"removing every channel of {layer!r} would disconnect the network")
+    return removed
+
+
+# -- criteria --------------------------------------------------------------------------------------------
+
+
+def _producer_nodes(model: Model, group: ChannelGroup) -> list[onnx.NodeProto]:
+    graph = model.proto.graph
+    return [graph.node[s.node] for s in group.slicings if s.role == "producer"]
+
+
+def _l1(model: Model, group: ChannelGroup) -> np.ndarray:
+    total = np.zeros(group.channels)
+    for node in _producer_nodes(model, group):
+        w = np.abs(np.asarray(model.constant(node.input[1]), np.float64))
+        total += w.reshape(w.shape[0], -1).mean(axis=1)
+    return total
+
+
+def _bn(model: Model, group: ChannelGroup) -> np.ndarray | None:
+    graph = model.proto.graph
+    scales = [s for s in group.slicings if s.role == "norm" and s.name == graph.node[s.node].input[1]]
+    if not scales:
+        return None
+    total = np.zeros(group.channels)
+    for s in scales:
+        value = np.abs(np.asarray(model.constant(s.name), np.float64))
+        total += value[s.offset : s.offset + group.channels]
+    return total
+
+
+def _moments(stats: CalibrationStats, group: ChannelGroup, which: str) -> np.ndarray | None:
+    readers = [next((c for c in group.consumers if c.reads(k)), None) for k in range(group.channels)]
+    if None in readers:
+        return None
+    m = np.array([stats.moments(c, k) for k, c in enumerate(readers)])
+    return (
+        np.sqrt(np.maximum(m[:, 1], 0.0)) if which == "activation" else np.sqrt(np.maximum(m[:, 1] - m[:, 0] ** 2, 0.0))
+    )
+
+
+def _impulse(model: Model, groups: list[ChannelGroup], device: str) -> dict[int, np.ndarray]:
+    producers = [p for g in groups if g.prunable for p in g.producers]
+    result = run_impulse(model, layers=model.pick_layers(producers), threshold=IMPULSE_THRESHOLD, device=device)
+    best = {layer.name: _one_of_each_pair(layer) for layer in result.layers}
+    return {g.index: np.mean([best[p] for p in g.producers if p in best], axis=0) for g in groups if g.prunable}
+
+
+def _one_of_each_pair(layer, threshold: float = IMPULSE_THRESHOLD) -> np.ndarray:
+    """1 - the best NCC match of each channel (in its layer or an earlier one). Of two channels of a layer that
+    match each other (NCC >= ``threshold``), the better matched one met first is removable and its twin is kept
+    (importance + 1), so that a pair of duplicates loses one channel, not both; a channel whose twin is already
+    removable protects nothing."""
+    within = np.nan_to_num(np.asarray(layer.best_value, np.float64), nan=0.0)
+    across = np.nan_to_num(np.asarray(layer.across_best_value, np.float64), nan=0.0)
+    importance = 1.0 - np.maximum(within, across)
+    protected = np.zeros(len(within), bool)
+    removable = np.zeros(len(within), bool)
+    for c in np.argsort(-within, kind="stable"):
+        twin = int(layer.best_match[c])
+        if protected[c] or twin < 0 or within[c] < threshold or removable[twin]:
+            continue
+        removable[c], protected[twin] = True, True
+    importance[protected] += 1.0
+    return importance
+
+
+def _shuffle_costs(
+    model: Model, group: ChannelGroup, data: DataSource, metric: str, seed: int, batch_size: int, device: str
+) -> np.ndarray:
+    """Per channel of ``group``: the output cost of shuffling it across samples at every consumer."""
+    shuffle = GroupShuffle(model, group, device)
+    pred = classifier_output(model)
+    cost = np.zeros(group.channels)
+    samples = 0
+    for bi, arrays, labels in iter_batches(data, batch_size):
+        feeds = conform_feeds(arrays, model.inputs, model.input_name, data.name)
+        n = len(next(iter(feeds.values())))
+        clean, start = shuffle.run_clean(feeds)
+        flat_clean = np.concatenate([o.reshape(n, -1) for o in clean], axis=1).astype(np.float64)
+        norms = np.linalg.norm(flat_clean, axis=1) + 1e-12
+        top = None if pred is None else clean[model.output_names.index(pred)].argmax(axis=1)
+        for c in range(group.channels):
+            perm = channel_permutation(batch_generator(seed, 0, c, bi), n)
+            out = shuffle.outputs(clean, start, c, perm)
+            if metric == "drift":
+                flat = np.concatenate([o.reshape(n, -1) for o in out], axis=1)
+                cost[c] += (np.linalg.norm(flat - flat_clean, axis=1) / norms).sum()
+            else:
+                new = out[model.output_names.index(pred)].argmax(axis=1)
+                cost[c] += (
+                    (top != new).sum() if metric == "agreement" else ((top == labels).sum() - (new == labels).sum())
+                )
+        samples += n
+    return cost / max(samples, 1)
+
+
+def channel_importance(
+    model: Model,
+    groups: list[ChannelGroup],
+    criterion: str,
+    *,
+    data: DataSource | None = None,
+    stats: CalibrationStats | None = None,
+    seed: int = 0,
+    shuffle_metric: str = "drift",
+    batch_size: int = 128,
+    device: str = "auto",
+) -> dict[int, np.ndarray]:
+    """Importance of every channel of every prunable group the criterion can rank (higher: keep).
+
+    Raises:
+        OnnxRedundError: the criterion cannot rank any group of this model, or needs what the data lacks.
+    """
+    if criterion not in CRITERIA:
+        raise OnnxRedundError(f"no criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    prunable = [g for g in groups if g.prunable]
+    if criterion == "random":
+        rng = np.random.default_rng(seed)
+        return {g.index: rng.random(g.channels) for g in prunable}
+    if criterion == "l1":
+        return {g.index: _l1(model, g) for g in prunable}
+    if criterion == "bn":
+        scores = {g.index: _bn(model, g) for g in prunable}
+        scores = {k: v for k, v in scores.items() if v is not None}
+        if not scores:
+            raise OnnxRedundError("criterion bn needs BatchNormalization after the convs; this model has none")
+        return scores
+    if criterion == "impulse":
+        return _impulse(model, groups, device)
+    if criterion in _NEEDS_STATS:
+        if stats is None:
+            raise ValueError("activation criteria need calibration statistics")
+        scores = {g.index: _moments(stats, g, criterion) for g in prunable}
+        return {k: v for k, v in scores.items() if v is not None}
+    # shuffle
+    if shuffle_metric not in SHUFFLE_METRICS:
+        raise OnnxRedundError(f"no shuffle metric {shuffle_metric!r}; choose one of {', '.join(SHUFFLE_METRICS)}")
+    if not model.batch_dynamic:
+        raise OnnxRedundError("criterion shuffle permutes samples within a batch; this model fixes its batch to 1")
+    if shuffle_metric != "drift" and classifier_output(model) is None:
+        raise OnnxRedundError(f"--shuffle-metric {shuffle_metric} needs a classifier output; use drift")
+    if shuffle_metric == "accuracy" and (data is None or data.y is None):
+        raise OnnxRedundError("--shuffle-metric accuracy needs labelled data; use drift or agreement, or pass labels")
+    if data is None:
+        raise ValueError("criterion shuffle needs data")
+    return {
+        g.index: _shuffle_costs(model, g, data, shuffle_metric, seed, batch_size, device)
+        for g in prunable if g.consumers
+    }  # fmt: skip
+
+
+# -- selection -------------------------------------------------------------------------------------------
+
+
+def _comparable(scores: dict[int, np.ndarray], criterion: str) -> dict[int, np.ndarray]:
+    if criterion not in _OWN_SCALE:
+        return scores
+    return {g: s / (np.abs(s).mean() or 1.0) for g, s in scores.items()}
+
+
+def select_channels(
+    groups: list[ChannelGroup],
+    scores: dict[int, np.ndarray],
+    cost: PruneCost,
+    target: Target,
+    scope: str,
+    criterion: str = "",
+) -> dict[int, list[int]]:
+    """The lowest-importance channels to remove until ``target`` is met (at least one channel stays in
+    every group).
+
+    Layer-wise: the smallest fraction q such that removing floor(q x channels) from every ranked group meets
+    the target. Global: channels in one ranking by importance per MAC (or parameter) one removal saves.
+
+    Raises:
+        OnnxRedundError: the target cannot be reached with the groups the criterion ranks.
+    """
+    if scope not in SCOPES:
+        raise OnnxRedundError(f"no scope {scope!r}; choose layer or global")
+    order = {g: np.argsort(s, kind="stable") for g, s in scores.items()}
+    lowest = lambda counts: {g: sorted(order[g][:n].tolist()) for g, n in counts.items() if n}  # noqa: E731
+    reach = target.removed(cost, lowest({g: groups[g].channels - 1 for g in scores}))
+    if reach < target.fraction:
+        raise OnnxRedundError(
+            f"--target-{target.kind} {target.fraction:g} cannot be reached: removing all but one channel of every "
+            f"group {criterion or 'the criterion'} ranks removes {reach:.3f} of the {target.kind}"
+        )
+    if scope == "layer":
+        return lowest(_layer_counts(groups, scores, cost, target, lowest))
+    return _global_removal(groups, _comparable(scores, criterion), cost, target)
+
+
+def _layer_counts(groups, scores, cost: PruneCost, target: Target, lowest) -> dict[int, int]:
+    """Channels per group for the smallest uniform fraction that meets the target."""
+
+    def counts(q: float) -> dict[int, int]:
+        return {g: min(int(np.floor(q * groups[g].channels)), groups[g].channels - 1) for g in scores}
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if target.removed(cost, lowest(counts(mid))) >= target.fraction:
+            hi = mid
+        else:
+            lo = mid
+    return counts(hi)
+
+
+def _global_removal(groups, scores, cost: PruneCost, target: Target) -> dict[int, list[int]]:
+    """Remove channels in one ranking by importance per unit saved (MACs or parameters), until the target."""
+    tally = cost.tally()
+    measure = tally.macs if target.kind == "macs" else tally.params
+    base = measure()
+    saving = {}
+    for g, s in scores.items():
+        one = cost.tally()
+        one.remove(g, int(np.argmin(s)))
+        saving[g] = max(base - (one.macs() if target.kind == "macs" else one.params()), 1)
+    mean_saving = float(np.mean(list(saving.values())))
+    ranked = sorted(
+        (float(s[c]) / (saving[g] / mean_saving), g, int(c)) for g, s in scores.items() for c in range(len(s))
+    )
+    removal: dict[int, list[int]] = {g: [] for g in scores}
+    for _, g, c in ranked:
+        if len(removal[g]) >= groups[g].channels - 1:
+            continue
+        removal[g].append(c)
+        tally.remove(g, c)
+        if target.reached(cost, tally):
+            break
+    return {g: sorted(ch) for g, ch in removal.items() if ch}
+
+
+# -- measuring -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Reference:
+    """The original model's outputs on the evaluation samples, to compare pruned models against."""
+
+    model: Model
+    data: DataSource
+    outputs: list[np.ndarray]
+    batch_size: int
+    device: str
+
+    @classmethod
+    def of(cls, model: Model, data: DataSource, *, batch_size: int = 256, device: str = "auto") -> Reference:
+        return cls(model, data, _outputs(model, model.proto, data, batch_size, device), batch_size, device)
+
+    def compare(self, proto: onnx.ModelProto | None = None) -> dict:
+        """Quality of ``proto`` (the original when None) on the evaluation samples: accuracy (with labels and a
+        classifier), agreement of its top-1 with the original's, output drift (mean relative L2) and cosine."""
+        outs = self.outputs if proto is None else _outputs(self.model, proto, self.data, self.batch_size, self.device)
+        pred = classifier_output(self.model)
+        n = len(self.outputs[0])
+        ref = np.concatenate([o.reshape(n, -1) for o in self.outputs], axis=1).astype(np.float64)
+        new = np.concatenate([o.reshape(n, -1) for o in outs], axis=1).astype(np.float64)
+        norms = np.linalg.norm(ref, axis=1)
+        dot = (ref * new).sum(axis=1)
+        cos = dot / np.maximum(norms * np.linalg.norm(new, axis=1), 1e-30)
+        result = {
+            "samples": n,
+            "output_drift": float((np.linalg.norm(new - ref, axis=1) / np.maximum(norms, 1e-30)).mean()),
+            "output_cosine": float(cos.mean()),
+            "agreement": None,
+            "accuracy": None,
+        }
+        if pred is not None:
+            k = self.model.output_names.index(pred)
+            top, top_ref = outs[k].argmax(axis=1), self.outputs[k].argmax(axis=1)
+            result["agreement"] = float((top == top_ref).mean())
+            if self.data.y is not None:
+                result["accuracy"] = float((top == self.data.y).mean())
+        return result
+
+
+def _outputs(model: Model, proto: onnx.ModelProto, data: DataSource, batch_size: int, device: str) -> list[np.ndarray]:
+    runner = Runner.create(proto, device, derived=proto is not model.proto)
+    run = runner.run if model.batch_dynamic else runner.run_per_sample
+    parts = []
+    for _, arrays, _ in iter_batches(data, batch_size):
+        parts.append(run(conform_feeds(arrays, model.inputs, model.input_name, data.name), model.output_names))
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(model.output_names))]
+
+
+def latency_ms(model: Model, proto: onnx.ModelProto, data: DataSource, batch: int, device: str) -> float:
+    """Median onnxruntime latency of one run of ``batch`` samples (after a warm-up), in milliseconds."""
+    runner = Runner.create(proto, device, derived=proto is not model.proto)
+    batch = min(batch, len(data)) if model.batch_dynamic else 1
+    feeds = conform_feeds(data.arrays(0, batch), model.inputs, model.input_name, data.name)
+    runner.run(feeds)
+    times, start = [], time.perf_counter()
+    while len(times) < 5 or (time.perf_counter() - start < _LATENCY_SECONDS and len(times) < 1000):
+        t0 = time.perf_counter()
+        runner.run(feeds)
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * float(np.median(times))
+
+
+# -- the command -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class PruneResult:
+    """A pruning and what it cost; ``proto`` is the pruned model (not in the JSON)."""
+
+    model: str
+    criterion: str | None
+    scope: str | None
+    compensation: str | None
+    target: dict | None
+    seed: int
+    groups: list[dict]
+    removed: list[dict]
+    before: dict
+    after: dict
+    quality_before: dict
+    quality_after: dict
+    calibration_samples: int
+    evaluation_samples: int
+    notes: list[str] = field(default_factory=list)
+    proto: onnx.ModelProto | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "criterion": self.criterion,
+            "scope": self.scope,
+            "compensation": self.compensation,
+            "target": self.target,
+            "seed": self.seed,
+            "calibration_samples": self.calibration_samples,
+            "evaluation_samples": self.evaluation_samples,
+            "before": self.before,
+            "after": self.after,
+            "quality": {"before": self.quality_before, "after": self.quality_after},
+            "plan": {"removed": self.removed, "groups": self.groups},
+            "notes": list(self.notes),
+        }
+
+
+def split_data(data: DataSource, calibration: int, evaluation: int | None) -> tuple[DataSource, DataSource]:
+    """The first ``calibration`` samples for calibration, the next ``evaluation`` (default: the rest) for
+    measuring: never the same samples."""
+    if calibration < 1 or len(data) <= calibration:
+        raise OnnxRedundError(
+            f"{data.name} has {len(data)} samples; --calibration {calibration} leaves none to evaluate on"
+        )
+    stop = len(data) if evaluation is None else min(len(data), calibration + evaluation)
+    cal = data.subset(list(range(calibration)), f"{data.name}[:{calibration}]")
+    ev = data.subset(list(range(calibration, stop)), f"{data.name}[{calibration}:{stop}]")
+    return cal, ev
+
+
+def _size(proto: onnx.ModelProto) -> int:
+    return proto.ByteSize()
+
+
+def run_prune(
+    model: Model,
+    data: DataSource,
+    *,
+    criterion: str | None = "l1",
+    scope: str = "global",
+    target: Target | None = None,
+    channels: dict[str, list[int]] | None = None,
+    compensation: str | None = None,
+    calibration: int = 1000,
+    evaluation: int | None = None,
+    seed: int = 0,
+    shuffle_metric: str = "drift",
+    shuffle_samples: int = 512,
+    batch_size: int = 128,
+    device: str = "auto",
+    latency: bool = True,
+) -> PruneResult:
+    """Prune ``model`` by ``criterion`` to ``target`` (or remove the ``channels`` named), compensate, and measure.
+
+    Raises:
+        OnnxRedundError: bad options, a group that cannot be pruned named in ``channels``, a target that
+            cannot be reached, data too small to split or without what the criterion needs.
+    """
+    if (target is None) == (channels is None):
+        raise OnnxRedundError("give a target (--target-macs or --target-params) or --channels, not both")
+    if compensation is not None and compensation not in COMPENSATIONS:
+        raise OnnxRedundError(f"no compensation {compensation!r}; choose one of {', '.join(COMPENSATIONS)}")
+    groups = channel_groups(model)
+    if not any(g.prunable for g in groups):
+        reasons = "; ".join(f"{g.producers[0]}: {g.reason}" for g in groups[:3])
+        raise OnnxRedundError(f"no channel group of {model.path} can be pruned ({reasons})")
+    cal, ev = split_data(data, calibration, evaluation)
+    cost = PruneCost.of(model, groups)
+    notes: list[str] = []
+    needs_stats = compensation is not None or criterion in _NEEDS_STATS
+    consumers = [c for g in groups if g.prunable for c in g.consumers]
+    stats = (
+        collect_statistics(model, consumers, cal, cross=compensation == "merge", gram=compensation == "lstsq",
+                           batch_size=batch_size, device=device, seed=seed)
+        if needs_stats else None
+    )  # fmt: skip
+    if stats is not None:
+        notes += stats.notes
+    if channels is not None:
+        removed = explicit_removal(model, groups, channels)
+        criterion = None
+    else:
+        scores = channel_importance(
+            model,
+            groups,
+            criterion,
+            data=cal.limit(shuffle_samples),
+            stats=stats,
+            seed=seed,
+            shuffle_metric=shuffle_metric,
+            batch_size=batch_size,
+            device=device,
+        )
+        left = [g.producers[0] for g in groups if g.prunable and g.index not in scores]
+        if left:
+            notes.append(f"criterion {criterion} does not rank {', '.join(left)}: left as they are")
+        removed = select_channels(groups, scores, cost, target, scope, criterion)
+    updates = compensate(model, groups, removed, compensation, stats) if compensation else None
+    pruned = remove_channels(model, groups, removed, updates=updates)
+    reference = Reference.of(model, ev, batch_size=batch_size, device=device)
+    before = {"params": cost.params_total, "conv_macs": cost.macs_total, "file_bytes": _size(model.proto)}
+    after = {"params": cost.params(removed), "conv_macs": cost.macs(removed), "file_bytes": _size(pruned)}
+    if latency:
+        for side, proto in (("before", model.proto), ("after", pruned)):
+            d = before if side == "before" else after
+            d["latency_ms"] = {str(b): latency_ms(model, proto, ev, b, device) for b in (1, batch_size)}
+    return PruneResult(
+        model=model.path,
+        criterion=criterion,
+        scope=scope if channels is None else None,
+        compensation=compensation,
+        target=None if target is None else {"kind": target.kind, "fraction": target.fraction},
+        seed=seed,
+        groups=[g.to_dict() for g in groups],
+        removed=describe_removal(model, groups, removed),
+        before=before,
+        after=after,
+        quality_before=reference.compare(),
+        quality_after=reference.compare(pruned),
+        calibration_samples=len(cal),
+        evaluation_samples=len(ev),
+        notes=notes,
+        proto=pruned,
+    )

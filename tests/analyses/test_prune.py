@@ -1,0 +1,215 @@
+"""Pruning criteria, channel selection and the measured pruning run, on tiny models with answers known in advance."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+from conftest import small_cnn
+from prunable import group_of, inputs, zoo
+
+from onnxredund.analyses.prune import (
+    Target,
+    _one_of_each_pair,
+    channel_importance,
+    explicit_removal,
+    parse_channel_spec,
+    run_prune,
+    select_channels,
+)
+from onnxredund.data import Dataset
+from onnxredund.engine.calibration import collect_statistics
+from onnxredund.engine.channel_groups import channel_groups
+from onnxredund.engine.loading import load_model_proto
+from onnxredund.engine.pruning import PruneCost
+from onnxredund.errors import OnnxRedundError
+from onnxredund.model import describe_layers, infer_shapes, shape_table
+
+
+def labelled(n: int, seed: int = 0) -> Dataset:
+    x = inputs(n, seed)
+    return Dataset(x, np.arange(n) % 3, "tiny")
+
+
+def test_l1_is_the_mean_absolute_kernel_weight_summed_over_a_groups_producers():
+    proto = zoo()
+    m = load_model_proto(proto)
+    groups = channel_groups(m)
+    scores = channel_importance(m, groups, "l1")
+    w = {t.name: np.abs(onnx.numpy_helper.to_array(t)) for t in proto.graph.initializer}
+    b = group_of(groups, "convB")
+    np.testing.assert_allclose(scores[b.index], w["wb"].reshape(3, -1).mean(axis=1), rtol=1e-6)
+    res = group_of(groups, "convA")
+    want = w["wa"].reshape(4, -1).mean(axis=1) + w["wc"].reshape(4, -1).mean(axis=1)
+    np.testing.assert_allclose(scores[res.index], want, rtol=1e-6)
+
+
+def test_bn_reads_the_batchnorm_scale_and_leaves_groups_without_one():
+    proto = zoo()
+    m = load_model_proto(proto)
+    groups = channel_groups(m)
+    scores = channel_importance(m, groups, "bn")
+    g = next(t for t in proto.graph.initializer if t.name == "g")
+    np.testing.assert_allclose(scores[group_of(groups, "convA").index], np.abs(onnx.numpy_helper.to_array(g)))
+    assert group_of(groups, "convB").index not in scores
+    plain = load_model_proto(small_cnn()[0])
+    with pytest.raises(OnnxRedundError, match="needs BatchNormalization"):
+        channel_importance(plain, channel_groups(plain), "bn")
+
+
+def test_random_importance_comes_from_the_seed():
+    m = load_model_proto(zoo())
+    groups = channel_groups(m)
+    a, b = channel_importance(m, groups, "random", seed=3), channel_importance(m, groups, "random", seed=3)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    c = channel_importance(m, groups, "random", seed=4)
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_activation_and_shuffle_rank_a_channel_that_is_always_zero_lowest():
+    m = load_model_proto(zoo(dead_b=1))
+    groups = channel_groups(m)
+    g = group_of(groups, "convB")
+    data = labelled(32)
+    stats = collect_statistics(m, [c for group in groups for c in group.consumers], data)
+    for criterion in ("activation", "variance", "shuffle"):
+        scores = channel_importance(m, groups, criterion, data=data, stats=stats)[g.index]
+        assert scores[1] == pytest.approx(0.0, abs=1e-7), criterion
+        assert scores.argmin() == 1 and scores.min() < np.delete(scores, 1).min(), criterion
+
+
+def test_shuffle_accuracy_needs_labels():
+    m = load_model_proto(zoo())
+    unlabelled = Dataset(inputs(8), None, "x")
+    with pytest.raises(OnnxRedundError, match="needs labelled data"):
+        channel_importance(m, channel_groups(m), "shuffle", data=unlabelled, shuffle_metric="accuracy")
+
+
+def test_impulse_keeps_one_channel_of_each_matching_pair():
+    layer = SimpleNamespace(
+        best_value=np.array([0.99, 0.99, 0.2, 0.95, np.nan]),
+        best_match=np.array([1, 0, 3, 0, -1]),
+        across_best_value=np.array([np.nan, np.nan, np.nan, np.nan, 0.97]),
+    )
+    importance = _one_of_each_pair(layer)
+    # 0 and 1 match each other: 0 can go, 1 stays; 3 matches 0, which already goes: 0 is not protected;
+    # 2's match is below the threshold; 4 matches a channel of an earlier layer
+    np.testing.assert_allclose(importance, [0.01, 1.01, 0.8, 0.05, 0.03])
+
+
+def _setup():
+    m = load_model_proto(zoo())
+    groups = channel_groups(m)
+    return m, groups, PruneCost.of(m, groups), channel_importance(m, groups, "l1")
+
+
+def test_layer_scope_removes_one_fraction_everywhere_and_the_least_important_channels():
+    _, groups, cost, scores = _setup()
+    removal = select_channels(groups, scores, cost, Target("macs", 0.3), "layer", "l1")
+    fractions = {len(ch) / groups[g].channels for g, ch in removal.items()}
+    assert 1 - cost.macs(removal) / cost.macs_total >= 0.3
+    for g, channels in removal.items():
+        assert sorted(channels) == sorted(np.argsort(scores[g], kind="stable")[: len(channels)].tolist())
+    assert len({round(f * 12) for f in fractions}) <= 2  # floor(q x 4) of 4 and floor(q x 3) of 3 channels
+
+
+def test_global_scope_meets_the_target_and_stops_there():
+    _, groups, cost, scores = _setup()
+    for target in (Target("macs", 0.4), Target("params", 0.4)):
+        removal = select_channels(groups, scores, cost, target, "global", "l1")
+        assert target.removed(cost, removal) >= 0.4
+        # one channel fewer misses it: the selection stops as soon as the target is met
+        assert all(len(ch) < groups[g].channels for g, ch in removal.items())
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Target("macs", 1.0), "strictly between 0 and 1"),
+        (lambda: Target("macs", 0.0), "strictly between 0 and 1"),
+        (lambda: Target("flops", 0.5), "no target"),
+    ],
+)
+def test_bad_targets_are_errors(make, message):
+    with pytest.raises(OnnxRedundError, match=message):
+        make()
+
+
+def test_an_unreachable_target_is_an_error():
+    _, groups, cost, scores = _setup()
+    with pytest.raises(OnnxRedundError, match="cannot be reached"):
+        select_channels(groups, scores, cost, Target("macs", 0.99), "global", "l1")
+
+
+@pytest.mark.parametrize(
+    ("specs", "want"),
+    [
+        (["conv2:3,7"], {"conv2": [3, 7]}),
+        (["conv1:0-2", "conv1:2,5"], {"conv1": [0, 1, 2, 5]}),
+        (["my:conv:1"], {"my:conv": [1]}),
+    ],
+)
+def test_channel_specs_parse(specs, want):
+    assert parse_channel_spec(specs) == want
+
+
+@pytest.mark.parametrize("spec", ["conv2", "conv2:", ":3", "conv2:a", "conv2:1-b"])
+def test_bad_channel_specs_are_errors(spec):
+    with pytest.raises(OnnxRedundError, match="--channels"):
+        parse_channel_spec([spec])
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"convB": [3]}, "no channel 3"),
+        ({"convB": [0, 1, 2]}, "every channel"),
+        ({"nope": [0]}, "no conv layer"),
+        ({"dw": [0]}, "starts no channel group"),
+    ],
+)
+def test_explicit_removals_that_cannot_be_done_are_errors(spec, message):
+    m = load_model_proto(zoo())
+    with pytest.raises(OnnxRedundError, match=message):
+        explicit_removal(m, channel_groups(m), spec)
+
+
+def test_run_prune_measures_both_models_on_samples_it_did_not_calibrate_on():
+    m = load_model_proto(zoo(dead_b=1))
+    data = labelled(40)
+    result = run_prune(m, data, channels={"convB": [1]}, calibration=16, latency=False, device="cpu")
+    assert (result.calibration_samples, result.evaluation_samples) == (16, 24)
+    assert result.quality_after["agreement"] == 1.0 and result.quality_after["output_drift"] < 1e-6
+    assert result.quality_before["accuracy"] == result.quality_after["accuracy"]
+    layers = describe_layers(result.proto, shape_table(infer_shapes(result.proto)))
+    assert result.after["conv_macs"] == sum(l.macs for l in layers) < result.before["conv_macs"]
+    assert result.after["file_bytes"] < result.before["file_bytes"]
+    assert result.removed == [{"group": 1, "producers": ["convB"], "channels": 3, "kept": 2, "removed": [1]}]
+
+
+def test_run_prune_to_a_target_with_compensation_writes_what_it_did():
+    m = load_model_proto(zoo())
+    result = run_prune(m, labelled(48), criterion="l1", target=Target("macs", 0.3), compensation="lstsq",
+                       calibration=24, latency=True, device="cpu")  # fmt: skip
+    d = result.to_dict()
+    assert 1 - d["after"]["conv_macs"] / d["before"]["conv_macs"] >= 0.3
+    assert set(d["after"]["latency_ms"]) == {"1", "128"}
+    assert d["plan"]["removed"] and d["compensation"] == "lstsq"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"target": None, "channels": None}, "give a target"),
+        ({"target": Target("macs", 0.5), "channels": {"convB": [0]}}, "not both"),
+        ({"target": Target("macs", 0.5), "compensation": "magic"}, "no compensation"),
+        ({"target": Target("macs", 0.5), "calibration": 40}, "leaves none to evaluate"),
+        ({"target": Target("macs", 0.5), "criterion": "taste"}, "no criterion"),
+    ],
+)
+def test_bad_prune_requests_are_errors(kwargs, message):
+    m = load_model_proto(zoo())
+    with pytest.raises(OnnxRedundError, match=message):
+        run_prune(m, labelled(40), **{"calibration": 16, "latency": False, **kwargs})

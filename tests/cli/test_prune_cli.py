@@ -1,0 +1,108 @@
+"""`onnxredund prune`: the plan, a pruned file with its plan beside it, and bad requests answered with one line,
+exit status 2 and nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_cli, save, small_cnn
+from prunable import inputs, zoo
+
+
+@pytest.fixture
+def setup(tmp_path):
+    model = save(zoo(dead_b=1), tmp_path, "zoo.onnx")
+    data = tmp_path / "data.npz"
+    np.savez(data, x=inputs(40), y=np.arange(40) % 3)
+    return model, data
+
+
+def test_plan_lists_the_groups_and_what_reads_them(setup):
+    model, _ = setup
+    r = run_cli("prune", model, "--plan")
+    assert r.exit_code == 0, r.output
+    assert "2 channel groups, 2 prunable" in r.output
+    assert "convA, convC" in r.output and "convB, convC, fc" in r.output
+    groups = json.loads(run_cli("prune", model, "--plan", "--json").output)
+    assert [g["producers"] for g in groups] == [["convA", "convC"], ["convB"]]
+
+
+def test_prune_writes_a_smaller_model_and_its_plan(setup, tmp_path):
+    model, data = setup
+    out = tmp_path / "small.onnx"
+    before = model.read_bytes()
+    r = run_cli("prune", model, "--data", data, "--channels", "convB:1", "--calibration", "16", "--out", out,
+                "--device", "cpu")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "convB: 3 -> 2 channels" in r.output and "agreement 100.00 %" in r.output
+    pruned = onnx.load(str(out))
+    onnx.checker.check_model(pruned, full_check=True)
+    assert next(t for t in pruned.graph.initializer if t.name == "wb").dims[0] == 2
+    plan = json.loads(out.with_suffix(".json").read_text())
+    assert plan["plan"]["removed"][0]["removed"] == [1] and plan["pruned_model"] == str(out)
+    assert model.read_bytes() == before
+
+
+def _bn_free(tmp_path):
+    return save(small_cnn()[0], tmp_path, "plain.onnx")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target-macs", "0.5", "--channels", "convB:0"], "give one of"),
+        ([], "give one of"),
+        (["--target-macs", "0.99", "--scope", "global"], "cannot be reached"),
+        (["--target-macs", "1.5"], "strictly between 0 and 1"),
+        (["--channels", "convB:0,1,2"], "every channel"),
+        (["--channels", "dw:0"], "starts no channel group"),
+        (
+            ["--target-macs", "0.3", "--criterion", "shuffle", "--shuffle-metric", "accuracy", "--data", "unlabelled"],
+            "needs labelled data",
+        ),
+        (["--target-macs", "0.3", "--calibration", "40"], "leaves none to evaluate"),
+    ],
+)
+def test_bad_requests_exit_2_and_write_nothing(setup, tmp_path, args, message):
+    model, data = setup
+    if "unlabelled" in args:
+        unlabelled = tmp_path / "unlabelled.npz"
+        np.savez(unlabelled, x=inputs(40))
+        args = [str(unlabelled) if a == "unlabelled" else a for a in args]
+    elif "--data" not in args:
+        args = [*args, "--data", str(data)]
+    out = tmp_path / "out.onnx"
+    if "--calibration" not in args:
+        args = [*args, "--calibration", "16"]
+    r = run_cli("prune", model, *args, "--out", out, "--device", "cpu")
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_the_output_never_replaces_the_model_or_an_existing_file(setup, tmp_path):
+    model, data = setup
+    before = model.read_bytes()
+    r = run_cli("prune", model, "--data", data, "--channels", "convB:1", "--out", model)
+    assert r.exit_code == 2 and "is the input model" in r.output
+    existing = tmp_path / "taken.onnx"
+    existing.write_bytes(b"mine")
+    r = run_cli("prune", model, "--data", data, "--channels", "convB:1", "--out", existing)
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    assert existing.read_bytes() == b"mine" and model.read_bytes() == before
+    r = run_cli("prune", model, "--data", data, "--channels", "convB:1", "--out", tmp_path / "x.txt")
+    assert r.exit_code == 2 and "FILE.onnx" in r.output
+
+
+def test_bn_on_a_model_without_batchnorm_is_an_error(tmp_path):
+    model = _bn_free(tmp_path)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(0).random((20, 3, 6, 6), np.float32))
+    out = tmp_path / "o.onnx"
+    r = run_cli("prune", model, "--data", data, "--criterion", "bn", "--target-macs", "0.2", "--calibration", "8",
+                "--out", out)  # fmt: skip
+    assert r.exit_code == 2 and "needs BatchNormalization" in r.output and not out.exists()
