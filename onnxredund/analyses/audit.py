@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxredund import __version__
+from onnxredund.analyses.distributed import job_for, plan_units, run_sweep_units
 from onnxredund.analyses.gates import GATE_METRICS, check_gates, parse_gate
 from onnxredund.analyses.impulse import ImpulseResult, run_impulse
 from onnxredund.analyses.plan import (
@@ -45,6 +46,8 @@ from onnxredund.analyses.plan import (
 )
 from onnxredund.analyses.shuffle import ShuffleResult, run_shuffle
 from onnxredund.data import DataSource
+from onnxredund.engine.backends import Backend
+from onnxredund.errors import OnnxRedundError
 from onnxredund.model import ConvLayer, Model, classifier_output
 
 __all__ = [
@@ -52,6 +55,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AuditResult",
     "LayerSummary",
+    "audit_estimate",
     "check_gates",
     "parse_gate",
     "run_audit",
@@ -254,6 +258,9 @@ def run_audit(
     on_impulse: Callable[[ImpulseResult], None] | None = None,
     on_sweep: Callable[[ShuffleResult], None] | None = None,
     write_seconds: Callable[[int, int], float] | None = None,
+    backend: Backend | None = None,
+    checkpoint_dir=None,
+    resume: bool = False,
 ) -> AuditResult:
     """The impulse analysis of ``layers`` and shuffling of those with more than one input channel, within
     ``budget`` seconds.
@@ -267,7 +274,12 @@ def run_audit(
         on_impulse, on_sweep: called with each result as soon as it is there (to keep it on disk).
         write_seconds: ``write_seconds(layers, sweeps)``: what writing the outputs will take, kept aside from
             the budget (default 5 s).
+        backend: where the sweeps run as units (:mod:`onnxredund.analyses.distributed`), planned up front for
+            its workers; None: in this process, each sweep planned from what the ones before it cost.
+        checkpoint_dir, resume: with a backend, finished units are kept there, and ``resume`` takes them.
     """
+    if resume and backend is None:
+        raise OnnxRedundError("--resume continues the units of an audit run with --backend; this one had none")
     clock = _Clock(time.perf_counter() if started is None else started, budget)
     impulse = run_impulse(
         model, layers=layers, threshold=threshold, device=device, progress=progress,
@@ -283,7 +295,12 @@ def run_audit(
     shuffles: dict[str, dict[str, ShuffleResult]] = {}
     if sweeps:
         options = {"seed": seed, "batch_size": batch_size, "device": device}
-        for result in _run_sweeps(model, data, sweeps, clock, options, progress, notes):
+        if backend is None:
+            results = _run_sweeps(model, data, sweeps, clock, options, progress, notes)
+        else:
+            units = (backend, checkpoint_dir, resume)
+            results = _run_sweep_units(model, data, sweeps, clock, options, progress, notes, units)
+        for result in results:
             shuffles.setdefault(result.layer, {})[result.mode] = result
             if on_sweep is not None:
                 on_sweep(result)
@@ -354,6 +371,73 @@ def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, not
             seen.append(observed)
         notes += _sampling_notes(plan, result, len(data))
         yield result
+
+
+def _plan_all(model, data, sweeps, seconds: float | None, options: dict, workers: int):
+    """Every sweep planned up front for ``workers`` workers (a budget of ``seconds`` each); the data they measure."""
+    seconds_per_image = probe_seconds_per_image(model, data, options["device"], options["batch_size"])
+    plans = plan_sweeps(
+        model, sweeps, samples=len(data), seconds=None if seconds is None else _PLAN_MARGIN * seconds * workers,
+        seconds_per_image=seconds_per_image, pass_cost=PASS_COST,
+    )  # fmt: skip
+    images = plans[0].images if plans else len(data)
+    subset = data if images >= len(data) else data.subset(evenly_spaced(images, len(data)), "sampled")
+    return plans, subset, seconds_per_image
+
+
+def _run_sweep_units(model, data, sweeps, clock: _Clock, options: dict, progress, notes: list[str], units):
+    """All sweeps planned up front and run as units on the backend; results as each sweep's units are in."""
+    backend, checkpoint_dir, resume = units
+    plans, subset, _ = _plan_all(model, data, sweeps, clock.left(), options, backend.workers)
+    planned = {(p.layer.name, p.mode) for p in plans}
+    notes += [f"{l.name} {m} shuffling skipped: time budget spent" for l, m in sweeps if (l.name, m) not in planned]
+    job = job_for(model, subset, [(p.layer, p.mode, p.channels) for p in plans], **options)
+    results, complete = run_sweep_units(
+        job, [(p.layer, p.mode) for p in plans], backend, checkpoint_dir=checkpoint_dir, resume=resume,
+        progress=progress,
+    )  # fmt: skip
+    if not complete:
+        notes.append("interrupted: the sweeps whose units had not all finished are left out (--resume continues)")
+    if clock.budget is not None and backend.workers > 1:
+        notes.append(f"sweeps planned for {backend.workers} workers on {backend.name}")
+    by_sweep = {(r.layer, r.mode): r for r in results}
+    for plan in plans:
+        result = by_sweep.get((plan.layer.name, plan.mode))
+        if result is not None:
+            notes += _sampling_notes(plan, result, len(data))
+            yield result
+
+
+def audit_estimate(
+    model: Model,
+    data: DataSource,
+    *,
+    layers: list[ConvLayer],
+    modes: tuple[str, ...],
+    budget: float | None,
+    workers: int,
+    batch_size: int = 256,
+    device: str = "auto",
+) -> dict:
+    """What an audit would run, before running it: per sweep the images, channels and units it takes and its
+    estimated time, from a timing probe of the model on this machine; the total divided over ``workers``."""
+    sweeps = [(l, m) for l in default_shuffle_layers(layers) for m in modes]
+    options = {"batch_size": batch_size, "device": device}
+    plans, subset, seconds_per_image = _plan_all(model, data, sweeps, budget, options, workers)
+    job = job_for(model, subset, [(p.layer, p.mode, p.channels) for p in plans], **options)
+    units = plan_units(job, [(p.layer, p.mode) for p in plans])
+    rows = [
+        {**p.to_dict(), "units": sum(1 for u in units if (u.layer, u.mode) == (p.layer.name, p.mode))} for p in plans
+    ]
+    total = sum(p.seconds for p in plans)
+    return {
+        "seconds_per_image": seconds_per_image,
+        "sweeps": rows,
+        "skipped": [f"{l.name} {m}" for l, m in sweeps if (l.name, m) not in {(p.layer.name, p.mode) for p in plans}],
+        "units": len(units),
+        "workers": workers,
+        "estimate_seconds": total / max(workers, 1),
+    }
 
 
 def _observed_pass_cost(plan: SweepPlan, seconds: float, seconds_per_image: float) -> float | None:

@@ -44,7 +44,16 @@ from onnxredund.engine.sweep import SweepRunner, permutation_workers
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import ConvLayer, Model, classifier_output, output_kind
 
-__all__ = ["ShuffleResult", "SweepState", "parse_channels", "run_shuffle", "run_shuffle_modes"]
+__all__ = [
+    "ShuffleResult",
+    "SweepState",
+    "effect_meter",
+    "new_state",
+    "parse_channels",
+    "run_shuffle",
+    "run_shuffle_modes",
+    "sweep_result",
+]
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +233,7 @@ def run_shuffle(
     state: SweepState | None = None,
     on_batch: Callable[[SweepState], None] | None = None,
     max_seconds: float | None = None,
+    runner: SweepRunner | None = None,
 ) -> ShuffleResult:
     """Shuffle each input channel of a conv layer and measure the layer's cosine and the effect at the outputs.
 
@@ -243,6 +253,7 @@ def run_shuffle(
         state: a :class:`SweepState` to resume from (same arguments as the interrupted run).
         on_batch: called with the state after each batch (checkpoints).
         max_seconds: stop after the batch that passes this time (``complete`` False, like Ctrl-C).
+        runner: the sessions to use (built for this layer, mode and device; a worker keeps them across calls).
 
     Returns:
         A :class:`ShuffleResult`; ``complete`` is False when interrupted (Ctrl-C).
@@ -253,7 +264,8 @@ def run_shuffle(
     _warn_degenerate(mode, batch_size, len(data))
     check_labels(model, data)
     device = resolve_device(device)
-    runner = SweepRunner(model, layer, mode, device, exact=exact_path, chunk=chunk, batch_size=batch_size)
+    if runner is None:
+        runner = SweepRunner(model, layer, mode, device, exact=exact_path, chunk=chunk, batch_size=batch_size)
     if runner.blocker:
         log.warning("fast path unavailable for %s (%s): using the direct path", layer.name, runner.blocker)
     meter = effect_meter(model, data, repeats, len(channels))
@@ -287,7 +299,8 @@ def run_shuffle(
     finally:
         batches.close()
         feed.close()
-    return _result(model, layer, data, runner, meter, state, (mode, seed, repeats, batch_size), channels, complete)
+    args = (mode, seed, repeats, batch_size)
+    return sweep_result(model, layer, data, (runner.path, runner.device), meter, state, args, channels, complete)
 
 
 def _sweep_batch(runner: SweepRunner, meter: EffectMeter, state: SweepState, feeds, labels, perms, channels) -> None:
@@ -307,7 +320,8 @@ def _mean_std(per_repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return per_repeat.mean(axis=0), per_repeat.std(axis=0)
 
 
-def _result(model, layer, data, runner, meter, state, args, channels, complete) -> ShuffleResult:
+def sweep_result(model, layer, data, route, meter, state, args, channels, complete) -> ShuffleResult:
+    """The result of a sweep from its sums; ``route`` is (path, device), ``args`` (mode, seed, repeats, batch)."""
     mode, seed, repeats, batch_size = args
     done = max(state.samples_done, 1)
     sums = state.sums
@@ -333,8 +347,8 @@ def _result(model, layer, data, runner, meter, state, args, channels, complete) 
         agreement=agr[0],
         agreement_std=agr[1],
         baseline_accuracy=int(sums["baseline_correct"]) / done if meter.labelled else None,
-        route=runner.path,
-        device=runner.device,
+        route=route[0],
+        device=route[1],
         complete=complete,
         samples_done=state.samples_done,
         seconds=state.seconds,

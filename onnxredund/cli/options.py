@@ -11,12 +11,14 @@ import click
 
 from onnxredund.analyses.impulse import IMPULSE_MODES
 from onnxredund.data.images import PREPROCESS_KEYS
+from onnxredund.engine.backends import BACKENDS
 from onnxredund.engine.loading import LAYOUT_CHOICES
 from onnxredund.engine.permutations import MODES
 from onnxredund.engine.runtime import DEVICES
 
 __all__ = [
     "as_json",
+    "backend_options",
     "batch_size",
     "data_options",
     "device",
@@ -107,6 +109,20 @@ data_options = _compose(
         help="FILE.py[:FUNC] (FUNC defaults to load_data) returning feed dicts {input: array} (optionally "
         "'labels'). The script runs as your own code, with your rights.",
     ),
+)
+backend_options = _compose(
+    click.option(
+        "--backend",
+        type=click.Choice(BACKENDS),
+        default="local",
+        show_default=True,
+        help="Where the shuffle sweeps run: this process, or a Ray cluster (pip install 'onnxredund[ray]').",
+    ),
+    click.option(
+        "--ray-address",
+        help="The Ray cluster (e.g. ray://head:10001 or auto) [default: $RAY_ADDRESS, else a Ray on this machine].",
+    ),
+    click.option("--workers", type=click.IntRange(min=1), help="Ray workers [default: one per GPU, else per CPU]."),
 )
 verbosity = _compose(
     click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug)."),

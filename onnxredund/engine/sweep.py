@@ -25,7 +25,7 @@ from onnxredund.engine.runtime import Runner
 from onnxredund.metrics import cosine_per_channel
 from onnxredund.model import ConvLayer, Model, downstream
 
-__all__ = ["SweepRunner", "permutation_workers"]
+__all__ = ["SweepRunner", "chunk_size", "permutation_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,24 @@ def as_numpy(value) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else value.numpy()
 
 
+def chunk_size(model: Model, layer: ConvLayer, device: str, batch_size: int) -> int:
+    """Channels per fast run: as many as the memory budget allows, balanced so the last run is not mostly padding.
+
+    Each channel of a run holds a batch of the layer's output a few times over, and runs the rest of the
+    network on its own batch: the largest tensors there (a squeeze-excitation scale multiplies a whole
+    feature map) count too.
+    """
+    graph = model.proto.graph
+    after = [o for i in downstream(graph, layer.activation) for o in graph.node[i].output if o]
+    suffix = max((int(np.prod(model.shapes.get(t, (1,)))) for t in after), default=0)
+    outputs = sum(int(np.prod(model.shapes.get(o, (1,)))) for o in measured_outputs(model, layer))
+    per_sample = int(np.prod(layer.output_shape)) * _LIVE_TENSORS + 3 * suffix + 2 * outputs
+    per_channel = batch_size * per_sample * 4
+    most = max(1, min(layer.in_channels, _CHUNK_BUDGET_BYTES[device] // per_channel))
+    runs = -(-layer.in_channels // most)
+    return -(-layer.in_channels // runs)
+
+
 class SweepRunner:
     """The sessions of one sweep: the clean model, and the fast or the direct model.
 
@@ -53,40 +71,32 @@ class SweepRunner:
     """
 
     def __init__(
-        self, model: Model, layer: ConvLayer, mode: str, device: str, *, exact: bool, chunk: int | None, batch_size: int
+        self,
+        model: Model,
+        layer: ConvLayer,
+        mode: str,
+        device: str,
+        *,
+        exact: bool,
+        chunk: int | None,
+        batch_size: int,
+        threads: int = 0,
     ) -> None:
         self.model, self.layer, self.mode, self.device = model, layer, mode, device
         self.outputs = measured_outputs(model, layer)
         clean, self.clean_names = build_clean_model(model, layer, model.output_names)
-        self.clean = Runner.create(clean, device, derived=True)
+        self.clean = Runner.create(clean, device, threads, derived=True)
         self.per_sample = not model.batch_dynamic
         self.blocker = None if exact else fast_path_blocker(model, layer)
         self.path = "direct" if exact or self.blocker else "fast"
         self.k = 1
         if self.path == "fast":
-            self.k = chunk or self._chunk_size(device, batch_size)
+            self.k = chunk or chunk_size(model, layer, device, batch_size)
             fast, self.fast_inputs = build_fast_model(model, layer, mode, self.k, self.outputs)
-            self.fast = Runner.create(fast, device, derived=True)
+            self.fast = Runner.create(fast, device, threads, derived=True)
         else:
             direct, self.direct_inputs = build_direct_model(model, layer, self.outputs)
-            self.direct = Runner.create(direct, device, derived=True)
-
-    def _chunk_size(self, device: str, batch_size: int) -> int:
-        """Channels per run: as many as the memory budget allows, balanced so the last run is not mostly padding.
-
-        Each channel of a run holds a batch of the layer's output a few times over, and runs the rest of the
-        network on its own batch: the largest tensors there (a squeeze-excitation scale multiplies a whole
-        feature map) count too.
-        """
-        graph = self.model.proto.graph
-        after = [o for i in downstream(graph, self.layer.activation) for o in graph.node[i].output if o]
-        suffix = max((int(np.prod(self.model.shapes.get(t, (1,)))) for t in after), default=0)
-        outputs = sum(int(np.prod(self.model.shapes.get(o, (1,)))) for o in self.outputs)
-        per_sample = int(np.prod(self.layer.output_shape)) * _LIVE_TENSORS + 3 * suffix + 2 * outputs
-        per_channel = batch_size * per_sample * 4
-        most = max(1, min(self.layer.in_channels, _CHUNK_BUDGET_BYTES[device] // per_channel))
-        runs = -(-self.layer.in_channels // most)
-        return -(-self.layer.in_channels // runs)
+            self.direct = Runner.create(direct, device, threads, derived=True)
 
     def run_clean(self, feeds: dict[str, np.ndarray]) -> dict:
         """The clean tensors of a batch, by name (on CUDA they stay on the device for the fast model)."""

@@ -1,0 +1,239 @@
+"""Shuffle sweeps as units of work on a backend (this process or a Ray cluster), merged in a fixed order.
+
+A unit is one (layer, mode, channel chunk): the channels one fast-path run takes (the same chunks a
+single-process sweep runs), over every batch of the data. Every permutation comes from (seed, repeat,
+channel, batch index) and every sum of a channel is taken over the batches in order inside one unit, so a
+unit's numbers do not depend on where or when it runs: merging places each unit's channels in the sweep's
+arrays (no arithmetic), and a distributed sweep gives the single-process sweep's numbers bit for bit.
+
+Finished units are kept as they finish (``<checkpoint_dir>/units/*.npz``); ``resume`` skips them, on either
+backend. Ctrl-C cancels the units in flight; what finished stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from onnxredund.analyses.shuffle import ShuffleResult, effect_meter, new_state, run_shuffle, sweep_result
+from onnxredund.analyses.sweep_state import SweepState, sweep_key
+from onnxredund.data import DataSource
+from onnxredund.engine.analysis_models import fast_path_blocker
+from onnxredund.engine.backends import Backend
+from onnxredund.engine.runtime import resolve_device
+from onnxredund.engine.sweep import SweepRunner, chunk_size
+from onnxredund.errors import OnnxRedundError
+from onnxredund.model import ConvLayer, Model
+
+__all__ = ["SweepJob", "SweepUnit", "job_for", "plan_units", "run_sweep_units", "run_unit"]
+
+log = logging.getLogger(__name__)
+
+_KEPT_RUNNERS = 4  # sessions a worker keeps (the most recent layers and modes)
+
+
+@dataclass(frozen=True)
+class SweepUnit:
+    """Channels ``channels`` (from position ``first`` of the sweep's channel list) of one layer and mode."""
+
+    layer: str
+    mode: str
+    first: int
+    channels: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.layer}.{self.mode}.{self.first}"
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """What every unit needs, shipped once to each worker."""
+
+    model: Model
+    data: DataSource
+    channels: dict[tuple[str, str], tuple[int, ...]]  # the sweep's channel list per (layer, mode)
+    chunks: dict[str, int]  # channels per run per layer (1 on the direct path)
+    seed: int = 0
+    batch_size: int = 256
+    repeats: int = 1
+    exact_path: bool = False
+    device: str = "auto"
+
+
+def plan_units(job: SweepJob, sweeps: list[tuple[ConvLayer, str]]) -> list[SweepUnit]:
+    """The units of ``sweeps`` ((layer, mode) pairs), chunked as a single-process sweep chunks them."""
+    units = []
+    for layer, mode in sweeps:
+        channels, k = job.channels[(layer.name, mode)], job.chunks[layer.name]
+        units += [SweepUnit(layer.name, mode, c0, tuple(channels[c0 : c0 + k])) for c0 in range(0, len(channels), k)]
+    return units
+
+
+def job_for(model: Model, data: DataSource, sweeps: list[tuple[ConvLayer, str, list[int]]], **options) -> SweepJob:
+    """A job for the sweeps ``(layer, mode, channels)``, with the chunk size each layer's fast path takes."""
+    device = resolve_device(options.get("device", "auto"))
+    exact, batch = options.get("exact_path", False), options.get("batch_size", 256)
+    chunks = {}
+    for layer, _, _ in sweeps:
+        direct = exact or fast_path_blocker(model, layer) is not None
+        chunks[layer.name] = 1 if direct else options.get("chunk") or chunk_size(model, layer, device, batch)
+    keep = {k: options[k] for k in ("seed", "batch_size", "repeats", "exact_path", "device") if k in options}
+    return SweepJob(model, data, {(l.name, m): tuple(c) for l, m, c in sweeps}, chunks, **keep)
+
+
+def run_unit(job: SweepJob, unit: SweepUnit, cache: dict) -> dict:
+    """One unit's sums over every batch (its channels only), with the path and device that ran it."""
+    layer = job.model.layer(unit.layer)
+    runner = cache.get((unit.layer, unit.mode))
+    if runner is None:
+        device = resolve_device(job.device)
+        runner = SweepRunner(
+            job.model, layer, unit.mode, device, exact=job.exact_path, chunk=job.chunks[unit.layer],
+            batch_size=job.batch_size, threads=cache.get("threads", 0),
+        )  # fmt: skip
+        runners = [k for k in cache if isinstance(k, tuple)]
+        for old in runners[: max(0, len(runners) - _KEPT_RUNNERS + 1)]:
+            del cache[old]
+        cache[(unit.layer, unit.mode)] = runner
+    meter = effect_meter(job.model, job.data, job.repeats, len(unit.channels))
+    state = new_state(meter, layer)
+    run_shuffle(
+        job.model, layer, job.data, mode=unit.mode, channels=list(unit.channels), batch_size=job.batch_size,
+        repeats=job.repeats, seed=job.seed, runner=runner, state=state,
+    )  # fmt: skip
+    return {"sums": state.sums, "samples": state.samples_done, "route": runner.path, "device": runner.device}
+
+
+@dataclass
+class _Sweep:
+    """The merge of one (layer, mode): units in, a result out once all are in."""
+
+    layer: ConvLayer
+    mode: str
+    units: list[SweepUnit]
+    results: dict[int, dict] = field(default_factory=dict)
+
+    def done(self) -> bool:
+        return len(self.results) == len(self.units)
+
+    def result(self, job: SweepJob) -> ShuffleResult:
+        channels = list(job.channels[(self.layer.name, self.mode)])
+        meter = effect_meter(job.model, job.data, job.repeats, len(channels))
+        state = new_state(meter, self.layer)
+        for unit in self.units:  # a fixed order; each channel's numbers come whole from one unit
+            part = self.results[unit.first]
+            for name, value in part["sums"].items():
+                if np.ndim(value) == 0:
+                    if unit.first == 0:
+                        state.sums[name] = np.array(value, copy=True)
+                else:
+                    state.sums[name][:, unit.first : unit.first + len(unit.channels)] = value
+        first = self.results[0]
+        state.batches_done = -(-first["samples"] // job.batch_size)
+        state.samples_done = first["samples"]
+        args = (self.mode, job.seed, job.repeats, job.batch_size)
+        route = (first["route"], first["device"])
+        return sweep_result(job.model, self.layer, job.data, route, meter, state, args, channels, True)
+
+
+def _unit_path(checkpoint_dir: Path, unit: SweepUnit) -> Path:
+    return checkpoint_dir / "units" / f"{unit.key}.npz"
+
+
+def _unit_key(job: SweepJob, unit: SweepUnit) -> str:
+    base = sweep_key(
+        job.model, job.model.layer(unit.layer), job.data, mode=unit.mode,
+        channels=list(job.channels[(unit.layer, unit.mode)]),
+        batch_size=job.batch_size, repeats=job.repeats, seed=job.seed, exact_path=job.exact_path,
+    )  # fmt: skip
+    return f"{base}|unit {unit.first}+{len(unit.channels)}|chunk {job.chunks[unit.layer]}"
+
+
+def _save_unit(checkpoint_dir: Path, job: SweepJob, unit: SweepUnit, result: dict) -> None:
+    route = f"{result['route']}|{result['device']}"
+    state = SweepState(0, result["samples"], {**result["sums"], "route": np.array(route)}, key=_unit_key(job, unit))
+    state.save(_unit_path(checkpoint_dir, unit))
+
+
+def _load_unit(checkpoint_dir: Path, job: SweepJob, unit: SweepUnit) -> dict | None:
+    state = SweepState.load(_unit_path(checkpoint_dir, unit), _unit_key(job, unit))
+    if state is None:
+        return None
+    sums = dict(state.sums)
+    route, device = str(sums.pop("route")).split("|")
+    return {"sums": sums, "samples": state.samples_done, "route": route, "device": device}
+
+
+def run_sweep_units(
+    job: SweepJob,
+    sweeps: list[tuple[ConvLayer, str]],
+    backend: Backend,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    progress: Callable[[str, int, int], Callable[[int], None]] | None = None,
+    on_result: Callable[[ShuffleResult], None] | None = None,
+) -> tuple[list[ShuffleResult], bool]:
+    """Run ``sweeps`` ((layer, mode) pairs) as units on ``backend``; returns the results of the sweeps whose
+    units all finished, in the order of ``sweeps``, and whether every sweep did (False after Ctrl-C).
+
+    Args:
+        checkpoint_dir: where finished units are kept; ``resume`` takes those already there.
+        progress: one bar over all units: ``progress(label, units, units already done)``.
+        on_result: called with each sweep's result as soon as its last unit is in.
+    """
+    units = plan_units(job, sweeps)
+    merges = {(layer.name, mode): _Sweep(layer, mode, [u for u in units if (u.layer, u.mode) == (layer.name, mode)])
+              for layer, mode in sweeps}  # fmt: skip
+    if checkpoint_dir is not None:
+        (checkpoint_dir / "units").mkdir(parents=True, exist_ok=True)
+    done: list[ShuffleResult] = []
+
+    def finish(unit: SweepUnit, result: dict) -> None:
+        merge = merges[(unit.layer, unit.mode)]
+        merge.results[unit.first] = result
+        if merge.done():
+            out = merge.result(job)
+            done.append(out)
+            if on_result is not None:
+                on_result(out)
+
+    todo = []
+    for unit in units:
+        kept = _load_unit(checkpoint_dir, job, unit) if (resume and checkpoint_dir is not None) else None
+        if kept is None:
+            todo.append(unit)
+        else:
+            finish(unit, kept)
+    if resume and len(todo) == len(units):
+        raise OnnxRedundError(f"nothing to resume in {checkpoint_dir} (no finished units there); run without --resume")
+    bar = progress(f"{len(units)} units on {backend.name} ({backend.workers} workers)", len(units),
+                   len(units) - len(todo)) if progress else None  # fmt: skip
+    finished = len(units) - len(todo)
+    t0 = time.perf_counter()
+
+    def on_done(i: int, result: dict) -> None:
+        nonlocal finished
+        unit = todo[i]
+        if checkpoint_dir is not None:
+            _save_unit(checkpoint_dir, job, unit, result)
+        finished += 1
+        if bar is not None:
+            bar(finished)
+        finish(unit, result)
+
+    complete = True
+    try:
+        backend.run(run_unit, job, todo, on_done)
+    except KeyboardInterrupt:
+        complete = False
+        log.warning("interrupted after %d of %d units (%.0f s); the finished ones are kept", finished, len(units),
+                    time.perf_counter() - t0)  # fmt: skip
+    order = {key: i for i, key in enumerate((l.name, m) for l, m in sweeps)}
+    return sorted(done, key=lambda r: order[(r.layer, r.mode)]), complete

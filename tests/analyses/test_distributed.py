@@ -1,0 +1,151 @@
+"""Sweeps as units on a backend: the same JSON as one process, bit for bit, on this process and on a local Ray
+(started by the tests with two CPUs); a worker killed mid-unit changes nothing; an interrupted run resumes at
+unit granularity, on either backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, save
+from onnxredund.analyses.distributed import job_for, plan_units, run_sweep_units
+from onnxredund.analyses.shuffle import run_shuffle
+from onnxredund.data import Dataset
+from onnxredund.engine.backends import LocalBackend, make_backend
+from onnxredund.engine.loading import load_model_proto
+from onnxredund.errors import OnnxRedundError
+from prunable import inputs, zoo
+
+MODES = ("channel", "pixel")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """A small residual model (Add, Concat, depthwise) and labelled data of 6 batches."""
+    m = load_model_proto(zoo(seed=2))
+    data = Dataset(inputs(48, seed=3), np.arange(48) % 3, "tiny")
+    layers = [m.layer("convB"), m.layer("convC")]
+    return m, data, layers
+
+
+def _local_json(m, data, layers) -> dict:
+    return {
+        (l.name, mode): json.dumps(run_shuffle(m, l, data, mode=mode, batch_size=8, device="cpu", chunk=2).to_dict())
+        for l in layers
+        for mode in MODES
+    }
+
+
+def _job(m, data, layers):
+    sweeps = [(l, mode, list(range(l.in_channels))) for l in layers for mode in MODES]
+    return job_for(m, data, sweeps, batch_size=8, device="cpu", chunk=2), [(l, mode) for l in layers for mode in MODES]
+
+
+def _units_json(results) -> dict:
+    return {(r.layer, r.mode): json.dumps(r.to_dict()) for r in results}
+
+
+def test_units_in_this_process_give_the_sweeps_json_bit_for_bit(setup):
+    m, data, layers = setup
+    job, sweeps = _job(m, data, layers)
+    assert len(plan_units(job, sweeps)) == 2 * (2 + 4)  # convB reads 4 channels, convC 7: chunks of 2
+    results, complete = run_sweep_units(job, sweeps, LocalBackend())
+    assert complete and _units_json(results) == _local_json(m, data, layers)
+
+
+class _StopAfter(LocalBackend):
+    """A local backend whose run is interrupted (as by Ctrl-C) after ``n`` units."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def run(self, fn, context, units, on_done):
+        def counted(i, result):
+            on_done(i, result)
+            if i + 1 >= self.n:
+                raise KeyboardInterrupt
+
+        super().run(fn, context, units, counted)
+
+
+def test_an_interrupted_run_keeps_its_finished_units_and_resumes_to_the_same_numbers(setup, tmp_path):
+    m, data, layers = setup
+    job, sweeps = _job(m, data, layers)
+    results, complete = run_sweep_units(job, sweeps, _StopAfter(3), checkpoint_dir=tmp_path)
+    assert not complete and len(list((tmp_path / "units").glob("*.npz"))) == 3
+    assert [(r.layer, r.mode) for r in results] == [("convB", "channel")]  # its two units were among the three
+    resumed, complete = run_sweep_units(job, sweeps, LocalBackend(), checkpoint_dir=tmp_path, resume=True)
+    assert complete and _units_json(resumed) == _local_json(m, data, layers)
+
+
+def test_resuming_with_nothing_finished_is_an_error(setup, tmp_path):
+    m, data, layers = setup
+    job, sweeps = _job(m, data, layers)
+    with pytest.raises(OnnxRedundError, match="nothing to resume"):
+        run_sweep_units(job, sweeps, LocalBackend(), checkpoint_dir=tmp_path, resume=True)
+
+
+def test_local_backend_takes_no_ray_options():
+    with pytest.raises(OnnxRedundError, match="go with --backend ray"):
+        make_backend("local", workers=2)
+
+
+@pytest.fixture(scope="module")
+def ray_backend():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    backend = make_backend("ray", workers=2, device="cpu")
+    yield backend
+    backend.close()
+    ray.shutdown()
+
+
+def test_ray_gives_the_single_process_json_bit_for_bit(setup, ray_backend, tmp_path):
+    m, data, layers = setup
+    job, sweeps = _job(m, data, layers)
+    results, complete = run_sweep_units(job, sweeps, ray_backend)
+    assert complete and _units_json(results) == _local_json(m, data, layers)
+
+
+def test_a_worker_killed_mid_run_changes_nothing(setup, ray_backend):
+    m, data, layers = setup
+    job, sweeps = _job(m, data, layers)
+    victim = ray_backend.pids()[0]
+    killed = threading.Event()
+
+    def kill_once(_):
+        if not killed.is_set():
+            killed.set()
+            os.kill(victim, signal.SIGKILL)
+
+    results, complete = run_sweep_units(job, sweeps, ray_backend, progress=lambda *a: kill_once)
+    assert killed.is_set() and complete
+    assert victim not in ray_backend.pids()  # the actor came back in a new process
+    assert _units_json(results) == _local_json(m, data, layers)
+
+
+def test_an_interrupted_local_run_resumes_on_ray(setup, ray_backend, tmp_path):
+    m, data, layers = setup
+    job, sweeps = _job(m, data, layers)
+    run_sweep_units(job, sweeps, _StopAfter(5), checkpoint_dir=tmp_path)
+    resumed, complete = run_sweep_units(job, sweeps, ray_backend, checkpoint_dir=tmp_path, resume=True)
+    assert complete and _units_json(resumed) == _local_json(m, data, layers)
+
+
+def test_audit_dry_run_lists_units_and_writes_nothing(tmp_path):
+    model = save(zoo(), tmp_path, "zoo.onnx")
+    data = tmp_path / "d.npz"
+    np.savez(data, x=inputs(40))
+    out = tmp_path / "audit"
+    r = run_cli("audit", model, "--data", data, "--dry-run", "--json", "--device", "cpu", "--out", out)
+    assert r.exit_code == 0, r.output
+    estimate = json.loads(r.stdout)
+    assert {s["layer"] for s in estimate["sweeps"]} == {"convA", "convB", "dw", "convC"}
+    assert estimate["units"] >= len(estimate["sweeps"]) and estimate["estimate_seconds"] > 0
+    assert not out.exists()
