@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from onnxredund.analyses.audit import check_gates, parse_gate, run_audit
+from onnxredund.analyses.audit import audit_estimate, check_gates, parse_gate, run_audit
+from onnxredund.analyses.distributed import job_for, run_sweep_units
 from onnxredund.analyses.evaluate import evaluate as evaluate_model
 from onnxredund.analyses.impulse import run_impulse
 from onnxredund.analyses.prune import CRITERIA, SCOPES, SHUFFLE_METRICS, Target, parse_channel_spec, run_prune
@@ -20,6 +21,7 @@ from onnxredund.atomic import prepare_out_dir, write_json
 from onnxredund.cli import console, options
 from onnxredund.cli.app import command_logging, main
 from onnxredund.data import DataSource, load_dataset, load_script
+from onnxredund.engine.backends import make_backend
 from onnxredund.engine.channel_groups import channel_groups
 from onnxredund.engine.loading import load_model
 from onnxredund.engine.permutations import MODES
@@ -68,6 +70,21 @@ def _layer_list(spec: str | None, model: Model):
 
 def _echo_json(payload) -> None:
     click.echo(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def _backend(opts: dict):
+    """The backend from the backend options (popped from ``opts``); None for the local one (today's path)."""
+    name, address, workers = opts.pop("backend"), opts.pop("ray_address"), opts.pop("workers")
+    backend = make_backend(name, address=address, workers=workers, device=opts.get("device", "auto"))
+    return None if name == "local" else backend
+
+
+def _interrupted(out_dir: Path | None, bars) -> None:
+    """After Ctrl-C on a backend: say what was kept, and stop with status 130."""
+    bars.close()
+    where = f"; the finished units are kept in {out_dir}/units (continue with --resume)" if out_dir else ""
+    click.echo(f"onnxredund: interrupted{where}", err=True)
+    sys.exit(130)
 
 
 def _kept_on_error(out_dir: Path | None, what: str):
@@ -129,6 +146,7 @@ def evaluate(ctx, model: Path, batch_size, device, seed, as_json, verbose, quiet
 @options.out
 @options.overwrite
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out with the same permutations.")
+@options.backend_options
 @options.as_json
 @options.verbosity
 @click.pass_context
@@ -140,20 +158,26 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
     m = _model(model, opts)
     target = m.layer(layer)
     data = _data(m, opts, opts["seed"])
+    backend = _backend(opts)
     bars = console.StepBars(quiet or as_json)
+    modes = MODES if mode == "both" else (mode,)
+    picked = parse_channels(channels, target.in_channels)
+    write = (lambda r: write_shuffle(out_dir, r)) if out_dir else None
     try:
-        results = run_shuffle_modes(
-            m,
-            target,
-            data,
-            modes=MODES if mode == "both" else (mode,),
-            channels=parse_channels(channels, target.in_channels),
-            checkpoint_dir=out_dir,
-            resume=resume,
-            progress=bars,
-            on_result=(lambda r: write_shuffle(out_dir, r)) if out_dir else None,
-            **opts,
-        )
+        if backend is None:
+            results = run_shuffle_modes(
+                m, target, data, modes=modes, channels=picked, checkpoint_dir=out_dir, resume=resume,
+                progress=bars, on_result=write, **opts,
+            )  # fmt: skip
+        else:
+            job = job_for(m, data, [(target, md, picked) for md in modes], **opts)
+            done, complete = run_sweep_units(
+                job, [(target, md) for md in modes], backend, checkpoint_dir=out_dir, resume=resume,
+                progress=bars, on_result=write,
+            )  # fmt: skip
+            results = {r.mode: r for r in done}
+            if not complete:
+                _interrupted(out_dir, bars)
     except Exception:
         bars.close()
         _kept_on_error(out_dir, "the checkpoint of the finished batches (continue with --resume)")
@@ -236,32 +260,56 @@ def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, d
 )
 @options.seed
 @options.device
+@options.backend_options
+@click.option(
+    "--resume", is_flag=True, help="With --backend: continue an interrupted audit in --out (its finished units)."
+)
+@click.option("--dry-run", is_flag=True, help="List the sweeps and their units with a time estimate; run nothing.")
 @options.out
 @options.overwrite
 @options.as_json
 @options.verbosity
 @click.pass_context
-def audit(ctx, model, layer_spec, modes, gates, out, overwrite, as_json, verbose, quiet, **run) -> None:
+def audit(
+    ctx, model, layer_spec, modes, gates, resume, dry_run, out, overwrite, as_json, verbose, quiet, **run
+) -> None:
     """Impulse analysis and shuffling of the chosen layers, combined per layer into a redundancy summary;
     writes report.html, results.json, CSV tables and figures into --out."""
     started = time.perf_counter()
     quiet = command_logging(ctx, verbose, quiet)
-    out_dir = prepare_out_dir(out or "onnxredund-audit", overwrite=overwrite)
     m = _model(model, run)
     data = _data(m, run, run["seed"])
+    backend = _backend(run)
+    modes = MODES if modes == "both" else (modes,)
+    layers = _layer_list(layer_spec, m)
+    if dry_run:
+        workers = 1 if backend is None else backend.workers
+        estimate = audit_estimate(
+            m, data, layers=layers or m.layers, modes=modes, budget=run["budget"], workers=workers,
+            batch_size=run["batch_size"], device=run["device"],
+        )  # fmt: skip
+        if as_json:
+            _echo_json(estimate)
+        else:
+            click.echo("\n".join(console.estimate_lines(estimate, backend)))
+        return
+    out_dir = prepare_out_dir(out or "onnxredund-audit", overwrite=overwrite, resume=resume)
     parsed = [parse_gate(g, labelled=data.y is not None, classifier=classifier_output(m) is not None) for g in gates]
     bars = console.StepBars(quiet or as_json)
     try:
         result = run_audit(
             m,
             data,
-            layers=_layer_list(layer_spec, m),
-            modes=MODES if modes == "both" else (modes,),
+            layers=layers,
+            modes=modes,
             started=started,
             progress=bars,
             on_impulse=lambda r: write_audit_impulse(out_dir, r),
             on_sweep=lambda r: write_audit_sweep(out_dir, r),
             write_seconds=report_seconds,
+            backend=backend,
+            checkpoint_dir=out_dir if backend is not None else None,
+            resume=resume,
             **run,
         )
     except Exception:
@@ -302,6 +350,7 @@ def _report_gates(outcomes) -> None:
     show_default=True,
     help="Folder with lenet5.onnx and lenet5x10.onnx.",
 )
+@click.option("--no-prune-study", "skip_prune", is_flag=True, help="Leave out the pruning study (several minutes).")
 @options.batch_size
 @options.seed
 @options.device
@@ -310,14 +359,14 @@ def _report_gates(outcomes) -> None:
 @options.as_json
 @options.verbosity
 @click.pass_context
-def reproduce(ctx, data, limit, models_dir, out, overwrite, as_json, verbose, quiet, **run) -> None:
+def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json, verbose, quiet, **run) -> None:
     """The paper's experiments on the shipped LeNet-5 and LeNet-5x10: figures 4-9 and a table that
-    checks each of its claims with numbers."""
+    checks each of its claims with numbers; then the pruning study on both and a residual network."""
     quiet = command_logging(ctx, verbose, quiet)
     out_dir = prepare_out_dir(out or "onnxredund-reproduce", overwrite=overwrite)
     dataset = load_dataset(data, seed=run["seed"]).limit(limit)
     bars = console.StepBars(quiet or as_json)
-    result = run_reproduce(models_dir, dataset, progress=bars, **run)
+    result = run_reproduce(models_dir, dataset, progress=bars, prune_study=not skip_prune, **run)
     bars.close()
     write_reproduce(out_dir, result)
     if as_json:

@@ -20,6 +20,7 @@ from onnxredund.model import Model
 __all__ = [
     "StepBars",
     "claims_lines",
+    "estimate_lines",
     "group_lines",
     "impulse_lines",
     "layer_table",
@@ -183,6 +184,21 @@ def claims_lines(result: ReproduceResult) -> list[str]:
     for c in result.claims:
         verdict = "PASS" if c.passed else "FAIL"
         lines.append(f"| {c.claim} | {_number(c.lenet5)} | {_number(c.lenet5x10)} | {_number(c.value)} | {verdict} |")
+    study = result.prune
+    if study is not None:
+        lines.append("")
+        lines.append("pruning without fine-tuning: is layer-wise pruning ineffective at removing redundancy?")
+        for model, baseline in study.baselines.items():
+            lines.append(f"  {model} (unpruned {_pct(baseline)}): the claim {study.verdicts[model]}")
+            for budget in (0.75, 0.9):
+                l1 = study.best(model, budget, scope="layer", criteria=["l1"], compensation="none")
+                best = study.best(model, budget)
+                if l1 and best:
+                    lines.append(
+                        f"    {100 * budget:.0f} % of conv MACs removed: l1 layer-wise {_pct(l1['accuracy'])}; best "
+                        f"{best['criterion']} {best['scope']}-wise with {best['compensation']} compensation "
+                        f"{_pct(best['accuracy'])}"
+                    )
     return lines
 
 
@@ -253,4 +269,20 @@ def prune_lines(result: PruneResult) -> list[str]:
         f"output cosine {qa['output_cosine']:.4f}"
     )
     lines += [f"  note: {n}" for n in result.notes]
+    return lines
+
+
+def estimate_lines(estimate: dict, backend) -> list[str]:
+    """An audit's dry run: its sweeps, their units and the time they should take."""
+    where = "this process" if backend is None else f"{backend.name} ({estimate['workers']} workers)"
+    lines = [
+        f"audit plan on {where}: {len(estimate['sweeps'])} sweeps, {estimate['units']} units; a clean pass takes "
+        f"{1000 * estimate['seconds_per_image']:.3f} ms per image here",
+        "layer  mode  images  channels  units  estimate s",
+    ]
+    for s in estimate["sweeps"]:
+        lines.append(f"{s['layer']}  {s['mode']}  {s['images']}  {s['channels']}/{s['of_channels']}  {s['units']}  "
+                     f"{s['estimate_seconds']:.1f}")  # fmt: skip
+    lines += [f"skipped (over the budget): {', '.join(estimate['skipped'])}"] if estimate["skipped"] else []
+    lines.append(f"estimated time: {estimate['estimate_seconds']:.1f} s (the sweeps' total over the workers)")
     return lines

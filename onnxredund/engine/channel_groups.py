@@ -532,10 +532,7 @@ class _Walker:
         if rank == 0 or axes is None or any(a % rank in (0, 1) for a in axes):
             self._refuse_all(carried, f"{node.op_type} {self._label()!r} reduces over the channels")
             return
-        if not attribute(node, "keepdims", 1):
-            self._refuse_all(carried, f"{node.op_type} {self._label()!r} drops axes (keepdims=0)")
-            return
-        self._keep(node, carried)
+        self._keep(node, carried)  # with keepdims=0 the channels stay on axis 1 too (only later axes go)
 
     def _pad(self, node, carried) -> None:
         pads = _ints(self.model, self.constants, node, "pads", 1)

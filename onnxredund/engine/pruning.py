@@ -301,6 +301,8 @@ def remove_channels(
         if node_index in updates:
             update = updates[node_index]
             bias_cut = own_cuts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            if bias_cut is None and node.op_type == "Conv" and 0 in own_cuts.get(node.input[1], {}):
+                bias_cut = {0: own_cuts[node.input[1]][0]}  # a bias the update adds, for the output channels kept
             if bias_cut:  # the consumer also produces removed channels
                 update = ConsumerUpdate(update.weight, np.delete(update.bias, sorted(bias_cut[0])))
             _write_consumer(writer, model, node_index, update, own_cuts.get(node.input[1]))
@@ -310,8 +312,16 @@ def remove_channels(
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise RuntimeError(f"the pruned model fails onnx's check (a bug of onnxredund's): {e}") from e
-    Runner.create(proto, "cpu", derived=True, optimize=False)
+    runner = Runner.create(proto, "cpu", derived=True, optimize=False)
+    try:
+        runner.run({i.name: np.zeros(_one_sample(i), i.dtype) for i in model.inputs})
+    except OnnxRedundError as e:
+        raise RuntimeError(f"the pruned model does not run (a bug of onnxredund's): {e}") from e
     return proto
+
+
+def _one_sample(inp) -> tuple[int, ...]:
+    return (1, *inp.sample_shape) if inp.batched else tuple(inp.sample_shape)
 
 
 def save_pruned(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:

@@ -16,6 +16,7 @@ __all__ = [
     "cosine_figure",
     "ncc_figure",
     "overview_figure",
+    "prune_curves_figure",
     "response_grid_figure",
     "shuffle_example_figure",
 ]
@@ -179,4 +180,52 @@ def overview_figure(summaries) -> bytes:
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction of channels")
     ax.legend(fontsize=7, ncol=3, loc="upper left")
+    return _png(fig)
+
+
+_CRITERION_STYLE = {
+    "random": ("tab:gray", "--"),
+    "l1": ("tab:blue", "-"),
+    "bn": ("tab:purple", "-"),
+    "activation": ("tab:green", "-"),
+    "variance": ("tab:olive", "-"),
+    "shuffle": ("tab:red", "-"),
+    "impulse": ("tab:orange", "-"),
+}
+
+
+def prune_curves_figure(summary: list[dict], model: str, baseline: float | None, compensations: list[str]) -> bytes:
+    """Top-1 error (log scale) against conv MACs removed, one line per criterion (random: mean over seeds with its
+    spread), one panel per scope (rows) and compensation (columns)."""
+    plt = _plt()
+    scopes = ["layer", "global"]
+    fig, axes = plt.subplots(2, len(compensations), figsize=(3.2 * len(compensations), 5.6), sharex=True,
+                             sharey=True, squeeze=False)  # fmt: skip
+    cells = [c for c in summary if c["model"] == model and c["accuracy"] is not None]
+    for i, scope in enumerate(scopes):
+        for j, comp in enumerate(compensations):
+            ax = axes[i][j]
+            for criterion, (color, style) in _CRITERION_STYLE.items():
+                mine = [c for c in cells if (c["scope"], c["compensation"], c["criterion"]) == (scope, comp, criterion)]
+                pts = sorted((c["budget"], c["accuracy"], c["accuracy_std"] or 0.0) for c in mine)
+                if not pts:
+                    continue
+                x = np.array([100 * p[0] for p in pts])
+                err = np.maximum(100 * (1 - np.array([p[1] for p in pts])), 1e-2)
+                ax.plot(x, err, style, color=color, marker="o", ms=3, label=criterion)
+                spread = np.array([100 * p[2] for p in pts])
+                if spread.any():
+                    ax.fill_between(x, np.maximum(err - spread, 1e-2), err + spread, color=color, alpha=0.15)
+            if baseline is not None:
+                ax.axhline(100 * (1 - baseline), color="black", lw=0.8, label="unpruned")
+            ax.set_yscale("log")
+            ax.set_title(f"{scope}-wise, compensation {comp}", fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+            if i == 1:
+                ax.set_xlabel("conv MACs removed (%)")
+            if j == 0:
+                ax.set_ylabel("top-1 error (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{model}: pruning without fine-tuning", fontsize=10)
+    fig.tight_layout()
     return _png(fig)

@@ -11,6 +11,7 @@ from onnxredund.report.figures import (
     cascade_figure,
     cosine_figure,
     ncc_figure,
+    prune_curves_figure,
     response_grid_figure,
     shuffle_example_figure,
 )
@@ -60,6 +61,7 @@ def write_reproduce(out: Path, result: ReproduceResult) -> None:
             figs[f"fig9-{model}-{l.name}-ncc.png"] = Figure(
                 ncc_figure(l.ncc, f"{model} {l.name}: NCC"), f"Figure 9: {model} {l.name}: NCC of impulse responses"
             )
+    prune_blocks = _prune_section(out, result, figs) if result.prune is not None else []
     write_figures(out, figs)
     claims = Table(
         ["claim", "LeNet-5", "LeNet-5x10", "value", "verdict"],
@@ -76,7 +78,50 @@ def write_reproduce(out: Path, result: ReproduceResult) -> None:
         ),
         Section("Unit impulse response (section 3)", [v for k, v in figs.items() if k[:4] in ("fig7", "fig8", "fig9")]),
     ]
+    if prune_blocks:
+        sections.append(Section("Pruning without fine-tuning: is layer-wise pruning ineffective?", prune_blocks))
     page = render_html(
         "Reproduction: redundancy in LeNet-5 and LeNet-5x10", f"data {result.data}, seed {result.seed}", sections
     )
     atomic_write(out / "report.html", page)
+
+
+_KEY_BUDGETS = (0.75, 0.85, 0.9, 0.95)
+
+
+def _prune_section(out: Path, result: ReproduceResult, figs: dict[str, Figure]) -> list:
+    """The study's CSV (every pruned model), its figures (added to ``figs``) and the blocks of its report section."""
+    study = result.prune
+    fields = ["model", "criterion", "seed", "scope", "compensation", "budget", "macs_removed", "params_removed",
+              "accuracy", "agreement", "output_drift", "error"]  # fmt: skip
+    rows = [[getattr(r, f) for f in fields] for r in study.rows]
+    atomic_write(out / "prune_study.csv", csv_text(fields, rows))
+    compensations = list(dict.fromkeys(r.compensation for r in study.rows))
+    blocks: list = [
+        f"Calibration on the first {study.calibration_samples} samples, accuracy on the other "
+        f"{study.evaluation_samples}; every pruned model is in prune_study.csv ({len(study.rows)} rows)."
+    ]
+    for model, baseline in study.baselines.items():
+        name = f"prune-{model}.png"
+        figs[name] = Figure(
+            prune_curves_figure(study.summary(), model, baseline, compensations),
+            f"{model}: top-1 error against conv MACs removed, per criterion (random: mean of seeds, band: spread)",
+        )
+        blocks.append(figs[name])
+        table = []
+        for budget in _KEY_BUDGETS:
+            cells = {
+                "best layer-wise": study.best(model, budget, scope="layer", compensation="none"),
+                "best global": study.best(model, budget, scope="global", compensation="none"),
+                "l1 layer-wise": study.best(model, budget, scope="layer", criteria=["l1"], compensation="none"),
+                "best with compensation": study.best(model, budget),
+            }
+            for what, c in cells.items():
+                if c is not None:
+                    table.append([f"{100 * budget:.0f} %", what, c["criterion"], c["scope"], c["compensation"],
+                                  100 * c["accuracy"]])  # fmt: skip
+        blocks.append(Table(["MACs removed", "selection", "criterion", "scope", "compensation", "accuracy %"], table,
+                            f"{model}: unpruned {100 * baseline:.2f} %"))  # fmt: skip
+        blocks.append(f"{model}: the claim {study.verdicts[model]}.")
+    blocks += [f"note: {n}" for n in study.notes]
+    return blocks

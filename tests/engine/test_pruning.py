@@ -288,3 +288,38 @@ def test_bad_removals_are_errors(removal, message):
     m = load_model_proto(zoo())
     with pytest.raises(OnnxRedundError, match=message):
         remove_channels(m, channel_groups(m), removal)
+
+
+def test_a_spatial_mean_without_kept_axes_feeds_a_dense_layer_one_feature_per_channel():
+    rng = np.random.default_rng(3)
+    w = {"w1": rng.normal(size=(4, 2, 3, 3)), "fc": rng.normal(size=(4, 3))}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["p"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceMean", ["p"], ["pooled"], axes=[2, 3], keepdims=0),
+        helper.make_node("Gemm", ["pooled", "fc"], ["out"], name="fc"),
+    ]
+    pruned = _check_against_zeroed(_graph(nodes, w, ["N", 3]), "conv1", [0, 3])
+    assert _initializer(pruned, "fc", 1).shape == (2, 3)
+
+
+@pytest.mark.parametrize("method", ["mean", "merge", "lstsq"])
+def test_compensating_a_bias_free_consumer_that_also_loses_outputs_gives_it_a_bias_of_the_kept_size(method):
+    rng = np.random.default_rng(4)
+    w = {"w1": rng.normal(size=(4, 2, 3, 3)), "w2": rng.normal(size=(5, 4, 3, 3)), "fc": rng.normal(size=(5 * 16, 3))}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["p"], name="conv1"),
+        helper.make_node("Relu", ["p"], ["a"]),
+        helper.make_node("Conv", ["a", "w2"], ["q"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["q"], ["b"]),
+        helper.make_node("Flatten", ["b"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc"], ["out"], name="fc"),
+    ]
+    m = load_model_proto(_graph(nodes, w, ["N", 3]))
+    groups = channel_groups(m)
+    removal = {group_of(groups, "conv1").index: [0], group_of(groups, "conv2").index: [1, 2]}
+    x = inputs(32)
+    consumers = [c for g in groups for c in g.consumers]
+    stats = collect_statistics(m, consumers, Dataset(x, None, "x"), cross=True, gram=True)
+    pruned = remove_channels(m, groups, removal, updates=compensate(m, groups, removal, method, stats))
+    assert _initializer(pruned, "conv2", 2).shape == (3,)
+    assert run(pruned, x).shape == (32, 3)

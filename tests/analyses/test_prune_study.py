@@ -1,0 +1,32 @@
+"""The pruning study on a tiny model: one row per criterion, seed, scope, budget and compensation; random
+averaged over seeds; unreachable budgets recorded as such; a verdict in words; its figure draws."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxredund.analyses.prune_study import run_prune_study
+from onnxredund.data import Dataset
+from onnxredund.engine.loading import load_model_proto
+from onnxredund.report.figures import prune_curves_figure
+from prunable import inputs, zoo
+
+
+def test_the_study_measures_every_cell_and_says_what_it_found():
+    m = load_model_proto(zoo())
+    data = Dataset(inputs(60), np.arange(60) % 3, "tiny")
+    study = run_prune_study(
+        {"zoo": m}, data, calibration=20, budgets=(0.3, 0.8, 0.99), criteria=("random", "l1", "bn"),
+        compensations=("none", "lstsq"), seeds=(0, 1), device="cpu",
+    )  # fmt: skip
+    assert (study.calibration_samples, study.evaluation_samples) == (20, 40)
+    # random x 2 seeds + l1 + bn = 4 runs, x 2 scopes x 3 budgets x 2 compensations
+    assert len(study.rows) == 4 * 2 * 3 * 2
+    reached = [r for r in study.rows if r.budget < 0.9]
+    assert all(r.error is None and r.macs_removed >= r.budget and 0 <= r.accuracy <= 1 for r in reached)
+    assert all(r.error and "cannot be reached" in r.error for r in study.rows if r.budget == 0.99)
+    cell = next(c for c in study.summary() if c["criterion"] == "random" and c["budget"] == 0.3)
+    assert cell["runs"] == 2 and cell["accuracy_std"] is not None
+    assert study.verdicts["zoo"].startswith(("holds", "does not hold"))
+    png = prune_curves_figure(study.summary(), "zoo", study.baselines["zoo"], ["none", "lstsq"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
