@@ -20,7 +20,7 @@ import onnx
 import torch
 from torch import nn
 
-from exporters.lenet import ONNX_IR_VERSION, ONNX_OPSET
+from exporters.lenet import ONNX_OPSET, finish_export
 
 __all__ = ["EXAMPLES", "SignalNet", "TwoInputNet", "VideoNet", "build", "export"]
 
@@ -139,14 +139,7 @@ def export(model: nn.Module, samples: tuple[np.ndarray, ...], names: list[str], 
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
-    proto = onnx.load(path)
-    for i, node in enumerate((n for n in proto.graph.node if n.op_type == "Conv"), start=1):
-        node.name = f"conv{i}"
-    proto.ir_version = ONNX_IR_VERSION
-    proto.producer_name = "onnxredund-exporters"
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, path)
-    return proto
+    return finish_export(path)
 
 
 def main() -> None:

@@ -139,9 +139,14 @@ def export_onnx(model: nn.Module, path: str) -> onnx.ModelProto:
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
+    return finish_export(path)
+
+
+def finish_export(path: str) -> onnx.ModelProto:
+    """Name a freshly exported file's convs ``conv1``, ``conv2``, ... in graph order, set IR version 8 (what
+    onnxruntime-gpu 1.31 reads), check it fully and save it again."""
     proto = onnx.load(path)
-    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
-    for i, node in enumerate(convs, start=1):
+    for i, node in enumerate((n for n in proto.graph.node if n.op_type == "Conv"), start=1):
         node.name = f"conv{i}"
     proto.ir_version = ONNX_IR_VERSION
     proto.producer_name = "onnxredund-exporters"

@@ -24,10 +24,10 @@ import onnx
 import torch
 from torch import nn
 
-from exporters.lenet import ONNX_IR_VERSION, ONNX_OPSET, TrainConfig, train
+from exporters.lenet import ONNX_OPSET, TrainConfig, finish_export, train
 from onnxredund.data import load_mnist
 
-__all__ = ["BasicBlock", "ResNetMnist", "export_resnet"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet50", "ResNetMnist", "export_resnet"]
 
 
 class BasicBlock(nn.Module):
@@ -67,15 +67,58 @@ class ResNetMnist(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
-def export_resnet(model: nn.Module, path: str) -> onnx.ModelProto:
-    """Export with BN kept (no constant folding), input ``input`` (N, 1, 28, 28), output ``logits``, dynamic
-    batch, opset 17, IR version 8; convs named ``conv1`` ... in graph order."""
+class Bottleneck(nn.Module):
+    """torchvision's ResNet-50 block (v1.5: the stride on the 3x3 conv): 1x1, 3x3, 1x1 (x4), BN after each."""
+
+    def __init__(self, c_in: int, width: int, stride: int) -> None:
+        super().__init__()
+        c_out = 4 * width
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out),
+        )  # fmt: skip
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet50(nn.Module):
+    """torchvision's ResNet-50 architecture (7x7 stride-2 stem, max-pool, 3-4-6-3 bottlenecks, 1000 classes):
+    53 convs, 25.6 M parameters. For benchmarks: random weights, 3 x 224 x 224 inputs."""
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        )
+        blocks, c_in = [], 64
+        for stage, (width, count) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
+            for i in range(count):
+                blocks.append(Bottleneck(c_in, width, 2 if stage and i == 0 else 1))
+                c_in = 4 * width
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(c_in, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+def export_resnet(
+    model: nn.Module, path: str, *, shape: tuple[int, ...] = (1, 28, 28), keep_bn: bool = True
+) -> onnx.ModelProto:
+    """Export with BN kept as nodes (no constant folding) or folded into the convs (as PyTorch exports usually
+    are), input ``input`` (N, *shape), output ``logits``, dynamic batch, opset 17, IR version 8; convs named
+    ``conv1`` ... in graph order."""
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model,
-            (torch.zeros(1, 1, 28, 28),),
+            (torch.zeros(1, *shape),),
             path,
             input_names=["input"],
             output_names=["logits"],
@@ -83,16 +126,9 @@ def export_resnet(model: nn.Module, path: str) -> onnx.ModelProto:
             opset_version=ONNX_OPSET,
             dynamo=False,
             training=torch.onnx.TrainingMode.EVAL,
-            do_constant_folding=False,
+            do_constant_folding=not keep_bn,
         )
-    proto = onnx.load(path)
-    for i, node in enumerate((n for n in proto.graph.node if n.op_type == "Conv"), start=1):
-        node.name = f"conv{i}"
-    proto.ir_version = ONNX_IR_VERSION
-    proto.producer_name = "onnxredund-exporters"
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, path)
-    return proto
+    return finish_export(path)
 
 
 def main() -> None:

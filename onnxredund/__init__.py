@@ -27,6 +27,11 @@ _EXPORTS = {
     "AuditResult": "onnxredund.analyses.audit",
     "run_audit": "onnxredund.analyses.audit",
     "evaluate": "onnxredund.analyses.evaluate",
+    "PruneResult": "onnxredund.analyses.prune",
+    "Target": "onnxredund.analyses.prune",
+    "run_prune": "onnxredund.analyses.prune",
+    "save_pruned": "onnxredund.engine.pruning",
+    "channel_groups": "onnxredund.engine.channel_groups",
 }
 
 __all__ = [  # noqa: RUF022 - grouped by module, like _EXPORTS
@@ -46,6 +51,11 @@ __all__ = [  # noqa: RUF022 - grouped by module, like _EXPORTS
     "AuditResult",
     "run_audit",
     "evaluate",
+    "PruneResult",
+    "Target",
+    "run_prune",
+    "save_pruned",
+    "channel_groups",
 ]
 
 

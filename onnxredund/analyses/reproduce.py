@@ -13,6 +13,7 @@ Claims checked (the paper's sections 2.3 and 3.4):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from onnxredund.engine.surgery import expose_outputs
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import Model
 
-__all__ = ["PAPER_MODELS", "Claim", "ReproduceResult", "run_reproduce"]
+__all__ = ["PAPER_MODELS", "Claim", "ReproduceResult", "run_reproduce", "with_prune_study"]
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,7 @@ def run_reproduce(
     prune_study: bool = True,
 ) -> ReproduceResult:
     """Shuffle conv2 of both models in both modes, run the impulse analysis, check the claims; then, with
-    ``prune_study``, the pruning study on both models and the residual network beside them (calibration on the
-    first fifth of the data, at most 2,000 samples; measured on the rest)."""
+    ``prune_study``, the pruning study (:func:`with_prune_study`)."""
     models_dir = Path(models_dir)
     if data.y is None:
         raise OnnxRedundError(f"data {data.name!r} has no labels; the paper's accuracy claims need MNIST labels")
@@ -174,13 +174,26 @@ def run_reproduce(
     cascade = cascade_check()
     example = shuffle_example(models["lenet5"], data, 0, seed, batch_size)
     claims = paper_claims(shuffles, impulses, cascade)
-    study = None
-    if prune_study:
-        residual = models_dir / f"{RESIDUAL_MODEL}.onnx"
-        studied = dict(models)
-        if residual.is_file():
-            studied[RESIDUAL_MODEL] = load_model(residual)
-        study = run_prune_study(studied, data, calibration=min(2000, len(data) // 5), device=device, progress=progress)
-        if not residual.is_file():
-            study.notes.append(f"{residual} not found: the residual network is left out")
-    return ReproduceResult(data.name, seed, shuffles, impulses, cascade, example, claims, study)
+    result = ReproduceResult(data.name, seed, shuffles, impulses, cascade, example, claims)
+    return with_prune_study(result, models_dir, data, device=device, progress=progress) if prune_study else result
+
+
+def with_prune_study(
+    result: ReproduceResult,
+    models_dir: str | Path,
+    data: DataSource,
+    *,
+    device: str = "auto",
+    progress: Callable[..., Callable[[int], None]] | None = None,
+) -> ReproduceResult:
+    """``result`` with the pruning study on both models and the residual network beside them (calibration on
+    the first fifth of the data, at most 2,000 samples; measured on the rest)."""
+    models_dir = Path(models_dir)
+    studied = {name: load_model(models_dir / f"{name}.onnx") for name in PAPER_MODELS}
+    residual = models_dir / f"{RESIDUAL_MODEL}.onnx"
+    if residual.is_file():
+        studied[RESIDUAL_MODEL] = load_model(residual)
+    study = run_prune_study(studied, data, calibration=min(2000, len(data) // 5), device=device, progress=progress)
+    if not residual.is_file():
+        study.notes.append(f"{residual} not found: the residual network is left out")
+    return dataclasses.replace(result, prune=study)

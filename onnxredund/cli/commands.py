@@ -15,7 +15,7 @@ from onnxredund.analyses.distributed import job_for, run_sweep_units
 from onnxredund.analyses.evaluate import evaluate as evaluate_model
 from onnxredund.analyses.impulse import run_impulse
 from onnxredund.analyses.prune import CRITERIA, SCOPES, SHUFFLE_METRICS, Target, parse_channel_spec, run_prune
-from onnxredund.analyses.reproduce import run_reproduce
+from onnxredund.analyses.reproduce import run_reproduce, with_prune_study
 from onnxredund.analyses.shuffle import parse_channels, run_shuffle_modes
 from onnxredund.atomic import prepare_out_dir, write_json
 from onnxredund.cli import console, options
@@ -366,9 +366,17 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
     out_dir = prepare_out_dir(out or "onnxredund-reproduce", overwrite=overwrite)
     dataset = load_dataset(data, seed=run["seed"]).limit(limit)
     bars = console.StepBars(quiet or as_json)
-    result = run_reproduce(models_dir, dataset, progress=bars, prune_study=not skip_prune, **run)
+    result = run_reproduce(models_dir, dataset, progress=bars, prune_study=False, **run)
+    write_reproduce(out_dir, result)  # kept, whatever happens to the study
+    if not skip_prune:
+        try:
+            result = with_prune_study(result, models_dir, dataset, device=run["device"], progress=bars)
+        except Exception:
+            bars.close()
+            _kept_on_error(out_dir, "the paper's claims and figures")
+            raise
+        write_reproduce(out_dir, result)
     bars.close()
-    write_reproduce(out_dir, result)
     if as_json:
         _echo_json(result.to_dict())
     else:

@@ -11,15 +11,15 @@ import threading
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, save
+from prunable import inputs, zoo
+
 from onnxredund.analyses.distributed import job_for, plan_units, run_sweep_units
 from onnxredund.analyses.shuffle import run_shuffle
 from onnxredund.data import Dataset
 from onnxredund.engine.backends import LocalBackend, make_backend
 from onnxredund.engine.loading import load_model_proto
 from onnxredund.errors import OnnxRedundError
-from prunable import inputs, zoo
 
 MODES = ("channel", "pixel")
 

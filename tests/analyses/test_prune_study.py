@@ -4,12 +4,12 @@ averaged over seeds; unreachable budgets recorded as such; a verdict in words; i
 from __future__ import annotations
 
 import numpy as np
+from prunable import inputs, zoo
 
 from onnxredund.analyses.prune_study import run_prune_study
 from onnxredund.data import Dataset
 from onnxredund.engine.loading import load_model_proto
 from onnxredund.report.figures import prune_curves_figure
-from prunable import inputs, zoo
 
 
 def test_the_study_measures_every_cell_and_says_what_it_found():

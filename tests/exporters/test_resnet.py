@@ -10,11 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import MODELS  # noqa: E402
+
+from exporters.resnet import ResNetMnist, export_resnet  # noqa: E402
 from onnxredund.engine.channel_groups import channel_groups  # noqa: E402
 from onnxredund.engine.loading import load_model, load_model_proto  # noqa: E402
 from onnxredund.engine.runtime import Runner  # noqa: E402
-
-from exporters.resnet import ResNetMnist, export_resnet  # noqa: E402
 
 
 def test_the_export_keeps_batchnorm_and_runs_like_torch(tmp_path):
@@ -24,7 +24,7 @@ def test_the_export_keeps_batchnorm_and_runs_like_torch(tmp_path):
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("Conv") == 20 and ops.count("BatchNormalization") == 20 and ops.count("Add") == 8
     stem = next(n for n in proto.graph.node if n.op_type == "Conv")
-    assert [a.ints for a in stem.attribute if a.name == "strides"][0] == [2, 2]
+    assert next(a.ints for a in stem.attribute if a.name == "strides") == [2, 2]
     x = np.random.default_rng(0).random((3, 1, 28, 28), np.float32)
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()
