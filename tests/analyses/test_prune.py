@@ -12,13 +12,13 @@ from prunable import group_of, inputs, zoo
 
 from onnxredund.analyses.prune import (
     Target,
-    _one_of_each_pair,
     channel_importance,
     explicit_removal,
     parse_channel_spec,
     run_prune,
     select_channels,
 )
+from onnxredund.analyses.prune_criteria import one_of_each_pair
 from onnxredund.data import Dataset
 from onnxredund.engine.calibration import collect_statistics
 from onnxredund.engine.channel_groups import channel_groups
@@ -93,7 +93,7 @@ def test_impulse_keeps_one_channel_of_each_matching_pair():
         best_match=np.array([1, 0, 3, 0, -1]),
         across_best_value=np.array([np.nan, np.nan, np.nan, np.nan, 0.97]),
     )
-    importance = _one_of_each_pair(layer)
+    importance = one_of_each_pair(layer)
     # 0 and 1 match each other: 0 can go, 1 stays; 3 matches 0, which already goes: 0 is not protected;
     # 2's match is below the threshold; 4 matches a channel of an earlier layer
     np.testing.assert_allclose(importance, [0.01, 1.01, 0.8, 0.05, 0.03])
