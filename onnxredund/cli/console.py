@@ -196,7 +196,7 @@ def claims_lines(result: ReproduceResult) -> list[str]:
                 if l1 and best:
                     lines.append(
                         f"    {100 * budget:.0f} % of conv MACs removed: l1 layer-wise {_pct(l1['accuracy'])}; best "
-                        f"{best['criterion']} {best['scope']}-wise with {best['compensation']} compensation "
+                        f"{best['criterion']} {_scope(best['scope'])} with {best['compensation']} compensation "
                         f"{_pct(best['accuracy'])}"
                     )
     return lines
@@ -243,13 +243,17 @@ def group_lines(model: Model, groups: list[ChannelGroup]) -> list[str]:
     return lines
 
 
+def _scope(scope: str) -> str:
+    return "layer-wise" if scope == "layer" else "global ranking"
+
+
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f} %"
 
 
 def prune_lines(result: PruneResult) -> list[str]:
     """What was removed, and both models' size, speed and quality."""
-    how = "channels named" if result.criterion is None else f"criterion {result.criterion}, {result.scope}-wise"
+    how = "channels named" if result.criterion is None else f"criterion {result.criterion}, {_scope(result.scope)}"
     comp = result.compensation or "no"
     lines = [f"pruned {result.model} ({how}, {comp} compensation):"]
     for r in result.removed:

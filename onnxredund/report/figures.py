@@ -219,7 +219,7 @@ def prune_curves_figure(summary: list[dict], model: str, baseline: float | None,
             if baseline is not None:
                 ax.axhline(100 * (1 - baseline), color="black", lw=0.8, label="unpruned")
             ax.set_yscale("log")
-            ax.set_title(f"{scope}-wise, compensation {comp}", fontsize=9)
+            ax.set_title(f"{'layer-wise' if scope == 'layer' else 'global ranking'}, compensation {comp}", fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
             if i == 1:
                 ax.set_xlabel("conv MACs removed (%)")
