@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from onnxredund.analyses.plan import evenly_spaced
 from onnxredund.analyses.prune_criteria import (
     CRITERIA,
     NEEDS_STATS,
@@ -325,16 +326,23 @@ class PruneResult:
         }
 
 
-def split_data(data: DataSource, calibration: int, evaluation: int | None) -> tuple[DataSource, DataSource]:
-    """The first ``calibration`` samples for calibration, the next ``evaluation`` (default: the rest) for
-    measuring: never the same samples."""
+def split_data(
+    data: DataSource, calibration: int, evaluation: int | None, *, spread: bool = True
+) -> tuple[DataSource, DataSource]:
+    """``calibration`` samples to calibrate on and up to ``evaluation`` others (default: all the others) to measure
+    on: never the same samples. ``spread``: the calibration samples are spread evenly over the data (an image
+    folder lists its classes one after the other); else they are the first ones.
+    """
     if calibration < 1 or len(data) <= calibration:
         raise OnnxRedundError(
             f"{data.name} has {len(data)} samples; --calibration {calibration} leaves none to evaluate on"
         )
-    stop = len(data) if evaluation is None else min(len(data), calibration + evaluation)
-    cal = data.subset(list(range(calibration)), f"{data.name}[:{calibration}]")
-    ev = data.subset(list(range(calibration, stop)), f"{data.name}[{calibration}:{stop}]")
+    picked = evenly_spaced(calibration, len(data)) if spread else list(range(calibration))
+    taken = set(picked)
+    rest = [i for i in range(len(data)) if i not in taken][:evaluation]
+    how = "spread" if spread else "first"
+    cal = data.subset(picked, f"{data.name} ({calibration} calibration samples, {how})")
+    ev = data.subset(rest, f"{data.name} ({len(rest)} other samples)")
     return cal, ev
 
 

@@ -3,7 +3,7 @@
 Criteria (each gives every channel of a prunable group an importance):
 
 - ``random``: uniform draws from the seed.
-- ``l1``: mean absolute weight of the channel's kernels (Li et al., 2017), summed over the group's producers.
+- ``l1``: mean absolute weight of the channel's kernels (Li et al., 2017), averaged over the group's producers.
 - ``bn``: |scale| of the BatchNormalization after each producer (Network Slimming); groups without one are left.
 - ``activation``: root mean square of the channel where its consumers read it (calibration data).
 - ``variance``: its standard deviation there (what mean compensation cannot fold away).
@@ -19,12 +19,11 @@ global ranking; the others (output-level costs, NCC, BN scales, random draws) ar
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from onnxredund.analyses.impulse import run_impulse
 from onnxredund.data import DataSource, conform_feeds, iter_batches
 from onnxredund.engine.calibration import CalibrationStats
-from onnxredund.engine.channel_groups import ChannelGroup
+from onnxredund.engine.channel_groups import ChannelGroup, Slicing
 from onnxredund.engine.group_shuffle import GroupShuffle
 from onnxredund.engine.permutations import batch_generator, channel_permutation
 from onnxredund.errors import OnnxRedundError
@@ -47,17 +46,26 @@ NEEDS_STATS = {"activation", "variance"}  # criteria that read calibration stati
 IMPULSE_THRESHOLD = 0.9  # NCC at which two channels count as duplicates (the paper's)
 
 
-def _producer_nodes(model: Model, group: ChannelGroup) -> list[onnx.NodeProto]:
-    graph = model.proto.graph
-    return [graph.node[s.node] for s in group.slicings if s.role == "producer"]
+def _averaged(group: ChannelGroup, parts: list[tuple[Slicing, np.ndarray]]) -> np.ndarray:
+    """Per group channel, the mean of the values that the cuts ``parts`` give it (a value per index along the cut:
+    channel c reads index ``offset + c - first``). A channel of a group tied in part (half of it after a Split)
+    has fewer producers than another: it gets the mean of those it has."""
+    total, count = np.zeros(group.channels), np.zeros(group.channels)
+    for s, values in parts:
+        span = np.arange(s.length)
+        total[s.first + span] += values[s.offset + span]
+        count[s.first + span] += 1
+    return total / np.maximum(count, 1)
 
 
 def _l1(model: Model, group: ChannelGroup) -> np.ndarray:
-    total = np.zeros(group.channels)
-    for node in _producer_nodes(model, group):
-        w = np.abs(np.asarray(model.constant(node.input[1]), np.float64))
-        total += w.reshape(w.shape[0], -1).mean(axis=1)
-    return total
+    graph = model.proto.graph
+    parts = []
+    for s in group.slicings:
+        if s.role == "producer":
+            w = np.abs(np.asarray(model.constant(graph.node[s.node].input[1]), np.float64))
+            parts.append((s, w.reshape(w.shape[0], -1).mean(axis=1)))
+    return _averaged(group, parts)
 
 
 def _bn(model: Model, group: ChannelGroup) -> np.ndarray | None:
@@ -65,11 +73,7 @@ def _bn(model: Model, group: ChannelGroup) -> np.ndarray | None:
     scales = [s for s in group.slicings if s.role == "norm" and s.name == graph.node[s.node].input[1]]
     if not scales:
         return None
-    total = np.zeros(group.channels)
-    for s in scales:
-        value = np.abs(np.asarray(model.constant(s.name), np.float64))
-        total += value[s.offset : s.offset + group.channels]
-    return total
+    return _averaged(group, [(s, np.abs(np.asarray(model.constant(s.name), np.float64))) for s in scales])
 
 
 def _moments(stats: CalibrationStats, group: ChannelGroup, which: str) -> np.ndarray | None:
@@ -85,8 +89,14 @@ def _moments(stats: CalibrationStats, group: ChannelGroup, which: str) -> np.nda
 def _impulse(model: Model, groups: list[ChannelGroup], device: str) -> dict[int, np.ndarray]:
     producers = [p for g in groups if g.prunable for p in g.producers]
     result = run_impulse(model, layers=model.pick_layers(producers), threshold=IMPULSE_THRESHOLD, device=device)
-    best = {layer.name: one_of_each_pair(layer) for layer in result.layers}
-    return {g.index: np.mean([best[p] for p in g.producers if p in best], axis=0) for g in groups if g.prunable}
+    best = {layer.index: one_of_each_pair(layer) for layer in result.layers}
+    by_node = {l.node_index: l.index for l in model.layers}
+    scores = {}
+    for g in groups:
+        parts = [(s, best[by_node[s.node]]) for s in g.slicings if s.role == "producer" and by_node[s.node] in best]
+        if g.prunable and parts:
+            scores[g.index] = _averaged(g, parts)
+    return scores
 
 
 def one_of_each_pair(layer, threshold: float = IMPULSE_THRESHOLD) -> np.ndarray:

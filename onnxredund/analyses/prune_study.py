@@ -137,7 +137,7 @@ def run_prune_study(
 ) -> PruneStudy:
     """The study on ``models`` (name -> model) with labelled ``data`` (see the module docstring)."""
     t0 = time.perf_counter()
-    cal, ev = split_data(data, calibration, evaluation)
+    cal, ev = split_data(data, calibration, evaluation, spread=False)  # the issue's protocol: the first samples
     study = PruneStudy([], {}, len(cal), len(ev))
     for name, model in models.items():
         groups = channel_groups(model)

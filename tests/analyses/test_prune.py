@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from conftest import small_cnn
+from conftest import make_model, small_cnn
 from prunable import group_of, inputs, zoo
 
 from onnxredund.analyses.prune import (
@@ -17,6 +17,7 @@ from onnxredund.analyses.prune import (
     parse_channel_spec,
     run_prune,
     select_channels,
+    split_data,
 )
 from onnxredund.analyses.prune_criteria import one_of_each_pair
 from onnxredund.data import Dataset
@@ -33,7 +34,7 @@ def labelled(n: int, seed: int = 0) -> Dataset:
     return Dataset(x, np.arange(n) % 3, "tiny")
 
 
-def test_l1_is_the_mean_absolute_kernel_weight_summed_over_a_groups_producers():
+def test_l1_is_the_mean_absolute_kernel_weight_averaged_over_a_groups_producers():
     proto = zoo()
     m = load_model_proto(proto)
     groups = channel_groups(m)
@@ -42,7 +43,7 @@ def test_l1_is_the_mean_absolute_kernel_weight_summed_over_a_groups_producers():
     b = group_of(groups, "convB")
     np.testing.assert_allclose(scores[b.index], w["wb"].reshape(3, -1).mean(axis=1), rtol=1e-6)
     res = group_of(groups, "convA")
-    want = w["wa"].reshape(4, -1).mean(axis=1) + w["wc"].reshape(4, -1).mean(axis=1)
+    want = (w["wa"].reshape(4, -1).mean(axis=1) + w["wc"].reshape(4, -1).mean(axis=1)) / 2
     np.testing.assert_allclose(scores[res.index], want, rtol=1e-6)
 
 
@@ -213,3 +214,36 @@ def test_bad_prune_requests_are_errors(kwargs, message):
     m = load_model_proto(zoo())
     with pytest.raises(OnnxRedundError, match=message):
         run_prune(m, labelled(40), **{"calibration": 16, "latency": False, **kwargs})
+
+
+def test_criteria_place_a_group_tied_in_part_channel_by_channel():
+    """conv A (4 channels) is split 2 + 2; its second half is added to conv B's 2 channels (YOLOv8's C2f): one group
+    of 4 channels, the last two made by both producers. l1 averages the producers that make each channel."""
+    rng = np.random.default_rng(5)
+    w = {"wa": rng.normal(size=(4, 2, 3, 3)), "wb": rng.normal(size=(2, 2, 3, 3)) * 3, "split": np.array([2, 2]),
+         "wc": rng.normal(size=(3, 4, 1, 1))}  # fmt: skip
+    nodes = [
+        onnx.helper.make_node("Conv", ["x", "wa"], ["a"], name="convA", pads=[1, 1, 1, 1]),
+        onnx.helper.make_node("Split", ["a", "split"], ["a1", "a2"], axis=1),
+        onnx.helper.make_node("Conv", ["x", "wb"], ["b"], name="convB", pads=[1, 1, 1, 1]),
+        onnx.helper.make_node("Add", ["a2", "b"], ["s"]),
+        onnx.helper.make_node("Concat", ["a1", "s"], ["cat"], axis=1),
+        onnx.helper.make_node("Conv", ["cat", "wc"], ["out"], name="convC"),
+    ]
+    m = load_model_proto(make_model(nodes, [("x", ["N", 2, 6, 6])], [("out", ["N", 3, 6, 6])], w))
+    groups = channel_groups(m)
+    g = next(g for g in groups if "convA" in g.producers)
+    assert g.producers == ["convA", "convB"] and g.channels == 4 and g.prunable
+    la, lb = (np.abs(w[k]).reshape(len(w[k]), -1).mean(axis=1) for k in ("wa", "wb"))
+    np.testing.assert_allclose(
+        channel_importance(m, groups, "l1")[g.index], [la[0], la[1], *(la[2:] + lb) / 2], rtol=1e-6
+    )
+
+
+def test_calibration_samples_are_spread_over_data_sorted_by_class():
+    """An image folder lists one class after the other: the first samples would all be of one class."""
+    data = Dataset(inputs(40), np.repeat([0, 1], 20), "sorted")
+    cal, ev = split_data(data, 10, None)
+    assert set(cal.y.tolist()) == {0, 1} and len(cal) + len(ev) == 40
+    first, _ = split_data(data, 10, None, spread=False)
+    assert set(first.y.tolist()) == {0}
