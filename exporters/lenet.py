@@ -124,20 +124,28 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, devi
 def export_onnx(model: nn.Module, path: str) -> onnx.ModelProto:
     """Export to ONNX: input ``input`` (N, 1, 28, 28), output ``logits``, dynamic batch,
     opset 17, IR version 8, conv nodes named ``conv1``, ``conv2``, ..."""
+    return export_classifier(model, path, (1, 28, 28))
+
+
+def export_classifier(model: nn.Module, path: str, shape: tuple[int, ...], *, keep_bn: bool = False) -> onnx.ModelProto:
+    """Export an image classifier: input ``input`` (N, *shape), output ``logits``, dynamic batch, opset 17, IR
+    version 8, convs named ``conv1`` ... in graph order; BatchNormalization folded into the convs (as PyTorch
+    exports usually are) or, with ``keep_bn``, kept as nodes (no constant folding)."""
     model.eval()
-    dummy = torch.zeros(1, 1, 28, 28)
     with warnings.catch_warnings():
         # the TorchScript exporter on purpose: no onnxscript needed, stable node names, same bytes each time
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model,
-            (dummy,),
+            (torch.zeros(1, *shape),),
             path,
             input_names=["input"],
             output_names=["logits"],
             dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
             opset_version=ONNX_OPSET,
             dynamo=False,
+            training=torch.onnx.TrainingMode.EVAL,
+            do_constant_folding=not keep_bn,
         )
     return finish_export(path)
 

@@ -17,14 +17,13 @@ import argparse
 import hashlib
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import onnx
 import torch
 from torch import nn
 
-from exporters.lenet import ONNX_OPSET, TrainConfig, finish_export, train
+from exporters.lenet import TrainConfig, export_classifier, train
 from onnxredund.data import load_mnist
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet50", "ResNetMnist", "export_resnet"]
@@ -110,25 +109,9 @@ class ResNet50(nn.Module):
 def export_resnet(
     model: nn.Module, path: str, *, shape: tuple[int, ...] = (1, 28, 28), keep_bn: bool = True
 ) -> onnx.ModelProto:
-    """Export with BN kept as nodes (no constant folding) or folded into the convs (as PyTorch exports usually
-    are), input ``input`` (N, *shape), output ``logits``, dynamic batch, opset 17, IR version 8; convs named
-    ``conv1`` ... in graph order."""
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, *shape),),
-            path,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-            opset_version=ONNX_OPSET,
-            dynamo=False,
-            training=torch.onnx.TrainingMode.EVAL,
-            do_constant_folding=not keep_bn,
-        )
-    return finish_export(path)
+    """Export with BN kept as nodes (the default, for the ``bn`` criterion) or folded into the convs; see
+    :func:`exporters.lenet.export_classifier`."""
+    return export_classifier(model, path, shape, keep_bn=keep_bn)
 
 
 def main() -> None:
