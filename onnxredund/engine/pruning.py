@@ -3,8 +3,8 @@
 :func:`remove_channels` takes channel groups (:mod:`.channel_groups`) and, per group, the channels to
 remove; it cuts every tensor the groups name, recounts Split sizes, Slice bounds, Reshape feature counts
 and depthwise group counts, and returns a new model that onnx's full checker and onnxruntime accept (the
-input model is never changed). :class:`PruneCost` counts conv MACs and parameters for any number of
-channels removed per group, exactly, without building the model. :func:`compensate` computes new
+input model is never changed). :class:`PruneCost` counts conv MACs and parameters after any removal,
+exactly, without building the model. :func:`compensate` computes new
 consumer weights so that what the removed channels carried is not simply lost (see its docstring).
 """
 
