@@ -4,7 +4,7 @@ Pure numpy/scipy, imported by the engine (the direct path's cosine) and the anal
 nothing of the package.
 
 - :func:`cosine_per_channel`: the paper's eq. 1 per sample and channel; :func:`flat_cosine` per sample.
-- output drift: :func:`error_histogram` and :func:`histogram_quantile` (absolute errors on fixed
+- output drift: :func:`error_bins`, :func:`bin_counts` and :func:`histogram_quantile` (absolute errors on fixed
   log-spaced bins, so that sums over batches merge), :func:`log_softmax`, :func:`kl_divergence`,
   :func:`top_k_hits`.
 """
@@ -14,9 +14,11 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "ERROR_BINS",
     "ERROR_EDGES",
+    "bin_counts",
     "cosine_per_channel",
-    "error_histogram",
+    "error_bins",
     "flat_cosine",
     "histogram_quantile",
     "kl_divergence",
@@ -26,6 +28,7 @@ __all__ = [
 
 #: bin edges for absolute errors: [0, 1e-12), then 20 bins per decade up to 1e8, then [1e8, inf)
 ERROR_EDGES = np.concatenate([[0.0], np.logspace(-12, 8, 401), [np.inf]])
+ERROR_BINS = len(ERROR_EDGES) - 1
 
 
 def cosine_per_channel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -53,14 +56,22 @@ def flat_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cosine_per_channel(a.reshape(a.shape[0], 1, -1), b.reshape(b.shape[0], 1, -1))[:, 0]
 
 
-def error_histogram(abs_error: np.ndarray) -> np.ndarray:
-    """Counts of absolute errors on :data:`ERROR_EDGES`: int64 (len(ERROR_EDGES) - 1,)."""
-    index = np.searchsorted(ERROR_EDGES, np.ravel(abs_error), side="right") - 1
-    return np.bincount(index, minlength=len(ERROR_EDGES) - 1).astype(np.int64)
+def error_bins(abs_error: np.ndarray) -> np.ndarray:
+    """The bin of :data:`ERROR_EDGES` each absolute error falls in (edges[i] <= e < edges[i + 1]; infinities and
+    NaN in the last bin): int64, the shape of ``abs_error``."""
+    index = np.searchsorted(ERROR_EDGES, abs_error, side="right") - 1
+    return np.minimum(index, ERROR_BINS - 1)
+
+
+def bin_counts(bins: np.ndarray) -> np.ndarray:
+    """Counts per bin of each row of ``bins`` (K, ...) from :func:`error_bins`: int64 (K, ERROR_BINS)."""
+    rows = bins.shape[0]
+    index = bins.reshape(rows, -1).astype(np.int64) + np.arange(rows)[:, None] * ERROR_BINS
+    return np.bincount(index.ravel(), minlength=rows * ERROR_BINS).reshape(rows, ERROR_BINS)
 
 
 def histogram_quantile(counts: np.ndarray, q: float, maximum: float) -> float:
-    """The ``q`` quantile of errors counted by :func:`error_histogram`: the upper edge of the bin that holds
+    """The ``q`` quantile of errors counted by :func:`bin_counts`: the upper edge of the bin that holds
     it (within a factor 10**(1/20) = 1.12 above the exact value), never above the exact ``maximum``."""
     total = int(counts.sum())
     if total == 0:

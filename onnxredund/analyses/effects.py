@@ -25,7 +25,8 @@ import numpy as np
 
 from onnxredund.metrics import (
     ERROR_EDGES,
-    error_histogram,
+    bin_counts,
+    error_bins,
     flat_cosine,
     histogram_quantile,
     kl_divergence,
@@ -33,7 +34,7 @@ from onnxredund.metrics import (
     top_k_hits,
 )
 
-__all__ = ["SQNR_CAP_DB", "EffectMeter", "OutputEffect", "merge_sums"]
+__all__ = ["SQNR_CAP_DB", "EffectMeter", "OutputEffect", "merge_sums", "sample_rows"]
 
 SQNR_CAP_DB = 300.0
 
@@ -78,6 +79,34 @@ class OutputEffect:
 def merge_sums(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``a`` + ``b`` array by array (maxima, the keys ending in ``.max``, by maximum)."""
     return {k: np.maximum(a[k], b[k]) if k.endswith(".max") else a[k] + b[k] for k in a}
+
+
+def sample_rows(plan: dict[str, tuple[str | None, bool]], perturbed: dict, clean: dict) -> dict:
+    """The per-sample effects of each output in ``plan`` (name -> (classifier kind or None, is the prediction)):
+    ``{(name, what): array}`` with arrays (K, B) for cos, err_sq, max and, for classifiers, top1, top5, kl
+    (argmax too for the prediction); ``bins`` (K, elements of B samples) are the absolute errors' bins. The fast
+    model computes the same on the device (:func:`onnxredund.engine.analysis_models.build_fast_model`)."""
+    rows = {}
+    for name, (kind, prediction) in plan.items():
+        y, ref = perturbed[name], clean[name]
+        k, b = y.shape[:2]
+        flat = np.ascontiguousarray(y).reshape(k, b, -1)
+        diff = np.abs(flat.astype(np.float64) - ref.reshape(1, b, -1))
+        reference = np.broadcast_to(ref.reshape(b, -1), flat.shape).reshape(k * b, -1)
+        rows[name, "cos"] = flat_cosine(flat.reshape(k * b, -1), reference).reshape(k, b)
+        rows[name, "err_sq"] = np.square(diff).sum(axis=2)
+        rows[name, "max"] = diff.max(axis=2, initial=0.0)
+        rows[name, "bins"] = error_bins(diff.reshape(k, -1))
+        if kind is None:
+            continue
+        scores = flat.reshape(k * b, -1)
+        clean_top = np.tile(ref.argmax(axis=1), k)
+        rows[name, "top1"] = top_k_hits(scores, clean_top, 1).reshape(k, b)
+        rows[name, "top5"] = top_k_hits(scores, clean_top, 5).reshape(k, b)
+        rows[name, "kl"] = kl_divergence(log_softmax(ref, kind)[None], log_softmax(y, kind))
+        if prediction:
+            rows[name, "argmax"] = y.argmax(axis=-1)
+    return rows
 
 
 class EffectMeter:
@@ -127,29 +156,38 @@ class EffectMeter:
 
         Outputs missing from ``perturbed`` cannot change: they count as their clean values.
         """
-        for name in self.outputs:
-            ref = clean[name]
-            pert = perturbed.get(name)
-            count = next(iter(perturbed.values())).shape[0] if perturbed else 0
-            for j in range(count):
-                y = ref if pert is None else pert[j]
-                self._add_one(sums, name, (r, first + j), y, ref, labels)
+        count = next(iter(perturbed.values())).shape[0] if perturbed else 0
+        self.add_rows(sums, r, first, count, sample_rows(self._plan(perturbed), perturbed, clean), clean, labels)
 
-    def _add_one(self, sums, name: str, at: tuple[int, int], y: np.ndarray, ref: np.ndarray, labels) -> None:
-        diff = np.abs(y.astype(np.float64) - ref)
-        sums[self.key(name, "cos")][at] += flat_cosine(y, ref).sum()
-        sums[self.key(name, "err_sq")][at] += np.square(diff).sum()
-        sums[self.key(name, "hist")][at] += error_histogram(diff)
-        sums[self.key(name, "max")][at] = max(sums[self.key(name, "max")][at], float(diff.max(initial=0.0)))
-        if name not in self.classifiers:
+    def add_rows(self, sums: dict, r: int, first: int, count: int, rows: dict, clean: dict, labels) -> None:
+        """One run's per-sample effects (:func:`sample_rows`, or the fast model's on the device) for the channels
+        ``first:first + count`` of repeat ``r``; outputs missing from ``rows`` count as their clean values."""
+        if not count:
             return
-        clean_top = ref.argmax(axis=1)
-        sums[self.key(name, "top1")][at] += int(top_k_hits(y, clean_top, 1).sum())
-        sums[self.key(name, "top5")][at] += int(top_k_hits(y, clean_top, 5).sum())
-        kind = self.kinds.get(name, "logits")
-        sums[self.key(name, "kl")][at] += kl_divergence(log_softmax(ref, kind), log_softmax(y, kind)).sum()
-        if self.labelled and name == self.classifiers[0] and labels is not None:
-            sums["correct"][at] += int((y.argmax(axis=1) == labels).sum())
+        missing = {name: clean[name] for name in self.outputs if (name, "cos") not in rows}
+        if missing:
+            unchanged = {name: np.broadcast_to(ref, (count, *ref.shape)) for name, ref in missing.items()}
+            rows = rows | sample_rows(self._plan(unchanged), unchanged, clean)
+        at = (r, slice(first, first + count))
+        for name in self.outputs:
+            sums[self.key(name, "cos")][at] += rows[name, "cos"].sum(axis=1)
+            sums[self.key(name, "err_sq")][at] += rows[name, "err_sq"].sum(axis=1)
+            sums[self.key(name, "hist")][at] += bin_counts(rows[name, "bins"])
+            top = sums[self.key(name, "max")]
+            top[at] = np.maximum(top[at], rows[name, "max"].max(axis=1, initial=0.0))
+            if name in self.classifiers:
+                for what in ("top1", "top5", "kl"):
+                    sums[self.key(name, what)][at] += rows[name, what].sum(axis=1)
+        if self.labelled and labels is not None:
+            sums["correct"][at] += (rows[self.classifiers[0], "argmax"] == labels).sum(axis=1)
+
+    def _plan(self, outputs: dict) -> dict[str, tuple[str | None, bool]]:
+        """Per output in ``outputs``: (its classifier kind or None, whether it is the prediction)."""
+        prediction = self.classifiers[0] if self.classifiers else None
+        return {
+            name: (self.kinds.get(name, "logits") if name in self.classifiers else None, name == prediction)
+            for name in outputs
+        }
 
     def effects(self, sums: dict, samples: int) -> dict[str, OutputEffect]:
         """Per output, the effects (K,) as means over repeats."""

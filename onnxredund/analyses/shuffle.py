@@ -17,18 +17,25 @@ Pseudocode::
         for repeat r, for each run of K channels ks:
             perms = [permutation(seed, r, k, batch index) for k in ks]
             cos_sum[r, ks] += sum_b cosine(A, A_perturbed)     # in-graph on the fast path
-            output effect sums[r, ks] += ...                   # on the host, float64
+            output effect sums[r, ks] += ...                   # per sample in-graph on the fast path (on the
+                                                               # host for the direct path), summed on the host
     cosine = mean over repeats of cos_sum / N (std over repeats too)
 
 A sweep's running sums are a :class:`~onnxredund.analyses.sweep_state.SweepState`; saved after each
 batch (:func:`run_shuffle_modes`), it lets an interrupted sweep resume with the same permutations.
+
+The model runs and the sums are a pipeline on threads (the clean runs, on a GPU; the perturbed runs; the sums
+in the caller's thread), so the device computes the next batch while the host adds up the last one; the sums
+are added in the same order as without it, so the numbers are the same to the bit.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,14 +282,27 @@ def run_shuffle(
     t0 = time.perf_counter() - state.seconds
     feed = PermutationFeed(mode, seed, repeats, channels, pixels, workers=permutation_workers(device))
     batches = iter_batches(data, batch_size, state.batches_done)
+    # stages on threads: the clean runs (on a GPU, ahead on a thread of their own: the two sessions' streams
+    # overlap; on a CPU they would only share its cores), the perturbed runs, and the sums here
+    clean_batches = _clean_batches(runner, model, data, feed, batches, state.samples_done, batch_size)
+    if device != "cpu":
+        clean_batches = _RunAhead(clean_batches)
+    steps = _RunAhead(_device_steps(runner, clean_batches, channels, repeats))
     try:
-        for bi, arrays, labels in batches:
-            feeds = conform_feeds(arrays, model.inputs, model.input_name, data.name)
-            size = len(feeds[model.input_name])
-            perms = feed.take(bi, size)
-            if state.samples_done + size < len(data):
-                feed.request(bi + 1, min(batch_size, len(data) - state.samples_done - size))
-            _sweep_batch(runner, meter, state, feeds, labels, perms, channels)
+        for step in steps:
+            if step[0] == "clean":
+                _, clean_outputs, labels = step
+                meter.add_clean(state.sums, clean_outputs, labels)
+                continue
+            if step[0] == "run":
+                _, r, c0, cos, perturbed, rows = step
+                state.sums["cos_sum"][r, c0 : c0 + len(cos)] += cos
+                if rows is None:
+                    meter.add_run(state.sums, r, c0, perturbed, clean_outputs, labels)
+                else:
+                    meter.add_rows(state.sums, r, c0, len(cos), rows, clean_outputs, labels)
+                continue
+            _, bi, size = step
             state.batches_done, state.samples_done = bi + 1, state.samples_done + size
             state.seconds = time.perf_counter() - t0
             if on_batch is not None:
@@ -297,23 +317,88 @@ def run_shuffle(
         complete = False
         log.warning("interrupted after %d of %d samples", state.samples_done, len(data))
     finally:
+        steps.close()
+        clean_batches.close()  # a _RunAhead, or the generator itself (already closed with the steps)
         batches.close()
         feed.close()
     args = (mode, seed, repeats, batch_size)
     return sweep_result(model, layer, data, (runner.path, runner.device), meter, state, args, channels, complete)
 
 
-def _sweep_batch(runner: SweepRunner, meter: EffectMeter, state: SweepState, feeds, labels, perms, channels) -> None:
-    """Add one batch's sums to ``state`` (every repeat, every run of channels)."""
-    clean = runner.run_clean(feeds)
-    clean_outputs = runner.clean_outputs(clean)
-    meter.add_clean(state.sums, clean_outputs, labels)
-    for r in range(meter.repeats):
-        for c0 in range(0, len(channels), runner.k):
-            ks = channels[c0 : c0 + runner.k]
-            cos, perturbed = runner.run(clean, ks, [perms[r, k] for k in ks])
-            state.sums["cos_sum"][r, c0 : c0 + len(ks)] += cos
-            meter.add_run(state.sums, r, c0, perturbed, clean_outputs, labels)
+class _RunAhead:
+    """Iterates ``steps`` on a thread, at most ``depth`` steps ahead of the loop that takes them, so the device
+    runs the next batch while the host sums up the last one; the loop sees the steps in their order, and an
+    error raised while making a step is raised again where the loop takes it."""
+
+    def __init__(self, steps: Iterator, depth: int = 2) -> None:
+        self.queue: queue.Queue = queue.Queue(depth)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._produce, args=(steps,), name="onnxredund-runs", daemon=True)
+        self.thread.start()
+
+    def _produce(self, steps: Iterator) -> None:
+        try:
+            for step in steps:
+                if not self._put((True, step)):
+                    return
+        except BaseException as e:  # handed to the loop, which raises it where it stands
+            self._put((False, e))
+            return
+        finally:
+            close = getattr(steps, "close", None)
+            if close is not None:  # a generator stopped early finishes its own clean-up (threads) here
+                close()
+        self._put((False, None))
+
+    def _put(self, entry) -> bool:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator:
+        while True:
+            is_step, value = self.queue.get()
+            if not is_step:
+                if value is not None:
+                    raise value
+                return
+            yield value
+
+    def close(self) -> None:
+        """Stop making steps (the run in progress finishes) and wait for the thread."""
+        self.stopping.set()
+        self.thread.join()
+
+
+def _clean_batches(runner: SweepRunner, model: Model, data: DataSource, feed, batches, done: int, batch_size: int):
+    """Each batch with its permutations and its clean run: (batch index, size, labels, permutations, clean
+    tensors, clean outputs)."""
+    for bi, arrays, labels in batches:
+        feeds = conform_feeds(arrays, model.inputs, model.input_name, data.name)
+        size = len(feeds[model.input_name])
+        perms = feed.take(bi, size)
+        done += size
+        if done < len(data):
+            feed.request(bi + 1, min(batch_size, len(data) - done))
+        clean = runner.run_clean(feeds)
+        yield bi, size, labels, perms, clean, runner.clean_outputs(clean)
+
+
+def _device_steps(runner: SweepRunner, clean_batches, channels: list[int], repeats: int):
+    """The sweep's model runs, in order, as steps for the loop that sums them up: ("clean", clean outputs,
+    labels) per batch, then ("run", repeat, first channel, cosine sums, perturbed outputs or None, per-sample
+    effects or None) per run of channels (:meth:`SweepRunner.run`), then ("end", batch index, batch size)."""
+    for bi, size, labels, perms, clean, clean_outputs in clean_batches:
+        yield "clean", clean_outputs, labels
+        for r in range(repeats):
+            for c0 in range(0, len(channels), runner.k):
+                ks = channels[c0 : c0 + runner.k]
+                yield ("run", r, c0, *runner.run(clean, ks, [perms[r, k] for k in ks]))
+        yield "end", bi, size
 
 
 def _mean_std(per_repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,9 @@ For a target conv with input X = A_{i-1}, pre-activation Z = conv(X) and activat
 - the **direct model** is the network after the conv's input, where only the target conv reads
   the injected (perturbed) X; it returns A_i and the measured outputs; one run per perturbed channel;
 - the **fast model** takes the clean tensors, the channels ``ks`` (K,) and the permutation indices,
-  and returns ``cos_sum`` (K, C_out) and the measured outputs for every (channel, sample). It uses
+  and returns ``cos_sum`` (K, C_out) and the effects at the measured outputs for every (channel, sample),
+  measured on the device as the host measures the direct path's (cosine, squared error, maximum, error bins,
+  top-1/top-5 hits, KL divergence). It uses
   the conv's linearity: perturbing channel k only adds ``conv(delta_k, W[:, k])`` to Z; with the
   deltas unfolded into patches (im2col, one Gather), one batched MatMul does every k of the run at
   once. The elementwise chain f and the rest of the network then run on a batch of K*B (channel j,
@@ -22,6 +24,7 @@ Pseudocode of the fast model::
     Ap        = f(Zp)                                             # the elementwise chain, on K*B rows
     cos_sum   = sum_b cosine(Ap[j, b, c], A[b, c])                # (K, C_out), float64
     outputs   = suffix(Ap, side tensors tiled K times)            # (K*B, ...) each
+    effects   = per (j, b): cosine, |error|^2, max |error|, ... of outputs against the clean ones   # (K, B)
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxredund.engine.surgery import cut, expose_outputs, inject_input, needed_nodes, side_inputs, value_info
 from onnxredund.errors import OnnxRedundError
+from onnxredund.metrics import ERROR_BINS, ERROR_EDGES
 from onnxredund.model import (
     ConvLayer,
     Model,
@@ -39,6 +43,7 @@ from onnxredund.model import (
     consumers_of,
     default_opset,
     downstream,
+    output_kind,
     value_infos,
 )
 
@@ -121,16 +126,35 @@ class _GraphBuilder:
         self.inits: list[onnx.TensorProto] = []
         self.opset = opset
         self._n = 0
+        self._consts: dict[str, np.ndarray] = {}
 
     def const(self, name: str, value) -> str:
-        self.inits.append(numpy_helper.from_array(np.asarray(value), f"ox/{name}"))
+        """An initializer ``ox/name``; asking again for a name with the same value gives the same one."""
+        value = np.asarray(value)
+        known = self._consts.get(name)
+        if known is not None:
+            if known.dtype != value.dtype or not np.array_equal(known, value, equal_nan=known.dtype.kind == "f"):
+                raise ValueError(f"constant {name!r} asked for with two values")
+            return f"ox/{name}"
+        self._consts[name] = value
+        self.inits.append(numpy_helper.from_array(value, f"ox/{name}"))
         return f"ox/{name}"
 
     def op(self, op_type: str, inputs: list[str], **attrs) -> str:
+        return self.ops(op_type, inputs, 1, **attrs)[0]
+
+    def ops(self, op_type: str, inputs: list[str], count: int, **attrs) -> list[str]:
+        """A node with ``count`` outputs; returns their names."""
         self._n += 1
         out = f"ox/{op_type.lower()}_{self._n}"
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
-        return out
+        names = [out] + [f"{out}_{i}" for i in range(1, count)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=out, **attrs))
+        return names
+
+    def fresh(self, name: str) -> str:
+        """A name no other constant of this builder has."""
+        self._n += 1
+        return f"{name}_{self._n}"
 
     def unsqueeze(self, x: str, axes: list[int]) -> str:
         """Unsqueeze; its axes are an input from opset 13 on, an attribute before."""
@@ -138,11 +162,12 @@ class _GraphBuilder:
             return self.op("Unsqueeze", [x, self.const(f"axes_{self._n}", np.array(axes, np.int64))])
         return self.op("Unsqueeze", [x], axes=axes)
 
-    def reduce(self, op_type: str, x: str, axes: list[int]) -> str:
-        """A Reduce* op without kept dims; axes are an input from opset 13 (ReduceSum) or 18 (the others)."""
+    def reduce(self, op_type: str, x: str, axes: list[int], keepdims: int = 0) -> str:
+        """A Reduce* op; axes are an input from opset 13 (ReduceSum) or 18 (the others)."""
         if self.opset >= (13 if op_type == "ReduceSum" else 18):
-            return self.op(op_type, [x, self.const(f"axes_{self._n}", np.array(axes, np.int64))], keepdims=0)
-        return self.op(op_type, [x], axes=axes, keepdims=0)
+            axes_input = self.const(self.fresh("axes"), np.array(axes, np.int64))
+            return self.op(op_type, [x, axes_input], keepdims=keepdims)
+        return self.op(op_type, [x], axes=axes, keepdims=keepdims)
 
 
 def _copy_nodes(builder: _GraphBuilder, graph: onnx.GraphProto, indices, rename: dict[str, str], prefix: str) -> None:
@@ -204,6 +229,17 @@ def im2col_index(layer: ConvLayer, conv: onnx.NodeProto) -> np.ndarray:
     return np.where(inside, flat, int(np.prod(spatial))).astype(np.int64)
 
 
+def _cosine(b: _GraphBuilder, dot: str, nn_p: str, nn_c: str) -> str:
+    """Cosine from float64 dot products and squared norms, with eq. 1's edge cases (both zero: 1, one zero: 0)."""
+    zero, one = b.const("cos_zero", np.array(0.0)), b.const("cos_one", np.array(1.0))
+    denom = b.op("Sqrt", [b.op("Mul", [nn_p, nn_c])])
+    zp, zc = b.op("Equal", [nn_p, zero]), b.op("Equal", [nn_c, zero])
+    safe = b.op("Where", [b.op("Equal", [denom, zero]), one, denom])
+    cos = b.op("Min", [b.op("Max", [b.op("Div", [dot, safe]), b.const("cos_lo", np.array(-1.0))]), one])
+    cos = b.op("Where", [b.op("Or", [zp, zc]), zero, cos])
+    return b.op("Where", [b.op("And", [zp, zc]), one, cos])
+
+
 def _cosine_sum(b: _GraphBuilder, ap: str, a: str, k: int, c_out: int, pixels: int) -> str:
     """sum over b of cosine(ap[j, b, c], a[b, c]) in float64: (K, C_out)."""
     pa = b.op("Reshape", [ap, b.const("cos_shape_p", np.array([k, -1, c_out, pixels], np.int64))])
@@ -211,14 +247,69 @@ def _cosine_sum(b: _GraphBuilder, ap: str, a: str, k: int, c_out: int, pixels: i
     dot = b.op("Cast", [b.reduce("ReduceSum", b.op("Mul", [pa, ca]), [3])], to=TensorProto.DOUBLE)
     nn_p = b.op("Cast", [b.reduce("ReduceSumSquare", pa, [3])], to=TensorProto.DOUBLE)
     nn_c = b.op("Cast", [b.reduce("ReduceSumSquare", ca, [3])], to=TensorProto.DOUBLE)
-    zero, one = b.const("cos_zero", np.array(0.0)), b.const("cos_one", np.array(1.0))
-    denom = b.op("Sqrt", [b.op("Mul", [nn_p, nn_c])])
-    zp, zc = b.op("Equal", [nn_p, zero]), b.op("Equal", [nn_c, zero])
-    safe = b.op("Where", [b.op("Equal", [denom, zero]), one, denom])
-    cos = b.op("Min", [b.op("Max", [b.op("Div", [dot, safe]), b.const("cos_lo", np.array(-1.0))]), one])
-    cos = b.op("Where", [b.op("Or", [zp, zc]), zero, cos])
-    cos = b.op("Where", [b.op("And", [zp, zc]), one, cos])
-    return b.reduce("ReduceSum", cos, [1])
+    return b.reduce("ReduceSum", _cosine(b, dot, nn_p, nn_c), [1])
+
+
+def _error_bins(b: _GraphBuilder, err: str) -> str:
+    """The bin of ERROR_EDGES of each absolute error (float64), as :func:`onnxredund.metrics.error_bins`: a
+    logarithm guesses it, one comparison with the edges on each side makes it exact. int32, the shape of err."""
+    edges = b.const("error_edges", ERROR_EDGES)
+    last = float(ERROR_BINS - 1)
+    huge = b.const("huge", np.array(1e300))  # infinities and NaN count in the last bin, as a huge error does
+    err = b.op("Min", [b.op("Where", [b.op("Equal", [err, err]), err, huge]), huge])
+    guess = b.op("Add", [b.op("Mul", [b.op("Log", [err]), b.const("per_e", np.array(20 / np.log(10)))]),
+                         b.const("bin_offset", np.array(241.0))])  # fmt: skip
+    guess = b.op("Floor", [b.op("Min", [b.op("Max", [guess, b.const("bin0", np.array(0.0))]),
+                                         b.const("bin_last", np.array(last))])])  # fmt: skip
+    index = b.op("Cast", [guess], to=TensorProto.INT32)
+    one = b.const("one_i32", np.array(1, np.int32))
+    below = b.op("Cast", [b.op("Less", [err, b.op("Gather", [edges, index], axis=0)])], to=TensorProto.INT32)
+    upper = b.op("Gather", [edges, b.op("Add", [index, one])], axis=0)
+    above = b.op("Cast", [b.op("Not", [b.op("Less", [err, upper])])], to=TensorProto.INT32)
+    return b.op("Add", [b.op("Sub", [index, below]), above])
+
+
+def _output_effects(b: _GraphBuilder, y: str, ref: str, k: int, size: int, plan: tuple) -> dict[str, str]:
+    """Per (channel j, sample b), what perturbing does to one output, as :func:`~onnxredund.analyses.effects.
+    sample_rows` computes it on the host: y (K*B, ...) perturbed, ref (B, ...) clean, ``size`` elements per sample,
+    ``plan`` (classifier kind or None, whether it is the prediction). Tensors (K, B); ``bins`` (K, B * size)."""
+    kind, prediction = plan
+    y3 = b.op("Reshape", [y, b.const(b.fresh("kbs"), np.array([k, -1, size], np.int64))])
+    r3 = b.op("Reshape", [ref, b.const(b.fresh("1bs"), np.array([1, -1, size], np.int64))])
+    yd, rd = b.op("Cast", [y3], to=TensorProto.DOUBLE), b.op("Cast", [r3], to=TensorProto.DOUBLE)
+    diff = b.op("Sub", [yd, rd])
+    err = b.op("Abs", [diff])
+    dot = b.reduce("ReduceSum", b.op("Mul", [yd, rd]), [2])
+    rows = {
+        "cos": _cosine(b, dot, b.reduce("ReduceSumSquare", yd, [2]), b.reduce("ReduceSumSquare", rd, [2])),
+        "err_sq": b.reduce("ReduceSumSquare", diff, [2]),
+        "max": b.reduce("ReduceMax", err, [2]),
+        "bins": b.op("Reshape", [_error_bins(b, err), b.const(b.fresh("k1"), np.array([k, -1], np.int64))]),
+    }
+    if kind is None:
+        return rows
+    top = b.op("ArgMax", [y3], axis=2, keepdims=0)  # (K, B), the first of ties as numpy
+    rows["top1"] = b.op("Equal", [top, b.op("ArgMax", [r3], axis=2, keepdims=0)])
+    five = b.const(b.fresh("five"), np.array([min(5, size)], np.int64))
+    best = b.ops("TopK", [y3, five], 2, axis=2, largest=1, sorted=1)[1]  # ties: the lower index first, as numpy
+    hits = b.op("Cast", [b.op("Equal", [best, b.op("ArgMax", [r3], axis=2, keepdims=1)])], to=TensorProto.INT64)
+    rows["top5"] = b.reduce("ReduceSum", hits, [2])
+    lp, lq = _log_probabilities(b, rd, kind), _log_probabilities(b, yd, kind)
+    kl = b.reduce("ReduceSum", b.op("Mul", [b.op("Exp", [lp]), b.op("Sub", [lp, lq])]), [2])
+    rows["kl"] = b.op("Max", [kl, b.const("kl_zero", np.array(0.0))])
+    if prediction:
+        rows["argmax"] = top
+    return rows
+
+
+def _log_probabilities(b: _GraphBuilder, x: str, kind: str) -> str:
+    """Log-probabilities over the last axis, float64, as :func:`onnxredund.metrics.log_softmax`."""
+    if kind == "probabilities":
+        return b.op("Log", [b.op("Max", [x, b.const("p_floor", np.array(1e-30))])])
+    if kind == "log_probabilities":
+        return x
+    shifted = b.op("Sub", [x, b.reduce("ReduceMax", x, [2], keepdims=1)])
+    return b.op("Sub", [shifted, b.op("Log", [b.reduce("ReduceSum", b.op("Exp", [shifted]), [2], keepdims=1)])])
 
 
 def build_fast_model(
@@ -227,9 +318,10 @@ def build_fast_model(
     """The fast model for runs of ``k`` channels; returns it and its input names.
 
     Inputs: X (B, C_in, *spatial), Z and A (B, C_out, *spatial'), the side tensors, ``ks`` (K,) int64,
-    ``perm_index`` ((K*B,) int64 rows for channel mode, (K*B, P) for pixel mode; row j*B + b is
-    sample b of channel ks[j]). Outputs: ``cos_sum`` (K, C_out) float64 and, for each measured output
-    o, ``perturbed/o`` (K*B, ...).
+    ``perm_index`` ((K*B,) int32 rows for channel mode, (K*B, P) for pixel mode; row j*B + b is
+    sample b of channel ks[j]), and the clean value of each measured output o. Outputs: ``cos_sum`` (K, C_out)
+    float64 and, for each o, its per-sample effects ``effect/WHAT/o`` (K, B) (``bins``: (K, B x elements)), so
+    that only (K, B) numbers per output leave the device.
     """
     blocker = fast_path_blocker(model, layer)
     if blocker:
@@ -246,10 +338,32 @@ def build_fast_model(
     suffix = {layer.activation: ap} | {t: _tile(b, t, k) for t in side}
     _copy_nodes(b, graph, downstream(graph, layer.activation), suffix, "suffix/")
     for name in outputs:
-        results[f"perturbed/{name}"] = suffix[name]
-    inputs = list(dict.fromkeys([layer.input, layer.output, layer.activation, *side, "ks", "perm_index"]))
+        size = int(np.prod(model.shapes[name]))
+        for what, tensor in _output_effects(b, suffix[name], name, k, size, _plan(model, name)).items():
+            results[f"effect/{what}/{name}"] = tensor
+    inputs = list(dict.fromkeys([layer.input, layer.output, layer.activation, *side, *outputs, "ks", "perm_index"]))
     _copy_constant_producers(b, graph, inputs)
     return _assemble(b, proto, inputs, results, mode, k), inputs
+
+
+_EFFECT_TYPES = {
+    "cos": TensorProto.DOUBLE,
+    "err_sq": TensorProto.DOUBLE,
+    "max": TensorProto.DOUBLE,
+    "kl": TensorProto.DOUBLE,
+    "bins": TensorProto.INT32,
+    "top1": TensorProto.BOOL,
+    "top5": TensorProto.INT64,
+    "argmax": TensorProto.INT64,
+}
+
+
+def _plan(model: Model, name: str) -> tuple[str | None, bool]:
+    """How the effects of output ``name`` are measured: (its classifier kind or None, whether it is the
+    prediction, the first classifier)."""
+    if name not in model.classifiers:
+        return None, False
+    return output_kind(model.proto, name), name == model.classifiers[0]
 
 
 def _perturbed_preactivation(b: _GraphBuilder, model: Model, layer: ConvLayer, mode: str, k: int) -> str:
@@ -314,18 +428,13 @@ def _assemble(b, proto, inputs: list[str], outputs: dict[str, str], mode: str, k
             known_inputs.append(helper.make_tensor_value_info("ks", TensorProto.INT64, [k]))
         elif name == "perm_index":
             shape = ["KB"] if mode == "channel" else ["KB", "P"]
-            known_inputs.append(helper.make_tensor_value_info("perm_index", TensorProto.INT64, shape))
+            known_inputs.append(helper.make_tensor_value_info("perm_index", TensorProto.INT32, shape))
         else:
             known_inputs.append(value_info(proto, name, infos))
     outs = [helper.make_tensor_value_info("cos_sum", TensorProto.DOUBLE, [k, None])]
     for name in outputs:
         if name != "cos_sum":
-            vi = value_info(proto, name.removeprefix("perturbed/"), infos)
-            vi.name = name
-            if vi.type.tensor_type.HasField("shape") and vi.type.tensor_type.shape.dim:
-                vi.type.tensor_type.shape.dim[0].Clear()
-                vi.type.tensor_type.shape.dim[0].dim_param = "KB"
-            outs.append(vi)
+            outs.append(helper.make_tensor_value_info(name, _EFFECT_TYPES[name.split("/")[1]], [k, None]))
     graph = helper.make_graph(b.nodes, "onnxredund_fast_sweep", known_inputs, outs, initializer=b.inits)
     out = helper.make_model(graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
     out.producer_name = "onnxredund"

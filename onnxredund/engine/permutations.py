@@ -35,8 +35,9 @@ def channel_permutation(rng: np.random.Generator, batch: int) -> np.ndarray:
 
 
 def pixel_permutation(rng: np.random.Generator, batch: int, pixels: int) -> np.ndarray:
-    """For each sample, which pixel each pixel of channel k takes: shape (B, P), each row a permutation."""
-    return rng.permuted(np.tile(np.arange(pixels, dtype=np.int64), (batch, 1)), axis=1)
+    """For each sample, which pixel each pixel of channel k takes: int32 (B, P), each row a permutation (the same
+    rows as in int64: the shuffle does not depend on the type)."""
+    return rng.permuted(np.tile(np.arange(pixels, dtype=np.int32), (batch, 1)), axis=1)
 
 
 def permutation_for(mode: str, seed: int, repeat: int, channel: int, batch_index: int, batch: int, pixels: int):

@@ -193,8 +193,8 @@ class Runner:
         """Copy a numpy array to the session's device once, for reuse across runs."""
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
 
-    def run_device(self, feeds: dict, outputs: list[str] | None = None) -> list[ort.OrtValue]:
-        """Run with IO binding; inputs and outputs stay on the device."""
+    def run_device(self, feeds: dict, outputs: list[str] | None = None, *, to: str = "") -> list[ort.OrtValue]:
+        """Run with IO binding; inputs stay on the device, and outputs too unless ``to`` is "cpu"."""
         binding = self.session.io_binding()
         for name, value in feeds.items():
             if isinstance(value, ort.OrtValue):
@@ -202,7 +202,7 @@ class Runner:
             else:
                 binding.bind_ortvalue_input(name, self.to_device(value))
         for name in outputs or self.output_names:
-            binding.bind_output(name, self.device)
+            binding.bind_output(name, to or self.device)
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()
 
@@ -222,7 +222,7 @@ class Runner:
                 return self.session.run(outputs, feeds)
             except Exception as e:  # onnxruntime's own types, as above
                 raise OnnxRedundError(f"onnxruntime failed to run the model: {first_line(e)}") from None
-        return [v.numpy() for v in self.run_device(feeds, outputs)]
+        return [v.numpy() for v in self.run_device(feeds, outputs, to="cpu")]  # copied once, at the end of the run
 
 
 def probe_shapes(

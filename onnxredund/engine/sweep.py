@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 _CHUNK_BUDGET_BYTES = {"cpu": 64 << 20, "cuda": 4 << 30}
 _LIVE_TENSORS = 6  # about six live (B, C_out, *spatial') float tensors per perturbed channel in a fast run
+_EFFECT_FLOATS = 12  # the effects at an output hold about six float64 copies of it (12 float32s per element)
 
 
 def permutation_workers(device: str) -> int:
@@ -54,7 +55,7 @@ def chunk_size(model: Model, layer: ConvLayer, device: str, batch_size: int) -> 
     after = [o for i in downstream(graph, layer.activation) for o in graph.node[i].output if o]
     suffix = max((int(np.prod(model.shapes.get(t, (1,)))) for t in after), default=0)
     outputs = sum(int(np.prod(model.shapes.get(o, (1,)))) for o in measured_outputs(model, layer))
-    per_sample = int(np.prod(layer.output_shape)) * _LIVE_TENSORS + 3 * suffix + 2 * outputs
+    per_sample = int(np.prod(layer.output_shape)) * _LIVE_TENSORS + 3 * suffix + _EFFECT_FLOATS * outputs
     per_channel = batch_size * per_sample * 4
     most = max(1, min(layer.in_channels, _CHUNK_BUDGET_BYTES[device] // per_channel))
     runs = -(-layer.in_channels // most)
@@ -110,12 +111,13 @@ class SweepRunner:
         """Every graph output of the clean run, as numpy (B, ...)."""
         return {name: as_numpy(clean[name]) for name in self.model.output_names}
 
-    def run(self, clean: dict, ks: list[int], perms: list[np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def run(self, clean: dict, ks: list[int], perms: list[np.ndarray]) -> tuple:
         """One run of the channels ``ks`` over a batch.
 
         Returns:
             (sum over the batch of the cosine of A_i per channel: float64 (K, C_out),
-            each measured output with channel k perturbed: (K, B, ...)).
+            each measured output with channel k perturbed (K, B, ...), on the direct path, else None,
+            the per-sample effects at the measured outputs ``{(output, what): (K, B)}``, on the fast path, else None).
         """
         return (self.run_fast if self.path == "fast" else self.run_direct)(clean, ks, perms)
 
@@ -133,7 +135,7 @@ class SweepRunner:
             cos.append(cosine_per_channel(values[self.layer.activation], a).sum(axis=0))
             for name in self.outputs:
                 outs[name].append(values[name])
-        return np.array(cos), {name: np.stack(v) for name, v in outs.items()}
+        return np.array(cos), {name: np.stack(v) for name, v in outs.items()}, None
 
     def run_fast(self, clean: dict, ks: list[int], perms: list[np.ndarray]) -> tuple:
         n = len(ks)
@@ -141,15 +143,16 @@ class SweepRunner:
         pad_perms = perms + [perms[-1]] * (self.k - n)
         batch = len(pad_perms[0])
         if self.mode == "channel":  # rows j*B + b of the (K*B, P) channel planes
-            index = (np.stack(pad_perms) + np.arange(self.k)[:, None] * batch).reshape(-1)
-        else:
-            index = np.concatenate(pad_perms)
+            index = (np.stack(pad_perms) + np.arange(self.k)[:, None] * batch).reshape(-1).astype(np.int32)
+        else:  # int32 halves what goes to the device
+            index = np.concatenate(pad_perms, dtype=np.int32)
         feeds = {name: clean[name] for name in self.fast_inputs if name in clean}
         feeds["ks"] = np.array(pad_ks, np.int64)
-        feeds["perm_index"] = index.astype(np.int64)
+        feeds["perm_index"] = index
         values = dict(zip(self.fast.output_names, self.fast.run(feeds), strict=True))
-        outs = {}
-        for name in self.outputs:
-            rows = values[f"perturbed/{name}"]
-            outs[name] = rows.reshape(self.k, batch, *rows.shape[1:])[:n]
-        return values["cos_sum"][:n], outs
+        rows = {}
+        for key, value in values.items():
+            if key.startswith("effect/"):
+                _, what, name = key.split("/", 2)
+                rows[name, what] = value[:n]
+        return values["cos_sum"][:n], None, rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -218,6 +219,11 @@ def test_cuda_gives_the_cpu_numbers(mode):
         assert gpu.device == "cuda"
         np.testing.assert_allclose(gpu.cosine, cpu.cosine, atol=1e-5)
         np.testing.assert_allclose(gpu.accuracy, cpu.accuracy, atol=1 / 300)
+        for name, effect in cpu.to_dict()["outputs"].items():  # measured on the device on the fast path
+            for what, values in effect.items():
+                if isinstance(values, list):
+                    got = gpu.to_dict()["outputs"][name][what]
+                    np.testing.assert_allclose(got, values, rtol=1e-4, atol=1e-6, err_msg=f"{name} {what}")
 
 
 def nhwc_model():
@@ -402,3 +408,103 @@ def test_one_dimensional_convs_fast_equals_direct(mode):
         np.testing.assert_array_equal(fast.accuracy, direct.accuracy)
         np.testing.assert_allclose(fast.outputs["logits"].kl_divergence, direct.outputs["logits"].kl_divergence,
                                    rtol=1e-4, atol=1e-9)  # fmt: skip
+
+
+def test_error_bins_on_the_device_are_the_numpy_bins_at_and_beside_every_edge():
+    import onnxruntime as ort
+
+    from onnxredund.engine.analysis_models import _error_bins, _GraphBuilder
+    from onnxredund.metrics import ERROR_EDGES, error_bins
+
+    finite = ERROR_EDGES[:-1]
+    values = np.concatenate(
+        [finite, np.nextafter(finite, -np.inf)[1:], np.nextafter(finite, np.inf), [1e-300, 3e-13, 7e9, np.inf, np.nan]]
+    )
+    for opset in (11, 17, 21):
+        b = _GraphBuilder(opset)
+        out = _error_bins(b, "err")
+        graph = onnx.helper.make_graph(
+            b.nodes,
+            "bins",
+            [onnx.helper.make_tensor_value_info("err", onnx.TensorProto.DOUBLE, [None])],
+            [onnx.helper.make_tensor_value_info(out, onnx.TensorProto.INT32, [None])],
+            initializer=b.inits,
+        )
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)], ir_version=7)
+        onnx.checker.check_model(model, full_check=True)
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        (got,) = sess.run(None, {"err": values})
+        np.testing.assert_array_equal(got, error_bins(values))
+    assert error_bins(values)[-2:].tolist() == [401, 401]  # infinity and NaN in the last bin
+
+
+def test_fast_path_effects_measured_on_the_device_equal_the_numpy_ones():
+    from onnxredund.analyses.effects import sample_rows
+    from onnxredund.engine.analysis_models import build_fast_model
+    from onnxredund.engine.sweep import SweepRunner
+
+    model = load_model_proto(small_cnn(13)[0])
+    layer = model.layer("conv2")
+    x = data(24, seed=6).x
+    fast = SweepRunner(model, layer, "pixel", "cpu", exact=False, chunk=3, batch_size=24)
+    direct = SweepRunner(model, layer, "pixel", "cpu", exact=True, chunk=None, batch_size=24)
+    clean = fast.run_clean({model.input_name: x})
+    pixels = int(np.prod(layer.input_shape[1:]))
+    perms = [permutation_for("pixel", 4, 0, k, 0, 24, pixels) for k in (0, 2, 3)]
+    cos_fast, _, rows = fast.run(clean, [0, 2, 3], perms)
+    cos_direct, outputs, _ = direct.run(clean, [0, 2, 3], perms)
+    reference = sample_rows({"logits": ("logits", True)}, outputs, fast.clean_outputs(clean))
+    np.testing.assert_allclose(cos_fast, cos_direct, atol=1e-5)
+    assert set(rows) == set(reference)
+    for key, value in reference.items():
+        if value.dtype.kind in "biu":
+            np.testing.assert_array_equal(rows[key], value, err_msg=str(key))
+        else:
+            np.testing.assert_allclose(rows[key], value, rtol=1e-5, atol=1e-9, err_msg=str(key))
+    assert reference["logits", "max"].max() > 0 and reference["logits", "kl"].max() > 0  # the channels matter
+    proto, _ = build_fast_model(model, layer, "pixel", 3, ["logits"])
+    onnx.checker.check_model(proto, full_check=True)
+    names = [t.name for t in proto.graph.initializer]
+    assert len(names) == len(set(names))  # the constants the cosines and effects share are made once
+
+
+def test_a_sweep_with_permutation_threads_writes_the_same_json(monkeypatch):
+    from onnxredund.analyses import shuffle
+
+    model = load_model_proto(small_cnn(8)[0])
+    d = data(40, seed=3)
+    inline = run_shuffle(model, "conv2", d, mode="pixel", batch_size=16, device="cpu", repeats=2, chunk=3)
+    monkeypatch.setattr(shuffle, "permutation_workers", lambda device: 3)
+    threaded = run_shuffle(model, "conv2", d, mode="pixel", batch_size=16, device="cpu", repeats=2, chunk=3)
+    assert json.dumps(threaded.to_dict()) == json.dumps(inline.to_dict())
+
+
+class FailingData(Dataset):
+    """A dataset whose third batch cannot be read (a corrupt image, say)."""
+
+    def arrays(self, start, stop):
+        if start >= 32:
+            from onnxredund.errors import OnnxRedundError
+
+            raise OnnxRedundError("cannot decode image 33")
+        return super().arrays(start, stop)
+
+
+def test_an_error_reading_data_mid_sweep_reaches_the_caller_after_the_finished_batches():
+    import threading
+
+    model = load_model_proto(small_cnn(9)[0])
+    d = data(60)
+    before = threading.active_count()
+    seen = []
+    with pytest.raises(Exception, match="cannot decode image 33"):
+        run_shuffle(
+            model,
+            "conv2",
+            FailingData(d.x, d.y, "failing"),
+            batch_size=16,
+            device="cpu",
+            on_batch=lambda s: seen.append(s.samples_done),
+        )
+    assert seen == [16, 32]  # the two batches read were summed and checkpointed
+    assert threading.active_count() == before  # the thread that runs the models is gone

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Issue 15's GPU measurement, run on the device machine in one call after onnxruntime-gpu's parts are copied
+# (../shared/tools/ort-gpu-prepare 4; calls 1-3 copy .ortgpu1-3 to /tmp/ortc; MNIST's test files in
+# .devdata/mnist): where a sweep's time goes, then the sweep against the PyTorch loop. Writes under $OUT.
+set -uo pipefail
+cp .ortgpu4/* /tmp/ortc/ && mkdir -p /tmp/site && cat /tmp/ortc/part.* | xz -d -T8 | tar x -C /tmp/site || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python3 -c "import onnxruntime as o, torch, numpy; o.preload_dlls(); print('onnxruntime', o.__version__, o.get_available_providers(), 'torch', torch.__version__, 'numpy', numpy.__version__)"
+  nproc
+} 2>&1 | tee "$OUT/env.txt"
+timeout 120 python3 benchmarks/sweep_breakdown.py --data .devdata/mnist --device cuda 2>&1 | tee "$OUT/breakdown.md"
+timeout 200 python3 benchmarks/shuffle_sweep.py --data .devdata/mnist --device cuda --repeats 3 --skip-direct \
+  --models ${SWEEP_MODELS:-lenet5x10} 2>&1 | tee "$OUT/sweep.md"
+[ -z "${GPU_TESTS:-}" ] || timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/analyses/test_shuffle.py \
+  tests/engine/test_runtime.py -k "cuda" 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
