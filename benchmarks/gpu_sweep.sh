@@ -12,6 +12,9 @@ OUT=${OUT:-/tmp/out}
   nproc
 } 2>&1 | tee "$OUT/env.txt"
 timeout 120 python3 benchmarks/sweep_breakdown.py --data .devdata/mnist --device cuda 2>&1 | tee "$OUT/breakdown.md"
+for m in channel pixel; do
+  timeout 40 python3 benchmarks/profile_fast.py --device cuda --mode $m 2>&1 | grep -v Warning | tee -a "$OUT/profile.txt"
+done
 timeout 200 python3 benchmarks/shuffle_sweep.py --data .devdata/mnist --device cuda --repeats 3 --skip-direct \
   --models ${SWEEP_MODELS:-lenet5x10} 2>&1 | tee "$OUT/sweep.md"
 [ -z "${GPU_TESTS:-}" ] || timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/analyses/test_shuffle.py \

@@ -20,10 +20,9 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onnxredund.engine import load_model
-from onnxredund.engine.analysis_models import build_clean_model, build_fast_model
+from onnxredund.engine.analysis_models import build_clean_model, build_fast_model, measured_outputs
 from onnxredund.engine.permutations import permutation_for
 from onnxredund.engine.runtime import Runner, providers_for
-from onnxredund.model import classifier_output
 
 
 def main() -> None:
@@ -37,26 +36,23 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=10)
     args = p.parse_args()
     model = load_model(args.model)
-    layer, pred = model.layer(args.layer), classifier_output(model)
+    layer = model.layer(args.layer)
     k = args.chunk or layer.in_channels
-    fast, inputs = build_fast_model(model, layer, args.mode, k, pred, labelled=True)
-    clean, names = build_clean_model(model, layer, pred)
+    fast, inputs = build_fast_model(model, layer, args.mode, k, measured_outputs(model, layer))
+    clean, names = build_clean_model(model, layer, model.output_names)
     x = np.random.default_rng(0).random((args.batch, *model.sample_shape), dtype=np.float32)
     values = dict(zip(names, Runner.create(clean, args.device).run({model.input_name: x}, names), strict=True))
     ks = [i % layer.in_channels for i in range(k)]
-    pixels = layer.input_shape[1] * layer.input_shape[2]
+    pixels = int(np.prod(layer.input_shape[1:]))
     perms = [permutation_for(args.mode, 0, 0, c, 0, args.batch, pixels) for c in ks]
     index = (
         (np.stack(perms) + np.arange(k)[:, None] * args.batch).reshape(-1)
         if args.mode == "channel"
         else np.concatenate(perms)
     )
-    ref = values[pred].argmax(1).astype(np.int64)
     feeds = {n: values[n] for n in inputs if n in values} | {
         "ks": np.array(ks, np.int64),
-        "perm_index": index,
-        "labels": ref,
-        "ref_pred": ref,
+        "perm_index": index.astype(np.int32),
     }
     opts = ort.SessionOptions()
     opts.enable_profiling = True
@@ -80,6 +76,10 @@ def main() -> None:
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             agg[e["args"]["op_name"]] = agg.get(e["args"]["op_name"], 0) + e["dur"]
+    on_cpu = sorted({e["args"]["op_name"] for e in events if e.get("cat") == "Node" and
+                     e["args"].get("provider") == "CPUExecutionProvider"})  # fmt: skip
+    if args.device == "cuda":
+        print(f"  ops on the CPU in this CUDA session: {', '.join(on_cpu) or 'none'}")
     total = sum(agg.values()) or 1
     for op, v in sorted(agg.items(), key=lambda t: -t[1])[:15]:
         print(f"  {op:24s} {100 * v / total:5.1f} %  {v / (args.runs + 3) / 1000:8.3f} ms/run")
