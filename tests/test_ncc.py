@@ -3,11 +3,20 @@ layer and for each channel's best match among earlier layers."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from scipy.signal import correlate
 
-from onnxredund.ncc import EarlierLayers, best_earlier_matches, exact_best_matches, ncc_matrix, normalize_responses
+from onnxredund.ncc import (
+    EarlierLayers,
+    _window_norms,
+    best_earlier_matches,
+    exact_best_matches,
+    ncc_matrix,
+    normalize_responses,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -67,6 +76,39 @@ def test_the_spectral_bound_is_never_below_the_ncc():
     nt, _ = normalize_responses(target)
     for e, bound in zip(earlier, search.bounds(nt), strict=True):
         assert (bound >= ncc_matrix(target, e) - 1e-5).all()
+
+
+@pytest.mark.parametrize(("spatial", "window"), [((9,), (4,)), ((5, 7), (2, 9)), ((4, 3, 6), (3, 3, 2))])
+def test_window_norms_are_the_largest_norm_inside_any_window(spatial, window):
+    x = RNG.normal(size=(4, 2, *spatial))
+    got = _window_norms(x, window)
+    clipped = [min(w, n) for w, n in zip(window, spatial, strict=True)]
+    starts = itertools.product(*[range(n - w + 1) for n, w in zip(spatial, clipped, strict=True)])
+    energy = [
+        np.sqrt((x[(slice(None), slice(None), *(slice(s, s + w) for s, w in zip(st, clipped, strict=True)))] ** 2)
+                .sum(axis=tuple(range(1, x.ndim))))
+        for st in starts
+    ]  # fmt: skip
+    np.testing.assert_allclose(got, np.max(energy, axis=0), rtol=1e-12)
+
+
+def test_responses_of_very_different_extents_are_bounded_by_their_window_norms_and_still_found():
+    """A long, spread response against small ones: the window bound rules the unrelated pairs out without a
+    transform, and a small copy hidden in a long response is still its best match, at its true NCC."""
+    small = RNG.normal(size=(6, 2, 3, 3))
+    spread = RNG.normal(size=(2, 2, 4, 300))  # energy spread over 1,200 positions: any 3 x 3 window holds little
+    hidden = np.zeros((1, 2, 4, 300))
+    hidden[0, :, 1:4, 100:103] = small[4]
+    target = np.concatenate([spread, hidden])
+    search = EarlierLayers()
+    search.add(small)
+    nt, _ = normalize_responses(target)
+    (bound,) = search.bounds(nt, floor=0.9)
+    assert (bound >= ncc_matrix(target, small) - 1e-5).all()
+    assert bound[:2].max() < 0.5  # ruled out from the window energy alone
+    layer, channel, value = search.best_matches(target, floor=0.9)
+    assert (layer[:2] == -1).all() and (layer[2], channel[2]) == (0, 4)
+    assert value[2] == pytest.approx(ncc_matrix(target[2:], small)[0, 4], abs=1e-12)
 
 
 def test_a_floor_leaves_out_matches_below_it():
