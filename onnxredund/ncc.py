@@ -39,7 +39,7 @@ __all__ = [
 SCREEN_TOLERANCE = 1e-4
 _BLOCK_VALUES = 1 << 18  # complex values per batch of pair products: a few MB, cache-friendly (measured)
 _WORKERS = os.cpu_count() or 1
-_CACHED_SPECTRA = 64
+_CACHE_BYTES = 768 << 20  # earlier layers' spectra and magnitudes kept for later targets (least recently used go)
 
 
 def normalize_responses(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +254,8 @@ class EarlierLayers:
 
     def __init__(self) -> None:
         self.layers: list[tuple[np.ndarray, np.ndarray]] = []  # normalized responses, constant mask
-        self._cache: dict[tuple, np.ndarray] = {}  # (layer, grid, kind) -> spectra or magnitudes, oldest first
+        self._cache: dict[tuple, np.ndarray] = {}  # (layer, grid, kind) -> spectra or magnitudes, least recent first
+        self._cached_bytes = 0
 
     @staticmethod
     def _magnitudes(normalized: np.ndarray, grid: tuple[int, ...], weighted: bool) -> np.ndarray:
@@ -269,11 +270,14 @@ class EarlierLayers:
         return mags.reshape(len(normalized), -1)
 
     def _cached(self, key: tuple, make):
-        if key not in self._cache:
-            if len(self._cache) >= _CACHED_SPECTRA:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = make()
-        return self._cache[key]
+        value = self._cache.pop(key, None)
+        if value is None:
+            value = make()
+            self._cached_bytes += value.nbytes
+            while self._cache and self._cached_bytes > _CACHE_BYTES:
+                self._cached_bytes -= self._cache.pop(next(iter(self._cache))).nbytes
+        self._cache[key] = value  # now the most recent
+        return value
 
     def add(self, responses: np.ndarray) -> None:
         """Add a layer's responses (C, M, *spatial)."""
