@@ -146,3 +146,18 @@ def test_exact_best_matches_refine_a_float32_screen_to_the_float64_answer():
 def test_no_earlier_layer_gives_no_match():
     layer, channel, value = best_earlier_matches(RNG.normal(size=(3, 1, 3, 3)), [])
     assert (layer == -1).all() and (channel == -1).all() and np.isnan(value).all()
+
+
+def test_a_cache_too_small_for_one_transform_gives_the_same_matches(monkeypatch):
+    import onnxredund.ncc as ncc
+
+    target, earlier = _layers()
+    full = best_earlier_matches(target, earlier)
+    monkeypatch.setattr(ncc, "_CACHE_BYTES", 1)  # every transform is made again when it is next needed
+    search = EarlierLayers()
+    for e in earlier:
+        search.add(e)
+    tiny = search.best_matches(target)
+    assert len(search._cache) == 1  # only the last one made is kept
+    for a, b in zip(tiny, full, strict=True):
+        np.testing.assert_array_equal(a, b)
