@@ -149,7 +149,7 @@ def test_no_earlier_layer_gives_no_match():
 
 
 def test_a_cache_too_small_for_one_transform_gives_the_same_matches(monkeypatch):
-    import onnxredund.ncc as ncc
+    from onnxredund import ncc
 
     target, earlier = _layers()
     full = best_earlier_matches(target, earlier)
