@@ -2,14 +2,7 @@
 # The GPU checks, run on the device machine in one call after onnxruntime-gpu's parts are copied
 # (see ../shared/tools/ort-gpu-prepare). Writes everything under $OUT.
 set -uo pipefail
-cp .ortgpu5/* /tmp/ortc/ && mkdir -p /tmp/site && cat /tmp/ortc/part.* | xz -d -T8 | tar x -C /tmp/site || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-{
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -c "import onnxruntime as o, torch, numpy; o.preload_dlls(); print('onnxruntime', o.__version__, o.get_available_providers()); print('torch', torch.__version__, 'numpy', numpy.__version__)"
-  python3 -c "from onnxredund.engine.runtime import resolve_device; print('auto ->', resolve_device('auto'))"
-} 2>&1 | tee "$OUT/env.txt"
+source benchmarks/gpu_env.sh
 timeout 200 python3 benchmarks/shuffle_sweep.py --data .devdata/mnist --device cuda --repeats 3 ${SWEEP_ARGS:-} 2>&1 | tee "$OUT/gpu_sweep.md"
 for m in channel pixel; do
   timeout 40 python3 benchmarks/profile_fast.py --device cuda --mode $m 2>&1 | tee -a "$OUT/gpu_profile.txt"

@@ -3,14 +3,7 @@
 # (../shared/tools/ort-gpu-prepare 4; calls 1-3 copy .ortgpu1-3 to /tmp/ortc; MNIST's test files in
 # .devdata/mnist): where a sweep's time goes, then the sweep against the PyTorch loop. Writes under $OUT.
 set -uo pipefail
-cp .ortgpu4/* /tmp/ortc/ && mkdir -p /tmp/site && cat /tmp/ortc/part.* | xz -d -T8 | tar x -C /tmp/site || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-{
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -c "import onnxruntime as o, torch, numpy; o.preload_dlls(); print('onnxruntime', o.__version__, o.get_available_providers(), 'torch', torch.__version__, 'numpy', numpy.__version__)"
-  nproc
-} 2>&1 | tee "$OUT/env.txt"
+source benchmarks/gpu_env.sh
 timeout 120 python3 benchmarks/sweep_breakdown.py --data .devdata/mnist --device cuda 2>&1 | tee "$OUT/breakdown.md"
 for m in channel pixel; do
   timeout 40 python3 benchmarks/profile_fast.py --device cuda --mode $m 2>&1 | grep -v Warning | tee -a "$OUT/profile.txt"

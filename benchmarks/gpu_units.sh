@@ -3,13 +3,7 @@
 # (../shared/tools/ort-gpu-prepare 4): ResNet-50 (torchvision architecture, random weights, 3 x 224 x 224) unit
 # times on CUDA, and the CUDA shuffle tests. Writes everything under $OUT.
 set -uo pipefail
-cp .ortgpu4/* /tmp/ortc/ && mkdir -p /tmp/site && cat /tmp/ortc/part.* | xz -d -T8 | tar x -C /tmp/site || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-{
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -c "import onnxruntime as o, torch; o.preload_dlls(); print('onnxruntime', o.__version__, o.get_available_providers(), 'torch', torch.__version__)"
-} 2>&1 | tee "$OUT/env.txt"
+source benchmarks/gpu_env.sh
 python3 -c "import torch; from exporters.resnet import ResNet50, export_resnet; torch.manual_seed(0); export_resnet(ResNet50(), '/tmp/r50.onnx', shape=(3, 224, 224), keep_bn=False)" || exit 1
 timeout 300 python3 benchmarks/ray_scaling.py --skip-a --data none --resnet50 /tmp/r50.onnx --resnet50-images 64 \
   --batch-size 64 --device cuda --out "$OUT/ray_gpu_resnet50.json" 2>&1 | grep -v Warning | tee "$OUT/ray_gpu.log"
