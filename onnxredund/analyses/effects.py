@@ -151,13 +151,9 @@ class EffectMeter:
         if self.labelled and labels is not None:
             sums["baseline_correct"] += int((clean[self.classifiers[0]].argmax(axis=1) == labels).sum())
 
-    def add_run(self, sums: dict, r: int, first: int, perturbed: dict, clean: dict, labels: np.ndarray | None) -> None:
-        """One run's perturbed outputs (K', B, ...) for the channels ``first:first + K'`` of repeat ``r``.
-
-        Outputs missing from ``perturbed`` cannot change: they count as their clean values.
-        """
-        count = next(iter(perturbed.values())).shape[0] if perturbed else 0
-        self.add_rows(sums, r, first, count, sample_rows(self._plan(perturbed), perturbed, clean), clean, labels)
+    def output_rows(self, perturbed: dict, clean: dict) -> dict:
+        """The per-sample effects (:func:`sample_rows`) of the perturbed outputs (K', B, ...) of a direct run."""
+        return sample_rows(self._plan(perturbed), perturbed, clean)
 
     def add_rows(self, sums: dict, r: int, first: int, count: int, rows: dict, clean: dict, labels) -> None:
         """One run's per-sample effects (:func:`sample_rows`, or the fast model's on the device) for the channels

@@ -297,10 +297,9 @@ def run_shuffle(
             if step[0] == "run":
                 _, r, c0, cos, perturbed, rows = step
                 state.sums["cos_sum"][r, c0 : c0 + len(cos)] += cos
-                if rows is None:
-                    meter.add_run(state.sums, r, c0, perturbed, clean_outputs, labels)
-                else:
-                    meter.add_rows(state.sums, r, c0, len(cos), rows, clean_outputs, labels)
+                if rows is None:  # the direct path: the outputs themselves came back
+                    rows = meter.output_rows(perturbed, clean_outputs)
+                meter.add_rows(state.sums, r, c0, len(cos), rows, clean_outputs, labels)
                 continue
             _, bi, size = step
             state.batches_done, state.samples_done = bi + 1, state.samples_done + size
