@@ -114,12 +114,14 @@ class EffectMeter:
 
     Args:
         outputs: every graph output; classifiers: those holding class scores (the first is the prediction);
-        kinds: per classifier, "logits", "probabilities" or "log_probabilities"; repeats, channels: R and K.
+        plans: per output, (its classifier kind: "logits", "probabilities" or "log_probabilities", or None;
+            whether it is the prediction), as :func:`~onnxredund.engine.analysis_models.output_plan` gives them;
+        repeats, channels: R and K.
         labelled: whether the data has labels (accuracy of the first classifier).
     """
 
-    def __init__(self, outputs, classifiers, kinds, repeats: int, channels: int, labelled: bool) -> None:
-        self.outputs, self.classifiers, self.kinds = list(outputs), list(classifiers), dict(kinds)
+    def __init__(self, outputs, classifiers, plans, repeats: int, channels: int, labelled: bool) -> None:
+        self.outputs, self.classifiers, self.plans = list(outputs), list(classifiers), dict(plans)
         self.repeats, self.channels = repeats, channels
         self.labelled = labelled and bool(self.classifiers)
 
@@ -178,12 +180,7 @@ class EffectMeter:
             sums["correct"][at] += (rows[self.classifiers[0], "argmax"] == labels).sum(axis=1)
 
     def _plan(self, outputs: dict) -> dict[str, tuple[str | None, bool]]:
-        """Per output in ``outputs``: (its classifier kind or None, whether it is the prediction)."""
-        prediction = self.classifiers[0] if self.classifiers else None
-        return {
-            name: (self.kinds.get(name, "logits") if name in self.classifiers else None, name == prediction)
-            for name in outputs
-        }
+        return {name: self.plans[name] for name in outputs}
 
     def effects(self, sums: dict, samples: int) -> dict[str, OutputEffect]:
         """Per output, the effects (K,) as means over repeats."""

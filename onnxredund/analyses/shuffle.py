@@ -45,11 +45,12 @@ from onnxredund.analyses.effects import EffectMeter, OutputEffect
 from onnxredund.analyses.sweep_state import SweepState, checkpoint_path, sweep_key
 from onnxredund.atomic import csv_text
 from onnxredund.data import DataSource, conform_feeds, iter_batches
+from onnxredund.engine.analysis_models import output_plan
 from onnxredund.engine.permutations import MODES, PermutationFeed
 from onnxredund.engine.runtime import resolve_device
 from onnxredund.engine.sweep import SweepRunner, permutation_workers
 from onnxredund.errors import OnnxRedundError
-from onnxredund.model import ConvLayer, Model, classifier_output, output_kind
+from onnxredund.model import ConvLayer, Model, classifier_output
 
 __all__ = [
     "ShuffleResult",
@@ -212,8 +213,8 @@ def check_labels(model: Model, data: DataSource) -> None:
 
 def effect_meter(model: Model, data: DataSource, repeats: int, channels: int) -> EffectMeter:
     """The meter of a sweep's output effects for ``model`` on ``data``."""
-    kinds = {name: output_kind(model.proto, name) for name in model.classifiers}
-    return EffectMeter(model.output_names, model.classifiers, kinds, repeats, channels, data.y is not None)
+    plans = {name: output_plan(model, name) for name in model.output_names}
+    return EffectMeter(model.output_names, model.classifiers, plans, repeats, channels, data.y is not None)
 
 
 def new_state(meter: EffectMeter, layer: ConvLayer, key: str = "") -> SweepState:

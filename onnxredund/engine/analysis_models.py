@@ -56,6 +56,7 @@ __all__ = [
     "fast_path_blocker",
     "im2col_index",
     "measured_outputs",
+    "output_plan",
     "weight_columns",
 ]
 
@@ -339,7 +340,7 @@ def build_fast_model(
     _copy_nodes(b, graph, downstream(graph, layer.activation), suffix, "suffix/")
     for name in outputs:
         size = int(np.prod(model.shapes[name]))
-        for what, tensor in _output_effects(b, suffix[name], name, k, size, _plan(model, name)).items():
+        for what, tensor in _output_effects(b, suffix[name], name, k, size, output_plan(model, name)).items():
             results[f"effect/{what}/{name}"] = tensor
     inputs = list(dict.fromkeys([layer.input, layer.output, layer.activation, *side, *outputs, "ks", "perm_index"]))
     _copy_constant_producers(b, graph, inputs)
@@ -358,9 +359,9 @@ _EFFECT_TYPES = {
 }
 
 
-def _plan(model: Model, name: str) -> tuple[str | None, bool]:
-    """How the effects of output ``name`` are measured: (its classifier kind or None, whether it is the
-    prediction, the first classifier)."""
+def output_plan(model: Model, name: str) -> tuple[str | None, bool]:
+    """How the effects of output ``name`` are measured, here and on the host alike: (its classifier kind or
+    None, whether it is the prediction, the first classifier)."""
     if name not in model.classifiers:
         return None, False
     return output_kind(model.proto, name), name == model.classifiers[0]
