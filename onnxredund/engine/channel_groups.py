@@ -61,8 +61,9 @@ class Slicing:
 
     Attributes:
         kind: "tensor": delete those indices of constant ``name`` along ``axis``; "reshape": entry ``axis`` of
-            the Reshape shape constant ``name`` loses one per index; "channels": the Split or Slice node reads
-            input channels and those indices of its input ``name`` are gone (its sizes or bounds are recounted).
+            the Reshape shape constant ``name`` loses one per index; "flatten": the Reshape's computed shape
+            ``name`` becomes the constant ``[0, -1]``; "channels": the Split or Slice node reads input channels
+            and those indices of its input ``name`` are gone (its sizes or bounds are recounted).
         role: what it is, for the plan: "producer", "bias", "norm", "constant", "consumer", "dense",
             "depthwise", "reshape", "split", "slice".
     """
@@ -491,7 +492,9 @@ class _Walker:
         ]
 
     def _reshape(self, node, carried) -> None:
-        """A Reshape to (N, C * positions) is a Flatten; a feature count in its shape constant shrinks."""
+        """A Reshape to (N, C * positions) is a Flatten; a feature count in its shape constant shrinks. A shape
+        computed at run time (Paddle's flatten: ``Concat(Shape(x)[:1], [-1 or F])``) is replaced by the
+        constant ``[0, -1]``, the same Flatten at every batch size."""
         shape, out = self.model.shapes.get(node.input[0]), self.model.shapes.get(node.output[0])
         target = node.input[1] if len(node.input) > 1 else ""
         if (
@@ -499,9 +502,14 @@ class _Walker:
             or shape is None
             or out is None
             or len(out) != 1
-            or target not in self.constants
+            or (target not in self.constants and not self._flattens(node, shape, out))
         ):
             self._refuse_all(carried, f"Reshape {self._label()!r} reshapes them in a way not handled")
+            return
+        if target not in self.constants:
+            self._to_features(node, shape)
+            for s in self.maps[node.output[0]]:
+                self._cut("flatten", target, 1, s, "reshape")
             return
         values = self.constants[target]
         if values.ndim != 1 or len(values) != 2:
@@ -511,6 +519,11 @@ class _Walker:
         if values[1] > 0:
             for s in self.maps[node.output[0]]:
                 self._cut("reshape", target, 1, s, "reshape")
+
+    @staticmethod
+    def _flattens(node, shape, out) -> bool:
+        """Whether a Reshape whose shape is computed gives (N, every value of a sample), with 0 meaning copy."""
+        return not attribute(node, "allowzero", 0) and out[0] == int(np.prod(shape, dtype=np.int64))
 
     def _dense(self, node, carried) -> None:
         """Gemm/MatMul after a Flatten: the rows (columns when transposed) of each channel's block."""

@@ -119,9 +119,11 @@ def load_model_proto(
 
 
 def _shapes(proto: onnx.ModelProto, sizes: dict[str, list]) -> dict[str, tuple[int, ...]]:
-    """Per-sample shapes of the model's tensors; a probe run finds those around convs that inference misses."""
+    """Per-sample shapes of the model's tensors; a probe run finds those around convs, of the outputs and of
+    Reshapes (whose shape a computed target can hide from inference) that inference misses."""
     shapes = shape_table(infer_shapes(proto))
     needed = [t for n in proto.graph.node if n.op_type == "Conv" for t in (n.input[0], n.output[0])]
+    needed += [n.output[0] for n in proto.graph.node if n.op_type == "Reshape"]
     needed += [o.name for o in proto.graph.output]
     if any(t not in shapes for t in needed):
         shapes.update(probe_shapes(proto, _zero_feeds(proto, sizes), needed))

@@ -293,6 +293,8 @@ def remove_channels(
                 for axis, idx in axes.items():
                     value[axis] -= len(idx)
                 writer.replace(node_index, name, value)
+            elif kind == "flatten":  # the nodes that computed the shape go with drop_unused
+                writer.replace(node_index, name, np.array([0, -1], np.int64))
             else:
                 _recount_channels(writer, model, node_index, axes[1])
         if node.op_type == "Conv" and int(attribute(node, "group", 1)) > 1:  # depthwise: one group per channel

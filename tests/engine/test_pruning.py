@@ -248,6 +248,43 @@ def test_a_reshape_to_features_shrinks_its_shape_constant():
     assert _initializer(pruned, "reshape", 1).tolist() == [0, 2 * SIZE * SIZE]
 
 
+@pytest.mark.parametrize("features", [-1, 3], ids=["minus-one", "feature-count"])
+def test_a_flatten_whose_shape_is_computed_at_run_time_becomes_a_constant_flatten(features):
+    # Paddle's flatten: shape = Concat(Cast(Shape(x)[:1]), Cast([F or -1])), computed from the batch at run time
+    rng = np.random.default_rng(4)
+    w = {"w1": rng.normal(size=(3, 2, 3, 3)), "fc": rng.normal(size=(3, 4)), "zero": np.array([0]),
+         "one": np.array([1]), "features": np.array([features])}  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["p"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["p"], ["pooled"]),
+        helper.make_node("Shape", ["pooled"], ["dims"]),
+        helper.make_node("Slice", ["dims", "zero", "one"], ["batch"]),
+        helper.make_node("Cast", ["features"], ["f32"], to=onnx.TensorProto.INT32),
+        helper.make_node("Cast", ["f32"], ["f64"], to=onnx.TensorProto.INT64),
+        helper.make_node("Concat", ["batch", "f64"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["pooled", "shape"], ["flat"], name="reshape"),
+        helper.make_node("MatMul", ["flat", "fc"], ["out"], name="fc"),
+    ]
+    pruned = _check_against_zeroed(_graph(nodes, w, ["N", 4]), "conv1", [1])  # run at 16 samples, checked at 1
+    assert _initializer(pruned, "reshape", 1).tolist() == [0, -1]
+    assert not {"Shape", "Slice", "Concat", "Cast"} & {n.op_type for n in pruned.graph.node}
+
+
+def test_a_computed_reshape_that_is_not_a_flatten_leaves_the_group_unprunable():
+    rng = np.random.default_rng(5)
+    w = {"w1": rng.normal(size=(3, 2, 3, 3)), "zero": np.array([0]), "two": np.array([2]), "minus": np.array([-1])}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["p"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["p"], ["dims"]),
+        helper.make_node("Slice", ["dims", "zero", "two"], ["lead"]),  # (N, C)
+        helper.make_node("Concat", ["lead", "minus"], ["shape"], axis=0),  # (N, C, H * W): not features
+        helper.make_node("Reshape", ["p", "shape"], ["out"], name="reshape"),
+    ]
+    groups = channel_groups(load_model_proto(_graph(nodes, w, ["N", 3, SIZE * SIZE])))
+    g = group_of(groups, "conv1")
+    assert not g.prunable and "Reshape 'reshape'" in g.reason
+
+
 @pytest.mark.parametrize(
     ("case", "reason"),
     [
