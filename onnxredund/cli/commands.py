@@ -440,6 +440,14 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
     help="Criterion shuffle: calibration samples it shuffles over.",
 )
 @click.option(
+    "--round-to",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="With a target: every group keeps a multiple of N channels (fast kernels work on blocks of 8 or 16; "
+    "1: remove channels one by one).",
+)
+@click.option(
     "--plan", "plan_only", is_flag=True, help="Only list the channel groups (what prunes together, and why not)."
 )
 @click.option(

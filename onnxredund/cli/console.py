@@ -255,6 +255,8 @@ def prune_lines(result: PruneResult) -> list[str]:
     """What was removed, and both models' size, speed and quality."""
     how = "channels named" if result.criterion is None else f"criterion {result.criterion}, {_scope(result.scope)}"
     comp = result.compensation or "no"
+    rounded = (result.target or {}).get("round_to", 1)
+    how += f", channels kept in multiples of {rounded}" if rounded > 1 else ""
     lines = [f"pruned {result.model} ({how}, {comp} compensation):"]
     for r in result.removed:
         lines.append(f"  {', '.join(r['producers'])}: {r['channels']} -> {r['kept']} channels")

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import make_model, small_cnn
+from onnx import helper
 from prunable import group_of, inputs, zoo
 
 from onnxredund.analyses.prune import (
@@ -15,6 +16,7 @@ from onnxredund.analyses.prune import (
     channel_importance,
     explicit_removal,
     parse_channel_spec,
+    removable,
     run_prune,
     select_channels,
     split_data,
@@ -126,6 +128,60 @@ def test_global_scope_meets_the_target_and_stops_there():
 
 
 @pytest.mark.parametrize(
+    ("channels", "chosen", "round_to", "goes"),
+    [
+        (256, 77, 8, 72),
+        (256, 77, 16, 64),
+        (256, 80, 8, 80),
+        (6, 5, 8, 0),
+        (16, 15, 8, 8),
+        (60, 31, 1, 31),
+        (60, 31, 8, 28),
+    ],  # fmt: skip
+)
+def test_removable_keeps_a_multiple_of_round_to_rounded_up(channels, chosen, round_to, goes):
+    assert removable(channels, chosen, round_to) == goes
+
+
+def _wide(seed: int = 0):
+    """conv1 (40 channels) -> conv2 (24) -> out: groups too wide for the zoo's 3 and 4 channels to round."""
+    rng = np.random.default_rng(seed)
+    w = {"w1": rng.normal(size=(40, 2, 3, 3)), "w2": rng.normal(size=(24, 40, 3, 3)),
+         "w3": rng.normal(size=(3, 24, 1, 1))}  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["ra"]),
+        helper.make_node("Conv", ["ra", "w2"], ["b"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["b"], ["rb"]),
+        helper.make_node("Conv", ["rb", "w3"], ["out"], name="conv3"),
+    ]
+    m = load_model_proto(make_model(nodes, [("x", ["N", 2, 6, 6])], [("out", ["N", 3, 6, 6])], w))
+    groups = channel_groups(m)
+    return m, groups, PruneCost.of(m, groups), channel_importance(m, groups, "l1")
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_rounded_selections_keep_multiples_of_eight_and_still_meet_the_target(scope):
+    _, groups, cost, scores = _wide()
+    for fraction in (0.2, 0.45, 0.7):
+        target = Target("macs", fraction)
+        removal = select_channels(groups, scores, cost, target, scope, "l1", round_to=8)
+        assert target.removed(cost, removal) >= fraction
+        kept = {groups[g].channels - len(removal.get(g, [])) for g in scores}
+        assert all(k % 8 == 0 for k in kept), kept
+        for g, channels in removal.items():  # still the least important ones
+            assert sorted(channels) == sorted(np.argsort(scores[g], kind="stable")[: len(channels)].tolist())
+        plain = select_channels(groups, scores, cost, target, scope, "l1")
+        assert target.removed(cost, plain) >= fraction
+
+
+def test_a_target_rounding_cannot_reach_says_how_to_remove_channels_one_by_one():
+    _, groups, cost, scores = _setup()  # groups of 3 and 4 channels: nothing can go in multiples of 8
+    with pytest.raises(OnnxRedundError, match="--round-to 1 removes them one by one"):
+        select_channels(groups, scores, cost, Target("macs", 0.3), "layer", "l1", round_to=8)
+
+
+@pytest.mark.parametrize(
     ("make", "message"),
     [
         (lambda: Target("macs", 1.0), "strictly between 0 and 1"),
@@ -193,7 +249,7 @@ def test_run_prune_measures_both_models_on_samples_it_did_not_calibrate_on():
 def test_run_prune_to_a_target_with_compensation_writes_what_it_did():
     m = load_model_proto(zoo())
     result = run_prune(m, labelled(48), criterion="l1", target=Target("macs", 0.3), compensation="lstsq",
-                       calibration=24, latency=True, device="cpu")  # fmt: skip
+                       calibration=24, latency=True, device="cpu", round_to=1)  # fmt: skip
     d = result.to_dict()
     assert 1 - d["after"]["conv_macs"] / d["before"]["conv_macs"] >= 0.3
     assert set(d["after"]["latency_ms"]) == {"1", "128"}
