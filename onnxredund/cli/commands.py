@@ -38,6 +38,7 @@ log = logging.getLogger("onnxredund")
 
 _MODEL_KEYS = ("input_shape", "impulse_input", "layout", "classifier_output")
 _DATA_KEYS = ("data", "limit", "preprocess", "labels", "data_loader_script")
+_HTML_SECONDS = 1.0  # of an audit's budget, kept for writing report.html after the last figure
 
 
 def _model(model: Path, opts: dict) -> Model:
@@ -317,7 +318,8 @@ def audit(
         _kept_on_error(out_dir, "what finished (impulse.json, the finished sweeps)")
         raise
     bars.close()
-    write_audit(out_dir, result)
+    budget = run["budget"]
+    write_audit(out_dir, result, parts=False, deadline=None if budget is None else started + budget - _HTML_SECONDS)
     outcomes = check_gates(result.layers, parsed)
     if as_json:
         _echo_json(result.to_dict())

@@ -145,10 +145,9 @@ def redundancy_lines(result: AuditResult) -> list[str]:
             parts.append(f"impulse {100 * s.impulse_redundant_fraction:.1f} % of {s.impulse_compared}")
         elif s.impulse_compared is not None:
             parts.append("impulse: no channel compared")
-        if s.channel_cheap_fraction is not None:
-            parts.append(f"channel-cheap {100 * s.channel_cheap_fraction:.1f} %")
-        if s.pixel_cheap_fraction is not None:
-            parts.append(f"pixel-cheap {100 * s.pixel_cheap_fraction:.1f} %")
+        for mode, fraction in (("channel", s.channel_cheap_fraction), ("pixel", s.pixel_cheap_fraction)):
+            if fraction is not None:
+                parts.append(f"{mode}-cheap {100 * fraction:.1f} %{_measured(result, s, mode)}")
         if s.worst_accuracy_drop is not None:
             parts.append(f"worst accuracy drop {100 * s.worst_accuracy_drop:.2f} pp")
         elif s.worst_agreement_drop is not None:
@@ -162,16 +161,27 @@ def redundancy_lines(result: AuditResult) -> list[str]:
     return lines + [f"  note: {n}" for n in _grouped_notes(result.notes)]
 
 
+def _measured(result: AuditResult, s, mode: str) -> str:
+    """The words ' (K of C measured)' where a budget shuffled only K of the layer's C input channels."""
+    sweep = result.shuffles.get(s.name, {}).get(mode)
+    k = 0 if sweep is None else len(sweep.channels)
+    return f" ({k} of {s.in_channels} measured)" if 0 < k < s.in_channels else ""
+
+
 def _grouped_notes(notes: list[str]) -> list[str]:
     """The notes, with the per-sweep budget notes counted in one line each (all of them are in the report)."""
     sampled = [n for n in notes if "measured" in n and n.endswith("(time budget)")]
     skipped = [n for n in notes if n.endswith("skipped: time budget spent")]
     out = [n for n in notes if n not in sampled and n not in skipped]
     if sampled:
-        out.append(f"{len(sampled)} sweeps measured fewer images or channels to fit the time budget (see the report)")
+        out.append(f"{_sweeps(sampled)} measured fewer images or channels to fit the time budget (see the report)")
     if skipped:
-        out.append(f"{len(skipped)} sweeps skipped: the time budget was spent (see the report)")
+        out.append(f"{_sweeps(skipped)} skipped: the time budget was spent (see the report)")
     return out
+
+
+def _sweeps(notes: list[str]) -> str:
+    return f"{len(notes)} sweep" + ("s" if len(notes) > 1 else "")
 
 
 def _number(v: float | None) -> str:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 from conftest import run_cli, save, small_cnn
 
 from onnxredund import __version__
+from onnxredund.analyses.audit import run_audit
+from onnxredund.cli.console import redundancy_lines
+from onnxredund.data import Dataset
+from onnxredund.engine import load_model_proto
 
 
 def test_version_and_help():
@@ -196,3 +201,18 @@ def test_an_audit_budget_covers_the_whole_command_and_says_what_it_left_out(tmp_
             assert s["redundancy_score"] is None and any(s["name"] in n for n in skipped)
     if not any(s["samples"] for s in measured.values()):
         assert r.exit_code == 1 and "not evaluated" in r.stderr
+
+
+def test_audit_lines_say_how_many_channels_a_budget_measured_and_count_sweeps_in_words():
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.random((32, 3, 6, 6), dtype=np.float32), rng.integers(0, 4, 32), "toy")
+    result = run_audit(load_model_proto(small_cnn(seed=3)[0]), data, device="cpu", modes=("channel",))
+    full = redundancy_lines(result)
+    assert "measured)" not in " ".join(full)
+    conv2 = result.shuffles["conv2"]["channel"]
+    sampled = replace(conv2, channels=conv2.channels[:1], cosine=conv2.cosine[:1], accuracy=conv2.accuracy[:1])
+    result.shuffles["conv2"]["channel"] = sampled
+    result.notes.append("conv2 channel shuffling measured 1 of 4 input channels (evenly spaced) (time budget)")
+    lines = redundancy_lines(result)
+    assert "channel-cheap" in lines[1] and f"(1 of {result.layers[1].in_channels} measured)" in lines[1]
+    assert lines[-1] == "  note: 1 sweep measured fewer images or channels to fit the time budget (see the report)"

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import jsonschema
@@ -15,6 +16,10 @@ import pytest
 from conftest import run_cli, save, small_cnn
 
 import onnxredund
+from onnxredund.analyses.audit import run_audit
+from onnxredund.data import Dataset
+from onnxredund.engine import load_model_proto
+from onnxredund.report.audit_report import write_audit
 
 SCHEMA = Path(onnxredund.__file__).parent / "schema" / "results.schema.json"
 PROBE = """<script>
@@ -135,3 +140,22 @@ def test_report_shows_every_figure_offline_in_a_browser(audit_dir, tmp_path):
 
     pixels = imread(str(shot))
     assert pixels.std() > 0.05  # not a blank page
+
+
+def test_figures_past_the_deadline_are_left_out_and_named_and_every_number_is_still_written(tmp_path):
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.random((32, 3, 6, 6), dtype=np.float32), rng.integers(0, 4, 32), "toy")
+    result = run_audit(load_model_proto(small_cnn(seed=3)[0]), data, device="cpu", modes=("channel",))
+    spent, open_ = tmp_path / "spent", tmp_path / "open"
+    for out, deadline in ((spent, time.perf_counter()), (open_, time.perf_counter() + 3600)):
+        out.mkdir()
+        write_audit(out, result, deadline=deadline)
+    assert not list(spent.glob("*.png"))
+    (line,) = re.findall("figures left out to keep the time budget: [^;]*", (spent / "report.html").read_text())
+    named = line.split(": ", 1)[1].split(", ")
+    assert named[0] == "the overview"  # the most telling first
+    assert sorted(named[1:]) == ["conv1 impulse responses", "conv1 shuffling", "conv2 impulse responses",
+                                 "conv2 shuffling"]  # fmt: skip
+    assert {p.name for p in spent.iterdir()} == {p.name for p in open_.iterdir() if p.suffix != ".png"}
+    assert {"overview.png", "shuffle-1-channel-cosine.png", "impulse-1-ncc.png"} <= {p.name for p in open_.iterdir()}
+    assert "left out to keep the time budget" not in (open_ / "report.html").read_text()
