@@ -207,13 +207,15 @@ class Runner:
         return binding.get_outputs()
 
     def run_per_sample(self, feeds: dict, outputs: list[str] | None = None) -> list[np.ndarray]:
-        """Run a model whose batch is fixed to 1: one sample of every feed at a time, outputs stacked."""
+        """Run a model whose batch is fixed to 1: one sample of every feed at a time. Each output is joined
+        along its first axis where that axis is the sample's (size 1), else stacked on a new one: a
+        recogniser's (T, 1, classes) per sample becomes (N, T, 1, classes), never (N x T, 1, classes)."""
         n = len(next(v for v in feeds.values() if np.ndim(v)))
         parts = [
             self.run({name: value[i : i + 1] if np.ndim(value) else value for name, value in feeds.items()}, outputs)
             for i in range(n)
         ]
-        return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+        return [_join_samples([p[j] for p in parts]) for j in range(len(parts[0]))]
 
     def run(self, feeds: dict, outputs: list[str] | None = None) -> list[np.ndarray]:
         """Run and return numpy arrays."""
@@ -225,11 +227,24 @@ class Runner:
         return [v.numpy() for v in self.run_device(feeds, outputs, to="cpu")]  # copied once, at the end of the run
 
 
+def _join_samples(values: list[np.ndarray]) -> np.ndarray:
+    """One output of every sample's run as one array with the samples on axis 0."""
+    if len({v.shape for v in values}) > 1:
+        raise OnnxRedundError(f"an output's shape changes from sample to sample ({values[0].shape}, ...)")
+    if values[0].ndim and values[0].shape[0] == 1:
+        return np.concatenate(values)
+    return np.stack(values)
+
+
 def probe_shapes(
     proto: onnx.ModelProto, feeds: dict[str, np.ndarray], tensors: list[str]
 ) -> dict[str, tuple[int, ...]]:
-    """Shapes (without the batch) of ``tensors``, found by running ``feeds`` (one sample) on CPU."""
+    """Shapes (without the batch) of ``tensors``, found by running ``feeds`` (one sample) on CPU; a tensor whose
+    first axis is not of size 1 has no batch axis (as :meth:`Runner.run_per_sample` joins it)."""
     names = list(dict.fromkeys(tensors))
     probe = expose_outputs(proto, names)
     values = Runner.create(probe, "cpu").run(feeds, names)
-    return {name: tuple(v.shape[1:]) for name, v in zip(names, values, strict=True)}
+    return {
+        name: tuple(v.shape[1:] if v.ndim and v.shape[0] == 1 else v.shape)
+        for name, v in zip(names, values, strict=True)
+    }

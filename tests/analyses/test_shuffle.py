@@ -325,23 +325,26 @@ def test_a_zero_weight_channel_leaves_every_output_unchanged():
     assert effect.sqnr_db[2] == 300.0 and effect.abs_error_max[2] == 0.0 and effect.kl_divergence[2] == 0.0
 
 
-def feature_map_model(batch=None):
+def feature_map_model(batch=None, sequence=False):
     """x -> conv1 -> Relu -> conv2 -> Relu, the feature map itself the output (a detector's head): no
-    (N, classes) output; with ``batch`` 1 the map leaves through a Reshape that bakes the batch in."""
+    (N, classes) output; with ``batch`` 1 the map leaves through a Reshape that bakes the batch in, as
+    (1, 5, 36), or with ``sequence`` as (36, 1, 5) (a recogniser's (T, N, classes): its first axis is not the
+    batch)."""
     proto, _ = small_cnn(12, batch=batch)
     g = proto.graph
     keep = [n for n in g.node if n.name in ("conv1", "relu1", "conv2", "relu2")]
     out = "a2"
     if batch == 1:
-        keep += [
-            onnx.helper.make_node("Reshape", ["a2", "baked"], ["r"]),
-            onnx.helper.make_node("Unsqueeze", ["r", "ax0"], ["boxes"]),
-        ]
+        keep.append(onnx.helper.make_node("Reshape", ["a2", "baked"], ["r"]))
+        if sequence:
+            keep.append(onnx.helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0]))
+        keep.append(onnx.helper.make_node("Unsqueeze", ["t" if sequence else "r", "ax1" if sequence else "ax0"],
+                                          ["boxes"]))  # fmt: skip
         out = "boxes"
     del g.node[:]
     g.node.extend(keep)
     del g.output[:]
-    shape = [1, 5, 36] if batch == 1 else ["N", 5, 6, 6]
+    shape = ([36, 1, 5] if sequence else [1, 5, 36]) if batch == 1 else ["N", 5, 6, 6]
     g.output.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, shape))
     used = {t for n in keep for t in n.input}
     inits = [t for t in g.initializer if t.name in used]
@@ -351,14 +354,20 @@ def feature_map_model(batch=None):
         g.initializer.extend([
             onnx.numpy_helper.from_array(np.array([5, 36], np.int64), "baked"),
             onnx.numpy_helper.from_array(np.array([0], np.int64), "ax0"),
+            onnx.numpy_helper.from_array(np.array([1], np.int64), "ax1"),
         ])  # fmt: skip
+        used = {t for n in keep for t in n.input}
+        kept = [t for t in g.initializer if t.name in used]
+        del g.initializer[:]
+        g.initializer.extend(kept)
     return proto
 
 
-@pytest.mark.parametrize("exact", [False, True])
-def test_models_without_a_classifier_output_measure_output_drift(exact):
-    # the face detector case: an output that is not (N, classes), the batch fixed to 1 (run sample by sample)
-    model = load_model_proto(feature_map_model(batch=1))
+@pytest.mark.parametrize(("exact", "sequence"), [(False, False), (True, False), (True, True)])
+def test_models_without_a_classifier_output_measure_output_drift(exact, sequence):
+    # the face detector case: an output that is not (N, classes), the batch fixed to 1 (run sample by sample);
+    # and ddddocr's recogniser's: each sample's output (T, 1, classes), its first axis not the batch
+    model = load_model_proto(feature_map_model(batch=1, sequence=sequence))
     assert model.classifiers == [] and not model.batch_dynamic
     d = Dataset(data(20).x, None, "unlabelled")
     res = run_shuffle(model, "conv2", d, mode="pixel", batch_size=8, device="cpu", exact_path=exact)
