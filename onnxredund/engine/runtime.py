@@ -114,7 +114,7 @@ def _session_options(threads: int, external_dir: str = "", optimize: bool = True
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", external_dir)
     level = ort.GraphOptimizationLevel
     opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: a failed run is raised, and said in one line, by onnxredund
     if threads:
         opts.intra_op_num_threads = threads
     return opts

@@ -236,11 +236,11 @@ def input_sizes(proto: onnx.ModelProto, image: str, given: dict[str | None, tupl
         if shape is None:
             raise OnnxRedundError(f"input {name!r} has no shape in the model; re-export it with shapes")
         want = given.get(name, given.get(None) if name == image else None)
-        sizes[name] = _with_sizes(name, shape, want)
+        sizes[name] = _with_sizes(name, shape, want, name == image)
     return sizes
 
 
-def _with_sizes(name: str, shape: list, want: tuple[int, ...] | None) -> list:
+def _with_sizes(name: str, shape: list, want: tuple[int, ...] | None, is_image: bool = True) -> list:
     if not shape:
         return []
     sample = shape[1:]
@@ -256,6 +256,7 @@ def _with_sizes(name: str, shape: list, want: tuple[int, ...] | None) -> list:
         sample = list(want)
     if any(not isinstance(d, int) or d <= 0 for d in sample):
         example = "x".join(str(d) if isinstance(d, int) and d > 0 else "64" for d in sample)
+        example = example if is_image else f"{name}={example}"  # a bare --input-shape is the image input's
         raise OnnxRedundError(
             f"input {name!r} has free dimensions {shape}; pass --input-shape {example} (its sizes after the batch)"
         )

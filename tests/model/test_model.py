@@ -54,6 +54,15 @@ def test_input_sizes_take_given_sizes_for_free_dimensions_and_refuse_contradicti
         input_sizes(proto, "x", {})
 
 
+def test_free_dimensions_of_another_input_than_the_image_are_asked_for_by_name():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="c"), helper.make_node("Mul", ["z", "gain"], ["y"])]
+    w = small_cnn()[1]["w1"]
+    proto = make_model(nodes, [("x", ["N", 3, 6, 6]), ("gain", ["N", "T"])], [("y", ["N", 4, 4, 4])], {"w": w})
+    with pytest.raises(OnnxRedundError, match=r"input 'gain' .* pass --input-shape gain=64 "):
+        input_sizes(proto, "x", {None: (3, 6, 6)})
+    assert input_sizes(proto, "x", {"gain": (1,)})["gain"] == ["N", 1]
+
+
 def test_the_image_input_is_the_only_float_input_of_image_rank_or_the_one_named():
     nodes = [helper.make_node("Add", ["x", "x2"], ["s"]), helper.make_node("Conv", ["s", "w"], ["z"])]
     w = small_cnn()[1]["w1"]
