@@ -179,7 +179,8 @@ def select_channels(
             "removes them one by one)" if round_to > 1 else ""
         )  # fmt: skip
         raise OnnxRedundError(
-            f"--target-{target.kind} {target.fraction:g} cannot be reached: removing all it can of every group "
+            f"--target-{target.kind} {target.fraction:g} cannot be reached: removing "
+            f"{'all but one channel' if round_to == 1 else 'all it can'} of every group "
             f"{criterion or 'the criterion'} ranks removes {reach:.3f} of the {target.kind}{rounded}"
         )
     if scope == "layer":
