@@ -197,9 +197,9 @@ def removable(channels: int, chosen: int, round_to: int) -> int:
 
 def _layer_counts(groups, scores, cost: PruneCost, target: Target, lowest, round_to: int) -> dict[int, int]:
     """Channels per group for the smallest uniform fraction that meets the target."""
+    c = {g: groups[g].channels for g in scores}
 
     def counts(q: float) -> dict[int, int]:
-        c = {g: groups[g].channels for g in scores}
         return {g: removable(c[g], min(int(np.floor(q * c[g])), c[g] - 1), round_to) for g in scores}
 
     lo, hi = 0.0, 1.0
