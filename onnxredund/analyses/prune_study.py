@@ -206,7 +206,12 @@ def _compare(a: dict | None, b: dict | None, samples: int) -> int:
 
 
 def _tally(results: list[int]) -> str:
-    return f"{results.count(1)} wins, {results.count(0)} ties, {results.count(-1)} losses"
+    counts = [
+        (results.count(1), "win", "wins"),
+        (results.count(0), "tie", "ties"),
+        (results.count(-1), "loss", "losses"),
+    ]
+    return ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in counts)
 
 
 def verdict(study: PruneStudy, model: str, budgets) -> str:

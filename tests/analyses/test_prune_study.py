@@ -4,9 +4,10 @@ averaged over seeds; unreachable budgets recorded as such; a verdict in words; i
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from prunable import inputs, zoo
 
-from onnxredund.analyses.prune_study import run_prune_study
+from onnxredund.analyses.prune_study import _tally, run_prune_study
 from onnxredund.data import Dataset
 from onnxredund.engine.loading import load_model_proto
 from onnxredund.report.figures import prune_curves_figure
@@ -30,3 +31,15 @@ def test_the_study_measures_every_cell_and_says_what_it_found():
     assert study.verdicts["zoo"].startswith(("holds", "does not hold"))
     png = prune_curves_figure(study.summary(), "zoo", study.baselines["zoo"], ["none", "lstsq"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("results", "words"),
+    [
+        ([1, 1, -1], "2 wins, 0 ties, 1 loss"),
+        ([0], "0 wins, 1 tie, 0 losses"),
+        ([1, -1, -1], "1 win, 0 ties, 2 losses"),
+    ],
+)
+def test_a_tally_counts_in_words(results, words):
+    assert _tally(results) == words
