@@ -334,7 +334,7 @@ def _run(model: Model, sub: onnx.ModelProto, feeds: dict, device: str) -> list[n
     parts = []
     for s in range(0, n, _MAX_RUN):
         parts.append(run({k: v[s : s + _MAX_RUN] if np.ndim(v) else v for k, v in feeds.items()}))
-    outs = [np.concatenate([p[j] for p in parts]).astype(np.float64) for j in range(len(parts[0]))]
+    outs = [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]  # float64 layer by layer, later
     if not all(np.isfinite(o).all() for o in outs):
         raise OnnxRedundError("impulse responses are not finite: the model overflows on a unit impulse")
     return outs
@@ -345,7 +345,7 @@ def _layer_responses(out: np.ndarray, offsets: list, layer_offsets: list, phases
     per_phase = []
     for off in layer_offsets:
         i = offsets.index(off)
-        block = out[1 + i * m : 1 + (i + 1) * m] - out[:1]  # (M, C, *S)
+        block = out[1 + i * m : 1 + (i + 1) * m].astype(np.float64) - out[:1].astype(np.float64)  # (M, C, *S)
         per_phase.append(np.swapaxes(block, 0, 1))
     return interleave(np.stack(per_phase), phases)
 
@@ -413,8 +413,9 @@ def run_impulse(
     outs = _run(model, sub, feeds, device)
     m = model.image_input.channels
     responses = []
-    for layer, out in zip(layers, outs, strict=True):
+    for layer in layers:  # each layer's outputs let go once cropped: the network's outputs are the peak
         phases, spacing = plans[layer.index]
+        out = outs.pop(0)
         responses.append(crop_to_support(_layer_responses(out, offsets, _offsets(phases, spacing), phases, m)))
     bar = progress("impulse NCC", len(layers), 0) if progress else None
     results = _compare(layers, responses, plans, threshold, lags, across, bar, (t0, max_seconds, notes))
