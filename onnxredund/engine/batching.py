@@ -96,5 +96,6 @@ def make_batch_dynamic(proto: onnx.ModelProto, sizes: dict[str, list]) -> tuple[
     if ok:
         log.info("batch fixed to %d in the model: made dynamic (checked against per-sample runs)", batch)
         return candidate, True
-    log.warning("batch fixed to %d and cannot be freed safely: running %d sample(s) at a time", batch, batch)
+    if batch == 1:  # a larger fixed batch is the caller's error to say
+        log.warning("batch fixed to 1 and cannot be freed safely: running 1 sample at a time")
     return proto, False

@@ -74,6 +74,12 @@ def _local_function() -> onnx.ModelProto:
     return m
 
 
+def _batch_of_two() -> onnx.ModelProto:
+    """Two samples a run, both folded into one row by a Reshape: no other batch size runs."""
+    nodes = [CONV_X, helper.make_node("Reshape", ["z", "s"], ["y"])]
+    return make_model(nodes, [("x", [2, 3, 5, 5])], [("y", [1, 72])], {"w": W, "s": [1, 72]})
+
+
 def _conv_model(nodes, inputs, inits) -> onnx.ModelProto:
     return make_model(nodes, inputs, [("z", ["N", 4, 3, 3])], inits)
 
@@ -117,6 +123,7 @@ MODEL_FILES = {
         "2 image inputs ['x', 'x2']; pass --impulse-input NAME",
     ),
     "local functions": (lambda good: _local_function().SerializeToString(), "functions"),
+    "batch fixed to 2": (lambda good: _batch_of_two().SerializeToString(), "fixes its batch to 2 and cannot be freed"),
 }
 
 
