@@ -269,9 +269,7 @@ def write_audit(out: Path, result: AuditResult, *, parts: bool = True, deadline:
     ordered = [impulse_figs[l.name] for l in imp.layers if l.name in impulse_figs]  # graph order
     imp_blocks += [f for layer_figs in ordered for f in layer_figs.values()]
     sections.append(Section("Unit impulse responses", imp_blocks))
-    for group in [*sweep_figs.values(), *ordered]:
-        figs.update(group)
-    write_figures(out, figs)
+    write_figures(out, {name: f for group in done.values() for name, f in group.items()})
     meta = f"data {result.data}, seed {result.seed}" + (f", budget {result.budget:g} s" if result.budget else "")
     page = render_html(f"Redundancy audit: {Path(result.model).name}", meta, sections)
     atomic_write(out / "report.html", page)
