@@ -53,6 +53,10 @@ class Segment:
     def span(self) -> int:
         return self.length * self.block
 
+    def indices(self, channels) -> np.ndarray:
+        """The axis-1 entries that group channels ``channels`` are in the tensor (those outside it: none)."""
+        return _indices(self.offset, self.block, self.first, self.length, channels)
+
 
 @dataclass(frozen=True)
 class Slicing:
@@ -124,6 +128,8 @@ class ChannelGroup:
         consumers: the convs and dense layers that read the channels (where compensation goes).
         reason: why the group cannot be pruned (None when it can).
         consumer_names: the consumers' names, for people.
+        tensors: every tensor that carries the group's channels -> where they sit in it (segments, in the
+            group's channels): what a check of a cut by values compares, tensor by tensor.
     """
 
     index: int
@@ -133,6 +139,7 @@ class ChannelGroup:
     consumers: list[Consumer] = field(default_factory=list)
     reason: str | None = None
     consumer_names: list[str] = field(default_factory=list)
+    tensors: dict[str, list[Segment]] = field(default_factory=dict)
 
     @property
     def prunable(self) -> bool:
@@ -563,18 +570,24 @@ class _Walker:
         for g in self.groups.groups:
             root, shift = self.groups.find(g.index)
             members.setdefault(root, []).append((g, shift))
-        merged_groups = []
+        merged_groups, placed = [], {}
         for root, parts in members.items():
             low = min(shift for _, shift in parts)
             high = max(shift + g.channels for g, shift in parts)
             merged = ChannelGroup(len(merged_groups), [], high - low, reason=self.groups.groups[root].reason)
             for g, shift in parts:
                 moved = shift - low
+                placed[g.index] = (merged.index, moved)
                 merged.producers += [p for p in g.producers if p not in merged.producers]
                 merged.slicings += [dataclasses.replace(s, first=s.first + moved) for s in g.slicings]
                 merged.consumers += [dataclasses.replace(c, first=c.first + moved) for c in g.consumers]
                 merged.reason = merged.reason or g.reason
             merged_groups.append(merged)
+        for tensor, segments in self.maps.items():
+            for s in segments:
+                index, moved = placed[s.group]
+                moved_segment = dataclasses.replace(s, group=index, first=s.first + moved)
+                merged_groups[index].tensors.setdefault(tensor, []).append(moved_segment)
         for g in merged_groups:
             g.consumer_names = list(dict.fromkeys(node_label(self.graph, c.node) for c in g.consumers))
         return merged_groups

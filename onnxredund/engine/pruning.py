@@ -18,11 +18,21 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import numpy_helper
 
 from onnxredund.atomic import atomic_write
 from onnxredund.engine.channel_groups import ChannelGroup, Consumer, Slicing, constant_values
+from onnxredund.engine.ir_edit import (
+    Names,
+    constant_value,
+    default_opset,
+    remove_unused,
+    to_ir,
+    to_proto,
+)
 from onnxredund.engine.runtime import Runner
+from onnxredund.engine.surgery import expose_outputs
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import (
     PROTOBUF_LIMIT,
@@ -31,18 +41,21 @@ from onnxredund.model import (
     copy_model,
     external_tensors,
     tensor_array,
+    value_infos,
 )
 
 __all__ = [
     "COMPENSATIONS",
     "ConsumerUpdate",
     "PruneCost",
+    "check_by_values",
     "compensate",
     "consumer_columns",
     "consumer_weights",
     "describe_removal",
     "remove_channels",
     "save_pruned",
+    "zeroed_at_consumers",
 ]
 
 #: how the removed channels' contribution is made up for (None: it is not)
@@ -85,65 +98,50 @@ def _cuts(groups: list[ChannelGroup], removed: Removal) -> dict[tuple[str, int, 
 
 
 class _Writer:
-    """Gives nodes new constant inputs: every changed value becomes a fresh initializer the node reads (a
-    constant another node shares stays as it is for that node); constants nothing reads any more go."""
+    """Gives nodes new constant inputs on the model's IR: every changed value becomes a fresh initializer the
+    node reads (a constant another node shares stays as it is for that node); what nothing reads any more goes
+    (:func:`~onnxredund.engine.ir_edit.remove_unused`, which sees reads inside If/Loop/Scan bodies)."""
 
-    def __init__(self, graph: onnx.GraphProto, constants: Mapping[str, np.ndarray]) -> None:
-        self.graph = graph
+    def __init__(self, model: ir.Model, constants: Mapping[str, np.ndarray]) -> None:
+        self.model, self.graph = model, model.graph
+        self.nodes = list(model.graph)  # in the order of the ModelProto's nodes, as channel groups count them
         self.constants = constants
-        self.names = {t for n in graph.node for t in [*n.input, *n.output]} | {i.name for i in graph.initializer}
+        self.names = Names(model.graph)
         self.written: dict[str, np.ndarray] = {}
 
     def value(self, name: str) -> np.ndarray:
         return np.array(self.written[name] if name in self.written else self.constants[name], copy=True)
 
     def fresh(self, base: str) -> str:
-        name, k = f"{base}__pruned", 1
-        while name in self.names:
-            name, k = f"{base}__pruned{k}", k + 1
-        self.names.add(name)
-        return name
+        return self.names.fresh(f"{base}__pruned")
 
-    def set_input(self, node_index: int, position: int, value: np.ndarray, base: str) -> str:
-        node = self.graph.node[node_index]
+    def initializer(self, value: np.ndarray, base: str) -> ir.Value:
         name = self.fresh(base)
-        self.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        init = constant_value(name, value)
+        self.graph.register_initializer(init)
         self.written[name] = value
-        while len(node.input) <= position:
-            node.input.append("")
-        node.input[position] = name
-        return name
+        return init
 
-    def replace(self, node_index: int, old: str, value: np.ndarray) -> None:
-        """Node ``node_index`` reads ``value`` where it read ``old``: in place where ``old`` is an initializer
-        only this node reads, else as a fresh initializer."""
-        node = self.graph.node[node_index]
-        readers = sum(list(n.input).count(old) for n in self.graph.node) + sum(o.name == old for o in self.graph.output)
-        init = next((t for t in self.graph.initializer if t.name == old), None)
-        if init is not None and readers == 1 and old not in self.written:
-            init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), old))
-            self.written[old] = value
-            return
-        self.set_input(node_index, list(node.input).index(old), value, old)
+    def set_input(self, node: ir.Node, position: int, value: np.ndarray, base: str) -> str:
+        init = self.initializer(value, base)
+        if len(node.inputs) <= position:
+            node.resize_inputs(position + 1)
+        node.replace_input_with(position, init)
+        return init.name
 
-    def drop_unused(self) -> None:
-        """Remove the nodes nothing reads any more (those that computed a constant now replaced), then the
-        initializers nothing reads."""
-        while True:
-            read = {t for n in self.graph.node for t in n.input} | {o.name for o in self.graph.output}
-            dead = [i for i, n in enumerate(self.graph.node) if not any(o in read for o in n.output if o)]
-            for i in reversed(dead):
-                del self.graph.node[i]
-            if not dead:
-                break
-        read = {t for n in self.graph.node for t in n.input} | {o.name for o in self.graph.output}
-        keep = [t for t in self.graph.initializer if t.name in read]
-        if len(keep) != len(self.graph.initializer):
-            del self.graph.initializer[:]
-            self.graph.initializer.extend(keep)
-            inputs = [i for i in self.graph.input if i.name in read]
-            del self.graph.input[:]
-            self.graph.input.extend(inputs)
+    def replace(self, node: ir.Node, old: str, value: np.ndarray) -> None:
+        """``node`` reads ``value`` where it read ``old``: in place where ``old`` is an initializer only this
+        node reads (also when an old exporter lists it as a graph input: its declared shape follows), else as a
+        fresh initializer."""
+        position = next(k for k, v in enumerate(node.inputs) if v is not None and v.name == old)
+        current = node.inputs[position]
+        if current.is_initializer() and len(current.uses()) == 1 and not current.is_graph_output():
+            if old not in self.written:
+                current.const_value = ir.tensor(np.ascontiguousarray(value), name=old)
+                current.shape = ir.Shape(value.shape)
+                self.written[old] = value
+                return
+        self.set_input(node, position, value, old)
 
 
 def _dense_orientation(node: onnx.NodeProto) -> tuple[int, float, float]:
@@ -157,75 +155,93 @@ def _dense_orientation(node: onnx.NodeProto) -> tuple[int, float, float]:
     return 0, 1.0, 1.0
 
 
-def consumer_weights(model: Model, consumer: Consumer) -> tuple[np.ndarray, np.ndarray]:
+def consumer_weights(
+    model: Model, consumer: Consumer, constants: Mapping[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """A consumer's effective weight as (O, F) rows (conv: F = C x kernel taps, channel-major; dense: F
-    features) and its effective bias (O,) (zeros where it has none)."""
+    features) and its effective bias (O,) (zeros where it has none). ``constants``: :func:`constant_values`
+    of the model (computed where not given): a weight may be computed from constants (CNTK reshapes its dense
+    weights in the graph)."""
+    constants = constant_values(model) if constants is None else constants
     node = model.proto.graph.node[consumer.node]
-    weight = np.asarray(model.constant(node.input[1]), np.float64)
+    weight = np.asarray(constants[node.input[1]], np.float64)
     bias_name = node.input[2] if len(node.input) > 2 else ""
     if consumer.kind == "conv":
         rows = weight.reshape(weight.shape[0], -1)
-        bias = np.asarray(model.constant(bias_name), np.float64) if bias_name else np.zeros(weight.shape[0])
+        bias = np.asarray(constants[bias_name], np.float64) if bias_name else np.zeros(weight.shape[0])
         return rows, np.broadcast_to(bias, (rows.shape[0],)).copy()
     axis, alpha, beta = _dense_orientation(node)
     rows = alpha * (weight.T if axis == 0 else weight)
     bias = np.zeros(rows.shape[0])
     if node.op_type == "Gemm" and bias_name:
-        bias = beta * np.broadcast_to(np.asarray(model.constant(bias_name), np.float64).reshape(-1), rows.shape[:1])
+        bias = beta * np.broadcast_to(np.asarray(constants[bias_name], np.float64).reshape(-1), rows.shape[:1])
     return rows, bias.copy()
 
 
 def _write_consumer(writer: _Writer, model: Model, node_index: int, update: ConsumerUpdate, cut: dict | None) -> None:
     """Give a consumer its compensated weight and bias (cut by ``cut`` for the weight: axis -> indices)."""
-    node = writer.graph.node[node_index]
-    original = model.constant(node.input[1])
-    if node.op_type == "Conv":
+    proto_node, node = model.proto.graph.node[node_index], writer.nodes[node_index]
+    original = writer.constants[proto_node.input[1]]
+    if proto_node.op_type == "Conv":
         weight = update.weight.reshape(original.shape)
     else:
-        axis, alpha, beta = _dense_orientation(node)
+        axis, alpha, beta = _dense_orientation(proto_node)
         weight = (update.weight.T if axis == 0 else update.weight) / alpha
     weight = weight.astype(original.dtype)
     for axis, idx in (cut or {}).items():
         weight = np.delete(weight, sorted(idx), axis=axis)
-    writer.replace(node_index, node.input[1], weight)
+    writer.replace(node, proto_node.input[1], weight)
     bias = update.bias.astype(original.dtype)
-    if node.op_type == "MatMul":
-        out = node.output[0]
-        inner = writer.fresh(f"{out}_matmul")
-        node.output[0] = inner
-        bias_name = writer.fresh(f"{out}_bias")
-        writer.graph.initializer.append(numpy_helper.from_array(bias, bias_name))
-        writer.graph.node.insert(node_index + 1, onnx.helper.make_node("Add", [inner, bias_name], [out]))
+    if proto_node.op_type == "MatMul":
+        _add_bias_after(writer, node, bias)
         return
-    beta = _dense_orientation(node)[2] if node.op_type == "Gemm" else 1.0
-    writer.set_input(node_index, 2, (bias / beta).astype(original.dtype), f"{node.input[1]}_bias")
+    beta = _dense_orientation(proto_node)[2] if proto_node.op_type == "Gemm" else 1.0
+    writer.set_input(node, 2, (bias / beta).astype(original.dtype), f"{proto_node.input[1]}_bias")
+
+
+def _add_bias_after(writer: _Writer, node: ir.Node, bias: np.ndarray) -> None:
+    """A MatMul has no bias input: an Add after it takes the bias, and its output keeps the MatMul's name (a
+    graph output stays one), read wherever the MatMul's was, in subgraphs too."""
+    out = node.outputs[0]
+    name, readers = out.name, list(out.uses())
+    out.name = writer.fresh(f"{name}_matmul")
+    add = ir.Node("", "Add", [out, writer.initializer(bias, f"{name}_bias")], num_outputs=1)
+    add.outputs[0].name, add.outputs[0].type, add.outputs[0].shape = name, out.type, out.shape
+    for reader, position in readers:
+        reader.replace_input_with(position, add.outputs[0])
+    outputs = writer.graph.outputs
+    for k, value in enumerate(outputs):
+        if value is out:
+            outputs[k] = add.outputs[0]
+    writer.graph.insert_after(node, add)
 
 
 def _recount_channels(writer: _Writer, model: Model, node_index: int, deleted: set[int]) -> None:
     """A Split's sizes or a Slice's channel bounds after the input channels ``deleted`` are gone."""
-    node = writer.graph.node[node_index]
+    proto_node, node = model.proto.graph.node[node_index], writer.nodes[node_index]
     before = lambda i: sum(1 for d in deleted if d < i)  # noqa: E731
-    opset = next((o.version for o in model.proto.opset_import if o.domain in ("", "ai.onnx")), 1)
-    if node.op_type == "Split":
-        sizes = [model.shapes[o][0] for o in node.output]
+    if proto_node.op_type == "Split":
+        sizes = [model.shapes[o][0] for o in proto_node.output]
         bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
         new = np.array([sizes[k] - (before(bounds[k + 1]) - before(bounds[k])) for k in range(len(sizes))], np.int64)
-        if opset >= 13:
-            writer.set_input(node_index, 1, new, f"{node.output[0]}_split")
+        if default_opset(writer.model) >= 13:
+            writer.set_input(node, 1, new, f"{proto_node.output[0]}_split")
+            node.attributes.pop("num_outputs", None)  # opset 18: sizes as an input and num_outputs exclude each other
         else:
-            _set_ints(node, "split", new)
+            node.attributes["split"] = ir.AttrInt64s("split", [int(v) for v in new])
         return
-    width = model.shapes[node.input[0]][0]
-    k, by_input = _slice_channel_entry(writer, node, model)
+    width = model.shapes[proto_node.input[0]][0]
+    k, by_input = _slice_channel_entry(writer, proto_node, model)
     for attr, position in (("starts", 1), ("ends", 2)):
-        values = np.array(attribute(node, attr) if not by_input else writer.value(node.input[position]), np.int64)
+        values = np.array(attribute(proto_node, attr) if not by_input else writer.value(proto_node.input[position]))
+        values = values.astype(np.int64)
         v = int(values[k])
         v = min(max(v + width if v < 0 else v, 0), width)
         values[k] = v - before(v)
         if by_input:
-            writer.replace(node_index, node.input[position], values)
+            writer.replace(node, proto_node.input[position], values)
         else:
-            _set_ints(node, attr, values)
+            node.attributes[attr] = ir.AttrInt64s(attr, [int(x) for x in values])
 
 
 def _slice_channel_entry(writer: _Writer, node: onnx.NodeProto, model: Model) -> tuple[int, bool]:
@@ -239,14 +255,6 @@ def _slice_channel_entry(writer: _Writer, node: onnx.NodeProto, model: Model) ->
         axes, count = attribute(node, "axes"), len(attribute(node, "starts"))
     axes = [a % rank for a in (axes if axes is not None else range(count))]
     return axes.index(1), by_input
-
-
-def _set_ints(node: onnx.NodeProto, name: str, values) -> None:
-    for a in node.attribute:
-        if a.name == name:
-            node.attribute.remove(a)
-            break
-    node.attribute.append(onnx.helper.make_attribute(name, [int(v) for v in values]))
 
 
 def remove_channels(
@@ -266,19 +274,17 @@ def remove_channels(
         RuntimeError: the pruned model fails onnx's full check or onnxruntime refuses it (onnxredund's bug).
     """
     _check_removal(groups, removed)
-    proto = copy_model(model.proto)
-    graph = proto.graph
-    writer = _Writer(graph, constant_values(model))
+    edited = to_ir(model.proto)
+    writer = _Writer(edited, constant_values(model))
     cuts = _cuts(groups, removed)
     updates = dict(updates or {})
-    # nodes are inserted after MatMul consumers: work from the last node back so indices stay valid
-    order = sorted({key[1] for key in cuts} | set(updates), reverse=True)
     by_node: dict[int, list] = defaultdict(list)
     for key, axes in cuts.items():
         by_node[key[1]].append((key, axes))
-    for node_index in order:
-        node = graph.node[node_index]
-        own = {node.input[1], node.input[2] if len(node.input) > 2 else ""} if node_index in updates else set()
+    for node_index in sorted({key[1] for key in cuts} | set(updates)):
+        proto_node, node = model.proto.graph.node[node_index], writer.nodes[node_index]
+        inputs = list(proto_node.input)
+        own = {inputs[1], inputs[2] if len(inputs) > 2 else ""} if node_index in updates else set()
         own_cuts = {}  # the weight's and bias's cuts of a consumer that gets new parameters: applied to those
         for (kind, _, name), axes in by_node.get(node_index, []):
             if kind == "tensor" and name in own:
@@ -287,29 +293,28 @@ def remove_channels(
                 value = writer.value(name)
                 for axis, idx in axes.items():
                     value = np.delete(value, sorted(idx), axis=axis)
-                writer.replace(node_index, name, value)
+                writer.replace(node, name, value)
             elif kind == "reshape":
                 value = writer.value(name)
                 for axis, idx in axes.items():
                     value[axis] -= len(idx)
-                writer.replace(node_index, name, value)
-            elif kind == "flatten":  # the nodes that computed the shape go with drop_unused
-                writer.replace(node_index, name, np.array([0, -1], np.int64))
+                writer.replace(node, name, value)
+            elif kind == "flatten":  # the nodes that computed the shape go with remove_unused
+                writer.replace(node, name, np.array([0, -1], np.int64))
             else:
                 _recount_channels(writer, model, node_index, axes[1])
-        if node.op_type == "Conv" and int(attribute(node, "group", 1)) > 1:  # depthwise: one group per channel
-            node.attribute.remove(next(a for a in node.attribute if a.name == "group"))
-            node.attribute.append(onnx.helper.make_attribute("group", int(writer.value(node.input[1]).shape[0])))
+        if proto_node.op_type == "Conv" and int(attribute(proto_node, "group", 1)) > 1:  # depthwise: a group a channel
+            node.attributes["group"] = ir.AttrInt64("group", int(writer.value(node.inputs[1].name).shape[0]))
         if node_index in updates:
             update = updates[node_index]
-            bias_cut = own_cuts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-            if bias_cut is None and node.op_type == "Conv" and 0 in own_cuts.get(node.input[1], {}):
-                bias_cut = {0: own_cuts[node.input[1]][0]}  # a bias the update adds, for the output channels kept
+            bias_cut = own_cuts.get(inputs[2]) if len(inputs) > 2 and inputs[2] else None
+            if bias_cut is None and proto_node.op_type == "Conv" and 0 in own_cuts.get(inputs[1], {}):
+                bias_cut = {0: own_cuts[inputs[1]][0]}  # a bias the update adds, for the output channels kept
             if bias_cut:  # the consumer also produces removed channels
                 update = ConsumerUpdate(update.weight, np.delete(update.bias, sorted(bias_cut[0])))
-            _write_consumer(writer, model, node_index, update, own_cuts.get(node.input[1]))
-    writer.drop_unused()
-    del graph.value_info[:]  # inner shapes changed
+            _write_consumer(writer, model, node_index, update, own_cuts.get(inputs[1]))
+    remove_unused(edited)
+    proto = to_proto(edited, inner_shapes=False)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
@@ -448,33 +453,37 @@ def compensate(
             if read:
                 consumers[c.node].append((c, read, groups[g]))
     updates = {}
+    constants = constant_values(model)
     for node_index, items in consumers.items():
-        rows, bias = consumer_weights(model, items[0][0])
+        rows, bias = consumer_weights(model, items[0][0], constants)
         if method == "lstsq":
-            columns = np.concatenate([consumer_columns(model, c, ch) for c, ch, _ in items])
+            columns = np.concatenate([consumer_columns(model, c, ch, constants) for c, ch, _ in items])
             rows, bias = stats.refit(items[0][0], rows, bias, columns, **({} if ridge is None else {"ridge": ridge}))
         else:
             for consumer, channels, group in items:
                 gone = set(removed[group.index])
                 kept = [c for c in range(group.channels) if c not in gone and consumer.reads(c)]
                 for r in channels:
-                    cols = consumer_columns(model, consumer, [r])
+                    cols = consumer_columns(model, consumer, [r], constants)
                     if method == "mean":
                         bias = bias + rows[:, cols] @ stats.mean(consumer, r, len(cols))
                         continue
                     t, alpha, beta = stats.best_fit(consumer, r, kept, len(cols))
-                    rows[:, consumer_columns(model, consumer, [t])] += alpha * rows[:, cols]
+                    rows[:, consumer_columns(model, consumer, [t], constants)] += alpha * rows[:, cols]
                     bias = bias + rows[:, cols] @ beta
         updates[node_index] = ConsumerUpdate(rows, bias)
     return updates
 
 
-def consumer_columns(model: Model, consumer: Consumer, channels) -> np.ndarray:
+def consumer_columns(
+    model: Model, consumer: Consumer, channels, constants: Mapping[str, np.ndarray] | None = None
+) -> np.ndarray:
     """The columns of a consumer's (O, F) rows (:func:`consumer_weights`) that read group channels ``channels``."""
     entries = consumer.indices(channels)
     if consumer.kind == "dense":
         return entries
-    taps = int(np.prod(model.constant(model.proto.graph.node[consumer.node].input[1]).shape[2:], dtype=np.int64))
+    constants = constant_values(model) if constants is None else constants
+    taps = int(np.prod(constants[model.proto.graph.node[consumer.node].input[1]].shape[2:], dtype=np.int64))
     return (entries.reshape(-1, 1) * taps + np.arange(taps)).ravel()
 
 
@@ -485,3 +494,113 @@ def describe_removal(model: Model, groups: list[ChannelGroup], removed: Removal)
          "kept": groups[g].channels - len(ch), "removed": sorted(int(c) for c in ch)}
         for g, ch in sorted(removed.items()) if ch
     ]  # fmt: skip
+
+
+# -- every cut checked by values -------------------------------------------------------------------------
+
+#: the largest difference a check by values lets pass, relative to the largest value of the output
+CHECK_TOLERANCE = 1e-3
+
+
+def zeroed_at_consumers(
+    model: Model, groups: list[ChannelGroup], removed: Removal, *, updates: dict[int, ConsumerUpdate] | None = None
+) -> onnx.ModelProto:
+    """What a pruned model must equal: the original, with the ``removed`` channels multiplied by zero where each
+    consumer reads them (a ``Mul`` by a constant mask before the consumer, nowhere else) and, with ``updates``,
+    the consumers' compensated weights and biases. It shares no code with the cuts: a channel that a node
+    mixes into others (a Softmax over channels, a recount that was missed) makes the two differ."""
+    edited = to_ir(model.proto)
+    writer = _Writer(edited, constant_values(model))
+    zeroed: dict[tuple[int, str], set[int]] = defaultdict(set)
+    for g, channels in removed.items():
+        for c in groups[g].consumers:
+            zeroed[(c.node, c.tensor)].update(c.indices(channels).tolist())
+    for (node_index, tensor), entries in sorted(zeroed.items()):
+        if not entries:
+            continue
+        node, shape = writer.nodes[node_index], model.shapes[tensor]
+        mask = np.ones((1, shape[0]) + (1,) * (len(shape) - 1), np.float32)
+        mask[0, sorted(entries)] = 0.0
+        position = next(k for k, v in enumerate(node.inputs) if v is not None and v.name == tensor)
+        mul = ir.Node("", "Mul", [node.inputs[position], writer.initializer(mask, f"{tensor}_mask")], num_outputs=1)
+        mul.outputs[0].name = writer.fresh(f"{tensor}_zeroed")
+        writer.graph.insert_before(node, mul)
+        node.replace_input_with(position, mul.outputs[0])
+    for node_index, update in sorted((updates or {}).items()):
+        _write_consumer(writer, model, node_index, update, None)
+    return to_proto(edited, inner_shapes=False)
+
+
+def check_by_values(
+    model: Model,
+    groups: list[ChannelGroup],
+    removed: Removal,
+    pruned: onnx.ModelProto,
+    feeds: dict[str, np.ndarray],
+    *,
+    updates: dict[int, ConsumerUpdate] | None = None,
+) -> float:
+    """Compare ``pruned`` with :func:`zeroed_at_consumers` on ``feeds`` (a few samples); the largest difference
+    of any output, relative to that output's largest value.
+
+    Raises:
+        OnnxRedundError: they differ by more than :data:`CHECK_TOLERANCE`, naming the first node whose output
+            differs (on the channels kept) and the group whose channels reach it: nothing is to be written.
+    """
+    reference = zeroed_at_consumers(model, groups, removed, updates=updates)
+    names = model.output_names
+    want, got = _run_on(reference, feeds, names, model), _run_on(pruned, feeds, names, model)
+    errors = [_relative_error(w, g) for w, g in zip(want, got, strict=True)]
+    worst = int(np.argmax(errors))
+    if errors[worst] <= CHECK_TOLERANCE:
+        return float(errors[worst])
+    node, group = _first_divergence(model, groups, removed, reference, pruned, feeds)
+    where = f"{node.op_type} {node.name or node.output[0]!r}" if node is not None else "an op"
+    producers = ", ".join(groups[group].producers) if group is not None else "the groups removed"
+    raise OnnxRedundError(
+        f"removing channels of {producers} is not exact through {where}: the pruned model differs from the "
+        f"original with those channels zeroed where they are read (relative error {errors[worst]:.3g} at output "
+        f"{names[worst]!r}); nothing was written. Remove channels of other groups, or report this model"
+    )
+
+
+def _relative_error(want: np.ndarray, got: np.ndarray) -> float:
+    if want.shape != got.shape:
+        return float("inf")
+    want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
+    scale = float(np.abs(want).max(initial=0.0))
+    return float(np.abs(want - got).max(initial=0.0)) / max(scale, 1e-12)
+
+
+def _run_on(proto: onnx.ModelProto, feeds: dict, names: list[str], model: Model) -> list[np.ndarray]:
+    runner = Runner.create(proto, "cpu", derived=True, optimize=False)
+    return (runner.run if model.batch_dynamic else runner.run_per_sample)(feeds, names)
+
+
+def _first_divergence(
+    model: Model, groups: list[ChannelGroup], removed: Removal, reference, pruned, feeds
+) -> tuple[onnx.NodeProto | None, int | None]:
+    """The first node (in graph order) whose float output differs between ``reference`` and ``pruned`` on the
+    channels the pruned model keeps, and the removed group whose channels its inputs carry."""
+    graph = model.proto.graph
+    have = {o for n in pruned.graph.node for o in n.output}
+    floats = {name for name, dtype in _float_outputs(model.proto)}
+    order = [(i, o) for i, n in enumerate(graph.node) for o in n.output if o in have and o in floats]
+    names = list(dict.fromkeys(o for _, o in order))
+    want = dict(zip(names, _run_on(expose_outputs(reference, names), feeds, names, model), strict=True))
+    got = dict(zip(names, _run_on(expose_outputs(pruned, names), feeds, names, model), strict=True))
+    for i, tensor in order:
+        segments = [(s, ch) for g, ch in removed.items() for s in groups[g].tensors.get(tensor, [])]
+        gone = sorted({int(k) for s, ch in segments for k in s.indices(ch)})
+        kept = np.delete(want[tensor], gone, axis=1) if gone else want[tensor]
+        if _relative_error(kept, got[tensor]) > CHECK_TOLERANCE:
+            node = graph.node[i]
+            carried = [g for g in removed if any(t in groups[g].tensors for t in node.input)]
+            return node, (carried[0] if carried else None)
+    return None, None
+
+
+def _float_outputs(proto: onnx.ModelProto) -> list[tuple[str, int]]:
+    known = {vi.name: vi.type.tensor_type.elem_type for vi in value_infos(proto).values()}
+    float_types = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+    return [(n, t) for n, t in known.items() if t in float_types]
