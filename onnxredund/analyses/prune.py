@@ -37,8 +37,10 @@ from onnxredund.data import DataSource, conform_feeds, iter_batches
 from onnxredund.engine.calibration import collect_statistics
 from onnxredund.engine.channel_groups import ChannelGroup, channel_groups
 from onnxredund.engine.pruning import (
+    CHECK_TOLERANCE,
     COMPENSATIONS,
     PruneCost,
+    check_by_values,
     compensate,
     describe_removal,
     remove_channels,
@@ -330,6 +332,7 @@ class PruneResult:
     calibration_samples: int
     evaluation_samples: int
     notes: list[str] = field(default_factory=list)
+    value_check: dict | None = None
     proto: onnx.ModelProto | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
@@ -346,6 +349,7 @@ class PruneResult:
             "after": self.after,
             "quality": {"before": self.quality_before, "after": self.quality_after},
             "plan": {"removed": self.removed, "groups": self.groups},
+            "value_check": self.value_check,
             "notes": list(self.notes),
         }
 
@@ -441,6 +445,7 @@ def run_prune(
         removed = select_channels(groups, scores, cost, target, scope, criterion, round_to)
     updates = compensate(model, groups, removed, compensation, stats) if compensation else None
     pruned = remove_channels(model, groups, removed, updates=updates)
+    check = _check(model, groups, removed, pruned, cal, updates)
     reference = Reference.of(model, ev, batch_size=batch_size, device=device)
     before = {"params": cost.params_total, "conv_macs": cost.macs_total, "file_bytes": _size(model.proto)}
     after = {"params": cost.params(removed), "conv_macs": cost.macs(removed), "file_bytes": _size(pruned)}
@@ -464,5 +469,18 @@ def run_prune(
         calibration_samples=len(cal),
         evaluation_samples=len(ev),
         notes=notes,
+        value_check=check,
         proto=pruned,
     )
+
+
+#: calibration samples the pruned model is checked on, by values, before anything is written
+CHECK_SAMPLES = 4
+
+
+def _check(model: Model, groups, removed, pruned: onnx.ModelProto, cal: DataSource, updates) -> dict:
+    """:func:`check_by_values` on the first calibration samples (raises where the cut is not exact)."""
+    n = min(CHECK_SAMPLES, len(cal))
+    feeds = conform_feeds(cal.arrays(0, n), model.inputs, model.input_name, cal.name)
+    error = check_by_values(model, groups, removed, pruned, feeds, updates=updates)
+    return {"samples": n, "max_relative_error": error, "tolerance": CHECK_TOLERANCE}

@@ -284,6 +284,12 @@ def prune_lines(result: PruneResult) -> list[str]:
         f"{_pct(qa['accuracy'])}, agreement {_pct(qa['agreement'])}, output drift {qa['output_drift']:.4f}, "
         f"output cosine {qa['output_cosine']:.4f}"
     )
+    if result.value_check is not None:
+        check = result.value_check
+        lines.append(
+            f"  checked by values on {check['samples']} calibration samples against the original with the channels "
+            f"zeroed where read: largest output difference {check['max_relative_error']:.2g} (relative)"
+        )
     lines += [f"  note: {n}" for n in result.notes]
     return lines
 
