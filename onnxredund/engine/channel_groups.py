@@ -26,7 +26,15 @@ import onnx
 
 from onnxredund.engine.runtime import Runner
 from onnxredund.engine.surgery import cut
-from onnxredund.model import ACTIVATION_OPS, ConstantTable, Model, attribute, data_dependent
+from onnxredund.model import (
+    ACTIVATION_OPS,
+    ConstantTable,
+    Model,
+    attribute,
+    data_dependent,
+    default_opset,
+    outer_reads,
+)
 
 __all__ = ["ChannelGroup", "Consumer", "Segment", "Slicing", "channel_groups", "constant_values", "node_label"]
 
@@ -65,11 +73,11 @@ class Slicing:
 
     Attributes:
         kind: "tensor": delete those indices of constant ``name`` along ``axis``; "reshape": entry ``axis`` of
-            the Reshape shape constant ``name`` loses one per index; "flatten": the Reshape's computed shape
-            ``name`` becomes the constant ``[0, -1]``; "channels": the Split or Slice node reads input channels
-            and those indices of its input ``name`` are gone (its sizes or bounds are recounted).
+            the Reshape shape constant (or Resize sizes) ``name`` loses one per index; "flatten": the Reshape's
+            computed shape ``name`` becomes the constant ``[0, -1]``; "channels": the Split or Slice node reads
+            input channels and those indices of its input ``name`` are gone (its sizes or bounds are recounted).
         role: what it is, for the plan: "producer", "bias", "norm", "constant", "consumer", "dense",
-            "depthwise", "reshape", "split", "slice".
+            "depthwise", "reshape", "resize", "split", "slice".
     """
 
     kind: str
@@ -229,6 +237,18 @@ def _ints(
     return None if value is None else [int(v) for v in np.atleast_1d(value)]
 
 
+def _floats(constants: Mapping[str, np.ndarray], node: onnx.NodeProto, attr: str, position: int) -> list[float] | None:
+    """A float-list parameter given as an attribute (old opsets) or as a constant input (new ones); [] where
+    the input is left empty."""
+    value = attribute(node, attr, None)
+    if value is None and len(node.input) > position:
+        name = node.input[position]
+        if not name:
+            return []
+        value = constants[name].tolist() if name in constants else None
+    return None if value is None else [float(v) for v in np.atleast_1d(value)]
+
+
 class _Walker:
     """Follows every conv's output channels through the graph in order (see the module docstring)."""
 
@@ -270,7 +290,13 @@ class _Walker:
         for i, node in enumerate(self.graph.node):
             self.i = i
             carried = [t for t in node.input if t in self.maps]
-            if carried:
+            captured = sorted(t for t in outer_reads(node) if t in self.maps)
+            if captured:
+                self._refuse_all(
+                    captured,
+                    f"they are read inside the body of {node.op_type} {self._label()!r}, which is not followed",
+                )
+            elif carried:
                 self._through(node, carried)
             if i in layer_by_node and node.output[0] not in self.maps:
                 self._start(node, layer_by_node[i])
@@ -312,8 +338,8 @@ class _Walker:
             "ReduceMin": self._reduce,
             "ReduceL2": self._reduce,
             "Pad": self._pad,
-            "Resize": self._keep,
-            "Upsample": self._keep,
+            "Resize": self._resize,
+            "Upsample": self._resize,
             "Clip": self._keep,
             "Shape": self._ignore,
             "Size": self._ignore,
@@ -553,6 +579,27 @@ class _Walker:
             self._refuse_all(carried, f"{node.op_type} {self._label()!r} reduces over the channels")
             return
         self._keep(node, carried)  # with keepdims=0 the channels stay on axis 1 too (only later axes go)
+
+    def _resize(self, node, carried) -> None:
+        """Resize/Upsample that keeps the channel count: scales of 1 on the batch and channel axes; constant
+        ``sizes`` (Resize's fourth input) lose one channel per channel removed."""
+        rank = self._rank(node.input[0])
+        old = node.op_type == "Upsample" or (default_opset(self.model.proto) or 11) < 11  # (X, scales)
+        scales = _floats(self.constants, node, "scales", 1 if old else 2)
+        sizes = node.input[3] if node.op_type == "Resize" and len(node.input) > 3 else ""
+        if node.input[0] not in carried or rank == 0:
+            self._refuse_all(carried, f"they are a parameter of {node.op_type} {self._label()!r}")
+        elif sizes and sizes not in self.constants:
+            self._refuse_all(carried, f"{node.op_type} {self._label()!r} has computed sizes")
+        elif not sizes and scales is None:
+            self._refuse_all(carried, f"{node.op_type} {self._label()!r} has computed scales")
+        elif scales is not None and len(scales) and (len(scales) != rank or scales[0] != 1 or scales[1] != 1):
+            self._refuse_all(carried, f"{node.op_type} {self._label()!r} scales the batch or the channels")
+        else:
+            self._keep(node, carried)
+            if sizes:
+                for s in self.maps[node.input[0]]:
+                    self._cut("reshape", sizes, 1, s, "resize")
 
     def _pad(self, node, carried) -> None:
         pads = _ints(self.model, self.constants, node, "pads", 1)

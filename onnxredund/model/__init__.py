@@ -31,6 +31,7 @@ from onnxredund.model.graph import (
     default_opset,
     downstream,
     infer_shapes,
+    outer_reads,
     producers_of,
     value_infos,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "image_layout",
     "infer_shapes",
     "input_sizes",
+    "outer_reads",
     "output_kind",
     "pick_image_input",
     "producers_of",

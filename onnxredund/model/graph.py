@@ -27,6 +27,7 @@ __all__ = [
     "dims",
     "downstream",
     "infer_shapes",
+    "outer_reads",
     "producers_of",
     "value_infos",
 ]
@@ -175,3 +176,17 @@ def data_dependent(graph: onnx.GraphProto, sources: list[str] | None = None) -> 
         if any(t in dependent for t in node.input):
             dependent.update(o for o in node.output if o)
     return dependent
+
+
+def outer_reads(node: onnx.NodeProto) -> set[str]:
+    """The tensors of the enclosing graphs that the bodies of an If/Loop/Scan node read without listing them as
+    the node's inputs (captured from the outer scope); empty for a node without subgraphs."""
+    found: set[str] = set()
+    for a in node.attribute:
+        for body in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            local = {i.name for i in body.input} | {t.name for t in body.initializer}
+            local |= {o for n in body.node for o in n.output}
+            reads = {t for n in body.node for t in n.input if t} | {o.name for o in body.output}
+            reads |= {t for n in body.node for t in outer_reads(n)}
+            found |= reads - local
+    return found

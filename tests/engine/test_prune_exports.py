@@ -1,0 +1,190 @@
+"""Pruning through the patterns exporters write, each found to end in a traceback or a wrong file before: a
+conv read inside an If body, a Resize with constant sizes, an opset-18 Split with num_outputs, weights also
+listed as graph inputs (old PyTorch exports), a CNTK-style IR-3 model whose dense weight is reshaped in the
+graph. Each prunes a channel and compares with the original where that channel is zeroed at its consumers
+(:func:`zeroed_at_consumers`), or asserts the refusal and its reason. The check by values itself is shown to
+catch a cut that does not match and to name the node where the two first differ."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_model
+from onnx import TensorProto, helper, numpy_helper
+from prunable import group_of, inputs, run, zoo
+
+from onnxredund.data import Dataset
+from onnxredund.engine.calibration import collect_statistics
+from onnxredund.engine.channel_groups import channel_groups
+from onnxredund.engine.loading import load_model_proto
+from onnxredund.engine.pruning import check_by_values, compensate, remove_channels, zeroed_at_consumers
+from onnxredund.errors import OnnxRedundError
+
+RNG = np.random.default_rng(0)
+
+
+def _w(*shape) -> np.ndarray:
+    return RNG.normal(size=shape).astype(np.float32)
+
+
+def _prune_and_compare(proto: onnx.ModelProto, producer: str, channels: list[int], x: np.ndarray, **load) -> None:
+    """Remove ``channels`` of ``producer``'s group: the file passes onnx's full check, and its outputs equal the
+    original's with those channels zeroed where they are read, which differ from the unpruned outputs."""
+    m = load_model_proto(proto, **load)
+    groups = channel_groups(m)
+    g = group_of(groups, producer)
+    assert g.prunable, g.reason
+    pruned = remove_channels(m, groups, {g.index: channels})
+    onnx.checker.check_model(pruned, full_check=True)
+    want = run(zeroed_at_consumers(m, groups, {g.index: channels}), x)
+    np.testing.assert_allclose(run(pruned, x), want, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(want, run(proto, x), atol=1e-3)  # the channel mattered: the comparison can fail
+    assert check_by_values(m, groups, {g.index: channels}, pruned, {"x": x}) < 1e-4
+
+
+def test_a_conv_read_inside_an_if_body_is_refused_with_the_reason_not_deleted():
+    then = helper.make_graph(
+        [helper.make_node("Relu", ["a"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["a"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)],
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["a"]),
+        helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
+        helper.make_node("Greater", ["m", "zero"], ["cond"]),
+        helper.make_node("If", ["cond"], ["z"], name="branch", then_branch=then, else_branch=other),
+    ]
+    proto = make_model(nodes, [("x", [1, 2, 6, 6])], [("z", [1, 4, 6, 6])], {"w1": _w(4, 2, 3, 3), "zero": 0.0})
+    m = load_model_proto(proto)
+    groups = channel_groups(m)
+    g = group_of(groups, "conv1")
+    assert not g.prunable and "inside the body of If 'branch'" in g.reason
+    with pytest.raises(OnnxRedundError, match="body of If"):
+        remove_channels(m, groups, {g.index: [0]})
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_a_resize_with_constant_sizes_between_two_convs_loses_the_channels_removed(opset):
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["a"]),
+        helper.make_node("Resize", ["a", "", "", "sizes"], ["up"], mode="nearest"),
+        helper.make_node("Conv", ["up", "w2"], ["y"], name="conv2"),
+    ]
+    inits = {"w1": _w(4, 2, 3, 3), "b1": _w(4), "sizes": np.array([1, 4, 12, 12]), "w2": _w(3, 4, 1, 1)}
+    proto = make_model(nodes, [("x", [1, 2, 6, 6])], [("y", [1, 3, 12, 12])], inits, opset=opset)
+    _prune_and_compare(proto, "conv1", [1, 2], inputs(1))
+
+
+def test_a_resize_that_scales_the_channels_is_refused():
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+        helper.make_node("Resize", ["c1", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Conv", ["up", "w2"], ["y"], name="conv2"),
+    ]
+    inits = {"w1": _w(4, 2, 1, 1), "scales": np.array([1, 2, 1, 1], np.float32), "w2": _w(3, 8, 1, 1)}
+    m = load_model_proto(make_model(nodes, [("x", ["N", 2, 6, 6])], [("y", ["N", 3, 6, 6])], inits))
+    assert "scales the batch or the channels" in group_of(channel_groups(m), "conv1").reason
+
+
+def test_an_opset_18_split_with_num_outputs_is_recounted_without_it():
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Split", ["c1"], ["s1", "s2"], axis=1, num_outputs=2),
+        helper.make_node("Conv", ["s1", "wa"], ["ya"], name="convA"),
+        helper.make_node("Conv", ["s2", "wb"], ["yb"], name="convB"),
+        helper.make_node("Add", ["ya", "yb"], ["y"]),
+    ]
+    inits = {"w1": _w(6, 2, 3, 3), "wa": _w(3, 3, 1, 1), "wb": _w(3, 3, 1, 1)}
+    proto = make_model(nodes, [("x", ["N", 2, 6, 6])], [("y", ["N", 3, 6, 6])], inits, opset=18)
+    _prune_and_compare(proto, "conv1", [0, 4], inputs(4))
+
+
+def _with_weights_as_inputs(proto: onnx.ModelProto, ir: int) -> onnx.ModelProto:
+    """Every initializer also listed as a graph input, as PyTorch 1.2 and CNTK wrote models."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for t in out.graph.initializer:
+        out.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    out.ir_version = ir
+    return out
+
+
+def test_weights_also_listed_as_graph_inputs_keep_declared_shapes_equal_to_their_values():
+    proto = _with_weights_as_inputs(zoo(), ir=4)
+    _prune_and_compare(proto, "convB", [1], inputs(8))
+    m = load_model_proto(proto)
+    groups = channel_groups(m)
+    pruned = remove_channels(m, groups, {group_of(groups, "convA").index: [2]})
+    declared = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in pruned.graph.input}
+    for t in pruned.graph.initializer:
+        assert t.name not in declared or declared[t.name] == list(t.dims), t.name
+    assert {i.name for i in pruned.graph.input} - {t.name for t in pruned.graph.initializer} == {"x"}
+
+
+def _cntk_style() -> onnx.ModelProto:
+    """IR 3, opset 8, batch fixed to 1: conv bias as a separate Add, a Reshape to (1, F) with a constant shape,
+    and the dense weight reshaped from a 4-D initializer in the graph, every initializer a graph input."""
+    size = 4
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="Convolution28", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "cb"], ["cc"]),
+        helper.make_node("Relu", ["cc"], ["a"]),
+        helper.make_node("Reshape", ["a", "flat"], ["f"]),
+        helper.make_node("Reshape", ["fc4", "fcshape"], ["fc"]),
+        helper.make_node("MatMul", ["f", "fc"], ["y"], name="Times212"),
+    ]
+    inits = {
+        "w": _w(3, 2, 3, 3), "cb": _w(3, 1, 1), "flat": np.array([1, 3 * size * size]),
+        "fc4": _w(3, size, size, 5) * 0.1, "fcshape": np.array([3 * size * size, 5]),
+    }  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "cntk",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)], ir_version=3)
+    return _with_weights_as_inputs(proto, ir=3)
+
+
+@pytest.mark.parametrize("method", [None, "mean", "lstsq"])
+def test_a_cntk_ir3_model_prunes_with_every_initializer_an_input_and_a_reshaped_dense_weight(method):
+    proto = _cntk_style()
+    onnx.checker.check_model(proto, full_check=True)
+    m = load_model_proto(proto)
+    groups = channel_groups(m)
+    g = group_of(groups, "Convolution28")
+    assert g.prunable, g.reason
+    removal = {g.index: [0, 1]}
+    x = np.random.default_rng(3).normal(size=(24, 2, 4, 4)).astype(np.float32)
+    updates = None
+    if method:
+        stats = collect_statistics(m, g.consumers, Dataset(x, None, "x"), gram=method == "lstsq", device="cpu")
+        updates = compensate(m, groups, removal, method, stats)
+    pruned = remove_channels(m, groups, removal, updates=updates)
+    onnx.checker.check_model(pruned, full_check=True)  # IR 3: every initializer is a graph input
+    assert {t.name for t in pruned.graph.initializer} <= {i.name for i in pruned.graph.input}
+    want = run(zeroed_at_consumers(m, groups, removal, updates=updates), x[:1])
+    np.testing.assert_allclose(run(pruned, x[:1]), want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_check_by_values_catches_a_cut_that_does_not_match_and_names_the_first_node_that_differs():
+    m = load_model_proto(zoo())
+    groups = channel_groups(m)
+    g = group_of(groups, "convB")
+    wrong = remove_channels(m, groups, {g.index: [1]})
+    x = inputs(4)
+    assert check_by_values(m, groups, {g.index: [1]}, wrong, {"x": x}) < 1e-4
+    with pytest.raises(OnnxRedundError, match="removing channels of convB is not exact through Conv 'convB'"):
+        check_by_values(m, groups, {g.index: [0]}, wrong, {"x": x})
