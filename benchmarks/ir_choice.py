@@ -17,11 +17,10 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 EDIT = {
-    "onnx-ir": '''
+    "onnx-ir": """
 import onnx_ir as ir, numpy as np, onnx
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 model = ir.load(PATH)
@@ -34,8 +33,8 @@ for node in model.graph:
         node.replace_input_with(1, new)
 RemoveUnusedNodesPass()(model)
 proto = ir.to_proto(model)
-''',
-    "onnx-graphsurgeon": '''
+""",
+    "onnx-graphsurgeon": """
 import onnx_graphsurgeon as gs, numpy as np, onnx
 graph = gs.import_onnx(onnx.load(PATH))
 t_load = time.perf_counter() - t0
@@ -45,8 +44,8 @@ for node in graph.nodes:
         node.inputs[1] = gs.Constant(w.name + "__pruned", np.ascontiguousarray(w.values[:-1]))
 graph.cleanup()
 proto = gs.export_onnx(graph)
-''',
-    "protobuf": '''
+""",
+    "protobuf": """
 import onnx, numpy as np
 from onnx import numpy_helper
 proto = onnx.load(PATH)
@@ -61,7 +60,7 @@ read = {t for n in proto.graph.node for t in n.input}
 keep = [t for t in proto.graph.initializer if t.name in read]
 del proto.graph.initializer[:]
 proto.graph.initializer.extend(keep)
-''',
+""",
 }
 
 RUNNER = """
