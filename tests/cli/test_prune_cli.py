@@ -11,6 +11,8 @@ import pytest
 from conftest import run_cli, save, small_cnn
 from prunable import inputs, zoo
 
+import onnxredund.analyses.prune as prune_module
+
 
 @pytest.fixture
 def setup(tmp_path):
@@ -43,7 +45,30 @@ def test_prune_writes_a_smaller_model_and_its_plan(setup, tmp_path):
     assert next(t for t in pruned.graph.initializer if t.name == "wb").dims[0] == 2
     plan = json.loads(out.with_suffix(".json").read_text())
     assert plan["plan"]["removed"][0]["removed"] == [1] and plan["pruned_model"] == str(out)
+    assert plan["value_check"]["samples"] == 4 and plan["value_check"]["max_relative_error"] < 1e-4
+    assert "checked by values on 4 calibration samples" in r.output
     assert model.read_bytes() == before
+
+
+def test_a_cut_that_differs_from_the_original_zeroed_where_read_is_refused_and_nothing_written(
+    setup, tmp_path, monkeypatch
+):
+    real = prune_module.remove_channels
+
+    def off_by_one(model, groups, removed, **kwargs):  # cuts the neighbour of every channel asked for
+        return real(
+            model, groups, {g: [(c + 1) % groups[g].channels for c in ch] for g, ch in removed.items()}, **kwargs
+        )
+
+    monkeypatch.setattr(prune_module, "remove_channels", off_by_one)
+    model, data = setup
+    out = tmp_path / "small.onnx"
+    r = run_cli("prune", model, "--data", data, "--channels", "convB:0", "--calibration", "16", "--out", out,
+                "--device", "cpu")  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "removing channels of convB is not exact through Conv 'convB'" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+    assert not out.exists() and not out.with_suffix(".json").exists()
 
 
 def _bn_free(tmp_path):
