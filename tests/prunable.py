@@ -8,6 +8,9 @@ import onnx
 from conftest import make_model
 from onnx import helper
 
+from onnxredund.engine.channel_groups import channel_groups
+from onnxredund.engine.loading import load_model_proto
+from onnxredund.engine.pruning import check_by_values, remove_channels, zeroed_at_consumers
 from onnxredund.engine.runtime import Runner
 
 SIZE = 6
@@ -81,3 +84,18 @@ def flat_head(seed: int = 0):
         helper.make_node("MatMul", ["f", "fc"], ["out"], name="fc"),
     ]
     return make_model(nodes, [("x", ["N", 2, SIZE, SIZE])], [("out", ["N", 5])], w)
+
+
+def prune_and_compare(proto: onnx.ModelProto, producer: str, channels: list[int], x: np.ndarray, **load) -> None:
+    """Remove ``channels`` of ``producer``'s group: the file passes onnx's full check, and its outputs equal the
+    original's with those channels zeroed where they are read, which differ from the unpruned outputs."""
+    m = load_model_proto(proto, **load)
+    groups = channel_groups(m)
+    g = group_of(groups, producer)
+    assert g.prunable, g.reason
+    pruned = remove_channels(m, groups, {g.index: channels})
+    onnx.checker.check_model(pruned, full_check=True)
+    want = run(zeroed_at_consumers(m, groups, {g.index: channels}), x)
+    np.testing.assert_allclose(run(pruned, x), want, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(want, run(proto, x), atol=1e-3)  # the channel mattered: the comparison can fail
+    assert check_by_values(m, groups, {g.index: channels}, pruned, {"x": x}) < 1e-4

@@ -35,9 +35,10 @@ from onnxredund.analyses.prune_criteria import (
 )
 from onnxredund.data import DataSource, conform_feeds, iter_batches
 from onnxredund.engine.calibration import collect_statistics
-from onnxredund.engine.channel_groups import ChannelGroup, channel_groups
+from onnxredund.engine.channel_groups import ChannelGroup, channel_groups, node_label
 from onnxredund.engine.pruning import (
     CHECK_TOLERANCE,
+    COMPENSATED_KINDS,
     COMPENSATIONS,
     PruneCost,
     check_by_values,
@@ -243,6 +244,15 @@ def _global_removal(groups, scores, cost: PruneCost, target: Target, round_to: i
     return {g: sorted(ch) for g, ch in removal.items() if ch}
 
 
+def _uncompensated(model: Model, groups: list[ChannelGroup], removed: dict[int, list[int]]) -> list[str]:
+    """A note naming the consumers compensation does not go into (transposed convs), if any read removed channels."""
+    names = sorted({node_label(model.proto.graph, c.node) for g in removed for c in groups[g].consumers
+                    if c.kind not in COMPENSATED_KINDS})  # fmt: skip
+    if not names:
+        return []
+    return [f"{', '.join(names)} (transposed) read the removed channels as zeros: no compensation goes into them"]
+
+
 # -- measuring -------------------------------------------------------------------------------------------
 
 
@@ -444,6 +454,8 @@ def run_prune(
             notes.append(f"criterion {criterion} does not rank {', '.join(left)}: left as they are")
         removed = select_channels(groups, scores, cost, target, scope, criterion, round_to)
     updates = compensate(model, groups, removed, compensation, stats) if compensation else None
+    if compensation:
+        notes += _uncompensated(model, groups, removed)
     pruned = remove_channels(model, groups, removed, updates=updates)
     check = _check(model, groups, removed, pruned, cal, updates)
     reference = Reference.of(model, ev, batch_size=batch_size, device=device)

@@ -64,6 +64,7 @@ def _l1(model: Model, group: ChannelGroup) -> np.ndarray:
     for s in group.slicings:
         if s.role == "producer":
             w = np.abs(np.asarray(model.constant(graph.node[s.node].input[1]), np.float64))
+            w = np.moveaxis(w, s.axis, 0)  # a transposed conv's output channels are its weight's axis 1
             parts.append((s, w.reshape(w.shape[0], -1).mean(axis=1)))
     return _averaged(group, parts)
 
@@ -87,13 +88,14 @@ def _moments(stats: CalibrationStats, group: ChannelGroup, which: str) -> np.nda
 
 
 def _impulse(model: Model, groups: list[ChannelGroup], device: str) -> dict[int, np.ndarray]:
-    producers = [p for g in groups if g.prunable for p in g.producers]
+    convs = {l.name for l in model.layers}
+    producers = [p for g in groups if g.prunable for p in g.producers if p in convs]  # not transposed convs
     result = run_impulse(model, layers=model.pick_layers(producers), threshold=IMPULSE_THRESHOLD, device=device)
     best = {layer.index: one_of_each_pair(layer) for layer in result.layers}
     by_node = {l.node_index: l.index for l in model.layers}
     scores = {}
     for g in groups:
-        parts = [(s, best[by_node[s.node]]) for s in g.slicings if s.role == "producer" and by_node[s.node] in best]
+        parts = [(s, best[by_node[s.node]]) for s in g.slicings if s.role == "producer" and by_node.get(s.node) in best]
         if g.prunable and parts:
             scores[g.index] = _averaged(g, parts)
     return scores

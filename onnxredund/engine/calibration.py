@@ -167,7 +167,7 @@ def collect_statistics(
     graph = model.proto.graph
     patch_index: dict[int, np.ndarray] = {}
     if gram:
-        for c in {c.node: c for c in consumers}.values():
+        for c in {c.node: c for c in consumers if c.kind in ("conv", "dense")}.values():
             width = model.shapes[c.tensor][0] if c.kind == "dense" else None
             if c.kind == "conv":
                 layer = layers[c.node]

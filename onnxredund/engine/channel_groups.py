@@ -49,13 +49,16 @@ _BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "PRelu", "Sum", "Mea
 class Segment:
     """Channels of one group inside a tensor: group channels ``first .. first + length - 1``; channel c is the
     axis-1 entries ``offset + (c - first) * block + j``, ``j < block`` (``block`` is 1 in a map, the positions
-    per channel in features after a Flatten; ``first`` is not 0 after a Split or Slice took part of a group)."""
+    per channel in features after a Flatten; ``first`` is not 0 after a Split or Slice took part of a group).
+    With ``step`` > 1 a channel's positions interleave with the others' (a channels-last map flattened, as Keras
+    exports a Flatten): channel c is the entries ``offset + (c - first) + j * step``, ``j < block``."""
 
     group: int
     offset: int
     length: int
     block: int = 1
     first: int = 0
+    step: int = 1
 
     @property
     def span(self) -> int:
@@ -63,7 +66,7 @@ class Segment:
 
     def indices(self, channels) -> np.ndarray:
         """The axis-1 entries that group channels ``channels`` are in the tensor (those outside it: none)."""
-        return _indices(self.offset, self.block, self.first, self.length, channels)
+        return _indices(self.offset, self.block, self.first, self.length, channels, self.step)
 
 
 @dataclass(frozen=True)
@@ -89,21 +92,24 @@ class Slicing:
     role: str
     first: int = 0
     length: int = 0
+    step: int = 1
 
     def indices(self, channels) -> np.ndarray:
         """The indices removing group channels ``channels`` deletes (those outside this cut's range: none)."""
-        return _indices(self.offset, self.block, self.first, self.length, channels)
+        return _indices(self.offset, self.block, self.first, self.length, channels, self.step)
 
 
-def _indices(offset: int, block: int, first: int, length: int, channels) -> np.ndarray:
+def _indices(offset: int, block: int, first: int, length: int, channels, step: int = 1) -> np.ndarray:
     c = np.asarray(sorted(channels), dtype=np.int64)
     c = c[(c >= first) & (c < first + length)].reshape(-1, 1)
-    return (offset + (c - first) * block + np.arange(block)).ravel()
+    pitch = block if step == 1 else 1  # contiguous blocks, or positions interleaved at ``step``
+    return (offset + (c - first) * pitch + np.arange(block) * step).ravel()
 
 
 @dataclass(frozen=True)
 class Consumer:
-    """A conv (groups = 1) or dense layer that reads a group's channels: compensation goes into it.
+    """A conv (groups = 1), transposed conv or dense layer that reads a group's channels: where they are zeroed
+    for the check by values, and where compensation goes (not into a transposed conv: ``kind`` "transposed").
 
     ``tensor`` is its input; it reads group channels ``first .. first + length - 1``, channel c as the axis-1
     entries ``offset + (c - first) * block + j`` (``block``: 1 for a conv, positions per channel for dense).
@@ -116,13 +122,14 @@ class Consumer:
     block: int
     first: int
     length: int
+    step: int = 1
 
     def reads(self, channel: int) -> bool:
         return self.first <= channel < self.first + self.length
 
     def indices(self, channels) -> np.ndarray:
         """The entries of ``tensor`` that group channels ``channels`` are (those it does not read: none)."""
-        return _indices(self.offset, self.block, self.first, self.length, channels)
+        return _indices(self.offset, self.block, self.first, self.length, channels, self.step)
 
 
 @dataclass
@@ -258,6 +265,7 @@ class _Walker:
         self.groups = _Groups()
         self.maps: dict[str, list[Segment]] = {}
         self.outputs = {o.name for o in self.graph.output}
+        self.last: dict[str, int] = {}  # channels-last tensors (after a Transpose) -> their channel count
         self.i = 0
 
     # -- bookkeeping --------------------------------------------------------------------------------
@@ -266,12 +274,12 @@ class _Walker:
 
     def _cut(self, kind: str, name: str, axis: int, s: Segment, role: str) -> None:
         self.groups.groups[s.group].slicings.append(
-            Slicing(kind, self.i, name, axis, s.offset, s.block, role, s.first, s.length)
+            Slicing(kind, self.i, name, axis, s.offset, s.block, role, s.first, s.length, s.step)
         )
 
     def _consumer(self, kind: str, tensor: str, s: Segment) -> None:
         self.groups.groups[s.group].consumers.append(
-            Consumer(self.i, kind, tensor, s.offset, s.block, s.first, s.length)
+            Consumer(self.i, kind, tensor, s.offset, s.block, s.first, s.length, s.step)
         )
 
     def _refuse_all(self, tensors: list[str], reason: str) -> None:
@@ -298,7 +306,11 @@ class _Walker:
                 )
             elif carried:
                 self._through(node, carried)
-            if i in layer_by_node and node.output[0] not in self.maps:
+            if node.output[0] in self.maps:
+                continue  # a depthwise conv's output channels continue its input's
+            if node.op_type == "ConvTranspose":
+                self._start_transposed(node)
+            elif i in layer_by_node:
                 self._start(node, layer_by_node[i])
         for tensor, segments in self.maps.items():
             if tensor in self.outputs:
@@ -319,10 +331,36 @@ class _Walker:
             self._cut("tensor", node.input[2], 0, whole, "bias")
         self.maps[node.output[0]] = [whole]
 
+    def _start_transposed(self, node: onnx.NodeProto) -> None:
+        """A transposed conv (weight (C_in, C_out / groups, *k)) whose output channels start a new group."""
+        label = self._label()
+        weight = self.constants.get(node.input[1]) if node.input[1] in self.constants else None
+        if weight is None:
+            g = self.groups.new(label, self.model.shapes.get(node.output[0], (0,))[0])
+            self.groups.refuse(g, f"transposed conv {label!r} has computed weights")
+            return
+        groups = int(attribute(node, "group", 1))
+        g = self.groups.new(label, weight.shape[1] * groups)
+        if groups != 1:
+            self.groups.refuse(g, f"transposed conv {label!r} is grouped ({groups} groups)")
+        whole = Segment(g, 0, weight.shape[1] * groups)
+        self._cut("tensor", node.input[1], 1, whole, "producer")
+        if len(node.input) > 2 and node.input[2]:
+            self._cut("tensor", node.input[2], 0, whole, "bias")
+        self.maps[node.output[0]] = [whole]
+
     def _through(self, node: onnx.NodeProto, carried: list[str]) -> None:
         op = node.op_type
+        last = [t for t in carried if t in self.last]
+        if last and op not in ("Flatten", "Reshape", "Transpose"):
+            self._refuse_all(carried, f"they are channels-last after a Transpose and reach {op} {self._label()!r}")
+            return
         handler = {
             "Conv": self._conv,
+            "ConvTranspose": self._conv_transpose,
+            "Transpose": self._transpose,
+            "Squeeze": self._squeeze,
+            "Unsqueeze": self._squeeze,
             "BatchNormalization": self._batchnorm,
             "InstanceNormalization": self._batchnorm,
             "Concat": self._concat,
@@ -384,6 +422,51 @@ class _Walker:
         else:
             self._refuse_all(carried, f"grouped conv {self._label()!r} ({groups} groups) reads them")
 
+    def _conv_transpose(self, node, carried) -> None:
+        """A transposed conv reads input channel c through its weight's row c (axis 0), whatever it writes."""
+        if node.input[0] not in carried:
+            self._refuse_all(carried, f"they are the weights of transposed conv {self._label()!r}")
+        elif node.input[1] not in self.constants:
+            self._refuse_all(carried, f"transposed conv {self._label()!r} has computed weights")
+        elif int(attribute(node, "group", 1)) != 1:
+            self._refuse_all(carried, f"grouped transposed conv {self._label()!r} reads them")
+        else:
+            for s in self.maps[node.input[0]]:
+                self._cut("tensor", node.input[1], 0, s, "consumer")
+                self._consumer("transposed", node.input[0], s)
+
+    def _transpose(self, node, carried) -> None:
+        """Channels stay on axis 1 when a Transpose keeps axes 0 and 1; ``(0, 2, ..., 1)`` makes a map channels-
+        last (followed only into a Flatten or Reshape to features, as Keras heads write it) and
+        ``(0, r-1, 1, ..., r-2)`` makes it channels-first again."""
+        rank = self._rank(node.input[0])
+        perm = attribute(node, "perm", None)
+        perm = list(perm) if perm is not None else list(reversed(range(rank)))
+        was_last = node.input[0] in self.last
+        to_last = rank > 2 and perm == [0, *range(2, rank), 1]
+        to_first = rank > 2 and perm == [0, rank - 1, *range(1, rank - 1)]
+        segments = self.maps[node.input[0]]
+        if rank == 0 or any(s.block != 1 for s in segments):
+            self._refuse_all(carried, f"Transpose {self._label()!r} moves them in a way not handled")
+        elif not was_last and perm[:2] == [0, 1]:
+            self._keep(node, carried)
+        elif not was_last and to_last:
+            self.maps[node.output[0]] = list(segments)
+            self.last[node.output[0]] = self.model.shapes[node.input[0]][0]
+        elif was_last and to_first:
+            self.maps[node.output[0]] = list(segments)
+        else:
+            self._refuse_all(carried, f"Transpose {self._label()!r} moves them in a way not handled")
+
+    def _squeeze(self, node, carried) -> None:
+        """Squeeze/Unsqueeze of axes after the channels (a global pool's 1 x 1 before a dense layer)."""
+        axes = _ints(self.model, self.constants, node, "axes", 1)
+        rank = self._rank(node.output[0] if node.op_type == "Unsqueeze" else node.input[0])
+        if node.input[0] not in carried or rank == 0 or not axes or any(a % rank in (0, 1) for a in axes):
+            self._refuse_all(carried, f"{node.op_type} {self._label()!r} moves the batch or channel axis")
+            return
+        self._keep(node, carried)
+
     def _batchnorm(self, node, carried) -> None:
         params = [t for t in node.input[1:] if t]
         if node.input[0] not in carried or any(t not in self.constants for t in params):
@@ -426,7 +509,7 @@ class _Walker:
     def _aligned(a: list[Segment], b: list[Segment]) -> bool:
         """Two tensors combined elementwise tie their channels place for place: their segments must cover
         the same places."""
-        return [(x.offset, x.length, x.block) for x in a] == [(y.offset, y.length, y.block) for y in b]
+        return [(x.offset, x.length, x.block, x.step) for x in a] == [(y.offset, y.length, y.block, y.step) for y in b]
 
     def _elementwise_constant(self, node, name: str, tensor: str, segments: list[Segment]) -> None:
         """A constant operand with one value per channel is cut with them; one broadcast over them is not."""
@@ -454,7 +537,7 @@ class _Walker:
             return
         offset, segments = 0, []
         for t, width in zip(node.input, widths, strict=True):
-            segments += [Segment(s.group, s.offset + offset, s.length, s.block, s.first) for s in self.maps.get(t, [])]
+            segments += [dataclasses.replace(s, offset=s.offset + offset) for s in self.maps.get(t, [])]
             offset += width
         self.maps[node.output[0]] = segments
 
@@ -467,7 +550,7 @@ class _Walker:
                 lo, hi = max(start, s.offset), min(stop, s.offset + s.span)
                 if lo >= hi:
                     continue
-                if (lo - s.offset) % s.block or (hi - s.offset) % s.block:
+                if s.step != 1 or (lo - s.offset) % s.block or (hi - s.offset) % s.block:
                     self._refuse_all(carried, f"{node.op_type} {self._label()!r} cuts through a channel's features")
                     return
                 first = s.first + (lo - s.offset) // s.block
@@ -518,8 +601,12 @@ class _Walker:
         self._to_features(node, shape)
 
     def _to_features(self, node, shape) -> None:
-        block = int(np.prod(shape[1:], dtype=np.int64))
         segments = self.maps[node.input[0]]
+        if node.input[0] in self.last:  # (N, ..., C) flattened: channel c at c, c + C, c + 2C, ...
+            positions = int(np.prod(shape[:-1], dtype=np.int64))
+            self.maps[node.output[0]] = [dataclasses.replace(s, block=positions, step=shape[-1]) for s in segments]
+            return
+        block = int(np.prod(shape[1:], dtype=np.int64))
         self.maps[node.output[0]] = [
             Segment(s.group, s.offset * block, s.length, s.block * block, s.first) for s in segments
         ]

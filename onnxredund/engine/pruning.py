@@ -44,6 +44,7 @@ from onnxredund.model import (
 )
 
 __all__ = [
+    "COMPENSATED_KINDS",
     "COMPENSATIONS",
     "ConsumerUpdate",
     "PruneCost",
@@ -59,6 +60,8 @@ __all__ = [
 
 #: how the removed channels' contribution is made up for (None: it is not)
 COMPENSATIONS = ("mean", "merge", "lstsq")
+#: the consumers compensation goes into (a transposed conv reads the removed channels zeroed)
+COMPENSATED_KINDS = ("conv", "dense")
 
 Removal = dict[int, list[int]]  # group index -> group channels to remove
 
@@ -458,6 +461,8 @@ def compensate(
     consumers: dict[int, list[tuple[Consumer, list[int], ChannelGroup]]] = defaultdict(list)
     for g, channels in removed.items():
         for c in groups[g].consumers:
+            if c.kind not in COMPENSATED_KINDS:
+                continue  # a transposed conv: its taps overlap by stride, no per-channel fold exists
             read = [r for r in sorted(channels) if c.reads(r)]
             if read:
                 consumers[c.node].append((c, read, groups[g]))

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from conftest import make_model
 from onnx import TensorProto, helper, numpy_helper
-from prunable import group_of, inputs, run, zoo
+from prunable import group_of, inputs, prune_and_compare, run, zoo
 
 from onnxredund.data import Dataset
 from onnxredund.engine.calibration import collect_statistics
@@ -26,21 +26,6 @@ RNG = np.random.default_rng(0)
 
 def _w(*shape) -> np.ndarray:
     return RNG.normal(size=shape).astype(np.float32)
-
-
-def _prune_and_compare(proto: onnx.ModelProto, producer: str, channels: list[int], x: np.ndarray, **load) -> None:
-    """Remove ``channels`` of ``producer``'s group: the file passes onnx's full check, and its outputs equal the
-    original's with those channels zeroed where they are read, which differ from the unpruned outputs."""
-    m = load_model_proto(proto, **load)
-    groups = channel_groups(m)
-    g = group_of(groups, producer)
-    assert g.prunable, g.reason
-    pruned = remove_channels(m, groups, {g.index: channels})
-    onnx.checker.check_model(pruned, full_check=True)
-    want = run(zeroed_at_consumers(m, groups, {g.index: channels}), x)
-    np.testing.assert_allclose(run(pruned, x), want, rtol=1e-4, atol=1e-5)
-    assert not np.allclose(want, run(proto, x), atol=1e-3)  # the channel mattered: the comparison can fail
-    assert check_by_values(m, groups, {g.index: channels}, pruned, {"x": x}) < 1e-4
 
 
 def test_a_conv_read_inside_an_if_body_is_refused_with_the_reason_not_deleted():
@@ -82,7 +67,7 @@ def test_a_resize_with_constant_sizes_between_two_convs_loses_the_channels_remov
     ]
     inits = {"w1": _w(4, 2, 3, 3), "b1": _w(4), "sizes": np.array([1, 4, 12, 12]), "w2": _w(3, 4, 1, 1)}
     proto = make_model(nodes, [("x", [1, 2, 6, 6])], [("y", [1, 3, 12, 12])], inits, opset=opset)
-    _prune_and_compare(proto, "conv1", [1, 2], inputs(1))
+    prune_and_compare(proto, "conv1", [1, 2], inputs(1))
 
 
 def test_a_resize_that_scales_the_channels_is_refused():
@@ -106,7 +91,7 @@ def test_an_opset_18_split_with_num_outputs_is_recounted_without_it():
     ]
     inits = {"w1": _w(6, 2, 3, 3), "wa": _w(3, 3, 1, 1), "wb": _w(3, 3, 1, 1)}
     proto = make_model(nodes, [("x", ["N", 2, 6, 6])], [("y", ["N", 3, 6, 6])], inits, opset=18)
-    _prune_and_compare(proto, "conv1", [0, 4], inputs(4))
+    prune_and_compare(proto, "conv1", [0, 4], inputs(4))
 
 
 def _with_weights_as_inputs(proto: onnx.ModelProto, ir: int) -> onnx.ModelProto:
@@ -121,7 +106,7 @@ def _with_weights_as_inputs(proto: onnx.ModelProto, ir: int) -> onnx.ModelProto:
 
 def test_weights_also_listed_as_graph_inputs_keep_declared_shapes_equal_to_their_values():
     proto = _with_weights_as_inputs(zoo(), ir=4)
-    _prune_and_compare(proto, "convB", [1], inputs(8))
+    prune_and_compare(proto, "convB", [1], inputs(8))
     m = load_model_proto(proto)
     groups = channel_groups(m)
     pruned = remove_channels(m, groups, {group_of(groups, "convA").index: [2]})
@@ -144,9 +129,12 @@ def _cntk_style() -> onnx.ModelProto:
         helper.make_node("MatMul", ["f", "fc"], ["y"], name="Times212"),
     ]
     inits = {
-        "w": _w(3, 2, 3, 3), "cb": _w(3, 1, 1), "flat": np.array([1, 3 * size * size]),
-        "fc4": _w(3, size, size, 5) * 0.1, "fcshape": np.array([3 * size * size, 5]),
-    }  # fmt: skip
+        "w": _w(3, 2, 3, 3),
+        "cb": _w(3, 1, 1),
+        "flat": np.array([1, 3 * size * size]),
+        "fc4": _w(3, size, size, 5) * 0.1,
+        "fcshape": np.array([3 * size * size, 5]),
+    }
     graph = helper.make_graph(
         nodes,
         "cntk",

@@ -304,8 +304,8 @@ def test_groups_that_cannot_be_pruned_say_why(case, reason):
     elif case == "output":
         nodes = [first, helper.make_node("Relu", ["p"], ["out"])]
     elif case == "transpose":
-        nodes = [first, helper.make_node("Transpose", ["p"], ["out"], perm=[0, 2, 3, 1])]
-        out_shape = ["N", SIZE, SIZE, 4]
+        nodes = [first, helper.make_node("Transpose", ["p"], ["out"], perm=[0, 2, 1, 3])]  # channels to axis 2
+        out_shape = ["N", SIZE, 4, SIZE]
     else:
         nodes = [first, helper.make_node("ReduceMean", ["p"], ["out"], axes=[1])]
         out_shape = ["N", 1, SIZE, SIZE]
