@@ -56,6 +56,7 @@ __all__ = [
     "SHUFFLE_METRICS",
     "PruneResult",
     "Reference",
+    "SpeedTarget",
     "Target",
     "channel_importance",
     "parse_channel_spec",
@@ -91,6 +92,72 @@ class Target:
     def reached(self, cost: PruneCost, tally) -> bool:
         left = tally.macs() / cost.macs_total if self.kind == "macs" else tally.params() / cost.params_total
         return 1.0 - left >= self.fraction
+
+
+@dataclass(frozen=True)
+class SpeedTarget:
+    """Prune until onnxruntime runs the model ``speedup`` times as fast, on this machine, at batch ``batch``:
+    the conv-MAC fraction that reaches it is searched (:func:`macs_for_speedup`)."""
+
+    speedup: float
+    batch: int
+
+    def __post_init__(self) -> None:
+        if not self.speedup > 1.0:
+            raise OnnxRedundError(f"--target-speedup {self.speedup} must be more than 1")
+
+
+#: halvings of the conv-MAC fraction when searching a speed-up (each builds and times a pruned model)
+SPEEDUP_STEPS = 6
+
+
+def macs_for_speedup(
+    model: Model,
+    groups,
+    scores,
+    cost: PruneCost,
+    target: SpeedTarget,
+    scope: str,
+    criterion: str,
+    round_to: int,
+    data: DataSource,
+    device: str,
+) -> tuple[float, float, list[dict]]:
+    """The smallest conv-MAC fraction (within :data:`SPEEDUP_STEPS` halvings) whose pruned model runs at least
+    ``target.speedup`` times as fast as the original (median onnxruntime latency at ``target.batch``), the
+    speed-up measured there, and every fraction tried with its speed-up. Timings move by a few per cent from
+    run to run, so the result does too.
+
+    Raises:
+        OnnxRedundError: removing all the ranked groups can lets go of still does not reach the speed-up.
+    """
+    base = latency_ms(model, model.proto, data, target.batch, device)
+
+    def speedup(fraction: float) -> float:
+        removal = select_channels(groups, scores, cost, Target("macs", fraction), scope, criterion, round_to)
+        return base / latency_ms(model, remove_channels(model, groups, removal), data, target.batch, device)
+
+    hi = min(most_removed(groups, scores, cost, "macs", round_to), 0.999) * (1 - 1e-9)
+    if hi <= 0:
+        raise OnnxRedundError(
+            f"--target-speedup {target.speedup:g} cannot be reached: no channel can go (--round-to {round_to} keeps "
+            f"a multiple of {round_to} channels in every group; --round-to 1 removes them one by one)"
+        )
+    tried = [{"macs_fraction": hi, "speedup": speedup(hi)}]
+    if tried[0]["speedup"] < target.speedup:
+        raise OnnxRedundError(
+            f"--target-speedup {target.speedup:g} cannot be reached: removing all it can ({hi:.3f} of the conv MACs) "
+            f"runs {tried[0]['speedup']:.2f}x as fast at batch {target.batch} on this machine"
+        )
+    lo, at_hi = 0.0, tried[0]["speedup"]
+    for _ in range(SPEEDUP_STEPS):
+        mid = (lo + hi) / 2
+        tried.append({"macs_fraction": mid, "speedup": speedup(mid)})
+        if tried[-1]["speedup"] >= target.speedup:
+            hi, at_hi = mid, tried[-1]["speedup"]
+        else:
+            lo = mid
+    return hi, at_hi, tried
 
 
 def parse_channel_spec(specs: list[str] | tuple[str, ...]) -> dict[str, list[int]]:
@@ -172,10 +239,8 @@ def select_channels(
         raise OnnxRedundError(f"no scope {scope!r}; choose layer or global")
     if round_to < 1:
         raise OnnxRedundError(f"--round-to {round_to} must be at least 1")
-    order = {g: np.argsort(s, kind="stable") for g, s in scores.items()}
-    lowest = lambda counts: {g: sorted(order[g][:n].tolist()) for g, n in counts.items() if n}  # noqa: E731
-    most = {g: removable(groups[g].channels, groups[g].channels - 1, round_to) for g in scores}
-    reach = target.removed(cost, lowest(most))
+    lowest = _lowest(scores)
+    reach = most_removed(groups, scores, cost, target.kind, round_to)
     if reach < target.fraction:
         rounded = (
             f" (--round-to {round_to} keeps a multiple of {round_to} channels in every group; --round-to 1 "
@@ -189,6 +254,19 @@ def select_channels(
     if scope == "layer":
         return lowest(_layer_counts(groups, scores, cost, target, lowest, round_to))
     return _global_removal(groups, _comparable(scores, criterion), cost, target, round_to)
+
+
+def _lowest(scores: dict[int, np.ndarray]):
+    """counts (group -> n) -> the n lowest-importance channels of each group."""
+    order = {g: np.argsort(s, kind="stable") for g, s in scores.items()}
+    return lambda counts: {g: sorted(order[g][:n].tolist()) for g, n in counts.items() if n}
+
+
+def most_removed(groups: list[ChannelGroup], scores, cost: PruneCost, kind: str, round_to: int) -> float:
+    """The fraction of the conv MACs (``kind`` "macs") or parameters that removing all but the last channels
+    ``round_to`` lets go from every ranked group removes: the most any target can ask."""
+    most = {g: removable(groups[g].channels, groups[g].channels - 1, round_to) for g in scores}
+    return Target(kind, 0.5).removed(cost, _lowest(scores)(most))
 
 
 def removable(channels: int, chosen: int, round_to: int) -> int:
@@ -394,7 +472,7 @@ def run_prune(
     *,
     criterion: str | None = "l1",
     scope: str = "global",
-    target: Target | None = None,
+    target: Target | SpeedTarget | None = None,
     channels: dict[str, list[int]] | None = None,
     compensation: str | None = None,
     calibration: int = 1000,
@@ -408,14 +486,17 @@ def run_prune(
     round_to: int = 8,
 ) -> PruneResult:
     """Prune ``model`` by ``criterion`` to ``target`` (or remove the ``channels`` named), compensate, and measure.
-    With a target, every group keeps a multiple of ``round_to`` channels (see :func:`select_channels`).
+    With a target, every group keeps a multiple of ``round_to`` channels (see :func:`select_channels`); a
+    :class:`SpeedTarget` is met by the conv-MAC fraction :func:`macs_for_speedup` finds (latency is then
+    measured whatever ``latency`` says).
 
     Raises:
         OnnxRedundError: bad options, a group that cannot be pruned named in ``channels``, a target that
             cannot be reached, data too small to split or without what the criterion needs.
     """
     if (target is None) == (channels is None):
-        raise OnnxRedundError("give a target (--target-macs or --target-params) or --channels, not both")
+        raise OnnxRedundError("give a target (--target-macs, --target-params or --target-speedup) or --channels")
+    target_info = {"kind": target.kind, "fraction": target.fraction} if isinstance(target, Target) else None
     if compensation is not None and compensation not in COMPENSATIONS:
         raise OnnxRedundError(f"no compensation {compensation!r}; choose one of {', '.join(COMPENSATIONS)}")
     groups = channel_groups(model)
@@ -452,6 +533,15 @@ def run_prune(
         left = [g.producers[0] for g in groups if g.prunable and g.index not in scores]
         if left:
             notes.append(f"criterion {criterion} does not rank {', '.join(left)}: left as they are")
+        if isinstance(target, SpeedTarget):
+            speed = target
+            fraction, measured, tried = macs_for_speedup(
+                model, groups, scores, cost, speed, scope, criterion, round_to, ev, device
+            )
+            target = Target("macs", fraction)
+            target_info = {"kind": "speedup", "speedup": speed.speedup, "batch": speed.batch,
+                           "macs_fraction": fraction, "measured_speedup": measured, "search": tried}  # fmt: skip
+            latency = True
         removed = select_channels(groups, scores, cost, target, scope, criterion, round_to)
     updates = compensate(model, groups, removed, compensation, stats) if compensation else None
     if compensation:
@@ -470,7 +560,7 @@ def run_prune(
         criterion=criterion,
         scope=scope if channels is None else None,
         compensation=compensation,
-        target=None if target is None else {"kind": target.kind, "fraction": target.fraction, "round_to": round_to},
+        target=None if target_info is None else {**target_info, "round_to": round_to},
         seed=seed,
         groups=[g.to_dict() for g in groups],
         removed=describe_removal(model, groups, removed),

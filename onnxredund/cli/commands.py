@@ -14,7 +14,15 @@ from onnxredund.analyses.audit import audit_estimate, check_gates, parse_gate, r
 from onnxredund.analyses.distributed import job_for, run_sweep_units
 from onnxredund.analyses.evaluate import evaluate as evaluate_model
 from onnxredund.analyses.impulse import run_impulse
-from onnxredund.analyses.prune import CRITERIA, SCOPES, SHUFFLE_METRICS, Target, parse_channel_spec, run_prune
+from onnxredund.analyses.prune import (
+    CRITERIA,
+    SCOPES,
+    SHUFFLE_METRICS,
+    SpeedTarget,
+    Target,
+    parse_channel_spec,
+    run_prune,
+)
 from onnxredund.analyses.reproduce import run_reproduce, with_prune_study
 from onnxredund.analyses.shuffle import parse_channels, run_shuffle_modes
 from onnxredund.atomic import prepare_out_dir, write_json
@@ -406,6 +414,12 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
 @click.option("--target-macs", type=float, help="Fraction of the conv MACs to remove, e.g. 0.5.")
 @click.option("--target-params", type=float, help="Fraction of the parameters to remove.")
 @click.option(
+    "--target-speedup",
+    type=float,
+    help="Remove channels until onnxruntime runs the model this many times as fast on this machine, at "
+    "--batch-size (the conv-MAC fraction is searched, each step timed).",
+)
+@click.option(
     "--channels",
     "channel_specs",
     multiple=True,
@@ -462,8 +476,8 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
 @options.as_json
 @options.verbosity
 @click.pass_context
-def prune(ctx, model, target_macs, target_params, channel_specs, plan_only, out, overwrite, as_json, verbose, quiet,
-          **run) -> None:  # fmt: skip
+def prune(ctx, model, target_macs, target_params, target_speedup, channel_specs, plan_only, out, overwrite, as_json,
+          verbose, quiet, **run) -> None:  # fmt: skip
     """Remove channels from MODEL (a new, smaller ONNX file in --out), then measure both models: parameters,
     conv MACs, file size, accuracy, agreement, output drift, onnxruntime latency."""
     command_logging(ctx, verbose, quiet)
@@ -475,7 +489,7 @@ def prune(ctx, model, target_macs, target_params, channel_specs, plan_only, out,
         else:
             click.echo("\n".join(console.group_lines(m, groups)))
         return
-    target = _prune_target(target_macs, target_params, channel_specs)
+    target = _prune_target(target_macs, target_params, target_speedup, channel_specs, run["batch_size"])
     out_path = _pruned_path(out, model, overwrite)
     data = _data(m, run, run["seed"])
     compensation = run.pop("compensate")
@@ -494,12 +508,17 @@ def prune(ctx, model, target_macs, target_params, channel_specs, plan_only, out,
         click.echo(f"pruned model: {out_path}  plan: {plan_path}")
 
 
-def _prune_target(macs: float | None, params: float | None, channels) -> Target | None:
-    given = [x for x in (macs, params) if x is not None]
+def _prune_target(
+    macs: float | None, params: float | None, speedup: float | None, channels, batch: int
+) -> Target | SpeedTarget | None:
+    given = [x for x in (macs, params, speedup) if x is not None]
     if len(given) + bool(channels) != 1:
-        raise OnnxRedundError("give one of --target-macs, --target-params or --channels")
+        which = "only one" if given or channels else "one"
+        raise OnnxRedundError(f"give {which} of --target-macs, --target-params, --target-speedup or --channels")
     if channels:
         return None
+    if speedup is not None:
+        return SpeedTarget(speedup, batch)
     return Target("macs", macs) if macs is not None else Target("params", params)
 
 

@@ -268,6 +268,13 @@ def prune_lines(result: PruneResult) -> list[str]:
     rounded = (result.target or {}).get("round_to", 1)
     how += f", channels kept in multiples of {rounded}" if rounded > 1 else ""
     lines = [f"pruned {result.model} ({how}, {comp} compensation):"]
+    target = result.target or {}
+    if target.get("kind") == "speedup":
+        lines.append(
+            f"  speed-up target {target['speedup']:g}x at batch {target['batch']}: "
+            f"{target['macs_fraction']:.3f} of the conv MACs removed, {target['measured_speedup']:.2f}x when searched "
+            f"({len(target['search'])} pruned models timed)"
+        )
     for r in result.removed:
         lines.append(f"  {', '.join(r['producers'])}: {r['channels']} -> {r['kept']} channels")
     b, a = result.before, result.after

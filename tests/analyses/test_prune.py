@@ -7,10 +7,11 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model, small_cnn
+from conftest import MODELS, make_model, small_cnn
 from onnx import helper
 from prunable import group_of, inputs, zoo
 
+import onnxredund.analyses.prune as prune_module
 from onnxredund.analyses.prune import (
     Target,
     channel_importance,
@@ -303,3 +304,24 @@ def test_calibration_samples_are_spread_over_data_sorted_by_class():
     assert set(cal.y.tolist()) == {0, 1} and len(cal) + len(ev) == 40
     first, _ = split_data(data, 10, None, spread=False)
     assert set(first.y.tolist()) == {0}
+
+
+def _conv_macs(proto: onnx.ModelProto) -> int:
+    return sum(l.macs for l in describe_layers(proto, shape_table(infer_shapes(proto))))
+
+
+def test_a_speedup_target_finds_the_smallest_fraction_whose_pruned_model_is_that_much_faster(monkeypatch):
+    """With a latency that is the conv MACs (a stand-in for the clock, which tests never read), the search
+    returns a fraction whose model is 2x as fast, and every smaller fraction it tried was not."""
+    m = load_model_proto(onnx.load(str(MODELS / "lenet5x10.onnx")))
+    groups = channel_groups(m)
+    scores = {g.index: np.arange(g.channels, dtype=float)[::-1].copy() for g in groups if g.prunable}
+    monkeypatch.setattr(prune_module, "latency_ms", lambda model, proto, data, batch, device: float(_conv_macs(proto)))
+    cost = PruneCost.of(m, groups)
+    fraction, measured, tried = prune_module.macs_for_speedup(
+        m, groups, scores, cost, prune_module.SpeedTarget(2.0, 8), "layer", "l1", 8, None, "cpu"
+    )
+    removal = prune_module.select_channels(groups, scores, cost, prune_module.Target("macs", fraction), "layer", "", 8)
+    assert measured == pytest.approx(_conv_macs(m.proto) / cost.macs(removal)) and measured >= 2.0
+    assert all(t["speedup"] < 2.0 for t in tried if t["macs_fraction"] < fraction)
+    assert len(tried) == 1 + prune_module.SPEEDUP_STEPS

@@ -78,8 +78,11 @@ def _bn_free(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--target-macs", "0.5", "--channels", "convB:0"], "give one of"),
+        (["--target-macs", "0.5", "--channels", "convB:0"], "give only one of"),
+        (["--target-macs", "0.5", "--target-speedup", "2"], "give only one of"),
         ([], "give one of"),
+        (["--target-speedup", "0.9"], "must be more than 1"),
+        (["--target-speedup", "50"], "--target-speedup 50 cannot be reached"),
         (["--target-macs", "0.99", "--scope", "global"], "cannot be reached"),
         (["--target-macs", "1.5"], "strictly between 0 and 1"),
         (["--channels", "convB:0,1,2"], "every channel"),
