@@ -495,7 +495,9 @@ def run_prune(
             cannot be reached, data too small to split or without what the criterion needs.
     """
     if (target is None) == (channels is None):
-        raise OnnxRedundError("give a target (--target-macs, --target-params or --target-speedup) or --channels")
+        raise OnnxRedundError(
+            "give a target (--target-macs, --target-params or --target-speedup) or --channels, not both"
+        )
     target_info = {"kind": target.kind, "fraction": target.fraction} if isinstance(target, Target) else None
     if compensation is not None and compensation not in COMPENSATIONS:
         raise OnnxRedundError(f"no compensation {compensation!r}; choose one of {', '.join(COMPENSATIONS)}")
