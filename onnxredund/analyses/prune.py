@@ -43,6 +43,7 @@ from onnxredund.engine.pruning import (
     PruneCost,
     check_by_values,
     compensate,
+    compensate_sequential,
     describe_removal,
     remove_channels,
 )
@@ -508,7 +509,7 @@ def run_prune(
     cal, ev = split_data(data, calibration, evaluation)
     cost = PruneCost.of(model, groups)
     notes: list[str] = []
-    needs_stats = compensation is not None or criterion in NEEDS_STATS
+    needs_stats = compensation not in (None, "sequential") or criterion in NEEDS_STATS
     consumers = [c for g in groups if g.prunable for c in g.consumers]
     stats = (
         collect_statistics(model, consumers, cal, cross=compensation == "merge", gram=compensation == "lstsq",
@@ -545,7 +546,14 @@ def run_prune(
                            "macs_fraction": fraction, "measured_speedup": measured, "search": tried}  # fmt: skip
             latency = True
         removed = select_channels(groups, scores, cost, target, scope, criterion, round_to)
-    updates = compensate(model, groups, removed, compensation, stats) if compensation else None
+    updates = None
+    if compensation == "sequential":
+        updates, refit_notes = compensate_sequential(
+            model, groups, removed, cal, batch_size=batch_size, device=device, seed=seed
+        )
+        notes += refit_notes
+    elif compensation:
+        updates = compensate(model, groups, removed, compensation, stats)
     if compensation:
         notes += _uncompensated(model, groups, removed)
     pruned = remove_channels(model, groups, removed, updates=updates)

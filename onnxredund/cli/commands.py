@@ -431,7 +431,8 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
     default="none",
     show_default=True,
     help="Make up for what the removed channels carried: their mean into the consumers' bias, a merge "
-    "into the best-fitting kept channel, or a least-squares refit of the consumers.",
+    "into the best-fitting kept channel, a least-squares refit of the consumers (lstsq), or the refit made layer "
+    "by layer on the inputs of the network pruned so far (sequential).",
 )
 @click.option(
     "--calibration",

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 import scipy.linalg
 
 from onnxredund.data import DataSource, conform_feeds, iter_batches
@@ -22,7 +23,14 @@ from onnxredund.engine.runtime import Runner
 from onnxredund.engine.surgery import expose_outputs
 from onnxredund.model import Model
 
-__all__ = ["MAX_GRAM_FEATURES", "REFIT_RIDGE", "CalibrationStats", "collect_statistics"]
+__all__ = [
+    "MAX_GRAM_FEATURES",
+    "REFIT_RIDGE",
+    "CalibrationStats",
+    "collect_statistics",
+    "cross_grams",
+    "solve_refit",
+]
 
 #: the largest Gram matrix gathered for a least-squares refit (features + 1 on a side)
 MAX_GRAM_FEATURES = 8192
@@ -112,25 +120,76 @@ class CalibrationStats:
             return np.where(np.isin(np.arange(rows.shape[1]), removed), 0.0, rows), bias + rows[:, removed] @ means[
                 removed
             ]
-        f = rows.shape[1]
-        kept = np.setdiff1d(np.arange(f + 1), removed)  # the last index is the constant 1
-        full = np.concatenate([rows, bias[:, None]], axis=1).T  # (F+1, O)
-        a = gram[np.ix_(kept, kept)]
-        lam = ridge * max(float(np.trace(a)) / len(kept), 1e-12)
-        rhs = gram[kept] @ full + lam * full[kept]
-        a[np.diag_indices_from(a)] += lam
-        try:
-            solution = scipy.linalg.solve(a, rhs, assume_a="pos")  # (|K|, O)
-        except np.linalg.LinAlgError:  # not numerically positive definite (tiny ridge, float32 sums): least squares
-            solution = np.linalg.lstsq(a, rhs, rcond=None)[0]
-        new = np.zeros((f + 1, rows.shape[0]))
-        new[kept] = solution
-        return new[:f].T.copy(), new[f].copy()
+        return solve_refit(gram, gram, rows, bias, removed, ridge)
 
     def _column_means(self, consumer: Consumer, columns: int) -> np.ndarray:
         t = self.tensors[consumer.tensor]
         means = t.sum / t.count
         return np.repeat(means, columns // len(means)) if consumer.kind == "conv" else means
+
+
+def solve_refit(
+    gram: np.ndarray, cross: np.ndarray, rows: np.ndarray, bias: np.ndarray, removed: np.ndarray, ridge: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weights on the kept columns (and bias) minimising ``E|z'_K W'_K - z W|^2 + lam |W'_K - W_K|^2``, where
+    ``gram`` is E[z' z'^T] of the inputs the new weights will see and ``cross`` E[z' z^T] with those the
+    original weights saw (both with a constant 1 appended; the same matrix when they are the same inputs);
+    ``lam`` = ``ridge`` x the mean diagonal of the kept block. Returns (O, F) rows and (O,) bias."""
+    f = rows.shape[1]
+    kept = np.setdiff1d(np.arange(f + 1), removed)  # the last index is the constant 1
+    full = np.concatenate([rows, bias[:, None]], axis=1).T  # (F+1, O)
+    a = gram[np.ix_(kept, kept)].copy()
+    lam = ridge * max(float(np.trace(a)) / len(kept), 1e-12)
+    rhs = cross[kept] @ full + lam * full[kept]
+    a[np.diag_indices_from(a)] += lam
+    try:
+        solution = scipy.linalg.solve(a, rhs, assume_a="pos")  # (|K|, O)
+    except np.linalg.LinAlgError:  # not numerically positive definite (tiny ridge, float32 sums): least squares
+        solution = np.linalg.lstsq(a, rhs, rcond=None)[0]
+    new = np.zeros((f + 1, rows.shape[0]))
+    new[kept] = solution
+    return new[:f].T.copy(), new[f].copy()
+
+
+def cross_grams(
+    model: Model,
+    original: onnx.ModelProto,
+    current: onnx.ModelProto,
+    consumer: Consumer,
+    data: DataSource,
+    *,
+    batch_size: int = 128,
+    device: str = "auto",
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """E[z' z'^T] and E[z' z^T] over ``data`` of what ``consumer`` multiplies by its weights (conv patches at
+    the same sampled positions, or dense features), ``z`` read in ``original`` and ``z'`` in ``current`` (the
+    network as pruned and refitted so far), each with a constant 1 appended; None where the consumer has more
+    than :data:`MAX_GRAM_FEATURES` inputs."""
+    node = model.proto.graph.node[consumer.node]
+    index = None
+    width = model.shapes[consumer.tensor][0]
+    if consumer.kind == "conv":
+        layer = next(l for l in model.layers if l.node_index == consumer.node)
+        width, index = layer.in_channels * int(np.prod(layer.kernel)), im2col_index(layer, node)
+    if width + 1 > MAX_GRAM_FEATURES:
+        return None
+    runners = [Runner.create(expose_outputs(p, [consumer.tensor]), device, derived=True) for p in (original, current)]
+    gram, cross, samples = np.zeros((width + 1, width + 1)), np.zeros((width + 1, width + 1)), 0
+    for b, (_, arrays, _) in enumerate(iter_batches(data, batch_size)):
+        feeds = conform_feeds(arrays, model.inputs, model.input_name, data.name)
+        z, z_new = (
+            np.asarray((r.run if model.batch_dynamic else r.run_per_sample)(feeds, [consumer.tensor])[0], np.float32)
+            for r in runners
+        )
+        if index is not None:  # the same positions in both
+            z, z_new = (_patches(x, index, np.random.default_rng([seed, b])) for x in (z, z_new))
+        else:
+            z, z_new = _augment(z), _augment(z_new)
+        gram += (z_new.T @ z_new).astype(np.float64)
+        cross += (z_new.T @ z).astype(np.float64)
+        samples += len(z)
+    return gram / samples, cross / samples
 
 
 def _patches(x: np.ndarray, index: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -22,7 +22,8 @@ import onnx_ir as ir
 from onnx import numpy_helper
 
 from onnxredund.atomic import atomic_write
-from onnxredund.engine.channel_groups import ChannelGroup, Consumer, Slicing, constant_values
+from onnxredund.engine.calibration import REFIT_RIDGE, cross_grams, solve_refit
+from onnxredund.engine.channel_groups import ChannelGroup, Consumer, Slicing, constant_values, node_label
 from onnxredund.engine.ir_edit import (
     Names,
     constant_value,
@@ -50,6 +51,7 @@ __all__ = [
     "PruneCost",
     "check_by_values",
     "compensate",
+    "compensate_sequential",
     "consumer_columns",
     "consumer_weights",
     "describe_removal",
@@ -58,8 +60,9 @@ __all__ = [
     "zeroed_at_consumers",
 ]
 
-#: how the removed channels' contribution is made up for (None: it is not)
-COMPENSATIONS = ("mean", "merge", "lstsq")
+#: how the removed channels' contribution is made up for (None: it is not); "sequential" needs the data
+#: itself (:func:`compensate_sequential`), the others calibration statistics (:func:`compensate`)
+COMPENSATIONS = ("mean", "merge", "lstsq", "sequential")
 #: the consumers compensation goes into (a transposed conv reads the removed channels zeroed)
 COMPENSATED_KINDS = ("conv", "dense")
 
@@ -456,8 +459,8 @@ def compensate(
         ridge: the refit's pull towards the original weights (default
             :data:`onnxredund.engine.calibration.REFIT_RIDGE`).
     """
-    if method not in COMPENSATIONS:
-        raise OnnxRedundError(f"no compensation {method!r}; choose one of {', '.join(COMPENSATIONS)}")
+    if method not in COMPENSATIONS or method == "sequential":
+        raise OnnxRedundError(f"no compensation {method!r} from statistics; choose mean, merge or lstsq")
     consumers: dict[int, list[tuple[Consumer, list[int], ChannelGroup]]] = defaultdict(list)
     for g, channels in removed.items():
         for c in groups[g].consumers:
@@ -487,6 +490,53 @@ def compensate(
                     bias = bias + rows[:, cols] @ beta
         updates[node_index] = ConsumerUpdate(rows, bias)
     return updates
+
+
+def _consumers_reading(groups: list[ChannelGroup], removed: Removal) -> dict[int, list[tuple[Consumer, list[int]]]]:
+    """Per consumer node compensation goes into: each (consumer, removed group channels it reads)."""
+    consumers: dict[int, list[tuple[Consumer, list[int]]]] = defaultdict(list)
+    for g, channels in removed.items():
+        for c in groups[g].consumers:
+            read = [r for r in sorted(channels) if c.reads(r)]
+            if read and c.kind in COMPENSATED_KINDS:
+                consumers[c.node].append((c, read))
+    return consumers
+
+
+def compensate_sequential(
+    model: Model,
+    groups: list[ChannelGroup],
+    removed: Removal,
+    data,
+    *,
+    ridge: float | None = None,
+    batch_size: int = 128,
+    device: str = "auto",
+    seed: int = 0,
+) -> tuple[dict[int, ConsumerUpdate], list[str]]:
+    """Least-squares refits layer by layer, each on the inputs the pruned network gives it (He et al., ICCV 2017;
+    ThiNet): in graph order, consumer k's weights on what is kept are fitted so that, fed what the network pruned
+    and refitted up to k computes, it reproduces what the original consumer computed from the original's inputs.
+    Errors of earlier layers are corrected instead of compounded. One pass over ``data`` per consumer, with the
+    original and the network so far side by side (:func:`zeroed_at_consumers` with the refits made).
+
+    Returns the consumers' new parameters and notes (a consumer with too many inputs keeps its weights).
+    """
+    ridge = REFIT_RIDGE if ridge is None else ridge
+    constants = constant_values(model)
+    updates: dict[int, ConsumerUpdate] = {}
+    notes = []
+    for node_index, items in sorted(_consumers_reading(groups, removed).items()):
+        rows, bias = consumer_weights(model, items[0][0], constants)
+        columns = np.concatenate([consumer_columns(model, c, ch, constants) for c, ch in items])
+        current = zeroed_at_consumers(model, groups, removed, updates=updates)
+        grams = cross_grams(model, model.proto, current, items[0][0], data, batch_size=batch_size, device=device,
+                            seed=seed)  # fmt: skip
+        if grams is None:
+            notes.append(f"{node_label(model.proto.graph, node_index)}: too many inputs for a refit; left as it is")
+            continue
+        updates[node_index] = ConsumerUpdate(*solve_refit(*grams, rows, bias, columns, ridge))
+    return updates, notes
 
 
 def consumer_columns(
