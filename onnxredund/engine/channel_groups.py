@@ -4,8 +4,10 @@ Channel c of a conv's output travels through the graph; every tensor that carrie
 at some offset (after a Concat), possibly as a block of positions (after a Flatten). Removing c means
 slicing, at every place it reaches: the conv's kernel row and bias; BatchNormalization parameters and
 per-channel constants of elementwise ops; the input channel of every consumer conv (a depthwise consumer
-loses its own output channel too, which travels on); the block of rows of a Gemm/MatMul after a
-Flatten or a Reshape; the size of a Split part; the feature count of a Reshape constant. Tensors that
+loses its own output channel too, which travels on); the input rows of a transposed conv's weight; the
+block of rows of a Gemm/MatMul after a Flatten or a Reshape (rows at stride C after a channels-last
+Transpose, as Keras heads flatten); the size of a Split part; the feature count of a Reshape constant; an
+entry of a Resize's sizes. A transposed conv's output channels (its weight's axis 1) start a group too. Tensors that
 are combined elementwise (a residual Add, a squeeze-excitation Mul) tie their channels: all their
 producers form one group and drop the same indices. Anything not understood makes the group
 unprunable, with the reason.

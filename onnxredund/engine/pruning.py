@@ -1,11 +1,14 @@
 """Structured pruning written into the ONNX file: channels removed, not zeroed.
 
 :func:`remove_channels` takes channel groups (:mod:`.channel_groups`) and, per group, the channels to
-remove; it cuts every tensor the groups name, recounts Split sizes, Slice bounds, Reshape feature counts
-and depthwise group counts, and returns a new model that onnx's full checker and onnxruntime accept (the
-input model is never changed). :class:`PruneCost` counts conv MACs and parameters after any removal,
-exactly, without building the model. :func:`compensate` computes new
-consumer weights so that what the removed channels carried is not simply lost (see its docstring).
+remove; on the model's IR (:mod:`.ir_edit`) it cuts every tensor the groups name, recounts Split sizes,
+Slice bounds, Reshape feature counts, Resize sizes and depthwise group counts, and returns a new model that
+onnx's full checker and onnxruntime accept (the input model is never changed), or refuses in one line.
+:func:`check_by_values` compares a pruned model with :func:`zeroed_at_consumers`, the original with the
+removed channels zeroed where read, built without the cuts. :class:`PruneCost` counts conv MACs and
+parameters after any removal, exactly, without building the model. :func:`compensate` (from calibration
+statistics) and :func:`compensate_sequential` (layer by layer, from the data) compute new consumer weights
+so that what the removed channels carried is not simply lost.
 """
 
 from __future__ import annotations
