@@ -102,12 +102,13 @@ def run_unit(job: SweepJob, unit: SweepUnit, cache: dict) -> dict:
             del cache[old]
         cache[(unit.layer, unit.mode)] = runner
     meter = effect_meter(job.model, job.data, job.repeats, len(unit.channels))
-    state = new_state(meter, layer)
+    states = [new_state(meter, layer)]  # run_shuffle commits each batch as a new state: the last is the unit's
     run_shuffle(
         job.model, layer, job.data, mode=unit.mode, channels=list(unit.channels), batch_size=job.batch_size,
-        repeats=job.repeats, seed=job.seed, runner=runner, state=state,
+        repeats=job.repeats, seed=job.seed, runner=runner, state=states[0], on_batch=states.append,
     )  # fmt: skip
-    return {"sums": state.sums, "samples": state.samples_done, "route": runner.path, "device": runner.device}
+    last = states[-1]
+    return {"sums": last.sums, "samples": last.samples_done, "route": runner.path, "device": runner.device}
 
 
 @dataclass

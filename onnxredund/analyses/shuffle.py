@@ -31,6 +31,7 @@ are added in the same order as without it, so the numbers are the same to the bi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -41,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxredund.analyses.effects import EffectMeter, OutputEffect
+from onnxredund.analyses.effects import EffectMeter, OutputEffect, merge_sums
 from onnxredund.analyses.sweep_state import SweepState, checkpoint_path, sweep_key
 from onnxredund.atomic import csv_text
 from onnxredund.data import DataSource, conform_feeds, iter_batches
@@ -259,7 +260,8 @@ def run_shuffle(
         chunk: channels per run on the fast path (default: sized to memory).
         progress: called with the number of samples finished after each batch.
         state: a :class:`SweepState` to resume from (same arguments as the interrupted run).
-        on_batch: called with the state after each batch (checkpoints).
+        on_batch: called with the state after each batch (checkpoints): a new object each time, the batch's
+            sums committed together with its sample count; ``state`` itself is not changed.
         max_seconds: stop after the batch that passes this time (``complete`` False, like Ctrl-C).
         runner: the sessions to use (built for this layer, mode and device; a worker keeps them across calls).
 
@@ -291,20 +293,28 @@ def run_shuffle(
     steps = _RunAhead(_device_steps(runner, clean_batches, channels, repeats))
     try:
         for step in steps:
-            if step[0] == "clean":
+            if step[0] == "clean":  # a batch's sums start apart from the state's
                 _, clean_outputs, labels = step
-                meter.add_clean(state.sums, clean_outputs, labels)
+                batch = {k: np.zeros_like(v) for k, v in state.sums.items()}
+                meter.add_clean(batch, clean_outputs, labels)
                 continue
             if step[0] == "run":
                 _, r, c0, cos, perturbed, rows = step
-                state.sums["cos_sum"][r, c0 : c0 + len(cos)] += cos
+                batch["cos_sum"][r, c0 : c0 + len(cos)] += cos
                 if rows is None:  # the direct path: the outputs themselves came back
                     rows = meter.output_rows(perturbed, clean_outputs)
-                meter.add_rows(state.sums, r, c0, len(cos), rows, clean_outputs, labels)
+                meter.add_rows(batch, r, c0, len(cos), rows, clean_outputs, labels)
                 continue
             _, bi, size = step
-            state.batches_done, state.samples_done = bi + 1, state.samples_done + size
-            state.seconds = time.perf_counter() - t0
+            # the batch's sums and its sample count become the state in one assignment: an interrupt lands
+            # before it (the batch is not counted, nor summed) or after it, never between
+            state = dataclasses.replace(
+                state,
+                sums=merge_sums(state.sums, batch),
+                batches_done=bi + 1,
+                samples_done=state.samples_done + size,
+                seconds=time.perf_counter() - t0,
+            )
             if on_batch is not None:
                 on_batch(state)
             if progress is not None:

@@ -10,6 +10,7 @@ import onnx
 import pytest
 from conftest import make_model, small_cnn
 
+from onnxredund.analyses.effects import EffectMeter
 from onnxredund.analyses.shuffle import SweepState, parse_channels, run_shuffle
 from onnxredund.data import Dataset
 from onnxredund.engine import load_model_proto
@@ -517,3 +518,27 @@ def test_an_error_reading_data_mid_sweep_reaches_the_caller_after_the_finished_b
         )
     assert seen == [16, 32]  # the two batches read were summed and checkpointed
     assert threading.active_count() == before  # the thread that runs the models is gone
+
+
+def test_an_interrupt_while_a_batch_is_summed_leaves_the_numbers_of_the_batches_before_it(monkeypatch):
+    """Ctrl-C lands in the loop that sums a batch (here: in its third run's effects, in the main thread, as a
+    real SIGINT would): the batch's clean sums and earlier runs are not kept without its sample count, so the
+    partial result is the full result of the batches before it, to the bit."""
+    model = load_model_proto(small_cnn(6)[0])
+    d = data(100)
+    per_batch = model.layers[1].in_channels  # the direct path: one run, one add_rows, per channel and batch
+    real, calls = EffectMeter.add_rows, {"n": 0}
+
+    def interrupt_inside_the_third_batch(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2 * per_batch + 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(EffectMeter, "add_rows", interrupt_inside_the_third_batch)
+    partial = run_shuffle(model, 1, d, mode="pixel", batch_size=20, device="cpu", seed=4, exact_path=True)
+    monkeypatch.setattr(EffectMeter, "add_rows", real)
+    assert not partial.complete and partial.samples_done == 40 and calls["n"] == 2 * per_batch + 2
+    first_two = run_shuffle(model, 1, d.limit(40), mode="pixel", batch_size=20, device="cpu", seed=4, exact_path=True)
+    for key in ("outputs", "cosine", "accuracy", "agreement", "baseline_accuracy"):
+        assert partial.to_dict()[key] == first_two.to_dict()[key], key
