@@ -19,6 +19,8 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import AddInitializersToInputsPass, RemoveUnusedNodesPass
 
+from onnxredund.model import external_folder, external_tensors, set_external_folder
+
 __all__ = [
     "Names",
     "all_nodes",
@@ -30,17 +32,30 @@ __all__ = [
 ]
 
 
+_FOLDER = "onnxredund.external_folder"
+
+
 def to_ir(proto: onnx.ModelProto) -> ir.Model:
-    """The IR of ``proto`` (which stays as it is: the IR reads its tensors, never writes them)."""
-    return ir.from_proto(proto)
+    """The IR of ``proto`` (which stays as it is: the IR reads its tensors, never writes them). Where the
+    weights live in external files, the folder they are read from is kept for :func:`to_proto`."""
+    model = ir.from_proto(proto)
+    folders = {external_folder(t) for t in external_tensors(proto)}
+    if folders:
+        model.meta[_FOLDER] = folders.pop()  # one folder: model loading refuses more
+    return model
 
 
 def to_proto(model: ir.Model, *, inner_shapes: bool = True) -> onnx.ModelProto:
     """The ModelProto of ``model``; without ``inner_shapes`` no value_info (after channels are cut the
-    recorded shapes of inner tensors are stale, and onnx's inference finds them again)."""
+    recorded shapes of inner tensors are stale, and onnx's inference finds them again). Weights that stayed in
+    external files are read from the folder they were read from."""
     proto = ir.to_proto(model)
     if not inner_shapes:
         del proto.graph.value_info[:]
+    folder = model.meta.get(_FOLDER)
+    if folder:
+        for tensor in external_tensors(proto):
+            set_external_folder(tensor, folder)
     return proto
 
 

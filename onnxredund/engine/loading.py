@@ -90,6 +90,7 @@ def load_model_proto(
     """Validate and describe a model already in memory (a copy is kept; ``proto`` is not changed)."""
     path = Path(name)
     proto = validate(copy_model(proto), path)
+    declared = {vi.name: _copied(vi.type) for vi in [*data_inputs(proto.graph), *proto.graph.output]}
     image = pick_image_input(proto, path, impulse_input)
     sizes = input_sizes(proto, image, _given_sizes(input_shape))
     for input_name, dims in sizes.items():
@@ -115,7 +116,14 @@ def load_model_proto(
         batch_dynamic=batch_dynamic,
         shapes=shapes,
         classifiers=_classifiers(proto, shapes, classifier),
+        declared=declared,
     )
+
+
+def _copied(type_proto: onnx.TypeProto) -> onnx.TypeProto:
+    out = onnx.TypeProto()
+    out.CopyFrom(type_proto)
+    return out
 
 
 def _shapes(proto: onnx.ModelProto, sizes: dict[str, list]) -> dict[str, tuple[int, ...]]:

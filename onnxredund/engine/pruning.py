@@ -58,6 +58,7 @@ __all__ = [
     "consumer_columns",
     "consumer_weights",
     "describe_removal",
+    "keep_interface",
     "remove_channels",
     "save_pruned",
     "zeroed_at_consumers",
@@ -323,8 +324,24 @@ def remove_channels(
             _write_consumer(writer, model, node_index, update, own_cuts.get(inputs[1]))
     remove_unused(edited)
     proto = to_proto(edited, inner_shapes=False)
+    keep_interface(proto, model)
     _check_valid(proto, model, groups, removed)
     return proto
+
+
+def keep_interface(proto: onnx.ModelProto, model: Model) -> None:
+    """Declare the graph inputs and outputs of ``proto`` as the model's file did (free sizes and their names
+    included), not at the sizes the analysis fixed; a batch that loading freed stays free."""
+    for vi in [*proto.graph.input, *proto.graph.output]:
+        declared = model.declared.get(vi.name)
+        if declared is None or not declared.HasField("tensor_type"):
+            continue
+        working = onnx.TypeProto()
+        working.CopyFrom(vi.type)
+        vi.type.CopyFrom(declared)
+        dims, now = vi.type.tensor_type.shape.dim, working.tensor_type.shape.dim
+        if dims and now and now[0].HasField("dim_param") and dims[0].HasField("dim_value"):
+            dims[0].CopyFrom(now[0])
 
 
 def _check_valid(proto: onnx.ModelProto, model: Model, groups: list[ChannelGroup], removed: Removal) -> None:
@@ -334,8 +351,10 @@ def _check_valid(proto: onnx.ModelProto, model: Model, groups: list[ChannelGroup
         f"removing channels of {producers} gives a model that {{}} (a pattern onnxredund does not handle yet): "
         "nothing was written. Remove channels of other groups, or report this model"
     )
+    checked = inline_external(proto)  # as it will be saved; onnx's checker reads external files from the cwd
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        if checked.ByteSize() <= PROTOBUF_LIMIT:  # over it, onnxruntime's run and the check by values remain
+            onnx.checker.check_model(checked, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise OnnxRedundError(refusal.format(f"fails onnx's check ({first_line(e)})")) from e
     runner = Runner.create(proto, "cpu", derived=True, optimize=False)
@@ -349,13 +368,19 @@ def _one_sample(inp) -> tuple[int, ...]:
     return (1, *inp.sample_shape) if inp.batched else tuple(inp.sample_shape)
 
 
+def inline_external(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``proto`` with the weights it reads from external files inside it."""
+    work = copy_model(proto)
+    for tensor in external_tensors(work):
+        tensor.CopyFrom(numpy_helper.from_array(tensor_array(tensor), tensor.name))
+    return work
+
+
 def save_pruned(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Write a pruned model as one self-contained file (weights the original kept in external files are read
     into it), atomically; over protobuf's 2 GB limit the weights go to ``<name>.data`` beside it."""
     path = Path(path)
-    work = copy_model(proto)
-    for tensor in external_tensors(work):
-        tensor.CopyFrom(numpy_helper.from_array(tensor_array(tensor), tensor.name))
+    work = inline_external(proto)
     if work.ByteSize() > PROTOBUF_LIMIT:
         data = path.with_name(path.name + ".data")
         onnx.save_model(work, str(path), save_as_external_data=True, location=data.name, all_tensors_to_one_file=True)

@@ -84,6 +84,8 @@ class Model:
         layers: conv layers in graph order.
         batch_dynamic: whether batches of any size can run in one call.
         shapes: sample shape (no batch) of every tensor whose shape is known.
+        declared: the types the file declares for its graph inputs and outputs, before any size was given or
+            the batch freed (what a rewritten model keeps as its interface).
     """
 
     proto: onnx.ModelProto
@@ -95,6 +97,7 @@ class Model:
     batch_dynamic: bool
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     classifiers: list[str] = field(default_factory=list)
+    declared: dict[str, onnx.TypeProto] = field(default_factory=dict, repr=False, compare=False)
     _constants: ConstantTable | None = field(default=None, repr=False, compare=False)
 
     @property

@@ -134,3 +134,42 @@ def test_bn_on_a_model_without_batchnorm_is_an_error(tmp_path):
     r = run_cli("prune", model, "--data", data, "--criterion", "bn", "--target-macs", "0.2", "--calibration", "8",
                 "--out", out)  # fmt: skip
     assert r.exit_code == 2 and "needs BatchNormalization" in r.output and not out.exists()
+
+
+def test_a_model_with_external_weights_prunes_to_a_file_that_carries_its_own_and_leaves_the_data_untouched(
+    setup, tmp_path
+):
+    _, data = setup
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    onnx.save_model(zoo(dead_b=1), str(folder / "zoo.onnx"), save_as_external_data=True, location="zoo.onnx.data",
+                    size_threshold=0)  # fmt: skip
+    weights = (folder / "zoo.onnx.data").read_bytes()
+    out = tmp_path / "small.onnx"
+    r = run_cli("prune", folder / "zoo.onnx", "--data", data, "--channels", "convB:1", "--calibration", "16",
+                "--out", out, "--device", "cpu")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    pruned = onnx.load(str(out))  # no .data beside it: every weight inside
+    assert not any(onnx.external_data_helper.uses_external_data(t) for t in pruned.graph.initializer)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert (folder / "zoo.onnx.data").read_bytes() == weights and not (tmp_path / "small.onnx.data").exists()
+
+
+def test_the_pruned_model_declares_the_inputs_and_outputs_the_file_declared(tmp_path):
+    proto = zoo(dead_b=1)
+    for vi in (proto.graph.input[0], proto.graph.output[0]):
+        dims = vi.type.tensor_type.shape.dim
+        dims[0].dim_param = "batch"
+        if vi is proto.graph.input[0]:
+            dims[2].dim_param, dims[3].dim_param = "height", "width"
+    model = save(proto, tmp_path, "free.onnx")
+    data = tmp_path / "data.npz"
+    np.savez(data, x=inputs(40), y=np.arange(40) % 3)
+    out = tmp_path / "small.onnx"
+    r = run_cli("prune", model, "--input-shape", "2x6x6", "--data", data, "--channels", "convB:1", "--calibration",
+                "16", "--out", out, "--device", "cpu")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    pruned = onnx.load(str(out))
+    shape = lambda vi: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]  # noqa: E731
+    assert shape(pruned.graph.input[0]) == ["batch", 2, "height", "width"]
+    assert shape(pruned.graph.output[0]) == shape(proto.graph.output[0])
