@@ -30,11 +30,11 @@ from onnxredund.engine.channel_groups import ChannelGroup, Consumer, Slicing, co
 from onnxredund.engine.ir_edit import (
     Names,
     constant_value,
-    default_opset,
     remove_unused,
     to_ir,
     to_proto,
 )
+from onnxredund.engine.op_rules import rule_for
 from onnxredund.engine.runtime import Runner
 from onnxredund.engine.surgery import expose_outputs
 from onnxredund.errors import OnnxRedundError, first_line
@@ -225,47 +225,6 @@ def _add_bias_after(writer: _Writer, node: ir.Node, bias: np.ndarray) -> None:
     writer.graph.insert_after(node, add)
 
 
-def _recount_channels(writer: _Writer, model: Model, node_index: int, deleted: set[int]) -> None:
-    """A Split's sizes or a Slice's channel bounds after the input channels ``deleted`` are gone."""
-    proto_node, node = model.proto.graph.node[node_index], writer.nodes[node_index]
-    before = lambda i: sum(1 for d in deleted if d < i)  # noqa: E731
-    if proto_node.op_type == "Split":
-        sizes = [model.shapes[o][0] for o in proto_node.output]
-        bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-        new = np.array([sizes[k] - (before(bounds[k + 1]) - before(bounds[k])) for k in range(len(sizes))], np.int64)
-        if default_opset(writer.model) >= 13:
-            writer.set_input(node, 1, new, f"{proto_node.output[0]}_split")
-            node.attributes.pop("num_outputs", None)  # opset 18: sizes as an input and num_outputs exclude each other
-        else:
-            node.attributes["split"] = ir.AttrInt64s("split", [int(v) for v in new])
-        return
-    width = model.shapes[proto_node.input[0]][0]
-    k, by_input = _slice_channel_entry(writer, proto_node, model)
-    for attr, position in (("starts", 1), ("ends", 2)):
-        values = np.array(attribute(proto_node, attr) if not by_input else writer.value(proto_node.input[position]))
-        values = values.astype(np.int64)
-        v = int(values[k])
-        v = min(max(v + width if v < 0 else v, 0), width)
-        values[k] = v - before(v)
-        if by_input:
-            writer.replace(node, proto_node.input[position], values)
-        else:
-            node.attributes[attr] = ir.AttrInt64s(attr, [int(x) for x in values])
-
-
-def _slice_channel_entry(writer: _Writer, node: onnx.NodeProto, model: Model) -> tuple[int, bool]:
-    """Which entry of a Slice's starts/ends is the channel axis, and whether they are inputs (opset >= 10)."""
-    by_input = attribute(node, "starts") is None
-    rank = len(model.shapes[node.input[0]]) + 1
-    if by_input:
-        axes = writer.value(node.input[3]).tolist() if len(node.input) > 3 and node.input[3] else None
-        count = len(writer.value(node.input[1]))
-    else:
-        axes, count = attribute(node, "axes"), len(attribute(node, "starts"))
-    axes = [a % rank for a in (axes if axes is not None else range(count))]
-    return axes.index(1), by_input
-
-
 def remove_channels(
     model: Model,
     groups: list[ChannelGroup],
@@ -295,6 +254,7 @@ def remove_channels(
         inputs = list(proto_node.input)
         own = {inputs[1], inputs[2] if len(inputs) > 2 else ""} if node_index in updates else set()
         own_cuts = {}  # the weight's and bias's cuts of a consumer that gets new parameters: applied to those
+        lost = None  # the input channels a Split or Slice lost
         for (kind, _, name), axes in by_node.get(node_index, []):
             if kind == "tensor" and name in own:
                 own_cuts[name] = axes
@@ -311,9 +271,10 @@ def remove_channels(
             elif kind == "flatten":  # the nodes that computed the shape go with remove_unused
                 writer.replace(node, name, np.array([0, -1], np.int64))
             else:
-                _recount_channels(writer, model, node_index, axes[1])
-        if proto_node.op_type == "Conv" and int(attribute(proto_node, "group", 1)) > 1:  # depthwise: a group a channel
-            node.attributes["group"] = ir.AttrInt64("group", int(writer.value(node.inputs[1].name).shape[0]))
+                lost = axes[1]
+        rule = rule_for(proto_node)
+        if rule is not None:
+            rule.rewrite(writer, model, node_index, lost)  # what more the op's rule changes (sizes, group counts)
         if node_index in updates:
             update = updates[node_index]
             bias_cut = own_cuts.get(inputs[2]) if len(inputs) > 2 and inputs[2] else None

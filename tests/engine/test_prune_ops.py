@@ -11,6 +11,7 @@ from conftest import make_model
 from onnx import helper
 from prunable import group_of, prune_and_compare
 
+from onnxredund.engine import op_rules
 from onnxredund.engine.channel_groups import channel_groups
 from onnxredund.engine.loading import load_model_proto
 
@@ -229,3 +230,20 @@ def test_prune_refuses_the_op_with_its_reason(row):
     build, reason = REFUSED[row]
     group = group_of(channel_groups(load_model_proto(build())), "conv1")
     assert not group.prunable and reason in group.reason, group.reason
+
+
+def test_an_op_without_a_rule_is_refused_until_a_rule_is_registered_for_it(monkeypatch):
+    """Shrink is elementwise, but no rule of onnxredund's names it: its groups are refused with the reason. A
+    rule registered for it (as a user would for a custom op) makes them prunable, exactly."""
+    model = _then_conv2([helper.make_node("Shrink", ["p"], ["m"], lambd=0.2)], {})
+    assert "a Shrink node" in group_of(channel_groups(load_model_proto(model)), "conv1").reason
+
+    class ShrinkRule(op_rules.OpRule):
+        ops = ("Shrink",)
+
+        def follow(self, walk, node, carried):
+            walk.keep(node, carried)
+
+    monkeypatch.setattr(op_rules, "_RULES", dict(op_rules._RULES))  # the registry as it was, after the test
+    op_rules.register_rule(ShrinkRule())
+    prune_and_compare(model, "conv1", [1, 2], RNG.normal(size=(4, 2, S, S)).astype(np.float32))
