@@ -23,7 +23,7 @@ import numpy as np
 from onnxredund.analyses.impulse import run_impulse
 from onnxredund.data import DataSource, conform_feeds, iter_batches
 from onnxredund.engine.calibration import CalibrationStats
-from onnxredund.engine.channel_groups import ChannelGroup, Slicing
+from onnxredund.engine.channel_groups import ChannelGroup, Role, Slicing
 from onnxredund.engine.group_shuffle import GroupShuffle
 from onnxredund.engine.permutations import batch_generator, channel_permutation
 from onnxredund.errors import OnnxRedundError
@@ -62,7 +62,7 @@ def _l1(model: Model, group: ChannelGroup) -> np.ndarray:
     graph = model.proto.graph
     parts = []
     for s in group.slicings:
-        if s.role == "producer":
+        if s.role == Role.producer:
             w = np.abs(np.asarray(model.constant(graph.node[s.node].input[1]), np.float64))
             w = np.moveaxis(w, s.axis, 0)  # a transposed conv's output channels are its weight's axis 1
             parts.append((s, w.reshape(w.shape[0], -1).mean(axis=1)))
@@ -71,7 +71,7 @@ def _l1(model: Model, group: ChannelGroup) -> np.ndarray:
 
 def _bn(model: Model, group: ChannelGroup) -> np.ndarray | None:
     graph = model.proto.graph
-    scales = [s for s in group.slicings if s.role == "norm" and s.name == graph.node[s.node].input[1]]
+    scales = [s for s in group.slicings if s.role == Role.norm and s.name == graph.node[s.node].input[1]]
     if not scales:
         return None
     return _averaged(group, [(s, np.abs(np.asarray(model.constant(s.name), np.float64))) for s in scales])
@@ -95,7 +95,9 @@ def _impulse(model: Model, groups: list[ChannelGroup], device: str) -> dict[int,
     by_node = {l.node_index: l.index for l in model.layers}
     scores = {}
     for g in groups:
-        parts = [(s, best[by_node[s.node]]) for s in g.slicings if s.role == "producer" and by_node.get(s.node) in best]
+        parts = [
+            (s, best[by_node[s.node]]) for s in g.slicings if s.role == Role.producer and by_node.get(s.node) in best
+        ]
         if g.prunable and parts:
             scores[g.index] = _averaged(g, parts)
     return scores

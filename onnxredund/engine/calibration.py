@@ -18,7 +18,7 @@ import scipy.linalg
 
 from onnxredund.data import DataSource, conform_feeds, iter_batches
 from onnxredund.engine.analysis_models import im2col_index
-from onnxredund.engine.channel_groups import Consumer
+from onnxredund.engine.channel_groups import Consumer, ConsumerKind
 from onnxredund.engine.runtime import Runner
 from onnxredund.engine.surgery import expose_outputs
 from onnxredund.model import Model
@@ -74,7 +74,7 @@ class CalibrationStats:
         t = self.tensors[consumer.tensor]
         i = self._index(consumer, channel)
         means = t.sum[i] / t.count
-        return np.full(columns, means[0]) if consumer.kind == "conv" else means
+        return np.full(columns, means[0]) if consumer.kind == ConsumerKind.conv else means
 
     def best_fit(self, consumer: Consumer, channel: int, kept: list[int], columns: int):
         """The kept channel t whose activation fits ``channel``'s best as ``alpha * t + beta`` (least squares
@@ -104,7 +104,7 @@ class CalibrationStats:
             return fallback
         mean_t = t.sum[self._index(consumer, best)] / t.count
         beta = mean_r - best_alpha * mean_t
-        return best, float(best_alpha), (np.full(columns, beta[0]) if consumer.kind == "conv" else beta)
+        return best, float(best_alpha), (np.full(columns, beta[0]) if consumer.kind == ConsumerKind.conv else beta)
 
     def refit(
         self, consumer: Consumer, rows: np.ndarray, bias: np.ndarray, removed: np.ndarray, ridge: float = REFIT_RIDGE
@@ -125,7 +125,7 @@ class CalibrationStats:
     def _column_means(self, consumer: Consumer, columns: int) -> np.ndarray:
         t = self.tensors[consumer.tensor]
         means = t.sum / t.count
-        return np.repeat(means, columns // len(means)) if consumer.kind == "conv" else means
+        return np.repeat(means, columns // len(means)) if consumer.kind == ConsumerKind.conv else means
 
 
 def solve_refit(
@@ -169,7 +169,7 @@ def cross_grams(
     node = model.proto.graph.node[consumer.node]
     index = None
     width = model.shapes[consumer.tensor][0]
-    if consumer.kind == "conv":
+    if consumer.kind == ConsumerKind.conv:
         layer = next(l for l in model.layers if l.node_index == consumer.node)
         width, index = layer.in_channels * int(np.prod(layer.kernel)), im2col_index(layer, node)
     if width + 1 > MAX_GRAM_FEATURES:
@@ -226,9 +226,9 @@ def collect_statistics(
     graph = model.proto.graph
     patch_index: dict[int, np.ndarray] = {}
     if gram:
-        for c in {c.node: c for c in consumers if c.kind in ("conv", "dense")}.values():
-            width = model.shapes[c.tensor][0] if c.kind == "dense" else None
-            if c.kind == "conv":
+        for c in {c.node: c for c in consumers if c.kind in (ConsumerKind.conv, ConsumerKind.dense)}.values():
+            width = model.shapes[c.tensor][0] if c.kind == ConsumerKind.dense else None
+            if c.kind == ConsumerKind.conv:
                 layer = layers[c.node]
                 width = layer.in_channels * int(np.prod(layer.kernel))
                 patch_index[c.node] = im2col_index(layer, graph.node[c.node])

@@ -27,13 +27,24 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxredund.engine.channels import ChannelGroup, Consumer, Segment, Slicing, node_label
+from onnxredund.engine.channels import ChannelGroup, Consumer, ConsumerKind, Cut, Role, Segment, Slicing, node_label
 from onnxredund.engine.op_rules import rule_for
 from onnxredund.engine.runtime import Runner
 from onnxredund.engine.surgery import cut
 from onnxredund.model import ConstantTable, ConvLayer, Model, data_dependent, outer_reads
 
-__all__ = ["ChannelGroup", "Consumer", "Segment", "Slicing", "channel_groups", "constant_values", "node_label"]
+__all__ = [
+    "ChannelGroup",
+    "Consumer",
+    "ConsumerKind",
+    "Cut",
+    "Role",
+    "Segment",
+    "Slicing",
+    "channel_groups",
+    "constant_values",
+    "node_label",
+]
 
 
 @dataclass
@@ -129,12 +140,12 @@ class _Walker:
     def layer_at(self) -> ConvLayer | None:
         return self.layers.get(self.i)
 
-    def cut(self, kind: str, name: str, axis: int, s: Segment, role: str) -> None:
+    def cut(self, kind: Cut, name: str, axis: int, s: Segment, role: Role) -> None:
         self.groups.groups[s.group].slicings.append(
             Slicing(kind, self.i, name, axis, s.offset, s.block, role, s.first, s.length, s.step)
         )
 
-    def consumer(self, kind: str, tensor: str, s: Segment) -> None:
+    def consumer(self, kind: ConsumerKind, tensor: str, s: Segment) -> None:
         self.groups.groups[s.group].consumers.append(
             Consumer(self.i, kind, tensor, s.offset, s.block, s.first, s.length, s.step)
         )

@@ -5,11 +5,53 @@ plain data that :mod:`.channel_groups` finds, :mod:`.op_rules` speaks in and :mo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 import onnx
 
-__all__ = ["ChannelGroup", "Consumer", "Segment", "Slicing", "node_label"]
+__all__ = ["ChannelGroup", "Consumer", "ConsumerKind", "Cut", "Role", "Segment", "Slicing", "node_label"]
+
+
+class _Named(str, Enum):
+    """An enum whose members are their names as strings (equal to them, hashed alike, printed as them)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Cut(_Named):
+    """What removing channels does to a tensor (see :class:`Slicing`)."""
+
+    tensor = "tensor"
+    reshape = "reshape"
+    flatten = "flatten"
+    channels = "channels"
+
+
+class Role(_Named):
+    """What a cut tensor is, for the plan and the criteria."""
+
+    producer = "producer"
+    bias = "bias"
+    norm = "norm"
+    constant = "constant"
+    consumer = "consumer"
+    dense = "dense"
+    depthwise = "depthwise"
+    reshape = "reshape"
+    resize = "resize"
+    split = "split"
+    slice = "slice"
+
+
+class ConsumerKind(_Named):
+    """How a consumer reads a group's channels: a conv's input maps, a dense layer's features, or a transposed
+    conv's input maps (compensation goes into the first two)."""
+
+    conv = "conv"
+    dense = "dense"
+    transposed = "transposed"
 
 
 @dataclass(frozen=True)
@@ -50,13 +92,13 @@ class Slicing:
             "depthwise", "reshape", "resize", "split", "slice".
     """
 
-    kind: str
+    kind: Cut
     node: int
     name: str
     axis: int
     offset: int
     block: int
-    role: str
+    role: Role
     first: int = 0
     length: int = 0
     step: int = 1
@@ -83,7 +125,7 @@ class Consumer:
     """
 
     node: int
-    kind: str
+    kind: ConsumerKind
     tensor: str
     offset: int
     block: int

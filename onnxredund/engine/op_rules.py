@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxredund.engine.channels import Segment
+from onnxredund.engine.channels import ConsumerKind, Cut, Role, Segment
 from onnxredund.model import ACTIVATION_OPS, ConvLayer, Model, attribute, default_opset
 
 __all__ = ["OpRule", "Walk", "register_rule", "rule_for", "to_features"]
@@ -62,10 +62,10 @@ class Walk(Protocol):
     def layer_at(self) -> ConvLayer | None:
         """The conv layer of the current node, if it is one the model lists."""
 
-    def cut(self, kind: str, name: str, axis: int, segment: Segment, role: str) -> None:
+    def cut(self, kind: Cut, name: str, axis: int, segment: Segment, role: Role) -> None:
         """Removing the segment's channels cuts tensor ``name`` (see :class:`~.channels.Slicing`)."""
 
-    def consumer(self, kind: str, tensor: str, segment: Segment) -> None:
+    def consumer(self, kind: ConsumerKind, tensor: str, segment: Segment) -> None:
         """The current node reads the segment's channels from ``tensor`` ("conv", "dense" or "transposed")."""
 
     def refuse(self, tensors: list[str], reason: str) -> None:
@@ -159,13 +159,13 @@ class ConvRule(OpRule):
             walk.refuse(carried, f"conv {walk.label()!r} has computed weights")
         elif groups == 1:
             for s in segments:
-                walk.cut("tensor", node.input[1], 1, s, "consumer")
-                walk.consumer("conv", node.input[0], s)
+                walk.cut(Cut.tensor, node.input[1], 1, s, Role.consumer)
+                walk.consumer(ConsumerKind.conv, node.input[0], s)
         elif wshape[1] == 1 and wshape[0] == groups:  # depthwise: output channel c reads input channel c alone
             for s in segments:
-                walk.cut("tensor", node.input[1], 0, s, "depthwise")
+                walk.cut(Cut.tensor, node.input[1], 0, s, Role.depthwise)
                 if len(node.input) > 2 and node.input[2]:
-                    walk.cut("tensor", node.input[2], 0, s, "bias")
+                    walk.cut(Cut.tensor, node.input[2], 0, s, Role.bias)
             walk.maps[node.output[0]] = list(segments)
         else:
             walk.refuse(carried, f"grouped conv {walk.label()!r} ({groups} groups) reads them")
@@ -181,9 +181,9 @@ class ConvRule(OpRule):
         elif int(attribute(node, "group", 1)) != 1:
             walk.refuse_group(g, f"conv {layer.name!r} is grouped ({attribute(node, 'group')} groups)")
         whole = Segment(g, 0, layer.out_channels)
-        walk.cut("tensor", node.input[1], 0, whole, "producer")
+        walk.cut(Cut.tensor, node.input[1], 0, whole, Role.producer)
         if len(node.input) > 2 and node.input[2]:
-            walk.cut("tensor", node.input[2], 0, whole, "bias")
+            walk.cut(Cut.tensor, node.input[2], 0, whole, Role.bias)
         walk.maps[node.output[0]] = [whole]
 
     def rewrite(self, edit, model: Model, node_index: int, channels: set[int] | None) -> None:
@@ -209,8 +209,8 @@ class ConvTransposeRule(OpRule):
             walk.refuse(carried, f"grouped transposed conv {walk.label()!r} reads them")
         else:
             for s in walk.maps[node.input[0]]:
-                walk.cut("tensor", node.input[1], 0, s, "consumer")
-                walk.consumer("transposed", node.input[0], s)
+                walk.cut(Cut.tensor, node.input[1], 0, s, Role.consumer)
+                walk.consumer(ConsumerKind.transposed, node.input[0], s)
 
     def start(self, walk: Walk, node: onnx.NodeProto) -> None:
         """A transposed conv (weight (C_in, C_out / groups, *k)) whose output channels start a new group."""
@@ -225,9 +225,9 @@ class ConvTransposeRule(OpRule):
         if groups != 1:
             walk.refuse_group(g, f"transposed conv {label!r} is grouped ({groups} groups)")
         whole = Segment(g, 0, weight.shape[1] * groups)
-        walk.cut("tensor", node.input[1], 1, whole, "producer")
+        walk.cut(Cut.tensor, node.input[1], 1, whole, Role.producer)
         if len(node.input) > 2 and node.input[2]:
-            walk.cut("tensor", node.input[2], 0, whole, "bias")
+            walk.cut(Cut.tensor, node.input[2], 0, whole, Role.bias)
         walk.maps[node.output[0]] = [whole]
 
 
@@ -288,7 +288,7 @@ class NormalizationRule(OpRule):
             return
         for s in walk.maps[node.input[0]]:
             for t in params:
-                walk.cut("tensor", t, 0, s, "norm")
+                walk.cut(Cut.tensor, t, 0, s, Role.norm)
         walk.maps[node.output[0]] = list(walk.maps[node.input[0]])
 
 
@@ -357,7 +357,7 @@ class SplitRule(OpRule):
             return
         bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
         windows = [(o, bounds[k], bounds[k + 1]) for k, o in enumerate(node.output)]
-        _channel_window(walk, node, carried, windows, "split")
+        _channel_window(walk, node, carried, windows, Role.split)
 
     def rewrite(self, edit, model: Model, node_index: int, channels: set[int] | None) -> None:
         if channels:
@@ -392,7 +392,7 @@ class SliceRule(OpRule):
             return
         k = axes.index(1)
         start, stop = (min(max(v + width if v < 0 else v, 0), width) for v in (starts[k], ends[k]))
-        _channel_window(walk, node, carried, [(node.output[0], start, stop)], "slice")
+        _channel_window(walk, node, carried, [(node.output[0], start, stop)], Role.slice)
 
     def rewrite(self, edit, model: Model, node_index: int, channels: set[int] | None) -> None:
         if channels:
@@ -437,7 +437,7 @@ class ReshapeRule(OpRule):
         if target not in walk.constants:
             to_features(walk, node, shape)
             for s in walk.maps[node.output[0]]:
-                walk.cut("flatten", target, 1, s, "reshape")
+                walk.cut(Cut.flatten, target, 1, s, Role.reshape)
             return
         values = walk.constants[target]
         if values.ndim != 1 or len(values) != 2:
@@ -446,7 +446,7 @@ class ReshapeRule(OpRule):
         to_features(walk, node, shape)
         if values[1] > 0:
             for s in walk.maps[node.output[0]]:
-                walk.cut("reshape", target, 1, s, "reshape")
+                walk.cut(Cut.reshape, target, 1, s, Role.reshape)
 
 
 class DenseRule(OpRule):
@@ -465,8 +465,8 @@ class DenseRule(OpRule):
             return
         axis = 1 if node.op_type == "Gemm" and attribute(node, "transB", 0) else 0
         for s in walk.maps[node.input[0]]:
-            walk.cut("tensor", weight, axis, s, "dense")
-            walk.consumer("dense", node.input[0], s)
+            walk.cut(Cut.tensor, weight, axis, s, Role.dense)
+            walk.consumer(ConsumerKind.dense, node.input[0], s)
 
 
 class ReduceRule(OpRule):
@@ -507,7 +507,7 @@ class ResizeRule(OpRule):
             walk.keep(node, carried)
             if sizes:
                 for s in walk.maps[node.input[0]]:
-                    walk.cut("reshape", sizes, 1, s, "resize")
+                    walk.cut(Cut.reshape, sizes, 1, s, Role.resize)
 
 
 class PadRule(OpRule):
@@ -569,10 +569,10 @@ def _elementwise_constant(walk: Walk, node, name: str, tensor: str, segments: li
         walk.refuse([tensor], f"constant {name!r} of {walk.label()!r} does not follow the channels")
         return
     for s in segments:
-        walk.cut("tensor", name, axis, s, "constant")
+        walk.cut(Cut.tensor, name, axis, s, Role.constant)
 
 
-def _channel_window(walk: Walk, node, carried, windows: list[tuple[str, int, int]], role: str) -> None:
+def _channel_window(walk: Walk, node, carried, windows: list[tuple[str, int, int]], role: Role) -> None:
     """Split/Slice on axis 1: each output reads channels [start, stop) of the input."""
     segments = walk.maps[node.input[0]]
     for out, start, stop in windows:
@@ -588,7 +588,7 @@ def _channel_window(walk: Walk, node, carried, windows: list[tuple[str, int, int
             parts.append(Segment(s.group, lo - start, (hi - lo) // s.block, s.block, first))
         walk.maps[out] = parts
     for s in segments:
-        walk.cut("channels", node.input[0], 1, s, role)
+        walk.cut(Cut.channels, node.input[0], 1, s, role)
 
 
 def to_features(walk: Walk, node: onnx.NodeProto, shape: tuple[int, ...]) -> None:

@@ -26,7 +26,15 @@ from onnx import numpy_helper
 
 from onnxredund.atomic import atomic_write
 from onnxredund.engine.calibration import REFIT_RIDGE, cross_grams, solve_refit
-from onnxredund.engine.channel_groups import ChannelGroup, Consumer, Slicing, constant_values, node_label
+from onnxredund.engine.channel_groups import (
+    ChannelGroup,
+    Consumer,
+    ConsumerKind,
+    Cut,
+    Slicing,
+    constant_values,
+    node_label,
+)
 from onnxredund.engine.ir_edit import (
     Names,
     constant_value,
@@ -68,7 +76,7 @@ __all__ = [
 #: itself (:func:`compensate_sequential`), the others calibration statistics (:func:`compensate`)
 COMPENSATIONS = ("mean", "merge", "lstsq", "sequential")
 #: the consumers compensation goes into (a transposed conv reads the removed channels zeroed)
-COMPENSATED_KINDS = ("conv", "dense")
+COMPENSATED_KINDS = (ConsumerKind.conv, ConsumerKind.dense)
 
 Removal = dict[int, list[int]]  # group index -> group channels to remove
 
@@ -175,7 +183,7 @@ def consumer_weights(
     node = model.proto.graph.node[consumer.node]
     weight = np.asarray(constants[node.input[1]], np.float64)
     bias_name = node.input[2] if len(node.input) > 2 else ""
-    if consumer.kind == "conv":
+    if consumer.kind == ConsumerKind.conv:
         rows = weight.reshape(weight.shape[0], -1)
         bias = np.asarray(constants[bias_name], np.float64) if bias_name else np.zeros(weight.shape[0])
         return rows, np.broadcast_to(bias, (rows.shape[0],)).copy()
@@ -256,19 +264,19 @@ def remove_channels(
         own_cuts = {}  # the weight's and bias's cuts of a consumer that gets new parameters: applied to those
         lost = None  # the input channels a Split or Slice lost
         for (kind, _, name), axes in by_node.get(node_index, []):
-            if kind == "tensor" and name in own:
+            if kind == Cut.tensor and name in own:
                 own_cuts[name] = axes
-            elif kind == "tensor":
+            elif kind == Cut.tensor:
                 value = writer.value(name)
                 for axis, idx in axes.items():
                     value = np.delete(value, sorted(idx), axis=axis)
                 writer.replace(node, name, value)
-            elif kind == "reshape":
+            elif kind == Cut.reshape:
                 value = writer.value(name)
                 for axis, idx in axes.items():
                     value[axis] -= len(idx)
                 writer.replace(node, name, value)
-            elif kind == "flatten":  # the nodes that computed the shape go with remove_unused
+            elif kind == Cut.flatten:  # the nodes that computed the shape go with remove_unused
                 writer.replace(node, name, np.array([0, -1], np.int64))
             else:
                 lost = axes[1]
@@ -533,7 +541,7 @@ def consumer_columns(
 ) -> np.ndarray:
     """The columns of a consumer's (O, F) rows (:func:`consumer_weights`) that read group channels ``channels``."""
     entries = consumer.indices(channels)
-    if consumer.kind == "dense":
+    if consumer.kind == ConsumerKind.dense:
         return entries
     constants = constant_values(model) if constants is None else constants
     taps = int(np.prod(constants[model.proto.graph.node[consumer.node].input[1]].shape[2:], dtype=np.int64))
