@@ -45,6 +45,7 @@ from onnxredund.engine.pruning import (
     compensate,
     compensate_sequential,
     describe_removal,
+    read_by_consumer,
     remove_channels,
 )
 from onnxredund.engine.runtime import Runner
@@ -240,7 +241,7 @@ def select_channels(
         raise OnnxRedundError(f"no scope {scope!r}; choose layer or global")
     if round_to < 1:
         raise OnnxRedundError(f"--round-to {round_to} must be at least 1")
-    lowest = _lowest(scores)
+    lowest = _lowest(groups, scores)
     reach = most_removed(groups, scores, cost, target.kind, round_to)
     if reach < target.fraction:
         rounded = (
@@ -257,17 +258,40 @@ def select_channels(
     return _global_removal(groups, _comparable(scores, criterion), cost, target, round_to)
 
 
-def _lowest(scores: dict[int, np.ndarray]):
-    """counts (group -> n) -> the n lowest-importance channels of each group."""
-    order = {g: np.argsort(s, kind="stable") for g, s in scores.items()}
+def protected_channels(groups: list[ChannelGroup], scores: dict[int, np.ndarray]) -> dict[int, set[int]]:
+    """Per ranked group, the channels no selection removes: the most important one each consumer reads, so
+    that no consumer is left with nothing of the group to read (a Split's half read by one conv, as YOLOv8's
+    C2f blocks have it, would become a conv of zero input channels)."""
+    protected = {}
+    for g, s in scores.items():
+        windows = [sorted(w) for w in read_by_consumer(groups[g]).values() if w] or [range(len(s))]
+        protected[g] = {max(w, key=lambda k: s[k]) for w in windows}
+    return protected
+
+
+def _lowest(groups: list[ChannelGroup], scores: dict[int, np.ndarray]):
+    """counts (group -> n) -> the n lowest-importance channels of each group, never a protected one
+    (:func:`protected_channels`; at most ``channels - len(protected)`` can go)."""
+    protected = protected_channels(groups, scores)
+    order = {}
+    for g, s in scores.items():
+        last = np.isin(np.arange(len(s)), sorted(protected[g]))
+        order[g] = np.lexsort((s, last))  # by importance, the protected after every other
     return lambda counts: {g: sorted(order[g][:n].tolist()) for g, n in counts.items() if n}
 
 
+def _most_chosen(groups: list[ChannelGroup], scores: dict[int, np.ndarray]) -> dict[int, int]:
+    """Per ranked group, how many channels a selection may remove (all but the protected ones)."""
+    protected = protected_channels(groups, scores)
+    return {g: groups[g].channels - max(len(protected[g]), 1) for g in scores}
+
+
 def most_removed(groups: list[ChannelGroup], scores, cost: PruneCost, kind: str, round_to: int) -> float:
-    """The fraction of the conv MACs (``kind`` "macs") or parameters that removing all but the last channels
-    ``round_to`` lets go from every ranked group removes: the most any target can ask."""
-    most = {g: removable(groups[g].channels, groups[g].channels - 1, round_to) for g in scores}
-    return Target(kind, 0.5).removed(cost, _lowest(scores)(most))
+    """The fraction of the conv MACs (``kind`` "macs") or parameters that removing all a selection may from
+    every ranked group (as far as ``round_to`` lets it) removes: the most any target can ask."""
+    chosen = _most_chosen(groups, scores)
+    most = {g: removable(groups[g].channels, chosen[g], round_to) for g in scores}
+    return Target(kind, 0.5).removed(cost, _lowest(groups, scores)(most))
 
 
 def removable(channels: int, chosen: int, round_to: int) -> int:
@@ -279,10 +303,10 @@ def removable(channels: int, chosen: int, round_to: int) -> int:
 
 def _layer_counts(groups, scores, cost: PruneCost, target: Target, lowest, round_to: int) -> dict[int, int]:
     """Channels per group for the smallest uniform fraction that meets the target."""
-    c = {g: groups[g].channels for g in scores}
+    c, most = {g: groups[g].channels for g in scores}, _most_chosen(groups, scores)
 
     def counts(q: float) -> dict[int, int]:
-        return {g: removable(c[g], min(int(np.floor(q * c[g])), c[g] - 1), round_to) for g in scores}
+        return {g: removable(c[g], min(int(np.floor(q * c[g])), most[g]), round_to) for g in scores}
 
     lo, hi = 0.0, 1.0
     for _ in range(40):
@@ -311,8 +335,9 @@ def _global_removal(groups, scores, cost: PruneCost, target: Target, round_to: i
     )
     chosen: dict[int, list[int]] = {g: [] for g in scores}
     removal: dict[int, list[int]] = {g: [] for g in scores}
+    protected, most = protected_channels(groups, scores), _most_chosen(groups, scores)
     for _, g, c in ranked:
-        if len(chosen[g]) >= groups[g].channels - 1:
+        if len(chosen[g]) >= most[g] or c in protected[g]:
             continue
         chosen[g].append(c)
         for k in chosen[g][len(removal[g]) : removable(groups[g].channels, len(chosen[g]), round_to)]:

@@ -67,6 +67,7 @@ __all__ = [
     "consumer_weights",
     "describe_removal",
     "keep_interface",
+    "read_by_consumer",
     "remove_channels",
     "save_pruned",
     "zeroed_at_consumers",
@@ -101,6 +102,20 @@ def _check_removal(groups: list[ChannelGroup], removed: Removal) -> None:
             raise OnnxRedundError(f"{group.producers[0]} has channels 0..{group.channels - 1}; no channel {bad[0]}")
         if len(set(channels)) >= group.channels:
             raise OnnxRedundError(f"removing every channel of {group.producers[0]} would disconnect the network")
+        for read in read_by_consumer(group).values():
+            if read and read <= set(channels):
+                raise OnnxRedundError(
+                    f"removing channels {min(read)}-{max(read)} of {group.producers[0]} leaves a consumer nothing of "
+                    "the group to read (it reads a part of a Split, say): keep at least one of those channels"
+                )
+
+
+def read_by_consumer(group: ChannelGroup) -> dict[int, set[int]]:
+    """Per consumer node of ``group``, the group channels it reads."""
+    read: dict[int, set[int]] = defaultdict(set)
+    for c in group.consumers:
+        read[c.node].update(range(c.first, c.first + c.length))
+    return read
 
 
 def _cuts(groups: list[ChannelGroup], removed: Removal) -> dict[tuple[str, int, str], dict[int, set[int]]]:

@@ -14,11 +14,12 @@ from conftest import make_model
 from onnx import TensorProto, helper, numpy_helper
 from prunable import group_of, inputs, prune_and_compare, run, zoo
 
+from onnxredund.analyses.prune import Target, most_removed, select_channels
 from onnxredund.data import Dataset
 from onnxredund.engine.calibration import collect_statistics
 from onnxredund.engine.channel_groups import channel_groups
 from onnxredund.engine.loading import load_model_proto
-from onnxredund.engine.pruning import check_by_values, compensate, remove_channels, zeroed_at_consumers
+from onnxredund.engine.pruning import PruneCost, check_by_values, compensate, remove_channels, zeroed_at_consumers
 from onnxredund.errors import OnnxRedundError
 
 RNG = np.random.default_rng(0)
@@ -176,3 +177,32 @@ def test_the_check_by_values_catches_a_cut_that_does_not_match_and_names_the_fir
     assert check_by_values(m, groups, {g.index: [1]}, wrong, {"x": x}) < 1e-4
     with pytest.raises(OnnxRedundError, match="removing channels of convB is not exact through Conv 'convB'"):
         check_by_values(m, groups, {g.index: [0]}, wrong, {"x": x})
+
+
+def _split_half_read_alone():
+    """conv1 (4) -> Split into halves; convA reads the second half alone; Concat(first half, convA) -> conv2: the
+    C2f pattern of YOLOv8. Removing both channels of the second half would leave convA zero input channels."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Split", ["c1", "parts"], ["s1", "s2"], axis=1),
+        helper.make_node("Conv", ["s2", "wa"], ["a"], name="convA", pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["s1", "a"], ["cat"], axis=1),
+        helper.make_node("Conv", ["cat", "w2"], ["y"], name="conv2"),
+    ]
+    inits = {"w1": _w(4, 2, 3, 3), "parts": np.array([2, 2]), "wa": _w(3, 2, 3, 3), "w2": _w(3, 5, 1, 1)}
+    return make_model(nodes, [("x", ["N", 2, 6, 6])], [("y", ["N", 3, 6, 6])], inits)
+
+
+def test_a_removal_that_leaves_a_consumer_nothing_to_read_is_refused_and_no_selection_makes_one():
+    m = load_model_proto(_split_half_read_alone())
+    groups = channel_groups(m)
+    g = group_of(groups, "conv1")
+    with pytest.raises(OnnxRedundError, match="leaves a consumer nothing of the group to read"):
+        remove_channels(m, groups, {g.index: [2, 3]})
+    scores = {g.index: np.array([4.0, 3.0, 1.0, 2.0])}  # the second half ranks lowest
+    cost = PruneCost.of(m, groups)
+    most = most_removed(groups, scores, cost, "macs", 1)
+    removal = select_channels(groups, scores, cost, Target("macs", most), "layer", "l1", 1)
+    # the best channel of each consumer's reading stays: 3 of the half convA reads alone, 0 of what conv2 reads
+    assert removal == {g.index: [1, 2]}
+    prune_and_compare(_split_half_read_alone(), "conv1", [1, 2], inputs(4))
