@@ -265,7 +265,7 @@ def protected_channels(groups: list[ChannelGroup], scores: dict[int, np.ndarray]
     protected = {}
     for g, s in scores.items():
         windows = [sorted(w) for w in read_by_consumer(groups[g]).values() if w] or [range(len(s))]
-        protected[g] = {max(w, key=lambda k: s[k]) for w in windows}
+        protected[g] = {max(w, key=lambda k: (s[k], k)) for w in windows}  # ties: the last, as a stable sort
     return protected
 
 
