@@ -232,7 +232,8 @@ class ConvTransposeRule(OpRule):
 
 
 class TransposeRule(OpRule):
-    """Transpose: see :meth:`follow`."""
+    """Transpose that keeps axes 0 and 1 (the channels stay); one to channels-last, (0, 2, ..., 1), before a
+    Keras or tf2onnx flatten; and one back to channels-first."""
 
     ops = ("Transpose",)
     channels_last = True
@@ -414,7 +415,8 @@ class FlattenRule(OpRule):
 
 
 class ReshapeRule(OpRule):
-    """Reshape to (N, features): see :meth:`follow`."""
+    """Reshape to (N, features), a Flatten: a feature count in its shape constant shrinks with the channels, and
+    a shape computed at run time (Paddle's flatten) becomes the constant ``[0, -1]``."""
 
     ops = ("Reshape",)
     channels_last = True
@@ -484,7 +486,7 @@ class ReduceRule(OpRule):
 
 
 class ResizeRule(OpRule):
-    """Resize/Upsample that keeps the channel count."""
+    """Resize/Upsample with scales of 1 on the batch and channel axes; constant ``sizes`` are recounted."""
 
     ops = ("Resize", "Upsample")
 
