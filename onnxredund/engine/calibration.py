@@ -166,12 +166,7 @@ def cross_grams(
     the same sampled positions, or dense features), ``z`` read in ``original`` and ``z'`` in ``current`` (the
     network as pruned and refitted so far), each with a constant 1 appended; None where the consumer has more
     than :data:`MAX_GRAM_FEATURES` inputs."""
-    node = model.proto.graph.node[consumer.node]
-    index = None
-    width = model.shapes[consumer.tensor][0]
-    if consumer.kind == ConsumerKind.conv:
-        layer = next(l for l in model.layers if l.node_index == consumer.node)
-        width, index = layer.in_channels * int(np.prod(layer.kernel)), im2col_index(layer, node)
+    width, index = _gram_inputs(model, consumer)
     if width + 1 > MAX_GRAM_FEATURES:
         return None
     runners = [Runner.create(expose_outputs(p, [consumer.tensor]), device, derived=True) for p in (original, current)]
@@ -190,6 +185,16 @@ def cross_grams(
         cross += (z_new.T @ z).astype(np.float64)
         samples += len(z)
     return gram / samples, cross / samples
+
+
+def _gram_inputs(model: Model, consumer: Consumer) -> tuple[int, np.ndarray | None]:
+    """How many values a consumer multiplies by its weights per output (a conv's input patch, a dense layer's
+    features) and, for a conv, the im2col index of its patches (None for a dense layer)."""
+    if consumer.kind != ConsumerKind.conv:
+        return model.shapes[consumer.tensor][0], None
+    layer = next(l for l in model.layers if l.node_index == consumer.node)
+    index = im2col_index(layer, model.proto.graph.node[consumer.node])
+    return layer.in_channels * int(np.prod(layer.kernel)), index
 
 
 def _patches(x: np.ndarray, index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -222,22 +227,18 @@ def collect_statistics(
     """
     tensors = list(dict.fromkeys(c.tensor for c in consumers))
     stats = CalibrationStats(model, 0)
-    layers = {l.node_index: l for l in model.layers}
     graph = model.proto.graph
     patch_index: dict[int, np.ndarray] = {}
     if gram:
         for c in {c.node: c for c in consumers if c.kind in (ConsumerKind.conv, ConsumerKind.dense)}.values():
-            width = model.shapes[c.tensor][0] if c.kind == ConsumerKind.dense else None
-            if c.kind == ConsumerKind.conv:
-                layer = layers[c.node]
-                width = layer.in_channels * int(np.prod(layer.kernel))
-                patch_index[c.node] = im2col_index(layer, graph.node[c.node])
+            width, index = _gram_inputs(model, c)
             if width + 1 > MAX_GRAM_FEATURES:
                 stats.notes.append(
                     f"{graph.node[c.node].name or c.node}: {width} inputs, too many for a refit; mean used"
                 )
-                patch_index.pop(c.node, None)
                 continue
+            if index is not None:
+                patch_index[c.node] = index
             stats.grams[c.node] = np.zeros((width + 1, width + 1))
     runner = Runner.create(expose_outputs(model.proto, tensors), device, derived=True)
     run = runner.run if model.batch_dynamic else runner.run_per_sample
