@@ -473,17 +473,9 @@ def compensate(
     """
     if method not in COMPENSATIONS or method == "sequential":
         raise OnnxRedundError(f"no compensation {method!r} from statistics; choose mean, merge or lstsq")
-    consumers: dict[int, list[tuple[Consumer, list[int], ChannelGroup]]] = defaultdict(list)
-    for g, channels in removed.items():
-        for c in groups[g].consumers:
-            if c.kind not in COMPENSATED_KINDS:
-                continue  # a transposed conv: its taps overlap by stride, no per-channel fold exists
-            read = [r for r in sorted(channels) if c.reads(r)]
-            if read:
-                consumers[c.node].append((c, read, groups[g]))
     updates = {}
     constants = constant_values(model)
-    for node_index, items in consumers.items():
+    for node_index, items in _consumers_reading(groups, removed).items():
         rows, bias = consumer_weights(model, items[0][0], constants)
         if method == "lstsq":
             columns = np.concatenate([consumer_columns(model, c, ch, constants) for c, ch, _ in items])
@@ -504,14 +496,17 @@ def compensate(
     return updates
 
 
-def _consumers_reading(groups: list[ChannelGroup], removed: Removal) -> dict[int, list[tuple[Consumer, list[int]]]]:
-    """Per consumer node compensation goes into: each (consumer, removed group channels it reads)."""
-    consumers: dict[int, list[tuple[Consumer, list[int]]]] = defaultdict(list)
+def _consumers_reading(
+    groups: list[ChannelGroup], removed: Removal
+) -> dict[int, list[tuple[Consumer, list[int], ChannelGroup]]]:
+    """Per consumer node compensation goes into (not a transposed conv: its taps overlap by stride, no
+    per-channel fold exists): each (consumer, the removed channels it reads, their group)."""
+    consumers: dict[int, list[tuple[Consumer, list[int], ChannelGroup]]] = defaultdict(list)
     for g, channels in removed.items():
         for c in groups[g].consumers:
             read = [r for r in sorted(channels) if c.reads(r)]
             if read and c.kind in COMPENSATED_KINDS:
-                consumers[c.node].append((c, read))
+                consumers[c.node].append((c, read, groups[g]))
     return consumers
 
 
@@ -540,7 +535,7 @@ def compensate_sequential(
     notes = []
     for node_index, items in sorted(_consumers_reading(groups, removed).items()):
         rows, bias = consumer_weights(model, items[0][0], constants)
-        columns = np.concatenate([consumer_columns(model, c, ch, constants) for c, ch in items])
+        columns = np.concatenate([consumer_columns(model, c, ch, constants) for c, ch, _ in items])
         current = zeroed_at_consumers(model, groups, removed, updates=updates)
         grams = cross_grams(model, model.proto, current, items[0][0], data, batch_size=batch_size, device=device,
                             seed=seed)  # fmt: skip
