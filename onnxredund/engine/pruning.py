@@ -167,12 +167,12 @@ class _Writer:
         fresh initializer."""
         position = next(k for k, v in enumerate(node.inputs) if v is not None and v.name == old)
         current = node.inputs[position]
-        if current.is_initializer() and len(current.uses()) == 1 and not current.is_graph_output():
-            if old not in self.written:
-                current.const_value = ir.tensor(np.ascontiguousarray(value), name=old)
-                current.shape = ir.Shape(value.shape)
-                self.written[old] = value
-                return
+        only_here = current.is_initializer() and len(current.uses()) == 1 and not current.is_graph_output()
+        if only_here and old not in self.written:
+            current.const_value = ir.tensor(np.ascontiguousarray(value), name=old)
+            current.shape = ir.Shape(value.shape)
+            self.written[old] = value
+            return
         self.set_input(node, position, value, old)
 
 
@@ -536,7 +536,7 @@ def compensate_sequential(
     for node_index, items in sorted(_consumers_reading(groups, removed).items()):
         rows, bias = consumer_weights(model, items[0][0], constants)
         columns = np.concatenate([consumer_columns(model, c, ch, constants) for c, ch, _ in items])
-        current = zeroed_at_consumers(model, groups, removed, updates=updates)
+        current = zeroed_at_consumers(model, groups, removed, updates=updates, constants=constants)
         grams = cross_grams(model, model.proto, current, items[0][0], data, batch_size=batch_size, device=device,
                             seed=seed)  # fmt: skip
         if grams is None:
@@ -576,14 +576,20 @@ CHECK_FLOOR = 1e-3
 
 
 def zeroed_at_consumers(
-    model: Model, groups: list[ChannelGroup], removed: Removal, *, updates: dict[int, ConsumerUpdate] | None = None
+    model: Model,
+    groups: list[ChannelGroup],
+    removed: Removal,
+    *,
+    updates: dict[int, ConsumerUpdate] | None = None,
+    constants: Mapping[str, np.ndarray] | None = None,
 ) -> onnx.ModelProto:
     """What a pruned model must equal: the original, with the ``removed`` channels multiplied by zero where each
     consumer reads them (a ``Mul`` by a constant mask before the consumer, nowhere else) and, with ``updates``,
     the consumers' compensated weights and biases. It shares no code with the cuts: a channel that a node
-    mixes into others (a Softmax over channels, a recount that was missed) makes the two differ."""
+    mixes into others (a Softmax over channels, a recount that was missed) makes the two differ.
+    ``constants``: :func:`constant_values` of the model, where the caller has them."""
     edited = to_ir(model.proto)
-    writer = _Writer(edited, constant_values(model))
+    writer = _Writer(edited, constant_values(model) if constants is None else constants)
     zeroed: dict[tuple[int, str], set[int]] = defaultdict(set)
     for g, channels in removed.items():
         for c in groups[g].consumers:
