@@ -20,12 +20,13 @@ ALLOWED = {
     "metrics": set(),
     "ncc": set(),
     "atomic": {"errors"},
+    "interrupts": set(),
     "model": {"errors"},
     "data": {"errors", "model"},
-    "engine": {"errors", "metrics", "model", "data", "atomic"},
-    "analyses": {"errors", "metrics", "ncc", "atomic", "model", "data", "engine"},
-    "report": {"errors", "metrics", "atomic", "model", "data", "analyses"},
-    "cli": {"errors", "metrics", "ncc", "atomic", "model", "data", "engine", "analyses", "report"},
+    "engine": {"errors", "metrics", "model", "data", "atomic", "interrupts"},
+    "analyses": {"errors", "metrics", "ncc", "atomic", "interrupts", "model", "data", "engine"},
+    "report": {"errors", "metrics", "atomic", "interrupts", "model", "data", "analyses"},
+    "cli": {"errors", "metrics", "ncc", "atomic", "interrupts", "model", "data", "engine", "analyses", "report"},
 }
 #: modules that may be imported inside a function: heavy and optional
 LAZY_OK = {"matplotlib", "matplotlib.pyplot"}

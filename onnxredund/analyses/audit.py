@@ -21,11 +21,17 @@ Per layer i, the signals:
 ``budget`` covers the whole audit: the impulse analysis leaves its comparisons with earlier layers
 out past half of it, the sweeps share what is left, and whatever is cut short or skipped is said in
 ``notes``.
+
+Interrupted (Ctrl-C, SIGTERM) during the sweeps, the audit stops at once: the result holds the impulse
+analysis and the sweeps that finished, is marked incomplete (``complete`` False, a note naming what was not
+measured), and the sweep in progress keeps its checkpoint (every batch, in ``<checkpoint_dir>/checkpoints``;
+units on a backend) for ``resume``, which ends with the numbers of an uninterrupted audit.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,10 +50,12 @@ from onnxredund.analyses.plan import (
     plan_sweeps,
     probe_seconds_per_image,
 )
-from onnxredund.analyses.shuffle import ShuffleResult, run_shuffle
+from onnxredund.analyses.shuffle import ShuffleResult, effect_meter, new_state, run_shuffle
+from onnxredund.analyses.sweep_state import SweepState, sweep_key
 from onnxredund.data import DataSource
 from onnxredund.engine.backends import Backend
 from onnxredund.errors import OnnxRedundError
+from onnxredund.interrupts import Interrupted, deferred, stop_status
 from onnxredund.model import ConvLayer, Model, classifier_output
 
 __all__ = [
@@ -57,6 +65,7 @@ __all__ = [
     "LayerSummary",
     "audit_estimate",
     "check_gates",
+    "clear_checkpoints",
     "parse_gate",
     "run_audit",
     "shuffle_cost",
@@ -68,6 +77,7 @@ SCHEMA_VERSION = 2
 _IMPULSE_SHARE = 0.3  # of the budget, after which the impulse analysis leaves out comparisons with earlier layers
 _WRITE_RESERVE = 5.0  # seconds kept for writing the report, results and figures at the end
 _PLAN_MARGIN = 0.85  # of the time left that the sweeps are planned to fill (estimates are estimates)
+_CHECKPOINTS = "checkpoints"  # the folder, in the checkpoint folder, of the sweeps' batch checkpoints
 
 
 @dataclass(frozen=True)
@@ -135,10 +145,12 @@ class AuditResult:
     shuffles: dict[str, dict[str, ShuffleResult]]
     layers: list[LayerSummary]
     notes: list[str]
+    complete: bool = True
 
     def to_dict(self) -> dict:
         return {
             "schema_version": SCHEMA_VERSION,
+            "complete": self.complete,
             "tool": f"onnxredund {__version__}",
             "model": self.model,
             "data": self.data,
@@ -276,10 +288,13 @@ def run_audit(
             the budget (default 5 s).
         backend: where the sweeps run as units (:mod:`onnxredund.analyses.distributed`), planned up front for
             its workers; None: in this process, each sweep planned from what the ones before it cost.
-        checkpoint_dir, resume: with a backend, finished units are kept there, and ``resume`` takes them.
+        checkpoint_dir, resume: where the sweeps keep their progress (each batch in this process, finished
+            units on a backend), and whether to continue from what is there.
+
+    Raises:
+        KeyboardInterrupt: a signal during the impulse analysis (nothing finished; a signal during the sweeps
+            returns an incomplete result instead).
     """
-    if resume and backend is None:
-        raise OnnxRedundError("--resume continues the units of an audit run with --backend; this one had none")
     clock = _Clock(time.perf_counter() if started is None else started, budget)
     impulse = run_impulse(
         model, layers=layers, threshold=threshold, device=device, progress=progress,
@@ -293,17 +308,28 @@ def run_audit(
     if write_seconds is not None:
         clock.reserve = write_seconds(len(audited), len(sweeps))
     shuffles: dict[str, dict[str, ShuffleResult]] = {}
+    complete = True
     if sweeps:
         options = {"seed": seed, "batch_size": batch_size, "device": device}
         if backend is None:
-            results = _run_sweeps(model, data, sweeps, clock, options, progress, notes)
+            results = _run_sweeps(model, data, sweeps, clock, options, progress, notes, (checkpoint_dir, resume))
         else:
             units = (backend, checkpoint_dir, resume)
             results = _run_sweep_units(model, data, sweeps, clock, options, progress, notes, units)
-        for result in results:
-            shuffles.setdefault(result.layer, {})[result.mode] = result
-            if on_sweep is not None:
-                on_sweep(result)
+        try:
+            for result in results:
+                shuffles.setdefault(result.layer, {})[result.mode] = result
+                if on_sweep is not None:
+                    with deferred():  # a sweep's files are written whole
+                        on_sweep(result)
+        except KeyboardInterrupt:
+            complete = False
+            missing = [f"{l.name} {m}" for l, m in sweeps if m not in shuffles.get(l.name, {})]
+            notes.append(
+                f"interrupted: {len(sweeps) - len(missing)} of {len(sweeps)} sweeps finished; not measured: "
+                f"{', '.join(missing)} (a resumed audit continues from the checkpoints)"
+            )
+            log.warning("interrupted: %d of %d sweeps finished", len(sweeps) - len(missing), len(sweeps))
     notes += _word_notes(model, data)
     summaries = [summarize_layer(l, impulse, shuffles.get(l.name, {}), cheap_drop) for l in audited]
     return AuditResult(
@@ -319,7 +345,34 @@ def run_audit(
         shuffles=shuffles,
         layers=summaries,
         notes=notes,
+        complete=complete,
     )
+
+
+def clear_checkpoints(checkpoint_dir) -> None:
+    """Remove the sweeps' checkpoints of a finished audit (its results hold every number)."""
+    shutil.rmtree(checkpoint_dir / _CHECKPOINTS, ignore_errors=True)
+
+
+def _sweep_state(model, layer, data, mode, channels, options, checkpoints) -> tuple[SweepState, object]:
+    """A sweep's state to start from (what its checkpoint kept, when resuming) and the checkpoint's path."""
+    folder, resume = checkpoints
+    key = sweep_key(
+        model, layer, data, mode=mode, channels=channels, batch_size=options["batch_size"], repeats=1,
+        seed=options["seed"], exact_path=False,
+    )  # fmt: skip
+    path = None if folder is None else folder / _CHECKPOINTS / f"shuffle-{layer.index}-{mode}.npz"
+    if path is not None:
+        path.parent.mkdir(exist_ok=True)
+    if resume and path is not None:
+        try:
+            kept = SweepState.load(path, key)
+        except OnnxRedundError as e:  # another plan (a budget re-planned): this sweep starts again
+            log.warning("%s %s starts again: %s", layer.name, mode, e)
+            kept = None
+        if kept is not None:
+            return kept, path
+    return new_state(effect_meter(model, data, 1, len(channels)), layer, key), path
 
 
 @dataclass
@@ -337,8 +390,9 @@ class _Clock:
         return None if self.budget is None else max(0.0, fraction * self.budget - (time.perf_counter() - self.start))
 
 
-def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, notes: list[str]):
-    """Run the sweeps, each planned afresh from the time left and what the sweeps so far cost."""
+def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, notes: list[str], checkpoints):
+    """Run the sweeps, each planned afresh from the time left and what the sweeps so far cost, each batch kept
+    in ``checkpoints`` ((folder or None, resume)); raises :class:`Interrupted` where a signal stopped one."""
     seconds_per_image = probe_seconds_per_image(model, data, options["device"], options["batch_size"])
     seen: list[float] = []  # the pass costs the sweeps so far showed: their median plans the next ones
     images = None  # fixed by the first plan: every sweep measures the same images
@@ -355,12 +409,17 @@ def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, not
         plan = plans[0]
         images = plan.images
         subset = data if plan.images >= len(data) else data.subset(evenly_spaced(plan.images, len(data)), "sampled")
-        cb = progress(f"{layer.name} {mode} ({i + 1}/{len(sweeps)})", len(subset), 0) if progress else None
+        state, ckpt = _sweep_state(model, layer, subset, mode, plan.channels, options, checkpoints)
+        label = f"{layer.name} {mode} ({i + 1}/{len(sweeps)})"
+        cb = progress(label, len(subset), state.samples_done) if progress else None
         t0 = time.perf_counter()
         result = run_shuffle(
-            model, layer, subset, mode=mode, channels=plan.channels, progress=cb,
+            model, layer, subset, mode=mode, channels=plan.channels, progress=cb, state=state,
+            on_batch=None if ckpt is None else (lambda s, c=ckpt: s.save(c)),
             max_seconds=None if clock.budget is None else max(1.0, 2 * plan.seconds), **options,
         )  # fmt: skip
+        if result.stopped == "interrupted":
+            raise Interrupted(stop_status() - 128)
         took = time.perf_counter() - t0
         log.debug(
             "%s %s: planned %d images x %d channels, %.2f s; took %.2f s; %.1f s left",
@@ -396,8 +455,6 @@ def _run_sweep_units(model, data, sweeps, clock: _Clock, options: dict, progress
         job, [(p.layer, p.mode) for p in plans], backend, checkpoint_dir=checkpoint_dir, resume=resume,
         progress=progress,
     )  # fmt: skip
-    if not complete:
-        notes.append("interrupted: the sweeps whose units had not all finished are left out (--resume continues)")
     if clock.budget is not None and backend.workers > 1:
         notes.append(f"sweeps planned for {backend.workers} workers on {backend.name}")
     by_sweep = {(r.layer, r.mode): r for r in results}
@@ -406,6 +463,8 @@ def _run_sweep_units(model, data, sweeps, clock: _Clock, options: dict, progress
         if result is not None:
             notes += _sampling_notes(plan, result, len(data))
             yield result
+    if not complete:
+        raise Interrupted(stop_status() - 128)
 
 
 def audit_estimate(
@@ -454,7 +513,7 @@ def _sampling_notes(plan: SweepPlan, result: ShuffleResult, samples: int) -> lis
         parts.append(f"{plan.images} of {samples} images (evenly spaced)")
     if plan.sampled:
         parts.append(f"{len(plan.channels)} of {plan.layer.in_channels} input channels (evenly spaced)")
-    if not result.complete:
+    if result.stopped == "time budget":
         parts.append(f"stopped after {result.samples_done} images")
     return [f"{result.layer} {result.mode} shuffling measured {', '.join(parts)} (time budget)"] if parts else []
 

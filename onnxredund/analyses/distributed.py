@@ -28,6 +28,7 @@ from onnxredund.engine.backends import Backend
 from onnxredund.engine.runtime import resolve_device
 from onnxredund.engine.sweep import SweepRunner, chunk_size
 from onnxredund.errors import OnnxRedundError
+from onnxredund.interrupts import Interrupted, stop_status
 from onnxredund.model import ConvLayer, Model
 
 __all__ = ["SweepJob", "SweepUnit", "job_for", "plan_units", "run_sweep_units", "run_unit"]
@@ -103,10 +104,12 @@ def run_unit(job: SweepJob, unit: SweepUnit, cache: dict) -> dict:
         cache[(unit.layer, unit.mode)] = runner
     meter = effect_meter(job.model, job.data, job.repeats, len(unit.channels))
     states = [new_state(meter, layer)]  # run_shuffle commits each batch as a new state: the last is the unit's
-    run_shuffle(
+    result = run_shuffle(
         job.model, layer, job.data, mode=unit.mode, channels=list(unit.channels), batch_size=job.batch_size,
         repeats=job.repeats, seed=job.seed, runner=runner, state=states[0], on_batch=states.append,
     )  # fmt: skip
+    if not result.complete:  # stopped by a signal in this process: a part of a unit is not a finished unit
+        raise Interrupted(stop_status() - 128)
     last = states[-1]
     return {"sums": last.sums, "samples": last.samples_done, "route": runner.path, "device": runner.device}
 
@@ -140,7 +143,7 @@ class _Sweep:
         state.samples_done = first["samples"]
         args = (self.mode, job.seed, job.repeats, job.batch_size)
         route = (first["route"], first["device"])
-        return sweep_result(job.model, self.layer, job.data, route, meter, state, args, channels, True)
+        return sweep_result(job.model, self.layer, job.data, route, meter, state, args, channels)
 
 
 def _unit_path(checkpoint_dir: Path, unit: SweepUnit) -> Path:

@@ -83,6 +83,8 @@ class ShuffleResult:
         baseline_accuracy: clean top-1 accuracy, or None.
         route: "fast" or "direct", the way the sweep ran (``path`` in the JSON).
         samples_done: samples measured (all of them unless ``complete`` is False).
+        stopped: why an incomplete sweep stopped: "interrupted" (Ctrl-C, SIGTERM) or "time budget"; None
+            when complete.
         data_info: what the data was (:meth:`DataSource.describe`).
     """
 
@@ -112,6 +114,7 @@ class ShuffleResult:
     outputs: dict[str, OutputEffect] = field(default_factory=dict)
     classifier: str | None = None
     data_info: dict = field(default_factory=dict)
+    stopped: str | None = None
 
     def mean_cosine(self) -> np.ndarray:
         """Mean over output channels of ``cosine``: one number per perturbed channel, shape (K,)."""
@@ -129,6 +132,7 @@ class ShuffleResult:
             "num_samples": self.num_samples,
             "samples_done": self.samples_done,
             "complete": self.complete,
+            "stopped": self.stopped,
             "data": self.data,
             "data_info": self.data_info,
             "path": self.route,
@@ -262,11 +266,12 @@ def run_shuffle(
         state: a :class:`SweepState` to resume from (same arguments as the interrupted run).
         on_batch: called with the state after each batch (checkpoints): a new object each time, the batch's
             sums committed together with its sample count; ``state`` itself is not changed.
-        max_seconds: stop after the batch that passes this time (``complete`` False, like Ctrl-C).
+        max_seconds: stop after the batch that passes this time (``stopped`` "time budget").
         runner: the sessions to use (built for this layer, mode and device; a worker keeps them across calls).
 
     Returns:
-        A :class:`ShuffleResult`; ``complete`` is False when interrupted (Ctrl-C).
+        A :class:`ShuffleResult` of the batches that finished; ``complete`` is False, and ``stopped`` says why,
+        when a signal (Ctrl-C, SIGTERM) or ``max_seconds`` stopped it before the end of the data.
     """
     layer = layer if isinstance(layer, ConvLayer) else model.layer(layer)
     channels = list(range(layer.in_channels)) if channels is None else channels
@@ -281,7 +286,7 @@ def run_shuffle(
     meter = effect_meter(model, data, repeats, len(channels))
     state = state or new_state(meter, layer)
     pixels = int(np.prod(layer.input_shape[1:]))
-    complete = True
+    stopped = None
     t0 = time.perf_counter() - state.seconds
     feed = PermutationFeed(mode, seed, repeats, channels, pixels, workers=permutation_workers(device))
     batches = iter_batches(data, batch_size, state.batches_done)
@@ -320,11 +325,11 @@ def run_shuffle(
             if progress is not None:
                 progress(size)
             if max_seconds is not None and state.seconds >= max_seconds and state.samples_done < len(data):
-                complete = False
+                stopped = "time budget"
                 log.warning("time budget spent after %d of %d samples", state.samples_done, len(data))
                 break
     except KeyboardInterrupt:
-        complete = False
+        stopped = "interrupted"
         log.warning("interrupted after %d of %d samples", state.samples_done, len(data))
     finally:
         steps.close()
@@ -332,7 +337,7 @@ def run_shuffle(
         batches.close()
         feed.close()
     args = (mode, seed, repeats, batch_size)
-    return sweep_result(model, layer, data, (runner.path, runner.device), meter, state, args, channels, complete)
+    return sweep_result(model, layer, data, (runner.path, runner.device), meter, state, args, channels, stopped)
 
 
 class _RunAhead:
@@ -415,8 +420,9 @@ def _mean_std(per_repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return per_repeat.mean(axis=0), per_repeat.std(axis=0)
 
 
-def sweep_result(model, layer, data, route, meter, state, args, channels, complete) -> ShuffleResult:
-    """The result of a sweep from its sums; ``route`` is (path, device), ``args`` (mode, seed, repeats, batch)."""
+def sweep_result(model, layer, data, route, meter, state, args, channels, stopped=None) -> ShuffleResult:
+    """The result of a sweep from its sums; ``route`` is (path, device), ``args`` (mode, seed, repeats, batch),
+    ``stopped`` why it stopped before the end of the data (None: it did not)."""
     mode, seed, repeats, batch_size = args
     done = max(state.samples_done, 1)
     sums = state.sums
@@ -444,7 +450,8 @@ def sweep_result(model, layer, data, route, meter, state, args, channels, comple
         baseline_accuracy=int(sums["baseline_correct"]) / done if meter.labelled else None,
         route=route[0],
         device=route[1],
-        complete=complete,
+        complete=stopped is None,
+        stopped=stopped,
         samples_done=state.samples_done,
         seconds=state.seconds,
         cosine_repeats=sums["cos_sum"] / done,

@@ -1,7 +1,8 @@
 """The click group, its error boundary and the console's logging.
 
-User mistakes (:class:`OnnxRedundError`, bad flags) print one line and exit with status 2; anything
-else is a bug and keeps its traceback.
+User mistakes (:class:`OnnxRedundError`, bad flags) print one line and exit with status 2; Ctrl-C and
+SIGTERM stop the command with 130 and 143 (:mod:`onnxredund.interrupts`); anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import click
 
 from onnxredund import __version__
 from onnxredund.errors import OnnxRedundError
+from onnxredund.interrupts import exit_status, signals_interrupt
 
 __all__ = ["bar_shown", "command_logging", "main", "setup_logging"]
 
@@ -24,7 +26,8 @@ class _Group(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with signals_interrupt():
+                return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except OnnxRedundError as e:
             click.echo(f"onnxredund: error: {e}", err=True)
             sys.exit(2)
@@ -34,9 +37,9 @@ class _Group(click.Group):
         except click.ClickException as e:
             click.echo(f"onnxredund: error: {e.format_message()}", err=True)
             sys.exit(e.exit_code)
-        except click.exceptions.Abort:
-            click.echo("onnxredund: aborted", err=True)
-            sys.exit(130)
+        except (click.exceptions.Abort, KeyboardInterrupt) as e:  # click turns Ctrl-C into Abort
+            click.echo("onnxredund: interrupted", err=True)
+            sys.exit(exit_status(e))
         except click.exceptions.Exit as e:
             sys.exit(e.exit_code)
         except BrokenPipeError:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from onnxredund.analyses.audit import audit_estimate, check_gates, parse_gate, run_audit
+from onnxredund.analyses.audit import audit_estimate, check_gates, clear_checkpoints, parse_gate, run_audit
 from onnxredund.analyses.distributed import job_for, run_sweep_units
 from onnxredund.analyses.evaluate import evaluate as evaluate_model
 from onnxredund.analyses.impulse import run_impulse
@@ -35,6 +35,7 @@ from onnxredund.engine.loading import load_model
 from onnxredund.engine.permutations import MODES
 from onnxredund.engine.pruning import COMPENSATIONS, save_pruned
 from onnxredund.errors import OnnxRedundError
+from onnxredund.interrupts import deferred, stop_status
 from onnxredund.model import Model, classifier_output
 from onnxredund.report.audit_report import report_seconds, write_audit, write_audit_impulse, write_audit_sweep
 from onnxredund.report.reproduce_report import write_reproduce
@@ -89,11 +90,11 @@ def _backend(opts: dict):
 
 
 def _interrupted(out_dir: Path | None, bars) -> None:
-    """After Ctrl-C on a backend: say what was kept, and stop with status 130."""
+    """After Ctrl-C or SIGTERM on a backend: say what was kept, and stop with status 130 or 143."""
     bars.close()
     where = f"; the finished units are kept in {out_dir}/units (continue with --resume)" if out_dir else ""
     click.echo(f"onnxredund: interrupted{where}", err=True)
-    sys.exit(130)
+    sys.exit(stop_status())
 
 
 def _kept_on_error(out_dir: Path | None, what: str):
@@ -201,7 +202,9 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
         if out_dir:
             click.echo(f"results in {out_dir}/")
     if not all(r.complete for r in results.values()):
-        sys.exit(130)
+        where = f"; --resume --out {out_dir} continues" if out_dir else ""
+        click.echo(f"onnxredund: interrupted: the numbers above are of the batches that finished{where}", err=True)
+        sys.exit(stop_status())
 
 
 @main.command()
@@ -271,7 +274,7 @@ def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, d
 @options.device
 @options.backend_options
 @click.option(
-    "--resume", is_flag=True, help="With --backend: continue an interrupted audit in --out (its finished units)."
+    "--resume", is_flag=True, help="Continue an interrupted audit in --out (its finished sweeps, batches or units)."
 )
 @click.option("--dry-run", is_flag=True, help="List the sweeps and their units with a time estimate; run nothing.")
 @options.out
@@ -317,7 +320,7 @@ def audit(
             on_sweep=lambda r: write_audit_sweep(out_dir, r),
             write_seconds=report_seconds,
             backend=backend,
-            checkpoint_dir=out_dir if backend is not None else None,
+            checkpoint_dir=out_dir,
             resume=resume,
             **run,
         )
@@ -327,15 +330,20 @@ def audit(
         raise
     bars.close()
     budget = run["budget"]
-    write_audit(out_dir, result, parts=False, deadline=None if budget is None else started + budget - _HTML_SECONDS)
-    outcomes = check_gates(result.layers, parsed)
+    with deferred():  # the report and its results are written whole, or an earlier signal stops before them
+        write_audit(out_dir, result, parts=False, deadline=None if budget is None else started + budget - _HTML_SECONDS)
+        if result.complete:
+            clear_checkpoints(out_dir)
     if as_json:
         _echo_json(result.to_dict())
     else:
         click.echo(f"redundancy audit of {m.path} on {data.name}:")
         click.echo("\n".join(console.redundancy_lines(result)))
         click.echo(f"report: {out_dir / 'report.html'}")
-    _report_gates(outcomes)
+    if not result.complete:
+        click.echo(f"onnxredund: interrupted: the report is incomplete; --resume --out {out_dir} continues", err=True)
+        sys.exit(stop_status())
+    _report_gates(check_gates(result.layers, parsed))
 
 
 def _report_gates(outcomes) -> None:

@@ -70,9 +70,12 @@ def shuffle_lines(result: ShuffleResult) -> list[str]:
     the data (accuracy only with labels)."""
     mean = result.mean_cosine()
     order = np.argsort(-mean)
+    done = f"{result.samples_done} samples" if result.complete else (
+        f"INCOMPLETE ({result.stopped}): {result.samples_done} of {result.num_samples} samples"
+    )  # fmt: skip
     lines = [
         f"{result.mode} shuffling at {result.layer} ({result.route} path, {result.device}): "
-        f"{result.samples_done} samples, {len(result.channels)} channels, seed {result.seed}"
+        f"{done}, {len(result.channels)} channels, seed {result.seed}"
     ]
     top = ", ".join(f"{result.channels[i]} ({mean[i]:.3f})" for i in order[:3])
     bottom = ", ".join(f"{result.channels[i]} ({mean[i]:.3f})" for i in order[::-1][:3])
@@ -138,7 +141,7 @@ def _left_out(excluded: dict[str, int]) -> str:
 
 def redundancy_lines(result: AuditResult) -> list[str]:
     """The audit's per-layer summary, in words that fit the data."""
-    lines = []
+    lines = [] if result.complete else ["  INCOMPLETE: interrupted; the sweeps that had not finished are not in it"]
     for s in result.layers:
         parts = []
         if s.impulse_redundant_fraction is not None:

@@ -36,6 +36,11 @@ __all__ = [
 ]
 
 FIGURE_LAYERS = 16  # layers drawn in the report (those with the most redundancy)
+INCOMPLETE_LINE = (
+    "INCOMPLETE: this audit was interrupted. It holds the impulse analysis and the sweeps that finished; the "
+    "layers whose sweeps had not finished show no shuffling numbers (the notes name them). `onnxredund audit "
+    "--resume` with the same --out continues it."
+)
 _SECONDS_PER_FIGURE = 0.2  # measured on 2 cores: cosine 0.29 s, NCC 0.17, accuracy 0.10, response grid 0.07
 
 SUMMARY_COLUMNS = [
@@ -247,7 +252,8 @@ def write_audit(out: Path, result: AuditResult, *, parts: bool = True, deadline:
     sweep_figs = {name: done[("shuffle", name)] for name in shown}
     impulse_figs = {name: done[("impulse", name)] for name in drawn}
     word = cost_word(result)
-    overview = [_summary_table(result), *figs.values(), *_data_lines(result)]
+    overview = [] if result.complete else [INCOMPLETE_LINE]
+    overview += [_summary_table(result), *figs.values(), *_data_lines(result)]
     overview += [f"note: {n}" for n in result.notes]
     if len(imp.layers) > FIGURE_LAYERS or len(result.shuffles) > FIGURE_LAYERS:
         overview.append(
@@ -271,5 +277,6 @@ def write_audit(out: Path, result: AuditResult, *, parts: bool = True, deadline:
     sections.append(Section("Unit impulse responses", imp_blocks))
     write_figures(out, {name: f for group in done.values() for name, f in group.items()})
     meta = f"data {result.data}, seed {result.seed}" + (f", budget {result.budget:g} s" if result.budget else "")
-    page = render_html(f"Redundancy audit: {Path(result.model).name}", meta, sections)
+    title = f"Redundancy audit: {Path(result.model).name}" + ("" if result.complete else " (INCOMPLETE)")
+    page = render_html(title, meta, sections)
     atomic_write(out / "report.html", page)
