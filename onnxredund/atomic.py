@@ -14,7 +14,7 @@ from pathlib import Path
 
 from onnxredund.errors import OnnxRedundError
 
-__all__ = ["atomic_write", "csv_text", "prepare_out_dir", "write_json"]
+__all__ = ["atomic_write", "check_writable", "csv_text", "prepare_out_dir", "write_json"]
 
 
 def prepare_out_dir(path: str | os.PathLike, *, overwrite: bool = False, resume: bool = False) -> Path:
@@ -29,9 +29,19 @@ def prepare_out_dir(path: str | os.PathLike, *, overwrite: bool = False, resume:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OnnxRedundError(f"cannot create output folder {out}: {e.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OnnxRedundError(f"output folder {out} is not writable; pass another --out")
+    check_writable(out)
     return out
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse a folder a file cannot be written into (read-only, full, not ours), before any work: by writing
+    one (the permission bits do not tell, for root or on a read-only mount)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".onnxredund-probe.")
+    except OSError as e:
+        raise OnnxRedundError(f"output folder {folder} is not writable ({e.strerror}); pass another --out") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:

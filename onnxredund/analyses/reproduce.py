@@ -75,9 +75,11 @@ class ReproduceResult:
     example: dict
     claims: list[Claim]
     prune: PruneStudy | None = None
+    complete: bool = True  # False: the pruning study was interrupted (the paper's part is whole)
 
     def to_dict(self) -> dict:
         return {
+            "complete": self.complete,
             "prune_study": None if self.prune is None else self.prune.to_dict(),
             "data": self.data,
             "seed": self.seed,

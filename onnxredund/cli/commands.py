@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -25,7 +26,7 @@ from onnxredund.analyses.prune import (
 )
 from onnxredund.analyses.reproduce import run_reproduce, with_prune_study
 from onnxredund.analyses.shuffle import parse_channels, run_shuffle_modes
-from onnxredund.atomic import prepare_out_dir, write_json
+from onnxredund.atomic import check_writable, prepare_out_dir, write_json
 from onnxredund.cli import console, options
 from onnxredund.cli.app import command_logging, main
 from onnxredund.data import DataSource, load_dataset, load_script
@@ -35,10 +36,11 @@ from onnxredund.engine.loading import load_model
 from onnxredund.engine.permutations import MODES
 from onnxredund.engine.pruning import COMPENSATIONS, save_pruned
 from onnxredund.errors import OnnxRedundError
-from onnxredund.interrupts import deferred, stop_status
+from onnxredund.interrupts import deferred, exit_status, stop_status
 from onnxredund.model import Model, classifier_output
 from onnxredund.report.audit_report import report_seconds, write_audit, write_audit_impulse, write_audit_sweep
 from onnxredund.report.reproduce_report import write_reproduce
+from onnxredund.report.schema import check_sweep
 from onnxredund.report.writers import impulse_payload, write_impulse, write_shuffle
 
 __all__ = ["audit", "evaluate", "impulse", "layers", "prune", "reproduce", "shuffle"]
@@ -195,6 +197,8 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
     bars.close()
     if as_json:
         payload = {k: v.to_dict() for k, v in results.items()}
+        for sweep in payload.values():
+            check_sweep(sweep)
         _echo_json(payload if mode == "both" else payload[mode])
     else:
         for r in results.values():
@@ -240,7 +244,8 @@ def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, d
     )
     bars.close()
     if out_dir:
-        write_impulse(out_dir, result)
+        with deferred():  # its files are written whole, together
+            write_impulse(out_dir, result)
     if as_json:
         _echo_json(impulse_payload(result, "impulse.npz" if out_dir else None))
     else:
@@ -385,15 +390,26 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
     dataset = load_dataset(data, seed=run["seed"]).limit(limit)
     bars = console.StepBars(quiet or as_json)
     result = run_reproduce(models_dir, dataset, progress=bars, prune_study=False, **run)
-    write_reproduce(out_dir, result)  # kept, whatever happens to the study
+    with deferred():
+        write_reproduce(out_dir, result)  # kept, whatever happens to the study
     if not skip_prune:
         try:
             result = with_prune_study(result, models_dir, dataset, device=run["device"], progress=bars)
+        except KeyboardInterrupt as e:
+            bars.close()
+            with deferred():
+                write_reproduce(out_dir, dataclasses.replace(result, complete=False))
+            click.echo(
+                f"onnxredund: interrupted during the pruning study; {out_dir}/ holds the paper's experiments, "
+                "marked incomplete", err=True,
+            )  # fmt: skip
+            sys.exit(exit_status(e))
         except Exception:
             bars.close()
             _kept_on_error(out_dir, "the paper's claims and figures")
             raise
-        write_reproduce(out_dir, result)
+        with deferred():
+            write_reproduce(out_dir, result)
     bars.close()
     if as_json:
         _echo_json(result.to_dict())
@@ -507,9 +523,10 @@ def prune(ctx, model, target_macs, target_params, target_speedup, channel_specs,
         m, data, target=target, channels=parse_channel_spec(channel_specs) if channel_specs else None,
         compensation=compensation, evaluation=run.pop("eval_samples"), **run,
     )  # fmt: skip
-    save_pruned(result.proto, out_path)
     plan_path = out_path.with_suffix(".json")
-    write_json(plan_path, {**result.to_dict(), "pruned_model": str(out_path)})
+    with deferred():  # the pruned model and its plan are written together
+        save_pruned(result.proto, out_path)
+        write_json(plan_path, {**result.to_dict(), "pruned_model": str(out_path)})
     if as_json:
         _echo_json(result.to_dict())
     else:
@@ -544,4 +561,5 @@ def _pruned_path(out: Path | None, model: Path, overwrite: bool) -> Path:
             raise OnnxRedundError(f"{path} exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise OnnxRedundError(f"--out {out}: no folder {out.parent}")
+    check_writable(out.parent)
     return out

@@ -15,6 +15,7 @@ from onnxredund.analyses.shuffle import ShuffleResult
 from onnxredund.atomic import atomic_write, csv_text, write_json
 from onnxredund.report.figures import overview_figure
 from onnxredund.report.html import Figure, Section, Table, render_html
+from onnxredund.report.schema import check_results, check_sweep
 from onnxredund.report.writers import (
     IMPULSE_NPZ,
     impulse_figures,
@@ -76,7 +77,9 @@ def write_audit_impulse(out: Path, impulse: ImpulseResult) -> None:
 def write_audit_sweep(out: Path, result: ShuffleResult) -> None:
     """One sweep as soon as it ends."""
     tag = f"shuffle-{result.layer_index}-{result.mode}"
-    write_json(out / f"{tag}.json", result.to_dict())
+    payload = result.to_dict()
+    check_sweep(payload)
+    write_json(out / f"{tag}.json", payload)
     atomic_write(out / f"{tag}.csv", result.to_csv())
     atomic_write(out / f"{tag}-outputs.csv", outputs_csv(result))
 
@@ -228,7 +231,9 @@ def write_audit(out: Path, result: AuditResult, *, parts: bool = True, deadline:
         for modes in result.shuffles.values():
             for r in modes.values():
                 write_audit_sweep(out, r)
-    write_json(out / "results.json", {**result.to_dict(), "matrices_file": IMPULSE_NPZ})
+    payload = {**result.to_dict(), "matrices_file": IMPULSE_NPZ}
+    check_results(payload)
+    write_json(out / "results.json", payload)
     rows = [[getattr(s, c) for c in SUMMARY_COLUMNS] for s in result.layers]
     atomic_write(out / "summary.csv", csv_text(["layer", *SUMMARY_COLUMNS[1:]], rows))
     imp = result.impulse

@@ -80,6 +80,11 @@ def write_reproduce(out: Path, result: ReproduceResult) -> None:
     ]
     if prune_blocks:
         sections.append(Section("Pruning without fine-tuning: is layer-wise pruning ineffective?", prune_blocks))
+    if not result.complete:
+        sections.insert(0, Section("INCOMPLETE", [
+            "The pruning study was interrupted: this report holds the paper's experiments only (whole); run "
+            "`onnxredund reproduce` again for the study."
+        ]))  # fmt: skip
     page = render_html(
         "Reproduction: redundancy in LeNet-5 and LeNet-5x10", f"data {result.data}, seed {result.seed}", sections
     )

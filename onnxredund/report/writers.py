@@ -16,6 +16,7 @@ from onnxredund.analyses.shuffle import ShuffleResult
 from onnxredund.atomic import atomic_write, csv_text, write_json
 from onnxredund.report.figures import accuracy_figure, cosine_figure, ncc_figure, response_grid_figure
 from onnxredund.report.html import Figure
+from onnxredund.report.schema import check_sweep
 
 __all__ = [
     "IMPULSE_NPZ",
@@ -124,7 +125,9 @@ def outputs_csv(result: ShuffleResult) -> str:
 
 def write_shuffle(out: Path, result: ShuffleResult, figures: bool = True) -> None:
     """shuffle-MODE.json, shuffle-MODE.csv (A_i cosine per channel pair), shuffle-MODE-outputs.csv and figures."""
-    write_json(out / f"shuffle-{result.mode}.json", result.to_dict())
+    payload = result.to_dict()
+    check_sweep(payload)
+    write_json(out / f"shuffle-{result.mode}.json", payload)
     atomic_write(out / f"shuffle-{result.mode}.csv", result.to_csv())
     atomic_write(out / f"shuffle-{result.mode}-outputs.csv", outputs_csv(result))
     if figures:
