@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -48,7 +50,7 @@ __all__ = ["audit", "evaluate", "impulse", "layers", "prune", "reproduce", "shuf
 log = logging.getLogger("onnxredund")
 
 _MODEL_KEYS = ("input_shape", "impulse_input", "layout", "classifier_output")
-_DATA_KEYS = ("data", "limit", "preprocess", "labels", "data_loader_script")
+_DATA_KEYS = ("data", "limit", "preprocess", "labels", "skip_bad_images", "data_loader_script")
 _HTML_SECONDS = 1.0  # of an audit's budget, kept for writing report.html after the last figure
 
 
@@ -72,7 +74,10 @@ def _data(model: Model | None, opts: dict, seed: int) -> DataSource:
             raise OnnxRedundError("pass --data or --data-loader-script, not both")
         return load_script(o["data_loader_script"]).limit(o["limit"])
     inputs = None if model is None else model.inputs
-    data = load_dataset(o["data"], seed=seed, inputs=inputs, preprocess=o["preprocess"], labels=o["labels"])
+    data = load_dataset(
+        o["data"], seed=seed, inputs=inputs, preprocess=o["preprocess"], labels=o["labels"],
+        skip_bad_images=o["skip_bad_images"],
+    )  # fmt: skip
     return data.limit(o["limit"])
 
 
@@ -99,10 +104,22 @@ def _interrupted(out_dir: Path | None, bars) -> None:
     sys.exit(stop_status())
 
 
-def _kept_on_error(out_dir: Path | None, what: str):
-    """On an unexpected error, say where the finished work was kept, then let the error show as the bug it is."""
-    if out_dir is not None:
-        click.echo(f"onnxredund: an unexpected error stopped the run; {what} is kept in {out_dir}/", err=True)
+@contextmanager
+def _keeping(out_dir: Path | None, what: str, bars: console.StepBars) -> Iterator[None]:
+    """An error in a long run says what finished and where it is kept: a user error found mid-run (an image
+    that does not decode) stays one line; any other is a bug, and keeps its traceback after the line."""
+    try:
+        yield
+    except OnnxRedundError as e:
+        bars.close()
+        if out_dir is None:
+            raise
+        raise OnnxRedundError(f"{e} ({what} is kept in {out_dir}/)") from None
+    except Exception:
+        bars.close()
+        if out_dir is not None:
+            click.echo(f"onnxredund: an unexpected error stopped the run; {what} is kept in {out_dir}/", err=True)
+        raise
 
 
 @main.command()
@@ -175,7 +192,7 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
     modes = MODES if mode == "both" else (mode,)
     picked = parse_channels(channels, target.in_channels)
     write = (lambda r: write_shuffle(out_dir, r)) if out_dir else None
-    try:
+    with _keeping(out_dir, "the checkpoint of the finished batches (continue with --resume)", bars):
         if backend is None:
             results = run_shuffle_modes(
                 m, target, data, modes=modes, channels=picked, checkpoint_dir=out_dir, resume=resume,
@@ -190,10 +207,6 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
             results = {r.mode: r for r in done}
             if not complete:
                 _interrupted(out_dir, bars)
-    except Exception:
-        bars.close()
-        _kept_on_error(out_dir, "the checkpoint of the finished batches (continue with --resume)")
-        raise
     bars.close()
     if as_json:
         payload = {k: v.to_dict() for k, v in results.items()}
@@ -313,7 +326,7 @@ def audit(
     out_dir = prepare_out_dir(out or "onnxredund-audit", overwrite=overwrite, resume=resume)
     parsed = [parse_gate(g, labelled=data.y is not None, classifier=classifier_output(m) is not None) for g in gates]
     bars = console.StepBars(quiet or as_json)
-    try:
+    with _keeping(out_dir, "what finished (impulse.json, the finished sweeps; continue with --resume)", bars):
         result = run_audit(
             m,
             data,
@@ -329,10 +342,6 @@ def audit(
             resume=resume,
             **run,
         )
-    except Exception:
-        bars.close()
-        _kept_on_error(out_dir, "what finished (impulse.json, the finished sweeps)")
-        raise
     bars.close()
     budget = run["budget"]
     with deferred():  # the report and its results are written whole, or an earlier signal stops before them
@@ -394,7 +403,8 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
         write_reproduce(out_dir, result)  # kept, whatever happens to the study
     if not skip_prune:
         try:
-            result = with_prune_study(result, models_dir, dataset, device=run["device"], progress=bars)
+            with _keeping(out_dir, "the paper's claims and figures", bars):
+                result = with_prune_study(result, models_dir, dataset, device=run["device"], progress=bars)
         except KeyboardInterrupt as e:
             bars.close()
             with deferred():
@@ -404,10 +414,6 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
                 "marked incomplete", err=True,
             )  # fmt: skip
             sys.exit(exit_status(e))
-        except Exception:
-            bars.close()
-            _kept_on_error(out_dir, "the paper's claims and figures")
-            raise
         with deferred():
             write_reproduce(out_dir, result)
     bars.close()

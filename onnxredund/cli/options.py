@@ -105,6 +105,12 @@ data_options = _compose(
     ),
     click.option("--labels", type=click.Path(path_type=Path), help="Image folders: a CSV of file,label rows."),
     click.option(
+        "--skip-bad-images",
+        is_flag=True,
+        help="Image folders: decode every image up front and leave out (and count) those that do not decode, "
+        "instead of stopping at the first.",
+    ),
+    click.option(
         "--data-loader-script",
         help="FILE.py[:FUNC] (FUNC defaults to load_data) returning feed dicts {input: array} (optionally "
         "'labels'). The script runs as your own code, with your rights.",

@@ -99,6 +99,7 @@ def load_dataset(
     inputs: list[ModelInput] | None = None,
     preprocess: str | Preprocess | None = None,
     labels: str | os.PathLike | None = None,
+    skip_bad_images: bool = False,
 ) -> DataSource:
     """Load the data a ``--data`` spec names (see the module docstring).
 
@@ -109,6 +110,8 @@ def load_dataset(
         inputs: the model's inputs: synthetic data for each, images for the image input, npz arrays by name.
         preprocess: the preprocessing of an image folder (a spec string or a :class:`Preprocess`).
         labels: a CSV ``file,label`` for an image folder.
+        skip_bad_images: leave out the images of a folder that do not decode (each decoded once up front)
+            instead of stopping at the first.
     """
     image = _image(inputs)
     if spec is None:
@@ -121,7 +124,7 @@ def load_dataset(
         return load_mnist(locate_mnist(), split)
     path = Path(base)
     if path.is_dir():
-        return _folder(path, split, image, preprocess, labels)
+        return _folder(path, split, image, preprocess, labels, skip_bad_images)
     if path.suffix == ".npz":
         if not path.is_file():
             raise OnnxRedundError(f"data file {path} does not exist")
@@ -135,7 +138,7 @@ def load_dataset(
     )
 
 
-def _folder(path: Path, split: str, image: ModelInput | None, preprocess, labels) -> DataSource:
+def _folder(path: Path, split: str, image: ModelInput | None, preprocess, labels, skip_bad: bool) -> DataSource:
     if has_mnist(path):
         return load_mnist(path, split)
     if any(path.glob("*-idx[13]-ubyte*")):
@@ -148,4 +151,4 @@ def _folder(path: Path, split: str, image: ModelInput | None, preprocess, labels
     if image is None:
         raise OnnxRedundError("an image folder needs the model it feeds (its input size and layout)")
     spec = preprocess if isinstance(preprocess, Preprocess) else parse_preprocess(preprocess)
-    return open_image_folder(path, image, spec, None if labels is None else Path(labels))
+    return open_image_folder(path, image, spec, None if labels is None else Path(labels), skip_bad=skip_bad)

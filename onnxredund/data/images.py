@@ -20,6 +20,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -255,7 +256,8 @@ class ImageFolder:
                 pixels = _pixels(img, self.spec, path, self.target.spatial_shape)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise OnnxRedundError(
-                f"{path} is not a readable image ({type(e).__name__}: {str(e)[:80]}); remove or replace it"
+                f"{path} is not a readable image ({type(e).__name__}: {str(e)[:80]}); remove or replace it, "
+                "or pass --skip-bad-images"
             ) from None
         return self._to_input(pixels, path)
 
@@ -322,13 +324,26 @@ def _resized(img: Image.Image, spec: Preprocess, path: Path, model_wh: tuple[int
     return img
 
 
+def _decode_error(path: Path, whole: bool) -> str | None:
+    """Why ``path`` does not open as an image (``whole``: or its pixels do not decode to the end); None if it does."""
+    try:
+        with Image.open(path) as img:
+            if whole:
+                img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return type(e).__name__
+    return None
+
+
 def open_image_folder(
-    folder: Path, target: ModelInput, spec: Preprocess, labels_file: Path | None = None
+    folder: Path, target: ModelInput, spec: Preprocess, labels_file: Path | None = None, *, skip_bad: bool = False
 ) -> ImageFolder:
     """The images under ``folder`` for the model input ``target``.
 
     Every file's header is read once up front (not its pixels), so a file that is not an image fails
-    before any work starts; a truncated one fails when its batch is decoded, naming it.
+    before any work starts; a truncated one fails when its batch is decoded, naming it. With ``skip_bad``
+    every image is decoded whole up front instead, and those that do not decode are left out (counted in
+    ``describe()``, named in the log), labels staying with their images.
 
     Raises:
         OnnxRedundError: no images, a file that is not an image, or labels that do not cover the images.
@@ -338,18 +353,25 @@ def open_image_folder(
         raise OnnxRedundError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); pass a folder of images")
     if others:
         log.info("%s: passed over %d files that are not images", folder, others)
-    for f in files:
-        try:
-            with Image.open(f):
-                pass
-        except (UnidentifiedImageError, OSError) as e:
-            raise OnnxRedundError(f"{f} is not a readable image ({type(e).__name__}); remove or replace it") from None
+    with ThreadPoolExecutor(_DECODE_WORKERS) as pool:
+        errors = list(pool.map(partial(_decode_error, whole=skip_bad), files))
+    bad = [(f, e) for f, e in zip(files, errors, strict=True) if e is not None]
+    if bad and not skip_bad:
+        raise OnnxRedundError(
+            f"{bad[0][0]} is not a readable image ({bad[0][1]}); remove or replace it, or pass --skip-bad-images"
+        )
     spec = spec.for_input(target)
     if labels_file is not None:
         y, classes, labels = _csv_labels(folder, files, labels_file), [], f"csv:{labels_file}"
     else:
         y, classes = _folder_labels(folder, files)
         labels = "subfolders" if y is not None else None
+    if bad:
+        keep = np.flatnonzero([e is None for e in errors])
+        if not keep.size:
+            raise OnnxRedundError(f"{folder}: none of its {len(files)} images decodes")
+        log.warning("%s: left out %d images that do not decode (first: %s)", folder, len(bad), bad[0][0])
+        files, y = [files[i] for i in keep], None if y is None else y[keep]
     info = {
         "kind": "images",
         "folder": str(folder),
@@ -357,5 +379,6 @@ def open_image_folder(
         "labels": labels,
         "classes": classes,
         "fingerprint": _fingerprint(folder, files),
+        **({"bad_images_skipped": len(bad)} if bad else {}),
     }
     return ImageFolder(folder, files, y, target, spec, folder.name or str(folder), info)
