@@ -27,6 +27,7 @@ ALLOWED = {
     "analyses": {"errors", "metrics", "ncc", "atomic", "interrupts", "model", "data", "engine"},
     "report": {"errors", "metrics", "atomic", "interrupts", "model", "data", "analyses"},
     "cli": {"errors", "metrics", "ncc", "atomic", "interrupts", "model", "data", "engine", "analyses", "report"},
+    "__main__": {"cli"},
 }
 #: modules that may be imported inside a function: heavy and optional
 LAZY_OK = {"matplotlib", "matplotlib.pyplot"}

@@ -3,14 +3,38 @@
 Owns: the click group and its error boundary (:mod:`.app`), the shared options (:mod:`.options`),
 everything printed on the console (:mod:`.console`) and the commands (:mod:`.commands`). May import
 every other part of the package; nothing imports it.
+
+:func:`run` is the console command; ``main`` (the click group, with its commands) is loaded on first use.
 """
 
 from __future__ import annotations
 
-from onnxredund.cli import commands  # noqa: F401  (registers the commands on the group)
-from onnxredund.cli.app import main
+import importlib
+import sys
 
-__all__ = ["main"]
+from onnxredund.interrupts import exit_status, signals_interrupt
 
-if __name__ == "__main__":
-    main()
+__all__ = ["main", "run"]
+
+
+def _group():
+    importlib.import_module("onnxredund.cli.commands")  # registers the commands on the group
+    return importlib.import_module("onnxredund.cli.app").main
+
+
+def run() -> None:
+    """The console command. Ctrl-C and SIGTERM stop it with 130 and 143 from its first instant, the import of
+    its modules (onnx, onnxruntime, scipy: seconds on a loaded machine) included."""
+    with signals_interrupt():
+        try:
+            group = _group()
+        except KeyboardInterrupt as e:
+            sys.stderr.write("onnxredund: interrupted\n")
+            sys.exit(exit_status(e))
+        group()
+
+
+def __getattr__(name: str):
+    if name == "main":
+        return _group()
+    raise AttributeError(f"module 'onnxredund.cli' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+"""``python -m onnxredund``: the console command."""
+
+from onnxredund.cli import run
+
+run()
