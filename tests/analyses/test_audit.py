@@ -83,3 +83,55 @@ def test_output_gates_fail_at_the_first_layer_that_trips_them():
     worst = min(conv1.worst_output_sqnr, conv2.worst_output_sqnr)
     outcome = check_gates(result.layers, [parse_gate(f"output_sqnr<{worst + 1e-6}")])[0]
     assert outcome.status == "failed" and outcome.value == pytest.approx(worst)
+
+
+def _interrupting(at_label: int, after_batches: int, labels: list[str]):
+    """A progress callback maker that raises KeyboardInterrupt (as Ctrl-C would) after the given batch of the
+    given sweep (counted from 1), and records every bar it was asked for."""
+
+    def progress(label, total, done):
+        labels.append(label)
+        seen = {"batches": 0}
+
+        def step(n):
+            seen["batches"] += 1
+            if len(labels) == at_label and seen["batches"] == after_batches:
+                raise KeyboardInterrupt
+
+        return step
+
+    return progress
+
+
+def test_an_interrupted_audit_stops_at_once_marks_itself_and_resumes_to_the_same_numbers(tmp_path):
+    m, data = load_model_proto(small_cnn(c_mid=4, c_out=5)[0]), labelled(96)
+    options = {"batch_size": 16, "device": "cpu"}
+    full = run_audit(m, data, **options).to_dict()
+    labels: list[str] = []
+    # bar 1 is the impulse analysis; bar 3 the second sweep (conv1 pixel): stopped after its 2nd batch
+    part = run_audit(m, data, progress=_interrupting(3, 2, labels), checkpoint_dir=tmp_path, **options)
+    assert part.complete is False and part.to_dict()["complete"] is False
+    assert len(labels) == 3  # no sweep started after the interrupted one
+    assert list(part.shuffles) == ["conv1"] and list(part.shuffles["conv1"]) == ["channel"]
+    assert any(n.startswith("interrupted: 1 of 4 sweeps finished; not measured: conv1 pixel, conv2 channel") for n in
+               part.notes)  # fmt: skip
+    kept = np.load(tmp_path / "checkpoints" / "shuffle-0-pixel.npz")
+    assert int(kept["samples_done"]) == 32  # two batches of 16, committed with their sums
+    resumed = run_audit(m, data, checkpoint_dir=tmp_path, resume=True, **options).to_dict()
+    assert resumed == full and resumed["complete"] is True
+
+
+def test_an_interrupt_between_sweeps_keeps_the_finished_ones_whole(tmp_path):
+    m, data = load_model_proto(small_cnn(c_mid=4, c_out=5)[0]), labelled(96)
+    options = {"batch_size": 16, "device": "cpu"}
+    finished = []
+
+    def on_sweep(result):
+        finished.append(result)
+        if len(finished) == 2:
+            raise KeyboardInterrupt  # lands after the second sweep's files were written
+
+    part = run_audit(m, data, on_sweep=on_sweep, checkpoint_dir=tmp_path, **options)
+    assert not part.complete and [(r.layer, r.mode) for r in finished] == [("conv1", "channel"), ("conv1", "pixel")]
+    assert all(r.complete for modes in part.shuffles.values() for r in modes.values())
+    assert part.layers[1].samples == {}  # conv2: not shuffled, not a partial number

@@ -84,6 +84,31 @@ def test_an_interrupted_run_keeps_its_finished_units_and_resumes_to_the_same_num
     assert complete and _units_json(resumed) == _local_json(m, data, layers)
 
 
+def test_a_unit_interrupted_inside_its_batches_is_not_kept_as_finished(setup, tmp_path, monkeypatch):
+    from onnxredund.analyses import distributed
+
+    m, data, layers = setup
+    job, sweeps = _job(m, data, layers)
+    calls = {"units": 0}
+
+    def interrupted_in_the_third_unit(*args, on_batch, **kwargs):
+        calls["units"] += 1
+
+        def commit(state):
+            on_batch(state)
+            if calls["units"] == 3 and state.batches_done == 2:
+                raise KeyboardInterrupt  # Ctrl-C between two batches of a unit running in this process
+
+        return run_shuffle(*args, on_batch=commit, **kwargs)
+
+    monkeypatch.setattr(distributed, "run_shuffle", interrupted_in_the_third_unit)
+    _, complete = run_sweep_units(job, sweeps, LocalBackend(), checkpoint_dir=tmp_path)
+    assert not complete and len(list((tmp_path / "units").glob("*.npz"))) == 2  # not the third's 2 of 6 batches
+    monkeypatch.undo()
+    resumed, complete = run_sweep_units(job, sweeps, LocalBackend(), checkpoint_dir=tmp_path, resume=True)
+    assert complete and _units_json(resumed) == _local_json(m, data, layers)
+
+
 def test_resuming_with_nothing_finished_is_an_error(setup, tmp_path):
     m, data, layers = setup
     job, sweeps = _job(m, data, layers)

@@ -4,6 +4,7 @@ exit status 2 and nothing written."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -173,3 +174,35 @@ def test_the_pruned_model_declares_the_inputs_and_outputs_the_file_declared(tmp_
     shape = lambda vi: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]  # noqa: E731
     assert shape(pruned.graph.input[0]) == ["batch", 2, "height", "width"]
     assert shape(pruned.graph.output[0]) == shape(proto.graph.output[0])
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_any_work(setup, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    model, data = setup
+    folder = tmp_path / "mounted-read-only"
+    folder.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):  # a read-only mount: even root cannot create a file there
+        if dir is not None and Path(dir) == folder:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(prune_module, "split_data", lambda *a, **k: pytest.fail("the work started"))
+    r = run_cli("prune", model, "--data", data, "--target-macs", "0.3", "--out", folder / "p.onnx")
+    assert r.exit_code == 2 and "not writable (Read-only file system)" in r.stderr
+    assert not list(folder.iterdir())
+
+
+def test_the_calibration_default_fits_small_data_and_says_what_it_took(setup, tmp_path):
+    model, data = setup  # 40 samples: the fixed default of 1,000 left none to measure on
+    out = tmp_path / "p.onnx"
+    r = run_cli("prune", model, "--data", data, "--channels", "convB:1", "--out", out, "--json")
+    assert r.exit_code == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["calibration_samples"] == 20 and result["evaluation_samples"] == 20
+    r = run_cli("prune", model, "--data", data, "--channels", "convB:1", "--out", out, "--overwrite")
+    assert "calibrated on 20, measured on 20 held-back samples" in r.stdout

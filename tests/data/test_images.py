@@ -90,6 +90,36 @@ def test_bad_files_are_named_with_the_fix(tmp_path):
         data.arrays(0, 2)
 
 
+def test_skip_bad_images_leaves_out_what_does_not_decode_and_keeps_labels_with_their_images(tmp_path):
+    for cls, n in (("cat", 0), ("cat", 1), ("dog", 2), ("dog", 3)):
+        write(tmp_path / cls / f"{n}.png", pixels(n))
+    raw = (tmp_path / "cat" / "1.png").read_bytes()
+    (tmp_path / "cat" / "1.png").write_bytes(raw[: len(raw) // 2])  # its header opens, its pixels do not
+    (tmp_path / "dog" / "x.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(OnnxRedundError, match=r"x.jpg is not a readable image .*--skip-bad-images"):
+        load_dataset(str(tmp_path), inputs=[RGB])
+    data = load_dataset(str(tmp_path), inputs=[RGB], skip_bad_images=True)
+    assert [f.name for f in data.files] == ["0.png", "2.png", "3.png"] and data.y.tolist() == [0, 1, 1]
+    assert data.describe()["bad_images_skipped"] == 2 and data.info["classes"] == ["cat", "dog"]
+    np.testing.assert_array_equal(data.arrays(0, 3)["x"][1], load_dataset(str(tmp_path / "dog"), inputs=[RGB],
+                                  skip_bad_images=True).arrays(0, 1)["x"][0])  # fmt: skip
+
+
+def test_an_image_that_fails_mid_run_is_one_line_naming_it_and_what_was_kept(tmp_path):
+    from conftest import run_cli, save, small_cnn
+
+    for n in range(6):
+        write(tmp_path / "img" / f"{n}.png", pixels(n, (6, 6, 3)))
+    raw = (tmp_path / "img" / "4.png").read_bytes()
+    (tmp_path / "img" / "4.png").write_bytes(raw[: len(raw) // 2])
+    model = save(small_cnn()[0], tmp_path)
+    r = run_cli("-q", "audit", model, "--data", tmp_path / "img", "--batch-size", "2", "--out", tmp_path / "out")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr and "unexpected" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "4.png is not a readable image" in r.stderr and "--skip-bad-images" in r.stderr
+    assert "is kept in" in r.stderr and (tmp_path / "out" / "impulse.json").exists()
+
+
 def test_images_that_cannot_give_the_models_channels_are_refused(tmp_path):
     write(tmp_path / "a.png", pixels(0))
     with pytest.raises(OnnxRedundError, match=r"takes 3 channels.*channels=gray gives 1"):
