@@ -468,13 +468,29 @@ class PruneResult:
         }
 
 
+#: calibration samples by default: half the data, at most this many (the other half measures)
+DEFAULT_CALIBRATION = 1000
+
+
+def default_calibration(samples: int) -> int:
+    """The calibration samples when none are asked for: half of ``samples``, at most
+    :data:`DEFAULT_CALIBRATION`, so that as many or more are left to measure on."""
+    if samples < 2:
+        raise OnnxRedundError(f"pruning needs 2 samples or more (to calibrate, to measure); the data has {samples}")
+    return min(DEFAULT_CALIBRATION, samples // 2)
+
+
 def split_data(
-    data: DataSource, calibration: int, evaluation: int | None, *, spread: bool = True
+    data: DataSource, calibration: int | None, evaluation: int | None, *, spread: bool = True
 ) -> tuple[DataSource, DataSource]:
-    """``calibration`` samples to calibrate on and up to ``evaluation`` others (default: all the others) to measure
-    on: never the same samples. ``spread``: the calibration samples are spread evenly over the data (an image
-    folder lists its classes one after the other); else they are the first ones.
+    """``calibration`` samples (default: :func:`default_calibration`) to calibrate on and up to ``evaluation``
+    others (default: all the others) to measure on: never the same samples. ``spread``: the calibration samples
+    are spread evenly over the data (an image folder lists its classes one after the other); else they are the
+    first ones.
     """
+    if calibration is None:
+        calibration = default_calibration(len(data))
+        log.info("calibrating on %d of the %d samples, measuring on the others", calibration, len(data))
     if calibration < 1 or len(data) <= calibration:
         raise OnnxRedundError(
             f"{data.name} has {len(data)} samples; --calibration {calibration} leaves none to evaluate on"
@@ -501,7 +517,7 @@ def run_prune(
     target: Target | SpeedTarget | None = None,
     channels: dict[str, list[int]] | None = None,
     compensation: str | None = None,
-    calibration: int = 1000,
+    calibration: int | None = None,
     evaluation: int | None = None,
     seed: int = 0,
     shuffle_metric: str = "drift",

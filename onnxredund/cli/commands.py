@@ -467,9 +467,8 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
 @click.option(
     "--calibration",
     type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="The first N samples calibrate (statistics, criteria); the others measure.",
+    help="N samples (spread over the data) calibrate (statistics, criteria); the others measure "
+    "[default: half the samples, at most 1000].",
 )
 @click.option("--eval-samples", type=click.IntRange(min=1), help="Measure on at most N samples after those.")
 @click.option(

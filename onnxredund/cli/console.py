@@ -290,7 +290,8 @@ def prune_lines(result: PruneResult) -> list[str]:
         for batch, ms in a["latency_ms"].items():
             lines.append(f"  latency     {b['latency_ms'][batch]:.3f} -> {ms:.3f} ms per run of {batch} (onnxruntime)")
     lines.append(
-        f"  on {result.evaluation_samples} held-back samples: accuracy {_pct(qb['accuracy'])} -> "
+        f"  calibrated on {result.calibration_samples}, measured on {result.evaluation_samples} held-back samples: "
+        f"accuracy {_pct(qb['accuracy'])} -> "
         f"{_pct(qa['accuracy'])}, agreement {_pct(qa['agreement'])}, output drift {qa['output_drift']:.4f}, "
         f"output cosine {qa['output_cosine']:.4f}"
     )
