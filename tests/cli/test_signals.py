@@ -157,3 +157,26 @@ def test_a_signal_during_prune_writes_nothing(model, tmp_path):
     written = {p.name for p in tmp_path.iterdir()}
     assert written in (set(), {"pruned.onnx", "pruned.json"}), written  # both or neither
     assert status == 130 or written, (status, written)  # a run the signal did not stop wrote both
+
+
+def test_a_signal_during_impulse_writes_nothing(model, tmp_path):
+    out = tmp_path / "out"
+    status, _, err = _signal_when(_start("impulse", model, "--out", out), out.exists, signal.SIGTERM)
+    assert status in (0, 143, -signal.SIGTERM) and "Traceback" not in err, err
+    written = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert (written == []) == (status != 0) and (not written or "impulse.json" in written)
+
+
+def test_an_interrupted_pruning_study_keeps_the_paper_report_marked_incomplete(mnist_dir, tmp_path, monkeypatch):
+    from onnxredund.cli import commands
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C in the study
+
+    monkeypatch.setattr(commands, "with_prune_study", interrupted)
+    out = tmp_path / "out"
+    r = run_cli("-q", "reproduce", "--data", mnist_dir, "--limit", "256", "--device", "cpu", "--out", out)
+    assert r.exit_code == 130 and "interrupted during the pruning study" in r.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is False and results["prune_study"] is None and results["claims"]
+    assert "The pruning study was interrupted" in (out / "report.html").read_text()
