@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 
 import click
@@ -216,17 +217,21 @@ def claims_lines(result: ReproduceResult) -> list[str]:
 
 
 class StepBars:
-    """Progress for multi-step library calls: one click bar per step, on stderr, only on a terminal.
+    """Progress for multi-step library calls: one click bar per step on a terminal; where stderr is not one
+    (a log, CI), a line at most every :data:`LOG_EVERY` seconds (the step, done/total, elapsed, ETA).
 
     Called as ``bars(label, total, done=0)``, it returns the callback that takes samples finished.
     """
 
     def __init__(self, quiet: bool) -> None:
         self.hidden = quiet or not sys.stderr.isatty()
+        self.lines = None if quiet or not self.hidden else _ProgressLines()
         self.bar = None
 
     def __call__(self, label: str, total: int, done: int = 0) -> Callable[[int], None]:
         self.close()
+        if self.lines is not None:
+            return self.lines.step(label, total, done)
         self.bar = click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True, hidden=self.hidden)
         bar_shown(not self.hidden)
         if done:
@@ -239,6 +244,35 @@ class StepBars:
             self.bar.render_finish()
             self.bar = None
             bar_shown(False)
+
+
+LOG_EVERY = 30.0  # seconds between two progress lines where stderr is not a terminal
+
+
+class _ProgressLines:
+    """Progress as log lines, throttled: a long run in CI says where it is without flooding the log."""
+
+    def __init__(self, every: float = LOG_EVERY) -> None:
+        self.every = every
+        self.started = self.last = time.perf_counter()
+
+    def step(self, label: str, total: int, done: int) -> Callable[[int], None]:
+        state = {"done": done, "t0": time.perf_counter(), "first": done}
+
+        def update(n: int) -> None:
+            state["done"] += n
+            now = time.perf_counter()
+            if now - self.last < self.every:
+                return
+            self.last = now
+            rate = (state["done"] - state["first"]) / max(now - state["t0"], 1e-9)
+            eta = f", step ETA {(total - state['done']) / rate:.0f} s" if rate > 0 and total > state["done"] else ""
+            click.echo(
+                f"onnxredund: progress: {label}: {state['done']}/{total}, {now - self.started:.0f} s elapsed{eta}",
+                err=True,
+            )
+
+        return update
 
 
 def group_lines(model: Model, groups: list[ChannelGroup]) -> list[str]:

@@ -216,3 +216,23 @@ def test_audit_lines_say_how_many_channels_a_budget_measured_and_count_sweeps_in
     lines = redundancy_lines(result)
     assert "channel-cheap" in lines[1] and f"(1 of {result.layers[1].in_channels} measured)" in lines[1]
     assert lines[-1] == "  note: 1 sweep measured fewer images or channels to fit the time budget (see the report)"
+
+
+def test_progress_where_stderr_is_no_terminal_is_throttled_log_lines_with_step_count_and_eta(capsys):
+    from onnxredund.cli import console
+
+    bars = console.StepBars(quiet=False)  # pytest's stderr is no terminal
+    assert bars.lines is not None and console.StepBars(quiet=True).lines is None
+    bars.lines.every = 0.0
+    update = bars("conv2 channel (1/2)", 100, 20)
+    update(30)
+    update(50)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "onnxredund: progress: conv2 channel (1/2): 50/100",
+        "onnxredund: progress: conv2 channel (1/2): 100/100",
+    ]
+    assert "step ETA" in lines[0] and "ETA" not in lines[1]
+    bars.lines.every = 3600.0
+    bars("impulse", 10)(10)
+    assert capsys.readouterr().err == ""  # within the interval: nothing
