@@ -78,7 +78,8 @@ model_options = _compose(
         "--input-shape",
         multiple=True,
         callback=_parse_shapes,
-        help="Sizes after the batch for inputs with free dimensions: CxHxW for the image input, or NAME=SIZES.",
+        help="Sizes after the batch for inputs with free dimensions, in the input's own order (CxHxW or HxWxC; "
+        "the other order is taken where only it fits the model's fixed sizes, and said), or NAME=SIZES.",
     ),
     click.option("--impulse-input", help="The image input (impulses go there) [default: the only image input]."),
     click.option(

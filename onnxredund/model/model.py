@@ -243,6 +243,27 @@ def input_sizes(proto: onnx.ModelProto, image: str, given: dict[str | None, tupl
     return sizes
 
 
+def _fits(want: tuple[int, ...], sample: list) -> bool:
+    return all(not (isinstance(have, int) and have > 0) or have == w for w, have in zip(want, sample, strict=True))
+
+
+def _in_model_order(name: str, want: tuple[int, ...], sample: list) -> tuple[int, ...]:
+    """``want`` in the order of the input's own axes: as given, or, where only the other order fits the model's
+    fixed sizes, moved between channels first and channels last (said in the log)."""
+    if _fits(want, sample):
+        return want
+    others = [(want[1:] + want[:1], "channels first", "last"), (want[-1:] + want[:-1], "channels last", "first")]
+    for other, given_as, model_has in others if len(want) >= 3 else []:
+        if _fits(other, sample):
+            log.warning(
+                "--input-shape %s taken as %s: input %r has its channels %s, so it gets %s",
+                "x".join(map(str, want)), given_as, name, model_has, "x".join(map(str, other)),
+            )  # fmt: skip
+            return other
+    given = "x".join(map(str, want))
+    raise OnnxRedundError(f"--input-shape {given} contradicts the model's fixed input {name!r} {sample}")
+
+
 def _with_sizes(name: str, shape: list, want: tuple[int, ...] | None, is_image: bool = True) -> list:
     if not shape:
         return []
@@ -253,10 +274,7 @@ def _with_sizes(name: str, shape: list, want: tuple[int, ...] | None, is_image: 
                 f"--input-shape for {name!r} needs {len(sample)} sizes like {'x'.join(['8'] * len(sample))}, got "
                 f"{'x'.join(map(str, want))}"
             )
-        for w, have in zip(want, sample, strict=True):
-            if isinstance(have, int) and have > 0 and have != w:
-                raise OnnxRedundError(f"--input-shape {want} contradicts the model's fixed input {name!r} {sample}")
-        sample = list(want)
+        sample = list(_in_model_order(name, want, sample))
     if any(not isinstance(d, int) or d <= 0 for d in sample):
         example = "x".join(str(d) if isinstance(d, int) and d > 0 else "64" for d in sample)
         example = example if is_image else f"{name}={example}"  # a bare --input-shape is the image input's

@@ -54,6 +54,23 @@ def test_input_sizes_take_given_sizes_for_free_dimensions_and_refuse_contradicti
         input_sizes(proto, "x", {})
 
 
+def test_input_sizes_in_the_other_channel_order_are_moved_when_only_that_order_fits(caplog):
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t", "w"], ["z"], name="c"),
+    ]
+    w = small_cnn()[1]["w1"]
+    proto = make_model(nodes, [("x", ["N", "H", "W", 3])], [("z", ["N", 4, "h", "w"])], {"w": w})
+    assert input_sizes(proto, "x", {None: (9, 11, 3)}) == {"x": ["N", 9, 11, 3]}
+    with caplog.at_level(logging.WARNING):
+        assert input_sizes(proto, "x", {None: (3, 9, 11)}) == {"x": ["N", 9, 11, 3]}  # CxHxW for an NHWC input
+    assert "taken as channels first" in caplog.text and "gets 9x11x3" in caplog.text
+    nchw = make_model([nodes[1]], [("t", ["N", 3, "H", "W"])], [("z", ["N", 4, "h", "w"])], {"w": w})
+    assert input_sizes(nchw, "t", {None: (9, 11, 3)}) == {"t": ["N", 3, 9, 11]}  # HxWxC for an NCHW input
+    with pytest.raises(OnnxRedundError, match="contradicts"):
+        input_sizes(proto, "x", {None: (9, 4, 11)})  # neither order fits
+
+
 def test_free_dimensions_of_another_input_than_the_image_are_asked_for_by_name():
     nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="c"), helper.make_node("Mul", ["z", "gain"], ["y"])]
     w = small_cnn()[1]["w1"]
