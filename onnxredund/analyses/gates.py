@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from onnxredund.errors import OnnxRedundError
+from onnxredund.words import counted
 
 __all__ = ["GATE_METRICS", "Gate", "GateOutcome", "check_gates", "parse_gate"]
 
@@ -71,7 +72,7 @@ class GateOutcome:
             return f"gate {self.gate} failed at {self.layer}: {self.gate.metric} = {self.value:.4f}"
         if self.status == "not evaluated":
             return f"gate {self.gate} not evaluated: no layer measured {self.gate.metric}"
-        skipped = f" (not evaluated at {len(self.not_evaluated)} layers)" if self.not_evaluated else ""
+        skipped = f" (not evaluated at {counted(len(self.not_evaluated), 'layer')})" if self.not_evaluated else ""
         return f"gate {self.gate} passed{skipped}"
 
     @property

@@ -499,7 +499,7 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
 @click.option(
     "--out", type=click.Path(path_type=Path), help="The pruned model (.onnx); its plan goes beside it (.json)."
 )
-@options.overwrite
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out model and its plan.")
 @options.batch_size
 @options.seed
 @options.device

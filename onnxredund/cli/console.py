@@ -17,6 +17,7 @@ from onnxredund.analyses.shuffle import ShuffleResult
 from onnxredund.cli.app import bar_shown
 from onnxredund.engine.channel_groups import ChannelGroup
 from onnxredund.model import Model
+from onnxredund.words import counted
 
 __all__ = [
     "StepBars",
@@ -60,7 +61,7 @@ def layer_table(model: Model) -> list[str]:
         + (" [impulse]" if i.name == model.input_name and len(model.inputs) > 1 else "")
         for i in model.inputs
     )
-    head = f"{model.path}: input {inputs}, {len(model.layers)} conv layers"
+    head = f"{model.path}: input {inputs}, {counted(len(model.layers), 'conv layer')}"
     lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     classifiers = ", ".join(model.classifiers) or "none (effects are measured as output drift)"
     return [*lines, f"classifier output: {classifiers}"]

@@ -182,6 +182,7 @@ class ChannelGroup:
 
 
 def node_label(graph: onnx.GraphProto, index: int) -> str:
-    """A node's name, or its op and first output where it has none."""
+    """A node's name, or, where it has none, its op and index in the graph (``Conv_3``: the name `layers` gives
+    an unnamed conv)."""
     node = graph.node[index]
-    return node.name or f"{node.op_type}:{node.output[0]}"
+    return node.name or f"{node.op_type}_{index}"

@@ -33,6 +33,11 @@ __all__ = [
 IMPULSE_NPZ = "impulse.npz"
 
 
+#: the effect's file-name word, by its label in :func:`effect_word`
+EFFECT_FILES = {"top-1 accuracy": "accuracy", "top-1 agreement with the clean model": "agreement",
+                "lowest output cosine": "output-cosine"}  # fmt: skip
+
+
 def effect_word(result: ShuffleResult) -> tuple[np.ndarray | None, str]:
     """The per-channel effect a person reads first, and its name: top-1 accuracy where there are labels,
     else agreement with the clean model, else the lowest output cosine."""
@@ -75,7 +80,7 @@ def shuffle_figures(result: ShuffleResult, prefix: str = "") -> dict[str, Figure
     values, label = effect_word(result)
     if values is not None:
         baseline = result.baseline_accuracy if result.accuracy is not None else None
-        figs[f"{tag}-accuracy.png"] = Figure(
+        figs[f"{tag}-{EFFECT_FILES[label]}.png"] = Figure(
             accuracy_figure(result.channels, values, baseline, title, label),
             f"{title}: {label} per perturbed channel" + ("; the line is the clean baseline" if baseline else ""),
         )

@@ -206,3 +206,14 @@ def test_the_calibration_default_fits_small_data_and_says_what_it_took(setup, tm
     assert result["calibration_samples"] == 20 and result["evaluation_samples"] == 20
     r = run_cli("prune", model, "--data", data, "--channels", "convB:1", "--out", out, "--overwrite")
     assert "calibrated on 20, measured on 20 held-back samples" in r.stdout
+
+
+def test_the_plan_names_unnamed_nodes_as_layers_does(tmp_path):
+    proto = small_cnn()[0]
+    for node in proto.graph.node:
+        node.name = ""  # exporters that name nothing
+    model = save(proto, tmp_path)
+    layer_names = [layer["name"] for layer in json.loads(run_cli("layers", model, "--json").stdout)]
+    groups = json.loads(run_cli("prune", model, "--plan", "--json").stdout)
+    consumers = {name for g in groups for name in g["consumers"]}
+    assert layer_names == ["Conv_0", "Conv_2"] and "Conv_2" in consumers

@@ -51,3 +51,15 @@ def test_write_impulse_csv_keeps_a_layer_name_with_a_comma(tmp_path):
     with np.load(tmp_path / "impulse.npz") as z:
         np.testing.assert_array_equal(z["0.ncc"], result.layers[0].ncc)
     assert {p.name for p in tmp_path.glob("*.png")} == {"impulse-0-responses.png", "impulse-0-ncc.png"}
+
+
+def test_the_effect_figure_is_named_after_what_it_plots(tmp_path):
+    from onnxredund.report.writers import shuffle_figures
+
+    model = load_model_proto(small_cnn()[0])
+    x = np.random.default_rng(1).random((20, 3, 6, 6), dtype=np.float32)
+    labelled = run_shuffle(model, "conv2", Dataset(x, np.arange(20) % 4, "toy"), batch_size=10, device="cpu")
+    unlabelled = run_shuffle(model, "conv2", Dataset(x, None, "toy"), batch_size=10, device="cpu")
+    assert "shuffle-1-channel-accuracy.png" in shuffle_figures(labelled)
+    figs = shuffle_figures(unlabelled)
+    assert "shuffle-1-channel-agreement.png" in figs and "shuffle-1-channel-accuracy.png" not in figs
