@@ -117,15 +117,27 @@ def load_dataset(
     if spec is None:
         _check_default_fits(image)
     spec = spec or "mnist"
+    folder_only = {"--preprocess": preprocess, "--labels": labels, "--skip-bad-images": skip_bad_images or None}
+
+    def images_only(source: str) -> None:  # options that only an image folder reads are refused, never ignored
+        given = [flag for flag, value in folder_only.items() if value is not None]
+        if given:
+            raise OnnxRedundError(f"{given[0]} applies to image folders; {source} is read as it is")
+
     if spec == "synthetic" or spec.startswith("synthetic:"):
+        images_only("synthetic data")
         return _synthetic(spec, seed, inputs, sample_shape)
     base, split = _split_suffix(spec)
     if base == "mnist":
+        images_only("MNIST")
         return load_mnist(locate_mnist(), split)
     path = Path(base)
     if path.is_dir():
+        if has_mnist(path) or any(path.glob("*-idx[13]-ubyte*")):
+            images_only("MNIST")
         return _folder(path, split, image, preprocess, labels, skip_bad_images)
     if path.suffix == ".npz":
+        images_only("a .npz file")
         if not path.is_file():
             raise OnnxRedundError(f"data file {path} does not exist")
         return load_npz(path, [i.name for i in inputs] if inputs else None)

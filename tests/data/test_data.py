@@ -116,3 +116,18 @@ def test_limit_keeps_the_first_samples_and_says_so_in_the_name():
     five = ds.limit(5)
     assert len(five) == 5 and five.name == "synthetic:10[:5]" and np.array_equal(five.x, ds.x[:5])
     assert ds.limit(None) is ds and ds.limit(50).x.shape[0] == 10
+
+
+def test_image_folder_options_on_other_data_are_refused_not_ignored(tmp_path, mnist_dir):
+    inputs = [ModelInput("x", "float32", (1, 28, 28), layout="NCHW")]
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 1, 28, 28), np.float32))
+    cases = [
+        ("synthetic:4", {"preprocess": "scale=1/255"}, "--preprocess applies to image folders; synthetic data"),
+        (str(mnist_dir), {"preprocess": "scale=1/255"}, "--preprocess applies to image folders; MNIST"),
+        (str(tmp_path / "d.npz"), {"labels": "y.csv"}, "--labels applies to image folders; a .npz file"),
+        ("synthetic:4", {"skip_bad_images": True}, "--skip-bad-images applies to image folders"),
+    ]
+    for spec, options, message in cases:
+        with pytest.raises(OnnxRedundError, match=message):
+            D.load_dataset(spec, inputs=inputs, **options)
+    assert len(D.load_dataset(str(mnist_dir), inputs=inputs, skip_bad_images=False)) == 10000  # test split
