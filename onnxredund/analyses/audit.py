@@ -40,6 +40,7 @@ import numpy as np
 
 from onnxredund import __version__
 from onnxredund.analyses.distributed import job_for, plan_units, run_sweep_units
+from onnxredund.analyses.evaluate import one_class_note
 from onnxredund.analyses.gates import GATE_METRICS, check_gates, parse_gate
 from onnxredund.analyses.impulse import ImpulseResult, run_impulse
 from onnxredund.analyses.plan import (
@@ -331,6 +332,13 @@ def run_audit(
             )
             log.warning("interrupted: %d of %d sweeps finished", len(sweeps) - len(missing), len(sweeps))
     notes += _word_notes(model, data)
+    one_class = one_class_note(model, data, batch_size=batch_size, device=device) if sweeps else None
+    notes += [one_class] if one_class else []
+    notes += [
+        f"{l.name} is not shuffled: it reads one input channel, and perturbing that perturbs the whole input"
+        for l in audited
+        if l.in_channels == 1
+    ]
     summaries = [summarize_layer(l, impulse, shuffles.get(l.name, {}), cheap_drop) for l in audited]
     return AuditResult(
         model=model.path,

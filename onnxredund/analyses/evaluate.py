@@ -9,7 +9,9 @@ from onnxredund.engine.runtime import Runner
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import Model, classifier_output
 
-__all__ = ["evaluate", "predict"]
+__all__ = ["evaluate", "one_class_note", "predict"]
+
+ONE_CLASS_PROBE = 256  # samples the one-class check looks at
 
 
 def predict(model: Model, data: DataSource, *, batch_size: int = 256, device: str = "auto") -> np.ndarray:
@@ -31,6 +33,22 @@ def predict(model: Model, data: DataSource, *, batch_size: int = 256, device: st
         feeds = conform_feeds(arrays, model.inputs, model.input_name, data.name)
         tops.append(run(feeds, [pred])[0].argmax(axis=1))
     return np.concatenate(tops).astype(np.int64)
+
+
+def one_class_note(model: Model, data: DataSource, *, batch_size: int = 256, device: str = "auto") -> str | None:
+    """Where the model gives one class to every one of the first samples of unlabelled data (a classifier on
+    noise often does), a note saying that agreement tells nothing there; else None."""
+    if data.y is not None or classifier_output(model) is None or len(data) < 2:
+        return None
+    probe = data.limit(min(ONE_CLASS_PROBE, len(data)))
+    classes = np.unique(predict(model, probe, batch_size=batch_size, device=device))
+    if len(classes) > 1:
+        return None
+    return (
+        f"the model gives class {int(classes[0])} to every one of the first {len(probe)} samples of {data.name}: "
+        "a perturbation can hardly change that, so agreement (and a cheap verdict from it) says little here; "
+        "measure on real data"
+    )
 
 
 def evaluate(model: Model, data: DataSource, *, batch_size: int = 256, device: str = "auto") -> dict:

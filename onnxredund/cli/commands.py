@@ -16,6 +16,7 @@ import click
 from onnxredund.analyses.audit import audit_estimate, check_gates, clear_checkpoints, parse_gate, run_audit
 from onnxredund.analyses.distributed import job_for, run_sweep_units
 from onnxredund.analyses.evaluate import evaluate as evaluate_model
+from onnxredund.analyses.evaluate import one_class_note
 from onnxredund.analyses.impulse import run_impulse
 from onnxredund.analyses.prune import (
     CRITERIA,
@@ -208,6 +209,9 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
             if not complete:
                 _interrupted(out_dir, bars)
     bars.close()
+    one_class = one_class_note(m, data, batch_size=opts["batch_size"], device=opts["device"])
+    if one_class:
+        log.warning(one_class)
     if as_json:
         payload = {k: v.to_dict() for k, v in results.items()}
         for sweep in payload.values():

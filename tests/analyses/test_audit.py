@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import small_cnn
+from onnx import numpy_helper
 
 from onnxredund.analyses.audit import run_audit
 from onnxredund.analyses.gates import check_gates, parse_gate
@@ -135,3 +136,20 @@ def test_an_interrupt_between_sweeps_keeps_the_finished_ones_whole(tmp_path):
     assert not part.complete and [(r.layer, r.mode) for r in finished] == [("conv1", "channel"), ("conv1", "pixel")]
     assert all(r.complete for modes in part.shuffles.values() for r in modes.values())
     assert part.layers[1].samples == {}  # conv2: not shuffled, not a partial number
+
+
+def test_an_audit_says_when_the_model_gives_one_class_to_all_the_data_and_why_a_conv_is_not_shuffled():
+    proto = small_cnn(c_in=1, c_mid=4, c_out=5)[0]
+    for init in proto.graph.initializer:
+        if init.name == "fcb":
+            init.CopyFrom(numpy_helper.from_array(np.array([0, 0, 1e4, 0], np.float32), "fcb"))
+    m = load_model_proto(proto)
+    noise = Dataset(RNG.random((40, 1, 6, 6), dtype=np.float32), None, "noise")
+    notes = run_audit(m, noise, batch_size=20, device="cpu").notes
+    assert any(n.startswith("the model gives class 2 to every one of the first 40 samples of noise") for n in notes)
+    assert "conv1 is not shuffled: it reads one input channel, and perturbing that perturbs the whole input" in notes
+    rng = np.random.default_rng(0)
+    spread = rng.normal(size=(40, 1, 6, 6)) * rng.uniform(-5, 5, (40, 1, 1, 1))  # inputs the model tells apart
+    varied = Dataset(spread.astype(np.float32), None, "varied")
+    assert not any("gives class" in n for n in run_audit(load_model_proto(small_cnn(c_in=1)[0]), varied,
+                                                          batch_size=20, device="cpu").notes)  # fmt: skip
