@@ -412,6 +412,12 @@ def _outputs(model: Model, proto: onnx.ModelProto, data: DataSource, batch_size:
 
 def latency_ms(model: Model, proto: onnx.ModelProto, data: DataSource, batch: int, device: str) -> float:
     """Median onnxruntime latency of one run of ``batch`` samples (after a warm-up), in milliseconds."""
+    return latency_runs(model, proto, data, batch, device)["median"]
+
+
+def latency_runs(model: Model, proto: onnx.ModelProto, data: DataSource, batch: int, device: str) -> dict:
+    """onnxruntime latency of one run of ``batch`` samples (after a warm-up), in milliseconds, over repeated
+    runs: ``{"median", "p25", "p75", "runs"}`` (the quartiles say how much it moved)."""
     runner = Runner.create(proto, device, derived=proto is not model.proto)
     batch = min(batch, len(data)) if model.batch_dynamic else 1
     feeds = conform_feeds(data.arrays(0, batch), model.inputs, model.input_name, data.name)
@@ -421,7 +427,8 @@ def latency_ms(model: Model, proto: onnx.ModelProto, data: DataSource, batch: in
         t0 = time.perf_counter()
         runner.run(feeds)
         times.append(time.perf_counter() - t0)
-    return 1000.0 * float(np.median(times))
+    p25, median, p75 = (1000.0 * float(q) for q in np.percentile(times, [25, 50, 75]))
+    return {"median": median, "p25": p25, "p75": p75, "runs": len(times)}
 
 
 # -- the command -----------------------------------------------------------------------------------------
@@ -605,7 +612,10 @@ def run_prune(
     if latency:
         for side, proto in (("before", model.proto), ("after", pruned)):
             d = before if side == "before" else after
-            d["latency_ms"] = {str(b): latency_ms(model, proto, ev, b, device) for b in (1, batch_size)}
+            runs = {str(b): latency_runs(model, proto, ev, b, device) for b in (1, batch_size)}
+            d["latency_ms"] = {b: r["median"] for b, r in runs.items()}
+            d["latency_quartiles_ms"] = {b: [r["p25"], r["p75"]] for b, r in runs.items()}
+            d["latency_runs"] = {b: r["runs"] for b, r in runs.items()}
     return PruneResult(
         model=model.path,
         criterion=criterion,

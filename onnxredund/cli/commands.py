@@ -133,7 +133,7 @@ def layers(ctx, model: Path, as_json: bool, verbose: int, quiet: bool, **opts) -
     command_logging(ctx, verbose, quiet)
     m = _model(model, opts)
     if as_json:
-        click.echo(json.dumps([layer.to_dict() for layer in m.layers], indent=2))
+        _echo_json(console.layers_payload(m))
     else:
         click.echo("\n".join(console.layer_table(m)))
 
@@ -164,7 +164,7 @@ def evaluate(ctx, model: Path, batch_size, device, seed, as_json, verbose, quiet
 @main.command()
 @options.model_options
 @click.option("--layer", required=True, help="Target conv: name or index (see `onnxredund layers`).")
-@click.option("--mode", type=options.shuffle_modes, default="channel", show_default=True)
+@click.option("--mode", "--modes", "mode", type=options.shuffle_modes, default="channel", show_default=True)
 @click.option("--channels", help="Input channels to perturb, e.g. 0,3,5-9 [default: all].")
 @options.data_options
 @options.batch_size
@@ -276,7 +276,7 @@ def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, d
 @options.data_options
 @click.option("--layers", "layer_spec", help="Conv layers to audit [default: every conv the image input reaches].")
 @click.option("--budget", type=click.FloatRange(min=1), help="Seconds for the whole audit; what does not fit is cut.")
-@click.option("--modes", type=options.shuffle_modes, default="both", show_default=True)
+@click.option("--modes", "--mode", "modes", type=options.shuffle_modes, default="both", show_default=True)
 @options.batch_size
 @click.option("--threshold", type=float, default=0.9, show_default=True, help="NCC at which channels count as alike.")
 @click.option(

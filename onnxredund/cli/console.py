@@ -67,6 +67,28 @@ def layer_table(model: Model) -> list[str]:
     return [*lines, f"classifier output: {classifiers}"]
 
 
+def layers_payload(model: Model) -> dict:
+    """What `layers` shows, as JSON: the inputs (the image input marked), the classifier outputs (the prediction
+    first) and the conv layers."""
+    return {
+        "model": model.path,
+        "inputs": [
+            {
+                "name": i.name,
+                "dtype": i.dtype,
+                "sample_shape": list(i.sample_shape),
+                "layout": i.layout or None,
+                "batched": i.batched,
+                "image": i.name == model.input_name,
+            }
+            for i in model.inputs
+        ],  # fmt: skip
+        "outputs": model.output_names,
+        "classifier_outputs": list(model.classifiers),
+        "layers": [layer.to_dict() for layer in model.layers],
+    }
+
+
 def shuffle_lines(result: ShuffleResult) -> list[str]:
     """A sweep's summary: most and least redundant channels, and the effect at the outputs in words that fit
     the data (accuracy only with labels)."""
@@ -299,6 +321,11 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f} %"
 
 
+def _latency(side: dict, batch: str) -> str:
+    low, high = side["latency_quartiles_ms"][batch]
+    return f"{side['latency_ms'][batch]:.3f} [{low:.3f}-{high:.3f}]"
+
+
 def prune_lines(result: PruneResult) -> list[str]:
     """What was removed, and both models' size, speed and quality."""
     how = "channels named" if result.criterion is None else f"criterion {result.criterion}, {_scope(result.scope)}"
@@ -322,8 +349,11 @@ def prune_lines(result: PruneResult) -> list[str]:
         lines.append(f"  {label:<11} {b[key]:,} -> {a[key]:,} ({fewer:.1f} % fewer)")
     lines.append(f"  file        {b['file_bytes']:,} -> {a['file_bytes']:,} bytes")
     if "latency_ms" in a:
-        for batch, ms in a["latency_ms"].items():
-            lines.append(f"  latency     {b['latency_ms'][batch]:.3f} -> {ms:.3f} ms per run of {batch} (onnxruntime)")
+        for batch in a["latency_ms"]:
+            lines.append(
+                f"  latency     {_latency(b, batch)} -> {_latency(a, batch)} ms per run of {batch} "
+                f"(onnxruntime; median, quartiles over {b['latency_runs'][batch]} and {a['latency_runs'][batch]} runs)"
+            )
     lines.append(
         f"  calibrated on {result.calibration_samples}, measured on {result.evaluation_samples} held-back samples: "
         f"accuracy {_pct(qb['accuracy'])} -> "

@@ -254,6 +254,9 @@ def test_run_prune_to_a_target_with_compensation_writes_what_it_did():
     d = result.to_dict()
     assert 1 - d["after"]["conv_macs"] / d["before"]["conv_macs"] >= 0.3
     assert set(d["after"]["latency_ms"]) == {"1", "128"}
+    for side in ("before", "after"):  # the median between its quartiles, over at least 5 timed runs
+        for batch, (low, high) in d[side]["latency_quartiles_ms"].items():
+            assert low <= d[side]["latency_ms"][batch] <= high and d[side]["latency_runs"][batch] >= 5
     assert d["plan"]["removed"] and d["compensation"] == "lstsq"
 
 

@@ -30,7 +30,12 @@ def test_layers_table_and_json(tmp_path):
     r = run_cli("layers", path)
     assert r.exit_code == 0 and "conv1" in r.stdout and "3->4" in r.stdout
     r = run_cli("layers", path, "--json")
-    rows = json.loads(r.stdout)
+    payload = json.loads(r.stdout)
+    assert payload["inputs"] == [
+        {"name": "x", "dtype": "float32", "sample_shape": [3, 6, 6], "layout": "NCHW", "batched": True, "image": True}
+    ]
+    assert payload["outputs"] == ["logits"] and payload["classifier_outputs"] == ["logits"]
+    rows = payload["layers"]
     assert [row["name"] for row in rows] == ["conv1", "conv2"]
     for key in (
         "index",

@@ -213,7 +213,7 @@ def test_the_plan_names_unnamed_nodes_as_layers_does(tmp_path):
     for node in proto.graph.node:
         node.name = ""  # exporters that name nothing
     model = save(proto, tmp_path)
-    layer_names = [layer["name"] for layer in json.loads(run_cli("layers", model, "--json").stdout)]
+    layer_names = [layer["name"] for layer in json.loads(run_cli("layers", model, "--json").stdout)["layers"]]
     groups = json.loads(run_cli("prune", model, "--plan", "--json").stdout)
     consumers = {name for g in groups for name in g["consumers"]}
     assert layer_names == ["Conv_0", "Conv_2"] and "Conv_2" in consumers
