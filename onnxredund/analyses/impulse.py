@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 
 from onnxredund.atomic import csv_text
+from onnxredund.choices import IMPULSE_MODES
 from onnxredund.engine.runtime import Runner
 from onnxredund.engine.surgery import cut, linearize
 from onnxredund.errors import OnnxRedundError
@@ -56,7 +57,6 @@ __all__ = [
     "run_impulse",
 ]
 
-IMPULSE_MODES = ("network", "linear")
 MAX_PHASES = 4  # phase positions per axis of a strided conv
 MIN_SUPPORT = 3  # positions a response needs to be compared (a 1x1 support is one number per input channel)
 _MAX_RUN = 64  # impulses per run

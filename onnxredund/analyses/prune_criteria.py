@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxredund.analyses.impulse import run_impulse
+from onnxredund.choices import CRITERIA, SHUFFLE_METRICS
 from onnxredund.data import DataSource, conform_feeds, iter_batches
 from onnxredund.engine.calibration import CalibrationStats
 from onnxredund.engine.channel_groups import ChannelGroup, Role, Slicing
@@ -39,8 +40,6 @@ __all__ = [
     "one_of_each_pair",
 ]
 
-CRITERIA = ("random", "l1", "bn", "activation", "variance", "shuffle", "impulse")
-SHUFFLE_METRICS = ("drift", "agreement", "accuracy")
 OWN_SCALE = {"l1", "activation", "variance"}  # importances on a layer's own scale
 NEEDS_STATS = {"activation", "variance"}  # criteria that read calibration statistics
 IMPULSE_THRESHOLD = 0.9  # NCC at which two channels count as duplicates (the paper's)

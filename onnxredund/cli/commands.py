@@ -10,41 +10,21 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from onnxredund.analyses.audit import audit_estimate, check_gates, clear_checkpoints, parse_gate, run_audit
-from onnxredund.analyses.distributed import job_for, run_sweep_units
-from onnxredund.analyses.evaluate import evaluate as evaluate_model
-from onnxredund.analyses.evaluate import one_class_note
-from onnxredund.analyses.impulse import run_impulse
-from onnxredund.analyses.prune import (
-    CRITERIA,
-    SCOPES,
-    SHUFFLE_METRICS,
-    SpeedTarget,
-    Target,
-    parse_channel_spec,
-    run_prune,
-)
-from onnxredund.analyses.reproduce import run_reproduce, with_prune_study
-from onnxredund.analyses.shuffle import parse_channels, run_shuffle_modes
 from onnxredund.atomic import check_writable, prepare_out_dir, write_json
+from onnxredund.choices import COMPENSATIONS, CRITERIA, MODES, SCOPES, SHUFFLE_METRICS
 from onnxredund.cli import console, options
 from onnxredund.cli.app import command_logging, main
-from onnxredund.data import DataSource, load_dataset, load_script
-from onnxredund.engine.backends import make_backend
-from onnxredund.engine.channel_groups import channel_groups
-from onnxredund.engine.loading import load_model
-from onnxredund.engine.permutations import MODES
-from onnxredund.engine.pruning import COMPENSATIONS, save_pruned
 from onnxredund.errors import OnnxRedundError
 from onnxredund.interrupts import deferred, exit_status, stop_status
-from onnxredund.model import Model, classifier_output
-from onnxredund.report.audit_report import report_seconds, write_audit, write_audit_impulse, write_audit_sweep
-from onnxredund.report.reproduce_report import write_reproduce
-from onnxredund.report.schema import check_sweep
-from onnxredund.report.writers import impulse_payload, write_impulse, write_shuffle
+
+if TYPE_CHECKING:
+    from onnxredund.analyses.prune import SpeedTarget, Target
+    from onnxredund.data import DataSource
+    from onnxredund.model import Model
 
 __all__ = ["audit", "evaluate", "impulse", "layers", "prune", "reproduce", "shuffle"]
 
@@ -57,6 +37,8 @@ _HTML_SECONDS = 1.0  # of an audit's budget, kept for writing report.html after 
 
 def _model(model: Path, opts: dict) -> Model:
     """The model, from the model option group's values (popped from ``opts``)."""
+    from onnxredund.engine.loading import load_model
+
     o = {k: opts.pop(k) for k in _MODEL_KEYS}
     return load_model(
         model,
@@ -69,6 +51,8 @@ def _model(model: Path, opts: dict) -> Model:
 
 def _data(model: Model | None, opts: dict, seed: int) -> DataSource:
     """The data, from the data option group's values (popped from ``opts``), cut to --limit."""
+    from onnxredund.data import load_dataset, load_script
+
     o = {k: opts.pop(k) for k in _DATA_KEYS}
     if o["data_loader_script"]:
         if o["data"]:
@@ -92,6 +76,8 @@ def _echo_json(payload) -> None:
 
 def _backend(opts: dict):
     """The backend from the backend options (popped from ``opts``); None for the local one (today's path)."""
+    from onnxredund.engine.backends import make_backend
+
     name, address, workers = opts.pop("backend"), opts.pop("ray_address"), opts.pop("workers")
     backend = make_backend(name, address=address, workers=workers, device=opts.get("device", "auto"))
     return None if name == "local" else backend
@@ -149,6 +135,8 @@ def layers(ctx, model: Path, as_json: bool, verbose: int, quiet: bool, **opts) -
 @click.pass_context
 def evaluate(ctx, model: Path, batch_size, device, seed, as_json, verbose, quiet, **opts) -> None:
     """Top-1 accuracy of MODEL's classifier output on labelled data."""
+    from onnxredund.analyses.evaluate import evaluate as evaluate_model
+
     command_logging(ctx, verbose, quiet)
     m = _model(model, opts)
     result = evaluate_model(m, _data(m, opts, seed), batch_size=batch_size, device=device)
@@ -183,6 +171,12 @@ def evaluate(ctx, model: Path, batch_size, device, seed, as_json, verbose, quiet
 def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_json, verbose, quiet, **opts):
     """Shuffle each input channel of a conv layer (across samples, or its pixels) and measure the
     cosine similarity of the layer's output per channel and the effect at the model's outputs."""
+    from onnxredund.analyses.distributed import job_for, run_sweep_units
+    from onnxredund.analyses.evaluate import one_class_note
+    from onnxredund.analyses.shuffle import parse_channels, run_shuffle_modes
+    from onnxredund.report.schema import check_sweep
+    from onnxredund.report.writers import write_shuffle
+
     quiet = command_logging(ctx, verbose, quiet)
     out_dir = prepare_out_dir(out, overwrite=overwrite, resume=resume) if out else None
     m = _model(model, opts)
@@ -245,6 +239,9 @@ def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, d
             verbose, quiet, **opts):  # fmt: skip
     """Unit impulse responses of every conv layer, compared by normalized cross-correlation within
     and across layers."""
+    from onnxredund.analyses.impulse import run_impulse
+    from onnxredund.report.writers import impulse_payload, write_impulse
+
     quiet = command_logging(ctx, verbose, quiet)
     out_dir = prepare_out_dir(out, overwrite=overwrite) if out else None
     m = _model(model, opts)
@@ -309,6 +306,10 @@ def audit(
 ) -> None:
     """Impulse analysis and shuffling of the chosen layers, combined per layer into a redundancy summary;
     writes report.html, results.json, CSV tables and figures into --out."""
+    from onnxredund.analyses.audit import audit_estimate, check_gates, clear_checkpoints, parse_gate, run_audit
+    from onnxredund.model import classifier_output
+    from onnxredund.report.audit_report import report_seconds, write_audit, write_audit_impulse, write_audit_sweep
+
     started = time.perf_counter()
     quiet = command_logging(ctx, verbose, quiet)
     m = _model(model, run)
@@ -382,9 +383,7 @@ def _report_gates(outcomes) -> None:
     "--models",
     "models_dir",
     type=click.Path(path_type=Path),
-    default="models",
-    show_default=True,
-    help="Folder with lenet5.onnx and lenet5x10.onnx.",
+    help="Folder with lenet5.onnx and lenet5x10.onnx [default: ./models, else the copy installed with onnxredund].",
 )
 @click.option("--no-prune-study", "skip_prune", is_flag=True, help="Leave out the pruning study (several minutes).")
 @options.batch_size
@@ -398,7 +397,12 @@ def _report_gates(outcomes) -> None:
 def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json, verbose, quiet, **run) -> None:
     """The paper's experiments on the shipped LeNet-5 and LeNet-5x10: figures 4-9 and a table that
     checks each of its claims with numbers; then the pruning study on both and a residual network."""
+    from onnxredund.analyses.reproduce import run_reproduce, shipped_models, with_prune_study
+    from onnxredund.data import load_dataset
+    from onnxredund.report.reproduce_report import write_reproduce
+
     quiet = command_logging(ctx, verbose, quiet)
+    models_dir = shipped_models(models_dir)
     out_dir = prepare_out_dir(out or "onnxredund-reproduce", overwrite=overwrite)
     dataset = load_dataset(data, seed=run["seed"]).limit(limit)
     bars = console.StepBars(quiet or as_json)
@@ -514,6 +518,10 @@ def prune(ctx, model, target_macs, target_params, target_speedup, channel_specs,
           verbose, quiet, **run) -> None:  # fmt: skip
     """Remove channels from MODEL (a new, smaller ONNX file in --out), then measure both models: parameters,
     conv MACs, file size, accuracy, agreement, output drift, onnxruntime latency."""
+    from onnxredund.analyses.prune import parse_channel_spec, run_prune
+    from onnxredund.engine.channel_groups import channel_groups
+    from onnxredund.engine.pruning import save_pruned
+
     command_logging(ctx, verbose, quiet)
     m = _model(model, run)
     if plan_only:
@@ -546,6 +554,8 @@ def prune(ctx, model, target_macs, target_params, target_speedup, channel_specs,
 def _prune_target(
     macs: float | None, params: float | None, speedup: float | None, channels, batch: int
 ) -> Target | SpeedTarget | None:
+    from onnxredund.analyses.prune import SpeedTarget, Target
+
     given = [x for x in (macs, params, speedup) if x is not None]
     if len(given) + bool(channels) != 1:
         which = "only one" if given or channels else "one"

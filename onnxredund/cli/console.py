@@ -5,19 +5,22 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
-from onnxredund.analyses.audit import AuditResult
-from onnxredund.analyses.impulse import ImpulseResult
-from onnxredund.analyses.prune import PruneResult
-from onnxredund.analyses.reproduce import ReproduceResult
-from onnxredund.analyses.shuffle import ShuffleResult
 from onnxredund.cli.app import bar_shown
-from onnxredund.engine.channel_groups import ChannelGroup
-from onnxredund.model import Model
 from onnxredund.words import counted
+
+if TYPE_CHECKING:  # the results it prints; imported when a command runs, not for --help
+    from onnxredund.analyses.audit import AuditResult
+    from onnxredund.analyses.impulse import ImpulseResult
+    from onnxredund.analyses.prune import PruneResult
+    from onnxredund.analyses.reproduce import ReproduceResult
+    from onnxredund.analyses.shuffle import ShuffleResult
+    from onnxredund.engine.channel_groups import ChannelGroup
+    from onnxredund.model import Model
 
 __all__ = [
     "StepBars",

@@ -9,12 +9,7 @@ from pathlib import Path
 
 import click
 
-from onnxredund.analyses.impulse import IMPULSE_MODES
-from onnxredund.data.images import PREPROCESS_KEYS
-from onnxredund.engine.backends import BACKENDS
-from onnxredund.engine.loading import LAYOUT_CHOICES
-from onnxredund.engine.permutations import MODES
-from onnxredund.engine.runtime import DEVICES
+from onnxredund.choices import BACKENDS, DEVICES, IMPULSE_MODES, LAYOUT_CHOICES, MODES, PREPROCESS_KEYS
 
 __all__ = [
     "as_json",

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from onnxredund.choices import PREPROCESS_KEYS
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import ModelInput
 
@@ -42,7 +43,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-PREPROCESS_KEYS = ("resize", "crop", "channels", "scale", "mean", "std")
 _CHANNELS = ("rgb", "bgr", "gray")
 _HIGH_DEPTH = ("I", "I;16", "I;16B", "I;16L", "F")  # one-channel images of more than 8 bits
 _DECODE_WORKERS = min(4, os.cpu_count() or 1)

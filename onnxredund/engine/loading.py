@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxredund.choices import LAYOUT_CHOICES
 from onnxredund.engine.batching import make_batch_dynamic
 from onnxredund.engine.runtime import Runner, probe_shapes
 from onnxredund.errors import OnnxRedundError
@@ -35,8 +36,6 @@ from onnxredund.model import (
 
 __all__ = ["LAYOUT_CHOICES", "load_model", "load_model_proto"]
 
-#: what --layout takes for an image input whose layout the graph does not show
-LAYOUT_CHOICES = ("nchw", "nhwc")
 
 InputShapes = tuple[int, ...] | dict[str | None, tuple[int, ...]] | None
 

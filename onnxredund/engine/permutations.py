@@ -11,6 +11,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from onnxredund.choices import MODES
+
 __all__ = [
     "MODES",
     "PermutationFeed",
@@ -20,8 +22,6 @@ __all__ = [
     "permutation_for",
     "pixel_permutation",
 ]
-
-MODES = ("channel", "pixel")
 
 
 def batch_generator(seed: int, repeat: int, channel: int, batch_index: int) -> np.random.Generator:

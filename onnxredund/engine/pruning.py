@@ -25,6 +25,7 @@ import onnx_ir as ir
 from onnx import numpy_helper
 
 from onnxredund.atomic import atomic_write
+from onnxredund.choices import COMPENSATIONS
 from onnxredund.engine.calibration import REFIT_RIDGE, cross_grams, solve_refit
 from onnxredund.engine.channel_groups import (
     ChannelGroup,
@@ -73,9 +74,6 @@ __all__ = [
     "zeroed_at_consumers",
 ]
 
-#: how the removed channels' contribution is made up for (None: it is not); "sequential" needs the data
-#: itself (:func:`compensate_sequential`), the others calibration statistics (:func:`compensate`)
-COMPENSATIONS = ("mean", "merge", "lstsq", "sequential")
 #: the consumers compensation goes into (a transposed conv reads the removed channels zeroed)
 COMPENSATED_KINDS = (ConsumerKind.conv, ConsumerKind.dense)
 

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxredund.choices import DEVICES
 from onnxredund.engine.surgery import expose_outputs
 from onnxredund.errors import OnnxRedundError, first_line
 from onnxredund.model import (
@@ -34,7 +35,6 @@ __all__ = ["DEVICES", "Runner", "cuda_works", "probe_shapes", "providers_for", "
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cuda", "cpu")
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from onnxredund.choices import BACKENDS
 from onnxredund.engine.backends.ray_backend import RayBackend
 from onnxredund.errors import OnnxRedundError
 
 __all__ = ["BACKENDS", "Backend", "LocalBackend", "RayBackend", "make_backend"]
 
-BACKENDS = ("local", "ray")
 
 UnitFn = Callable[[Any, Any, dict], Any]
 
