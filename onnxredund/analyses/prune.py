@@ -33,6 +33,7 @@ from onnxredund.analyses.prune_criteria import (
     SHUFFLE_METRICS,
     channel_importance,
 )
+from onnxredund.choices import SCOPES
 from onnxredund.data import DataSource, conform_feeds, iter_batches
 from onnxredund.engine.calibration import collect_statistics
 from onnxredund.engine.channel_groups import ChannelGroup, channel_groups, node_label
@@ -68,7 +69,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCOPES = ("layer", "global")
 _LATENCY_SECONDS = 0.5  # per model and batch size
 
 

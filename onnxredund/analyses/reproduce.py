@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import site
+import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ from onnxredund.engine.surgery import expose_outputs
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import Model
 
-__all__ = ["PAPER_MODELS", "Claim", "ReproduceResult", "run_reproduce", "with_prune_study"]
+__all__ = ["PAPER_MODELS", "Claim", "ReproduceResult", "run_reproduce", "shipped_models", "with_prune_study"]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,26 @@ def shuffle_example(model: Model, data: DataSource, channel: int, seed: int, bat
         perm = permutation_for(mode, seed, 0, channel, 0, len(a1), pixels)
         out[mode] = apply_permutation(a1, channel, perm, mode)[0, channel]
     return out
+
+
+def shipped_models(given: str | Path | None = None) -> Path:
+    """The folder of the shipped models: ``given``; else ``models/`` in the working folder (a clone of the
+    repository); else the copy an install put in ``<prefix>/share/onnxredund/models``.
+
+    Raises:
+        OnnxRedundError: none of them holds the paper's models.
+    """
+    if given is not None:
+        return Path(given)
+    installed = [Path(sysconfig.get_path("data")), Path(site.getuserbase())]
+    places = [Path("models"), *(p / "share" / "onnxredund" / "models" for p in installed)]
+    for place in places:
+        if all((place / f"{name}.onnx").is_file() for name in PAPER_MODELS):
+            return place
+    raise OnnxRedundError(
+        f"the shipped models ({', '.join(PAPER_MODELS)}) are in none of {', '.join(map(str, places))}; pass --models "
+        "DIR (the models/ folder of onnxredund's repository)"
+    )
 
 
 def run_reproduce(

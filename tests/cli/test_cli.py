@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import run_cli, save, small_cnn
 
 from onnxredund import __version__
@@ -13,6 +15,7 @@ from onnxredund.analyses.audit import run_audit
 from onnxredund.cli.console import redundancy_lines
 from onnxredund.data import Dataset
 from onnxredund.engine import load_model_proto
+from onnxredund.errors import OnnxRedundError
 
 
 def test_version_and_help():
@@ -241,3 +244,23 @@ def test_progress_where_stderr_is_no_terminal_is_throttled_log_lines_with_step_c
     bars.lines.every = 3600.0
     bars("impulse", 10)(10)
     assert capsys.readouterr().err == ""  # within the interval: nothing
+
+
+def test_reproduce_finds_the_shipped_models_from_any_folder(tmp_path, monkeypatch):
+    import sysconfig
+
+    from onnxredund.analyses.reproduce import shipped_models
+
+    installed = tmp_path / "prefix" / "share" / "onnxredund" / "models"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(sysconfig, "get_path", lambda name: str(tmp_path / "prefix"))
+    monkeypatch.chdir(tmp_path)  # no models/ here
+    with pytest.raises(OnnxRedundError, match=r"are in none of models, .*prefix/share/onnxredund/models"):
+        shipped_models()
+    for name in ("lenet5", "lenet5x10"):
+        (installed / f"{name}.onnx").write_bytes(b"")
+    assert shipped_models() == installed
+    (tmp_path / "models").mkdir()
+    for name in ("lenet5", "lenet5x10"):
+        (tmp_path / "models" / f"{name}.onnx").write_bytes(b"")
+    assert shipped_models() == Path("models") and shipped_models(tmp_path / "x") == tmp_path / "x"
