@@ -115,6 +115,7 @@ class ShuffleResult:
     classifier: str | None = None
     data_info: dict = field(default_factory=dict)
     stopped: str | None = None
+    layer_in_channels: int | None = None  # the layer's input channels (``channels`` may be a sample of them)
 
     def mean_cosine(self) -> np.ndarray:
         """Mean over output channels of ``cosine``: one number per perturbed channel, shape (K,)."""
@@ -125,6 +126,7 @@ class ShuffleResult:
             "model": self.model,
             "layer": self.layer,
             "layer_index": self.layer_index,
+            "layer_in_channels": self.layer_in_channels,
             "mode": self.mode,
             "seed": self.seed,
             "repeats": self.repeats,
@@ -452,6 +454,7 @@ def sweep_result(model, layer, data, route, meter, state, args, channels, stoppe
         device=route[1],
         complete=stopped is None,
         stopped=stopped,
+        layer_in_channels=layer.in_channels,
         samples_done=state.samples_done,
         seconds=state.seconds,
         cosine_repeats=sums["cos_sum"] / done,

@@ -108,15 +108,30 @@ def cosine_figure(channels: list[int], cosine: np.ndarray, title: str) -> bytes:
     )
     fig.colorbar(im, ax=ax1, label="cosine")
     ax1.set_xlabel("output channel c")
-    ax1.set_ylabel("perturbed input channel (row)")
+    ax1.set_ylabel("perturbed input channel k")
     if len(channels) <= 20:
         ax1.set_yticks(range(len(channels)), [str(k) for k in channels], fontsize=7)
-    ax2.bar(range(len(channels)), cosine.mean(axis=1), color="tab:blue")
+    ax2.bar(channels, cosine.mean(axis=1), color="tab:blue", width=_bar_width(channels))
     ax2.set_ylim(min(0.0, float(cosine.mean(axis=1).min())), 1.0)
-    ax2.set_xlabel("perturbed input channel (index in run)")
+    _channel_axis(ax2, channels)
     ax2.set_ylabel("mean cosine over c")
     fig.suptitle(title, fontsize=9)
     return _png(fig)
+
+
+def _bar_width(channels: list[int]) -> float:
+    """Bars as wide as the gaps between the channels drawn (evenly spaced when sampled) allow."""
+    gaps = np.diff(sorted(channels))
+    return 0.8 * float(gaps.min()) if len(gaps) else 0.8
+
+
+def _channel_axis(ax, channels: list[int]) -> None:
+    """The x axis in the layer's own input-channel indices, spanning at least channel 0 to the last drawn, with
+    the channels themselves as ticks where there are few (a sampled sweep's one channel reads as its index)."""
+    ax.set_xlim(-0.5 * _bar_width(channels) / 0.8 - 0.5, max(channels) + 0.5 * _bar_width(channels) / 0.8 + 0.5)
+    if len(channels) <= 12:
+        ax.set_xticks(channels, [str(k) for k in channels], fontsize=7)
+    ax.set_xlabel("perturbed input channel k of the layer")
 
 
 def accuracy_figure(
@@ -125,10 +140,11 @@ def accuracy_figure(
     """Figure 6: accuracy per perturbed channel, the clean baseline as a horizontal line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.plot(range(len(channels)), accuracy, "o-", ms=3, label="shuffled")
+    contiguous = list(channels) == list(range(channels[0], channels[0] + len(channels)))
+    ax.plot(channels, accuracy, "o-" if contiguous else "o", ms=3, label="shuffled")
     if baseline is not None:
         ax.axhline(baseline, color="tab:green", label=f"baseline {100 * baseline:.2f} %")
-    ax.set_xlabel("perturbed input channel (index in run)")
+    _channel_axis(ax, channels)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)

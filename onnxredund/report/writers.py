@@ -70,7 +70,7 @@ def impulse_figures(result: ImpulseResult, prefix: str = "") -> dict[str, Figure
 def shuffle_figures(result: ShuffleResult, prefix: str = "") -> dict[str, Figure]:
     """File name -> figure: cosine per output channel (paper fig. 5) and the effect per channel (fig. 6)."""
     tag = f"{prefix}shuffle-{result.layer_index}-{result.mode}"
-    title = f"{prefix}{result.layer}: {result.mode} shuffling"
+    title = f"{prefix}{result.layer}: {result.mode} shuffling, {sweep_size(result)}"
     figs = {
         f"{tag}-cosine.png": Figure(
             cosine_figure(result.channels, result.cosine, title),
@@ -85,6 +85,12 @@ def shuffle_figures(result: ShuffleResult, prefix: str = "") -> dict[str, Figure
             f"{title}: {label} per perturbed channel" + ("; the line is the clean baseline" if baseline else ""),
         )
     return figs
+
+
+def sweep_size(result: ShuffleResult) -> str:
+    """What a sweep measured: "60 input channels, 2000 images" (or "1 of 32 input channels, 64 images")."""
+    of = "" if result.layer_in_channels in (None, len(result.channels)) else f" of {result.layer_in_channels}"
+    return f"{len(result.channels)}{of} input channels, {result.samples_done} images"
 
 
 def write_figures(out: Path, figs: dict[str, Figure]) -> None:

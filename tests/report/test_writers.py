@@ -63,3 +63,38 @@ def test_the_effect_figure_is_named_after_what_it_plots(tmp_path):
     assert "shuffle-1-channel-accuracy.png" in shuffle_figures(labelled)
     figs = shuffle_figures(unlabelled)
     assert "shuffle-1-channel-agreement.png" in figs and "shuffle-1-channel-accuracy.png" not in figs
+
+
+def test_a_sampled_sweep_is_drawn_and_titled_in_the_layers_own_channel_indices():
+    import matplotlib.pyplot as plt
+
+    from onnxredund.report.figures import _channel_axis
+    from onnxredund.report.writers import shuffle_figures, sweep_size
+
+    model = load_model_proto(small_cnn(c_mid=16)[0])
+    x = np.random.default_rng(0).random((32, 3, 6, 6), dtype=np.float32)
+    one = run_shuffle(model, "conv2", Dataset(x, np.arange(32) % 4, "toy"), channels=[11], batch_size=16, device="cpu")
+    assert sweep_size(one) == "1 of 16 input channels, 32 images"
+    assert all("1 of 16 input channels, 32 images" in f.caption for f in shuffle_figures(one).values())
+    fig, ax = plt.subplots()
+    _channel_axis(ax, [11])
+    low, high = ax.get_xlim()
+    assert low < 0 and high > 11 and [t.get_text() for t in ax.get_xticklabels()] == ["11"]
+    plt.close(fig)
+
+
+def test_the_summary_table_says_what_each_cheap_fraction_is_of():
+    from dataclasses import replace
+
+    from onnxredund.analyses.audit import run_audit
+    from onnxredund.report.audit_report import _cheap_cell
+
+    model = load_model_proto(small_cnn(c_mid=4)[0])
+    x = np.random.default_rng(0).random((48, 3, 6, 6), dtype=np.float32)
+    result = run_audit(model, Dataset(x, np.arange(48) % 4, "toy"), batch_size=16, device="cpu")
+    conv2 = result.layers[1]
+    fraction = f"{100 * conv2.channel_cheap_fraction:.1f} %"
+    assert _cheap_cell(result, conv2, "channel") == f"{fraction} of 4 (48 images)"
+    sampled = replace(result.shuffles["conv2"]["channel"], channels=[1], samples_done=16)
+    result.shuffles["conv2"]["channel"] = sampled  # as a budget leaves it: one channel on fewer images
+    assert _cheap_cell(result, conv2, "channel") == f"{fraction} of 1 measured of 4 (16 images)"
