@@ -51,7 +51,7 @@ from onnxredund.analyses.plan import (
     plan_sweeps,
     probe_seconds_per_image,
 )
-from onnxredund.analyses.shuffle import ShuffleResult, effect_meter, new_state, run_shuffle
+from onnxredund.analyses.shuffle import ShuffleResult, effect_kind, effect_meter, new_state, run_shuffle
 from onnxredund.analyses.sweep_state import SweepState, sweep_key
 from onnxredund.data import DataSource
 from onnxredund.engine.backends import Backend
@@ -69,7 +69,6 @@ __all__ = [
     "clear_checkpoints",
     "parse_gate",
     "run_audit",
-    "shuffle_cost",
 ]
 
 log = logging.getLogger(__name__)
@@ -148,6 +147,11 @@ class AuditResult:
     notes: list[str]
     complete: bool = True
 
+    @property
+    def effect_kind(self) -> str:
+        """What the audit's costs are measured in (:func:`~onnxredund.analyses.shuffle.effect_kind`)."""
+        return effect_kind(self.labelled, self.classifier is not None)
+
     def to_dict(self) -> dict:
         return {
             "schema_version": SCHEMA_VERSION,
@@ -168,23 +172,13 @@ class AuditResult:
         }
 
 
-def shuffle_cost(result: ShuffleResult) -> np.ndarray:
-    """Per perturbed channel (K,): the accuracy drop where there are labels, else the top-1 disagreement with
-    the clean model, else 1 - the lowest cosine over the outputs."""
-    if result.accuracy is not None and result.baseline_accuracy is not None:
-        return result.baseline_accuracy - result.accuracy
-    if result.agreement is not None:
-        return 1.0 - result.agreement
-    return 1.0 - np.min([e.cosine for e in result.outputs.values()], axis=0)
-
-
 def _ranked(modes: dict[str, ShuffleResult]) -> list[dict]:
     """Every input channel measured in some mode, cheapest first: its worst cost over the modes that measured
     it (a budget can sample other channels in each mode), then its lowest mean cosine."""
     costs: dict[int, dict[str, float]] = {}
     cosines: dict[int, dict[str, float]] = {}
     for mode, r in modes.items():
-        cost, mean = shuffle_cost(r), r.mean_cosine()
+        cost, mean = r.cost(), r.mean_cosine()
         for i, k in enumerate(r.channels):
             costs.setdefault(k, {})[mode] = float(cost[i])
             cosines.setdefault(k, {})[mode] = float(mean[i])
@@ -226,7 +220,7 @@ def summarize_layer(
 ) -> LayerSummary:
     """Combine the impulse and shuffle signals of one layer."""
     imp = next((l for l in impulse.layers if l.name == layer.name), None)
-    cheap = {m: float((shuffle_cost(r) <= cheap_drop).mean()) for m, r in modes.items()}
+    cheap = {m: float((r.cost() <= cheap_drop).mean()) for m, r in modes.items()}
     cosine = {m: float(r.cosine.mean()) for m, r in modes.items()}
     fraction = None if imp is None else imp.redundant_fraction
     signals = [s for s in (fraction, *cheap.values()) if s is not None]

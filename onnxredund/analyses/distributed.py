@@ -229,7 +229,7 @@ def run_sweep_units(
             _save_unit(checkpoint_dir, job, unit, result)
         finished += 1
         if bar is not None:
-            bar(finished)
+            bar(1)
         finish(unit, result)
 
     complete = True

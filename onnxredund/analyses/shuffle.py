@@ -56,6 +56,7 @@ from onnxredund.model import ConvLayer, Model, classifier_output
 __all__ = [
     "ShuffleResult",
     "SweepState",
+    "effect_kind",
     "effect_meter",
     "new_state",
     "parse_channels",
@@ -154,6 +155,29 @@ class ShuffleResult:
             d["device"], d["seconds"] = self.device, round(self.seconds, 3)
         return d
 
+    @property
+    def effect_kind(self) -> str:
+        """What this sweep's effect at the outputs is read in (:func:`effect_kind`)."""
+        return effect_kind(self.accuracy is not None and self.baseline_accuracy is not None, self.agreement is not None)
+
+    def effect(self) -> np.ndarray | None:
+        """Per perturbed channel (K,), the effect a person reads first, in :attr:`effect_kind`: top-1 accuracy,
+        top-1 agreement with the clean model, or the lowest cosine over the outputs (None: no output measured)."""
+        kind = self.effect_kind
+        if kind == "accuracy":
+            return self.accuracy
+        if kind == "agreement":
+            return self.agreement
+        return np.min([e.cosine for e in self.outputs.values()], axis=0) if self.outputs else None
+
+    def cost(self) -> np.ndarray:
+        """Per perturbed channel (K,), what perturbing it costs: the accuracy drop, the top-1 disagreement with
+        the clean model, or 1 - the lowest output cosine (the cheap threshold applies to this)."""
+        effect = self.effect()
+        if effect is None:
+            return np.full(len(self.channels), np.nan)
+        return self.baseline_accuracy - effect if self.effect_kind == "accuracy" else 1.0 - effect
+
     def to_csv(self) -> str:
         """One row per (k, c): channel, output_channel, cosine, cosine_std, accuracy, agreement."""
         rows = []
@@ -164,6 +188,15 @@ class ShuffleResult:
                 rows.append([self.mode, k, c, f"{self.cosine[i, c]:.8f}", f"{self.cosine_std[i, c]:.8f}", acc, agr])
         header = ["mode", "channel", "output_channel", "cosine", "cosine_std", "accuracy", "agreement"]
         return csv_text(header, rows)
+
+
+def effect_kind(labelled: bool, classifier: bool) -> str:
+    """What the effect of a perturbation is measured in, the one definition: "accuracy" with labels (and a
+    classifier output), else "agreement" (top-1, with the clean model) with a classifier output, else
+    "output cosine" (the lowest over the outputs)."""
+    if labelled and classifier:
+        return "accuracy"
+    return "agreement" if classifier else "output cosine"
 
 
 def _rounded(a) -> list | None:

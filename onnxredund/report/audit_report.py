@@ -29,7 +29,6 @@ from onnxredund.report.writers import (
 __all__ = [
     "FIGURE_LAYERS",
     "SUMMARY_COLUMNS",
-    "cost_word",
     "report_seconds",
     "write_audit",
     "write_audit_impulse",
@@ -58,13 +57,6 @@ SUMMARY_COLUMNS = [
     "worst_output_sqnr",
     "redundancy_score",
 ]
-
-
-def cost_word(result: AuditResult) -> str:
-    """What a shuffle costs is measured in: accuracy, agreement or output cosine."""
-    if result.labelled:
-        return "accuracy"
-    return "agreement" if result.classifier else "output cosine"
 
 
 def write_audit_impulse(out: Path, impulse: ImpulseResult) -> None:
@@ -116,7 +108,7 @@ def _cheap_cell(result: AuditResult, s: LayerSummary, mode: str) -> str | None:
 
 
 def _summary_table(result: AuditResult) -> Table:
-    word = cost_word(result)
+    word = result.effect_kind
     worst = {"accuracy": "worst accuracy drop", "agreement": "worst agreement drop"}.get(word, "lowest output cosine")
     rows = [
         [
@@ -267,7 +259,7 @@ def write_audit(out: Path, result: AuditResult, *, parts: bool = True, deadline:
     figs = done[("overview", "")]
     sweep_figs = {name: done[("shuffle", name)] for name in shown}
     impulse_figs = {name: done[("impulse", name)] for name in drawn}
-    word = cost_word(result)
+    word = result.effect_kind
     overview = [] if result.complete else [INCOMPLETE_LINE]
     overview += [_summary_table(result), *figs.values(), *_data_lines(result)]
     overview += [f"note: {n}" for n in result.notes]

@@ -20,7 +20,6 @@ from onnxredund.report.schema import check_sweep
 
 __all__ = [
     "IMPULSE_NPZ",
-    "effect_word",
     "impulse_figures",
     "impulse_payload",
     "shuffle_figures",
@@ -33,21 +32,10 @@ __all__ = [
 IMPULSE_NPZ = "impulse.npz"
 
 
-#: the effect's file-name word, by its label in :func:`effect_word`
-EFFECT_FILES = {"top-1 accuracy": "accuracy", "top-1 agreement with the clean model": "agreement",
-                "lowest output cosine": "output-cosine"}  # fmt: skip
-
-
-def effect_word(result: ShuffleResult) -> tuple[np.ndarray | None, str]:
-    """The per-channel effect a person reads first, and its name: top-1 accuracy where there are labels,
-    else agreement with the clean model, else the lowest output cosine."""
-    if result.accuracy is not None:
-        return result.accuracy, "top-1 accuracy"
-    if result.agreement is not None:
-        return result.agreement, "top-1 agreement with the clean model"
-    if result.outputs:
-        return np.min([e.cosine for e in result.outputs.values()], axis=0), "lowest output cosine"
-    return None, ""
+#: per effect kind (:func:`~onnxredund.analyses.shuffle.effect_kind`), its words on a figure and in a file name
+EFFECT_LABELS = {"accuracy": "top-1 accuracy", "agreement": "top-1 agreement with the clean model",
+                 "output cosine": "lowest output cosine"}  # fmt: skip
+EFFECT_FILES = {"accuracy": "accuracy", "agreement": "agreement", "output cosine": "output-cosine"}
 
 
 def impulse_figures(result: ImpulseResult, prefix: str = "") -> dict[str, Figure]:
@@ -77,10 +65,11 @@ def shuffle_figures(result: ShuffleResult, prefix: str = "") -> dict[str, Figure
             f"{title}: cosine similarity of A_i per output channel",
         )
     }
-    values, label = effect_word(result)
+    values, kind = result.effect(), result.effect_kind
+    label = EFFECT_LABELS[kind]
     if values is not None:
         baseline = result.baseline_accuracy if result.accuracy is not None else None
-        figs[f"{tag}-{EFFECT_FILES[label]}.png"] = Figure(
+        figs[f"{tag}-{EFFECT_FILES[kind]}.png"] = Figure(
             accuracy_figure(result.channels, values, baseline, title, label),
             f"{title}: {label} per perturbed channel" + ("; the line is the clean baseline" if baseline else ""),
         )

@@ -109,6 +109,21 @@ def test_a_unit_interrupted_inside_its_batches_is_not_kept_as_finished(setup, tm
     assert complete and _units_json(resumed) == _local_json(m, data, layers)
 
 
+def test_the_progress_of_a_resumed_run_adds_up_to_its_units(setup, tmp_path):
+    m, data, layers = setup
+    job, sweeps = _job(m, data, layers)
+    run_sweep_units(job, sweeps, _StopAfter(3), checkpoint_dir=tmp_path)
+    seen = []
+
+    def progress(label, total, done):
+        seen.append((total, done))
+        return seen.append  # takes what finished since the last call, as click's bars do
+
+    run_sweep_units(job, sweeps, LocalBackend(), checkpoint_dir=tmp_path, resume=True, progress=progress)
+    (total, done), *steps = seen
+    assert (total, done) == (12, 3) and done + sum(steps) == total
+
+
 def test_resuming_with_nothing_finished_is_an_error(setup, tmp_path):
     m, data, layers = setup
     job, sweeps = _job(m, data, layers)
