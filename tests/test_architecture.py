@@ -74,9 +74,22 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
 
 
+def _root_imports(path: Path) -> list[str]:
+    """The names a file imports from the package's root (``from onnxredund import ...``)."""
+    tree = ast.parse(path.read_text())
+    return [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "onnxredund"
+        for alias in node.names
+    ]
+
+
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_imports_point_down_the_layers(path):
     part = _part(path)
+    # the root's lazy public API would hide an import of any layer: only the version comes from there
+    assert set(_root_imports(path)) <= {"__version__"}, f"{path.name} imports {_root_imports(path)} from the root"
     for module, _ in _imports(path):
         if not module.startswith("onnxredund.") or module == "onnxredund":
             continue
@@ -101,6 +114,8 @@ def test_every_part_is_known_and_the_checks_can_fail(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from onnxredund.cli import main\n    import torch\n")
     assert _imports(bad) == [("onnxredund.cli", True), ("torch", True)]
+    bad.write_text("from onnxredund import __version__, run_prune\n")
+    assert _root_imports(bad) == ["__version__", "run_prune"]
 
 
 HEAVY = ("onnx", "onnxruntime", "onnx_ir", "scipy", "matplotlib", "PIL", "ray", "torch")

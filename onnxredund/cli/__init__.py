@@ -18,8 +18,11 @@ __all__ = ["main", "run"]
 
 
 def _group():
-    importlib.import_module("onnxredund.cli.commands")  # registers the commands on the group
-    return importlib.import_module("onnxredund.cli.app").main
+    """The click group with every command registered on it."""
+    group = importlib.import_module("onnxredund.cli.app").main
+    for command in importlib.import_module("onnxredund.cli.commands").COMMANDS:
+        group.add_command(command)
+    return group
 
 
 def run() -> None:

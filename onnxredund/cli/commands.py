@@ -17,7 +17,7 @@ import click
 from onnxredund.atomic import check_writable, prepare_out_dir, write_json
 from onnxredund.choices import COMPENSATIONS, CRITERIA, MODES, SCOPES, SHUFFLE_METRICS
 from onnxredund.cli import console, options
-from onnxredund.cli.app import command_logging, main
+from onnxredund.cli.app import command_logging
 from onnxredund.errors import OnnxRedundError
 from onnxredund.interrupts import deferred, exit_status, stop_status
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from onnxredund.data import DataSource
     from onnxredund.model import Model
 
-__all__ = ["audit", "evaluate", "impulse", "layers", "prune", "reproduce", "shuffle"]
+__all__ = ["COMMANDS", "audit", "evaluate", "impulse", "layers", "prune", "reproduce", "shuffle"]
 
 log = logging.getLogger("onnxredund")
 
@@ -109,7 +109,7 @@ def _keeping(out_dir: Path | None, what: str, bars: console.StepBars) -> Iterato
         raise
 
 
-@main.command()
+@click.command()
 @options.model_options
 @options.as_json
 @options.verbosity
@@ -124,7 +124,7 @@ def layers(ctx, model: Path, as_json: bool, verbose: int, quiet: bool, **opts) -
         click.echo("\n".join(console.layer_table(m)))
 
 
-@main.command()
+@click.command()
 @options.model_options
 @options.data_options
 @options.batch_size
@@ -149,7 +149,7 @@ def evaluate(ctx, model: Path, batch_size, device, seed, as_json, verbose, quiet
         )
 
 
-@main.command()
+@click.command()
 @options.model_options
 @click.option("--layer", required=True, help="Target conv: name or index (see `onnxredund layers`).")
 @click.option("--mode", "--modes", "mode", type=options.shuffle_modes, default="channel", show_default=True)
@@ -222,7 +222,7 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
         sys.exit(stop_status())
 
 
-@main.command()
+@click.command()
 @options.model_options
 @click.option("--layers", "layer_spec", help="Conv layers by name or index, comma separated [default: all].")
 @click.option("--mode", type=options.impulse_modes, default="network", show_default=True)
@@ -268,7 +268,7 @@ def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, d
             click.echo(f"results in {out_dir}/")
 
 
-@main.command()
+@click.command()
 @options.model_options
 @options.data_options
 @click.option("--layers", "layer_spec", help="Conv layers to audit [default: every conv the image input reaches].")
@@ -376,7 +376,7 @@ def _report_gates(outcomes) -> None:
         sys.exit(1)
 
 
-@main.command()
+@click.command()
 @click.option("--data", help="An MNIST folder, or 'mnist' [default: mnist].")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
 @click.option(
@@ -432,7 +432,7 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
         click.echo(f"report: {out_dir / 'report.html'}")
 
 
-@main.command()
+@click.command()
 @options.model_options
 @options.data_options
 @click.option(
@@ -582,3 +582,7 @@ def _pruned_path(out: Path | None, model: Path, overwrite: bool) -> Path:
         raise OnnxRedundError(f"--out {out}: no folder {out.parent}")
     check_writable(out.parent)
     return out
+
+
+#: every command, for the group to register (:func:`onnxredund.cli.run`)
+COMMANDS = (layers, evaluate, shuffle, impulse, audit, reproduce, prune)

@@ -264,3 +264,12 @@ def test_reproduce_finds_the_shipped_models_from_any_folder(tmp_path, monkeypatc
     for name in ("lenet5", "lenet5x10"):
         (tmp_path / "models" / f"{name}.onnx").write_bytes(b"")
     assert shipped_models() == Path("models") and shipped_models(tmp_path / "x") == tmp_path / "x"
+
+
+def test_every_command_defined_is_registered_on_the_group():
+    import click
+
+    from onnxredund.cli import commands, main
+
+    defined = {obj.name for obj in vars(commands).values() if isinstance(obj, click.Command)}
+    assert defined == {c.name for c in commands.COMMANDS} == set(main.commands)
