@@ -50,7 +50,6 @@ __all__ = [
     "MIN_SUPPORT",
     "ImpulseResult",
     "LayerImpulse",
-    "best_matches",
     "crop_to_support",
     "impulse_inputs",
     "interleave",
@@ -240,25 +239,6 @@ def crop_to_support(responses: np.ndarray, rel_tol: float = 1e-6) -> tuple[np.nd
         sizes.append(int(hit[-1]) - int(hit[0]) + 1)
     index = tuple(slice(s, s + n) for s, n in zip(starts, sizes, strict=True))
     return responses[(slice(None), slice(None), *index)], (*starts, *sizes)
-
-
-def best_matches(
-    ncc: np.ndarray, threshold: float, compared: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per row, the best column other than itself among the ``compared`` ones (default all):
-    (index (C,), value (C,), count >= threshold); rows not compared get -1 and nan."""
-    c = ncc.shape[0]
-    compared = np.ones(c, bool) if compared is None else compared
-    idx, val = np.full(c, -1), np.full(c, np.nan)
-    if compared.sum() < 2:
-        return idx, val, 0
-    masked = ncc.copy()
-    np.fill_diagonal(masked, -np.inf)
-    masked[:, ~compared] = -np.inf
-    rows = np.flatnonzero(compared)
-    idx[rows] = masked[rows].argmax(axis=1)
-    val[rows] = masked[rows, idx[rows]]
-    return idx, val, int((val[rows] >= threshold).sum())
 
 
 def _phase_plan(model: Model, layer: ConvLayer) -> tuple[tuple[int, ...], tuple[int, ...]]:

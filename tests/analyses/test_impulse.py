@@ -9,7 +9,7 @@ from onnx import helper
 from scipy.signal import convolve2d
 
 from onnxredund.analyses.cascade import cascade_check
-from onnxredund.analyses.impulse import best_matches, impulse_inputs, run_impulse
+from onnxredund.analyses.impulse import impulse_inputs, run_impulse
 from onnxredund.engine import load_model_proto
 from onnxredund.errors import OnnxRedundError
 
@@ -218,8 +218,3 @@ def test_a_second_input_is_held_at_zero_and_convs_it_feeds_alone_are_refused():
     assert m.input_name == "x" and [i.name for i in m.inputs] == ["x", "meta"]
     layer = run_impulse(m, device="cpu").layers[0]
     np.testing.assert_allclose(layer.responses[:, 0], w[:, 0, ::-1, ::-1], atol=1e-6)
-
-
-def test_best_matches_excludes_self():
-    idx, val, count = best_matches(np.array([[1.0, 0.95, 0.1], [0.95, 1.0, 0.2], [0.1, 0.2, 1.0]]), 0.9)
-    assert list(idx) == [1, 0, 1] and count == 2 and val[2] == 0.2
