@@ -23,6 +23,7 @@ __all__ = [
     "histogram_quantile",
     "kl_divergence",
     "log_softmax",
+    "relative_l2_per_sample",
     "top_k_hits",
 ]
 
@@ -54,6 +55,18 @@ def cosine_per_channel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def flat_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity of each sample's flattened ``a`` and ``b`` (N, ...): float64 (N,), eq. 1's edge cases."""
     return cosine_per_channel(a.reshape(a.shape[0], 1, -1), b.reshape(b.shape[0], 1, -1))[:, 0]
+
+
+def relative_l2_per_sample(ref: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Per sample, ||new - ref|| / ||ref|| of the flattened ``ref`` and ``new`` (N, ...): float64 (N,). A zero
+    reference gives 0 where nothing changed and inf where something did (a change of nothing has no scale).
+    (:class:`~onnxredund.analyses.effects.EffectMeter`'s ``relative_l2`` is the other estimator, the ratio of
+    the sums over all samples.)"""
+    ref = ref.reshape(ref.shape[0], -1).astype(np.float64)
+    err = np.linalg.norm(new.reshape(new.shape[0], -1).astype(np.float64) - ref, axis=1)
+    norm = np.linalg.norm(ref, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(norm > 0, err / norm, np.where(err == 0, 0.0, np.inf))
 
 
 def error_bins(abs_error: np.ndarray) -> np.ndarray:

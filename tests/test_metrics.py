@@ -66,3 +66,11 @@ def test_constant_responses():
 def test_different_frames_are_compared_centred():
     small = resp(K)[:, :, 3:12, 3:12]  # same kernel in a 9x9 frame
     assert ncc_matrix(resp(K), small, lags=False)[0, 0] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_relative_l2_per_sample_is_the_norm_ratio_with_zero_references_spelled_out():
+    from onnxredund.metrics import relative_l2_per_sample
+
+    ref = np.array([[3.0, 4.0], [0.0, 0.0], [0.0, 0.0]])
+    new = np.array([[3.0, 4.5], [0.0, 0.0], [0.0, 1e-9]])
+    np.testing.assert_allclose(relative_l2_per_sample(ref, new), [0.1, 0.0, np.inf])  # |(0, .5)| / |(3, 4)|

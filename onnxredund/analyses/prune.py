@@ -51,6 +51,7 @@ from onnxredund.engine.pruning import (
 )
 from onnxredund.engine.runtime import Runner
 from onnxredund.errors import OnnxRedundError
+from onnxredund.metrics import flat_cosine, relative_l2_per_sample
 from onnxredund.model import Model, classifier_output
 
 __all__ = [
@@ -382,13 +383,10 @@ class Reference:
         n = len(self.outputs[0])
         ref = np.concatenate([o.reshape(n, -1) for o in self.outputs], axis=1).astype(np.float64)
         new = np.concatenate([o.reshape(n, -1) for o in outs], axis=1).astype(np.float64)
-        norms = np.linalg.norm(ref, axis=1)
-        dot = (ref * new).sum(axis=1)
-        cos = dot / np.maximum(norms * np.linalg.norm(new, axis=1), 1e-30)
         result = {
             "samples": n,
-            "output_drift": float((np.linalg.norm(new - ref, axis=1) / np.maximum(norms, 1e-30)).mean()),
-            "output_cosine": float(cos.mean()),
+            "output_drift": float(relative_l2_per_sample(ref, new).mean()),
+            "output_cosine": float(flat_cosine(ref, new).mean()),
             "agreement": None,
             "accuracy": None,
         }

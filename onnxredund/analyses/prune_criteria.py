@@ -28,6 +28,7 @@ from onnxredund.engine.channel_groups import ChannelGroup, Role, Slicing
 from onnxredund.engine.group_shuffle import GroupShuffle
 from onnxredund.engine.permutations import batch_generator, channel_permutation
 from onnxredund.errors import OnnxRedundError
+from onnxredund.metrics import relative_l2_per_sample
 from onnxredund.model import Model, classifier_output
 
 __all__ = [
@@ -134,14 +135,13 @@ def _shuffle_costs(
         n = len(next(iter(feeds.values())))
         clean, start = shuffle.run_clean(feeds)
         flat_clean = np.concatenate([o.reshape(n, -1) for o in clean], axis=1).astype(np.float64)
-        norms = np.linalg.norm(flat_clean, axis=1) + 1e-12
         top = None if pred is None else clean[model.output_names.index(pred)].argmax(axis=1)
         for c in range(group.channels):
             perm = channel_permutation(batch_generator(seed, 0, c, bi), n)
             out = shuffle.outputs(clean, start, c, perm)
             if metric == "drift":
                 flat = np.concatenate([o.reshape(n, -1) for o in out], axis=1)
-                cost[c] += (np.linalg.norm(flat - flat_clean, axis=1) / norms).sum()
+                cost[c] += relative_l2_per_sample(flat_clean, flat).sum()
             else:
                 new = out[model.output_names.index(pred)].argmax(axis=1)
                 cost[c] += (
