@@ -43,6 +43,7 @@ from onnxredund.engine.pruning import (
     COMPENSATIONS,
     PruneCost,
     check_by_values,
+    check_removal,
     compensate,
     compensate_sequential,
     describe_removal,
@@ -193,18 +194,13 @@ def _by_producer(groups: list[ChannelGroup], model: Model, layer: str) -> Channe
 
 
 def explicit_removal(model: Model, groups: list[ChannelGroup], spec: dict[str, list[int]]) -> dict[int, list[int]]:
-    """The removal named by ``--channels``; an unprunable group or a channel out of range is an error."""
+    """The removal named by ``--channels`` (layer -> channels), checked as every removal is
+    (:func:`~onnxredund.engine.pruning.check_removal`)."""
     removed: dict[int, list[int]] = {}
     for layer, channels in spec.items():
         g = _by_producer(groups, model, layer)
-        if not g.prunable:
-            raise OnnxRedundError(f"channels of {layer!r} cannot be removed: {g.reason}")
-        bad = [c for c in channels if not 0 <= c < g.channels]
-        if bad:
-            raise OnnxRedundError(f"{layer!r} has channels 0..{g.channels - 1}; no channel {bad[0]}")
         removed[g.index] = sorted(set(removed.get(g.index, [])) | set(channels))
-        if len(removed[g.index]) >= g.channels:
-            raise OnnxRedundError(f"removing every channel of {layer!r} would disconnect the network")
+    check_removal(groups, removed)
     return removed
 
 

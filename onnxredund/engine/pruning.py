@@ -62,6 +62,7 @@ __all__ = [
     "ConsumerUpdate",
     "PruneCost",
     "check_by_values",
+    "check_removal",
     "compensate",
     "compensate_sequential",
     "consumer_columns",
@@ -90,7 +91,13 @@ class ConsumerUpdate:
     bias: np.ndarray
 
 
-def _check_removal(groups: list[ChannelGroup], removed: Removal) -> None:
+def check_removal(groups: list[ChannelGroup], removed: Removal) -> None:
+    """The one validation of a removal, wherever it comes from (a criterion, ``--channels``).
+
+    Raises:
+        OnnxRedundError: a group that cannot be pruned, a channel it does not have, every channel of a group,
+            or every channel some consumer reads.
+    """
     for g, channels in removed.items():
         group = groups[g]
         if not group.prunable:
@@ -262,7 +269,7 @@ def remove_channels(
         OnnxRedundError: a group that cannot be pruned, a channel out of range, or every channel of a group; a
             pruned model that fails onnx's full check or that onnxruntime refuses (a pattern not handled).
     """
-    _check_removal(groups, removed)
+    check_removal(groups, removed)
     edited = to_ir(model.proto)
     writer = _Writer(edited, constant_values(model))
     cuts = _cuts(groups, removed)
