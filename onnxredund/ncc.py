@@ -30,6 +30,7 @@ __all__ = [
     "SCREEN_TOLERANCE",
     "EarlierLayers",
     "best_earlier_matches",
+    "constant_responses",
     "exact_best_matches",
     "ncc_matrix",
     "normalize_responses",
@@ -42,6 +43,21 @@ _WORKERS = os.cpu_count() or 1
 _CACHE_BYTES = 768 << 20  # earlier layers' spectra and magnitudes kept for later targets (least recently used go)
 
 
+def _centred(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each response less its mean (float64), its norm, and whether it is constant: a norm within 1e-12 of the
+    largest magnitude (or of 1) is rounding, not a response."""
+    x = responses.astype(np.float64)
+    axes = tuple(range(1, x.ndim))
+    x -= x.mean(axis=axes, keepdims=True)
+    norm = np.sqrt((x**2).sum(axis=axes))
+    return x, norm, norm <= 1e-12 * max(1.0, float(np.abs(responses).max(initial=0.0)))
+
+
+def constant_responses(responses: np.ndarray) -> np.ndarray:
+    """Which responses (C, ...) are constant, the one test (an NCC with them says nothing): bool (C,)."""
+    return _centred(responses)[2]
+
+
 def normalize_responses(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Subtract each response's mean and scale it to unit norm, over its whole (M, *spatial) extent.
 
@@ -51,11 +67,7 @@ def normalize_responses(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         (normalized float64 (C, M, *spatial), constant mask (C,)); constant responses are left zero.
     """
-    x = responses.astype(np.float64)
-    axes = tuple(range(1, x.ndim))
-    x -= x.mean(axis=axes, keepdims=True)
-    norm = np.sqrt((x**2).sum(axis=axes))
-    constant = norm <= 1e-12 * max(1.0, float(np.abs(responses).max(initial=0.0)))
+    x, norm, constant = _centred(responses)
     x[~constant] /= norm[~constant].reshape(-1, *([1] * (x.ndim - 1)))
     x[constant] = 0.0
     return x, constant

@@ -161,3 +161,16 @@ def test_a_cache_too_small_for_one_transform_gives_the_same_matches(monkeypatch)
     assert len(search._cache) == 1  # only the last one made is kept
     for a, b in zip(tiny, full, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_response_is_constant_by_one_test_for_the_comparison_and_the_normalization():
+    from onnxredund.ncc import constant_responses, normalize_responses
+
+    responses = RNG.normal(size=(4, 2, 5, 5))
+    responses[1] = 3.0  # a bias and nothing else
+    responses[2] = 0.0
+    responses[3, 0, 0, 0] += 1e-14  # rounding on a flat response
+    responses[3, :] = 7.0 + 0 * responses[3]
+    mask = constant_responses(responses)
+    assert mask.tolist() == [False, True, True, True]
+    assert (normalize_responses(responses)[1] == mask).all()

@@ -42,7 +42,7 @@ from onnxredund.engine.runtime import Runner
 from onnxredund.engine.surgery import cut, linearize
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import ConvLayer, Model, data_dependent
-from onnxredund.ncc import EarlierLayers, exact_best_matches, ncc_matrix
+from onnxredund.ncc import EarlierLayers, constant_responses, exact_best_matches, ncc_matrix
 
 __all__ = [
     "IMPULSE_MODES",
@@ -335,8 +335,7 @@ def _compared(responses: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
     c = len(responses)
     if int(np.prod(responses.shape[2:])) < MIN_SUPPORT:
         return np.zeros(c, bool), {"support": c, "constant": 0}
-    flat = responses.reshape(c, -1)
-    constant = np.ptp(flat, axis=1) <= 1e-12 * max(1.0, float(np.abs(flat).max(initial=0.0)))
+    constant = constant_responses(responses)
     return ~constant, {"support": 0, "constant": int(constant.sum())}
 
 
