@@ -169,8 +169,8 @@ def test_a_response_is_constant_by_one_test_for_the_comparison_and_the_normaliza
     responses = RNG.normal(size=(4, 2, 5, 5))
     responses[1] = 3.0  # a bias and nothing else
     responses[2] = 0.0
+    responses[3] = 7.0
     responses[3, 0, 0, 0] += 1e-14  # rounding on a flat response
-    responses[3, :] = 7.0 + 0 * responses[3]
     mask = constant_responses(responses)
     assert mask.tolist() == [False, True, True, True]
     assert (normalize_responses(responses)[1] == mask).all()
