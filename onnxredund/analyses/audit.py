@@ -35,6 +35,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -306,11 +307,11 @@ def run_audit(
     complete = True
     if sweeps:
         options = {"seed": seed, "batch_size": batch_size, "device": device}
+        kept = _Kept(None if checkpoint_dir is None else Path(checkpoint_dir), resume)
         if backend is None:
-            results = _run_sweeps(model, data, sweeps, clock, options, progress, notes, (checkpoint_dir, resume))
+            results = _run_sweeps(model, data, sweeps, clock, options, progress, notes, kept)
         else:
-            units = (backend, checkpoint_dir, resume)
-            results = _run_sweep_units(model, data, sweeps, clock, options, progress, notes, units)
+            results = _run_sweep_units(model, data, sweeps, clock, options, progress, notes, kept, backend)
         try:
             for result in results:
                 shuffles.setdefault(result.layer, {})[result.mode] = result
@@ -356,9 +357,17 @@ def clear_checkpoints(checkpoint_dir) -> None:
     shutil.rmtree(checkpoint_dir / _CHECKPOINTS, ignore_errors=True)
 
 
-def _sweep_state(model, layer, data, mode, channels, options, checkpoints) -> tuple[SweepState, object]:
+@dataclass(frozen=True)
+class _Kept:
+    """Where the sweeps keep their progress (None: nowhere), and whether to continue from what is there."""
+
+    folder: Path | None
+    resume: bool
+
+
+def _sweep_state(model, layer, data, mode, channels, options, kept: _Kept) -> tuple[SweepState, Path | None]:
     """A sweep's state to start from (what its checkpoint kept, when resuming) and the checkpoint's path."""
-    folder, resume = checkpoints
+    folder, resume = kept.folder, kept.resume
     key = sweep_key(
         model, layer, data, mode=mode, channels=channels, batch_size=options["batch_size"], repeats=1,
         seed=options["seed"], exact_path=False,
@@ -392,9 +401,9 @@ class _Clock:
         return None if self.budget is None else max(0.0, fraction * self.budget - (time.perf_counter() - self.start))
 
 
-def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, notes: list[str], checkpoints):
+def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, notes: list[str], kept: _Kept):
     """Run the sweeps, each planned afresh from the time left and what the sweeps so far cost, each batch kept
-    in ``checkpoints`` ((folder or None, resume)); raises :class:`Interrupted` where a signal stopped one."""
+    as ``kept`` says; raises :class:`Interrupted` where a signal stopped one."""
     seconds_per_image = probe_seconds_per_image(model, data, options["device"], options["batch_size"])
     seen: list[float] = []  # the pass costs the sweeps so far showed: their median plans the next ones
     images = None  # fixed by the first plan: every sweep measures the same images
@@ -411,7 +420,7 @@ def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, not
         plan = plans[0]
         images = plan.images
         subset = data if plan.images >= len(data) else data.subset(evenly_spaced(plan.images, len(data)), "sampled")
-        state, ckpt = _sweep_state(model, layer, subset, mode, plan.channels, options, checkpoints)
+        state, ckpt = _sweep_state(model, layer, subset, mode, plan.channels, options, kept)
         label = f"{layer.name} {mode} ({i + 1}/{len(sweeps)})"
         cb = progress(label, len(subset), state.samples_done) if progress else None
         t0 = time.perf_counter()
@@ -446,15 +455,15 @@ def _plan_all(model, data, sweeps, seconds: float | None, options: dict, workers
     return plans, subset, seconds_per_image
 
 
-def _run_sweep_units(model, data, sweeps, clock: _Clock, options: dict, progress, notes: list[str], units):
+def _run_sweep_units(model, data, sweeps, clock: _Clock, options: dict, progress, notes: list[str], kept: _Kept,
+                     backend: Backend):  # fmt: skip
     """All sweeps planned up front and run as units on the backend; results as each sweep's units are in."""
-    backend, checkpoint_dir, resume = units
     plans, subset, _ = _plan_all(model, data, sweeps, clock.left(), options, backend.workers)
     planned = {(p.layer.name, p.mode) for p in plans}
     notes += [f"{l.name} {m} shuffling skipped: time budget spent" for l, m in sweeps if (l.name, m) not in planned]
     job = job_for(model, subset, [(p.layer, p.mode, p.channels) for p in plans], **options)
     results, complete = run_sweep_units(
-        job, [(p.layer, p.mode) for p in plans], backend, checkpoint_dir=checkpoint_dir, resume=resume,
+        job, [(p.layer, p.mode) for p in plans], backend, checkpoint_dir=kept.folder, resume=kept.resume,
         progress=progress,
     )  # fmt: skip
     if clock.budget is not None and backend.workers > 1:
