@@ -24,6 +24,7 @@ from onnxredund.model import (
     copy_model,
     data_inputs,
     describe_layers,
+    dims,
     image_layout,
     infer_shapes,
     input_sizes,
@@ -92,9 +93,9 @@ def load_model_proto(
     declared = {vi.name: _copied(vi.type) for vi in [*data_inputs(proto.graph), *proto.graph.output]}
     image = pick_image_input(proto, path, impulse_input)
     sizes = input_sizes(proto, image, _given_sizes(input_shape))
-    for input_name, dims in sizes.items():
-        if dims:
-            set_input_shape(proto, input_name, dims)
+    for input_name, given in sizes.items():
+        if given:
+            set_input_shape(proto, input_name, given)
     if not any(n.op_type == "Conv" for n in proto.graph.node):
         raise OnnxRedundError(f"{path} has no Conv node; onnxredund analyses convolutional networks")
     check_finite_weights(proto, path)
@@ -128,7 +129,12 @@ def _copied(type_proto: onnx.TypeProto) -> onnx.TypeProto:
 def _shapes(proto: onnx.ModelProto, sizes: dict[str, list]) -> dict[str, tuple[int, ...]]:
     """Per-sample shapes of the model's tensors; a probe run finds those around convs, of the outputs and of
     Reshapes (whose shape a computed target can hide from inference) that inference misses."""
-    shapes = shape_table(infer_shapes(proto))
+    inferred = infer_shapes(proto)
+    shapes = shape_table(inferred)
+    for output in inferred.graph.output:  # an output whose first axis is a fixed size > 1 has no batch axis
+        full = dims(output)
+        if full and isinstance(full[0], int) and full[0] > 1 and all(isinstance(d, int) and d > 0 for d in full):
+            shapes[output.name] = tuple(full)
     needed = [t for n in proto.graph.node if n.op_type == "Conv" for t in (n.input[0], n.output[0])]
     needed += [n.output[0] for n in proto.graph.node if n.op_type == "Reshape"]
     needed += [o.name for o in proto.graph.output]

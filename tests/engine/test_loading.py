@@ -155,3 +155,23 @@ def test_shapes_come_from_a_run_where_inference_fails(monkeypatch):
     assert [(l.input_shape, l.output_shape, l.macs) for l in probed] == [
         (l.input_shape, l.output_shape, l.macs) for l in expected
     ]
+
+
+def test_an_output_that_squeezed_the_batch_is_measured_whole_and_never_taken_for_a_classifier():
+    from onnxredund.analyses.shuffle import run_shuffle
+    from onnxredund.data import Dataset
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["z"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["z"], ["a"]),
+        helper.make_node("Conv", ["a", "w2"], ["z2"], name="c2", pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["z2", "shape"], ["y"]),  # a fixed-batch export's [1, 6, 4, 4] -> [6, 16]
+    ]
+    inits = {"w": rng.normal(size=(5, 3, 3, 3)), "w2": rng.normal(size=(6, 5, 3, 3)), "shape": np.array([6, 16])}
+    model = load_model_proto(make_model(nodes, [("x", [1, 3, 4, 4])], [("y", [6, 16])], inits))
+    assert model.shapes["y"] == (6, 16) and model.classifiers == []  # not 6 samples of 16 classes
+    x = rng.random((8, 3, 4, 4), dtype=np.float32)
+    result = run_shuffle(model, "c2", Dataset(x, None, "t"), batch_size=4, device="cpu")  # crashed in top_k_hits
+    assert result.agreement is None and result.outputs["y"].cosine.shape == (5,)
+    assert result.effect_kind == "output cosine" and (result.cost() >= 0).all()
