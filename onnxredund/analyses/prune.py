@@ -226,7 +226,8 @@ def select_channels(
     every group).
 
     Layer-wise: the smallest fraction q such that removing floor(q x channels) from every ranked group meets
-    the target. Global: channels in one ranking by importance per MAC (or parameter) one removal saves.
+    the target, then whole rounding steps given back where the target still holds (it is met as closely as
+    the rounding allows). Global: channels in one ranking by importance per MAC (or parameter) one removal saves.
     ``round_to``: every group keeps a multiple of that many channels (or all of them), removing fewer of
     the channels chosen where needed: onnxruntime's and cuDNN's fast kernels work on blocks of 8 or 16
     channels, and a pruned conv left with 179 can run slower than the original's 256.
@@ -299,20 +300,36 @@ def removable(channels: int, chosen: int, round_to: int) -> int:
 
 
 def _layer_counts(groups, scores, cost: PruneCost, target: Target, lowest, round_to: int) -> dict[int, int]:
-    """Channels per group for the smallest uniform fraction that meets the target."""
+    """Channels per group for the smallest uniform fraction that meets the target; then, since rounding to
+    blocks of ``round_to`` makes coarse steps in small groups (and the fractions compound through a conv's
+    input and output channels), whole steps are given back, from the groups that lose the largest share
+    first, while the target still holds: the target is met as closely as the rounding allows."""
     c, most = {g: groups[g].channels for g in scores}, _most_chosen(groups, scores)
 
     def counts(q: float) -> dict[int, int]:
         return {g: removable(c[g], min(int(np.floor(q * c[g])), most[g]), round_to) for g in scores}
 
+    def meets(n: dict[int, int]) -> bool:
+        return target.removed(cost, lowest(n)) >= target.fraction
+
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        if target.removed(cost, lowest(counts(mid))) >= target.fraction:
+        if meets(counts(mid)):
             hi = mid
         else:
             lo = mid
-    return counts(hi)
+    best = counts(hi)
+    if not meets(best):
+        return best
+    gave_back = True
+    while gave_back:
+        gave_back = False
+        for g in sorted(best, key=lambda g: (-best[g] / c[g], g)):
+            fewer = removable(c[g], best[g] - 1, round_to) if best[g] else 0
+            if fewer < best[g] and meets({**best, g: fewer}):
+                best[g], gave_back = fewer, True
+    return best
 
 
 def _global_removal(groups, scores, cost: PruneCost, target: Target, round_to: int) -> dict[int, list[int]]:

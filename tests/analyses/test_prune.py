@@ -176,6 +176,18 @@ def test_rounded_selections_keep_multiples_of_eight_and_still_meet_the_target(sc
         assert target.removed(cost, plain) >= fraction
 
 
+@pytest.mark.parametrize("round_to", [1, 8])
+def test_layer_scope_meets_the_target_as_closely_as_the_rounding_allows(round_to):
+    _, groups, cost, scores = _wide()
+    for fraction in (0.2, 0.45, 0.7):
+        target = Target("macs", fraction)
+        removal = select_channels(groups, scores, cost, target, "layer", "l1", round_to=round_to)
+        assert target.removed(cost, removal) >= fraction
+        for g, channels in removal.items():  # no group can give back one rounding step and still meet it
+            fewer = removable(groups[g].channels, len(channels) - 1, round_to)
+            assert target.removed(cost, {**removal, g: sorted(channels)[:fewer]}) < fraction, (fraction, g)
+
+
 def test_a_target_rounding_cannot_reach_says_how_to_remove_channels_one_by_one():
     _, groups, cost, scores = _setup()  # groups of 3 and 4 channels: nothing can go in multiples of 8
     with pytest.raises(OnnxRedundError, match="--round-to 1 removes them one by one"):
