@@ -83,9 +83,11 @@ def _pct(v: float | None) -> str | None:
 def _impulse_cell(s: LayerSummary) -> str | None:
     if s.impulse_compared is None:
         return None
-    left_out = sum((s.impulse_excluded or {}).values())
-    text = _pct(s.impulse_redundant_fraction) or "not compared"
-    return f"{text} of {s.impulse_compared}" + (f" ({left_out} left out)" if left_out else "")
+    words = {"support": "over too few positions"}
+    why = ", ".join(f"{n} {words.get(r, r)}" for r, n in (s.impulse_excluded or {}).items() if n)
+    if not s.impulse_compared:
+        return f"not compared ({why})" if why else "not compared"
+    return f"{_pct(s.impulse_redundant_fraction)} of {s.impulse_compared}" + (f" ({why} left out)" if why else "")
 
 
 def _cost_cell(s: LayerSummary, word: str) -> str | None:

@@ -183,7 +183,8 @@ def overview_figure(summaries) -> bytes:
     """Per layer (x): the impulse's redundant fraction and the channel and pixel cheap fractions, as bars."""
     plt = _plt()
     names = [s.name for s in summaries]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(names) + 2), 3.2))
+    # wide enough for every layer's three bars to read at the report's width (1100 px: 11 in at 100 dpi)
+    fig, ax = plt.subplots(figsize=(min(11.0, max(6.0, 0.3 * len(names) + 2)), 3.6))
     x = np.arange(len(names))
     series = [
         ("impulse: redundant", [s.impulse_redundant_fraction for s in summaries]),
@@ -192,10 +193,12 @@ def overview_figure(summaries) -> bytes:
     ]
     for j, (label, values) in enumerate(series):
         ax.bar(x + (j - 1) * 0.27, [np.nan if v is None else v for v in values], width=0.27, label=label)
-    ax.set_xticks(x, names, rotation=90, fontsize=6 if len(names) > 20 else 8)
+    ax.set_xticks(x, names, rotation=90, fontsize=6 if len(names) > 30 else 8)
+    ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction of channels")
-    ax.legend(fontsize=7, ncol=3, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=3, loc="lower left", bbox_to_anchor=(0, 1.01), frameon=False)  # above the bars
     return _png(fig)
 
 

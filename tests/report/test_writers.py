@@ -98,3 +98,21 @@ def test_the_summary_table_says_what_each_cheap_fraction_is_of():
     sampled = replace(result.shuffles["conv2"]["channel"], channels=[1], samples_done=16)
     result.shuffles["conv2"]["channel"] = sampled  # as a budget leaves it: one channel on fewer images
     assert _cheap_cell(result, conv2, "channel") == f"{fraction} of 1 measured of 4 (16 images)"
+
+
+def test_the_impulse_cell_says_why_channels_were_not_compared():
+    import dataclasses
+
+    from onnxredund.analyses.audit import LayerSummary
+    from onnxredund.report.audit_report import _impulse_cell
+
+    base = {f.name: None for f in dataclasses.fields(LayerSummary)}
+    base |= {"name": "c", "index": 0, "in_channels": 3, "out_channels": 4, "samples": {}, "ranked_channels": []}
+
+    def cell(compared, fraction, excluded):
+        given = {"impulse_compared": compared, "impulse_redundant_fraction": fraction, "impulse_excluded": excluded}
+        return _impulse_cell(LayerSummary(**{**base, **given}))
+
+    assert cell(0, None, {"support": 64, "constant": 0}) == "not compared (64 over too few positions)"
+    assert cell(511, 0.288, {"support": 0, "constant": 1}) == "28.8 % of 511 (1 constant left out)"
+    assert cell(60, 0.5, {"support": 0, "constant": 0}) == "50.0 % of 60"
