@@ -109,6 +109,24 @@ def _cheap_cell(result: AuditResult, s: LayerSummary, mode: str) -> str | None:
     return f"{_pct(fraction)} of {of} ({sweep.samples_done} images)"
 
 
+_SAMPLED = " shuffling measured "  # the words of the audit's sampling notes (analyses.audit._sampling_notes)
+_SKIPPED = " shuffling skipped: time budget spent"
+
+
+def _note_blocks(notes: list[str]) -> list:
+    """The notes for the report: what the time budget cut, per sweep, as one table and one line (a model of
+    100 convs has 200 such notes), then the others, each on its line."""
+    sampled = [n for n in notes if _SAMPLED in n and n.endswith(" (time budget)")]
+    skipped = [n.removesuffix(_SKIPPED) for n in notes if n.endswith(_SKIPPED)]
+    blocks: list = [f"note: {n}" for n in notes if n not in sampled and not n.endswith(_SKIPPED)]
+    if sampled:
+        rows = [n.removesuffix(" (time budget)").split(_SAMPLED, 1) for n in sampled]
+        blocks.append(Table(["sweep", "measured (to fit the time budget)"], rows, f"{len(rows)} sweeps sampled"))
+    if skipped:
+        blocks.append(f"note: {len(skipped)} sweeps skipped, the time budget spent: {', '.join(skipped)}")
+    return blocks
+
+
 def _summary_table(result: AuditResult) -> Table:
     word = result.effect_kind
     worst = {"accuracy": "worst accuracy drop", "agreement": "worst agreement drop"}.get(word, "lowest output cosine")
@@ -264,7 +282,7 @@ def write_audit(out: Path, result: AuditResult, *, parts: bool = True, deadline:
     word = result.effect_kind
     overview = [] if result.complete else [INCOMPLETE_LINE]
     overview += [_summary_table(result), *figs.values(), *_data_lines(result)]
-    overview += [f"note: {n}" for n in result.notes]
+    overview += _note_blocks(result.notes)
     if len(imp.layers) > FIGURE_LAYERS or len(result.shuffles) > FIGURE_LAYERS:
         overview.append(
             f"figures are drawn for the {FIGURE_LAYERS} layers with the most redundancy; every layer's numbers are "

@@ -116,3 +116,23 @@ def test_the_impulse_cell_says_why_channels_were_not_compared():
     assert cell(0, None, {"support": 64, "constant": 0}) == "not compared (64 over too few positions)"
     assert cell(511, 0.288, {"support": 0, "constant": 1}) == "28.8 % of 511 (1 constant left out)"
     assert cell(60, 0.5, {"support": 0, "constant": 0}) == "50.0 % of 60"
+
+
+def test_the_report_gathers_the_time_budgets_notes_into_one_table_and_one_line():
+    from onnxredund.report.audit_report import _note_blocks
+    from onnxredund.report.html import Table
+
+    notes = [
+        "the data has no labels: the effect of shuffling is agreement with the unperturbed model",
+        "Conv.0 channel shuffling measured 1 of 3 input channels (evenly spaced) (time budget)",
+        "Conv.1 pixel shuffling measured 64 of 128 images (evenly spaced) (time budget)",
+        "Conv.5 pixel shuffling skipped: time budget spent",
+        "Conv.6 channel shuffling skipped: time budget spent",
+    ]
+    note, table, skipped = _note_blocks(notes)
+    assert note == f"note: {notes[0]}"
+    assert isinstance(table, Table) and table.rows == [
+        ["Conv.0 channel", "1 of 3 input channels (evenly spaced)"],
+        ["Conv.1 pixel", "64 of 128 images (evenly spaced)"],
+    ]
+    assert skipped == "note: 2 sweeps skipped, the time budget spent: Conv.5 pixel, Conv.6 channel"
