@@ -192,7 +192,11 @@ def overview_figure(summaries) -> bytes:
         ("pixel shuffle: cheap", [s.pixel_cheap_fraction for s in summaries]),
     ]
     for j, (label, values) in enumerate(series):
-        ax.bar(x + (j - 1) * 0.27, [np.nan if v is None else v for v in values], width=0.27, label=label)
+        at = x + (j - 1) * 0.27
+        bars = ax.bar(at, [np.nan if v is None else v for v in values], width=0.27, label=label)
+        zero = [i for i, v in enumerate(values) if v == 0]  # measured, and none: a mark (no bar: not measured)
+        color = bars.patches[0].get_facecolor()
+        ax.plot(at[zero], np.full(len(zero), 0.012), "_", ms=6, mew=2, color=color)
     ax.set_xticks(x, names, rotation=90, fontsize=6 if len(names) > 30 else 8)
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylim(0, 1)
