@@ -246,14 +246,18 @@ def _phase_plan(model: Model, layer: ConvLayer) -> tuple[tuple[int, ...], tuple[
     network has before it."""
     image = model.image_input.spatial_shape
     own = layer.input_shape[1:]
-    if len(own) != len(image):
-        return (1,) * len(own), (1,) * len(own)
+    if len(own) != len(image):  # a signal reshaped on its way (1-D audio into 1 x K convs): one impulse, no phases
+        return (1,) * len(own), (1,) * len(image)
     phases = tuple(min(s, MAX_PHASES) for s in layer.stride)
     spacing = tuple(max(1, round(n / m)) for n, m in zip(image, own, strict=True))
     return phases, spacing
 
 
 def _offsets(phases: tuple[int, ...], spacing: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The impulse positions, relative to the base, in the image input's axes (``spacing`` has one per axis) for
+    a layer's ``phases`` (one per axis of its own); a layer whose axes are not the input's takes one impulse."""
+    if len(phases) != len(spacing):
+        return [(0,) * len(spacing)]
     return [tuple(d * s for d, s in zip(ds, spacing, strict=True)) for ds in itertools.product(*map(range, phases))]
 
 

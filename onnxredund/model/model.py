@@ -331,6 +331,7 @@ def channel_axis(graph: onnx.GraphProto, name: str, shapes: dict[str, tuple[int,
     for node in graph.node:
         for t in node.input:
             consumers.setdefault(t, []).append(node)
+    constants = ConstantTable(graph)
     found: set[int | None] = set()
     stack = [(name, tuple(range(len(shapes[name]) + 1)))]
     seen = set()
@@ -352,11 +353,37 @@ def channel_axis(graph: onnx.GraphProto, name: str, shapes: dict[str, tuple[int,
                     found.add(None)
                 else:
                     stack.append((node.output[0], tuple(axes[o] for o in order)))
+            elif node.op_type in ("Unsqueeze", "Squeeze") and node.input[0] == tensor:
+                moved = _squeezed_axes(node, axes, constants)
+                if moved is None:
+                    found.add(None)
+                else:
+                    stack.append((node.output[0], moved))
             elif node.op_type in _AXIS_KEEPING:
                 stack.extend((o, axes) for o in node.output if o)
             elif node.op_type not in ("Shape", "Size"):
                 found.add(None)
     return found.pop() if len(found) == 1 else None
+
+
+def _squeezed_axes(node: onnx.NodeProto, axes: tuple, constants: ConstantTable) -> tuple | None:
+    """The input axis behind each axis of an Unsqueeze's or Squeeze's output (-1: an axis it inserted), given
+    ``axes`` for its input; None where the axes it works on are not constants (or, for a Squeeze, not given)."""
+    if len(node.input) > 1 and node.input[1]:  # opset 13 on: an input
+        if node.input[1] not in constants:
+            return None
+        moved = [int(a) for a in np.asarray(constants[node.input[1]]).ravel()]
+    else:
+        moved = attribute(node, "axes", None)
+        if moved is None:
+            return None
+    if node.op_type == "Squeeze":
+        gone = {a % len(axes) for a in moved}
+        return tuple(a for i, a in enumerate(axes) if i not in gone)
+    rank = len(axes) + len(moved)
+    inserted = {a % rank for a in moved}
+    rest = iter(axes)
+    return tuple(-1 if i in inserted else next(rest) for i in range(rank))
 
 
 def image_layout(rank: int, axis: int | None, given: str | None, name: str) -> str:

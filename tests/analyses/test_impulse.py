@@ -218,3 +218,23 @@ def test_a_second_input_is_held_at_zero_and_convs_it_feeds_alone_are_refused():
     assert m.input_name == "x" and [i.name for i in m.inputs] == ["x", "meta"]
     layer = run_impulse(m, device="cpu").layers[0]
     np.testing.assert_allclose(layer.responses[:, 0], w[:, 0, ::-1, ::-1], atol=1e-6)
+
+
+def test_a_1d_signal_reshaped_into_2d_convs_is_read_channels_last_and_its_impulse_gives_the_kernels():
+    rng = np.random.default_rng(3)
+    length = 120
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),  # raw audio [N, L, 1] -> [N, 1, L]
+        helper.make_node("Unsqueeze", ["t", "axis"], ["u"]),  # -> [N, 1, 1, L]: 1 x K kernels
+        helper.make_node("Conv", ["u", "w"], ["z"], name="c1"),
+        helper.make_node("Relu", ["z"], ["a"]),
+        helper.make_node("Conv", ["a", "w2"], ["z2"], name="c2"),
+        helper.make_node("GlobalAveragePool", ["z2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["y"]),
+    ]
+    w = rng.normal(size=(8, 1, 1, 16))
+    inits = {"w": w, "w2": rng.normal(size=(6, 8, 1, 5)), "axis": np.array([2])}
+    m = load_model_proto(make_model(nodes, [("x", ["N", length, 1])], [("y", ["N", 6])], inits))
+    assert m.image_input.layout == "NLC" and m.image_input.channels == 1  # the Transpose shows it: no --layout
+    layer = run_impulse(m, device="cpu").layers[0]  # crashed: zip() argument 2 is longer than argument 1
+    np.testing.assert_allclose(layer.responses[:, 0], w[:, 0, :, ::-1], atol=1e-6)
