@@ -241,10 +241,49 @@ def crop_to_support(responses: np.ndarray, rel_tol: float = 1e-6) -> tuple[np.nd
     return responses[(slice(None), slice(None), *index)], (*starts, *sizes)
 
 
-def _phase_plan(model: Model, layer: ConvLayer) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(phases per axis, spacing in input positions) of a layer: its own stride, capped, and the stride the
+@dataclass(frozen=True)
+class ImpulseSite:
+    """Where the unit impulses go: the image input, or, past an in-graph preprocessing that an all-zero input
+    does not survive (a min-max normalisation's 0/0), the first conv's input.
+
+    Attributes:
+        name: the tensor; channels, spatial: its sample's channels and spatial sizes; channels_last: its layout.
+        inputs: the tensors the analysed subgraph starts from (the site and the model's other inputs).
+    """
+
+    name: str
+    channels: int
+    spatial: tuple[int, ...]
+    channels_last: bool
+    inputs: tuple[str, ...]
+
+    @classmethod
+    def of_input(cls, model: Model) -> ImpulseSite:
+        image = model.image_input
+        inputs = tuple(i.name for i in model.inputs)
+        return cls(image.name, image.channels, image.spatial_shape, image.channels_last, inputs)
+
+    @classmethod
+    def of_first_conv(cls, model: Model, layers: list[ConvLayer]) -> ImpulseSite | None:
+        """The first conv's input, where every analysed conv lies past it (else None)."""
+        first = min(layers, key=lambda l: l.node_index)
+        reach = data_dependent(model.proto.graph, [first.input])
+        if any(l.input not in reach and l.input != first.input for l in layers):
+            return None
+        channels, *spatial = model.shapes[first.input]
+        others = tuple(i.name for i in model.inputs if i.name != model.input_name)
+        return cls(first.input, channels, tuple(spatial), False, (first.input, *others))
+
+
+class _BaselineNotFinite(Exception):
+    """The all-zero sample itself gives non-finite values: the model computes something of its input that zero
+    breaks (its min and max, a norm) before the convs."""
+
+
+def _phase_plan(site: ImpulseSite, layer: ConvLayer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(phases per axis, spacing in the site's positions) of a layer: its own stride, capped, and the stride the
     network has before it."""
-    image = model.image_input.spatial_shape
+    image = site.spatial
     own = layer.input_shape[1:]
     if len(own) != len(image):  # a signal reshaped on its way (1-D audio into 1 x K convs): one impulse, no phases
         return (1,) * len(own), (1,) * len(image)
@@ -262,18 +301,18 @@ def _offsets(phases: tuple[int, ...], spacing: tuple[int, ...]) -> list[tuple[in
 
 
 def impulse_inputs(
-    model: Model, position: tuple[int, ...] | None, offsets: list[tuple[int, ...]]
+    model: Model, position: tuple[int, ...] | None, offsets: list[tuple[int, ...]], site: ImpulseSite | None = None
 ) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
-    """Feeds of a zero sample and one unit impulse per (offset, image input channel), offsets outer.
+    """Feeds of a zero sample and one unit impulse per (offset, channel of the site), offsets outer.
 
     Returns:
-        (feeds: the image input (1 + O*M, *sample) and zeros for every other input; the position).
+        (feeds: the site (1 + O*M, *sample) and zeros for every other input; the position).
 
     Raises:
         OnnxRedundError: the position lies outside the input, or has the wrong number of axes.
     """
-    image = model.image_input
-    spatial, m = image.spatial_shape, image.channels
+    site = site or ImpulseSite.of_input(model)
+    spatial, m = site.spatial, site.channels
     reach = [max(o[a] for o in offsets) for a in range(len(spatial))]
     if position is None:
         base = tuple(min(n // 2, n - 1 - r) for n, r in zip(spatial, reach, strict=True))
@@ -288,11 +327,11 @@ def impulse_inputs(
     for i, off in enumerate(offsets):
         for c in range(m):
             batch[(1 + i * m + c, c, *(b + o for b, o in zip(base, off, strict=True)))] = 1.0
-    if image.channels_last:
+    if site.channels_last:
         batch = np.moveaxis(batch, 1, -1)
-    feeds = {image.name: np.ascontiguousarray(batch)}
+    feeds = {site.name: np.ascontiguousarray(batch)}
     for inp in model.inputs:
-        if inp.name != image.name:
+        if inp.name in site.inputs and inp.name != site.name:
             feeds[inp.name] = np.zeros((len(batch), *inp.sample_shape) if inp.batched else (), inp.dtype)
     return feeds, base
 
@@ -310,15 +349,22 @@ def interleave(per_phase: np.ndarray, phases: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _run(model: Model, sub: onnx.ModelProto, feeds: dict, device: str) -> list[np.ndarray]:
-    """Every output of ``sub`` for the feeds, in runs of at most _MAX_RUN samples."""
+def _run(model: Model, sub: onnx.ModelProto, feeds: dict, device: str, site: str) -> list[np.ndarray]:
+    """Every output of ``sub`` for the feeds (``site`` the one of impulses), in runs of at most _MAX_RUN samples.
+
+    Raises:
+        _BaselineNotFinite: the all-zero sample (the first) gives non-finite values.
+        OnnxRedundError: an impulse does.
+    """
     runner = Runner.create(sub, device, derived=True)
     run = runner.run if model.batch_dynamic else runner.run_per_sample
-    n = len(feeds[model.input_name])
+    n = len(feeds[site])
     parts = []
     for s in range(0, n, _MAX_RUN):
         parts.append(run({k: v[s : s + _MAX_RUN] if np.ndim(v) else v for k, v in feeds.items()}))
     outs = [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]  # float64 layer by layer, later
+    if not all(np.isfinite(o[:1]).all() for o in outs):
+        raise _BaselineNotFinite
     if not all(np.isfinite(o).all() for o in outs):
         raise OnnxRedundError("impulse responses are not finite: the model overflows on a unit impulse")
     return outs
@@ -388,18 +434,22 @@ def run_impulse(
     t0 = time.perf_counter()
     reach = data_dependent(model.proto.graph, [model.input_name])
     layers = _reachable(model, layers) if layers else [l for l in model.layers if l.input in reach]
-    plans = {l.index: _phase_plan(model, l) for l in layers}
-    offsets = sorted({o for p in plans.values() for o in _offsets(*p)})
-    feeds, base = impulse_inputs(model, position, offsets)
-    sub = cut(model.proto, [i.name for i in model.inputs], [l.output for l in layers])
-    sub, notes = (sub, []) if mode == "network" else linearize(sub)
-    outs = _run(model, sub, feeds, device)
-    m = model.image_input.channels
-    responses = []
-    for layer in layers:  # each layer's outputs let go once cropped: the network's outputs are the peak
-        phases, spacing = plans[layer.index]
-        out = outs.pop(0)
-        responses.append(crop_to_support(_layer_responses(out, offsets, _offsets(phases, spacing), phases, m)))
+    site = ImpulseSite.of_input(model)
+    try:
+        responses, plans, base, notes = _responses(model, layers, site, mode, position, device)
+    except _BaselineNotFinite:
+        site = ImpulseSite.of_first_conv(model, layers)
+        if site is None:
+            raise OnnxRedundError(
+                "the model's output on an all-zero input is not finite (it normalises its input inside the graph, "
+                "by its min and max or a norm, say) and the convs do not all lie past one tensor to put the "
+                "impulses at instead"
+            ) from None
+        responses, plans, base, notes = _responses(model, layers, site, mode, position, device)
+        notes.insert(0, (
+            f"impulses put at {site.name!r}, the first conv's input: the model computes something of its input "
+            "before the convs that an all-zero input makes non-finite (a min-max normalisation's 0/0, say)"
+        ))  # fmt: skip
     bar = progress("impulse NCC", len(layers), 0) if progress else None
     results = _compare(layers, responses, plans, threshold, lags, across, bar, (t0, max_seconds, notes))
     notes += _phase_notes(layers, plans)
@@ -413,6 +463,23 @@ def run_impulse(
         layers=results,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _responses(model: Model, layers: list[ConvLayer], site: ImpulseSite, mode: str, position, device: str):
+    """Every layer's cropped responses to impulses at ``site``: (responses, phase plans, position, notes)."""
+    plans = {l.index: _phase_plan(site, l) for l in layers}
+    offsets = sorted({o for p in plans.values() for o in _offsets(*p)})
+    feeds, base = impulse_inputs(model, position, offsets, site)
+    sub = cut(model.proto, list(site.inputs), [l.output for l in layers])
+    sub, notes = (sub, []) if mode == "network" else linearize(sub)
+    outs = _run(model, sub, feeds, device, site.name)
+    responses = []
+    for layer in layers:  # each layer's outputs let go once cropped: the network's outputs are the peak
+        phases, spacing = plans[layer.index]
+        out = outs.pop(0)
+        responses.append(crop_to_support(_layer_responses(out, offsets, _offsets(phases, spacing), phases,
+                                                          site.channels)))  # fmt: skip
+    return responses, plans, base, notes
 
 
 def _phase_notes(layers: list[ConvLayer], plans: dict) -> list[str]:

@@ -238,3 +238,22 @@ def test_a_1d_signal_reshaped_into_2d_convs_is_read_channels_last_and_its_impuls
     assert m.image_input.layout == "NLC" and m.image_input.channels == 1  # the Transpose shows it: no --layout
     layer = run_impulse(m, device="cpu").layers[0]  # crashed: zip() argument 2 is longer than argument 1
     np.testing.assert_allclose(layer.responses[:, 0], w[:, 0, :, ::-1], atol=1e-6)
+
+
+def test_a_model_that_normalises_its_input_by_min_and_max_gets_its_impulses_at_the_first_conv():
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("ReduceMin", ["x"], ["lo"], axes=[1, 2, 3], keepdims=1),  # per sample
+        helper.make_node("Sub", ["x", "lo"], ["shifted"]),
+        helper.make_node("ReduceMax", ["shifted"], ["hi"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Div", ["shifted", "hi"], ["scaled"]),  # 0 / 0 on an all-zero input
+        helper.make_node("Conv", ["scaled", "w"], ["z"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["z"], ["a"]),
+        helper.make_node("Conv", ["a", "w2"], ["y"], name="c2"),
+    ]
+    w = rng.normal(size=(4, 2, 3, 3))
+    inits = {"w": w, "w2": rng.normal(size=(3, 4, 1, 1))}
+    m = load_model_proto(make_model(nodes, [("x", ["N", 2, 7, 7])], [("y", ["N", 3, 7, 7])], inits))
+    result = run_impulse(m, device="cpu")  # was "the model overflows on a unit impulse"
+    assert result.notes[0].startswith("impulses put at 'scaled', the first conv's input")
+    np.testing.assert_allclose(result.layers[0].responses, w[:, :, ::-1, ::-1], atol=1e-6)
