@@ -327,7 +327,7 @@ def run_audit(
             )
             log.warning("interrupted: %d of %d sweeps finished", len(sweeps) - len(missing), len(sweeps))
     notes += _word_notes(model, data)
-    one_class = one_class_note(model, data, batch_size=batch_size, device=device) if sweeps else None
+    one_class = one_class_note(model, data, batch_size=batch_size, device=device) if sweeps and complete else None
     notes += [one_class] if one_class else []
     notes += [
         f"{l.name} is not shuffled: it reads one input channel, and perturbing that perturbs the whole input"
