@@ -186,24 +186,29 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
     bars = console.StepBars(quiet or as_json)
     modes = MODES if mode == "both" else (mode,)
     picked = parse_channels(channels, target.in_channels)
-    write = (lambda r: write_shuffle(out_dir, r)) if out_dir else None
+
+    def write(result) -> None:
+        with deferred():  # a sweep's JSON and CSVs are written together
+            write_shuffle(out_dir, result)
+
     with _keeping(out_dir, "the checkpoint of the finished batches (continue with --resume)", bars):
         if backend is None:
             results = run_shuffle_modes(
                 m, target, data, modes=modes, channels=picked, checkpoint_dir=out_dir, resume=resume,
-                progress=bars, on_result=write, **opts,
+                progress=bars, on_result=write if out_dir else None, **opts,
             )  # fmt: skip
         else:
             job = job_for(m, data, [(target, md, picked) for md in modes], **opts)
             done, complete = run_sweep_units(
                 job, [(target, md) for md in modes], backend, checkpoint_dir=out_dir, resume=resume,
-                progress=bars, on_result=write,
+                progress=bars, on_result=write if out_dir else None,
             )  # fmt: skip
             results = {r.mode: r for r in done}
             if not complete:
                 _interrupted(out_dir, bars)
     bars.close()
-    one_class = one_class_note(m, data, batch_size=opts["batch_size"], device=opts["device"])
+    complete = all(r.complete for r in results.values())
+    one_class = one_class_note(m, data, batch_size=opts["batch_size"], device=opts["device"]) if complete else None
     if one_class:
         log.warning(one_class)
     if as_json:
@@ -216,7 +221,7 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
             click.echo("\n".join(console.shuffle_lines(r)))
         if out_dir:
             click.echo(f"results in {out_dir}/")
-    if not all(r.complete for r in results.values()):
+    if not complete:
         where = f"; --resume --out {out_dir} continues" if out_dir else ""
         click.echo(f"onnxredund: interrupted: the numbers above are of the batches that finished{where}", err=True)
         sys.exit(stop_status())
