@@ -269,6 +269,7 @@ def run_audit(
     backend: Backend | None = None,
     checkpoint_dir=None,
     resume: bool = False,
+    impulse_at: str | None = None,
 ) -> AuditResult:
     """The impulse analysis of ``layers`` and shuffling of those with more than one input channel, within
     ``budget`` seconds.
@@ -284,6 +285,7 @@ def run_audit(
             the budget (default 5 s).
         backend: where the sweeps run as units (:mod:`onnxredund.analyses.distributed`), planned up front for
             its workers; None: in this process, each sweep planned from what the ones before it cost.
+        impulse_at: a tensor to put the impulses at instead of the image input (see :func:`run_impulse`).
         checkpoint_dir, resume: where the sweeps keep their progress (each batch in this process, finished
             units on a backend), and whether to continue from what is there.
 
@@ -294,7 +296,7 @@ def run_audit(
     clock = _Clock(time.perf_counter() if started is None else started, budget)
     impulse = run_impulse(
         model, layers=layers, threshold=threshold, device=device, progress=progress,
-        max_seconds=clock.share(_IMPULSE_SHARE),
+        max_seconds=clock.share(_IMPULSE_SHARE), at=impulse_at,
     )  # fmt: skip
     if on_impulse is not None:
         on_impulse(impulse)

@@ -264,15 +264,32 @@ class ImpulseSite:
         return cls(image.name, image.channels, image.spatial_shape, image.channels_last, inputs)
 
     @classmethod
+    def of_tensor(cls, model: Model, name: str) -> ImpulseSite:
+        """Any tensor whose per-sample shape is known as (channels, positions...), channels first (a conv's
+        input always is).
+
+        Raises:
+            OnnxRedundError: no such tensor.
+        """
+        shape = model.shapes.get(name)
+        if shape is None or len(shape) < 2:
+            convs = ", ".join(dict.fromkeys(l.input for l in model.layers[:3]))
+            raise OnnxRedundError(
+                f"--impulse-at {name!r}: no tensor of a known (channels, positions...) shape by that name; "
+                f"a conv's input is one (the first: {convs})"
+            )
+        channels, *spatial = shape
+        others = tuple(i.name for i in model.inputs if i.name != model.input_name)
+        return cls(name, channels, tuple(spatial), False, (name, *others))
+
+    @classmethod
     def of_first_conv(cls, model: Model, layers: list[ConvLayer]) -> ImpulseSite | None:
         """The first conv's input, where every analysed conv lies past it (else None)."""
         first = min(layers, key=lambda l: l.node_index)
         reach = data_dependent(model.proto.graph, [first.input])
         if any(l.input not in reach and l.input != first.input for l in layers):
             return None
-        channels, *spatial = model.shapes[first.input]
-        others = tuple(i.name for i in model.inputs if i.name != model.input_name)
-        return cls(first.input, channels, tuple(spatial), False, (first.input, *others))
+        return cls.of_tensor(model, first.input)
 
 
 class _BaselineNotFinite(Exception):
@@ -389,14 +406,15 @@ def _compared(responses: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
     return ~constant, {"support": 0, "constant": int(constant.sum())}
 
 
-def _reachable(model: Model, layers: list[ConvLayer]) -> list[ConvLayer]:
-    reach = data_dependent(model.proto.graph, [model.input_name])
+def _reachable(model: Model, layers: list[ConvLayer] | None, start: str) -> list[ConvLayer]:
+    """The ``layers`` asked for (each must lie past ``start``), or every conv past ``start``."""
+    reach = data_dependent(model.proto.graph, [start]) | {start}
+    if not layers:
+        return [l for l in model.layers if l.input in reach]
     unreachable = [l.name for l in layers if l.input not in reach]
     if unreachable:
-        raise OnnxRedundError(
-            f"conv {unreachable[0]!r} does not depend on the image input {model.input_name!r}: no impulse "
-            "reaches it (pick another input with --impulse-input)"
-        )
+        how = "pick another input with --impulse-input" if start == model.input_name else "name an earlier tensor"
+        raise OnnxRedundError(f"conv {unreachable[0]!r} does not depend on {start!r}: no impulse reaches it ({how})")
     return layers
 
 
@@ -412,6 +430,7 @@ def run_impulse(
     device: str = "auto",
     progress: Callable[[str, int, int], Callable[[int], None]] | None = None,
     max_seconds: float | None = None,
+    at: str | None = None,
 ) -> ImpulseResult:
     """Impulse responses and NCC of conv layers.
 
@@ -426,24 +445,27 @@ def run_impulse(
         device: "auto", "cuda" or "cpu".
         progress: ``progress(label, total layers, 0)`` returns a callback taking layers finished.
         max_seconds: past this, the comparisons with earlier layers are left out (said in ``notes``).
+        at: a tensor to put the impulses at instead of the image input (a conv's input, past a preprocessing
+            the model does in its graph); its sample is (channels, positions...).
     """
     if mode not in IMPULSE_MODES:
         raise OnnxRedundError(f"unknown impulse mode {mode!r}; use one of {', '.join(IMPULSE_MODES)}")
     if not -1.0 <= threshold <= 1.0:
         raise OnnxRedundError(f"--threshold {threshold} must lie in [-1, 1]")
     t0 = time.perf_counter()
-    reach = data_dependent(model.proto.graph, [model.input_name])
-    layers = _reachable(model, layers) if layers else [l for l in model.layers if l.input in reach]
-    site = ImpulseSite.of_input(model)
+    site = ImpulseSite.of_input(model) if at in (None, model.input_name) else ImpulseSite.of_tensor(model, at)
+    layers = _reachable(model, layers, site.name)
+    if not layers:
+        raise OnnxRedundError(f"no conv layer lies past {site.name!r}: no impulse response to take")
     try:
         responses, plans, base, notes = _responses(model, layers, site, mode, position, device)
     except _BaselineNotFinite:
-        site = ImpulseSite.of_first_conv(model, layers)
+        site = ImpulseSite.of_first_conv(model, layers) if at is None else None
         if site is None:
             raise OnnxRedundError(
-                "the model's output on an all-zero input is not finite (it normalises its input inside the graph, "
-                "by its min and max or a norm, say) and the convs do not all lie past one tensor to put the "
-                "impulses at instead"
+                f"the model's output on an all-zero {site.name!r} is not finite (it normalises it inside the "
+                "graph, by its min and max or a norm, say); put the impulses past that with --impulse-at TENSOR "
+                "(a conv's input)"
             ) from None
         responses, plans, base, notes = _responses(model, layers, site, mode, position, device)
         notes.insert(0, (

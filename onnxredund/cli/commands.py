@@ -234,14 +234,15 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
 @click.option("--threshold", type=float, default=0.9, show_default=True, help="NCC at which channels count as alike.")
 @click.option("--zero-lag", is_flag=True, help="NCC at lag zero instead of the maximum over spatial lags.")
 @click.option("--position", callback=options.parse_position, help="ROW,COL of the impulse [default: the centre].")
+@options.impulse_at
 @options.device
 @options.out
 @options.overwrite
 @options.as_json
 @options.verbosity
 @click.pass_context
-def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, device, out, overwrite, as_json,
-            verbose, quiet, **opts):  # fmt: skip
+def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, impulse_at, device, out, overwrite,
+            as_json, verbose, quiet, **opts):  # fmt: skip
     """Unit impulse responses of every conv layer, compared by normalized cross-correlation within
     and across layers."""
     from onnxredund.analyses.impulse import run_impulse
@@ -260,6 +261,7 @@ def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, d
         position=position,
         device=device,
         progress=bars,
+        at=impulse_at,
     )
     bars.close()
     if out_dir:
@@ -281,6 +283,7 @@ def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, d
 @click.option("--modes", "--mode", "modes", type=options.shuffle_modes, default="both", show_default=True)
 @options.batch_size
 @click.option("--threshold", type=float, default=0.9, show_default=True, help="NCC at which channels count as alike.")
+@options.impulse_at
 @click.option(
     "--cheap-drop",
     type=click.FloatRange(0, 1),

@@ -17,6 +17,7 @@ __all__ = [
     "batch_size",
     "data_options",
     "device",
+    "impulse_at",
     "impulse_modes",
     "model_options",
     "out",
@@ -134,6 +135,13 @@ device = click.option("--device", type=click.Choice(DEVICES), default="auto", sh
 seed = click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
 as_json = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 out = click.option("--out", type=click.Path(path_type=Path), help="Folder for results and figures.")
+impulse_at = click.option(
+    "--impulse-at",
+    metavar="TENSOR",
+    help="Put the impulses at this tensor (a conv's input) instead of the image input: past a preprocessing "
+    "the model does in its graph [default: the image input; the first conv's input where an all-zero input "
+    "breaks the preprocessing].",
+)
 overwrite = click.option("--overwrite", is_flag=True, help="Replace results in a non-empty --out folder.")
 batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 shuffle_modes = click.Choice([*MODES, "both"])

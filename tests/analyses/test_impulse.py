@@ -257,3 +257,10 @@ def test_a_model_that_normalises_its_input_by_min_and_max_gets_its_impulses_at_t
     result = run_impulse(m, device="cpu")  # was "the model overflows on a unit impulse"
     assert result.notes[0].startswith("impulses put at 'scaled', the first conv's input")
     np.testing.assert_allclose(result.layers[0].responses, w[:, :, ::-1, ::-1], atol=1e-6)
+    named = run_impulse(m, device="cpu", at="scaled")  # the same, asked for
+    np.testing.assert_allclose(named.layers[0].responses, result.layers[0].responses)
+    later = run_impulse(m, device="cpu", at="a")  # c2's input: c2 alone, its 1 x 1 kernels
+    assert [l.name for l in later.layers] == ["c2"]
+    np.testing.assert_allclose(later.layers[0].responses[:, :, 0, 0], inits["w2"][:, :, 0, 0], atol=1e-6)
+    with pytest.raises(OnnxRedundError, match="--impulse-at 'nowhere': no tensor"):
+        run_impulse(m, device="cpu", at="nowhere")
