@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxredund.data import DataSource, conform_feeds, iter_batches
+from onnxredund.data import DataSource
 from onnxredund.engine.runtime import Runner
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import Model, classifier_output
@@ -26,13 +26,8 @@ def predict(model: Model, data: DataSource, *, batch_size: int = 256, device: st
             f"{model.path} has no classifier output (N, classes) among {model.output_names}; no top-1 to take "
             "(name one with --classifier-output)"
         )
-    runner = Runner.create(model.proto, device)
-    run = runner.run if model.batch_dynamic else runner.run_per_sample
-    tops = []
-    for _, arrays, _ in iter_batches(data, batch_size):
-        feeds = conform_feeds(arrays, model.inputs, model.input_name, data.name)
-        tops.append(run(feeds, [pred])[0].argmax(axis=1))
-    return np.concatenate(tops).astype(np.int64)
+    scores = Runner.create(model.proto, device).run_over(model, data, [pred], batch_size)[0]
+    return scores.argmax(axis=1).astype(np.int64)
 
 
 def one_class_note(model: Model, data: DataSource, *, batch_size: int = 256, device: str = "auto") -> str | None:

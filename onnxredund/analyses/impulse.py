@@ -374,7 +374,7 @@ def _run(model: Model, sub: onnx.ModelProto, feeds: dict, device: str, site: str
         OnnxRedundError: an impulse does.
     """
     runner = Runner.create(sub, device, derived=True)
-    run = runner.run if model.batch_dynamic else runner.run_per_sample
+    run = runner.runs(model.batch_dynamic)
     n = len(feeds[site])
     parts = []
     for s in range(0, n, _MAX_RUN):

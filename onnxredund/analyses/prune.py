@@ -34,7 +34,7 @@ from onnxredund.analyses.prune_criteria import (
     channel_importance,
 )
 from onnxredund.choices import SCOPES
-from onnxredund.data import DataSource, conform_feeds, iter_batches
+from onnxredund.data import DataSource, conform_feeds
 from onnxredund.engine.calibration import collect_statistics
 from onnxredund.engine.channel_groups import ChannelGroup, channel_groups, node_label
 from onnxredund.engine.pruning import (
@@ -413,12 +413,7 @@ class Reference:
 
 
 def _outputs(model: Model, proto: onnx.ModelProto, data: DataSource, batch_size: int, device: str) -> list[np.ndarray]:
-    runner = Runner.create(proto, device, derived=proto is not model.proto)
-    run = runner.run if model.batch_dynamic else runner.run_per_sample
-    parts = []
-    for _, arrays, _ in iter_batches(data, batch_size):
-        parts.append(run(conform_feeds(arrays, model.inputs, model.input_name, data.name), model.output_names))
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(model.output_names))]
+    return Runner.create(proto, device, derived=proto is not model.proto).run_over(model, data, batch_size=batch_size)
 
 
 def latency_ms(model: Model, proto: onnx.ModelProto, data: DataSource, batch: int, device: str) -> float:

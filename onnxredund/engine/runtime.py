@@ -20,11 +20,13 @@ import onnx
 import onnxruntime as ort
 
 from onnxredund.choices import DEVICES
+from onnxredund.data import conform_feeds, iter_batches
 from onnxredund.engine.surgery import expose_outputs
 from onnxredund.errors import OnnxRedundError, first_line
 from onnxredund.model import (
     MAX_IR_VERSION,
     PROTOBUF_LIMIT,
+    Model,
     copy_model,
     external_folder,
     external_tensors,
@@ -216,6 +218,20 @@ class Runner:
             for i in range(n)
         ]
         return [_join_samples([p[j] for p in parts]) for j in range(len(parts[0]))]
+
+    def runs(self, batched: bool):
+        """How to run a batch: at once where the model's batch is free (``batched``), else sample by sample
+        (:meth:`run_per_sample`); the one place that choice is made."""
+        return self.run if batched else self.run_per_sample
+
+    def run_over(self, model: Model, data, names: list[str] | None = None, batch_size: int = 256) -> list[np.ndarray]:
+        """``names`` (default: the model's outputs) over every sample of ``data`` (a DataSource), batch by batch,
+        joined along the samples: what running a model over data means, once."""
+        names = model.output_names if names is None else names
+        run, parts = self.runs(model.batch_dynamic), []
+        for _, arrays, _ in iter_batches(data, batch_size):
+            parts.append(run(conform_feeds(arrays, model.inputs, model.input_name, data.name), names))
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
 
     def run(self, feeds: dict, outputs: list[str] | None = None) -> list[np.ndarray]:
         """Run and return numpy arrays."""

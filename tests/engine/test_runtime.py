@@ -61,3 +61,27 @@ def test_a_model_onnxruntime_refuses_is_one_user_error():
 def test_probe_shapes_runs_one_zero_sample():
     shapes = probe_shapes(small_cnn()[0], {"x": np.zeros((1, 3, 6, 6), np.float32)}, ["z1", "a2", "flat"])
     assert shapes == {"z1": (4, 6, 6), "a2": (5, 6, 6), "flat": (5,)}
+
+
+def test_running_over_data_gives_the_same_outputs_batched_and_sample_by_sample():
+    from conftest import make_model
+    from onnx import helper
+
+    from onnxredund.data import Dataset
+    from onnxredund.engine import load_model_proto
+
+    w = np.random.default_rng(1).normal(size=(4, 3, 3, 3))
+
+    def model(batch, out):
+        nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="c"), helper.make_node("Reshape", ["z", "s"], ["y"])]
+        inits = {"w": w, "s": np.array([d if isinstance(d, int) else -1 for d in out])}
+        return load_model_proto(make_model(nodes, [("x", [batch, 3, 6, 6])], [("y", out)], inits))
+
+    free = model("N", ["N", 4, 16])
+    fixed = model(1, [4, 16])  # an export that squeezed its batch of 1: it cannot be freed, one sample at a time
+    assert free.batch_dynamic and not fixed.batch_dynamic
+    data = Dataset(np.random.default_rng(2).random((10, 3, 6, 6), dtype=np.float32), None, "toy")
+    a = Runner.create(free.proto, "cpu").run_over(free, data, batch_size=4)[0]
+    b = Runner.create(fixed.proto, "cpu").run_over(fixed, data, batch_size=4)[0]
+    assert a.shape == b.shape == (10, 4, 16)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
