@@ -67,7 +67,11 @@ def layer_table(model: Model) -> list[str]:
     head = f"{model.path}: input {inputs}, {counted(len(model.layers), 'conv layer')}"
     lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     classifiers = ", ".join(model.classifiers) or "none (effects are measured as output drift)"
-    return [*lines, f"classifier output: {classifiers}"]
+    lines.append(f"classifier output: {classifiers}")
+    if model.contrib_ops:
+        fused = " (each read as Conv + its activation)" if "FusedConv" in model.contrib_ops else ""
+        lines.append(f"onnxruntime contrib ops (com.microsoft, run natively): {', '.join(model.contrib_ops)}{fused}")
+    return lines
 
 
 def layers_payload(model: Model) -> dict:
@@ -88,6 +92,7 @@ def layers_payload(model: Model) -> dict:
         ],  # fmt: skip
         "outputs": model.output_names,
         "classifier_outputs": list(model.classifiers),
+        "contrib_ops": list(model.contrib_ops),
         "layers": [layer.to_dict() for layer in model.layers],
     }
 

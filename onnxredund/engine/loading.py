@@ -14,6 +14,7 @@ import onnx
 from onnxredund.choices import LAYOUT_CHOICES
 from onnxredund.engine.batching import make_batch_dynamic
 from onnxredund.engine.runtime import Runner, probe_shapes
+from onnxredund.engine.unfuse import contrib_ops, unfuse_convs
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import (
     Model,
@@ -90,6 +91,8 @@ def load_model_proto(
     """Validate and describe a model already in memory (a copy is kept; ``proto`` is not changed)."""
     path = Path(name)
     proto = validate(copy_model(proto), path)
+    contrib = contrib_ops(proto)
+    proto = unfuse_convs(proto)
     declared = {vi.name: _copied(vi.type) for vi in [*data_inputs(proto.graph), *proto.graph.output]}
     image = pick_image_input(proto, path, impulse_input)
     sizes = input_sizes(proto, image, _given_sizes(input_shape))
@@ -117,6 +120,7 @@ def load_model_proto(
         shapes=shapes,
         classifiers=_classifiers(proto, shapes, classifier),
         declared=declared,
+        contrib_ops=contrib,
     )
 
 

@@ -86,6 +86,8 @@ class Model:
         shapes: sample shape (no batch) of every tensor whose shape is known.
         declared: the types the file declares for its graph inputs and outputs, before any size was given or
             the batch freed (what a rewritten model keeps as its interface).
+        contrib_ops: the onnxruntime contrib ops (com.microsoft) the file uses; its FusedConvs are read as
+            Conv (+ Add) (+ activation).
     """
 
     proto: onnx.ModelProto
@@ -98,6 +100,7 @@ class Model:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     classifiers: list[str] = field(default_factory=list)
     declared: dict[str, onnx.TypeProto] = field(default_factory=dict, repr=False, compare=False)
+    contrib_ops: list[str] = field(default_factory=list)
     _constants: ConstantTable | None = field(default=None, repr=False, compare=False)
 
     @property

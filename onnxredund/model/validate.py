@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 MAX_IR_VERSION = 13  # newest IR that onnxruntime-gpu 1.31 reads
 MAX_OPSET = 26  # newest default-domain opset onnxruntime-gpu 1.31 runs
 MIN_OPSET = 7
-_ALLOWED_DOMAINS = ("", "ai.onnx")
+#: the standard ops, and onnxruntime's own contrib ops (run natively, with no library loaded)
+_ALLOWED_DOMAINS = ("", "ai.onnx", "com.microsoft")
 _FLOATS = {onnx.TensorProto.FLOAT: "<f4", onnx.TensorProto.DOUBLE: "<f8", onnx.TensorProto.FLOAT16: "<f2"}
 _CHUNK = 2**24  # values checked at a time in an external file
 
@@ -38,8 +39,8 @@ def _check_opsets(proto: onnx.ModelProto, path: Path) -> None:
     for node in proto.graph.node:
         if node.domain not in _ALLOWED_DOMAINS:
             raise OnnxRedundError(
-                f"node {node.name or node.op_type!r} uses custom domain {node.domain!r}; only standard ONNX ops are "
-                "run (custom-op libraries are never loaded)"
+                f"node {node.name or node.op_type!r} uses custom domain {node.domain!r}; only standard ONNX ops and "
+                "onnxruntime's own (com.microsoft) are run (custom-op libraries are never loaded)"
             )
     if proto.functions:
         raise OnnxRedundError(f"{path} defines model-local functions; inline them first (onnx.inliner)")

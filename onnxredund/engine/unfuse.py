@@ -1,0 +1,87 @@
+"""onnxruntime's fused convs as the standard ops they fuse.
+
+A model saved by onnxruntime with ``optimized_model_filepath`` (what a deployment engineer often holds) has
+``com.microsoft`` ``FusedConv`` nodes: a Conv, an optional residual ``Z`` added, and an activation, in one
+node. :func:`unfuse_convs` writes each as ``Conv`` (+ ``Add``) (+ the activation), the same numbers, so
+listing, shuffling, impulses and pruning all see a Conv; onnxruntime fuses them again when it loads the
+result. Other ``com.microsoft`` ops stay as they are: onnxruntime runs them natively.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxredund.engine.ir_edit import constant_value, to_ir, to_proto
+from onnxredund.errors import OnnxRedundError
+
+__all__ = ["CONTRIB_DOMAIN", "contrib_ops", "unfuse_convs"]
+
+CONTRIB_DOMAIN = "com.microsoft"
+
+#: FusedConv's activations and the attributes its activation_params stand for
+_ACTIVATIONS = {
+    "Relu": (),
+    "Tanh": (),
+    "Sigmoid": (),
+    "LeakyRelu": ("alpha",),
+    "HardSigmoid": ("alpha", "beta"),
+}
+
+
+def contrib_ops(proto: onnx.ModelProto) -> list[str]:
+    """The onnxruntime contrib ops (``com.microsoft``) a model uses, each once, in graph order."""
+    return list(dict.fromkeys(n.op_type for n in proto.graph.node if n.domain == CONTRIB_DOMAIN))
+
+
+def _activation(graph: ir.Graph, node: ir.Node, value: ir.Value) -> list[ir.Node]:
+    """The activation node(s) a FusedConv applies to ``value``."""
+    attr = node.attributes.get("activation")
+    kind = attr.as_string() if attr is not None else ""
+    if not kind:
+        return []
+    params = node.attributes.get("activation_params")
+    values = list(params.as_floats()) if params is not None else []
+    if kind == "Clip":  # opset 11 on: min and max are inputs
+        named = zip(("min", "max"), values[:2], strict=False)  # Clip's params: min, max
+        bounds = [constant_value(f"{node.name}/Clip_{k}", np.float32(v)) for k, v in named]
+        for bound in bounds:
+            graph.register_initializer(bound)
+        return [ir.node("Clip", [value, *bounds], name=f"{node.name}/Clip")]
+    if kind not in _ACTIVATIONS:
+        raise OnnxRedundError(f"FusedConv {node.name!r} applies {kind!r}, which onnxredund cannot write as its own op")
+    attrs = dict(zip(_ACTIVATIONS[kind], values, strict=False))
+    return [ir.node(kind, [value], attributes=attrs, name=f"{node.name}/{kind}")]
+
+
+def unfuse_convs(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with every top-level FusedConv written as Conv (+ Add) (+ activation); ``proto`` itself when it
+    has none (it is never changed).
+
+    Raises:
+        OnnxRedundError: a FusedConv whose activation has no standard op here.
+    """
+    if not any(n.op_type == "FusedConv" and n.domain == CONTRIB_DOMAIN for n in proto.graph.node):
+        return proto
+    model = to_ir(proto)
+    graph = model.graph
+    for node in [n for n in graph if n.op_type == "FusedConv" and n.domain == CONTRIB_DOMAIN]:
+        x, w, *rest = node.inputs
+        bias, z = [*rest, None, None][:2]
+        attrs = {k: v for k, v in node.attributes.items() if k not in ("activation", "activation_params")}
+        conv = ir.node("Conv", [x, w, *([bias] if bias is not None else [])], attributes=attrs, name=node.name)
+        added = [ir.node("Add", [conv.outputs[0], z], name=f"{node.name}/Add")] if z is not None else []
+        last = (added or [conv])[-1].outputs[0]
+        activation = _activation(graph, node, last)
+        new = [conv, *added, *activation]
+        out, result = node.outputs[0], new[-1].outputs[0]
+        graph.insert_before(node, new)
+        ir.convenience.replace_all_uses_with(out, result)
+        for i, o in enumerate(graph.outputs):
+            if o is out:
+                graph.outputs[i] = result
+        name = out.name
+        graph.remove(node, safe=True)
+        result.name = name  # the fused node's output name stays: outputs, value infos and the user's names
+    return to_proto(model, inner_shapes=False)
