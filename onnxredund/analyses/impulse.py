@@ -304,7 +304,8 @@ def _phase_plan(site: ImpulseSite, layer: ConvLayer) -> tuple[tuple[int, ...], t
     own = layer.input_shape[1:]
     if len(own) != len(image):  # a signal reshaped on its way (1-D audio into 1 x K convs): one impulse, no phases
         return (1,) * len(own), (1,) * len(image)
-    phases = tuple(min(s, MAX_PHASES) for s in layer.stride)
+    # a conv's stride samples the input (impulses at each phase see every tap); a transposed conv's upsamples it
+    phases = tuple(min(s, MAX_PHASES) for s in layer.stride) if layer.op == "Conv" else (1,) * len(own)
     spacing = tuple(max(1, round(n / m)) for n, m in zip(image, own, strict=True))
     return phases, spacing
 

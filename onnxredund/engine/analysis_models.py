@@ -111,6 +111,8 @@ def fast_path_blocker(model: Model, layer: ConvLayer) -> str | None:
     """Why the fast path cannot run this layer, or None when it can."""
     if not model.batch_dynamic:
         return "the model's batch is fixed"
+    if layer.op != "Conv":
+        return f"a {layer.op} runs on the direct path"
     if model.constant(layer.weight) is None:
         return "the conv's weights are computed, not constant"
     opset = default_opset(model.proto)

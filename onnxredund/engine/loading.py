@@ -17,6 +17,7 @@ from onnxredund.engine.runtime import Runner, probe_shapes
 from onnxredund.engine.unfuse import contrib_ops, unfuse_convs
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import (
+    CONV_OPS,
     Model,
     ModelInput,
     channel_axis,
@@ -99,7 +100,7 @@ def load_model_proto(
     for input_name, given in sizes.items():
         if given:
             set_input_shape(proto, input_name, given)
-    if not any(n.op_type == "Conv" for n in proto.graph.node):
+    if not any(n.op_type in CONV_OPS for n in proto.graph.node):
         raise OnnxRedundError(f"{path} has no Conv node; onnxredund analyses convolutional networks")
     check_finite_weights(proto, path)
     Runner.create(proto, "cpu", optimize=False)  # onnxruntime must take the model as it is: say so now if not
@@ -139,7 +140,7 @@ def _shapes(proto: onnx.ModelProto, sizes: dict[str, list]) -> dict[str, tuple[i
         full = dims(output)
         if full and isinstance(full[0], int) and full[0] > 1 and all(isinstance(d, int) and d > 0 for d in full):
             shapes[output.name] = tuple(full)
-    needed = [t for n in proto.graph.node if n.op_type == "Conv" for t in (n.input[0], n.output[0])]
+    needed = [t for n in proto.graph.node if n.op_type in CONV_OPS for t in (n.input[0], n.output[0])]
     needed += [n.output[0] for n in proto.graph.node if n.op_type == "Reshape"]
     needed += [o.name for o in proto.graph.output]
     if any(t not in shapes for t in needed):

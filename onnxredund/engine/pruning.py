@@ -397,8 +397,9 @@ class PruneCost:
         conv_positions = {}
         for layer in model.layers:
             weight = graph.node[layer.node_index].input[1]
-            if weight in constants:
-                conv_positions[weight] = int(np.prod(layer.output_shape[1:], dtype=np.int64))
+            if weight in constants:  # a transposed conv's MACs count its input positions (layers.CONV_OPS)
+                shape = layer.output_shape if layer.op == "Conv" else layer.input_shape
+                conv_positions[weight] = int(np.prod(shape[1:], dtype=np.int64))
         names = [t for t in dict.fromkeys(t for n in graph.node for t in n.input) if t in constants]
         names = [t for t in names if constants[t].dtype.kind == "f"]
         index = {t: i for i, t in enumerate(names)}

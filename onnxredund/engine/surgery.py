@@ -17,6 +17,7 @@ from onnx import helper, numpy_helper
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import (
     ACTIVATION_OPS,
+    CONV_OPS,
     ConstantTable,
     ConvLayer,
     attribute,
@@ -161,7 +162,7 @@ def inject_input(proto: onnx.ModelProto, layer: ConvLayer, name: str = "perturbe
     if name in existing:
         raise OnnxRedundError(f"tensor name {name!r} is already used in the model; pick another")
     node = out.graph.node[layer.node_index]
-    if node.op_type != "Conv" or node.input[0] != layer.input:
+    if node.op_type not in CONV_OPS or node.input[0] != layer.input:
         raise OnnxRedundError(f"layer {layer.name!r} does not match this model; describe the model again")
     node.input[0] = name
     vi = value_info(proto, layer.input)
@@ -190,7 +191,7 @@ def linearize(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         if not any(t in data for t in node.input):
             continue
         data.update(node.output)
-        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
+        if node.op_type in CONV_OPS and len(node.input) > 2 and node.input[2]:
             del node.input[2]
         elif node.op_type in _BYPASS or (
             node.op_type in ("Add", "Sub")

@@ -36,7 +36,7 @@ from onnxredund.model.graph import (
     producers_of,
     value_infos,
 )
-from onnxredund.model.layers import ACTIVATION_OPS, ConvLayer, describe_layers
+from onnxredund.model.layers import ACTIVATION_OPS, CONV_OPS, ConvLayer, describe_layers
 from onnxredund.model.model import (
     LAYOUTS,
     Model,
@@ -56,6 +56,7 @@ from onnxredund.model.validate import MAX_IR_VERSION, MAX_OPSET, MIN_OPSET, chec
 __all__ = [
     "ACTIVATION_OPS",
     "BASEPATH",
+    "CONV_OPS",
     "LAYOUTS",
     "MAX_IR_VERSION",
     "MAX_OPSET",

@@ -15,7 +15,7 @@ import onnx
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model.graph import ConstantTable, attribute, consumers_of
 
-__all__ = ["ACTIVATION_OPS", "ConvLayer", "describe_layers"]
+__all__ = ["ACTIVATION_OPS", "CONV_OPS", "ConvLayer", "describe_layers"]
 
 #: non-linear elementwise activations; A_i is the end of a chain of these (and of
 #: constant-operand Add/Mul/..., BatchNormalization) after a conv
@@ -99,12 +99,27 @@ def _elementwise_chain(graph, start: str, consumers, constants, outputs: set[str
     return tensor, tuple(chain)
 
 
-def _conv_geometry(node: onnx.NodeProto, name: str, wshape: tuple[int, ...] | None, out_shape) -> dict:
+#: the ops `layers` lists: a transposed conv is a conv (its weight is (C_in, C_out / groups, *kernel))
+CONV_OPS = ("Conv", "ConvTranspose")
+
+
+def _conv_geometry(node: onnx.NodeProto, name: str, wshape: tuple[int, ...] | None, in_shape, out_shape) -> dict:
     if wshape is None or len(wshape) < 3:
         raise OnnxRedundError(f"conv {name!r}: cannot tell its weight shape")
     groups = int(attribute(node, "group", 1))
     nsp = len(wshape) - 2
     kernel = tuple(int(k) for k in wshape[2:])
+    if node.op_type == "ConvTranspose":  # each input position scatters its kernel: MACs count input positions
+        return {
+            "in_channels": int(wshape[0]),
+            "out_channels": int(wshape[1]) * groups,
+            "kernel": kernel,
+            "stride": tuple(attribute(node, "strides", [1] * nsp)),
+            "pads": tuple(attribute(node, "pads", [0] * 2 * nsp)),
+            "dilations": tuple(attribute(node, "dilations", [1] * nsp)),
+            "groups": groups,
+            "macs": int(np.prod(in_shape[1:], dtype=np.int64)) * int(np.prod(wshape, dtype=np.int64)),
+        }
     return {
         "in_channels": int(wshape[1]) * groups,
         "out_channels": int(wshape[0]),
@@ -118,13 +133,15 @@ def _conv_geometry(node: onnx.NodeProto, name: str, wshape: tuple[int, ...] | No
 
 
 def _layer_names(graph: onnx.GraphProto) -> dict[int, str]:
-    convs = [i for i, n in enumerate(graph.node) if n.op_type == "Conv"]
+    convs = [i for i, n in enumerate(graph.node) if n.op_type in CONV_OPS and n.domain in ("", "ai.onnx")]
     counts: dict[str, int] = {}
     for i in convs:
         counts[graph.node[i].name] = counts.get(graph.node[i].name, 0) + 1
     return {
-        i: graph.node[i].name if graph.node[i].name and counts[graph.node[i].name] == 1 else f"Conv_{i}" for i in convs
-    }
+        i: graph.node[i].name if graph.node[i].name and counts[graph.node[i].name] == 1
+        else f"{graph.node[i].op_type}_{i}"
+        for i in convs
+    }  # fmt: skip
 
 
 def _weight_shape(constants: ConstantTable, shapes: dict, weight: str) -> tuple[int, ...] | None:
@@ -158,7 +175,7 @@ def describe_layers(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) 
         if x not in shapes or node.output[0] not in shapes:
             raise OnnxRedundError(f"cannot tell the shapes around conv {name!r}; pass --input-shape or fix the model")
         activation, chain = _elementwise_chain(graph, node.output[0], consumers, constants, outputs)
-        geo = _conv_geometry(node, name, _weight_shape(constants, shapes, w), shapes[node.output[0]])
+        geo = _conv_geometry(node, name, _weight_shape(constants, shapes, w), shapes[x], shapes[node.output[0]])
         if shapes[x][0] != geo["in_channels"]:
             raise OnnxRedundError(
                 f"conv {name!r} reads {shapes[x][0]} channels but its weights expect {geo['in_channels']}; "

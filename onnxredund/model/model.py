@@ -13,7 +13,7 @@ import onnx
 
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model.graph import ConstantTable, attribute, data_inputs, dims
-from onnxredund.model.layers import ConvLayer
+from onnxredund.model.layers import CONV_OPS, ConvLayer
 
 __all__ = [
     "LAYOUTS",
@@ -344,7 +344,7 @@ def channel_axis(graph: onnx.GraphProto, name: str, shapes: dict[str, tuple[int,
             continue
         seen.add((tensor, axes))
         for node in consumers.get(tensor, []):
-            if node.op_type == "Conv":
+            if node.op_type in CONV_OPS:
                 found.add(axes[1] if node.input[0] == tensor else None)
             elif node.op_type == "Transpose":
                 perm = attribute(node, "perm", list(range(len(axes)))[::-1])
