@@ -461,10 +461,11 @@ def run_impulse(
     try:
         responses, plans, base, notes = _responses(model, layers, site, mode, position, device)
     except _BaselineNotFinite:
+        tried = site.name
         site = ImpulseSite.of_first_conv(model, layers) if at is None else None
         if site is None:
             raise OnnxRedundError(
-                f"the model's output on an all-zero {site.name!r} is not finite (it normalises it inside the "
+                f"the model's output on an all-zero {tried!r} is not finite (it normalises it inside the "
                 "graph, by its min and max or a norm, say); put the impulses past that with --impulse-at TENSOR "
                 "(a conv's input)"
             ) from None

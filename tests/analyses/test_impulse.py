@@ -264,3 +264,5 @@ def test_a_model_that_normalises_its_input_by_min_and_max_gets_its_impulses_at_t
     np.testing.assert_allclose(later.layers[0].responses[:, :, 0, 0], inits["w2"][:, :, 0, 0], atol=1e-6)
     with pytest.raises(OnnxRedundError, match="--impulse-at 'nowhere': no tensor"):
         run_impulse(m, device="cpu", at="nowhere")
+    with pytest.raises(OnnxRedundError, match=r"output on an all-zero 'x' is not finite.*--impulse-at TENSOR"):
+        run_impulse(m, device="cpu", at="x")  # asked for the input itself: said, not moved
