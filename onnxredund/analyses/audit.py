@@ -369,23 +369,21 @@ class _Kept:
 
 def _sweep_state(model, layer, data, mode, channels, options, kept: _Kept) -> tuple[SweepState, Path | None]:
     """A sweep's state to start from (what its checkpoint kept, when resuming) and the checkpoint's path."""
-    folder, resume = kept.folder, kept.resume
     key = sweep_key(
         model, layer, data, mode=mode, channels=channels, batch_size=options["batch_size"], repeats=1,
         seed=options["seed"], exact_path=False,
     )  # fmt: skip
-    path = None if folder is None else folder / _CHECKPOINTS / f"shuffle-{layer.index}-{mode}.npz"
-    if path is not None:
-        path.parent.mkdir(exist_ok=True)
-    if resume and path is not None:
+    if kept.folder is None:
+        return new_state(effect_meter(model, data, 1, len(channels)), layer, key), None
+    path = kept.folder / _CHECKPOINTS / f"shuffle-{layer.index}-{mode}.npz"
+    path.parent.mkdir(exist_ok=True)
+    state = None
+    if kept.resume:
         try:
-            kept = SweepState.load(path, key)
+            state = SweepState.load(path, key)
         except OnnxRedundError as e:  # another plan (a budget re-planned): this sweep starts again
             log.warning("%s %s starts again: %s", layer.name, mode, e)
-            kept = None
-        if kept is not None:
-            return kept, path
-    return new_state(effect_meter(model, data, 1, len(channels)), layer, key), path
+    return state or new_state(effect_meter(model, data, 1, len(channels)), layer, key), path
 
 
 @dataclass

@@ -8,6 +8,7 @@ permutations and end with the numbers of an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from dataclasses import dataclass, field
@@ -80,6 +81,18 @@ def _model_files(model: Model) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, read once per (size, modification time): an audit keys every sweep and every unit by
+    the model's bytes, and a model of hundreds of MB is not read again for each."""
+    return file_sha256(path)
+
+
 def sweep_key(
     model: Model,
     layer: ConvLayer,
@@ -95,7 +108,7 @@ def sweep_key(
     """What a sweep's sums depend on: the model's bytes (external weight files too), the data and the arguments."""
     return json.dumps(
         {
-            "model": [file_sha256(p) for p in _model_files(model)],
+            "model": [_digest(str(p.resolve()), *_stat(p)) for p in _model_files(model)],
             "layer": layer.name,
             "mode": mode,
             "channels": channels,
