@@ -191,17 +191,19 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
         with deferred():  # a sweep's JSON and CSVs are written together
             write_shuffle(out_dir, result)
 
+    on_result = write if out_dir else None
+
     with _keeping(out_dir, "the checkpoint of the finished batches (continue with --resume)", bars):
         if backend is None:
             results = run_shuffle_modes(
                 m, target, data, modes=modes, channels=picked, checkpoint_dir=out_dir, resume=resume,
-                progress=bars, on_result=write if out_dir else None, **opts,
+                progress=bars, on_result=on_result, **opts,
             )  # fmt: skip
         else:
             job = job_for(m, data, [(target, md, picked) for md in modes], **opts)
             done, complete = run_sweep_units(
                 job, [(target, md) for md in modes], backend, checkpoint_dir=out_dir, resume=resume,
-                progress=bars, on_result=write if out_dir else None,
+                progress=bars, on_result=on_result,
             )  # fmt: skip
             results = {r.mode: r for r in done}
             if not complete:
