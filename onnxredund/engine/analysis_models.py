@@ -44,6 +44,7 @@ from onnxredund.model import (
     default_opset,
     downstream,
     output_kind,
+    shape_derived,
     value_infos,
 )
 
@@ -74,16 +75,17 @@ def measured_outputs(model: Model, layer: ConvLayer) -> list[str]:
 def build_clean_model(model: Model, layer: ConvLayer, outputs: list[str]) -> tuple[onnx.ModelProto, list[str]]:
     """The original model exposing what both paths need (and ``outputs``); returns it and its output names."""
     names = [*outputs, layer.input, layer.output, layer.activation]
-    names += side_inputs(model.proto, layer.activation)
-    names += side_inputs(model.proto, layer.input)
+    proto = model.analysis_proto
+    names += side_inputs(proto, layer.activation)
+    names += side_inputs(proto, layer.input)
     names = list(dict.fromkeys(names))
-    return expose_outputs(model.proto, names), names
+    return expose_outputs(proto, names), names
 
 
 def build_direct_model(model: Model, layer: ConvLayer, outputs: list[str]) -> tuple[onnx.ModelProto, list[str]]:
     """(perturbed X, clean X, side tensors) -> (A_i, *outputs); returns it and its input names."""
-    injected = inject_input(model.proto, layer, PERTURBED)
-    side = [t for t in side_inputs(model.proto, layer.input) if t != layer.input]
+    injected = inject_input(model.analysis_proto, layer, PERTURBED)
+    side = [t for t in side_inputs(model.analysis_proto, layer.input) if t != layer.input]
     inputs = [PERTURBED, layer.input, *side]
     wanted = list(dict.fromkeys([layer.activation, *outputs]))
     # Another consumer may not read the clean X at all: cut only keeps the inputs it needs.
@@ -118,6 +120,10 @@ def fast_path_blocker(model: Model, layer: ConvLayer) -> str | None:
     opset = default_opset(model.proto)
     if opset < FAST_OPSET:
         return f"the model's opset {opset} is older than {FAST_OPSET}"
+    proto = model.analysis_proto
+    shaped = shape_derived(proto.graph) & set(side_inputs(proto, layer.activation))
+    if shaped:  # it may hold the batch's size, which the fast model's K x B rows would contradict
+        return f"{sorted(shaped)[0]!r}, computed from tensors' shapes, is read past the layer"
     return None
 
 
@@ -329,7 +335,8 @@ def build_fast_model(
     blocker = fast_path_blocker(model, layer)
     if blocker:
         raise OnnxRedundError(f"fast path unavailable for {layer.name!r}: {blocker}; use --exact-path")
-    proto, graph = model.proto, model.proto.graph
+    proto = model.analysis_proto
+    graph = proto.graph
     b = _GraphBuilder(default_opset(proto))
     zp = _perturbed_preactivation(b, model, layer, mode, k)
     rename = {layer.output: zp}

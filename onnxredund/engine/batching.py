@@ -36,6 +36,9 @@ def rebatch(proto: onnx.ModelProto, inputs: list[str], batch: int) -> onnx.Model
         if len(dims) and dims[0].dim_value == batch:
             dims[0].Clear()
             dims[0].dim_param = "N"
+        elif len(dims) and dims[0].dim_value and vi.name not in inputs:  # the batch merged into it: (N x 256, 2)
+            dims[0].Clear()
+            dims[0].dim_param = f"N_rows_{vi.name}"
     del graph.value_info[:]
     consts = ConstantTable(graph)
     for i, node in enumerate(graph.node):

@@ -14,6 +14,7 @@ import onnx
 from onnxredund.choices import LAYOUT_CHOICES
 from onnxredund.engine.batching import make_batch_dynamic
 from onnxredund.engine.runtime import Runner, probe_shapes
+from onnxredund.engine.surgery import expose_outputs
 from onnxredund.engine.unfuse import contrib_ops, unfuse_convs
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import (
@@ -33,6 +34,7 @@ from onnxredund.model import (
     pick_image_input,
     read_model_file,
     set_input_shape,
+    shape_derived,
     shape_table,
     validate,
 )
@@ -108,7 +110,7 @@ def load_model_proto(
     batch = sizes[image][0]
     if not batch_dynamic and batch != 1:
         raise OnnxRedundError(f"{path} fixes its batch to {batch} and cannot be freed; re-export with batch 1 or free")
-    shapes = _shapes(proto, sizes)
+    shapes = _shapes(proto, sizes, declared)
     inputs = _inputs(proto, sizes, image, shapes, layout)
     return Model(
         proto=proto,
@@ -122,7 +124,23 @@ def load_model_proto(
         classifiers=_classifiers(proto, shapes, classifier),
         declared=declared,
         contrib_ops=contrib,
+        shape_constants={} if batch_dynamic else _shape_constants(proto, sizes),
     )
+
+
+def _shape_constants(proto: onnx.ModelProto, sizes: dict[str, list]) -> dict[str, np.ndarray]:
+    """In a model run one sample at a time (its shapes fixed), the values of the tensors computed from shapes
+    alone that other nodes read (one probe run): fed per sample, a (4,) vector of scales would be
+    stacked to (N, 4)."""
+    shaped = shape_derived(proto.graph)
+    if not shaped:
+        return {}
+    read = {t for n in proto.graph.node if not set(n.output) <= shaped for t in n.input}
+    wanted = sorted(shaped & read)
+    if not wanted:
+        return {}
+    values = Runner.create(expose_outputs(proto, wanted), "cpu").run(_zero_feeds(proto, sizes), wanted)
+    return dict(zip(wanted, values, strict=True))
 
 
 def _copied(type_proto: onnx.TypeProto) -> onnx.TypeProto:
@@ -131,20 +149,21 @@ def _copied(type_proto: onnx.TypeProto) -> onnx.TypeProto:
     return out
 
 
-def _shapes(proto: onnx.ModelProto, sizes: dict[str, list]) -> dict[str, tuple[int, ...]]:
+def _shapes(proto: onnx.ModelProto, sizes: dict[str, list], declared: dict) -> dict[str, tuple[int, ...]]:
     """Per-sample shapes of the model's tensors; a probe run finds those around convs, of the outputs and of
-    Reshapes (whose shape a computed target can hide from inference) that inference misses."""
-    inferred = infer_shapes(proto)
-    shapes = shape_table(inferred)
-    for output in inferred.graph.output:  # an output whose first axis is a fixed size > 1 has no batch axis
-        full = dims(output)
-        if full and isinstance(full[0], int) and full[0] > 1 and all(isinstance(d, int) and d > 0 for d in full):
-            shapes[output.name] = tuple(full)
+    Reshapes (whose shape a computed target can hide from inference) that inference misses. An output the file
+    declares with a fixed first axis over 1 has no batch axis of its own: its sample's shape is all of it (a
+    fixed-batch export that squeezed the batch, or merged it into that axis once freed: (N x 256, 2))."""
+    shapes = shape_table(infer_shapes(proto))
     needed = [t for n in proto.graph.node if n.op_type in CONV_OPS for t in (n.input[0], n.output[0])]
     needed += [n.output[0] for n in proto.graph.node if n.op_type == "Reshape"]
     needed += [o.name for o in proto.graph.output]
     if any(t not in shapes for t in needed):
         shapes.update(probe_shapes(proto, _zero_feeds(proto, sizes), needed))
+    for output in proto.graph.output:
+        full = dims(onnx.helper.make_value_info(output.name, declared[output.name]))
+        if full and isinstance(full[0], int) and full[0] > 1 and all(isinstance(d, int) and d > 0 for d in full):
+            shapes[output.name] = tuple(full)
     return shapes
 
 

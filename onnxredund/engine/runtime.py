@@ -33,7 +33,16 @@ from onnxredund.model import (
     set_external_folder,
 )
 
-__all__ = ["DEVICES", "Runner", "cuda_works", "probe_shapes", "providers_for", "resolve_device", "session_model"]
+__all__ = [
+    "DEVICES",
+    "Runner",
+    "as_samples",
+    "cuda_works",
+    "probe_shapes",
+    "providers_for",
+    "resolve_device",
+    "session_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +239,11 @@ class Runner:
         names = model.output_names if names is None else names
         run, parts = self.runs(model.batch_dynamic), []
         for _, arrays, _ in iter_batches(data, batch_size):
-            parts.append(run(conform_feeds(arrays, model.inputs, model.input_name, data.name), names))
+            feeds = conform_feeds(arrays, model.inputs, model.input_name, data.name)
+            n = len(feeds[model.input_name])
+            values = run(feeds, names)
+            shapes = [model.shapes.get(k, v.shape[1:]) for k, v in zip(names, values, strict=True)]
+            parts.append([as_samples(v, n, shape) for v, shape in zip(values, shapes, strict=True)])
         return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
 
     def run(self, feeds: dict, outputs: list[str] | None = None) -> list[np.ndarray]:
@@ -241,6 +254,16 @@ class Runner:
             except Exception as e:  # onnxruntime's own types, as above
                 raise OnnxRedundError(f"onnxruntime failed to run the model: {first_line(e)}") from None
         return [v.numpy() for v in self.run_device(feeds, outputs, to="cpu")]  # copied once, at the end of the run
+
+
+def as_samples(value: np.ndarray, samples: int, shape: tuple[int, ...]) -> np.ndarray:
+    """An output of a run over ``samples`` samples as (samples, *shape), ``shape`` its sample's: where the
+    batch is merged into the first axis (a fixed-batch export's Reshape to (-1, 2) made batch-free: (N x 256, 2)
+    for samples of (256, 2), rows sample-major) the samples are split out; any other value is returned as is."""
+    shape = tuple(shape)
+    if value.shape[1:] != shape and shape and value.shape == (samples * shape[0], *shape[1:]):
+        return value.reshape(samples, *shape)
+    return value
 
 
 def _join_samples(values: list[np.ndarray]) -> np.ndarray:

@@ -21,7 +21,7 @@ from onnxredund.engine.analysis_models import (
     measured_outputs,
 )
 from onnxredund.engine.permutations import apply_permutation
-from onnxredund.engine.runtime import Runner
+from onnxredund.engine.runtime import Runner, as_samples
 from onnxredund.metrics import cosine_per_channel
 from onnxredund.model import ConvLayer, Model, downstream
 
@@ -108,8 +108,12 @@ class SweepRunner:
         return dict(zip(self.clean_names, run(feeds, self.clean_names), strict=True))
 
     def clean_outputs(self, clean: dict) -> dict[str, np.ndarray]:
-        """Every graph output of the clean run, as numpy (B, ...)."""
-        return {name: as_numpy(clean[name]) for name in self.model.output_names}
+        """Every graph output of the clean run, as numpy (B, *its sample's shape)."""
+        n = len(as_numpy(clean[self.layer.input]))
+        return {name: self._samples(as_numpy(clean[name]), n, name) for name in self.model.output_names}
+
+    def _samples(self, value: np.ndarray, n: int, name: str) -> np.ndarray:
+        return as_samples(value, n, self.model.shapes.get(name, value.shape[1:]))
 
     def run(self, clean: dict, ks: list[int], perms: list[np.ndarray]) -> tuple:
         """One run of the channels ``ks`` over a batch.
@@ -134,7 +138,7 @@ class SweepRunner:
             values = dict(zip(self.direct.output_names, run(feeds), strict=True))
             cos.append(cosine_per_channel(values[self.layer.activation], a).sum(axis=0))
             for name in self.outputs:
-                outs[name].append(values[name])
+                outs[name].append(self._samples(values[name], len(x), name))
         return np.array(cos), {name: np.stack(v) for name, v in outs.items()}, None
 
     def run_fast(self, clean: dict, ks: list[int], perms: list[np.ndarray]) -> tuple:

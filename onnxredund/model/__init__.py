@@ -31,9 +31,11 @@ from onnxredund.model.graph import (
     default_opset,
     dims,
     downstream,
+    fold_tensors,
     infer_shapes,
     outer_reads,
     producers_of,
+    shape_derived,
     value_infos,
 )
 from onnxredund.model.layers import ACTIVATION_OPS, CONV_OPS, ConvLayer, describe_layers
@@ -83,6 +85,7 @@ __all__ = [
     "external_folder",
     "external_tensors",
     "file_sha256",
+    "fold_tensors",
     "image_layout",
     "infer_shapes",
     "input_sizes",
@@ -93,6 +96,7 @@ __all__ = [
     "read_model_file",
     "set_external_folder",
     "set_input_shape",
+    "shape_derived",
     "shape_table",
     "tensor_array",
     "validate",

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 import onnx
-from onnx import shape_inference
+from onnx import numpy_helper, shape_inference
 
 from onnxredund.model.files import tensor_array
 
@@ -26,9 +26,11 @@ __all__ = [
     "default_opset",
     "dims",
     "downstream",
+    "fold_tensors",
     "infer_shapes",
     "outer_reads",
     "producers_of",
+    "shape_derived",
     "value_infos",
 ]
 
@@ -176,6 +178,37 @@ def data_dependent(graph: onnx.GraphProto, sources: list[str] | None = None) -> 
         if any(t in dependent for t in node.input):
             dependent.update(o for o in node.output if o)
     return dependent
+
+
+def shape_derived(graph: onnx.GraphProto) -> set[str]:
+    """Tensors that depend on the data inputs only through their shapes (a Shape or Size of a data tensor, and
+    what is computed from it alone: an Upsample's scales from two feature maps' sizes, say)."""
+    dependent = {i.name for i in data_inputs(graph)}
+    shaped: set[str] = set()
+    for node in graph.node:
+        reads = [t for t in node.input if t]
+        if node.op_type in ("Shape", "Size") and reads and (reads[0] in dependent or reads[0] in shaped):
+            shaped.update(o for o in node.output if o)
+        elif any(t in dependent for t in reads):
+            dependent.update(o for o in node.output if o)
+        elif any(t in shaped for t in reads):
+            shaped.update(o for o in node.output if o)
+    return shaped
+
+
+def fold_tensors(proto: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """Copy of ``proto`` where the tensors ``values`` names are constants (initializers) of those values. Their
+    producers stay, in place, writing a renamed tensor no node reads, so that node indices keep their meaning;
+    a cut leaves them out."""
+    if not values:
+        return proto
+    out = copy_model(proto)
+    for node in out.graph.node:
+        for j, t in enumerate(node.output):
+            if t in values:
+                node.output[j] = f"{t}__folded"
+    out.graph.initializer.extend(numpy_helper.from_array(np.asarray(v), name) for name, v in values.items())
+    return out
 
 
 def outer_reads(node: onnx.NodeProto) -> set[str]:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from onnxredund.errors import OnnxRedundError
-from onnxredund.model.graph import ConstantTable, attribute, data_inputs, dims
+from onnxredund.model.graph import ConstantTable, attribute, data_inputs, dims, fold_tensors
 from onnxredund.model.layers import CONV_OPS, ConvLayer
 
 __all__ = [
@@ -88,6 +88,9 @@ class Model:
             the batch freed (what a rewritten model keeps as its interface).
         contrib_ops: the onnxruntime contrib ops (com.microsoft) the file uses; its FusedConvs are read as
             Conv (+ Add) (+ activation).
+        shape_constants: in a model run one sample at a time, the values of the tensors computed from the
+            data's shapes alone (a RetinaFace's Upsample scales) that the rest reads: the same for every sample,
+            they are constants of the analysis models, never fed per sample.
     """
 
     proto: onnx.ModelProto
@@ -101,7 +104,17 @@ class Model:
     classifiers: list[str] = field(default_factory=list)
     declared: dict[str, onnx.TypeProto] = field(default_factory=dict, repr=False, compare=False)
     contrib_ops: list[str] = field(default_factory=list)
+    shape_constants: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     _constants: ConstantTable | None = field(default=None, repr=False, compare=False)
+    _analysis: onnx.ModelProto | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def analysis_proto(self) -> onnx.ModelProto:
+        """The model the analysis models are cut from: :attr:`proto` with :attr:`shape_constants` as constants
+        (the same nodes at the same indices)."""
+        if self._analysis is None:
+            self._analysis = fold_tensors(self.proto, self.shape_constants)
+        return self._analysis
 
     @property
     def image_input(self) -> ModelInput:
