@@ -29,12 +29,12 @@ Pseudocode::
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import onnx
 
 from onnxredund.atomic import csv_text
 from onnxredund.choices import IMPULSE_MODES
@@ -59,6 +59,7 @@ __all__ = [
 MAX_PHASES = 4  # phase positions per axis of a strided conv
 MIN_SUPPORT = 3  # positions a response needs to be compared (a 1x1 support is one number per input channel)
 _MAX_RUN = 64  # impulses per run
+_MAX_OUTPUT_BYTES = 1 << 30  # the network's outputs for the impulses held at once, at most
 _JSON_MATRIX_CHANNELS = 256  # larger NCC matrices go to the .npz only
 _JSON_MATRIX_VALUES = 100_000  # and so do those past this many values in all (about 1.3 MB of JSON)
 
@@ -367,35 +368,95 @@ def interleave(per_phase: np.ndarray, phases: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _run(model: Model, sub: onnx.ModelProto, feeds: dict, device: str, site: str) -> list[np.ndarray]:
-    """Every output of ``sub`` for the feeds (``site`` the one of impulses), in runs of at most _MAX_RUN samples.
+def _memory_budget() -> int:
+    """Bytes the network's outputs for the impulses may take at once: a quarter of the machine's memory, at most
+    :data:`_MAX_OUTPUT_BYTES` (``ONNXREDUND_IMPULSE_MEMORY`` in bytes overrides it)."""
+    given = os.environ.get("ONNXREDUND_IMPULSE_MEMORY")
+    if given:
+        return int(float(given))
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return min(total // 4, _MAX_OUTPUT_BYTES)
+
+
+def _nonzero_box(block: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(start, stop) per spatial axis of the box where ``block`` (C, *S) is exactly non-zero (empty: a 0-size box)."""
+    mag = np.abs(block).max(axis=0) if len(block) else np.zeros(block.shape[1:])
+    starts, stops = [], []
+    for axis in range(mag.ndim):
+        others = tuple(a for a in range(mag.ndim) if a != axis)
+        hit = np.flatnonzero(mag.max(axis=others) > 0 if others else mag > 0)
+        starts.append(int(hit[0]) if len(hit) else 0)
+        stops.append(int(hit[-1]) + 1 if len(hit) else 0)
+    return tuple(starts), tuple(stops)
+
+
+class _Blocks:
+    """Each layer's response to each impulse (a row of the impulse batch), kept only inside the box where it is
+    non-zero: memory grows with the responses' support, not with the input's area."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, dict[int, tuple[tuple[int, ...], np.ndarray]]] = {}  # layer -> row -> (start, block)
+
+    def add(self, layer: int, row: int, delta: np.ndarray) -> None:
+        start, stop = _nonzero_box(delta)
+        index = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+        self.rows.setdefault(layer, {})[row] = (start, delta[(slice(None), *index)].copy())
+
+    def response(self, layer: int, rows: list[list[int]], shape: tuple[int, ...]) -> tuple[np.ndarray, tuple]:
+        """The responses (P, C, M, *box) of the phases' rows, in float64, and the box's start in the layer's output."""
+        kept = [self.rows[layer][r] for phase in rows for r in phase]
+        nonempty = [(a, b) for a, b in kept if b.size]
+        if nonempty:
+            lo = tuple(min(a[i] for a, _ in nonempty) for i in range(len(shape) - 1))
+            hi = tuple(max(a[i] + b.shape[1 + i] for a, b in nonempty) for i in range(len(shape) - 1))
+        else:
+            lo, hi = (0,) * (len(shape) - 1), (1,) * (len(shape) - 1)
+        out = np.zeros((len(rows), len(rows[0]), shape[0], *(h - l for l, h in zip(lo, hi, strict=True))))
+        for p, phase in enumerate(rows):
+            for m, r in enumerate(phase):
+                start, block = self.rows[layer][r]
+                index = tuple(slice(a - l, a - l + n) for a, l, n in zip(start, lo, block.shape[1:], strict=True))
+                out[(p, m, slice(None), *index)] = block
+        return np.swapaxes(out, 1, 2), lo
+
+
+def _run_groups(model: Model, layers, site: ImpulseSite, feeds: dict, groups, mode: str, device: str):
+    """Run the impulses, each group of rows on the subgraph cut to the layers that need them (a strided conv's
+    extra phases need only the network up to it), in runs whose outputs fit the memory budget; each run starts
+    with the all-zero sample, which every response is taken against.
+
+    Returns:
+        (the responses' blocks, notes of the linearisation).
 
     Raises:
-        _BaselineNotFinite: the all-zero sample (the first) gives non-finite values.
+        _BaselineNotFinite: the all-zero sample gives non-finite values.
         OnnxRedundError: an impulse does.
     """
-    runner = Runner.create(sub, device, derived=True)
-    run = runner.runs(model.batch_dynamic)
-    n = len(feeds[site])
-    parts = []
-    for s in range(0, n, _MAX_RUN):
-        parts.append(run({k: v[s : s + _MAX_RUN] if np.ndim(v) else v for k, v in feeds.items()}))
-    outs = [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]  # float64 layer by layer, later
-    if not all(np.isfinite(o[:1]).all() for o in outs):
-        raise _BaselineNotFinite
-    if not all(np.isfinite(o).all() for o in outs):
-        raise OnnxRedundError("impulse responses are not finite: the model overflows on a unit impulse")
-    return outs
-
-
-def _layer_responses(out: np.ndarray, offsets: list, layer_offsets: list, phases, m: int) -> np.ndarray:
-    """A layer's responses (C, M, *S') from its output for the whole batch (1 + O*M, C, *S)."""
-    per_phase = []
-    for off in layer_offsets:
-        i = offsets.index(off)
-        block = out[1 + i * m : 1 + (i + 1) * m].astype(np.float64) - out[:1].astype(np.float64)  # (M, C, *S)
-        per_phase.append(np.swapaxes(block, 0, 1))
-    return interleave(np.stack(per_phase), phases)
+    blocks, notes, budget = _Blocks(), [], _memory_budget()
+    for members, rows in groups:
+        sub = cut(model.analysis_proto, list(site.inputs), [l.output for l in members])
+        if mode != "network":
+            sub, found = linearize(sub)
+            notes += [n for n in found if n not in notes]
+        run = Runner.create(sub, device, derived=True).runs(model.batch_dynamic)
+        per_sample = 4 * sum(int(np.prod(l.output_shape)) for l in members)
+        step = int(max(1, min(_MAX_RUN - 1, budget // max(1, per_sample) - 1)))
+        for s in range(0, len(rows), step):
+            chunk = [0, *rows[s : s + step]]
+            outs = run({k: v[chunk] if np.ndim(v) else v for k, v in feeds.items()})
+            if not all(np.isfinite(o[:1]).all() for o in outs):
+                raise _BaselineNotFinite
+            for layer, out in zip(members, outs, strict=True):
+                if not np.isfinite(out).all():
+                    raise OnnxRedundError("impulse responses are not finite: the model overflows on a unit impulse")
+                zero = out[:1].astype(np.float64)
+                for i, row in enumerate(chunk[1:], start=1):
+                    blocks.add(layer.index, row, out[i : i + 1].astype(np.float64)[0] - zero[0])
+            del outs
+    return blocks, notes
 
 
 def _compared(responses: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
@@ -492,17 +553,29 @@ def run_impulse(
 def _responses(model: Model, layers: list[ConvLayer], site: ImpulseSite, mode: str, position, device: str):
     """Every layer's cropped responses to impulses at ``site``: (responses, phase plans, position, notes)."""
     plans = {l.index: _phase_plan(site, l) for l in layers}
-    offsets = sorted({o for p in plans.values() for o in _offsets(*p)})
+    wanted = {l.index: _offsets(*plans[l.index]) for l in layers}
+    offsets = sorted({o for offs in wanted.values() for o in offs})
     feeds, base = impulse_inputs(model, position, offsets, site)
-    sub = cut(model.proto, list(site.inputs), [l.output for l in layers])
-    sub, notes = (sub, []) if mode == "network" else linearize(sub)
-    outs = _run(model, sub, feeds, device, site.name)
+    m = site.channels
+
+    def rows(offset) -> list[int]:
+        return [1 + offsets.index(offset) * m + c for c in range(m)]
+
+    # the impulses at an offset go to the layers that need it: a strided conv's extra phases skip the rest
+    by_members: dict[tuple[int, ...], list[int]] = {}
+    for off in offsets:
+        by_members.setdefault(tuple(l.index for l in layers if off in wanted[l.index]), []).extend(rows(off))
+    groups = [([l for l in layers if l.index in key], r) for key, r in by_members.items()]
+    blocks, notes = _run_groups(model, layers, site, feeds, groups, mode, device)
     responses = []
-    for layer in layers:  # each layer's outputs let go once cropped: the network's outputs are the peak
-        phases, spacing = plans[layer.index]
-        out = outs.pop(0)
-        responses.append(crop_to_support(_layer_responses(out, offsets, _offsets(phases, spacing), phases,
-                                                          site.channels)))  # fmt: skip
+    for layer in layers:
+        phases = plans[layer.index][0]
+        per_phase, lo = blocks.response(layer.index, [rows(o) for o in wanted[layer.index]], layer.output_shape)
+        blocks.rows.pop(layer.index, None)  # let go once cropped
+        resp, box = crop_to_support(interleave(per_phase, phases))
+        nd = len(lo)
+        shift = [a * p for a, p in zip(lo, phases, strict=True)] if len(phases) == nd else list(lo)
+        responses.append((resp, (*(b + d for b, d in zip(box[:nd], shift, strict=True)), *box[nd:])))
     return responses, plans, base, notes
 
 

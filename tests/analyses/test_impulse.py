@@ -266,3 +266,55 @@ def test_a_model_that_normalises_its_input_by_min_and_max_gets_its_impulses_at_t
         run_impulse(m, device="cpu", at="nowhere")
     with pytest.raises(OnnxRedundError, match=r"output on an all-zero 'x' is not finite.*--impulse-at TENSOR"):
         run_impulse(m, device="cpu", at="x")  # asked for the input itself: said, not moved
+
+
+def _strided_net(size: int):
+    """x (2, size, size) -> 3x3 stride-2 conv -> Relu -> 3x3 conv -> Relu -> 3x3 stride-2 conv, biases on."""
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["z1"], name="c1", pads=[1] * 4, strides=[2, 2]),
+        helper.make_node("Relu", ["z1"], ["a1"]),
+        helper.make_node("Conv", ["a1", "w2", "b2"], ["z2"], name="c2", pads=[1] * 4),
+        helper.make_node("Relu", ["z2"], ["a2"]),
+        helper.make_node("Conv", ["a2", "w3"], ["z3"], name="c3", pads=[1] * 4, strides=[2, 2]),
+    ]
+    inits = {
+        "w1": rng.normal(size=(4, 2, 3, 3)),
+        "b1": rng.normal(size=4) * 0.1,
+        "w2": rng.normal(size=(5, 4, 3, 3)),
+        "b2": rng.normal(size=5) * 0.1,
+        "w3": rng.normal(size=(3, 5, 3, 3)),
+    }
+    out = ("z3", ["N", 3, size // 4, size // 4])
+    return load_model_proto(make_model(nodes, [("x", ["N", 2, size, size])], [out], inits))
+
+
+def test_impulse_responses_do_not_depend_on_how_many_impulses_a_run_holds_or_on_the_input_size(monkeypatch):
+    """The network's outputs for the impulses are held a run at a time within a memory budget (one impulse a run
+    here) and kept only where they are non-zero: the same responses, supports and NCC as in one run, and as on a
+    canvas four times as large (the responses' support, not the input's area)."""
+    from onnxredund.analyses import impulse
+
+    kept: list[int] = []
+    add = impulse._Blocks.add
+
+    def spy(self, layer, row, delta):
+        add(self, layer, row, delta)
+        kept.append(self.rows[layer][row][1].size)
+
+    monkeypatch.setattr(impulse._Blocks, "add", spy)
+    small = run_impulse(_strided_net(32), device="cpu")
+    held_small, kept[:] = sum(kept), []
+    monkeypatch.setenv("ONNXREDUND_IMPULSE_MEMORY", "1")
+    one_a_run = run_impulse(_strided_net(32), device="cpu")
+    large = run_impulse(_strided_net(128), device="cpu")
+    assert sum(kept) == 2 * held_small  # the same boxes at 32 x 32 (one a run) and at 128 x 128
+    assert [l.phases for l in small.layers] == [(2, 2), (1, 1), (2, 2)]
+    for a, b, c in zip(small.layers, one_a_run.layers, large.layers, strict=True):
+        assert a.support == b.support and a.support[2:] == c.support[2:]
+        np.testing.assert_array_equal(a.responses, b.responses)
+        np.testing.assert_allclose(a.responses, c.responses, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a.ncc, c.ncc, atol=1e-5)
+    # the first conv's response is its flipped kernel, as a linear layer's must be
+    np.testing.assert_allclose(small.layers[0].responses[:, 0], _strided_net(32).constant("w1")[:, 0, ::-1, ::-1],
+                               atol=1e-6)  # fmt: skip
