@@ -1,10 +1,23 @@
-"""Words for numbers in what is printed: "1 layer", "3 layers"."""
+"""Words in what is printed: "1 layer", "3 layers"; names short enough for a table."""
 
 from __future__ import annotations
 
-__all__ = ["counted"]
+__all__ = ["NAME_WIDTH", "counted", "short_name"]
+
+NAME_WIDTH = 40  # characters of a name in a console table
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``n`` and ``noun``, the noun in the plural unless ``n`` is 1 (``plural`` where adding "s" is wrong)."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def short_name(name: str, width: int = NAME_WIDTH) -> str:
+    """A node's name as a table shows it: of the names tf2onnx joins with ';' (everything fused into a conv:
+    ``model_1/re_lu_3/Relu;...;model_1/conv2d_3/Conv2D``) the conv's own, and past ``width`` characters its end
+    (the part that tells layers apart), after '...'. JSON keeps the full name."""
+    parts = [p for p in name.split(";") if p]
+    if len(parts) > 1:  # the part whose op (its last segment) is a conv, else one that mentions a conv
+        own = [p for p in parts if "conv" in p.rsplit("/", 1)[-1].lower()] or [p for p in parts if "conv" in p.lower()]
+        name = (own or parts)[0]
+    return name if len(name) <= width else "..." + name[-(width - 3) :]

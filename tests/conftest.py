@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -127,6 +128,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("ONNXREDUND_DATA", raising=False)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored():
+    """A command run in-process sets up the package's logger (its own handler, no propagation to the root, where
+    pytest's caplog listens): each test gets it back as it was."""
+    log = logging.getLogger("onnxredund")
+    propagate, handlers, level = log.propagate, list(log.handlers), log.level
+    yield
+    log.propagate, log.handlers = propagate, handlers
+    log.setLevel(level)
 
 
 def run_cli(*args: str, env: dict | None = None):

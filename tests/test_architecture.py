@@ -23,7 +23,7 @@ ALLOWED = {
     "interrupts": set(),
     "words": set(),
     "choices": set(),
-    "model": {"errors"},
+    "model": {"errors", "words"},
     "data": {"errors", "model", "choices"},
     "engine": {"errors", "metrics", "model", "data", "atomic", "interrupts", "choices"},
     "analyses": {"errors", "metrics", "ncc", "atomic", "interrupts", "words", "choices", "model", "data", "engine"},

@@ -11,7 +11,7 @@ import click
 import numpy as np
 
 from onnxredund.cli.app import bar_shown
-from onnxredund.words import counted
+from onnxredund.words import counted, short_name
 
 if TYPE_CHECKING:  # the results it prints; imported when a command runs, not for --help
     from onnxredund.analyses.audit import AuditResult
@@ -46,7 +46,7 @@ def layer_table(model: Model) -> list[str]:
         rows.append(
             [
                 str(l.index),
-                l.name,
+                short_name(l.name),
                 l.op,
                 f"{l.in_channels}->{l.out_channels}",
                 _fmt(l.kernel),
@@ -54,7 +54,7 @@ def layer_table(model: Model) -> list[str]:
                 str(l.groups),
                 _fmt(l.input_shape),
                 _fmt(l.output_shape),
-                l.activation + (f" ({'+'.join(l.chain)})" if l.chain else ""),
+                short_name(l.activation, 32) + (f" ({'+'.join(l.chain)})" if l.chain else ""),
                 f"{l.macs:,}",
             ]
         )
@@ -106,7 +106,7 @@ def shuffle_lines(result: ShuffleResult) -> list[str]:
         f"INCOMPLETE ({result.stopped}): {result.samples_done} of {result.num_samples} samples"
     )  # fmt: skip
     lines = [
-        f"{result.mode} shuffling at {result.layer} ({result.route} path, {result.device}): "
+        f"{result.mode} shuffling at {short_name(result.layer)} ({result.route} path, {result.device}): "
         f"{done}, {len(result.channels)} channels, seed {result.seed}"
     ]
     top = ", ".join(f"{result.channels[i]} ({mean[i]:.3f})" for i in order[:3])
@@ -146,10 +146,10 @@ def impulse_lines(result: ImpulseResult) -> list[str]:
     for l in result.layers:
         c = len(l.best_match)
         if l.redundant_fraction is None:
-            line = f"  {l.name}: no channel compared ({_left_out(l.excluded)})"
+            line = f"  {short_name(l.name)}: no channel compared ({_left_out(l.excluded)})"
         else:
             line = (
-                f"  {l.name}: {l.redundant_count}/{l.compared_count} compared channels "
+                f"  {short_name(l.name)}: {l.redundant_count}/{l.compared_count} compared channels "
                 f"({100 * l.redundant_fraction:.1f} %) have a match >= {result.threshold}"
             )
             if l.compared_count < c:
@@ -192,7 +192,7 @@ def redundancy_lines(result: AuditResult) -> list[str]:
         if not s.samples:
             parts.append("not shuffled")
         score = "no score (not shuffled)" if s.redundancy_score is None else f"score {s.redundancy_score:.2f}"
-        lines.append(f"  {s.name} ({s.in_channels}->{s.out_channels}): {score}; " + ", ".join(parts))
+        lines.append(f"  {short_name(s.name)} ({s.in_channels}->{s.out_channels}): {score}; " + ", ".join(parts))
     return lines + [f"  note: {n}" for n in _grouped_notes(result.notes)]
 
 
@@ -313,7 +313,8 @@ def group_lines(model: Model, groups: list[ChannelGroup]) -> list[str]:
     rows = [["#", "producers", "channels", "consumers", "prunable"]]
     for g in groups:
         rows.append([
-            str(g.index), ", ".join(g.producers), str(g.channels), ", ".join(g.consumer_names) or "-",
+            str(g.index), ", ".join(map(short_name, g.producers)), str(g.channels),
+            ", ".join(map(short_name, g.consumer_names)) or "-",
             "yes" if g.prunable else f"no: {g.reason}",
         ])  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -349,7 +350,7 @@ def prune_lines(result: PruneResult) -> list[str]:
             f"({len(target['search'])} pruned models timed)"
         )
     for r in result.removed:
-        lines.append(f"  {', '.join(r['producers'])}: {r['channels']} -> {r['kept']} channels")
+        lines.append(f"  {', '.join(map(short_name, r['producers']))}: {r['channels']} -> {r['kept']} channels")
     b, a = result.before, result.after
     qb, qa = result.quality_before, result.quality_after
     for label, key in (("parameters", "params"), ("conv MACs", "conv_macs")):

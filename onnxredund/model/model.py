@@ -14,6 +14,7 @@ import onnx
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model.graph import ConstantTable, attribute, data_inputs, dims, fold_tensors
 from onnxredund.model.layers import CONV_OPS, ConvLayer
+from onnxredund.words import short_name
 
 __all__ = [
     "LAYOUTS",
@@ -138,7 +139,8 @@ class Model:
         raise OnnxRedundError(f"no input {name!r}; the model's inputs are {[i.name for i in self.inputs]}")
 
     def layer(self, key: str | int) -> ConvLayer:
-        """Look a layer up by name or index; a miss lists the valid ones."""
+        """Look a layer up by index, name, short name (:func:`short_name`) or a part of its name that only it
+        has; a miss lists the valid ones."""
         if isinstance(key, str) and key.strip().lstrip("-").isdigit():
             key = int(key)
         if isinstance(key, int):
@@ -148,7 +150,13 @@ class Model:
             for layer in self.layers:
                 if layer.name == key:
                     return layer
-        valid = ", ".join(f"{l.index}={l.name}" for l in self.layers)
+            found = [l for l in self.layers if short_name(l.name) == key] or [l for l in self.layers if key in l.name]
+            if len(found) == 1:
+                return found[0]
+            if found:
+                some = ", ".join(f"{l.index}={short_name(l.name)}" for l in found[:5])
+                raise OnnxRedundError(f"conv layer {key!r} names {len(found)} layers ({some}, ...); give its index")
+        valid = ", ".join(f"{l.index}={short_name(l.name)}" for l in self.layers)
         raise OnnxRedundError(f"no conv layer {key!r}; valid layers: {valid}")
 
     def pick_layers(self, keys: list[str | int]) -> list[ConvLayer]:

@@ -273,3 +273,32 @@ def test_every_command_defined_is_registered_on_the_group():
 
     defined = {obj.name for obj in vars(commands).values() if isinstance(obj, click.Command)}
     assert defined == {c.name for c in commands.COMMANDS} == set(main.commands)
+
+
+def _tf2onnx_named(tmp_path):
+    """small_cnn with its convs named as tf2onnx names a conv: everything fused into it, joined by ';'."""
+    proto = small_cnn()[0]
+    long = {}
+    for node in proto.graph.node:
+        if node.op_type == "Conv":
+            i = len(long) + 1
+            node.name = (
+                f"model_1/re_lu_{i}/Relu;model_1/re_lu_{i}/Relu;model_1/batch_normalization_{i}/FusedBatchNormV3;"
+                f"model_1/batch_normalization_{i}/FusedBatchNormV3/ReadVariableOp;model_1/conv2d_{i}/Conv2D;"
+                f"model_1/conv2d_{i}/BiasAdd/ReadVariableOp"
+            )
+            long[node.name] = f"model_1/conv2d_{i}/Conv2D"
+    return save(proto, tmp_path), long
+
+
+def test_long_fused_names_are_short_in_tables_whole_in_json_and_accepted_short_or_in_part(tmp_path):
+    path, long = _tf2onnx_named(tmp_path)
+    table = run_cli("layers", path).stdout
+    assert all(len(line) < 160 for line in table.splitlines())
+    assert "model_1/conv2d_2/Conv2D" in table and "FusedBatchNormV3" not in table
+    assert [row["name"] for row in json.loads(run_cli("layers", path, "--json").stdout)["layers"]] == list(long)
+    for key in ("model_1/conv2d_2/Conv2D", "conv2d_2", list(long)[1], "1"):
+        r = run_cli("shuffle", path, "--layer", key, "--data", "synthetic:8", "--json", "--device", "cpu")
+        assert r.exit_code == 0 and json.loads(r.stdout)["layer"] == list(long)[1]
+    r = run_cli("shuffle", path, "--layer", "batch_normalization", "--data", "synthetic:8")
+    assert r.exit_code == 2 and "names 2 layers" in r.stderr and "give its index" in r.stderr
