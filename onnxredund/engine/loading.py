@@ -22,6 +22,7 @@ from onnxredund.model import (
     Model,
     ModelInput,
     channel_axis,
+    check_batch_first,
     check_finite_weights,
     classifier_outputs,
     copy_model,
@@ -97,12 +98,19 @@ def load_model_proto(
     contrib = contrib_ops(proto)
     proto = unfuse_convs(proto)
     declared = {vi.name: _copied(vi.type) for vi in [*data_inputs(proto.graph), *proto.graph.output]}
+    check_batch_first(proto.graph)
     image = pick_image_input(proto, path, impulse_input)
     sizes = input_sizes(proto, image, _given_sizes(input_shape))
     for input_name, given in sizes.items():
         if given:
             set_input_shape(proto, input_name, given)
     if not any(n.op_type in CONV_OPS for n in proto.graph.node):
+        inside = sum(n.op_type in CONV_OPS for n in _body_nodes(proto.graph))
+        if inside:
+            raise OnnxRedundError(
+                f"{path} has its {inside} convs inside If/Loop/Scan bodies only; onnxredund analyses the convs of "
+                "the main graph (export the model without control flow)"
+            )
         raise OnnxRedundError(f"{path} has no Conv node; onnxredund analyses convolutional networks")
     check_finite_weights(proto, path)
     Runner.create(proto, "cpu", optimize=False)  # onnxruntime must take the model as it is: say so now if not
@@ -141,6 +149,15 @@ def _shape_constants(proto: onnx.ModelProto, sizes: dict[str, list]) -> dict[str
         return {}
     values = Runner.create(expose_outputs(proto, wanted), "cpu").run(_zero_feeds(proto, sizes), wanted)
     return dict(zip(wanted, values, strict=True))
+
+
+def _body_nodes(graph: onnx.GraphProto):
+    """The nodes of every If/Loop/Scan body in ``graph``, nested ones included."""
+    for node in graph.node:
+        for a in node.attribute:
+            for body in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                yield from body.node
+                yield from _body_nodes(body)
 
 
 def _copied(type_proto: onnx.TypeProto) -> onnx.TypeProto:

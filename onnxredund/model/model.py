@@ -243,6 +243,24 @@ def pick_image_input(proto: onnx.ModelProto, path: Path, name: str | None = None
     return vi.name
 
 
+def check_batch_first(graph: onnx.GraphProto) -> None:
+    """Every data input's batch is on its first axis.
+
+    Raises:
+        OnnxRedundError: an input has the batch's name (a free first size of another input) on a later axis (an
+            RNN's state, (layers, batch, hidden)).
+    """
+    shapes = {i.name: dims(i) or [] for i in data_inputs(graph)}
+    batches = {d[0] for d in shapes.values() if d and isinstance(d[0], str)}
+    for name, shape in shapes.items():
+        later = [d for d in shape[1:] if d in batches]
+        if later:
+            raise OnnxRedundError(
+                f"input {name!r} {shape} has the batch {later[0]!r} on axis {shape.index(later[0])}; onnxredund reads "
+                "every input's batch on its first axis (re-export with the batch first)"
+            )
+
+
 def input_sizes(proto: onnx.ModelProto, image: str, given: dict[str | None, tuple[int, ...]]) -> dict[str, list]:
     """Every data input's dimensions ``[batch, *sample]`` (``[]`` for a scalar) with every sample size known.
 

@@ -80,6 +80,18 @@ def _batch_of_two() -> onnx.ModelProto:
     return make_model(nodes, [("x", [2, 3, 5, 5])], [("y", [1, 72])], {"w": W, "s": [1, 72]})
 
 
+def _convs_in_an_if() -> onnx.ModelProto:
+    """silero VAD's If-less export still runs its convs in the branches of an If on the sample rate."""
+    out = helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", 4, 3, 3])
+    branch = helper.make_graph([CONV_X], "b", [], [out])
+    nodes = [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)]
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 5, 5])
+    c = helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 3, 3])
+    graph = helper.make_graph(nodes, "g", [x, c], [y], initializer=[numpy_helper.from_array(W.astype(np.float32), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 def _conv_model(nodes, inputs, inits) -> onnx.ModelProto:
     return make_model(nodes, inputs, [("z", ["N", 4, 3, 3])], inits)
 
@@ -124,6 +136,18 @@ MODEL_FILES = {
     ),
     "local functions": (lambda good: _local_function().SerializeToString(), "functions"),
     "batch fixed to 2": (lambda good: _batch_of_two().SerializeToString(), "fixes its batch to 2 and cannot be freed"),
+    "convs only inside an If": (
+        lambda good: _convs_in_an_if().SerializeToString(),
+        "its 2 convs inside If/Loop/Scan bodies",
+    ),
+    "an RNN state with the batch second": (
+        lambda good: _conv_model(
+            [CONV_X, helper.make_node("Identity", ["h"], ["h_out"])],
+            [("x", ["N", 3, 5, 5]), ("h", [2, "N", 8])],
+            {"w": W},
+        ).SerializeToString(),
+        "input 'h' [2, 'N', 8] has the batch 'N' on axis 1",
+    ),
 }
 
 
