@@ -251,9 +251,9 @@ def check_batch_first(graph: onnx.GraphProto) -> None:
             RNN's state, (layers, batch, hidden)).
     """
     shapes = {i.name: dims(i) or [] for i in data_inputs(graph)}
-    batches = {d[0] for d in shapes.values() if d and isinstance(d[0], str)}
+    batches = {d[0] for d in shapes.values() if d and isinstance(d[0], str)} - {"?", ""}  # '?': any free size
     for name, shape in shapes.items():
-        later = [d for d in shape[1:] if d in batches]
+        later = [d for d in shape[1:] if d in batches and d != shape[0]]
         if later:
             raise OnnxRedundError(
                 f"input {name!r} {shape} has the batch {later[0]!r} on axis {shape.index(later[0])}; onnxredund reads "

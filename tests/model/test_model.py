@@ -12,7 +12,14 @@ from onnx import helper
 
 from onnxredund.engine import load_model_proto
 from onnxredund.errors import OnnxRedundError
-from onnxredund.model import channel_axis, classifier_output, image_layout, input_sizes, pick_image_input
+from onnxredund.model import (
+    channel_axis,
+    check_batch_first,
+    classifier_output,
+    image_layout,
+    input_sizes,
+    pick_image_input,
+)
 
 W1 = np.random.default_rng(0).normal(size=(24, 1, 3, 3)).astype(np.float32)
 
@@ -130,3 +137,13 @@ def test_channel_axis_follows_transposes_and_axis_keeping_ops():
     assert channel_axis(graph, "x", {"x": (8, 6, 3), "xs": (8, 6, 3), "xt": (3, 8, 6)}) == 3
     assert image_layout(4, 3, None, "x") == "NHWC" and image_layout(3, 1, None, "x") == "NCL"
     assert image_layout(5, 4, None, "x") == "NDHWC" and image_layout(4, 3, "nchw", "x") == "NCHW"
+
+
+def test_the_batch_is_first_on_every_input_paddles_question_marks_on_every_free_axis_included():
+    def graph(*inputs):
+        return helper.make_graph([], "g", [helper.make_tensor_value_info(n, 1, s) for n, s in inputs], [])
+
+    check_batch_first(graph(("x", ["?", 3, "?", "?"]), ("scale", [1, "?"])))  # PaddlePaddle: '?' is any free size
+    check_batch_first(graph(("x", ["N", 3, "H", "W"]), ("mask", ["N", "H", "W"])))
+    with pytest.raises(OnnxRedundError, match=r"input 'state' \[2, 'batch', 128\] has the batch 'batch' on axis 1"):
+        check_batch_first(graph(("input", ["batch", "sequence"]), ("state", [2, "batch", 128])))
