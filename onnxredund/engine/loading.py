@@ -201,7 +201,10 @@ def _inputs(proto, sizes, image: str, shapes, layout: str | None) -> list[ModelI
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).name
         kind = ""
         if vi.name == image:
-            kind = image_layout(len(dims), channel_axis(proto.graph, image, shapes), layout, image)
+            axis = channel_axis(proto.graph, image, shapes)
+            if axis == -1:  # the convs read an axis the graph inserts: the input's size-1 axis is its channel
+                axis = len(dims) - 1 if dims[-1] == 1 else 1 if dims[1] == 1 else None
+            kind = image_layout(len(dims), axis, layout, image)
         inputs.append(ModelInput(vi.name, dtype, tuple(dims[1:]), batched=bool(dims), layout=kind))
     return inputs
 
