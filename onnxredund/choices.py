@@ -6,15 +6,23 @@ from __future__ import annotations
 
 __all__ = [
     "BACKENDS",
+    "BATCH_SIZE",
+    "CHEAP_DROP",
     "COMPENSATIONS",
     "CRITERIA",
     "DEVICES",
     "IMPULSE_MODES",
     "LAYOUT_CHOICES",
     "MODES",
+    "NCC_THRESHOLD",
     "PREPROCESS_KEYS",
+    "PRUNE_CRITERION",
+    "PRUNE_SCOPE",
+    "ROUND_TO",
     "SCOPES",
+    "SHUFFLE_METRIC",
     "SHUFFLE_METRICS",
+    "SHUFFLE_SAMPLES",
 ]
 
 #: where onnxruntime runs: "auto" takes CUDA where onnxruntime really gets it
@@ -38,3 +46,19 @@ SHUFFLE_METRICS = ("drift", "agreement", "accuracy")
 #: how the removed channels' contribution is made up for (None: it is not); "sequential" needs the data
 #: itself, the others calibration statistics
 COMPENSATIONS = ("mean", "merge", "lstsq", "sequential")
+
+# Defaults, one constant each: the command line's options and the library's keyword arguments take these.
+#: samples a run holds
+BATCH_SIZE = 256
+#: NCC of impulse responses at which channels count as alike
+NCC_THRESHOLD = 0.9
+#: a shuffled channel is cheap when its cost (accuracy drop, else disagreement, else 1 - output cosine) is at or under
+CHEAP_DROP = 0.005
+#: how pruning ranks channels, and over what
+PRUNE_CRITERION = "l1"
+PRUNE_SCOPE = "layer"
+#: with a target, every group keeps a multiple of this many channels
+ROUND_TO = 8
+#: criterion shuffle: what is measured, on how many samples
+SHUFFLE_METRIC = "drift"
+SHUFFLE_SAMPLES = 512

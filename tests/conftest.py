@@ -130,15 +130,18 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     yield
 
 
+_LOG = logging.getLogger("onnxredund")
+_PRISTINE_LOG = (_LOG.propagate, list(_LOG.handlers), _LOG.level)
+
+
 @pytest.fixture(autouse=True)
 def _logging_restored():
     """A command run in-process sets up the package's logger (its own handler, no propagation to the root, where
-    pytest's caplog listens): each test gets it back as it was."""
-    log = logging.getLogger("onnxredund")
-    propagate, handlers, level = log.propagate, list(log.handlers), log.level
+    pytest's caplog listens): each test starts with it as it was before any test (a module-scoped fixture that ran
+    a command sets it up before a test's own fixtures could note it)."""
+    _LOG.propagate, _LOG.handlers = _PRISTINE_LOG[0], list(_PRISTINE_LOG[1])
+    _LOG.setLevel(_PRISTINE_LOG[2])
     yield
-    log.propagate, log.handlers = propagate, handlers
-    log.setLevel(level)
 
 
 def run_cli(*args: str, env: dict | None = None):

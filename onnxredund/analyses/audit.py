@@ -54,6 +54,7 @@ from onnxredund.analyses.plan import (
 )
 from onnxredund.analyses.shuffle import ShuffleResult, effect_kind, effect_meter, new_state, run_shuffle
 from onnxredund.analyses.sweep_state import SweepState, sweep_key
+from onnxredund.choices import BATCH_SIZE, CHEAP_DROP, NCC_THRESHOLD
 from onnxredund.data import DataSource
 from onnxredund.engine.backends import Backend
 from onnxredund.errors import OnnxRedundError
@@ -258,9 +259,9 @@ def run_audit(
     budget: float | None = None,
     started: float | None = None,
     seed: int = 0,
-    batch_size: int = 256,
-    threshold: float = 0.9,
-    cheap_drop: float = 0.005,
+    batch_size: int = BATCH_SIZE,
+    threshold: float = NCC_THRESHOLD,
+    cheap_drop: float = CHEAP_DROP,
     device: str = "auto",
     progress: Callable[[str, int, int], Callable[[int], None]] | None = None,
     on_impulse: Callable[[ImpulseResult], None] | None = None,
@@ -486,7 +487,7 @@ def audit_estimate(
     modes: tuple[str, ...],
     budget: float | None,
     workers: int,
-    batch_size: int = 256,
+    batch_size: int = BATCH_SIZE,
     device: str = "auto",
 ) -> dict:
     """What an audit would run, before running it: per sweep the images, channels and units it takes and its

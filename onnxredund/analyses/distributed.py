@@ -22,6 +22,7 @@ import numpy as np
 
 from onnxredund.analyses.shuffle import ShuffleResult, effect_meter, new_state, run_shuffle, sweep_result
 from onnxredund.analyses.sweep_state import SweepState, sweep_key
+from onnxredund.choices import BATCH_SIZE
 from onnxredund.data import DataSource
 from onnxredund.engine.analysis_models import fast_path_blocker
 from onnxredund.engine.backends import Backend
@@ -61,7 +62,7 @@ class SweepJob:
     channels: dict[tuple[str, str], tuple[int, ...]]  # the sweep's channel list per (layer, mode)
     chunks: dict[str, int]  # channels per run per layer (1 on the direct path)
     seed: int = 0
-    batch_size: int = 256
+    batch_size: int = BATCH_SIZE
     repeats: int = 1
     exact_path: bool = False
     device: str = "auto"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxredund.choices import BATCH_SIZE
 from onnxredund.data import DataSource
 from onnxredund.engine.runtime import Runner
 from onnxredund.errors import OnnxRedundError
@@ -14,7 +15,7 @@ __all__ = ["evaluate", "one_class_note", "predict"]
 ONE_CLASS_PROBE = 256  # samples the one-class check looks at
 
 
-def predict(model: Model, data: DataSource, *, batch_size: int = 256, device: str = "auto") -> np.ndarray:
+def predict(model: Model, data: DataSource, *, batch_size: int = BATCH_SIZE, device: str = "auto") -> np.ndarray:
     """Top-1 class of every sample of ``data``: shape (N,), int64.
 
     Raises:
@@ -30,7 +31,7 @@ def predict(model: Model, data: DataSource, *, batch_size: int = 256, device: st
     return scores.argmax(axis=1).astype(np.int64)
 
 
-def one_class_note(model: Model, data: DataSource, *, batch_size: int = 256, device: str = "auto") -> str | None:
+def one_class_note(model: Model, data: DataSource, *, batch_size: int = BATCH_SIZE, device: str = "auto") -> str | None:
     """Where the model gives one class to every one of the first samples of unlabelled data (a classifier on
     noise often does), a note saying that agreement tells nothing there; else None."""
     if data.y is not None or classifier_output(model) is None or len(data) < 2:
@@ -46,7 +47,7 @@ def one_class_note(model: Model, data: DataSource, *, batch_size: int = 256, dev
     )
 
 
-def evaluate(model: Model, data: DataSource, *, batch_size: int = 256, device: str = "auto") -> dict:
+def evaluate(model: Model, data: DataSource, *, batch_size: int = BATCH_SIZE, device: str = "auto") -> dict:
     """``{"model", "data", "num_samples", "accuracy"}`` for labelled data."""
     if data.y is None:
         raise OnnxRedundError(

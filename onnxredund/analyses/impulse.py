@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from onnxredund.atomic import csv_text
-from onnxredund.choices import IMPULSE_MODES
+from onnxredund.choices import IMPULSE_MODES, NCC_THRESHOLD
 from onnxredund.engine.runtime import Runner
 from onnxredund.engine.surgery import cut, linearize
 from onnxredund.errors import OnnxRedundError
@@ -485,7 +485,7 @@ def run_impulse(
     *,
     layers: list[ConvLayer] | None = None,
     mode: str = "network",
-    threshold: float = 0.9,
+    threshold: float = NCC_THRESHOLD,
     lags: bool = True,
     position: tuple[int, ...] | None = None,
     across: bool = True,

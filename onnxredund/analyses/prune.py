@@ -33,7 +33,15 @@ from onnxredund.analyses.prune_criteria import (
     SHUFFLE_METRICS,
     channel_importance,
 )
-from onnxredund.choices import SCOPES
+from onnxredund.choices import (
+    BATCH_SIZE,
+    PRUNE_CRITERION,
+    PRUNE_SCOPE,
+    ROUND_TO,
+    SCOPES,
+    SHUFFLE_METRIC,
+    SHUFFLE_SAMPLES,
+)
 from onnxredund.data import DataSource, conform_feeds
 from onnxredund.engine.calibration import collect_statistics
 from onnxredund.engine.channel_groups import ChannelGroup, channel_groups, node_label
@@ -385,7 +393,7 @@ class Reference:
     device: str
 
     @classmethod
-    def of(cls, model: Model, data: DataSource, *, batch_size: int = 256, device: str = "auto") -> Reference:
+    def of(cls, model: Model, data: DataSource, *, batch_size: int = BATCH_SIZE, device: str = "auto") -> Reference:
         return cls(model, data, _outputs(model, model.proto, data, batch_size, device), batch_size, device)
 
     def compare(self, proto: onnx.ModelProto | None = None) -> dict:
@@ -525,20 +533,20 @@ def run_prune(
     model: Model,
     data: DataSource,
     *,
-    criterion: str | None = "l1",
-    scope: str = "global",
+    criterion: str | None = PRUNE_CRITERION,
+    scope: str = PRUNE_SCOPE,
     target: Target | SpeedTarget | None = None,
     channels: dict[str, list[int]] | None = None,
     compensation: str | None = None,
     calibration: int | None = None,
     evaluation: int | None = None,
     seed: int = 0,
-    shuffle_metric: str = "drift",
-    shuffle_samples: int = 512,
-    batch_size: int = 128,
+    shuffle_metric: str = SHUFFLE_METRIC,
+    shuffle_samples: int = SHUFFLE_SAMPLES,
+    batch_size: int = BATCH_SIZE,
     device: str = "auto",
     latency: bool = True,
-    round_to: int = 8,
+    round_to: int = ROUND_TO,
 ) -> PruneResult:
     """Prune ``model`` by ``criterion`` to ``target`` (or remove the ``channels`` named), compensate, and measure.
     With a target, every group keeps a multiple of ``round_to`` channels (see :func:`select_channels`); a

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxredund.analyses.impulse import run_impulse
-from onnxredund.choices import CRITERIA, SHUFFLE_METRICS
+from onnxredund.choices import BATCH_SIZE, CRITERIA, NCC_THRESHOLD, SHUFFLE_METRIC, SHUFFLE_METRICS
 from onnxredund.data import DataSource, conform_feeds, iter_batches
 from onnxredund.engine.calibration import CalibrationStats
 from onnxredund.engine.channel_groups import ChannelGroup, Role, Slicing
@@ -43,7 +43,7 @@ __all__ = [
 
 OWN_SCALE = {"l1", "activation", "variance"}  # importances on a layer's own scale
 NEEDS_STATS = {"activation", "variance"}  # criteria that read calibration statistics
-IMPULSE_THRESHOLD = 0.9  # NCC at which two channels count as duplicates (the paper's)
+IMPULSE_THRESHOLD = NCC_THRESHOLD  # NCC at which two channels count as duplicates (the paper's)
 
 
 def _averaged(group: ChannelGroup, parts: list[tuple[Slicing, np.ndarray]]) -> np.ndarray:
@@ -159,8 +159,8 @@ def channel_importance(
     data: DataSource | None = None,
     stats: CalibrationStats | None = None,
     seed: int = 0,
-    shuffle_metric: str = "drift",
-    batch_size: int = 128,
+    shuffle_metric: str = SHUFFLE_METRIC,
+    batch_size: int = BATCH_SIZE,
     device: str = "auto",
 ) -> dict[int, np.ndarray]:
     """Importance of every channel of every prunable group the criterion can rank (higher: keep).

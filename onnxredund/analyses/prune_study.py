@@ -25,6 +25,7 @@ from onnxredund.analyses.prune import (
     select_channels,
     split_data,
 )
+from onnxredund.choices import SHUFFLE_SAMPLES
 from onnxredund.data import DataSource
 from onnxredund.engine.calibration import collect_statistics
 from onnxredund.engine.channel_groups import channel_groups
@@ -131,7 +132,7 @@ def run_prune_study(
     criteria: tuple[str, ...] = STUDY_CRITERIA,
     compensations: tuple[str, ...] = STUDY_COMPENSATIONS,
     seeds: tuple[int, ...] = RANDOM_SEEDS,
-    shuffle_samples: int = 512,
+    shuffle_samples: int = SHUFFLE_SAMPLES,
     device: str = "auto",
     progress: Callable[[str, int, int], Callable[[int], None]] | None = None,
 ) -> PruneStudy:

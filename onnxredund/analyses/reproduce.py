@@ -27,6 +27,7 @@ from onnxredund.analyses.cascade import cascade_check
 from onnxredund.analyses.impulse import ImpulseResult, run_impulse
 from onnxredund.analyses.prune_study import PruneStudy, run_prune_study
 from onnxredund.analyses.shuffle import ShuffleResult, run_shuffle
+from onnxredund.choices import BATCH_SIZE
 from onnxredund.data import DataSource, conform_feeds
 from onnxredund.engine.loading import load_model
 from onnxredund.engine.permutations import apply_permutation, permutation_for
@@ -170,7 +171,7 @@ def run_reproduce(
     data: DataSource,
     *,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int = BATCH_SIZE,
     device: str = "auto",
     progress: Callable[..., Callable[[int], None]] | None = None,
     prune_study: bool = True,

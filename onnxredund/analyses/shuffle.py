@@ -45,6 +45,7 @@ import numpy as np
 from onnxredund.analyses.effects import EffectMeter, OutputEffect, merge_sums
 from onnxredund.analyses.sweep_state import SweepState, checkpoint_path, sweep_key
 from onnxredund.atomic import csv_text
+from onnxredund.choices import BATCH_SIZE
 from onnxredund.data import DataSource, conform_feeds, iter_batches
 from onnxredund.engine.analysis_models import output_plan
 from onnxredund.engine.permutations import MODES, PermutationFeed
@@ -271,7 +272,7 @@ def run_shuffle(
     *,
     mode: str = "channel",
     channels: list[int] | None = None,
-    batch_size: int = 256,
+    batch_size: int = BATCH_SIZE,
     repeats: int = 1,
     seed: int = 0,
     device: str = "auto",

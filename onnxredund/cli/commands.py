@@ -15,7 +15,20 @@ from typing import TYPE_CHECKING
 import click
 
 from onnxredund.atomic import check_writable, prepare_out_dir, write_json
-from onnxredund.choices import COMPENSATIONS, CRITERIA, MODES, SCOPES, SHUFFLE_METRICS
+from onnxredund.choices import (
+    CHEAP_DROP,
+    COMPENSATIONS,
+    CRITERIA,
+    MODES,
+    NCC_THRESHOLD,
+    PRUNE_CRITERION,
+    PRUNE_SCOPE,
+    ROUND_TO,
+    SCOPES,
+    SHUFFLE_METRIC,
+    SHUFFLE_METRICS,
+    SHUFFLE_SAMPLES,
+)
 from onnxredund.cli import console, options
 from onnxredund.cli.app import command_logging
 from onnxredund.errors import OnnxRedundError
@@ -233,7 +246,9 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
 @options.model_options
 @click.option("--layers", "layer_spec", help="Conv layers by name or index, comma separated [default: all].")
 @click.option("--mode", type=options.impulse_modes, default="network", show_default=True)
-@click.option("--threshold", type=float, default=0.9, show_default=True, help="NCC at which channels count as alike.")
+@click.option(
+    "--threshold", type=float, default=NCC_THRESHOLD, show_default=True, help="NCC at which channels count as alike."
+)
 @click.option("--zero-lag", is_flag=True, help="NCC at lag zero instead of the maximum over spatial lags.")
 @click.option("--position", callback=options.parse_position, help="ROW,COL of the impulse [default: the centre].")
 @options.impulse_at
@@ -284,12 +299,14 @@ def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, i
 @click.option("--budget", type=click.FloatRange(min=1), help="Seconds for the whole audit; what does not fit is cut.")
 @click.option("--modes", "--mode", "modes", type=options.shuffle_modes, default="both", show_default=True)
 @options.batch_size
-@click.option("--threshold", type=float, default=0.9, show_default=True, help="NCC at which channels count as alike.")
+@click.option(
+    "--threshold", type=float, default=NCC_THRESHOLD, show_default=True, help="NCC at which channels count as alike."
+)
 @options.impulse_at
 @click.option(
     "--cheap-drop",
     type=click.FloatRange(0, 1),
-    default=0.005,
+    default=CHEAP_DROP,
     show_default=True,
     help="Cost (accuracy or agreement drop; 1 - output cosine) at or under which a shuffled channel counts as cheap.",
 )
@@ -448,14 +465,14 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
 @click.option(
     "--criterion",
     type=click.Choice(CRITERIA),
-    default="l1",
+    default=PRUNE_CRITERION,
     show_default=True,
     help="How channels are ranked (see the README's Pruning section).",
 )
 @click.option(
     "--scope",
     type=click.Choice(SCOPES),
-    default="layer",
+    default=PRUNE_SCOPE,
     show_default=True,
     help="layer: the same fraction of every group; global: one ranking, by importance per MAC saved.",
 )
@@ -492,21 +509,21 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
 @click.option(
     "--shuffle-metric",
     type=click.Choice(SHUFFLE_METRICS),
-    default="drift",
+    default=SHUFFLE_METRIC,
     show_default=True,
     help="Criterion shuffle: the cost measured at the outputs.",
 )
 @click.option(
     "--shuffle-samples",
     type=click.IntRange(min=2),
-    default=512,
+    default=SHUFFLE_SAMPLES,
     show_default=True,
     help="Criterion shuffle: calibration samples it shuffles over.",
 )
 @click.option(
     "--round-to",
     type=click.IntRange(min=1),
-    default=8,
+    default=ROUND_TO,
     show_default=True,
     help="With a target: every group keeps a multiple of N channels (fast kernels work on blocks of 8 or 16; "
     "1: remove channels one by one).",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from onnxredund.choices import BACKENDS, DEVICES, IMPULSE_MODES, LAYOUT_CHOICES, MODES, PREPROCESS_KEYS
+from onnxredund.choices import BACKENDS, BATCH_SIZE, DEVICES, IMPULSE_MODES, LAYOUT_CHOICES, MODES, PREPROCESS_KEYS
 
 __all__ = [
     "as_json",
@@ -143,6 +143,6 @@ impulse_at = click.option(
     "breaks the preprocessing].",
 )
 overwrite = click.option("--overwrite", is_flag=True, help="Replace results in a non-empty --out folder.")
-batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=BATCH_SIZE, show_default=True)
 shuffle_modes = click.Choice([*MODES, "both"])
 impulse_modes = click.Choice(IMPULSE_MODES)

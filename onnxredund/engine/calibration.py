@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import scipy.linalg
 
+from onnxredund.choices import BATCH_SIZE
 from onnxredund.data import DataSource, conform_feeds, iter_batches
 from onnxredund.engine.analysis_models import im2col_index
 from onnxredund.engine.channel_groups import Consumer, ConsumerKind
@@ -158,7 +159,7 @@ def cross_grams(
     consumer: Consumer,
     data: DataSource,
     *,
-    batch_size: int = 128,
+    batch_size: int = BATCH_SIZE,
     device: str = "auto",
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -212,7 +213,7 @@ def collect_statistics(
     *,
     cross: bool = False,
     gram: bool = False,
-    batch_size: int = 128,
+    batch_size: int = BATCH_SIZE,
     device: str = "auto",
     seed: int = 0,
 ) -> CalibrationStats:

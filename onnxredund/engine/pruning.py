@@ -25,7 +25,7 @@ import onnx_ir as ir
 from onnx import numpy_helper
 
 from onnxredund.atomic import atomic_write
-from onnxredund.choices import COMPENSATIONS
+from onnxredund.choices import BATCH_SIZE, COMPENSATIONS
 from onnxredund.engine.calibration import REFIT_RIDGE, cross_grams, solve_refit
 from onnxredund.engine.channel_groups import (
     ChannelGroup,
@@ -523,7 +523,7 @@ def compensate_sequential(
     data,
     *,
     ridge: float | None = None,
-    batch_size: int = 128,
+    batch_size: int = BATCH_SIZE,
     device: str = "auto",
     seed: int = 0,
 ) -> tuple[dict[int, ConsumerUpdate], list[str]]:

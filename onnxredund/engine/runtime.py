@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxredund.choices import DEVICES
+from onnxredund.choices import BATCH_SIZE, DEVICES
 from onnxredund.data import conform_feeds, iter_batches
 from onnxredund.engine.surgery import expose_outputs
 from onnxredund.errors import OnnxRedundError, first_line
@@ -233,7 +233,9 @@ class Runner:
         (:meth:`run_per_sample`); the one place that choice is made."""
         return self.run if batched else self.run_per_sample
 
-    def run_over(self, model: Model, data, names: list[str] | None = None, batch_size: int = 256) -> list[np.ndarray]:
+    def run_over(
+        self, model: Model, data, names: list[str] | None = None, batch_size: int = BATCH_SIZE
+    ) -> list[np.ndarray]:
         """``names`` (default: the model's outputs) over every sample of ``data`` (a DataSource), batch by batch,
         joined along the samples: what running a model over data means, once."""
         names = model.output_names if names is None else names

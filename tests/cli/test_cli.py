@@ -302,3 +302,32 @@ def test_long_fused_names_are_short_in_tables_whole_in_json_and_accepted_short_o
         assert r.exit_code == 0 and json.loads(r.stdout)["layer"] == list(long)[1]
     r = run_cli("shuffle", path, "--layer", "batch_normalization", "--data", "synthetic:8")
     assert r.exit_code == 2 and "names 2 layers" in r.stderr and "give its index" in r.stderr
+
+
+def test_the_librarys_defaults_are_the_command_lines():
+    """A default is one constant (onnxredund.choices): the Python API gives what the command gives (run_prune
+    ranked globally at batch 128 where prune ranks layer by layer at 256)."""
+    import inspect
+
+    from onnxredund.analyses.audit import run_audit
+    from onnxredund.analyses.evaluate import evaluate
+    from onnxredund.analyses.impulse import run_impulse
+    from onnxredund.analyses.prune import run_prune
+    from onnxredund.analyses.shuffle import run_shuffle
+    from onnxredund.cli import commands
+
+    pairs = {
+        commands.prune: (
+            run_prune,
+            ["criterion", "scope", "shuffle_metric", "shuffle_samples", "round_to", "batch_size"],
+        ),
+        commands.audit: (run_audit, ["threshold", "cheap_drop", "batch_size"]),
+        commands.impulse: (run_impulse, ["threshold"]),
+        commands.shuffle: (run_shuffle, ["batch_size"]),
+        commands.evaluate: (evaluate, ["batch_size"]),
+    }
+    for command, (function, names) in pairs.items():
+        cli = {p.name: p.default for p in command.params}
+        library = inspect.signature(function).parameters
+        for name in names:
+            assert library[name].default == cli[name], (command.name, name, library[name].default, cli[name])
