@@ -252,14 +252,20 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
 @click.option("--zero-lag", is_flag=True, help="NCC at lag zero instead of the maximum over spatial lags.")
 @click.option("--position", callback=options.parse_position, help="ROW,COL of the impulse [default: the centre].")
 @options.impulse_at
+@click.option(
+    "--budget",
+    type=click.FloatRange(min=1),
+    help="Seconds: past them, each layer is compared within itself only, not with the earlier layers (said in "
+    "the notes) [default: no limit].",
+)
 @options.device
 @options.out
 @options.overwrite
 @options.as_json
 @options.verbosity
 @click.pass_context
-def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, impulse_at, device, out, overwrite,
-            as_json, verbose, quiet, **opts):  # fmt: skip
+def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, impulse_at, budget, device, out,
+            overwrite, as_json, verbose, quiet, **opts):  # fmt: skip
     """Unit impulse responses of every conv layer, compared by normalized cross-correlation within
     and across layers."""
     from onnxredund.analyses.impulse import run_impulse
@@ -278,6 +284,7 @@ def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, i
         position=position,
         device=device,
         progress=bars,
+        max_seconds=budget,
         at=impulse_at,
     )
     bars.close()

@@ -331,3 +331,22 @@ def test_the_librarys_defaults_are_the_command_lines():
         library = inspect.signature(function).parameters
         for name in names:
             assert library[name].default == cli[name], (command.name, name, library[name].default, cli[name])
+
+
+def test_impulse_budget_leaves_the_comparisons_with_earlier_layers_out_once_spent_and_says_so(tmp_path, monkeypatch):
+    import time as clock
+
+    from onnxredund.analyses import impulse
+
+    path = save(small_cnn()[0], tmp_path)
+    full = json.loads(run_cli("impulse", path, "--json", "--device", "cpu").stdout)
+    assert not any("earlier layers left out" in n for n in full["notes"])
+    real = clock.perf_counter
+    start = real()
+    monkeypatch.setattr(impulse.time, "perf_counter", lambda: start + 1000 * (real() - start))  # seconds fly by
+    r = run_cli("impulse", path, "--json", "--device", "cpu", "--budget", "5")
+    assert r.exit_code == 0, r.stderr
+    cut = json.loads(r.stdout)
+    assert any("comparisons with earlier layers left out" in n for n in cut["notes"])
+    assert [l["best_value"] for l in cut["layers"]] == [l["best_value"] for l in full["layers"]]  # within: all
+    assert all(v is None for v in cut["layers"][-1]["across_best_value"])
