@@ -76,8 +76,13 @@ def main() -> None:
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             agg[e["args"]["op_name"]] = agg.get(e["args"]["op_name"], 0) + e["dur"]
-    on_cpu = sorted({e["args"]["op_name"] for e in events if e.get("cat") == "Node" and
-                     e["args"].get("provider") == "CPUExecutionProvider"})  # fmt: skip
+    on_cpu = sorted(
+        {
+            e["args"]["op_name"]
+            for e in events
+            if e.get("cat") == "Node" and e["args"].get("provider") == "CPUExecutionProvider"
+        }
+    )
     if args.device == "cuda":
         print(f"  ops on the CPU in this CUDA session: {', '.join(on_cpu) or 'none'}")
     total = sum(agg.values()) or 1

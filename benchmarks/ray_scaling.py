@@ -53,8 +53,14 @@ def part_a(data_dir: str, images: int, workers: list[int], skip_ray: bool, batch
     job = job_for(model, data, sweeps, batch_size=batch_size, device="cpu")
     pairs = [(l, m) for l, m, _ in sweeps]
     units = plan_units(job, pairs)
-    out = {"model": "models/resnet18_mnist.onnx", "images": images, "sweeps": len(pairs), "units": len(units),
-           "batch_size": batch_size, "runs": {}}  # fmt: skip
+    out = {
+        "model": "models/resnet18_mnist.onnx",
+        "images": images,
+        "sweeps": len(pairs),
+        "units": len(units),
+        "batch_size": batch_size,
+        "runs": {},
+    }
     t0 = time.perf_counter()
     local, _ = run_sweep_units(job, pairs, LocalBackend())
     out["runs"]["local"] = {"seconds": time.perf_counter() - t0}
@@ -107,9 +113,16 @@ def part_b(path: str, images: int, device: str, batch_size: int) -> dict:
         seconds = time.perf_counter() - t0
         cache.clear()
         suffix = suffix_share(model, layer) * total_macs
-        measured.append({"layer": layer.name, "in_channels": layer.in_channels, "chunk": len(unit.channels),
-                         "seconds": seconds, "per_channel_image": seconds / (len(unit.channels) * images),
-                         "suffix_macs": suffix})  # fmt: skip
+        measured.append(
+            {
+                "layer": layer.name,
+                "in_channels": layer.in_channels,
+                "chunk": len(unit.channels),
+                "seconds": seconds,
+                "per_channel_image": seconds / (len(unit.channels) * images),
+                "suffix_macs": suffix,
+            }
+        )
         print(f"{layer.name}: {len(unit.channels)} channels x {images} images in {seconds:.2f} s", flush=True)
     x = np.array([m["suffix_macs"] for m in measured])
     y = np.array([m["per_channel_image"] for m in measured])
@@ -117,9 +130,17 @@ def part_b(path: str, images: int, device: str, batch_size: int) -> dict:
     a = max(a, 0.0)
     per_sweep = [(l.in_channels * (a + b * suffix_share(model, l) * total_macs)) for l, _, _ in sweeps]
     units = plan_units(job, [(l, m) for l, m, _ in sweeps])
-    return {"model": path, "device": device, "images_timed": images, "batch_size": batch_size, "units": measured,
-            "fit": {"a": a, "b": b}, "sweeps": len(sweeps), "audit_units": len(units),
-            "seconds_per_image_all_sweeps": float(sum(per_sweep))}  # fmt: skip
+    return {
+        "model": path,
+        "device": device,
+        "images_timed": images,
+        "batch_size": batch_size,
+        "units": measured,
+        "fit": {"a": a, "b": b},
+        "sweeps": len(sweeps),
+        "audit_units": len(units),
+        "seconds_per_image_all_sweeps": float(sum(per_sweep)),
+    }
 
 
 def projection(b: dict, overhead: float, images: int = 5000) -> list[dict]:
@@ -147,8 +168,9 @@ def main() -> None:
     args = p.parse_args()
     result = {}
     if not args.skip_a:
-        result["resnet18"] = part_a(args.data, args.images, [int(w) for w in args.workers.split(",")], args.skip_ray,
-                                    args.batch_size)  # fmt: skip
+        result["resnet18"] = part_a(
+            args.data, args.images, [int(w) for w in args.workers.split(",")], args.skip_ray, args.batch_size
+        )
     if args.resnet50:
         result["resnet50"] = part_b(args.resnet50, args.resnet50_images, args.device, args.batch_size)
         overhead = result.get("resnet18", {}).get("ray_overhead_per_unit_seconds", 0.0)

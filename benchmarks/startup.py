@@ -19,7 +19,7 @@ CASES = {
         sys.executable,
         "-c",
         "import onnxredund.cli.console, onnxredund.analyses.audit, onnxredund.analyses.prune",
-    ],  # fmt: skip
+    ],
     "python itself": [sys.executable, "-c", "pass"],
 }
 

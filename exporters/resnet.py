@@ -73,10 +73,15 @@ class Bottleneck(nn.Module):
         super().__init__()
         c_out = 4 * width
         self.body = nn.Sequential(
-            nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out),
-        )  # fmt: skip
+            nn.Conv2d(c_in, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
@@ -143,8 +148,9 @@ def main() -> None:
     acc = float((pred.numpy() == test_set.y).mean())
     params = sum(q.numel() for q in model.parameters())
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    logging.info("%s: %d parameters, test accuracy %.4f (torch), %.0f s, sha256 %s", path, params, acc,
-                 time.time() - t0, digest)  # fmt: skip
+    logging.info(
+        "%s: %d parameters, test accuracy %.4f (torch), %.0f s, sha256 %s", path, params, acc, time.time() - t0, digest
+    )
     logging.info("recipe: %s", cfg.describe())
 
 

@@ -81,8 +81,9 @@ def _grid(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[int, ...]
 def _spectra(x: np.ndarray, grid: tuple[int, ...], dtype) -> np.ndarray:
     """rFFT over the spatial axes of (C, M, *spatial) on ``grid``: (C, M, *freq) of complex ``dtype``."""
     axes = tuple(range(2, x.ndim))
-    return scipy.fft.rfftn(x.astype(np.float32 if dtype == np.complex64 else np.float64), s=grid, axes=axes,
-                           workers=_WORKERS).astype(dtype, copy=False)  # fmt: skip
+    return scipy.fft.rfftn(
+        x.astype(np.float32 if dtype == np.complex64 else np.float64), s=grid, axes=axes, workers=_WORKERS
+    ).astype(dtype, copy=False)
 
 
 def _max_correlation(fa: np.ndarray, fb_conj: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
@@ -243,8 +244,9 @@ def _window_norms(normalized: np.ndarray, window: tuple[int, ...]) -> np.ndarray
             continue
         run = np.cumsum(energy, axis=axis)
         head = np.take(run, [w - 1], axis=axis)
-        energy = np.concatenate([head, np.take(run, range(w, n), axis=axis) - np.take(run, range(n - w), axis=axis)],
-                                axis=axis)  # fmt: skip
+        energy = np.concatenate(
+            [head, np.take(run, range(w, n), axis=axis) - np.take(run, range(n - w), axis=axis)], axis=axis
+        )
     return np.sqrt(energy.reshape(len(energy), -1).max(axis=1, initial=0.0))
 
 

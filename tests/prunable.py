@@ -25,14 +25,21 @@ def zoo(seed: int = 0, *, dead_b: int | None = None, dead_a: int | None = None, 
     """
     rng = np.random.default_rng(seed)
     w = {
-        "wa": rng.normal(size=(4, 2, 3, 3)), "ba": rng.normal(size=4) * 0.1,
-        "g": rng.uniform(0.5, 2, 4), "beta": rng.normal(size=4) * 0.1, "mu": rng.normal(size=4) * 0.1,
+        "wa": rng.normal(size=(4, 2, 3, 3)),
+        "ba": rng.normal(size=4) * 0.1,
+        "g": rng.uniform(0.5, 2, 4),
+        "beta": rng.normal(size=4) * 0.1,
+        "mu": rng.normal(size=4) * 0.1,
         "var": rng.uniform(0.5, 2, 4),
-        "wb": rng.normal(size=(3, 4, 3, 3)), "bb": rng.normal(size=3) * 0.1,
-        "wd": rng.normal(size=(4, 1, 3, 3)), "bd": rng.normal(size=4) * 0.1,
-        "wc": rng.normal(size=(4, 7, 3, 3)) * 0.3, "bc": rng.normal(size=4) * 0.1,
-        "fc": rng.normal(size=(3, 4 * SIZE * SIZE)) * 0.1, "fcb": rng.normal(size=3) * 0.1,
-    }  # fmt: skip
+        "wb": rng.normal(size=(3, 4, 3, 3)),
+        "bb": rng.normal(size=3) * 0.1,
+        "wd": rng.normal(size=(4, 1, 3, 3)),
+        "bd": rng.normal(size=4) * 0.1,
+        "wc": rng.normal(size=(4, 7, 3, 3)) * 0.3,
+        "bc": rng.normal(size=4) * 0.1,
+        "fc": rng.normal(size=(3, 4 * SIZE * SIZE)) * 0.1,
+        "fcb": rng.normal(size=3) * 0.1,
+    }
     if dead_b is not None:
         w["wb"][dead_b], w["bb"][dead_b] = 0.0, -1.0
     if dead_a is not None:

@@ -85,10 +85,13 @@ def test_window_norms_are_the_largest_norm_inside_any_window(spatial, window):
     clipped = [min(w, n) for w, n in zip(window, spatial, strict=True)]
     starts = itertools.product(*[range(n - w + 1) for n, w in zip(spatial, clipped, strict=True)])
     energy = [
-        np.sqrt((x[(slice(None), slice(None), *(slice(s, s + w) for s, w in zip(st, clipped, strict=True)))] ** 2)
-                .sum(axis=tuple(range(1, x.ndim))))
+        np.sqrt(
+            (x[(slice(None), slice(None), *(slice(s, s + w) for s, w in zip(st, clipped, strict=True)))] ** 2).sum(
+                axis=tuple(range(1, x.ndim))
+            )
+        )
         for st in starts
-    ]  # fmt: skip
+    ]
     np.testing.assert_allclose(got, np.max(energy, axis=0), rtol=1e-12)
 
 

@@ -296,9 +296,14 @@ def run_audit(
     """
     clock = _Clock(time.perf_counter() if started is None else started, budget)
     impulse = run_impulse(
-        model, layers=layers, threshold=threshold, device=device, progress=progress,
-        max_seconds=clock.share(_IMPULSE_SHARE), at=impulse_at,
-    )  # fmt: skip
+        model,
+        layers=layers,
+        threshold=threshold,
+        device=device,
+        progress=progress,
+        max_seconds=clock.share(_IMPULSE_SHARE),
+        at=impulse_at,
+    )
     if on_impulse is not None:
         on_impulse(impulse)
     audited = [model.layer(l.name) for l in impulse.layers] if layers is None else layers
@@ -371,9 +376,16 @@ class _Kept:
 def _sweep_state(model, layer, data, mode, channels, options, kept: _Kept) -> tuple[SweepState, Path | None]:
     """A sweep's state to start from (what its checkpoint kept, when resuming) and the checkpoint's path."""
     key = sweep_key(
-        model, layer, data, mode=mode, channels=channels, batch_size=options["batch_size"], repeats=1,
-        seed=options["seed"], exact_path=False,
-    )  # fmt: skip
+        model,
+        layer,
+        data,
+        mode=mode,
+        channels=channels,
+        batch_size=options["batch_size"],
+        repeats=1,
+        seed=options["seed"],
+        exact_path=False,
+    )
     if kept.folder is None:
         return new_state(effect_meter(model, data, 1, len(channels)), layer, key), None
     path = kept.folder / _CHECKPOINTS / f"shuffle-{layer.index}-{mode}.npz"
@@ -412,9 +424,14 @@ def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, not
         pass_cost = float(np.median(seen)) if seen else PASS_COST
         left = clock.left()
         plans = plan_sweeps(
-            model, sweeps[i:], samples=len(data), seconds=None if left is None else _PLAN_MARGIN * left,
-            seconds_per_image=seconds_per_image, pass_cost=pass_cost, images=images,
-        )  # fmt: skip
+            model,
+            sweeps[i:],
+            samples=len(data),
+            seconds=None if left is None else _PLAN_MARGIN * left,
+            seconds_per_image=seconds_per_image,
+            pass_cost=pass_cost,
+            images=images,
+        )
         if not plans:
             notes.append(f"{layer.name} {mode} shuffling skipped: time budget spent")
             continue
@@ -426,17 +443,30 @@ def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, not
         cb = progress(label, len(subset), state.samples_done) if progress else None
         t0 = time.perf_counter()
         result = run_shuffle(
-            model, layer, subset, mode=mode, channels=plan.channels, progress=cb, state=state,
+            model,
+            layer,
+            subset,
+            mode=mode,
+            channels=plan.channels,
+            progress=cb,
+            state=state,
             on_batch=None if ckpt is None else (lambda s, c=ckpt: s.save(c)),
-            max_seconds=None if clock.budget is None else max(1.0, 2 * plan.seconds), **options,
-        )  # fmt: skip
+            max_seconds=None if clock.budget is None else max(1.0, 2 * plan.seconds),
+            **options,
+        )
         if result.stopped == "interrupted":
             raise Interrupted(stop_status() - 128)
         took = time.perf_counter() - t0
         log.debug(
             "%s %s: planned %d images x %d channels, %.2f s; took %.2f s; %.1f s left",
-            layer.name, mode, plan.images, len(plan.channels), plan.seconds, took, clock.left() or 0.0,
-        )  # fmt: skip
+            layer.name,
+            mode,
+            plan.images,
+            len(plan.channels),
+            plan.seconds,
+            took,
+            clock.left() or 0.0,
+        )
         observed = _observed_pass_cost(plan, took, seconds_per_image)
         if observed is not None:
             seen.append(observed)
@@ -448,25 +478,34 @@ def _plan_all(model, data, sweeps, seconds: float | None, options: dict, workers
     """Every sweep planned up front for ``workers`` workers (a budget of ``seconds`` each); the data they measure."""
     seconds_per_image = probe_seconds_per_image(model, data, options["device"], options["batch_size"])
     plans = plan_sweeps(
-        model, sweeps, samples=len(data), seconds=None if seconds is None else _PLAN_MARGIN * seconds * workers,
-        seconds_per_image=seconds_per_image, pass_cost=PASS_COST,
-    )  # fmt: skip
+        model,
+        sweeps,
+        samples=len(data),
+        seconds=None if seconds is None else _PLAN_MARGIN * seconds * workers,
+        seconds_per_image=seconds_per_image,
+        pass_cost=PASS_COST,
+    )
     images = plans[0].images if plans else len(data)
     subset = data if images >= len(data) else data.subset(evenly_spaced(images, len(data)), "sampled")
     return plans, subset, seconds_per_image
 
 
-def _run_sweep_units(model, data, sweeps, clock: _Clock, options: dict, progress, notes: list[str], kept: _Kept,
-                     backend: Backend):  # fmt: skip
+def _run_sweep_units(
+    model, data, sweeps, clock: _Clock, options: dict, progress, notes: list[str], kept: _Kept, backend: Backend
+):
     """All sweeps planned up front and run as units on the backend; results as each sweep's units are in."""
     plans, subset, _ = _plan_all(model, data, sweeps, clock.left(), options, backend.workers)
     planned = {(p.layer.name, p.mode) for p in plans}
     notes += [f"{l.name} {m} shuffling skipped: time budget spent" for l, m in sweeps if (l.name, m) not in planned]
     job = job_for(model, subset, [(p.layer, p.mode, p.channels) for p in plans], **options)
     results, complete = run_sweep_units(
-        job, [(p.layer, p.mode) for p in plans], backend, checkpoint_dir=kept.folder, resume=kept.resume,
+        job,
+        [(p.layer, p.mode) for p in plans],
+        backend,
+        checkpoint_dir=kept.folder,
+        resume=kept.resume,
         progress=progress,
-    )  # fmt: skip
+    )
     if clock.budget is not None and backend.workers > 1:
         notes.append(f"sweeps planned for {backend.workers} workers on {backend.name}")
     by_sweep = {(r.layer, r.mode): r for r in results}

@@ -96,9 +96,15 @@ def run_unit(job: SweepJob, unit: SweepUnit, cache: dict) -> dict:
     if runner is None:
         device = resolve_device(job.device)
         runner = SweepRunner(
-            job.model, layer, unit.mode, device, exact=job.exact_path, chunk=job.chunks[unit.layer],
-            batch_size=job.batch_size, threads=cache.get("threads", 0),
-        )  # fmt: skip
+            job.model,
+            layer,
+            unit.mode,
+            device,
+            exact=job.exact_path,
+            chunk=job.chunks[unit.layer],
+            batch_size=job.batch_size,
+            threads=cache.get("threads", 0),
+        )
         runners = [k for k in cache if isinstance(k, tuple)]
         for old in runners[: max(0, len(runners) - _KEPT_RUNNERS + 1)]:
             del cache[old]
@@ -106,9 +112,18 @@ def run_unit(job: SweepJob, unit: SweepUnit, cache: dict) -> dict:
     meter = effect_meter(job.model, job.data, job.repeats, len(unit.channels))
     states = [new_state(meter, layer)]  # run_shuffle commits each batch as a new state: the last is the unit's
     result = run_shuffle(
-        job.model, layer, job.data, mode=unit.mode, channels=list(unit.channels), batch_size=job.batch_size,
-        repeats=job.repeats, seed=job.seed, runner=runner, state=states[0], on_batch=states.append,
-    )  # fmt: skip
+        job.model,
+        layer,
+        job.data,
+        mode=unit.mode,
+        channels=list(unit.channels),
+        batch_size=job.batch_size,
+        repeats=job.repeats,
+        seed=job.seed,
+        runner=runner,
+        state=states[0],
+        on_batch=states.append,
+    )
     if not result.complete:  # stopped by a signal in this process: a part of a unit is not a finished unit
         raise Interrupted(stop_status() - 128)
     last = states[-1]
@@ -153,10 +168,16 @@ def _unit_path(checkpoint_dir: Path, unit: SweepUnit) -> Path:
 
 def _unit_key(job: SweepJob, unit: SweepUnit) -> str:
     base = sweep_key(
-        job.model, job.model.layer(unit.layer), job.data, mode=unit.mode,
+        job.model,
+        job.model.layer(unit.layer),
+        job.data,
+        mode=unit.mode,
         channels=list(job.channels[(unit.layer, unit.mode)]),
-        batch_size=job.batch_size, repeats=job.repeats, seed=job.seed, exact_path=job.exact_path,
-    )  # fmt: skip
+        batch_size=job.batch_size,
+        repeats=job.repeats,
+        seed=job.seed,
+        exact_path=job.exact_path,
+    )
     return f"{base}|unit {unit.first}+{len(unit.channels)}|chunk {job.chunks[unit.layer]}"
 
 
@@ -194,8 +215,10 @@ def run_sweep_units(
         on_result: called with each sweep's result as soon as its last unit is in.
     """
     units = plan_units(job, sweeps)
-    merges = {(layer.name, mode): _Sweep(layer, mode, [u for u in units if (u.layer, u.mode) == (layer.name, mode)])
-              for layer, mode in sweeps}  # fmt: skip
+    merges = {
+        (layer.name, mode): _Sweep(layer, mode, [u for u in units if (u.layer, u.mode) == (layer.name, mode)])
+        for layer, mode in sweeps
+    }
     if checkpoint_dir is not None:
         (checkpoint_dir / "units").mkdir(parents=True, exist_ok=True)
     done: list[ShuffleResult] = []
@@ -218,8 +241,13 @@ def run_sweep_units(
             finish(unit, kept)
     if resume and len(todo) == len(units):
         raise OnnxRedundError(f"nothing to resume in {checkpoint_dir} (no finished units there); run without --resume")
-    bar = progress(f"{len(units)} units on {backend.name} ({backend.workers} workers)", len(units),
-                   len(units) - len(todo)) if progress else None  # fmt: skip
+    bar = (
+        progress(
+            f"{len(units)} units on {backend.name} ({backend.workers} workers)", len(units), len(units) - len(todo)
+        )
+        if progress
+        else None
+    )
     finished = len(units) - len(todo)
     t0 = time.perf_counter()
 
@@ -238,7 +266,11 @@ def run_sweep_units(
         backend.run(run_unit, job, todo, on_done)
     except KeyboardInterrupt:
         complete = False
-        log.warning("interrupted after %d of %d units (%.0f s); the finished ones are kept", finished, len(units),
-                    time.perf_counter() - t0)  # fmt: skip
+        log.warning(
+            "interrupted after %d of %d units (%.0f s); the finished ones are kept",
+            finished,
+            len(units),
+            time.perf_counter() - t0,
+        )
     order = {key: i for i, key in enumerate((l.name, m) for l, m in sweeps)}
     return sorted(done, key=lambda r: order[(r.layer, r.mode)]), complete

@@ -531,10 +531,13 @@ def run_impulse(
                 "(a conv's input)"
             ) from None
         responses, plans, base, notes = _responses(model, layers, site, mode, position, device)
-        notes.insert(0, (
-            f"impulses put at {site.name!r}, the first conv's input: the model computes something of its input "
-            "before the convs that an all-zero input makes non-finite (a min-max normalisation's 0/0, say)"
-        ))  # fmt: skip
+        notes.insert(
+            0,
+            (
+                f"impulses put at {site.name!r}, the first conv's input: the model computes something of its input "
+                "before the convs that an all-zero input makes non-finite (a min-max normalisation's 0/0, say)"
+            ),
+        )
     bar = progress("impulse NCC", len(layers), 0) if progress else None
     results = _compare(layers, responses, plans, threshold, lags, across, bar, (t0, max_seconds, notes))
     notes += _phase_notes(layers, plans)

@@ -252,8 +252,10 @@ def select_channels(
     if reach < target.fraction:
         rounded = (
             f" (--round-to {round_to} keeps a multiple of {round_to} channels in every group; --round-to 1 "
-            "removes them one by one)" if round_to > 1 else ""
-        )  # fmt: skip
+            "removes them one by one)"
+            if round_to > 1
+            else ""
+        )
         raise OnnxRedundError(
             f"--target-{target.kind} {target.fraction:g} cannot be reached: removing "
             f"{'all but one channel' if round_to == 1 else 'all it can'} of every group "
@@ -372,8 +374,14 @@ def _global_removal(groups, scores, cost: PruneCost, target: Target, round_to: i
 
 def _uncompensated(model: Model, groups: list[ChannelGroup], removed: dict[int, list[int]]) -> list[str]:
     """A note naming the consumers compensation does not go into (transposed convs), if any read removed channels."""
-    names = sorted({node_label(model.proto.graph, c.node) for g in removed for c in groups[g].consumers
-                    if c.kind not in COMPENSATED_KINDS})  # fmt: skip
+    names = sorted(
+        {
+            node_label(model.proto.graph, c.node)
+            for g in removed
+            for c in groups[g].consumers
+            if c.kind not in COMPENSATED_KINDS
+        }
+    )
     if not names:
         return []
     return [f"{', '.join(names)} (transposed) read the removed channels as zeros: no compensation goes into them"]
@@ -574,10 +582,19 @@ def run_prune(
     needs_stats = compensation not in (None, "sequential") or criterion in NEEDS_STATS
     consumers = [c for g in groups if g.prunable for c in g.consumers]
     stats = (
-        collect_statistics(model, consumers, cal, cross=compensation == "merge", gram=compensation == "lstsq",
-                           batch_size=batch_size, device=device, seed=seed)
-        if needs_stats else None
-    )  # fmt: skip
+        collect_statistics(
+            model,
+            consumers,
+            cal,
+            cross=compensation == "merge",
+            gram=compensation == "lstsq",
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+        )
+        if needs_stats
+        else None
+    )
     if stats is not None:
         notes += stats.notes
     if channels is not None:
@@ -604,8 +621,14 @@ def run_prune(
                 model, groups, scores, cost, speed, scope, criterion, round_to, ev, device
             )
             target = Target("macs", fraction)
-            target_info = {"kind": "speedup", "speedup": speed.speedup, "batch": speed.batch,
-                           "macs_fraction": fraction, "measured_speedup": measured, "search": tried}  # fmt: skip
+            target_info = {
+                "kind": "speedup",
+                "speedup": speed.speedup,
+                "batch": speed.batch,
+                "macs_fraction": fraction,
+                "measured_speedup": measured,
+                "search": tried,
+            }
             latency = True
         removed = select_channels(groups, scores, cost, target, scope, criterion, round_to)
     updates = None

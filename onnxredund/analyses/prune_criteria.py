@@ -202,5 +202,6 @@ def channel_importance(
         raise ValueError("criterion shuffle needs data")
     return {
         g.index: _shuffle_costs(model, g, data, shuffle_metric, seed, batch_size, device)
-        for g in prunable if g.consumers
-    }  # fmt: skip
+        for g in prunable
+        if g.consumers
+    }

@@ -83,23 +83,33 @@ class PruneStudy:
         out = []
         for (model, criterion, scope, comp, budget), rows in cells.items():
             acc = [r.accuracy for r in rows if r.accuracy is not None]
-            out.append({
-                "model": model, "criterion": criterion, "scope": scope, "compensation": comp, "budget": budget,
-                "accuracy": float(np.mean(acc)) if acc else None,
-                "accuracy_std": float(np.std(acc)) if len(acc) > 1 else None,
-                "runs": len(rows),
-                "error": next((r.error for r in rows if r.error), None),
-            })  # fmt: skip
+            out.append(
+                {
+                    "model": model,
+                    "criterion": criterion,
+                    "scope": scope,
+                    "compensation": comp,
+                    "budget": budget,
+                    "accuracy": float(np.mean(acc)) if acc else None,
+                    "accuracy_std": float(np.std(acc)) if len(acc) > 1 else None,
+                    "runs": len(rows),
+                    "error": next((r.error for r in rows if r.error), None),
+                }
+            )
         return out
 
     def best(self, model: str, budget: float, *, scope: str | None = None, criteria=None, compensation=None):
         """The summary cell with the highest accuracy among those matching."""
         cells = [
-            c for c in self.summary()
-            if c["model"] == model and c["budget"] == budget and c["accuracy"] is not None
-            and (scope is None or c["scope"] == scope) and (criteria is None or c["criterion"] in criteria)
+            c
+            for c in self.summary()
+            if c["model"] == model
+            and c["budget"] == budget
+            and c["accuracy"] is not None
+            and (scope is None or c["scope"] == scope)
+            and (criteria is None or c["criterion"] in criteria)
             and (compensation is None or c["compensation"] == compensation)
-        ]  # fmt: skip
+        ]
         return max(cells, key=lambda c: c["accuracy"], default=None)
 
     def to_dict(self) -> dict:
@@ -161,8 +171,17 @@ def run_prune_study(
         for criterion, seed, scores in runs:
             for scope in SCOPES:
                 for budget in budgets:
-                    study.rows += _measure(name, model, groups, cost, stats, reference, scores,
-                                           (criterion, seed, scope, budget), compensations)  # fmt: skip
+                    study.rows += _measure(
+                        name,
+                        model,
+                        groups,
+                        cost,
+                        stats,
+                        reference,
+                        scores,
+                        (criterion, seed, scope, budget),
+                        compensations,
+                    )
                     if bar:
                         bar(1)  # a progress callback takes what finished since its last call
         study.verdicts[name] = verdict(study, name, budgets)
@@ -185,8 +204,21 @@ def _measure(name, model, groups, cost, stats, reference, scores, cell, compensa
     for comp in compensations:
         updates = None if comp == "none" else compensate(model, groups, removal, comp, stats)
         q = reference.compare(remove_channels(model, groups, removal, updates=updates))
-        rows.append(StudyRow(name, criterion, seed, scope, comp, budget, macs, params, q["accuracy"], q["agreement"],
-                             q["output_drift"]))  # fmt: skip
+        rows.append(
+            StudyRow(
+                name,
+                criterion,
+                seed,
+                scope,
+                comp,
+                budget,
+                macs,
+                params,
+                q["accuracy"],
+                q["agreement"],
+                q["output_drift"],
+            )
+        )
     return rows
 
 

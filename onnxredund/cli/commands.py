@@ -73,9 +73,13 @@ def _data(model: Model | None, opts: dict, seed: int) -> DataSource:
         return load_script(o["data_loader_script"]).limit(o["limit"])
     inputs = None if model is None else model.inputs
     data = load_dataset(
-        o["data"], seed=seed, inputs=inputs, preprocess=o["preprocess"], labels=o["labels"],
+        o["data"],
+        seed=seed,
+        inputs=inputs,
+        preprocess=o["preprocess"],
+        labels=o["labels"],
         skip_bad_images=o["skip_bad_images"],
-    )  # fmt: skip
+    )
     return data.limit(o["limit"])
 
 
@@ -209,15 +213,28 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
     with _keeping(out_dir, "the checkpoint of the finished batches (continue with --resume)", bars):
         if backend is None:
             results = run_shuffle_modes(
-                m, target, data, modes=modes, channels=picked, checkpoint_dir=out_dir, resume=resume,
-                progress=bars, on_result=on_result, **opts,
-            )  # fmt: skip
+                m,
+                target,
+                data,
+                modes=modes,
+                channels=picked,
+                checkpoint_dir=out_dir,
+                resume=resume,
+                progress=bars,
+                on_result=on_result,
+                **opts,
+            )
         else:
             job = job_for(m, data, [(target, md, picked) for md in modes], **opts)
             done, complete = run_sweep_units(
-                job, [(target, md) for md in modes], backend, checkpoint_dir=out_dir, resume=resume,
-                progress=bars, on_result=on_result,
-            )  # fmt: skip
+                job,
+                [(target, md) for md in modes],
+                backend,
+                checkpoint_dir=out_dir,
+                resume=resume,
+                progress=bars,
+                on_result=on_result,
+            )
             results = {r.mode: r for r in done}
             if not complete:
                 _interrupted(out_dir, bars)
@@ -264,8 +281,24 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
 @options.as_json
 @options.verbosity
 @click.pass_context
-def impulse(ctx, model: Path, layer_spec, mode, threshold, zero_lag, position, impulse_at, budget, device, out,
-            overwrite, as_json, verbose, quiet, **opts):  # fmt: skip
+def impulse(
+    ctx,
+    model: Path,
+    layer_spec,
+    mode,
+    threshold,
+    zero_lag,
+    position,
+    impulse_at,
+    budget,
+    device,
+    out,
+    overwrite,
+    as_json,
+    verbose,
+    quiet,
+    **opts,
+):
     """Unit impulse responses of every conv layer, compared by normalized cross-correlation within
     and across layers."""
     from onnxredund.analyses.impulse import run_impulse
@@ -354,9 +387,15 @@ def audit(
     if dry_run:
         workers = 1 if backend is None else backend.workers
         estimate = audit_estimate(
-            m, data, layers=layers or m.layers, modes=modes, budget=run["budget"], workers=workers,
-            batch_size=run["batch_size"], device=run["device"],
-        )  # fmt: skip
+            m,
+            data,
+            layers=layers or m.layers,
+            modes=modes,
+            budget=run["budget"],
+            workers=workers,
+            batch_size=run["batch_size"],
+            device=run["device"],
+        )
         if as_json:
             _echo_json(estimate)
         else:
@@ -453,8 +492,9 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
                 write_reproduce(out_dir, dataclasses.replace(result, complete=False))
             click.echo(
                 f"onnxredund: interrupted during the pruning study; {out_dir}/ holds the paper's experiments, "
-                "marked incomplete", err=True,
-            )  # fmt: skip
+                "marked incomplete",
+                err=True,
+            )
             sys.exit(exit_status(e))
         with deferred():
             write_reproduce(out_dir, result)
@@ -548,8 +588,21 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
 @options.as_json
 @options.verbosity
 @click.pass_context
-def prune(ctx, model, target_macs, target_params, target_speedup, channel_specs, plan_only, out, overwrite, as_json,
-          verbose, quiet, **run) -> None:  # fmt: skip
+def prune(
+    ctx,
+    model,
+    target_macs,
+    target_params,
+    target_speedup,
+    channel_specs,
+    plan_only,
+    out,
+    overwrite,
+    as_json,
+    verbose,
+    quiet,
+    **run,
+) -> None:
     """Remove channels from MODEL (a new, smaller ONNX file in --out), then measure both models: parameters,
     conv MACs, file size, accuracy, agreement, output drift, onnxruntime latency."""
     from onnxredund.analyses.prune import parse_channel_spec, run_prune
@@ -571,9 +624,14 @@ def prune(ctx, model, target_macs, target_params, target_speedup, channel_specs,
     compensation = run.pop("compensate")
     compensation = None if compensation == "none" else compensation
     result = run_prune(
-        m, data, target=target, channels=parse_channel_spec(channel_specs) if channel_specs else None,
-        compensation=compensation, evaluation=run.pop("eval_samples"), **run,
-    )  # fmt: skip
+        m,
+        data,
+        target=target,
+        channels=parse_channel_spec(channel_specs) if channel_specs else None,
+        compensation=compensation,
+        evaluation=run.pop("eval_samples"),
+        **run,
+    )
     plan_path = out_path.with_suffix(".json")
     with deferred():  # the pruned model and its plan are written together
         save_pruned(result.proto, out_path)

@@ -89,7 +89,7 @@ def layers_payload(model: Model) -> dict:
                 "image": i.name == model.input_name,
             }
             for i in model.inputs
-        ],  # fmt: skip
+        ],
         "outputs": model.output_names,
         "classifier_outputs": list(model.classifiers),
         "contrib_ops": list(model.contrib_ops),
@@ -102,9 +102,11 @@ def shuffle_lines(result: ShuffleResult) -> list[str]:
     the data (accuracy only with labels)."""
     mean = result.mean_cosine()
     order = np.argsort(-mean)
-    done = f"{result.samples_done} samples" if result.complete else (
-        f"INCOMPLETE ({result.stopped}): {result.samples_done} of {result.num_samples} samples"
-    )  # fmt: skip
+    done = (
+        f"{result.samples_done} samples"
+        if result.complete
+        else (f"INCOMPLETE ({result.stopped}): {result.samples_done} of {result.num_samples} samples")
+    )
     lines = [
         f"{result.mode} shuffling at {short_name(result.layer)} ({result.route} path, {result.device}): "
         f"{done}, {len(result.channels)} channels, seed {result.seed}"
@@ -312,11 +314,15 @@ def group_lines(model: Model, groups: list[ChannelGroup]) -> list[str]:
     lines = [f"{model.path}: {len(groups)} channel groups, {prunable} prunable"]
     rows = [["#", "producers", "channels", "consumers", "prunable"]]
     for g in groups:
-        rows.append([
-            str(g.index), ", ".join(map(short_name, g.producers)), str(g.channels),
-            ", ".join(map(short_name, g.consumer_names)) or "-",
-            "yes" if g.prunable else f"no: {g.reason}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                str(g.index),
+                ", ".join(map(short_name, g.producers)),
+                str(g.channels),
+                ", ".join(map(short_name, g.consumer_names)) or "-",
+                "yes" if g.prunable else f"no: {g.reason}",
+            ]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
     return lines
@@ -388,8 +394,10 @@ def estimate_lines(estimate: dict, backend) -> list[str]:
         "layer  mode  images  channels  units  estimate s",
     ]
     for s in estimate["sweeps"]:
-        lines.append(f"{s['layer']}  {s['mode']}  {s['images']}  {s['channels']}/{s['of_channels']}  {s['units']}  "
-                     f"{s['estimate_seconds']:.1f}")  # fmt: skip
+        lines.append(
+            f"{s['layer']}  {s['mode']}  {s['images']}  {s['channels']}/{s['of_channels']}  {s['units']}  "
+            f"{s['estimate_seconds']:.1f}"
+        )
     lines += [f"skipped (over the budget): {', '.join(estimate['skipped'])}"] if estimate["skipped"] else []
     lines.append(f"estimated time: {estimate['estimate_seconds']:.1f} s (the sweeps' total over the workers)")
     return lines

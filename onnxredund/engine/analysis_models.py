@@ -213,8 +213,9 @@ def _begin_pads(layer: ConvLayer, conv: onnx.NodeProto) -> list[int]:
     if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
         return list(layer.pads[:nd])
     begins = []
-    for o, s, k, d, n in zip(layer.output_shape[1:], layer.stride, layer.kernel, layer.dilations, layer.input_shape[1:],
-                             strict=True):  # fmt: skip
+    for o, s, k, d, n in zip(
+        layer.output_shape[1:], layer.stride, layer.kernel, layer.dilations, layer.input_shape[1:], strict=True
+    ):
         total = max(0, (o - 1) * s + (k - 1) * d + 1 - n)
         begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
     return begins
@@ -266,10 +267,17 @@ def _error_bins(b: _GraphBuilder, err: str) -> str:
     last = float(ERROR_BINS - 1)
     huge = b.const("huge", np.array(1e300))  # infinities and NaN count in the last bin, as a huge error does
     err = b.op("Min", [b.op("Where", [b.op("Equal", [err, err]), err, huge]), huge])
-    guess = b.op("Add", [b.op("Mul", [b.op("Log", [err]), b.const("per_e", np.array(20 / np.log(10)))]),
-                         b.const("bin_offset", np.array(241.0))])  # fmt: skip
-    guess = b.op("Floor", [b.op("Min", [b.op("Max", [guess, b.const("bin0", np.array(0.0))]),
-                                         b.const("bin_last", np.array(last))])])  # fmt: skip
+    guess = b.op(
+        "Add",
+        [
+            b.op("Mul", [b.op("Log", [err]), b.const("per_e", np.array(20 / np.log(10)))]),
+            b.const("bin_offset", np.array(241.0)),
+        ],
+    )
+    guess = b.op(
+        "Floor",
+        [b.op("Min", [b.op("Max", [guess, b.const("bin0", np.array(0.0))]), b.const("bin_last", np.array(last))])],
+    )
     index = b.op("Cast", [guess], to=TensorProto.INT32)
     one = b.const("one_i32", np.array(1, np.int32))
     below = b.op("Cast", [b.op("Less", [err, b.op("Gather", [edges, index], axis=0)])], to=TensorProto.INT32)

@@ -60,12 +60,14 @@ class GroupShuffle:
                 helper.make_tensor_value_info(_mask_name(k), TensorProto.FLOAT, [1, shape[0]] + [1] * (len(shape) - 1))
             )
             new = f"{t}__shuffled"
-            graph.node.extend([
-                helper.make_node("Gather", [t, PERM], [f"{new}_g"], axis=0),
-                helper.make_node("Sub", [f"{new}_g", t], [f"{new}_d"]),
-                helper.make_node("Mul", [f"{new}_d", _mask_name(k)], [f"{new}_m"]),
-                helper.make_node("Add", [t, f"{new}_m"], [new]),
-            ])  # fmt: skip
+            graph.node.extend(
+                [
+                    helper.make_node("Gather", [t, PERM], [f"{new}_g"], axis=0),
+                    helper.make_node("Sub", [f"{new}_g", t], [f"{new}_d"]),
+                    helper.make_node("Mul", [f"{new}_d", _mask_name(k)], [f"{new}_m"]),
+                    helper.make_node("Add", [t, f"{new}_m"], [new]),
+                ]
+            )
             replaced[t] = new
         for i in readers:
             node = graph.node[i]

@@ -123,10 +123,32 @@ def rule_for(node: onnx.NodeProto) -> OpRule | None:
 class PassThroughRule(OpRule):
     """Elementwise activations, pools and other ops whose output channel c is a function of input channel c alone."""
 
-    ops = tuple(sorted(ACTIVATION_OPS | {
-        "Identity", "Dropout", "Cast", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
-        "Neg", "Abs", "Sqrt", "Exp", "Log", "Floor", "Ceil", "Round", "Reciprocal", "Erf", "Clip",
-    }))  # fmt: skip
+    ops = tuple(
+        sorted(
+            ACTIVATION_OPS
+            | {
+                "Identity",
+                "Dropout",
+                "Cast",
+                "MaxPool",
+                "AveragePool",
+                "LpPool",
+                "GlobalAveragePool",
+                "GlobalMaxPool",
+                "Neg",
+                "Abs",
+                "Sqrt",
+                "Exp",
+                "Log",
+                "Floor",
+                "Ceil",
+                "Round",
+                "Reciprocal",
+                "Erf",
+                "Clip",
+            }
+        )
+    )
 
     def follow(self, walk: Walk, node: onnx.NodeProto, carried: list[str]) -> None:
         walk.keep(node, carried)
@@ -662,8 +684,22 @@ def _slice_channel_entry(edit, node: onnx.NodeProto, model: Model) -> tuple[int,
 
 
 for _rule in (
-    PassThroughRule(), ShapeOnlyRule(), ConvRule(), ConvTransposeRule(), TransposeRule(), SqueezeRule(),
-    NormalizationRule(), ElementwiseRule(), ConcatRule(), SplitRule(), SliceRule(), FlattenRule(), ReshapeRule(),
-    DenseRule(), ReduceRule(), ResizeRule(), PadRule(),
-):  # fmt: skip
+    PassThroughRule(),
+    ShapeOnlyRule(),
+    ConvRule(),
+    ConvTransposeRule(),
+    TransposeRule(),
+    SqueezeRule(),
+    NormalizationRule(),
+    ElementwiseRule(),
+    ConcatRule(),
+    SplitRule(),
+    SliceRule(),
+    FlattenRule(),
+    ReshapeRule(),
+    DenseRule(),
+    ReduceRule(),
+    ResizeRule(),
+    PadRule(),
+):
     register_rule(_rule)

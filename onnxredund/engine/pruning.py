@@ -543,8 +543,9 @@ def compensate_sequential(
         rows, bias = consumer_weights(model, items[0][0], constants)
         columns = np.concatenate([consumer_columns(model, c, ch, constants) for c, ch, _ in items])
         current = zeroed_at_consumers(model, groups, removed, updates=updates, constants=constants)
-        grams = cross_grams(model, model.proto, current, items[0][0], data, batch_size=batch_size, device=device,
-                            seed=seed)  # fmt: skip
+        grams = cross_grams(
+            model, model.proto, current, items[0][0], data, batch_size=batch_size, device=device, seed=seed
+        )
         if grams is None:
             notes.append(f"{node_label(model.proto.graph, node_index)}: too many inputs for a refit; left as it is")
             continue
@@ -567,10 +568,16 @@ def consumer_columns(
 def describe_removal(model: Model, groups: list[ChannelGroup], removed: Removal) -> list[dict]:
     """Per group with removals: producers, channels before and after, and the channels removed."""
     return [
-        {"group": g, "producers": list(groups[g].producers), "channels": groups[g].channels,
-         "kept": groups[g].channels - len(ch), "removed": sorted(int(c) for c in ch)}
-        for g, ch in sorted(removed.items()) if ch
-    ]  # fmt: skip
+        {
+            "group": g,
+            "producers": list(groups[g].producers),
+            "channels": groups[g].channels,
+            "kept": groups[g].channels - len(ch),
+            "removed": sorted(int(c) for c in ch),
+        }
+        for g, ch in sorted(removed.items())
+        if ch
+    ]
 
 
 # -- every cut checked by values -------------------------------------------------------------------------

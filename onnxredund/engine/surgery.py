@@ -172,11 +172,36 @@ def inject_input(proto: onnx.ModelProto, layer: ConvLayer, name: str = "perturbe
 
 
 _BYPASS = ACTIVATION_OPS | {"PRelu"}
-_LINEAR = frozenset({
-    "Conv", "Identity", "AveragePool", "GlobalAveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Concat",
-    "Split", "Slice", "Squeeze", "Unsqueeze", "Add", "Sub", "Mul", "Div", "BatchNormalization", "Resize", "Upsample",
-    "ConvTranspose", "Gather", "Shape", "Cast", "Constant", "Sum",
-})  # fmt: skip
+_LINEAR = frozenset(
+    {
+        "Conv",
+        "Identity",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Pad",
+        "Reshape",
+        "Flatten",
+        "Transpose",
+        "Concat",
+        "Split",
+        "Slice",
+        "Squeeze",
+        "Unsqueeze",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "BatchNormalization",
+        "Resize",
+        "Upsample",
+        "ConvTranspose",
+        "Gather",
+        "Shape",
+        "Cast",
+        "Constant",
+        "Sum",
+    }
+)
 
 
 def linearize(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:

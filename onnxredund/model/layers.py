@@ -19,10 +19,25 @@ __all__ = ["ACTIVATION_OPS", "CONV_OPS", "ConvLayer", "describe_layers"]
 
 #: non-linear elementwise activations; A_i is the end of a chain of these (and of
 #: constant-operand Add/Mul/..., BatchNormalization) after a conv
-ACTIVATION_OPS = frozenset({
-    "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu",
-    "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu",
-})  # fmt: skip
+ACTIVATION_OPS = frozenset(
+    {
+        "Relu",
+        "LeakyRelu",
+        "Clip",
+        "Sigmoid",
+        "Tanh",
+        "HardSwish",
+        "HardSigmoid",
+        "Elu",
+        "Selu",
+        "Softplus",
+        "Softsign",
+        "Gelu",
+        "Mish",
+        "Celu",
+        "ThresholdedRelu",
+    }
+)
 _UNARY_ELEMENTWISE = ACTIVATION_OPS | {"Identity"}
 _CONST_OPERAND_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "PRelu"}
 
@@ -138,10 +153,11 @@ def _layer_names(graph: onnx.GraphProto) -> dict[int, str]:
     for i in convs:
         counts[graph.node[i].name] = counts.get(graph.node[i].name, 0) + 1
     return {
-        i: graph.node[i].name if graph.node[i].name and counts[graph.node[i].name] == 1
+        i: graph.node[i].name
+        if graph.node[i].name and counts[graph.node[i].name] == 1
         else f"{graph.node[i].op_type}_{i}"
         for i in convs
-    }  # fmt: skip
+    }
 
 
 def _weight_shape(constants: ConstantTable, shapes: dict, weight: str) -> tuple[int, ...] | None:

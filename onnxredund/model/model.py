@@ -299,8 +299,12 @@ def _in_model_order(name: str, want: tuple[int, ...], sample: list) -> tuple[int
         if _fits(other, sample):
             log.warning(
                 "--input-shape %s taken as %s: input %r has its channels %s, so it gets %s",
-                "x".join(map(str, want)), given_as, name, model_has, "x".join(map(str, other)),
-            )  # fmt: skip
+                "x".join(map(str, want)),
+                given_as,
+                name,
+                model_has,
+                "x".join(map(str, other)),
+            )
             return other
     given = "x".join(map(str, want))
     raise OnnxRedundError(f"--input-shape {given} contradicts the model's fixed input {name!r} {sample}")
@@ -337,12 +341,52 @@ def set_input_shape(proto: onnx.ModelProto, name: str, sizes: list) -> None:
             d.dim_param = "N"
 
 
-_AXIS_KEEPING = frozenset({
-    "Identity", "Cast", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",
-    "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Neg", "Abs", "Exp", "Log", "Max", "Min", "Sum", "Mean", "PRelu",
-    "BatchNormalization", "InstanceNormalization", "Slice", "Pad", "Concat", "Split", "MaxPool", "AveragePool",
-    "LpPool", "Resize", "Upsample", "Dropout", "Floor", "Ceil", "Round", "Where",
-})  # fmt: skip
+_AXIS_KEEPING = frozenset(
+    {
+        "Identity",
+        "Cast",
+        "Relu",
+        "LeakyRelu",
+        "Clip",
+        "Sigmoid",
+        "Tanh",
+        "HardSigmoid",
+        "HardSwish",
+        "Elu",
+        "Selu",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+        "Sqrt",
+        "Neg",
+        "Abs",
+        "Exp",
+        "Log",
+        "Max",
+        "Min",
+        "Sum",
+        "Mean",
+        "PRelu",
+        "BatchNormalization",
+        "InstanceNormalization",
+        "Slice",
+        "Pad",
+        "Concat",
+        "Split",
+        "MaxPool",
+        "AveragePool",
+        "LpPool",
+        "Resize",
+        "Upsample",
+        "Dropout",
+        "Floor",
+        "Ceil",
+        "Round",
+        "Where",
+    }
+)
 
 
 def _reshape_as_transpose(before: tuple, after: tuple) -> list[int] | None:

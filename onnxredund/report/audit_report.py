@@ -152,7 +152,7 @@ def _summary_table(result: AuditResult) -> Table:
             "pixel shuffle: cheap in-channels",
             worst,
             "redundancy score",
-        ],  # fmt: skip
+        ],
         rows,
         f"cheap: shuffling costs at most {cheap}; redundant: NCC best match >= {result.impulse.threshold} among "
         f"the compared channels (responses over fewer than {MIN_SUPPORT} positions, or "
@@ -185,8 +185,9 @@ def _ranked_table(summary: LayerSummary, word: str) -> Table:
     )
 
 
-def _shuffle_section(layer_name: str, modes: dict[str, ShuffleResult], summary: LayerSummary, word: str,
-                     figures: dict[str, Figure]) -> Section:  # fmt: skip
+def _shuffle_section(
+    layer_name: str, modes: dict[str, ShuffleResult], summary: LayerSummary, word: str, figures: dict[str, Figure]
+) -> Section:
     blocks = []
     for r in modes.values():
         base = f" Baseline accuracy {100 * r.baseline_accuracy:.2f} %." if r.baseline_accuracy is not None else ""

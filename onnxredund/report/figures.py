@@ -222,8 +222,9 @@ def prune_curves_figure(summary: list[dict], model: str, baseline: float | None,
     spread), one panel per scope (rows) and compensation (columns)."""
     plt = _plt()
     scopes = ["layer", "global"]
-    fig, axes = plt.subplots(2, len(compensations), figsize=(3.2 * len(compensations), 5.6), sharex=True,
-                             sharey=True, squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        2, len(compensations), figsize=(3.2 * len(compensations), 5.6), sharex=True, sharey=True, squeeze=False
+    )
     cells = [c for c in summary if c["model"] == model and c["accuracy"] is not None]
     for i, scope in enumerate(scopes):
         for j, comp in enumerate(compensations):

@@ -28,8 +28,10 @@ def _csv_number(v: float | None) -> str | None:
 def write_reproduce(out: Path, result: ReproduceResult) -> None:
     """The paper's figures 4-9 as PNGs, results.json, claims.csv and report.html."""
     write_json(out / "results.json", result.to_dict())
-    rows = [[c.claim, _csv_number(c.lenet5), _csv_number(c.lenet5x10), _csv_number(c.value), int(c.passed)]
-            for c in result.claims]  # fmt: skip
+    rows = [
+        [c.claim, _csv_number(c.lenet5), _csv_number(c.lenet5x10), _csv_number(c.value), int(c.passed)]
+        for c in result.claims
+    ]
     atomic_write(out / "claims.csv", csv_text(["claim", "lenet5", "lenet5x10", "value", "passed"], rows))
     ex = result.example
     figs: dict[str, Figure] = {
@@ -81,10 +83,16 @@ def write_reproduce(out: Path, result: ReproduceResult) -> None:
     if prune_blocks:
         sections.append(Section("Pruning without fine-tuning: is layer-wise pruning ineffective?", prune_blocks))
     if not result.complete:
-        sections.insert(0, Section("INCOMPLETE", [
-            "The pruning study was interrupted: this report holds the paper's experiments only (whole); run "
-            "`onnxredund reproduce` again for the study."
-        ]))  # fmt: skip
+        sections.insert(
+            0,
+            Section(
+                "INCOMPLETE",
+                [
+                    "The pruning study was interrupted: this report holds the paper's experiments only (whole); run "
+                    "`onnxredund reproduce` again for the study."
+                ],
+            ),
+        )
     page = render_html(
         "Reproduction: redundancy in LeNet-5 and LeNet-5x10", f"data {result.data}, seed {result.seed}", sections
     )
@@ -97,8 +105,20 @@ _KEY_BUDGETS = (0.75, 0.85, 0.9, 0.95)
 def _prune_section(out: Path, result: ReproduceResult, figs: dict[str, Figure]) -> list:
     """The study's CSV (every pruned model), its figures (added to ``figs``) and the blocks of its report section."""
     study = result.prune
-    fields = ["model", "criterion", "seed", "scope", "compensation", "budget", "macs_removed", "params_removed",
-              "accuracy", "agreement", "output_drift", "error"]  # fmt: skip
+    fields = [
+        "model",
+        "criterion",
+        "seed",
+        "scope",
+        "compensation",
+        "budget",
+        "macs_removed",
+        "params_removed",
+        "accuracy",
+        "agreement",
+        "output_drift",
+        "error",
+    ]
     rows = [[getattr(r, f) for f in fields] for r in study.rows]
     atomic_write(out / "prune_study.csv", csv_text(fields, rows))
     compensations = list(dict.fromkeys(r.compensation for r in study.rows))
@@ -123,10 +143,23 @@ def _prune_section(out: Path, result: ReproduceResult, figs: dict[str, Figure]) 
             }
             for what, c in cells.items():
                 if c is not None:
-                    table.append([f"{100 * budget:.0f} %", what, c["criterion"], c["scope"], c["compensation"],
-                                  100 * c["accuracy"]])  # fmt: skip
-        blocks.append(Table(["MACs removed", "selection", "criterion", "scope", "compensation", "accuracy %"], table,
-                            f"{model}: unpruned {100 * baseline:.2f} %"))  # fmt: skip
+                    table.append(
+                        [
+                            f"{100 * budget:.0f} %",
+                            what,
+                            c["criterion"],
+                            c["scope"],
+                            c["compensation"],
+                            100 * c["accuracy"],
+                        ]
+                    )
+        blocks.append(
+            Table(
+                ["MACs removed", "selection", "criterion", "scope", "compensation", "accuracy %"],
+                table,
+                f"{model}: unpruned {100 * baseline:.2f} %",
+            )
+        )
         blocks.append(f"{model}: the claim {study.verdicts[model]}.")
     blocks += [f"note: {n}" for n in study.notes]
     return blocks

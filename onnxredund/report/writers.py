@@ -33,8 +33,11 @@ IMPULSE_NPZ = "impulse.npz"
 
 
 #: per effect kind (:func:`~onnxredund.analyses.shuffle.effect_kind`), its words on a figure and in a file name
-EFFECT_LABELS = {"accuracy": "top-1 accuracy", "agreement": "top-1 agreement with the clean model",
-                 "output cosine": "lowest output cosine"}  # fmt: skip
+EFFECT_LABELS = {
+    "accuracy": "top-1 accuracy",
+    "agreement": "top-1 agreement with the clean model",
+    "output cosine": "lowest output cosine",
+}
 EFFECT_FILES = {"accuracy": "accuracy", "agreement": "agreement", "output cosine": "output-cosine"}
 
 

@@ -114,8 +114,10 @@ def test_an_interrupted_audit_stops_at_once_marks_itself_and_resumes_to_the_same
     assert part.complete is False and part.to_dict()["complete"] is False
     assert len(labels) == 3  # no sweep started after the interrupted one
     assert list(part.shuffles) == ["conv1"] and list(part.shuffles["conv1"]) == ["channel"]
-    assert any(n.startswith("interrupted: 1 of 4 sweeps finished; not measured: conv1 pixel, conv2 channel") for n in
-               part.notes)  # fmt: skip
+    assert any(
+        n.startswith("interrupted: 1 of 4 sweeps finished; not measured: conv1 pixel, conv2 channel")
+        for n in part.notes
+    )
     kept = np.load(tmp_path / "checkpoints" / "shuffle-0-pixel.npz")
     assert int(kept["samples_done"]) == 32  # two batches of 16, committed with their sums
     resumed = run_audit(m, data, checkpoint_dir=tmp_path, resume=True, **options).to_dict()
@@ -151,5 +153,7 @@ def test_an_audit_says_when_the_model_gives_one_class_to_all_the_data_and_why_a_
     rng = np.random.default_rng(0)
     spread = rng.normal(size=(40, 1, 6, 6)) * rng.uniform(-5, 5, (40, 1, 1, 1))  # inputs the model tells apart
     varied = Dataset(spread.astype(np.float32), None, "varied")
-    assert not any("gives class" in n for n in run_audit(load_model_proto(small_cnn(c_in=1)[0]), varied,
-                                                          batch_size=20, device="cpu").notes)  # fmt: skip
+    assert not any(
+        "gives class" in n
+        for n in run_audit(load_model_proto(small_cnn(c_in=1)[0]), varied, batch_size=20, device="cpu").notes
+    )

@@ -65,8 +65,9 @@ def _detector(scores: str, opset: int):
     else:
         nodes.append(N("Reshape", ["t", "target"], ["scores"]))
         out_shape = [1, 256, 2] if scores == "keep" else [256, 2]
-    proto = make_model(nodes, [("x", [1, 3, 16, 16])], [("scores", out_shape)], inits, opset=opset,
-                       ir=4 if opset < 10 else 7)  # fmt: skip
+    proto = make_model(
+        nodes, [("x", [1, 3, 16, 16])], [("scores", out_shape)], inits, opset=opset, ir=4 if opset < 10 else 7
+    )
     return load_model_proto(proto)
 
 

@@ -316,5 +316,6 @@ def test_impulse_responses_do_not_depend_on_how_many_impulses_a_run_holds_or_on_
         np.testing.assert_allclose(a.responses, c.responses, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(a.ncc, c.ncc, atol=1e-5)
     # the first conv's response is its flipped kernel, as a linear layer's must be
-    np.testing.assert_allclose(small.layers[0].responses[:, 0], _strided_net(32).constant("w1")[:, 0, ::-1, ::-1],
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        small.layers[0].responses[:, 0], _strided_net(32).constant("w1")[:, 0, ::-1, ::-1], atol=1e-6
+    )

@@ -139,7 +139,7 @@ def test_global_scope_meets_the_target_and_stops_there():
         (16, 15, 8, 8),
         (60, 31, 1, 31),
         (60, 31, 8, 28),
-    ],  # fmt: skip
+    ],
 )
 def test_removable_keeps_a_multiple_of_round_to_rounded_up(channels, chosen, round_to, goes):
     assert removable(channels, chosen, round_to) == goes
@@ -148,8 +148,11 @@ def test_removable_keeps_a_multiple_of_round_to_rounded_up(channels, chosen, rou
 def _wide(seed: int = 0):
     """conv1 (40 channels) -> conv2 (24) -> out: groups too wide for the zoo's 3 and 4 channels to round."""
     rng = np.random.default_rng(seed)
-    w = {"w1": rng.normal(size=(40, 2, 3, 3)), "w2": rng.normal(size=(24, 40, 3, 3)),
-         "w3": rng.normal(size=(3, 24, 1, 1))}  # fmt: skip
+    w = {
+        "w1": rng.normal(size=(40, 2, 3, 3)),
+        "w2": rng.normal(size=(24, 40, 3, 3)),
+        "w3": rng.normal(size=(3, 24, 1, 1)),
+    }
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["a"], ["ra"]),
@@ -262,8 +265,17 @@ def test_run_prune_measures_both_models_on_samples_it_did_not_calibrate_on():
 
 def test_run_prune_to_a_target_with_compensation_writes_what_it_did():
     m = load_model_proto(zoo())
-    result = run_prune(m, labelled(48), criterion="l1", target=Target("macs", 0.3), compensation="lstsq",
-                       calibration=24, latency=True, device="cpu", round_to=1)  # fmt: skip
+    result = run_prune(
+        m,
+        labelled(48),
+        criterion="l1",
+        target=Target("macs", 0.3),
+        compensation="lstsq",
+        calibration=24,
+        latency=True,
+        device="cpu",
+        round_to=1,
+    )
     d = result.to_dict()
     assert 1 - d["after"]["conv_macs"] / d["before"]["conv_macs"] >= 0.3
     assert set(d["after"]["latency_ms"]) == {"1", str(BATCH_SIZE)}  # the command's default batch
@@ -293,8 +305,12 @@ def test_criteria_place_a_group_tied_in_part_channel_by_channel():
     """conv A (4 channels) is split 2 + 2; its second half is added to conv B's 2 channels (YOLOv8's C2f): one group
     of 4 channels, the last two made by both producers. l1 averages the producers that make each channel."""
     rng = np.random.default_rng(5)
-    w = {"wa": rng.normal(size=(4, 2, 3, 3)), "wb": rng.normal(size=(2, 2, 3, 3)) * 3, "split": np.array([2, 2]),
-         "wc": rng.normal(size=(3, 4, 1, 1))}  # fmt: skip
+    w = {
+        "wa": rng.normal(size=(4, 2, 3, 3)),
+        "wb": rng.normal(size=(2, 2, 3, 3)) * 3,
+        "split": np.array([2, 2]),
+        "wc": rng.normal(size=(3, 4, 1, 1)),
+    }
     nodes = [
         onnx.helper.make_node("Conv", ["x", "wa"], ["a"], name="convA", pads=[1, 1, 1, 1]),
         onnx.helper.make_node("Split", ["a", "split"], ["a1", "a2"], axis=1),

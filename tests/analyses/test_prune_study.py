@@ -23,9 +23,16 @@ def test_the_study_measures_every_cell_and_says_what_it_found():
         return ticks.append  # takes what finished since its last call
 
     study = run_prune_study(
-        {"zoo": m}, data, calibration=20, budgets=(0.3, 0.8, 0.99), criteria=("random", "l1", "bn"),
-        compensations=("none", "lstsq"), seeds=(0, 1), device="cpu", progress=progress,
-    )  # fmt: skip
+        {"zoo": m},
+        data,
+        calibration=20,
+        budgets=(0.3, 0.8, 0.99),
+        criteria=("random", "l1", "bn"),
+        compensations=("none", "lstsq"),
+        seeds=(0, 1),
+        device="cpu",
+        progress=progress,
+    )
     assert (study.calibration_samples, study.evaluation_samples) == (20, 40)
     assert ticks[0] == sum(ticks[1:]) == 4 * 2 * 3  # the bar ends at its total, not past it
     # random x 2 seeds + l1 + bn = 4 runs, x 2 scopes x 3 budgets x 2 compensations

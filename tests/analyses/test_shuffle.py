@@ -339,8 +339,9 @@ def feature_map_model(batch=None, sequence=False):
         keep.append(onnx.helper.make_node("Reshape", ["a2", "baked"], ["r"]))
         if sequence:
             keep.append(onnx.helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0]))
-        keep.append(onnx.helper.make_node("Unsqueeze", ["t" if sequence else "r", "ax1" if sequence else "ax0"],
-                                          ["boxes"]))  # fmt: skip
+        keep.append(
+            onnx.helper.make_node("Unsqueeze", ["t" if sequence else "r", "ax1" if sequence else "ax0"], ["boxes"])
+        )
         out = "boxes"
     del g.node[:]
     g.node.extend(keep)
@@ -352,11 +353,13 @@ def feature_map_model(batch=None, sequence=False):
     del g.initializer[:]
     g.initializer.extend(inits)
     if batch == 1:
-        g.initializer.extend([
-            onnx.numpy_helper.from_array(np.array([5, 36], np.int64), "baked"),
-            onnx.numpy_helper.from_array(np.array([0], np.int64), "ax0"),
-            onnx.numpy_helper.from_array(np.array([1], np.int64), "ax1"),
-        ])  # fmt: skip
+        g.initializer.extend(
+            [
+                onnx.numpy_helper.from_array(np.array([5, 36], np.int64), "baked"),
+                onnx.numpy_helper.from_array(np.array([0], np.int64), "ax0"),
+                onnx.numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+            ]
+        )
         used = {t for n in keep for t in n.input}
         kept = [t for t in g.initializer if t.name in used]
         del g.initializer[:]
@@ -416,8 +419,9 @@ def test_one_dimensional_convs_fast_equals_direct(mode):
         assert fast.route == "fast"
         np.testing.assert_allclose(fast.cosine, direct.cosine, atol=1e-5)
         np.testing.assert_array_equal(fast.accuracy, direct.accuracy)
-        np.testing.assert_allclose(fast.outputs["logits"].kl_divergence, direct.outputs["logits"].kl_divergence,
-                                   rtol=1e-4, atol=1e-9)  # fmt: skip
+        np.testing.assert_allclose(
+            fast.outputs["logits"].kl_divergence, direct.outputs["logits"].kl_divergence, rtol=1e-4, atol=1e-9
+        )
 
 
 def test_error_bins_on_the_device_are_the_numpy_bins_at_and_beside_every_edge():

@@ -27,8 +27,12 @@ def decoder(dead_channel: int | None = None):
         helper.make_node("Relu", ["z2"], ["a2"]),
         helper.make_node("Conv", ["a2", "w3"], ["y"], name="head"),
     ]
-    inits = {"w1": RNG.normal(size=(4, 2, 2, 2)), "wt": wt, "bt": RNG.normal(size=3) * 0.1,
-             "w3": RNG.normal(size=(2, 3, 1, 1))}  # fmt: skip
+    inits = {
+        "w1": RNG.normal(size=(4, 2, 2, 2)),
+        "wt": wt,
+        "bt": RNG.normal(size=3) * 0.1,
+        "w3": RNG.normal(size=(2, 3, 1, 1)),
+    }
     return load_model_proto(make_model(nodes, [("x", ["N", 2, 6, 6])], [("y", ["N", 2, 6, 6])], inits)), wt
 
 

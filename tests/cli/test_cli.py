@@ -131,8 +131,20 @@ def test_ctrl_c_writes_partial_results_and_resume_finishes_with_the_same_numbers
     from onnxredund.engine.sweep import SweepRunner
 
     path = save(small_cnn()[0], tmp_path)
-    args = ["shuffle", path, "--layer", "conv2", "--data", "synthetic:100", "--batch-size", "20", "--device", "cpu",
-            "--mode", "pixel"]  # fmt: skip
+    args = [
+        "shuffle",
+        path,
+        "--layer",
+        "conv2",
+        "--data",
+        "synthetic:100",
+        "--batch-size",
+        "20",
+        "--device",
+        "cpu",
+        "--mode",
+        "pixel",
+    ]
     full = json.loads(run_cli(*args, "--json").stdout)
     calls = {"n": 0}
     real = SweepRunner.run_fast
@@ -198,8 +210,20 @@ def test_unlabelled_audits_speak_of_agreement_and_accuracy_gates_name_agreement_
 def test_an_audit_budget_covers_the_whole_command_and_says_what_it_left_out(tmp_path):
     path = save(small_cnn(3)[0], tmp_path)
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((64, 3, 6, 6)), y=np.arange(64) % 4)
-    r = run_cli("audit", path, "--data", tmp_path / "d.npz", "--device", "cpu", "--budget", "1", "--out",
-                tmp_path / "o", "--fail-if", "accuracy_drop>0.5")  # fmt: skip
+    r = run_cli(
+        "audit",
+        path,
+        "--data",
+        tmp_path / "d.npz",
+        "--device",
+        "cpu",
+        "--budget",
+        "1",
+        "--out",
+        tmp_path / "o",
+        "--fail-if",
+        "accuracy_drop>0.5",
+    )
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     skipped = [n for n in results["notes"] if "skipped: time budget spent" in n]
     measured = {s["name"]: s for s in results["summary"]}

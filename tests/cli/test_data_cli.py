@@ -50,8 +50,9 @@ def test_a_loader_script_feeds_a_model_with_two_inputs(tmp_path):
         helper.make_node("Gemm", ["h", "fc"], ["logits"]),
     ]
     inits = {"w": rng.normal(size=(4, 2, 3, 3)), "fm": rng.normal(size=(5, 4)), "fc": rng.normal(size=(4, 3))}
-    model = save(make_model(nodes, [("x", ["N", 2, 6, 6]), ("meta", ["N", 5])], [("logits", ["N", 3])], inits),
-                 tmp_path)  # fmt: skip
+    model = save(
+        make_model(nodes, [("x", ["N", 2, 6, 6]), ("meta", ["N", 5])], [("logits", ["N", 3])], inits), tmp_path
+    )
     script = tmp_path / "loader.py"
     script.write_text(
         textwrap.dedent("""

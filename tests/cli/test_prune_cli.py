@@ -37,8 +37,9 @@ def test_prune_writes_a_smaller_model_and_its_plan(setup, tmp_path):
     model, data = setup
     out = tmp_path / "small.onnx"
     before = model.read_bytes()
-    r = run_cli("prune", model, "--data", data, "--channels", "convB:1", "--calibration", "16", "--out", out,
-                "--device", "cpu")  # fmt: skip
+    r = run_cli(
+        "prune", model, "--data", data, "--channels", "convB:1", "--calibration", "16", "--out", out, "--device", "cpu"
+    )
     assert r.exit_code == 0, r.output
     assert "convB: 3 -> 2 channels" in r.output and "agreement 100.00 %" in r.output
     pruned = onnx.load(str(out))
@@ -64,8 +65,9 @@ def test_a_cut_that_differs_from_the_original_zeroed_where_read_is_refused_and_n
     monkeypatch.setattr(prune_module, "remove_channels", off_by_one)
     model, data = setup
     out = tmp_path / "small.onnx"
-    r = run_cli("prune", model, "--data", data, "--channels", "convB:0", "--calibration", "16", "--out", out,
-                "--device", "cpu")  # fmt: skip
+    r = run_cli(
+        "prune", model, "--data", data, "--channels", "convB:0", "--calibration", "16", "--out", out, "--device", "cpu"
+    )
     assert r.exit_code == 2, r.output
     assert "removing channels of convB is not exact through Conv 'convB'" in r.output
     assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
@@ -132,8 +134,9 @@ def test_bn_on_a_model_without_batchnorm_is_an_error(tmp_path):
     data = tmp_path / "d.npz"
     np.savez(data, x=np.random.default_rng(0).random((20, 3, 6, 6), np.float32))
     out = tmp_path / "o.onnx"
-    r = run_cli("prune", model, "--data", data, "--criterion", "bn", "--target-macs", "0.2", "--calibration", "8",
-                "--out", out)  # fmt: skip
+    r = run_cli(
+        "prune", model, "--data", data, "--criterion", "bn", "--target-macs", "0.2", "--calibration", "8", "--out", out
+    )
     assert r.exit_code == 2 and "needs BatchNormalization" in r.output and not out.exists()
 
 
@@ -143,12 +146,25 @@ def test_a_model_with_external_weights_prunes_to_a_file_that_carries_its_own_and
     _, data = setup
     folder = tmp_path / "ext"
     folder.mkdir()
-    onnx.save_model(zoo(dead_b=1), str(folder / "zoo.onnx"), save_as_external_data=True, location="zoo.onnx.data",
-                    size_threshold=0)  # fmt: skip
+    onnx.save_model(
+        zoo(dead_b=1), str(folder / "zoo.onnx"), save_as_external_data=True, location="zoo.onnx.data", size_threshold=0
+    )
     weights = (folder / "zoo.onnx.data").read_bytes()
     out = tmp_path / "small.onnx"
-    r = run_cli("prune", folder / "zoo.onnx", "--data", data, "--channels", "convB:1", "--calibration", "16",
-                "--out", out, "--device", "cpu")  # fmt: skip
+    r = run_cli(
+        "prune",
+        folder / "zoo.onnx",
+        "--data",
+        data,
+        "--channels",
+        "convB:1",
+        "--calibration",
+        "16",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
     assert r.exit_code == 0, r.output
     pruned = onnx.load(str(out))  # no .data beside it: every weight inside
     assert not any(onnx.external_data_helper.uses_external_data(t) for t in pruned.graph.initializer)
@@ -167,8 +183,22 @@ def test_the_pruned_model_declares_the_inputs_and_outputs_the_file_declared(tmp_
     data = tmp_path / "data.npz"
     np.savez(data, x=inputs(40), y=np.arange(40) % 3)
     out = tmp_path / "small.onnx"
-    r = run_cli("prune", model, "--input-shape", "2x6x6", "--data", data, "--channels", "convB:1", "--calibration",
-                "16", "--out", out, "--device", "cpu")  # fmt: skip
+    r = run_cli(
+        "prune",
+        model,
+        "--input-shape",
+        "2x6x6",
+        "--data",
+        data,
+        "--channels",
+        "convB:1",
+        "--calibration",
+        "16",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
     assert r.exit_code == 0, r.output
     pruned = onnx.load(str(out))
     shape = lambda vi: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]  # noqa: E731

@@ -44,9 +44,11 @@ def reference(model, tmp_path_factory) -> dict:
 
 def _start(*args) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "onnxredund", "-q", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "onnxredund", "-q", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
+    )
 
 
 def _signal_when(proc: subprocess.Popen, ready, sig: int, timeout: float = 120) -> tuple[int, str, str]:

@@ -30,8 +30,13 @@ def test_spec_parses_fractions_sizes_and_lists_and_refuses_unknown_keys():
     assert spec.scale == pytest.approx(1 / 255) and spec.mean == (0.485, 0.456, 0.406)
     assert parse_preprocess("resize=320x240").resize == (320, 240)
     assert str(parse_preprocess(None)) == "scale=1/255,mean=0,std=1"
-    for bad, message in [("size=3", "unknown key 'size'"), ("scale=x", "not a number"), ("crop=0", "WxH"),
-                         ("channels=cmyk", "use one of rgb, bgr, gray"), ("std=0", "must not be 0")]:  # fmt: skip
+    for bad, message in [
+        ("size=3", "unknown key 'size'"),
+        ("scale=x", "not a number"),
+        ("crop=0", "WxH"),
+        ("channels=cmyk", "use one of rgb, bgr, gray"),
+        ("std=0", "must not be 0"),
+    ]:
         with pytest.raises(OnnxRedundError, match=message):
             parse_preprocess(bad)
 
@@ -101,8 +106,10 @@ def test_skip_bad_images_leaves_out_what_does_not_decode_and_keeps_labels_with_t
     data = load_dataset(str(tmp_path), inputs=[RGB], skip_bad_images=True)
     assert [f.name for f in data.files] == ["0.png", "2.png", "3.png"] and data.y.tolist() == [0, 1, 1]
     assert data.describe()["bad_images_skipped"] == 2 and data.info["classes"] == ["cat", "dog"]
-    np.testing.assert_array_equal(data.arrays(0, 3)["x"][1], load_dataset(str(tmp_path / "dog"), inputs=[RGB],
-                                  skip_bad_images=True).arrays(0, 1)["x"][0])  # fmt: skip
+    np.testing.assert_array_equal(
+        data.arrays(0, 3)["x"][1],
+        load_dataset(str(tmp_path / "dog"), inputs=[RGB], skip_bad_images=True).arrays(0, 1)["x"][0],
+    )
 
 
 def test_an_image_that_fails_mid_run_is_one_line_naming_it_and_what_was_kept(tmp_path):

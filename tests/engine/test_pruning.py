@@ -132,8 +132,9 @@ def test_least_squares_refit_recovers_a_channel_its_twin_carries():
     x = inputs(64, seed=11)
     stats = collect_statistics(m, g.consumers, Dataset(x, None, "x"), gram=True)
     exact = compensate(m, groups, {g.index: [0]}, "lstsq", stats, ridge=1e-9)
-    np.testing.assert_allclose(run(remove_channels(m, groups, {g.index: [0]}, updates=exact), x), run(proto, x),
-                               rtol=1e-3, atol=1e-3)  # fmt: skip
+    np.testing.assert_allclose(
+        run(remove_channels(m, groups, {g.index: [0]}, updates=exact), x), run(proto, x), rtol=1e-3, atol=1e-3
+    )
 
 
 def test_least_squares_refit_stays_sound_with_fewer_samples_than_inputs():
@@ -205,8 +206,12 @@ def _initializer(proto, node_name: str, position: int) -> np.ndarray:
 
 def test_a_split_cuts_each_part_of_a_group_and_its_sizes_are_recounted():
     rng = np.random.default_rng(0)
-    w = {"w1": rng.normal(size=(4, 2, 3, 3)), "split": np.array([2, 2]),
-         "wx": rng.normal(size=(3, 2, 1, 1)), "wy": rng.normal(size=(3, 2, 1, 1))}  # fmt: skip
+    w = {
+        "w1": rng.normal(size=(4, 2, 3, 3)),
+        "split": np.array([2, 2]),
+        "wx": rng.normal(size=(3, 2, 1, 1)),
+        "wy": rng.normal(size=(3, 2, 1, 1)),
+    }
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["p"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["p"], ["a"]),
@@ -221,8 +226,13 @@ def test_a_split_cuts_each_part_of_a_group_and_its_sizes_are_recounted():
 
 def test_a_slice_of_the_channels_is_cut_and_its_bounds_recounted():
     rng = np.random.default_rng(1)
-    w = {"w1": rng.normal(size=(5, 2, 3, 3)), "st": np.array([1]), "en": np.array([4]), "ax": np.array([1]),
-         "w5": rng.normal(size=(2, 3, 1, 1))}  # fmt: skip
+    w = {
+        "w1": rng.normal(size=(5, 2, 3, 3)),
+        "st": np.array([1]),
+        "en": np.array([4]),
+        "ax": np.array([1]),
+        "w5": rng.normal(size=(2, 3, 1, 1)),
+    }
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["p"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Slice", ["p", "st", "en", "ax"], ["mid"], name="slice"),  # channels 1, 2, 3
@@ -237,8 +247,11 @@ def test_a_slice_of_the_channels_is_cut_and_its_bounds_recounted():
 
 def test_a_reshape_to_features_shrinks_its_shape_constant():
     rng = np.random.default_rng(2)
-    w = {"w1": rng.normal(size=(3, 2, 3, 3)), "shape": np.array([0, 3 * SIZE * SIZE]),
-         "fc": rng.normal(size=(3 * SIZE * SIZE, 4))}  # fmt: skip
+    w = {
+        "w1": rng.normal(size=(3, 2, 3, 3)),
+        "shape": np.array([0, 3 * SIZE * SIZE]),
+        "fc": rng.normal(size=(3 * SIZE * SIZE, 4)),
+    }
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["p"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Reshape", ["p", "shape"], ["flat"], name="reshape"),
@@ -252,8 +265,13 @@ def test_a_reshape_to_features_shrinks_its_shape_constant():
 def test_a_flatten_whose_shape_is_computed_at_run_time_becomes_a_constant_flatten(features):
     # Paddle's flatten: shape = Concat(Cast(Shape(x)[:1]), Cast([F or -1])), computed from the batch at run time
     rng = np.random.default_rng(4)
-    w = {"w1": rng.normal(size=(3, 2, 3, 3)), "fc": rng.normal(size=(3, 4)), "zero": np.array([0]),
-         "one": np.array([1]), "features": np.array([features])}  # fmt: skip
+    w = {
+        "w1": rng.normal(size=(3, 2, 3, 3)),
+        "fc": rng.normal(size=(3, 4)),
+        "zero": np.array([0]),
+        "one": np.array([1]),
+        "features": np.array([features]),
+    }
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["p"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("GlobalAveragePool", ["p"], ["pooled"]),

@@ -68,8 +68,12 @@ def test_refitting_layer_by_layer_leaves_less_error_through_depth_than_refitting
 
     def error(updates) -> float:
         pruned = remove_channels(m, groups, removal, updates=updates)
-        np.testing.assert_allclose(run(pruned, held_back), run(zeroed_at_consumers(m, groups, removal, updates=updates),
-                                   held_back), rtol=1e-4, atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            run(pruned, held_back),
+            run(zeroed_at_consumers(m, groups, removal, updates=updates), held_back),
+            rtol=1e-4,
+            atol=1e-5,
+        )
         return float(np.square(run(pruned, held_back) - want).mean())
 
     sequential, _ = compensate_sequential(m, groups, removal, data, device="cpu")

@@ -39,9 +39,12 @@ def fused_model(activation: str | None, params=(), residual: bool = False, domai
         weights["w0"] = RNG.normal(size=(4, 3, 3, 3))
     inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
     graph = helper.make_graph(
-        nodes, "fused", [helper.make_tensor_value_info("x", 1, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", 1, ["N", 5])], inits,
-    )  # fmt: skip
+        nodes,
+        "fused",
+        [helper.make_tensor_value_info("x", 1, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", 1, ["N", 5])],
+        inits,
+    )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=8)
 
@@ -53,9 +56,15 @@ def _run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("activation", "params", "residual"),
-    [("Relu", (), False), ("LeakyRelu", (0.1,), False), ("Clip", (0.0, 6.0), False), ("Sigmoid", (), True),
-     (None, (), True), ("HardSigmoid", (0.2, 0.5), False)],
-)  # fmt: skip
+    [
+        ("Relu", (), False),
+        ("LeakyRelu", (0.1,), False),
+        ("Clip", (0.0, 6.0), False),
+        ("Sigmoid", (), True),
+        (None, (), True),
+        ("HardSigmoid", (0.2, 0.5), False),
+    ],
+)
 def test_a_fused_conv_written_as_standard_ops_gives_the_same_outputs(activation, params, residual):
     fused = fused_model(activation, params, residual)
     plain = unfuse_convs(fused)
@@ -79,8 +88,19 @@ def test_a_fused_conv_is_a_layer_with_its_activation_and_layers_names_the_contri
 def test_a_fused_graph_prunes_and_the_value_check_passes(tmp_path):
     path = tmp_path / "fused.onnx"
     onnx.save(fused_model("Relu"), str(path))
-    r = run_cli("prune", path, "--channels", "fc1:1", "--data", "synthetic:16", "--out", tmp_path / "p.onnx",
-                "--json", "--device", "cpu")  # fmt: skip
+    r = run_cli(
+        "prune",
+        path,
+        "--channels",
+        "fc1:1",
+        "--data",
+        "synthetic:16",
+        "--out",
+        tmp_path / "p.onnx",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert r.exit_code == 0, r.stderr
     check = json.loads(r.stdout)["value_check"]
     assert check["max_relative_error"] <= check["tolerance"] == 1e-3

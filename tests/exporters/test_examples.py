@@ -32,8 +32,21 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize("name", list(EXAMPLES))
 def test_each_example_shuffles_the_same_on_both_paths(exported, name):
     model, data = exported[name]
-    args = ["shuffle", model, "--layer", "conv2", "--mode", "both", "--data", data, "--device", "cpu",
-            "--batch-size", "16", "--json"]  # fmt: skip
+    args = [
+        "shuffle",
+        model,
+        "--layer",
+        "conv2",
+        "--mode",
+        "both",
+        "--data",
+        data,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "16",
+        "--json",
+    ]
     fast, direct = run_cli(*args), run_cli(*args, "--exact-path")
     assert fast.exit_code == 0 and direct.exit_code == 0, fast.stderr + direct.stderr
     for mode in ("channel", "pixel"):
@@ -56,8 +69,9 @@ def test_the_two_input_example_audits_with_an_output_gate(exported, tmp_path):
     model, data = exported["two_inputs"]
     layers = run_cli("layers", model)
     assert "image N x 3x32x32 (NCHW) [impulse], meta N x 8" in layers.stdout
-    r = run_cli("audit", model, "--data", data, "--device", "cpu", "--out", tmp_path / "o", "--fail-if",
-                "top1_agreement<1.01")  # fmt: skip
+    r = run_cli(
+        "audit", model, "--data", data, "--device", "cpu", "--out", tmp_path / "o", "--fail-if", "top1_agreement<1.01"
+    )
     assert r.exit_code == 1 and "gate top1_agreement<1.01 failed at conv1" in r.stderr
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     assert results["labelled"] and results["summary"][1]["worst_accuracy_drop"] is not None

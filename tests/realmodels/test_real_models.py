@@ -39,8 +39,24 @@ def test_paddleocr_direction_classifier_reads_rendered_text_lines(real_model, te
 
 def test_paddleocr_shuffle_fast_equals_direct_and_strided_impulses_are_interleaved(real_model, text_lines, tmp_path):
     model = real_model("paddleocr-cls.onnx")
-    args = ["shuffle", model, *CLS, "--data", text_lines, "--preprocess", PADDLE_PREPROCESS, "--layer", "Conv@9",
-            "--mode", "both", "--channels", "0-5", "--batch-size", "16", "--json"]  # fmt: skip
+    args = [
+        "shuffle",
+        model,
+        *CLS,
+        "--data",
+        text_lines,
+        "--preprocess",
+        PADDLE_PREPROCESS,
+        "--layer",
+        "Conv@9",
+        "--mode",
+        "both",
+        "--channels",
+        "0-5",
+        "--batch-size",
+        "16",
+        "--json",
+    ]
     fast, direct = run_cli(*args), run_cli(*args, "--exact-path")
     assert fast.exit_code == 0 and direct.exit_code == 0, fast.stderr + direct.stderr
     a, b = json.loads(fast.stdout), json.loads(direct.stdout)
@@ -58,8 +74,23 @@ def test_paddleocr_shuffle_fast_equals_direct_and_strided_impulses_are_interleav
 
 def test_paddleocr_recogniser_with_a_sequence_output_shuffles_on_both_paths(real_model):
     model = real_model("paddleocr-rec.onnx")
-    args = ["shuffle", model, "--input-shape", "3x48x160", "--device", "cpu", "--data", "synthetic:8",
-            "--layer", "p2o.Conv.30", "--channels", "0-2", "--mode", "both", "--json"]  # fmt: skip
+    args = [
+        "shuffle",
+        model,
+        "--input-shape",
+        "3x48x160",
+        "--device",
+        "cpu",
+        "--data",
+        "synthetic:8",
+        "--layer",
+        "p2o.Conv.30",
+        "--channels",
+        "0-2",
+        "--mode",
+        "both",
+        "--json",
+    ]
     fast, direct = run_cli(*args), run_cli(*args, "--exact-path")
     assert fast.exit_code == 0 and direct.exit_code == 0, fast.stderr + direct.stderr
     for mode in ("channel", "pixel"):
@@ -90,8 +121,22 @@ def test_mtcnn_face_net_picks_the_softmax_head_as_classifier(real_model):
 
 def test_yolov8_detector_with_free_input_size(real_model, tmp_path):
     model = real_model("nudenet-320n.onnx")
-    r = run_cli("audit", model, "--input-shape", "3x128x128", "--data", "synthetic:16", "--layers", "0,1,2",
-                "--device", "cpu", "--out", tmp_path / "o", "--budget", "30")  # fmt: skip
+    r = run_cli(
+        "audit",
+        model,
+        "--input-shape",
+        "3x128x128",
+        "--data",
+        "synthetic:16",
+        "--layers",
+        "0,1,2",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "o",
+        "--budget",
+        "30",
+    )
     assert r.exit_code == 0, r.stderr
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     assert [s["name"] for s in results["summary"]] == [
@@ -108,9 +153,26 @@ def test_paddleocr_classifier_pruned_by_shuffle_cost_stays_valid_and_right(real_
     that still tells upright from upside-down text on lines it did not calibrate on (this compact network has
     little to spare: at 50 % every criterion falls to chance)."""
     out = tmp_path / "small.onnx"
-    r = run_cli("prune", real_model("paddleocr-cls.onnx"), *CLS, "--data", text_lines, "--preprocess",
-                PADDLE_PREPROCESS, "--target-macs", "0.3", "--criterion", "shuffle", "--calibration", "24",
-                "--compensate", "lstsq", "--out", out, "--json")  # fmt: skip
+    r = run_cli(
+        "prune",
+        real_model("paddleocr-cls.onnx"),
+        *CLS,
+        "--data",
+        text_lines,
+        "--preprocess",
+        PADDLE_PREPROCESS,
+        "--target-macs",
+        "0.3",
+        "--criterion",
+        "shuffle",
+        "--calibration",
+        "24",
+        "--compensate",
+        "lstsq",
+        "--out",
+        out,
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["after"]["conv_macs"] <= 0.7 * result["before"]["conv_macs"]
@@ -126,8 +188,25 @@ def test_yolov8_channel_groups_follow_the_c2f_split_and_the_pruned_file_runs(rea
     assert sum(g["prunable"] for g in groups) >= 50
     assert any(len(g["producers"]) == 2 and "cv1" in g["producers"][0] for g in groups)  # half a group tied
     out = tmp_path / "y.onnx"
-    r = run_cli("prune", model, "--input-shape", "3x320x320", "--data", "synthetic:12", "--calibration", "6",
-                "--batch-size", "6", "--target-macs", "0.2", "--out", out, "--device", "cpu", "--json")  # fmt: skip
+    r = run_cli(
+        "prune",
+        model,
+        "--input-shape",
+        "3x320x320",
+        "--data",
+        "synthetic:12",
+        "--calibration",
+        "6",
+        "--batch-size",
+        "6",
+        "--target-macs",
+        "0.2",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["quality"]["after"]["output_cosine"] > 0.5
 
@@ -173,8 +252,20 @@ def test_pp_lcnet_pruned_to_half_its_parameters_keeps_multiples_of_eight_and_its
     r = run_cli("prune", model, "--plan", "--json")
     assert all(g["prunable"] for g in json.loads(r.stdout))
     out = tmp_path / "half.onnx"
-    r = run_cli("prune", model, *data, "--target-params", "0.5", "--compensate", "lstsq", "--calibration", "32",
-                "--out", out, "--json")  # fmt: skip
+    r = run_cli(
+        "prune",
+        model,
+        *data,
+        "--target-params",
+        "0.5",
+        "--compensate",
+        "lstsq",
+        "--calibration",
+        "32",
+        "--out",
+        out,
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["after"]["params"] <= 0.5 * result["before"]["params"]

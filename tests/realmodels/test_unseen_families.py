@@ -30,8 +30,21 @@ def _four_commands(model, shape: str | None, layer: str, tmp_path) -> dict:
         assert r.exit_code == 0, (command, r.stderr)
         out[command] = json.loads(r.stdout)
     pruned = tmp_path / "pruned.onnx"
-    r = run_cli("prune", model, *given, "--data", "synthetic:32", "--target-macs", "0.2", "--round-to", "1",
-                "--out", pruned, "--device", "cpu")  # fmt: skip
+    r = run_cli(
+        "prune",
+        model,
+        *given,
+        "--data",
+        "synthetic:32",
+        "--target-macs",
+        "0.2",
+        "--round-to",
+        "1",
+        "--out",
+        pruned,
+        "--device",
+        "cpu",
+    )
     assert r.exit_code == 0, r.stderr
     assert "checked by values" in r.stdout and pruned.is_file()
     out["prune"] = json.loads(pruned.with_suffix(".json").read_text())

@@ -154,8 +154,12 @@ def test_figures_past_the_deadline_are_left_out_and_named_and_every_number_is_st
     (line,) = re.findall("figures left out to keep the time budget: [^;]*", (spent / "report.html").read_text())
     named = line.split(": ", 1)[1].split(", ")
     assert named[0] == "the overview"  # the most telling first
-    assert sorted(named[1:]) == ["conv1 impulse responses", "conv1 shuffling", "conv2 impulse responses",
-                                 "conv2 shuffling"]  # fmt: skip
+    assert sorted(named[1:]) == [
+        "conv1 impulse responses",
+        "conv1 shuffling",
+        "conv2 impulse responses",
+        "conv2 shuffling",
+    ]
     assert {p.name for p in spent.iterdir()} == {p.name for p in open_.iterdir() if p.suffix != ".png"}
     assert {"overview.png", "shuffle-1-channel-cosine.png", "impulse-1-ncc.png"} <= {p.name for p in open_.iterdir()}
     assert "left out to keep the time budget" not in (open_ / "report.html").read_text()
