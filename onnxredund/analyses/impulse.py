@@ -232,14 +232,21 @@ def crop_to_support(responses: np.ndarray, rel_tol: float = 1e-6) -> tuple[np.nd
     peak = float(mag.max(initial=0.0))
     if peak == 0.0:
         return responses, (*([0] * nd), *responses.shape[2:])
-    starts, sizes = [], []
-    for axis in range(nd):
-        others = tuple(a for a in range(nd) if a != axis)
-        hit = np.flatnonzero(mag.max(axis=others) > rel_tol * peak) if others else np.flatnonzero(mag > rel_tol * peak)
-        starts.append(int(hit[0]))
-        sizes.append(int(hit[-1]) - int(hit[0]) + 1)
-    index = tuple(slice(s, s + n) for s, n in zip(starts, sizes, strict=True))
+    starts, stops = _box_above(mag, rel_tol * peak)
+    sizes = tuple(b - a for a, b in zip(starts, stops, strict=True))
+    index = tuple(slice(a, b) for a, b in zip(starts, stops, strict=True))
     return responses[(slice(None), slice(None), *index)], (*starts, *sizes)
+
+
+def _box_above(mag: np.ndarray, floor: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(start, stop) per axis of the box holding every value of ``mag`` above ``floor`` (none: a 0-size box)."""
+    starts, stops = [], []
+    for axis in range(mag.ndim):
+        others = tuple(a for a in range(mag.ndim) if a != axis)
+        hit = np.flatnonzero((mag.max(axis=others) if others else mag) > floor)
+        starts.append(int(hit[0]) if len(hit) else 0)
+        stops.append(int(hit[-1]) + 1 if len(hit) else 0)
+    return tuple(starts), tuple(stops)
 
 
 @dataclass(frozen=True)
@@ -381,18 +388,6 @@ def _memory_budget() -> int:
     return min(total // 4, _MAX_OUTPUT_BYTES)
 
 
-def _nonzero_box(block: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(start, stop) per spatial axis of the box where ``block`` (C, *S) is exactly non-zero (empty: a 0-size box)."""
-    mag = np.abs(block).max(axis=0) if len(block) else np.zeros(block.shape[1:])
-    starts, stops = [], []
-    for axis in range(mag.ndim):
-        others = tuple(a for a in range(mag.ndim) if a != axis)
-        hit = np.flatnonzero(mag.max(axis=others) > 0 if others else mag > 0)
-        starts.append(int(hit[0]) if len(hit) else 0)
-        stops.append(int(hit[-1]) + 1 if len(hit) else 0)
-    return tuple(starts), tuple(stops)
-
-
 class _Blocks:
     """Each layer's response to each impulse (a row of the impulse batch), kept only inside the box where it is
     non-zero: memory grows with the responses' support, not with the input's area."""
@@ -401,7 +396,7 @@ class _Blocks:
         self.rows: dict[int, dict[int, tuple[tuple[int, ...], np.ndarray]]] = {}  # layer -> row -> (start, block)
 
     def add(self, layer: int, row: int, delta: np.ndarray) -> None:
-        start, stop = _nonzero_box(delta)
+        start, stop = _box_above(np.abs(delta).max(axis=0, initial=0.0), 0.0)  # exactly non-zero
         index = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
         self.rows.setdefault(layer, {})[row] = (start, delta[(slice(None), *index)].copy())
 
@@ -423,7 +418,7 @@ class _Blocks:
         return np.swapaxes(out, 1, 2), lo
 
 
-def _run_groups(model: Model, layers, site: ImpulseSite, feeds: dict, groups, mode: str, device: str):
+def _run_groups(model: Model, site: ImpulseSite, feeds: dict, groups, mode: str, device: str):
     """Run the impulses, each group of rows on the subgraph cut to the layers that need them (a strided conv's
     extra phases need only the network up to it), in runs whose outputs fit the memory budget; each run starts
     with the all-zero sample, which every response is taken against.
@@ -452,9 +447,9 @@ def _run_groups(model: Model, layers, site: ImpulseSite, feeds: dict, groups, mo
             for layer, out in zip(members, outs, strict=True):
                 if not np.isfinite(out).all():
                     raise OnnxRedundError("impulse responses are not finite: the model overflows on a unit impulse")
-                zero = out[:1].astype(np.float64)
+                zero = out[0].astype(np.float64)
                 for i, row in enumerate(chunk[1:], start=1):
-                    blocks.add(layer.index, row, out[i : i + 1].astype(np.float64)[0] - zero[0])
+                    blocks.add(layer.index, row, out[i].astype(np.float64) - zero)
             del outs
     return blocks, notes
 
@@ -569,16 +564,15 @@ def _responses(model: Model, layers: list[ConvLayer], site: ImpulseSite, mode: s
     for off in offsets:
         by_members.setdefault(tuple(l.index for l in layers if off in wanted[l.index]), []).extend(rows(off))
     groups = [([l for l in layers if l.index in key], r) for key, r in by_members.items()]
-    blocks, notes = _run_groups(model, layers, site, feeds, groups, mode, device)
+    blocks, notes = _run_groups(model, site, feeds, groups, mode, device)
     responses = []
     for layer in layers:
         phases = plans[layer.index][0]
         per_phase, lo = blocks.response(layer.index, [rows(o) for o in wanted[layer.index]], layer.output_shape)
         blocks.rows.pop(layer.index, None)  # let go once cropped
         resp, box = crop_to_support(interleave(per_phase, phases))
-        nd = len(lo)
-        shift = [a * p for a, p in zip(lo, phases, strict=True)] if len(phases) == nd else list(lo)
-        responses.append((resp, (*(b + d for b, d in zip(box[:nd], shift, strict=True)), *box[nd:])))
+        nd = len(lo)  # the box is in the interleaved map: the kept part starts at lo x phases
+        responses.append((resp, (*(b + a * p for b, a, p in zip(box[:nd], lo, phases, strict=True)), *box[nd:])))
     return responses, plans, base, notes
 
 

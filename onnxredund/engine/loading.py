@@ -21,6 +21,7 @@ from onnxredund.model import (
     CONV_OPS,
     Model,
     ModelInput,
+    bodies,
     channel_axis,
     check_batch_first,
     check_finite_weights,
@@ -153,11 +154,9 @@ def _shape_constants(proto: onnx.ModelProto, sizes: dict[str, list]) -> dict[str
 
 def _body_nodes(graph: onnx.GraphProto):
     """The nodes of every If/Loop/Scan body in ``graph``, nested ones included."""
-    for node in graph.node:
-        for a in node.attribute:
-            for body in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-                yield from body.node
-                yield from _body_nodes(body)
+    for body in (b for node in graph.node for b in bodies(node)):
+        yield from body.node
+        yield from _body_nodes(body)
 
 
 def _copied(type_proto: onnx.TypeProto) -> onnx.TypeProto:

@@ -24,6 +24,7 @@ from onnxredund.model.files import (
 from onnxredund.model.graph import (
     ConstantTable,
     attribute,
+    bodies,
     consumers_of,
     copy_model,
     data_dependent,
@@ -71,6 +72,7 @@ __all__ = [
     "ModelInput",
     "all_tensors",
     "attribute",
+    "bodies",
     "channel_axis",
     "check_batch_first",
     "check_finite_weights",

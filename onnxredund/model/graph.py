@@ -19,6 +19,7 @@ from onnxredund.model.files import tensor_array
 __all__ = [
     "ConstantTable",
     "attribute",
+    "bodies",
     "consumers_of",
     "copy_model",
     "data_dependent",
@@ -211,15 +212,19 @@ def fold_tensors(proto: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.
     return out
 
 
+def bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The subgraphs an If/Loop/Scan node holds (its branches, its body); none for other nodes."""
+    return [g for a in node.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))]
+
+
 def outer_reads(node: onnx.NodeProto) -> set[str]:
     """The tensors of the enclosing graphs that the bodies of an If/Loop/Scan node read without listing them as
     the node's inputs (captured from the outer scope); empty for a node without subgraphs."""
     found: set[str] = set()
-    for a in node.attribute:
-        for body in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-            local = {i.name for i in body.input} | {t.name for t in body.initializer}
-            local |= {o for n in body.node for o in n.output}
-            reads = {t for n in body.node for t in n.input if t} | {o.name for o in body.output}
-            reads |= {t for n in body.node for t in outer_reads(n)}
-            found |= reads - local
+    for body in bodies(node):
+        local = {i.name for i in body.input} | {t.name for t in body.initializer}
+        local |= {o for n in body.node for o in n.output}
+        reads = {t for n in body.node for t in n.input if t} | {o.name for o in body.output}
+        reads |= {t for n in body.node for t in outer_reads(n)}
+        found |= reads - local
     return found
