@@ -140,20 +140,12 @@ def test_bn_on_a_model_without_batchnorm_is_an_error(tmp_path):
     assert r.exit_code == 2 and "needs BatchNormalization" in r.output and not out.exists()
 
 
-def test_a_model_with_external_weights_prunes_to_a_file_that_carries_its_own_and_leaves_the_data_untouched(
-    setup, tmp_path
-):
-    _, data = setup
-    folder = tmp_path / "ext"
-    folder.mkdir()
-    onnx.save_model(
-        zoo(dead_b=1), str(folder / "zoo.onnx"), save_as_external_data=True, location="zoo.onnx.data", size_threshold=0
-    )
-    weights = (folder / "zoo.onnx.data").read_bytes()
-    out = tmp_path / "small.onnx"
-    r = run_cli(
+def _remove_convb_1(model, data, out, *given):
+    """prune MODEL removing channel 1 of convB, calibrated on 16 samples, on the CPU."""
+    return run_cli(
         "prune",
-        folder / "zoo.onnx",
+        model,
+        *given,
         "--data",
         data,
         "--channels",
@@ -165,6 +157,20 @@ def test_a_model_with_external_weights_prunes_to_a_file_that_carries_its_own_and
         "--device",
         "cpu",
     )
+
+
+def test_a_model_with_external_weights_prunes_to_a_file_that_carries_its_own_and_leaves_the_data_untouched(
+    setup, tmp_path
+):
+    _, data = setup
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    onnx.save_model(
+        zoo(dead_b=1), str(folder / "zoo.onnx"), save_as_external_data=True, location="zoo.onnx.data", size_threshold=0
+    )
+    weights = (folder / "zoo.onnx.data").read_bytes()
+    out = tmp_path / "small.onnx"
+    r = _remove_convb_1(folder / "zoo.onnx", data, out)
     assert r.exit_code == 0, r.output
     pruned = onnx.load(str(out))  # no .data beside it: every weight inside
     assert not any(onnx.external_data_helper.uses_external_data(t) for t in pruned.graph.initializer)
@@ -183,22 +189,7 @@ def test_the_pruned_model_declares_the_inputs_and_outputs_the_file_declared(tmp_
     data = tmp_path / "data.npz"
     np.savez(data, x=inputs(40), y=np.arange(40) % 3)
     out = tmp_path / "small.onnx"
-    r = run_cli(
-        "prune",
-        model,
-        "--input-shape",
-        "2x6x6",
-        "--data",
-        data,
-        "--channels",
-        "convB:1",
-        "--calibration",
-        "16",
-        "--out",
-        out,
-        "--device",
-        "cpu",
-    )
+    r = _remove_convb_1(model, data, out, "--input-shape", "2x6x6")
     assert r.exit_code == 0, r.output
     pruned = onnx.load(str(out))
     shape = lambda vi: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]  # noqa: E731
