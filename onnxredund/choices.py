@@ -9,10 +9,12 @@ __all__ = [
     "BATCH_SIZE",
     "CHEAP_DROP",
     "COMPENSATIONS",
+    "CONFIDENCE",
     "CRITERIA",
     "DEVICES",
     "IMPULSE_MODES",
     "LAYOUT_CHOICES",
+    "MIN_IMAGES",
     "MODES",
     "NCC_THRESHOLD",
     "PREPROCESS_KEYS",
@@ -54,6 +56,10 @@ BATCH_SIZE = 256
 NCC_THRESHOLD = 0.9
 #: a shuffled channel is cheap when its cost (accuracy drop, else disagreement, else 1 - output cosine) is at or under
 CHEAP_DROP = 0.005
+#: of each channel's cost interval (sequential estimation)
+CONFIDENCE = 0.95
+#: images every channel of a sweep sees at least, before any budget cuts it or any decision stops it
+MIN_IMAGES = 64
 #: how pruning ranks channels, and over what
 PRUNE_CRITERION = "l1"
 PRUNE_SCOPE = "layer"

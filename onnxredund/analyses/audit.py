@@ -30,6 +30,7 @@ units on a backend) for ``resume``, which ends with the numbers of an uninterrup
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -52,9 +53,10 @@ from onnxredund.analyses.plan import (
     plan_sweeps,
     probe_seconds_per_image,
 )
-from onnxredund.analyses.shuffle import ShuffleResult, effect_kind, effect_meter, new_state, run_shuffle
+from onnxredund.analyses.sequential import Estimation, first_look, images_to_clear
+from onnxredund.analyses.shuffle import EXHAUSTIVE, ShuffleResult, effect_kind, effect_meter, new_state, run_shuffle
 from onnxredund.analyses.sweep_state import SweepState, sweep_key
-from onnxredund.choices import BATCH_SIZE, CHEAP_DROP, NCC_THRESHOLD
+from onnxredund.choices import BATCH_SIZE, CHEAP_DROP, CONFIDENCE, MIN_IMAGES, NCC_THRESHOLD
 from onnxredund.data import DataSource
 from onnxredund.engine.backends import Backend
 from onnxredund.errors import OnnxRedundError
@@ -75,7 +77,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _IMPULSE_SHARE = 0.3  # of the budget, after which the impulse analysis leaves out comparisons with earlier layers
 _WRITE_RESERVE = 5.0  # seconds kept for writing the report, results and figures at the end
 _PLAN_MARGIN = 0.85  # of the time left that the sweeps are planned to fill (estimates are estimates)
@@ -110,6 +112,7 @@ class LayerSummary:
     worst_output_abs_error_max: float | None
     redundancy_score: float | None
     ranked_channels: list[dict] = field(default_factory=list)
+    decisions: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def cheap_fraction(self) -> float | None:
@@ -141,6 +144,7 @@ class AuditResult:
     seed: int
     budget: float | None
     cheap_drop: float
+    estimation: Estimation
     labelled: bool
     classifier: str | None
     impulse: ImpulseResult
@@ -165,6 +169,7 @@ class AuditResult:
             "seed": self.seed,
             "budget_seconds": self.budget,
             "cheap_drop": self.cheap_drop,
+            "estimation": self.estimation.to_dict(),
             "labelled": self.labelled,
             "classifier_output": self.classifier,
             "notes": list(self.notes),
@@ -176,16 +181,24 @@ class AuditResult:
 
 def _ranked(modes: dict[str, ShuffleResult]) -> list[dict]:
     """Every input channel measured in some mode, cheapest first: its worst cost over the modes that measured
-    it (a budget can sample other channels in each mode), then its lowest mean cosine."""
+    it (a budget can sample other channels in each mode), then its lowest mean cosine; with, per mode, its cost's
+    interval, its decision and the images it was measured on."""
     costs: dict[int, dict[str, float]] = {}
     cosines: dict[int, dict[str, float]] = {}
+    extra: dict[int, dict[str, dict]] = {}
     for mode, r in modes.items():
         cost, mean = r.cost(), r.mean_cosine()
         for i, k in enumerate(r.channels):
             costs.setdefault(k, {})[mode] = float(cost[i])
             cosines.setdefault(k, {})[mode] = float(mean[i])
+            if r.decision is not None:
+                extra.setdefault(k, {}).setdefault("decision", {})[mode] = r.decision[i]
+                interval = [float(r.cost_low[i]), float(r.cost_high[i])]
+                extra[k].setdefault("interval", {})[mode] = interval
+                extra[k].setdefault("images", {})[mode] = int(r.images[i])
     rows = [
         {"channel": k, "cost": max(costs[k].values()), "cost_by_mode": costs[k], "mean_cosine": cosines[k]}
+        | extra.get(k, {})
         for k in costs
     ]
     rows.sort(key=lambda r: (r["cost"], -min(r["mean_cosine"].values()), r["channel"]))
@@ -218,11 +231,16 @@ def _output_worsts(modes: dict[str, ShuffleResult]) -> dict:
 
 
 def summarize_layer(
-    layer: ConvLayer, impulse: ImpulseResult, modes: dict[str, ShuffleResult], cheap_drop: float
+    layer: ConvLayer, impulse: ImpulseResult, modes: dict[str, ShuffleResult], estimation: Estimation
 ) -> LayerSummary:
-    """Combine the impulse and shuffle signals of one layer."""
+    """Combine the impulse and shuffle signals of one layer. A sweep's cheap fraction is that of the channels
+    decided cheap, sequential (the undecided count as not cheap), else of those whose cost is at or under the
+    threshold."""
     imp = next((l for l in impulse.layers if l.name == layer.name), None)
-    cheap = {m: float((r.cost() <= cheap_drop).mean()) for m, r in modes.items()}
+    if estimation.sequential:
+        cheap = {m: r.decision_counts()["cheap"] / len(r.channels) for m, r in modes.items()}
+    else:
+        cheap = {m: float((r.cost() <= estimation.cheap_drop).mean()) for m, r in modes.items()}
     cosine = {m: float(r.cosine.mean()) for m, r in modes.items()}
     fraction = None if imp is None else imp.redundant_fraction
     signals = [s for s in (fraction, *cheap.values()) if s is not None]
@@ -241,6 +259,7 @@ def summarize_layer(
         samples={m: r.samples_done for m, r in modes.items()},
         redundancy_score=float(np.mean(signals)) if modes and signals else None,
         ranked_channels=_ranked(modes) if modes else [],
+        decisions={m: r.decision_counts() for m, r in modes.items()},
         **_output_worsts(modes),
     )
 
@@ -271,6 +290,8 @@ def run_audit(
     checkpoint_dir=None,
     resume: bool = False,
     impulse_at: str | None = None,
+    sequential: bool | None = None,
+    confidence: float = CONFIDENCE,
 ) -> AuditResult:
     """The impulse analysis of ``layers`` and shuffling of those with more than one input channel, within
     ``budget`` seconds.
@@ -289,12 +310,20 @@ def run_audit(
         impulse_at: a tensor to put the impulses at instead of the image input (see :func:`run_impulse`).
         checkpoint_dir, resume: where the sweeps keep their progress (each batch in this process, finished
             units on a backend), and whether to continue from what is there.
+        sequential: decide each channel as its images arrive and stop measuring it once decided
+            (:mod:`onnxredund.analyses.sequential`): every channel of every sweep is measured on at least
+            :data:`~onnxredund.choices.MIN_IMAGES` images, the undecided on more as the budget allows; False
+            measures every image for every channel (a budget measures fewer images, then fewer channels);
+            None (default): sequential when there is a budget.
+        confidence: of each channel's cost interval.
 
     Raises:
         KeyboardInterrupt: a signal during the impulse analysis (nothing finished; a signal during the sweeps
             returns an incomplete result instead).
     """
     clock = _Clock(time.perf_counter() if started is None else started, budget)
+    sequential = budget is not None if sequential is None else sequential
+    estimation = Estimation(sequential, cheap_drop, confidence)
     impulse = run_impulse(
         model,
         layers=layers,
@@ -314,7 +343,7 @@ def run_audit(
     shuffles: dict[str, dict[str, ShuffleResult]] = {}
     complete = True
     if sweeps:
-        options = {"seed": seed, "batch_size": batch_size, "device": device}
+        options = {"seed": seed, "batch_size": batch_size, "device": device, "estimation": estimation}
         kept = _Kept(None if checkpoint_dir is None else Path(checkpoint_dir), resume)
         if backend is None:
             results = _run_sweeps(model, data, sweeps, clock, options, progress, notes, kept)
@@ -342,7 +371,7 @@ def run_audit(
         for l in audited
         if l.in_channels == 1
     ]
-    summaries = [summarize_layer(l, impulse, shuffles.get(l.name, {}), cheap_drop) for l in audited]
+    summaries = [summarize_layer(l, impulse, shuffles.get(l.name, {}), estimation) for l in audited]
     return AuditResult(
         model=model.path,
         data=data.name,
@@ -350,6 +379,7 @@ def run_audit(
         seed=seed,
         budget=budget,
         cheap_drop=cheap_drop,
+        estimation=estimation,
         labelled=data.y is not None and classifier_output(model) is not None,
         classifier=classifier_output(model),
         impulse=impulse,
@@ -385,6 +415,7 @@ def _sweep_state(model, layer, data, mode, channels, options, kept: _Kept) -> tu
         repeats=1,
         seed=options["seed"],
         exact_path=False,
+        estimation=options["estimation"],
     )
     if kept.folder is None:
         return new_state(effect_meter(model, data, 1, len(channels)), layer, key), None
@@ -420,22 +451,30 @@ def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, not
     seconds_per_image = probe_seconds_per_image(model, data, options["device"], options["batch_size"])
     seen: list[float] = []  # the pass costs the sweeps so far showed: their median plans the next ones
     images = None  # fixed by the first plan: every sweep measures the same images
+    sequential = options["estimation"].sequential
     for i, (layer, mode) in enumerate(sweeps):
         pass_cost = float(np.median(seen)) if seen else PASS_COST
         left = clock.left()
-        plans = plan_sweeps(
-            model,
-            sweeps[i:],
-            samples=len(data),
-            seconds=None if left is None else _PLAN_MARGIN * left,
-            seconds_per_image=seconds_per_image,
-            pass_cost=pass_cost,
-            images=images,
-        )
-        if not plans:
-            notes.append(f"{layer.name} {mode} shuffling skipped: time budget spent")
-            continue
-        plan = plans[0]
+        if sequential:
+            plan, max_seconds = _sequential_plan(model, sweeps[i:], len(data), left, seconds_per_image, pass_cost)
+            if plan is None:
+                notes.append(f"{layer.name} {mode} shuffling skipped: time budget spent")
+                continue
+        else:
+            plans = plan_sweeps(
+                model,
+                sweeps[i:],
+                samples=len(data),
+                seconds=None if left is None else _PLAN_MARGIN * left,
+                seconds_per_image=seconds_per_image,
+                pass_cost=pass_cost,
+                images=images,
+            )
+            if not plans:
+                notes.append(f"{layer.name} {mode} shuffling skipped: time budget spent")
+                continue
+            plan = plans[0]
+            max_seconds = None if clock.budget is None else max(1.0, 2 * plan.seconds)
         images = plan.images
         subset = data if plan.images >= len(data) else data.subset(evenly_spaced(plan.images, len(data)), "sampled")
         state, ckpt = _sweep_state(model, layer, subset, mode, plan.channels, options, kept)
@@ -451,7 +490,7 @@ def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, not
             progress=cb,
             state=state,
             on_batch=None if ckpt is None else (lambda s, c=ckpt: s.save(c)),
-            max_seconds=None if clock.budget is None else max(1.0, 2 * plan.seconds),
+            max_seconds=max_seconds,
             **options,
         )
         if result.stopped == "interrupted":
@@ -467,7 +506,7 @@ def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, not
             took,
             clock.left() or 0.0,
         )
-        observed = _observed_pass_cost(plan, took, seconds_per_image)
+        observed = _observed_pass_cost(plan, took, seconds_per_image, int(np.sum(result.images)))
         if observed is not None:
             seen.append(observed)
         notes += _sampling_notes(plan, result, len(data))
@@ -475,13 +514,15 @@ def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, not
 
 
 def _plan_all(model, data, sweeps, seconds: float | None, options: dict, workers: int):
-    """Every sweep planned up front for ``workers`` workers (a budget of ``seconds`` each); the data they measure."""
+    """Every sweep planned up front for ``workers`` workers (a budget of ``seconds`` each); the data they measure.
+    Sequential sweeps are planned on every image and channel (their units stop early)."""
     seconds_per_image = probe_seconds_per_image(model, data, options["device"], options["batch_size"])
+    sequential = options.get("estimation", EXHAUSTIVE).sequential
     plans = plan_sweeps(
         model,
         sweeps,
         samples=len(data),
-        seconds=None if seconds is None else _PLAN_MARGIN * seconds * workers,
+        seconds=None if seconds is None or sequential else _PLAN_MARGIN * seconds * workers,
         seconds_per_image=seconds_per_image,
         pass_cost=PASS_COST,
     )
@@ -493,11 +534,16 @@ def _plan_all(model, data, sweeps, seconds: float | None, options: dict, workers
 def _run_sweep_units(
     model, data, sweeps, clock: _Clock, options: dict, progress, notes: list[str], kept: _Kept, backend: Backend
 ):
-    """All sweeps planned up front and run as units on the backend; results as each sweep's units are in."""
-    plans, subset, _ = _plan_all(model, data, sweeps, clock.left(), options, backend.workers)
+    """All sweeps planned up front and run as units on the backend; results as each sweep's units are in. With a
+    budget, sequential units share it evenly: each stops past its share, once its channels have their minimum."""
+    left = clock.left()
+    plans, subset, _ = _plan_all(model, data, sweeps, left, options, backend.workers)
     planned = {(p.layer.name, p.mode) for p in plans}
     notes += [f"{l.name} {m} shuffling skipped: time budget spent" for l, m in sweeps if (l.name, m) not in planned]
     job = job_for(model, subset, [(p.layer, p.mode, p.channels) for p in plans], **options)
+    if job.estimation.sequential and left is not None:
+        units = len(plan_units(job, [(p.layer, p.mode) for p in plans]))
+        job = dataclasses.replace(job, unit_seconds=max(1.0, _PLAN_MARGIN * left * backend.workers / max(units, 1)))
     results, complete = run_sweep_units(
         job,
         [(p.layer, p.mode) for p in plans],
@@ -528,11 +574,17 @@ def audit_estimate(
     workers: int,
     batch_size: int = BATCH_SIZE,
     device: str = "auto",
+    estimation: Estimation = EXHAUSTIVE,
 ) -> dict:
     """What an audit would run, before running it: per sweep the images, channels and units it takes and its
-    estimated time, from a timing probe of the model on this machine; the total divided over ``workers``."""
+    estimated time, from a timing probe of the model on this machine; the total divided over ``workers``.
+
+    A sequential audit's time depends on what it finds; ``sequential`` gives its range: every channel decided at
+    its first look (``least_seconds``), and every channel cheap, each needing the images a channel that never
+    changes a decision needs to be called cheap (``clear_images``; ``most_seconds``), against the exhaustive
+    estimate."""
     sweeps = [(l, m) for l in default_shuffle_layers(layers) for m in modes]
-    options = {"batch_size": batch_size, "device": device}
+    options = {"batch_size": batch_size, "device": device, "estimation": estimation}
     plans, subset, seconds_per_image = _plan_all(model, data, sweeps, budget, options, workers)
     job = job_for(model, subset, [(p.layer, p.mode, p.channels) for p in plans], **options)
     units = plan_units(job, [(p.layer, p.mode) for p in plans])
@@ -540,22 +592,71 @@ def audit_estimate(
         {**p.to_dict(), "units": sum(1 for u in units if (u.layer, u.mode) == (p.layer.name, p.mode))} for p in plans
     ]
     total = sum(p.seconds for p in plans)
-    return {
+    estimate = {
         "seconds_per_image": seconds_per_image,
         "sweeps": rows,
         "skipped": [f"{l.name} {m}" for l, m in sweeps if (l.name, m) not in {(p.layer.name, p.mode) for p in plans}],
         "units": len(units),
         "workers": workers,
         "estimate_seconds": total / max(workers, 1),
+        "sequential": None,
     }
+    if estimation.sequential and plans:
+        kind = effect_kind(data.y is not None, classifier_output(model) is not None)
+        first = first_look(estimation, batch_size, len(data))
+        clear = images_to_clear(estimation, kind, batch_size, len(data))
+
+        def seconds(images: int) -> float:  # every sweep's channels measured on ``images`` each
+            return sum(_sequential_cost(p, images) for p in plans) / max(workers, 1)
+
+        estimate["sequential"] = {
+            "cost_kind": kind,
+            "first_look_images": first,
+            "clear_images": clear,
+            "least_seconds": seconds(first),
+            "most_seconds": seconds(clear),
+        }
+    return estimate
 
 
-def _observed_pass_cost(plan: SweepPlan, seconds: float, seconds_per_image: float) -> float | None:
-    """The pass cost a sweep's real time shows (between 0.1 and 100), or None when it shows nothing."""
-    work = plan.images * seconds_per_image * len(plan.channels) * plan.share
+def _sequential_cost(plan: SweepPlan, images: int) -> float:
+    """A sweep's estimate with every channel measured on ``images``: its exhaustive estimate, less the setup,
+    scaled from the plan's images."""
+    return SETUP_SECONDS + (plan.seconds - SETUP_SECONDS) * min(images, plan.images) / max(plan.images, 1)
+
+
+def _observed_pass_cost(plan: SweepPlan, seconds: float, seconds_per_image: float, measured: int) -> float | None:
+    """The pass cost a sweep's real time shows (between 0.1 and 100), or None when it shows nothing; ``measured``:
+    the images its channels were measured on, all together."""
+    work = measured * seconds_per_image * plan.share
     if work <= 0:
         return None
     return float(np.clip((seconds - SETUP_SECONDS - plan.images * seconds_per_image) / work, 0.1, 100.0))
+
+
+def _sequential_plan(model, sweeps, samples: int, left: float | None, seconds_per_image: float, pass_cost: float):
+    """The first of ``sweeps`` planned sequentially: every image and channel, and the seconds after which it stops
+    (once every channel has its minimum of images; None: no budget): its share of the time left, in proportion
+    to its exhaustive cost, less what the minimum of the sweeps after it needs. None where not even its own
+    minimum fits the time left."""
+    full = plan_sweeps(
+        model, sweeps, samples=samples, seconds=None, seconds_per_image=seconds_per_image, pass_cost=pass_cost
+    )
+    if left is None:
+        return full[0], None
+    least = plan_sweeps(
+        model,
+        sweeps,
+        samples=min(MIN_IMAGES, samples),
+        seconds=None,
+        seconds_per_image=seconds_per_image,
+        pass_cost=pass_cost,
+    )
+    room = _PLAN_MARGIN * left
+    if room < least[0].seconds:
+        return None, None
+    share = room * full[0].seconds / max(sum(p.seconds for p in full), 1e-9)
+    return full[0], max(1.0, min(share, room - sum(p.seconds for p in least[1:])))
 
 
 def _sampling_notes(plan: SweepPlan, result: ShuffleResult, samples: int) -> list[str]:
@@ -566,7 +667,15 @@ def _sampling_notes(plan: SweepPlan, result: ShuffleResult, samples: int) -> lis
         parts.append(f"{len(plan.channels)} of {plan.layer.in_channels} input channels (evenly spaced)")
     if result.stopped == "time budget":
         parts.append(f"stopped after {result.samples_done} images")
-    return [f"{result.layer} {result.mode} shuffling measured {', '.join(parts)} (time budget)"] if parts else []
+    notes = [f"{result.layer} {result.mode} shuffling measured {', '.join(parts)} (time budget)"] if parts else []
+    undecided = result.decision_counts()["undecided"]
+    if result.estimation.sequential and undecided:
+        why = "the time budget" if result.stopped == "time budget" else "the data"
+        notes.append(
+            f"{result.layer} {result.mode} shuffling: {undecided} of {len(result.channels)} channels undecided at "
+            f"the end of {why} ({result.samples_done} images), counted as not cheap"
+        )
+    return notes
 
 
 def _word_notes(model: Model, data: DataSource) -> list[str]:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxredund.analyses.shuffle import ShuffleResult, effect_meter, new_state, run_shuffle, sweep_result
+from onnxredund.analyses.sequential import Estimation, in_random_order
+from onnxredund.analyses.shuffle import EXHAUSTIVE, ShuffleResult, effect_meter, new_state, run_shuffle, sweep_result
 from onnxredund.analyses.sweep_state import SweepState, sweep_key
 from onnxredund.choices import BATCH_SIZE
 from onnxredund.data import DataSource
@@ -66,6 +67,8 @@ class SweepJob:
     repeats: int = 1
     exact_path: bool = False
     device: str = "auto"
+    estimation: Estimation = EXHAUSTIVE
+    unit_seconds: float | None = None  # a sequential unit stops past these, its channels measured on the minimum
 
 
 def plan_units(job: SweepJob, sweeps: list[tuple[ConvLayer, str]]) -> list[SweepUnit]:
@@ -85,7 +88,8 @@ def job_for(model: Model, data: DataSource, sweeps: list[tuple[ConvLayer, str, l
     for layer, _, _ in sweeps:
         direct = exact or fast_path_blocker(model, layer) is not None
         chunks[layer.name] = 1 if direct else options.get("chunk") or chunk_size(model, layer, device, batch)
-    keep = {k: options[k] for k in ("seed", "batch_size", "repeats", "exact_path", "device") if k in options}
+    names = ("seed", "batch_size", "repeats", "exact_path", "device", "estimation", "unit_seconds")
+    keep = {k: options[k] for k in names if k in options}
     return SweepJob(model, data, {(l.name, m): tuple(c) for l, m, c in sweeps}, chunks, **keep)
 
 
@@ -123,11 +127,19 @@ def run_unit(job: SweepJob, unit: SweepUnit, cache: dict) -> dict:
         runner=runner,
         state=states[0],
         on_batch=states.append,
+        estimation=job.estimation,
+        max_seconds=job.unit_seconds,
     )
-    if not result.complete:  # stopped by a signal in this process: a part of a unit is not a finished unit
+    if result.stopped == "interrupted":  # by a signal in this process: a part of a unit is not a finished unit
         raise Interrupted(stop_status() - 128)
     last = states[-1]
-    return {"sums": last.sums, "samples": last.samples_done, "route": runner.path, "device": runner.device}
+    return {
+        "sums": last.sums,
+        "samples": last.samples_done,
+        "route": runner.path,
+        "device": runner.device,
+        "stopped": result.stopped or "",
+    }
 
 
 @dataclass
@@ -147,19 +159,16 @@ class _Sweep:
         meter = effect_meter(job.model, job.data, job.repeats, len(channels))
         state = new_state(meter, self.layer)
         for unit in self.units:  # a fixed order; each channel's numbers come whole from one unit
-            part = self.results[unit.first]
-            for name, value in part["sums"].items():
-                if np.ndim(value) == 0:
-                    if unit.first == 0:
-                        state.sums[name] = np.array(value, copy=True)
-                else:
-                    state.sums[name][:, unit.first : unit.first + len(unit.channels)] = value
+            for name, value in self.results[unit.first]["sums"].items():
+                state.sums[name][:, unit.first : unit.first + len(unit.channels)] = value
         first = self.results[0]
-        state.batches_done = -(-first["samples"] // job.batch_size)
-        state.samples_done = first["samples"]
+        state.samples_done = max(r["samples"] for r in self.results.values())  # sequential units may stop early
+        state.batches_done = -(-state.samples_done // job.batch_size)
+        stopped = next((r["stopped"] for r in self.results.values() if r.get("stopped")), None)
         args = (self.mode, job.seed, job.repeats, job.batch_size)
         route = (first["route"], first["device"])
-        return sweep_result(job.model, self.layer, job.data, route, meter, state, args, channels)
+        data = in_random_order(job.data, job.seed) if job.estimation.sequential else job.data
+        return sweep_result(job.model, self.layer, data, route, meter, state, args, channels, stopped, job.estimation)
 
 
 def _unit_path(checkpoint_dir: Path, unit: SweepUnit) -> Path:
@@ -177,12 +186,14 @@ def _unit_key(job: SweepJob, unit: SweepUnit) -> str:
         repeats=job.repeats,
         seed=job.seed,
         exact_path=job.exact_path,
+        estimation=job.estimation,
     )
-    return f"{base}|unit {unit.first}+{len(unit.channels)}|chunk {job.chunks[unit.layer]}"
+    seconds = f"|{job.unit_seconds} s" if job.estimation.sequential and job.unit_seconds else ""
+    return f"{base}{seconds}|unit {unit.first}+{len(unit.channels)}|chunk {job.chunks[unit.layer]}"
 
 
 def _save_unit(checkpoint_dir: Path, job: SweepJob, unit: SweepUnit, result: dict) -> None:
-    route = f"{result['route']}|{result['device']}"
+    route = f"{result['route']}|{result['device']}|{result['stopped']}"
     state = SweepState(0, result["samples"], {**result["sums"], "route": np.array(route)}, key=_unit_key(job, unit))
     state.save(_unit_path(checkpoint_dir, unit))
 
@@ -192,8 +203,8 @@ def _load_unit(checkpoint_dir: Path, job: SweepJob, unit: SweepUnit) -> dict | N
     if state is None:
         return None
     sums = dict(state.sums)
-    route, device = str(sums.pop("route")).split("|")
-    return {"sums": sums, "samples": state.samples_done, "route": route, "device": device}
+    route, device, stopped = str(sums.pop("route")).split("|")
+    return {"sums": sums, "samples": state.samples_done, "route": route, "device": device, "stopped": stopped}
 
 
 def run_sweep_units(

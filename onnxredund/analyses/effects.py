@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxredund.analyses.sequential import cost_bounds
 from onnxredund.metrics import (
     ERROR_EDGES,
     bin_counts,
@@ -34,12 +35,22 @@ from onnxredund.metrics import (
     top_k_hits,
 )
 
-__all__ = ["SQNR_CAP_DB", "EffectMeter", "OutputEffect", "merge_sums", "sample_rows"]
+__all__ = ["SQNR_CAP_DB", "EffectMeter", "OutputEffect", "effect_kind", "merge_sums", "nan_to_none", "sample_rows"]
 
 SQNR_CAP_DB = 300.0
 
 
-def _nan_to_none(values) -> list | None:
+def effect_kind(labelled: bool, classifier: bool) -> str:
+    """What the effect of a perturbation is measured in, the one definition: "accuracy" with labels (and a
+    classifier output), else "agreement" (top-1, with the clean model) with a classifier output, else
+    "output cosine" (the lowest over the outputs)."""
+    if labelled and classifier:
+        return "accuracy"
+    return "agreement" if classifier else "output cosine"
+
+
+def nan_to_none(values) -> list | None:
+    """A list for JSON, rounded to 10 digits, with None for NaN and infinities."""
     if values is None:
         return None
     return [None if not np.isfinite(v) else round(float(v), 10) for v in np.asarray(values, np.float64)]
@@ -64,15 +75,15 @@ class OutputEffect:
     def to_dict(self) -> dict:
         return {
             "classifier": self.classifier,
-            "cosine": _nan_to_none(self.cosine),
-            "relative_l2": _nan_to_none(self.relative_l2),
-            "sqnr_db": _nan_to_none(self.sqnr_db),
-            "abs_error_p50": _nan_to_none(self.abs_error_p50),
-            "abs_error_p99": _nan_to_none(self.abs_error_p99),
-            "abs_error_max": _nan_to_none(self.abs_error_max),
-            "top1_agreement": _nan_to_none(self.top1_agreement),
-            "top5_agreement": _nan_to_none(self.top5_agreement),
-            "kl_divergence": _nan_to_none(self.kl_divergence),
+            "cosine": nan_to_none(self.cosine),
+            "relative_l2": nan_to_none(self.relative_l2),
+            "sqnr_db": nan_to_none(self.sqnr_db),
+            "abs_error_p50": nan_to_none(self.abs_error_p50),
+            "abs_error_p99": nan_to_none(self.abs_error_p99),
+            "abs_error_max": nan_to_none(self.abs_error_max),
+            "top1_agreement": nan_to_none(self.top1_agreement),
+            "top5_agreement": nan_to_none(self.top5_agreement),
+            "kl_divergence": nan_to_none(self.kl_divergence),
         }
 
 
@@ -125,18 +136,35 @@ class EffectMeter:
         self.repeats, self.channels = repeats, channels
         self.labelled = labelled and bool(self.classifiers)
 
+    @property
+    def kind(self) -> str:
+        """What a channel's cost is measured in (:func:`effect_kind`)."""
+        return effect_kind(self.labelled, bool(self.classifiers))
+
+    def cost_bounds(self, sums: dict, looks, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+        """Each channel's cost interval from the sums (:func:`~onnxredund.analyses.sequential.cost_bounds`)."""
+        if self.kind == "agreement":
+            keys = {"top1": [self.key(self.classifiers[0], "top1")]}
+        else:
+            keys = {what: [self.key(name, what) for name in self.outputs] for what in ("cos", "cos_sq")}
+        return cost_bounds(self.kind, sums, keys, looks, confidence)
+
     def key(self, name: str, what: str) -> str:
         """The name of the sum ``what`` of output ``name`` in the sums dict."""
         return f"out{self.outputs.index(name)}.{what}"
 
     def new_sums(self) -> dict[str, np.ndarray]:
+        """Zeroed sums, every one (R, K, ...): each channel's own images (``seen``) and the clean values of
+        those images (``baseline_correct``, ``ref_sq``), so that channels may measure different images."""
         rk = (self.repeats, self.channels)
-        sums = {"baseline_correct": np.zeros((), np.int64)}
+        sums = {"seen": np.zeros(rk, np.int64), "baseline_correct": np.zeros(rk, np.int64)}
         if self.labelled:
             sums["correct"] = np.zeros(rk, np.int64)
+            sums["lost"] = np.zeros(rk, np.int64)  # correct clean, wrong perturbed
         for name in self.outputs:
-            sums[self.key(name, "ref_sq")] = np.zeros(())
+            sums[self.key(name, "ref_sq")] = np.zeros(rk)
             sums[self.key(name, "cos")] = np.zeros(rk)
+            sums[self.key(name, "cos_sq")] = np.zeros(rk)
             sums[self.key(name, "err_sq")] = np.zeros(rk)
             sums[self.key(name, "hist")] = np.zeros((*rk, len(ERROR_EDGES) - 1), np.int64)
             sums[self.key(name, "max")] = np.zeros(rk)
@@ -146,29 +174,37 @@ class EffectMeter:
                 sums[self.key(name, "kl")] = np.zeros(rk)
         return sums
 
-    def add_clean(self, sums: dict, clean: dict[str, np.ndarray], labels: np.ndarray | None) -> None:
-        """A batch's clean outputs: the reference energy, and the baseline's correct count."""
+    def clean_sums(self, clean: dict[str, np.ndarray], labels: np.ndarray | None) -> dict:
+        """A batch's clean numbers, which :meth:`add_rows` adds to each channel measured on the batch: its size,
+        each output's energy, and where there are labels, which samples the clean model gets right."""
+        batch = {"size": len(next(iter(clean.values())))}
         for name in self.outputs:
-            sums[self.key(name, "ref_sq")] += np.square(clean[name], dtype=np.float64).sum()
+            batch[name] = np.square(clean[name], dtype=np.float64).sum()
         if self.labelled and labels is not None:
-            sums["baseline_correct"] += int((clean[self.classifiers[0]].argmax(axis=1) == labels).sum())
+            batch["right"] = clean[self.classifiers[0]].argmax(axis=1) == labels
+        return batch
 
     def output_rows(self, perturbed: dict, clean: dict) -> dict:
         """The per-sample effects (:func:`sample_rows`) of the perturbed outputs (K', B, ...) of a direct run."""
         return sample_rows(self._plan(perturbed), perturbed, clean)
 
-    def add_rows(self, sums: dict, r: int, first: int, count: int, rows: dict, clean: dict, labels) -> None:
+    def add_rows(self, sums: dict, r: int, at, rows: dict, clean: dict, batch: dict, labels) -> None:
         """One run's per-sample effects (:func:`sample_rows`, or the fast model's on the device) for the channels
-        ``first:first + count`` of repeat ``r``; outputs missing from ``rows`` count as their clean values."""
+        at positions ``at`` (a slice or an index array) of repeat ``r``, with the batch's clean numbers
+        (:meth:`clean_sums`); outputs missing from ``rows`` count as their clean values."""
+        count = len(next(iter(rows.values()))) if rows else len(range(self.channels)[at])
         if not count:
             return
         missing = {name: clean[name] for name in self.outputs if (name, "cos") not in rows}
         if missing:
             unchanged = {name: np.broadcast_to(ref, (count, *ref.shape)) for name, ref in missing.items()}
             rows = rows | sample_rows(self._plan(unchanged), unchanged, clean)
-        at = (r, slice(first, first + count))
+        at = (r, at)
+        sums["seen"][at] += batch["size"]
         for name in self.outputs:
+            sums[self.key(name, "ref_sq")][at] += batch[name]
             sums[self.key(name, "cos")][at] += rows[name, "cos"].sum(axis=1)
+            sums[self.key(name, "cos_sq")][at] += np.square(rows[name, "cos"], dtype=np.float64).sum(axis=1)
             sums[self.key(name, "err_sq")][at] += rows[name, "err_sq"].sum(axis=1)
             sums[self.key(name, "hist")][at] += bin_counts(rows[name, "bins"])
             top = sums[self.key(name, "max")]
@@ -177,24 +213,28 @@ class EffectMeter:
                 for what in ("top1", "top5", "kl"):
                     sums[self.key(name, what)][at] += rows[name, what].sum(axis=1)
         if self.labelled and labels is not None:
-            sums["correct"][at] += (rows[self.classifiers[0], "argmax"] == labels).sum(axis=1)
+            right = batch["right"]
+            hits = rows[self.classifiers[0], "argmax"] == labels
+            sums["baseline_correct"][at] += int(right.sum())
+            sums["correct"][at] += hits.sum(axis=1)
+            sums["lost"][at] += (right & ~hits).sum(axis=1)
 
     def _plan(self, outputs: dict) -> dict[str, tuple[str | None, bool]]:
         return {name: self.plans[name] for name in outputs}
 
-    def effects(self, sums: dict, samples: int) -> dict[str, OutputEffect]:
-        """Per output, the effects (K,) as means over repeats."""
-        n = max(samples, 1)
+    def effects(self, sums: dict) -> dict[str, OutputEffect]:
+        """Per output, the effects (K,) as means over repeats, each channel's over the images it saw."""
+        n = np.maximum(sums["seen"], 1)
         return {name: self._effect(sums, name, n) for name in self.outputs}
 
-    def _effect(self, sums: dict, name: str, n: int) -> OutputEffect:
+    def _effect(self, sums: dict, name: str, n: np.ndarray) -> OutputEffect:
         def mean(what: str) -> np.ndarray:
             return (sums[self.key(name, what)] / n).mean(axis=0)
 
-        err, ref = sums[self.key(name, "err_sq")], float(sums[self.key(name, "ref_sq")])
+        err, ref = sums[self.key(name, "err_sq")], sums[self.key(name, "ref_sq")]
         with np.errstate(divide="ignore", invalid="ignore"):
-            rel = np.sqrt(err / ref) if ref > 0 else np.where(err == 0, 0.0, np.nan)
-            sqnr = np.where(err > 0, 10 * np.log10(ref / err), SQNR_CAP_DB) if ref > 0 else np.full(err.shape, np.nan)
+            rel = np.where(ref > 0, np.sqrt(err / ref), np.where(err == 0, 0.0, np.nan))
+            sqnr = np.where(ref > 0, np.where(err > 0, 10 * np.log10(ref / err), SQNR_CAP_DB), np.nan)
         hist, top = sums[self.key(name, "hist")], sums[self.key(name, "max")]
         quantile = np.vectorize(histogram_quantile, signature="(b),(),()->()")
         classifier = name in self.classifiers

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxredund.choices import MIN_IMAGES
 from onnxredund.data import DataSource, conform_feeds
 from onnxredund.engine.runtime import Runner
 from onnxredund.model import ConvLayer, Model, downstream
 
 __all__ = ["MIN_IMAGES", "SweepPlan", "evenly_spaced", "plan_sweeps", "probe_seconds_per_image", "suffix_share"]
 
-MIN_IMAGES = 64
 SETUP_SECONDS = 0.3  # building one sweep's models and sessions
 PASS_COST = 1.0  # a perturbed pass relative to a plain one, before any sweep has been measured (seen: 0.6-1.6)
 _PROBE_IMAGES = 16

@@ -42,7 +42,14 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxredund.analyses.effects import EffectMeter, OutputEffect, merge_sums
+from onnxredund.analyses.effects import EffectMeter, OutputEffect, effect_kind, merge_sums, nan_to_none
+from onnxredund.analyses.sequential import (
+    DECISIONS,
+    UNDECIDED,
+    Estimation,
+    decide,
+    in_random_order,
+)
 from onnxredund.analyses.sweep_state import SweepState, checkpoint_path, sweep_key
 from onnxredund.atomic import csv_text
 from onnxredund.choices import BATCH_SIZE
@@ -68,6 +75,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+EXHAUSTIVE = Estimation()  # every image for every channel, decided at the end
+
 
 @dataclass(frozen=True)
 class ShuffleResult:
@@ -88,6 +97,13 @@ class ShuffleResult:
         stopped: why an incomplete sweep stopped: "interrupted" (Ctrl-C, SIGTERM) or "time budget"; None
             when complete.
         data_info: what the data was (:meth:`DataSource.describe`).
+        images: per perturbed channel, the images it was measured on (all of ``samples_done`` unless a
+            sequential sweep stopped measuring it once decided), shape (K,).
+        channel_baseline: per perturbed channel, the clean top-1 accuracy on its images (K,), or None.
+        cost_low, cost_high: each channel's :meth:`cost` interval at ``estimation.confidence`` (K,)
+            (:mod:`onnxredund.analyses.sequential`).
+        decision: per channel "cheap", "costly" or "undecided" against ``estimation.cheap_drop``.
+        estimation: how the channels were decided (sequential or exhaustive, threshold, confidence).
     """
 
     model: str
@@ -118,6 +134,12 @@ class ShuffleResult:
     data_info: dict = field(default_factory=dict)
     stopped: str | None = None
     layer_in_channels: int | None = None  # the layer's input channels (``channels`` may be a sample of them)
+    images: np.ndarray | None = None
+    channel_baseline: np.ndarray | None = None
+    cost_low: np.ndarray | None = None
+    cost_high: np.ndarray | None = None
+    decision: list[str] | None = None
+    estimation: Estimation = field(default_factory=Estimation)
 
     def mean_cosine(self) -> np.ndarray:
         """Mean over output channels of ``cosine``: one number per perturbed channel, shape (K,)."""
@@ -151,6 +173,11 @@ class ShuffleResult:
             "agreement_std": _rounded(self.agreement_std),
             "baseline_accuracy": None if self.baseline_accuracy is None else round(self.baseline_accuracy, 10),
             "outputs": {name: effect.to_dict() for name, effect in self.outputs.items()},
+            "estimation": self.estimation.to_dict(),
+            "channel_images": None if self.images is None else [int(v) for v in self.images],
+            "cost": nan_to_none(self.cost()),
+            "cost_interval": _intervals(self.cost_low, self.cost_high),
+            "decision": self.decision,
         }
         if timing:
             d["device"], d["seconds"] = self.device, round(self.seconds, 3)
@@ -177,7 +204,13 @@ class ShuffleResult:
         effect = self.effect()
         if effect is None:
             return np.full(len(self.channels), np.nan)
-        return self.baseline_accuracy - effect if self.effect_kind == "accuracy" else 1.0 - effect
+        if self.effect_kind != "accuracy":
+            return 1.0 - effect
+        return (self.baseline_accuracy if self.channel_baseline is None else self.channel_baseline) - effect
+
+    def decision_counts(self) -> dict[str, int]:
+        """How many channels are cheap, costly and undecided."""
+        return {d: (self.decision or []).count(d) for d in DECISIONS}
 
     def to_csv(self) -> str:
         """One row per (k, c): channel, output_channel, cosine, cosine_std, accuracy, agreement."""
@@ -190,18 +223,25 @@ class ShuffleResult:
         header = ["mode", "channel", "output_channel", "cosine", "cosine_std", "accuracy", "agreement"]
         return csv_text(header, rows)
 
-
-def effect_kind(labelled: bool, classifier: bool) -> str:
-    """What the effect of a perturbation is measured in, the one definition: "accuracy" with labels (and a
-    classifier output), else "agreement" (top-1, with the clean model) with a classifier output, else
-    "output cosine" (the lowest over the outputs)."""
-    if labelled and classifier:
-        return "accuracy"
-    return "agreement" if classifier else "output cosine"
+    def decisions_csv(self) -> str:
+        """One row per perturbed channel: the images it was measured on, its cost, the cost's interval and its
+        decision."""
+        cost, low, high = self.cost(), self.cost_low, self.cost_high
+        rows = [
+            [self.mode, k, int(self.images[i]), f"{cost[i]:.8f}", f"{low[i]:.8f}", f"{high[i]:.8f}", self.decision[i]]
+            for i, k in enumerate(self.channels)
+        ]
+        return csv_text(["mode", "channel", "images", "cost", "cost_low", "cost_high", "decision"], rows)
 
 
 def _rounded(a) -> list | None:
     return None if a is None else np.round(np.asarray(a, np.float64), 10).tolist()
+
+
+def _intervals(low, high) -> list | None:
+    if low is None or high is None:
+        return None
+    return [list(pair) for pair in zip(nan_to_none(low), nan_to_none(high), strict=True)]
 
 
 def parse_channels(spec: str | None, count: int) -> list[int]:
@@ -262,6 +302,8 @@ def new_state(meter: EffectMeter, layer: ConvLayer, key: str = "") -> SweepState
     """An empty sweep state: the output effects' sums and the cosine sums of A_i."""
     sums = meter.new_sums()
     sums["cos_sum"] = np.zeros((meter.repeats, meter.channels, layer.out_channels))
+    sums["looks"] = np.zeros((meter.repeats, meter.channels), np.int64)
+    sums["decision"] = np.zeros((meter.repeats, meter.channels), np.int8)
     return SweepState(0, 0, sums, key=key)
 
 
@@ -283,6 +325,7 @@ def run_shuffle(
     on_batch: Callable[[SweepState], None] | None = None,
     max_seconds: float | None = None,
     runner: SweepRunner | None = None,
+    estimation: Estimation = EXHAUSTIVE,
 ) -> ShuffleResult:
     """Shuffle each input channel of a conv layer and measure the layer's cosine and the effect at the outputs.
 
@@ -304,6 +347,9 @@ def run_shuffle(
             sums committed together with its sample count; ``state`` itself is not changed.
         max_seconds: stop after the batch that passes this time (``stopped`` "time budget").
         runner: the sessions to use (built for this layer, mode and device; a worker keeps them across calls).
+        estimation: how the channels are decided (:class:`~onnxredund.analyses.sequential.Estimation`); a
+            sequential sweep takes the images in a seeded random order and stops measuring a channel once
+            its cost's interval clears the threshold, and the whole sweep once every channel is decided.
 
     Returns:
         A :class:`ShuffleResult` of the batches that finished; ``complete`` is False, and ``stopped`` says why,
@@ -312,9 +358,13 @@ def run_shuffle(
     layer = layer if isinstance(layer, ConvLayer) else model.layer(layer)
     channels = list(range(layer.in_channels)) if channels is None else channels
     _check_arguments(layer, mode, channels, batch_size, repeats)
+    if estimation.sequential and repeats != 1:
+        raise OnnxRedundError("a sequential sweep takes one repeat: its images are its repeats")
     _warn_degenerate(mode, batch_size, len(data))
     check_labels(model, data)
     device = resolve_device(device)
+    if estimation.sequential:
+        data = in_random_order(data, seed)
     if runner is None:
         runner = SweepRunner(model, layer, mode, device, exact=exact_path, chunk=chunk, batch_size=batch_size)
     if runner.blocker:
@@ -326,32 +376,35 @@ def run_shuffle(
     t0 = time.perf_counter() - state.seconds
     feed = PermutationFeed(mode, seed, repeats, channels, pixels, workers=permutation_workers(device))
     batches = iter_batches(data, batch_size, state.batches_done)
+    judge = _Judge(meter, estimation, state)
     # stages on threads: the clean runs (on a GPU, ahead on a thread of their own: the two sessions' streams
     # overlap; on a CPU they would only share its cores), the perturbed runs, and the sums here
     clean_batches = _clean_batches(runner, model, data, feed, batches, state.samples_done, batch_size)
     if device != "cpu":
         clean_batches = _RunAhead(clean_batches)
-    steps = _RunAhead(_device_steps(runner, clean_batches, channels, repeats))
+    steps = _RunAhead(_device_steps(runner, clean_batches, channels, repeats, judge))
     try:
         for step in steps:
             if step[0] == "clean":  # a batch's sums start apart from the state's
                 _, clean_outputs, labels = step
                 batch = {k: np.zeros_like(v) for k, v in state.sums.items()}
-                meter.add_clean(batch, clean_outputs, labels)
+                clean_sums = meter.clean_sums(clean_outputs, labels)
                 continue
             if step[0] == "run":
-                _, r, c0, cos, perturbed, rows = step
-                batch["cos_sum"][r, c0 : c0 + len(cos)] += cos
+                _, r, at, cos, perturbed, rows = step
+                at, cos, perturbed, rows = judge.still_open(at, cos, perturbed, rows)
+                batch["cos_sum"][r, at] += cos
                 if rows is None:  # the direct path: the outputs themselves came back
                     rows = meter.output_rows(perturbed, clean_outputs)
-                meter.add_rows(batch, r, c0, len(cos), rows, clean_outputs, labels)
+                meter.add_rows(batch, r, at, rows, clean_outputs, clean_sums, labels)
                 continue
             _, bi, size = step
             # the batch's sums and its sample count become the state in one assignment: an interrupt lands
             # before it (the batch is not counted, nor summed) or after it, never between
+            sums = judge.look(merge_sums(state.sums, batch))
             state = dataclasses.replace(
                 state,
-                sums=merge_sums(state.sums, batch),
+                sums=sums,
                 batches_done=bi + 1,
                 samples_done=state.samples_done + size,
                 seconds=time.perf_counter() - t0,
@@ -360,7 +413,14 @@ def run_shuffle(
                 on_batch(state)
             if progress is not None:
                 progress(size)
-            if max_seconds is not None and state.seconds >= max_seconds and state.samples_done < len(data):
+            if not judge.open:
+                break  # every channel decided
+            if (
+                max_seconds is not None
+                and state.seconds >= max_seconds
+                and state.samples_done < len(data)
+                and judge.measured_enough(state)
+            ):
                 stopped = "time budget"
                 log.warning("time budget spent after %d of %d samples", state.samples_done, len(data))
                 break
@@ -373,7 +433,59 @@ def run_shuffle(
         batches.close()
         feed.close()
     args = (mode, seed, repeats, batch_size)
-    return sweep_result(model, layer, data, (runner.path, runner.device), meter, state, args, channels, stopped)
+    route = (runner.path, runner.device)
+    return sweep_result(model, layer, data, route, meter, state, args, channels, stopped, estimation)
+
+
+class _Judge:
+    """A sweep's decisions: which channels are still measured, and after each batch, which of them are decided
+    (sequential sweeps; an exhaustive one keeps every channel open to the end).
+
+    The decisions and each channel's looks are kept in the sweep's sums (``decision``, ``looks``), so a resumed
+    sweep goes on with them. The runs are made ahead of the sums, on a thread: they read :attr:`positions`, which
+    only shrinks, and :meth:`still_open` drops what they measured of channels decided since.
+    """
+
+    def __init__(self, meter: EffectMeter, estimation: Estimation, state: SweepState) -> None:
+        self.meter, self.estimation = meter, estimation
+        self.decision = state.sums["decision"][0].copy()
+        self.positions = np.flatnonzero(self.decision == UNDECIDED).tolist()
+
+    @property
+    def open(self) -> bool:
+        return bool(self.positions)
+
+    def still_open(self, at: list[int], cos, perturbed, rows) -> tuple:
+        """A run's numbers for its channels at positions ``at``, less those of channels decided since; ``at``
+        as a slice when the channels are consecutive (an exhaustive sweep's runs)."""
+        keep = self.decision[at] == UNDECIDED
+        if not keep.all():
+            at, cos = [p for p, k in zip(at, keep, strict=True) if k], cos[keep]
+            perturbed = None if perturbed is None else {name: v[keep] for name, v in perturbed.items()}
+            rows = None if rows is None else {key: v[keep] for key, v in rows.items()}
+        if at and at[-1] - at[0] == len(at) - 1:
+            return slice(at[0], at[-1] + 1), cos, perturbed, rows
+        return np.asarray(at, np.int64), cos, perturbed, rows
+
+    def measured_enough(self, state: SweepState) -> bool:
+        """Whether every channel has seen its minimum of images (a budget may stop the sweep then, not before)."""
+        return not self.estimation.sequential or state.samples_done >= self.estimation.min_images
+
+    def look(self, sums: dict) -> dict:
+        """After a batch: the open channels with their minimum of images are looked at, and decided where their
+        interval clears the threshold (``sums``, a new dict of new arrays, is updated in place and returned)."""
+        if not self.estimation.sequential:
+            return sums
+        looking = (sums["decision"][0] == UNDECIDED) & (sums["seen"][0] >= self.estimation.min_images)
+        if not looking.any():
+            return sums
+        sums["looks"][0, looking] += 1
+        low, high = self.meter.cost_bounds(sums, sums["looks"][0], self.estimation.confidence)
+        decided = decide(low, high, self.estimation.cheap_drop)
+        sums["decision"][0, looking] = decided[looking]
+        self.decision = sums["decision"][0].copy()
+        self.positions = np.flatnonzero(self.decision == UNDECIDED).tolist()
+        return sums
 
 
 class _RunAhead:
@@ -439,16 +551,19 @@ def _clean_batches(runner: SweepRunner, model: Model, data: DataSource, feed, ba
         yield bi, size, labels, perms, clean, runner.clean_outputs(clean)
 
 
-def _device_steps(runner: SweepRunner, clean_batches, channels: list[int], repeats: int):
+def _device_steps(runner: SweepRunner, clean_batches, channels: list[int], repeats: int, judge: _Judge):
     """The sweep's model runs, in order, as steps for the loop that sums them up: ("clean", clean outputs,
-    labels) per batch, then ("run", repeat, first channel, cosine sums, perturbed outputs or None, per-sample
-    effects or None) per run of channels (:meth:`SweepRunner.run`), then ("end", batch index, batch size)."""
+    labels) per batch, then ("run", repeat, positions in ``channels``, cosine sums, perturbed outputs or None,
+    per-sample effects or None) per run of the channels still open (:meth:`SweepRunner.run`), then ("end", batch
+    index, batch size)."""
     for bi, size, labels, perms, clean, clean_outputs in clean_batches:
         yield "clean", clean_outputs, labels
+        positions = judge.positions
         for r in range(repeats):
-            for c0 in range(0, len(channels), runner.k):
-                ks = channels[c0 : c0 + runner.k]
-                yield ("run", r, c0, *runner.run(clean, ks, [perms[r, k] for k in ks]))
+            for c0 in range(0, len(positions), runner.k):
+                at = positions[c0 : c0 + runner.k]
+                ks = [channels[p] for p in at]
+                yield ("run", r, at, *runner.run(clean, ks, [perms[r, k] for k in ks]))
         yield "end", bi, size
 
 
@@ -456,16 +571,26 @@ def _mean_std(per_repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return per_repeat.mean(axis=0), per_repeat.std(axis=0)
 
 
-def sweep_result(model, layer, data, route, meter, state, args, channels, stopped=None) -> ShuffleResult:
+def sweep_result(
+    model, layer, data, route, meter, state, args, channels, stopped=None, estimation: Estimation | None = None
+) -> ShuffleResult:
     """The result of a sweep from its sums; ``route`` is (path, device), ``args`` (mode, seed, repeats, batch),
-    ``stopped`` why it stopped before the end of the data (None: it did not)."""
+    ``stopped`` why it stopped before the end of the data (None: it did not), ``estimation`` how its channels
+    are decided (default: exhaustively, at the default threshold and confidence)."""
     mode, seed, repeats, batch_size = args
-    done = max(state.samples_done, 1)
+    estimation = estimation or Estimation()
     sums = state.sums
-    cosine, cosine_std = _mean_std(sums["cos_sum"] / done)
+    seen = np.maximum(sums["seen"], 1)  # (R, K): each channel's images
+    cosine, cosine_std = _mean_std(sums["cos_sum"] / seen[..., None])
     pred = classifier_output(model)
-    acc = _mean_std(sums["correct"] / done) if meter.labelled else (None, None)
-    agr = _mean_std(sums[meter.key(pred, "top1")] / done) if pred else (None, None)
+    acc = _mean_std(sums["correct"] / seen) if meter.labelled else (None, None)
+    agr = _mean_std(sums[meter.key(pred, "top1")] / seen) if pred else (None, None)
+    most = int(np.argmax(sums["seen"][0])) if sums["seen"].size else 0  # a channel that saw every image
+    baseline = int(sums["baseline_correct"][0, most]) / int(seen[0, most]) if sums["seen"].size else 0.0
+    looks = sums["looks"][0]
+    low, high = meter.cost_bounds(sums, np.where(looks > 0, looks, 1), estimation.confidence)
+    # a sequential sweep's decisions were taken as it went; an exhaustive one's at its one look, at the end
+    decision = sums["decision"][0] if estimation.sequential else decide(low, high, estimation.cheap_drop)
     return ShuffleResult(
         model=model.path,
         layer=layer.name,
@@ -483,7 +608,7 @@ def sweep_result(model, layer, data, route, meter, state, args, channels, stoppe
         accuracy_std=acc[1],
         agreement=agr[0],
         agreement_std=agr[1],
-        baseline_accuracy=int(sums["baseline_correct"]) / done if meter.labelled else None,
+        baseline_accuracy=baseline if meter.labelled else None,
         route=route[0],
         device=route[1],
         complete=stopped is None,
@@ -491,10 +616,16 @@ def sweep_result(model, layer, data, route, meter, state, args, channels, stoppe
         layer_in_channels=layer.in_channels,
         samples_done=state.samples_done,
         seconds=state.seconds,
-        cosine_repeats=sums["cos_sum"] / done,
-        outputs=meter.effects(sums, state.samples_done),
+        cosine_repeats=sums["cos_sum"] / seen[..., None],
+        outputs=meter.effects(sums),
         classifier=pred,
         data_info=data.describe(),
+        images=sums["seen"][0].copy(),
+        channel_baseline=(sums["baseline_correct"] / seen).mean(axis=0) if meter.labelled else None,
+        cost_low=low,
+        cost_high=high,
+        decision=[DECISIONS[d] for d in decision],
+        estimation=estimation,
     )
 
 
@@ -527,10 +658,13 @@ def run_shuffle_modes(
         raise OnnxRedundError("--resume needs the --out folder of the interrupted run")
     defaults = {"batch_size": 256, "repeats": 1, "seed": 0, "exact_path": False}
     key_args = {k: options.get(k, v) for k, v in defaults.items()}
+    estimation = options.get("estimation", EXHAUSTIVE)
     results: dict[str, ShuffleResult] = {}
     for mode in modes:
         ckpt = checkpoint_path(checkpoint_dir, mode) if checkpoint_dir else None
-        key = sweep_key(model, layer, data, mode=mode, channels=channels, **key_args) if ckpt else ""
+        key = ""
+        if ckpt:
+            key = sweep_key(model, layer, data, mode=mode, channels=channels, estimation=estimation, **key_args)
         state = SweepState.load(ckpt, key) if (resume and ckpt) else None
         if resume and state is None:
             raise OnnxRedundError(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxredund.analyses.sequential import Estimation
 from onnxredund.atomic import atomic_write
 from onnxredund.data import DataSource
 from onnxredund.errors import OnnxRedundError
@@ -104,10 +105,14 @@ def sweep_key(
     repeats: int,
     seed: int,
     exact_path: bool,
+    estimation: Estimation | None = None,
 ) -> str:
-    """What a sweep's sums depend on: the model's bytes (external weight files too), the data and the arguments."""
+    """What a sweep's sums depend on: the model's bytes (external weight files too), the data and the arguments
+    (how a sequential sweep decides its channels too: it stops measuring them by it)."""
+    sequential = {"estimation": estimation.to_dict()} if estimation is not None and estimation.sequential else {}
     return json.dumps(
-        {
+        sequential
+        | {
             "model": [_digest(str(p.resolve()), *_stat(p)) for p in _model_files(model)],
             "layer": layer.name,
             "mode": mode,

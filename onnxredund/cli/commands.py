@@ -16,7 +16,6 @@ import click
 
 from onnxredund.atomic import check_writable, prepare_out_dir, write_json
 from onnxredund.choices import (
-    CHEAP_DROP,
     COMPENSATIONS,
     CRITERIA,
     MODES,
@@ -181,15 +180,26 @@ def evaluate(ctx, model: Path, batch_size, device, seed, as_json, verbose, quiet
 @options.out
 @options.overwrite
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out with the same permutations.")
+@click.option(
+    "--sequential",
+    is_flag=True,
+    help="Decide each channel cheap or costly as its images arrive (in a seeded random order) and stop measuring "
+    "it once decided; the sweep ends when all are.",
+)
+@options.cheap_drop
+@options.confidence
 @options.backend_options
 @options.as_json
 @options.verbosity
 @click.pass_context
-def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_json, verbose, quiet, **opts):
+def shuffle(
+    ctx, model: Path, layer, mode, channels, out, overwrite, resume, sequential, as_json, verbose, quiet, **opts
+):
     """Shuffle each input channel of a conv layer (across samples, or its pixels) and measure the
     cosine similarity of the layer's output per channel and the effect at the model's outputs."""
     from onnxredund.analyses.distributed import job_for, run_sweep_units
     from onnxredund.analyses.evaluate import one_class_note
+    from onnxredund.analyses.sequential import Estimation
     from onnxredund.analyses.shuffle import parse_channels, run_shuffle_modes
     from onnxredund.report.schema import check_sweep
     from onnxredund.report.writers import write_shuffle
@@ -203,6 +213,7 @@ def shuffle(ctx, model: Path, layer, mode, channels, out, overwrite, resume, as_
     bars = console.StepBars(quiet or as_json)
     modes = MODES if mode == "both" else (mode,)
     picked = parse_channels(channels, target.in_channels)
+    opts["estimation"] = Estimation(sequential, opts.pop("cheap_drop"), opts.pop("confidence"))
 
     def write(result) -> None:
         with deferred():  # a sweep's JSON and CSVs are written together
@@ -343,13 +354,7 @@ def impulse(
     "--threshold", type=float, default=NCC_THRESHOLD, show_default=True, help="NCC at which channels count as alike."
 )
 @options.impulse_at
-@click.option(
-    "--cheap-drop",
-    type=click.FloatRange(0, 1),
-    default=CHEAP_DROP,
-    show_default=True,
-    help="Cost (accuracy or agreement drop; 1 - output cosine) at or under which a shuffled channel counts as cheap.",
-)
+@options.cheap_drop
 @click.option(
     "--fail-if",
     "gates",
@@ -362,6 +367,14 @@ def impulse(
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted audit in --out (its finished sweeps, batches or units)."
 )
+@click.option(
+    "--exhaustive/--sequential",
+    "exhaustive",
+    default=None,
+    help="Measure every image for every channel, or decide each channel as its images arrive and stop measuring "
+    "it once decided [default: sequential with --budget, else exhaustive].",
+)
+@options.confidence
 @click.option("--dry-run", is_flag=True, help="List the sweeps and their units with a time estimate; run nothing.")
 @options.out
 @options.overwrite
@@ -369,11 +382,12 @@ def impulse(
 @options.verbosity
 @click.pass_context
 def audit(
-    ctx, model, layer_spec, modes, gates, resume, dry_run, out, overwrite, as_json, verbose, quiet, **run
+    ctx, model, layer_spec, modes, gates, exhaustive, resume, dry_run, out, overwrite, as_json, verbose, quiet, **run
 ) -> None:
     """Impulse analysis and shuffling of the chosen layers, combined per layer into a redundancy summary;
     writes report.html, results.json, CSV tables and figures into --out."""
     from onnxredund.analyses.audit import audit_estimate, check_gates, clear_checkpoints, parse_gate, run_audit
+    from onnxredund.analyses.sequential import Estimation
     from onnxredund.model import classifier_output
     from onnxredund.report.audit_report import report_seconds, write_audit, write_audit_impulse, write_audit_sweep
 
@@ -395,6 +409,11 @@ def audit(
             workers=workers,
             batch_size=run["batch_size"],
             device=run["device"],
+            estimation=Estimation(
+                run["budget"] is not None if exhaustive is None else not exhaustive,
+                run["cheap_drop"],
+                run["confidence"],
+            ),
         )
         if as_json:
             _echo_json(estimate)
@@ -418,6 +437,7 @@ def audit(
             backend=backend,
             checkpoint_dir=out_dir,
             resume=resume,
+            sequential=None if exhaustive is None else not exhaustive,
             **run,
         )
     bars.close()

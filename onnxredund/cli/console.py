@@ -134,9 +134,20 @@ def shuffle_lines(result: ShuffleResult) -> list[str]:
             f"  output {name}: lowest cosine {effect.cosine[worst]:.4f} (channel {result.channels[worst]}), "
             f"lowest SQNR {np.nanmin(effect.sqnr_db):.1f} dB"
         )
+    lines.append("  " + decision_words(result))
     if not result.complete:
         lines.append("  INTERRUPTED: partial results; rerun with --resume to finish")
     return lines
+
+
+def decision_words(result: ShuffleResult) -> str:
+    """'decided: 51 cheap, 3 costly, 6 undecided (cost <= 0.005 at 95 %, sequential: 256-5000 images each)'."""
+    counts, e = result.decision_counts(), result.estimation
+    how = f"cost <= {e.cheap_drop:g} at {100 * e.confidence:g} %"
+    if e.sequential and result.images is not None and len(result.images):
+        low, high = int(result.images.min()), int(result.images.max())
+        how += f", sequential: {low if low == high else f'{low}-{high}'} images each"
+    return f"decided: {counts['cheap']} cheap, {counts['costly']} costly, {counts['undecided']} undecided ({how})"
 
 
 def impulse_lines(result: ImpulseResult) -> list[str]:
@@ -199,10 +210,15 @@ def redundancy_lines(result: AuditResult) -> list[str]:
 
 
 def _measured(result: AuditResult, s, mode: str) -> str:
-    """The words ' (K of C measured)' where a budget shuffled only K of the layer's C input channels."""
+    """The words ' (K of C measured)' where a budget shuffled only K of the layer's C input channels; with the
+    undecided channels of a sequential audit: ' (U undecided)'."""
     sweep = result.shuffles.get(s.name, {}).get(mode)
     k = 0 if sweep is None else len(sweep.channels)
-    return f" ({k} of {s.in_channels} measured)" if 0 < k < s.in_channels else ""
+    words = [f"{k} of {s.in_channels} measured"] if 0 < k < s.in_channels else []
+    undecided = s.decisions.get(mode, {}).get("undecided", 0)
+    if result.estimation.sequential and undecided:
+        words.append(f"{undecided} undecided")
+    return f" ({', '.join(words)})" if words else ""
 
 
 def _grouped_notes(notes: list[str]) -> list[str]:
@@ -399,5 +415,15 @@ def estimate_lines(estimate: dict, backend) -> list[str]:
             f"{s['estimate_seconds']:.1f}"
         )
     lines += [f"skipped (over the budget): {', '.join(estimate['skipped'])}"] if estimate["skipped"] else []
-    lines.append(f"estimated time: {estimate['estimate_seconds']:.1f} s (the sweeps' total over the workers)")
+    seq = estimate.get("sequential")
+    if seq is None:
+        lines.append(f"estimated time: {estimate['estimate_seconds']:.1f} s (the sweeps' total over the workers)")
+        return lines
+    lines.append(f"exhaustive, every image for every channel: {estimate['estimate_seconds']:.1f} s")
+    lines.append(
+        f"sequential: {seq['least_seconds']:.1f} s if every channel is decided at its first look "
+        f"({seq['first_look_images']} images), up to {seq['most_seconds']:.1f} s if every channel is cheap "
+        f"(a channel that never changes the {seq['cost_kind']} needs {seq['clear_images']} images to be called "
+        "cheap); the sweeps' total over the workers"
+    )
     return lines

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import click
 
-from onnxredund.choices import BACKENDS, BATCH_SIZE, DEVICES, IMPULSE_MODES, LAYOUT_CHOICES, MODES, PREPROCESS_KEYS
+from onnxredund.choices import (
+    BACKENDS,
+    BATCH_SIZE,
+    CHEAP_DROP,
+    CONFIDENCE,
+    DEVICES,
+    IMPULSE_MODES,
+    LAYOUT_CHOICES,
+    MODES,
+    PREPROCESS_KEYS,
+)
 
 __all__ = [
     "as_json",
@@ -145,4 +155,18 @@ impulse_at = click.option(
 overwrite = click.option("--overwrite", is_flag=True, help="Replace results in a non-empty --out folder.")
 batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=BATCH_SIZE, show_default=True)
 shuffle_modes = click.Choice([*MODES, "both"])
+cheap_drop = click.option(
+    "--cheap-drop",
+    type=click.FloatRange(0, 1),
+    default=CHEAP_DROP,
+    show_default=True,
+    help="Cost (accuracy or agreement drop; 1 - output cosine) at or under which a shuffled channel counts as cheap.",
+)
+confidence = click.option(
+    "--confidence",
+    type=click.FloatRange(0.5, 1, max_open=True),
+    default=CONFIDENCE,
+    show_default=True,
+    help="Of each shuffled channel's cost interval (under optional stopping when sequential).",
+)
 impulse_modes = click.Choice(IMPULSE_MODES)

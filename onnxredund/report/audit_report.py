@@ -51,12 +51,21 @@ SUMMARY_COLUMNS = [
     "impulse_compared",
     "channel_cheap_fraction",
     "pixel_cheap_fraction",
+    "channel_undecided",
+    "pixel_undecided",
     "worst_accuracy_drop",
     "worst_agreement_drop",
     "worst_output_cosine",
     "worst_output_sqnr",
     "redundancy_score",
 ]
+
+
+def _summary_value(s: LayerSummary, column: str):
+    if column.endswith("_undecided"):  # the channels a sweep left undecided (None: not shuffled in that mode)
+        counts = s.decisions.get(column.removesuffix("_undecided"))
+        return None if counts is None else counts["undecided"]
+    return getattr(s, column)
 
 
 def write_audit_impulse(out: Path, impulse: ImpulseResult) -> None:
@@ -74,6 +83,7 @@ def write_audit_sweep(out: Path, result: ShuffleResult) -> None:
     write_json(out / f"{tag}.json", payload)
     atomic_write(out / f"{tag}.csv", result.to_csv())
     atomic_write(out / f"{tag}-outputs.csv", outputs_csv(result))
+    atomic_write(out / f"{tag}-decisions.csv", result.decisions_csv())
 
 
 def _pct(v: float | None) -> str | None:
@@ -99,14 +109,24 @@ def _cost_cell(s: LayerSummary, word: str) -> str | None:
 
 
 def _cheap_cell(result: AuditResult, s: LayerSummary, mode: str) -> str | None:
-    """A cheap fraction with what it is of: "98.3 % of 60 (2000 images)", "100.0 % of 1 measured of 32 (64 images)"."""
+    """A cheap fraction with what it is of: "98.3 % of 60 (2000 images; at 95.0 %: 50 cheap, 1 costly, 9
+    undecided)", "100.0 % of 1 measured of 32 (64 images; ...)"; sequential: "85.0 % of 60 (51 cheap, 0 costly,
+    9 undecided; 256-5000 images each)"."""
     sweep = result.shuffles.get(s.name, {}).get(mode)
     fraction = s.channel_cheap_fraction if mode == "channel" else s.pixel_cheap_fraction
     if sweep is None or fraction is None:
         return None
     k = len(sweep.channels)
     of = f"{k}" if k == s.in_channels else f"{k} measured of {s.in_channels}"
-    return f"{_pct(fraction)} of {of} ({sweep.samples_done} images)"
+    counts = sweep.decision_counts()
+    decided = f"{counts['cheap']} cheap, {counts['costly']} costly, {counts['undecided']} undecided"
+    if not sweep.estimation.sequential:  # the fraction is of the estimates; the decisions are of the intervals
+        return (
+            f"{_pct(fraction)} of {of} ({sweep.samples_done} images; at {_pct(sweep.estimation.confidence)}: {decided})"
+        )
+    low, high = int(sweep.images.min()), int(sweep.images.max())
+    seen = f"{low}-{high} images each" if low != high else f"{high} images each"
+    return f"{_pct(fraction)} of {of} ({decided}; {seen})"
 
 
 _SAMPLED = " shuffling measured "  # the words of the audit's sampling notes (analyses.audit._sampling_notes)
@@ -174,12 +194,30 @@ def _ranked_table(summary: LayerSummary, word: str) -> Table:
     unit = " pp" if word in ("accuracy", "agreement") else ""
     scale = 100 if unit else 1
     modes = sorted({m for r in summary.ranked_channels for m in r["mean_cosine"]})
+
+    def interval(r: dict, m: str) -> str | None:
+        low, high = r.get("interval", {}).get(m, (None, None))
+        if low is None:
+            return None
+        words = f"[{scale * low:.2f}, {scale * high:.2f}]{unit} {r['decision'][m]}"
+        return f"{words}, {r['images'][m]} images"
+
     rows = [
-        [r["channel"], f"{scale * r['cost']:.2f}{unit}", *(_cos(r["mean_cosine"].get(m)) for m in modes)]
+        [
+            r["channel"],
+            f"{scale * r['cost']:.2f}{unit}",
+            *(interval(r, m) for m in modes),
+            *(_cos(r["mean_cosine"].get(m)) for m in modes),
+        ]
         for r in summary.ranked_channels[:20]
     ]
     return Table(
-        ["input channel", f"cost in {word} (worst mode)", *(f"mean cosine ({m})" for m in modes)],
+        [
+            "input channel",
+            f"cost in {word} (worst mode)",
+            *(f"interval, decision ({m})" for m in modes),
+            *(f"mean cosine ({m})" for m in modes),
+        ],
         rows,
         f"{summary.name}: input channels whose perturbation costs least (first 20)",
     )
@@ -258,7 +296,7 @@ def write_audit(out: Path, result: AuditResult, *, parts: bool = True, deadline:
     payload = {**result.to_dict(), "matrices_file": IMPULSE_NPZ}
     check_results(payload)
     write_json(out / "results.json", payload)
-    rows = [[getattr(s, c) for c in SUMMARY_COLUMNS] for s in result.layers]
+    rows = [[_summary_value(s, c) for c in SUMMARY_COLUMNS] for s in result.layers]
     atomic_write(out / "summary.csv", csv_text(["layer", *SUMMARY_COLUMNS[1:]], rows))
     imp = result.impulse
     # what to draw, most telling first: the overview, then the shuffling and the impulse figures of the layers

@@ -151,6 +151,39 @@ def accuracy_figure(
     return _png(fig)
 
 
+_DECISION_COLOURS = {"cheap": "tab:green", "costly": "tab:red", "undecided": "tab:gray"}
+
+
+def cost_interval_figure(
+    channels: list[int], cost, low, high, decision: list[str], threshold: float, title: str, ylabel: str
+) -> bytes:
+    """Each perturbed channel's cost with its confidence interval, coloured by its decision, against the cheap
+    threshold (a dashed line); the channels in the layer's order."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    x, cost = np.asarray(channels), np.asarray(cost, np.float64)
+    below, above = cost - np.asarray(low, np.float64), np.asarray(high, np.float64) - cost
+    for word, colour in _DECISION_COLOURS.items():
+        pick = np.array([d == word for d in decision], bool)
+        if pick.any():
+            ax.errorbar(
+                x[pick],
+                cost[pick],
+                yerr=[np.maximum(below[pick], 0), np.maximum(above[pick], 0)],
+                fmt="o",
+                ms=3,
+                lw=1,
+                color=colour,
+                label=f"{word} ({int(pick.sum())})",
+            )
+    ax.axhline(threshold, color="black", ls="--", lw=1, label=f"cheap at or under {threshold:g}")
+    _channel_axis(ax, channels)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return _png(fig)
+
+
 def shuffle_example_figure(
     clean: np.ndarray, channel_shuffled: np.ndarray, pixel_shuffled: np.ndarray, title: str
 ) -> bytes:

@@ -14,7 +14,13 @@ import numpy as np
 from onnxredund.analyses.impulse import ImpulseResult
 from onnxredund.analyses.shuffle import ShuffleResult
 from onnxredund.atomic import atomic_write, csv_text, write_json
-from onnxredund.report.figures import accuracy_figure, cosine_figure, ncc_figure, response_grid_figure
+from onnxredund.report.figures import (
+    accuracy_figure,
+    cosine_figure,
+    cost_interval_figure,
+    ncc_figure,
+    response_grid_figure,
+)
 from onnxredund.report.html import Figure
 from onnxredund.report.schema import check_sweep
 
@@ -37,6 +43,11 @@ EFFECT_LABELS = {
     "accuracy": "top-1 accuracy",
     "agreement": "top-1 agreement with the clean model",
     "output cosine": "lowest output cosine",
+}
+COST_LABELS = {
+    "accuracy": "accuracy drop",
+    "agreement": "top-1 disagreement with the clean model",
+    "output cosine": "1 - lowest output cosine",
 }
 EFFECT_FILES = {"accuracy": "accuracy", "agreement": "agreement", "output cosine": "output-cosine"}
 
@@ -75,6 +86,23 @@ def shuffle_figures(result: ShuffleResult, prefix: str = "") -> dict[str, Figure
         figs[f"{tag}-{EFFECT_FILES[kind]}.png"] = Figure(
             accuracy_figure(result.channels, values, baseline, title, label),
             f"{title}: {label} per perturbed channel" + ("; the line is the clean baseline" if baseline else ""),
+        )
+    if result.decision is not None and values is not None:
+        e = result.estimation
+        how = "sequential, " if e.sequential else ""
+        figs[f"{tag}-cost.png"] = Figure(
+            cost_interval_figure(
+                result.channels,
+                result.cost(),
+                result.cost_low,
+                result.cost_high,
+                result.decision,
+                e.cheap_drop,
+                title,
+                COST_LABELS[kind],
+            ),
+            f"{title}: each channel's cost with its {100 * e.confidence:g} % interval ({how}decided against "
+            f"{e.cheap_drop:g})",
         )
     return figs
 
@@ -133,5 +161,6 @@ def write_shuffle(out: Path, result: ShuffleResult, figures: bool = True) -> Non
     write_json(out / f"shuffle-{result.mode}.json", payload)
     atomic_write(out / f"shuffle-{result.mode}.csv", result.to_csv())
     atomic_write(out / f"shuffle-{result.mode}-outputs.csv", outputs_csv(result))
+    atomic_write(out / f"shuffle-{result.mode}-decisions.csv", result.decisions_csv())
     if figures:
         write_figures(out, shuffle_figures(result))

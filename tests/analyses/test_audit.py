@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
-from conftest import small_cnn
-from onnx import numpy_helper
+from conftest import make_model, small_cnn
+from onnx import helper, numpy_helper
 
 from onnxredund.analyses.audit import run_audit
 from onnxredund.analyses.gates import check_gates, parse_gate
@@ -157,3 +159,54 @@ def test_an_audit_says_when_the_model_gives_one_class_to_all_the_data_and_why_a_
         "gives class" in n
         for n in run_audit(load_model_proto(small_cnn(c_in=1)[0]), varied, batch_size=20, device="cpu").notes
     )
+
+
+def chain_cnn(widths=(3, 32, 64, 128, 256), size: int = 16, classes: int = 10, seed: int = 0):
+    """A Keras-style classifier: 3x3 convs with stride 2 and Relu, widening as in the issue's 4-conv model, then
+    global average pooling and a dense layer."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], {}, "x"
+    for i, (c_in, c_out) in enumerate(itertools.pairwise(widths), start=1):
+        inits[f"w{i}"] = rng.normal(size=(c_out, c_in, 3, 3)) * np.sqrt(2 / (9 * c_in))
+        nodes += [
+            helper.make_node("Conv", [x, f"w{i}"], [f"z{i}"], name=f"conv{i}", pads=[1, 1, 1, 1], strides=[2, 2]),
+            helper.make_node("Relu", [f"z{i}"], [f"a{i}"]),
+        ]
+        x = f"a{i}"
+    inits["fc"] = rng.normal(size=(widths[-1], classes))
+    nodes += [
+        helper.make_node("GlobalAveragePool", [x], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc"], ["logits"]),
+    ]
+    return make_model(nodes, [("x", ["N", widths[0], size, size])], [("logits", ["N", classes])], inits)
+
+
+def test_a_budgeted_audit_decides_every_channel_of_every_layer():
+    """The issue's case: a budget that once measured 1 of 32 channels of a layer and skipped two layers now gives
+    every channel of every layer at least the minimum of images, and a decision or an undecided count."""
+    m = load_model_proto(chain_cnn())
+    data = Dataset(RNG.random((256, 3, 16, 16), dtype=np.float32), None, "synthetic")
+    result = run_audit(m, data, budget=60.0, device="cpu", modes=("channel",))
+    assert result.estimation.sequential  # the default with a budget
+    assert not any("skipped" in n for n in result.notes)
+    for layer in m.layers[1:]:
+        sweep = result.shuffles[layer.name]["channel"]
+        assert sweep.channels == list(range(layer.in_channels))
+        assert sweep.images.min() >= MIN_IMAGES
+        summary = next(s for s in result.layers if s.name == layer.name)
+        counts = summary.decisions["channel"]
+        assert sum(counts.values()) == layer.in_channels
+        assert summary.channel_cheap_fraction == counts["cheap"] / layer.in_channels  # the undecided as not cheap
+
+
+def test_an_exhaustive_audit_measures_every_image_and_counts_cheap_by_the_estimate():
+    m = load_model_proto(small_cnn(3, c_mid=8, zero_channel=1)[0])
+    data = labelled(96)
+    result = run_audit(m, data, budget=120.0, device="cpu", modes=("channel",), sequential=False)
+    sweep = result.shuffles["conv2"]["channel"]
+    assert not result.estimation.sequential and (sweep.images == 96).all()
+    conv2 = result.layers[1]
+    assert conv2.channel_cheap_fraction == float((sweep.cost() <= result.cheap_drop).mean())
+    assert sweep.decision[1] == "undecided"  # a dead channel: no drop in 96 images, but 96 images cannot show 0.5 %
+    assert sweep.cost_low[1] <= 0.0 <= sweep.cost()[1] <= sweep.cost_high[1]

@@ -65,7 +65,7 @@ def test_audit_writes_every_output(audit_dir):
 def test_results_json_validates_against_the_schema(audit_dir):
     results = json.loads((audit_dir / "results.json").read_text())
     jsonschema.validate(results, json.loads(SCHEMA.read_text()))
-    assert results["schema_version"] == 2
+    assert results["schema_version"] == 3
     conv2 = next(s for s in results["summary"] if s["name"] == "conv2")
     assert conv2["channel_cheap_fraction"] is not None and len(conv2["ranked_channels"]) == 4
     costs = [r["cost"] for r in conv2["ranked_channels"]]

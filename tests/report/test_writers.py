@@ -87,6 +87,7 @@ def test_the_summary_table_says_what_each_cheap_fraction_is_of():
     from dataclasses import replace
 
     from onnxredund.analyses.audit import run_audit
+    from onnxredund.analyses.sequential import Estimation
     from onnxredund.report.audit_report import _cheap_cell
 
     model = load_model_proto(small_cnn(c_mid=4)[0])
@@ -94,10 +95,17 @@ def test_the_summary_table_says_what_each_cheap_fraction_is_of():
     result = run_audit(model, Dataset(x, np.arange(48) % 4, "toy"), batch_size=16, device="cpu")
     conv2 = result.layers[1]
     fraction = f"{100 * conv2.channel_cheap_fraction:.1f} %"
-    assert _cheap_cell(result, conv2, "channel") == f"{fraction} of 4 (48 images)"
-    sampled = replace(result.shuffles["conv2"]["channel"], channels=[1], samples_done=16)
+    sweep = result.shuffles["conv2"]["channel"]
+    c = sweep.decision_counts()
+    decided = f"{c['cheap']} cheap, {c['costly']} costly, {c['undecided']} undecided"
+    assert sum(c.values()) == 4
+    assert _cheap_cell(result, conv2, "channel") == f"{fraction} of 4 (48 images; at 95.0 %: {decided})"
+    sampled = replace(sweep, channels=[1], samples_done=16)
     result.shuffles["conv2"]["channel"] = sampled  # as a budget leaves it: one channel on fewer images
-    assert _cheap_cell(result, conv2, "channel") == f"{fraction} of 1 measured of 4 (16 images)"
+    assert _cheap_cell(result, conv2, "channel") == f"{fraction} of 1 measured of 4 (16 images; at 95.0 %: {decided})"
+    sequential = replace(sweep, estimation=Estimation(sequential=True), images=np.array([16, 48, 16, 32]))
+    result.shuffles["conv2"]["channel"] = sequential  # channels called at different looks
+    assert _cheap_cell(result, conv2, "channel") == f"{fraction} of 4 ({decided}; 16-48 images each)"
 
 
 def test_the_impulse_cell_says_why_channels_were_not_compared():
