@@ -56,7 +56,7 @@ from onnxredund.analyses.plan import (
 from onnxredund.analyses.sequential import Estimation, first_look, images_to_clear
 from onnxredund.analyses.shuffle import EXHAUSTIVE, ShuffleResult, effect_kind, effect_meter, new_state, run_shuffle
 from onnxredund.analyses.sweep_state import SweepState, sweep_key
-from onnxredund.choices import BATCH_SIZE, CHEAP_DROP, CONFIDENCE, MIN_IMAGES, NCC_THRESHOLD
+from onnxredund.choices import BATCH_SIZE, CHEAP_DROP, CONFIDENCE, NCC_THRESHOLD
 from onnxredund.data import DataSource
 from onnxredund.engine.backends import Backend
 from onnxredund.errors import OnnxRedundError
@@ -456,7 +456,10 @@ def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, not
         pass_cost = float(np.median(seen)) if seen else PASS_COST
         left = clock.left()
         if sequential:
-            plan, max_seconds = _sequential_plan(model, sweeps[i:], len(data), left, seconds_per_image, pass_cost)
+            first = first_look(options["estimation"], options["batch_size"], len(data))
+            plan, max_seconds = _sequential_plan(
+                model, sweeps[i:], first, len(data), left, seconds_per_image, pass_cost
+            )
             if plan is None:
                 notes.append(f"{layer.name} {mode} shuffling skipped: time budget spent")
                 continue
@@ -634,11 +637,11 @@ def _observed_pass_cost(plan: SweepPlan, seconds: float, seconds_per_image: floa
     return float(np.clip((seconds - SETUP_SECONDS - plan.images * seconds_per_image) / work, 0.1, 100.0))
 
 
-def _sequential_plan(model, sweeps, samples: int, left: float | None, seconds_per_image: float, pass_cost: float):
+def _sequential_plan(model, sweeps, first: int, samples: int, left: float | None, seconds_per_image: float, pass_cost):
     """The first of ``sweeps`` planned sequentially: every image and channel, and the seconds after which it stops
-    (once every channel has its minimum of images; None: no budget): its share of the time left, in proportion
-    to its exhaustive cost, less what the minimum of the sweeps after it needs. None where not even its own
-    minimum fits the time left."""
+    (once every channel has had its first look, at ``first`` images; None: no budget): its share of the time left,
+    in proportion to its exhaustive cost, less what the first looks of the sweeps after it need. None where not
+    even its own first look fits the time left."""
     full = plan_sweeps(
         model, sweeps, samples=samples, seconds=None, seconds_per_image=seconds_per_image, pass_cost=pass_cost
     )
@@ -647,7 +650,7 @@ def _sequential_plan(model, sweeps, samples: int, left: float | None, seconds_pe
     least = plan_sweeps(
         model,
         sweeps,
-        samples=min(MIN_IMAGES, samples),
+        samples=first,
         seconds=None,
         seconds_per_image=seconds_per_image,
         pass_cost=pass_cost,

@@ -141,13 +141,13 @@ class EffectMeter:
         """What a channel's cost is measured in (:func:`effect_kind`)."""
         return effect_kind(self.labelled, bool(self.classifiers))
 
-    def cost_bounds(self, sums: dict, looks, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    def cost_bounds(self, sums: dict, looks, estimation) -> tuple[np.ndarray, np.ndarray]:
         """Each channel's cost interval from the sums (:func:`~onnxredund.analyses.sequential.cost_bounds`)."""
         if self.kind == "agreement":
             keys = {"top1": [self.key(self.classifiers[0], "top1")]}
         else:
             keys = {what: [self.key(name, what) for name in self.outputs] for what in ("cos", "cos_sq")}
-        return cost_bounds(self.kind, sums, keys, looks, confidence)
+        return cost_bounds(self.kind, sums, keys, looks, estimation)
 
     def key(self, name: str, what: str) -> str:
         """The name of the sum ``what`` of output ``name`` in the sums dict."""

@@ -4,29 +4,38 @@ The cost is the one the cheap threshold applies to (:meth:`~onnxredund.analyses.
 a mean over images, estimated per perturbed channel k from the sweep's sums:
 
 - the accuracy drop, P(clean right, perturbed wrong) - P(clean wrong, perturbed right): two proportions, each
-  with Wilson's score interval at half the error; the drop's interval is [lo(lost) - hi(gained),
-  hi(lost) - lo(gained)];
-- the top-1 disagreement with the clean model: one proportion, Wilson's interval;
+  with its interval at half the error; the drop's interval is [lo(lost) - hi(gained), hi(lost) - lo(gained)];
+- the top-1 disagreement with the clean model: one proportion;
 - 1 - the output cosine: per output, a mean of per-image values in [0, 2], with the normal interval of its
   sample variance, each output at 1/outputs of the error; the cost and its bounds are the largest over outputs.
 
-Wilson's interval rather than an empirical-Bernstein bound: the cheap threshold (0.005 by default) is far below
-the range of one image's cost (1 or 2), and a bound that pays for the range (Bernstein's ``7 R log(1/d) / 3n``
-term) cannot call a channel cheap before thousands of images; Wilson's interval, a normal approximation that
-stays honest at zero counts (a channel that flipped no decision in n images gets the upper bound
-z^2 / (n + z^2), not 0), calls it at a few hundred, and a cosine cost of 1e-4 with a spread of 1e-4 is called
-after the minimum of images.
+**Proportions: a confidence sequence.** A proportion's interval is the beta-binomial mixture confidence
+sequence (Howard, Ramdas, McAuliffe, Sekhon 2021, "Time-uniform, nonparametric, nonasymptotic confidence
+sequences", section 3): after n images with S hits, every p with
 
-**Optional stopping.** In a sequential sweep a channel is looked at after every batch once it has
-``min_images``, and it stops receiving images once decided. The error d = 1 - confidence is spent over the
-looks: look j of a channel uses d_j = d / (j (j + 1)), which sum to d, so (a union bound) the chance that any of
-a channel's intervals misses its cost is at most d however many looks the data allows, up to the normal
-approximation. There is no correction over channels: each channel's decision errs with probability at most d.
-An exhaustive sweep looks once, at the end.
+    M_n(p) = B(a + S, b + n - S) / B(a, b) / (p^S (1 - p)^(n - S))  <  1 / d,      d = 1 - confidence,
 
-The images are taken in a seeded random order (:func:`in_random_order`), so that the images a channel saw are
-a random sample of the data, and the cost estimated is the exhaustive sweep's. In channel mode an image's
-perturbation comes from another image of its batch: the images are not quite independent draws.
+M_n being, under p, a nonnegative martingale (a mixture of likelihood ratios), so by Ville's inequality the
+chance that p ever leaves the set, at any of the looks, however many and whenever they are taken, is at most d:
+valid under optional stopping with no union over looks and no normal approximation. The mixing prior is half
+Beta(1, 1 / cheap_drop - 1), its mean at the threshold, where the decisions are made, and half Beta(1, 1), so
+that costs far from it still get a narrow interval (for which B(a + S, b + n - S) / B(a, b) above is the two
+priors' average). A channel that never changes a decision is called cheap at 0.5 pp after about 1,100 to
+1,300 images, where Wilson's interval with the error spent over looks after every batch needed 2,800 to 4,100
+(and an empirical-Bernstein bound, which pays ``7 R log(1/d) / 3n`` for the range R of one image's cost, many
+thousands). An exhaustive sweep, which looks once, gets the same set.
+
+**Means: the normal interval, the error spent over looks.** 1 - cosine is not a proportion; its interval is
+the normal one with the sample variance, a channel's j-th look at d_j = d / (j (j + 1)) (which sum to d, a union
+bound), so that a cost of 1e-4 with a spread of 1e-4 is called at the first look. It is a normal
+approximation.
+
+In a sequential sweep a channel is looked at after every batch once it has ``min_images``, and it stops
+receiving images once decided. There is no correction over channels: each channel's decision errs with
+probability at most d. The images are taken in a seeded random order (:func:`in_random_order`), so that the
+images a channel saw are a random sample of the data, and the cost estimated is the exhaustive sweep's. In
+channel mode an image's perturbation comes from another image of its batch: the images are not quite
+independent draws.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtri
+from scipy.special import betaln, ndtri
 
 from onnxredund.choices import CHEAP_DROP, CONFIDENCE, MIN_IMAGES
 from onnxredund.data import DataSource
@@ -51,7 +60,7 @@ __all__ = [
     "first_look",
     "images_to_clear",
     "in_random_order",
-    "wilson",
+    "proportion_bounds",
     "z_score",
 ]
 
@@ -95,14 +104,34 @@ def z_score(confidence: float, looks, tests: int = 1) -> np.ndarray:
     return ndtri(1.0 - delta / 2)
 
 
-def wilson(hits, n, z) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson's score interval of a proportion: ``hits`` of ``n`` (arrays), at the normal quantile ``z``."""
-    n = np.maximum(np.asarray(n, np.float64), 1.0)
-    p = np.clip(np.asarray(hits, np.float64) / n, 0.0, 1.0)
-    z2 = np.square(z)
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+def proportion_bounds(hits, n, error: float, prior_mean: float) -> tuple[np.ndarray, np.ndarray]:
+    """The beta-binomial confidence sequence of a proportion, ``hits`` of ``n`` (arrays): every p whose mixture
+    likelihood ratio is under 1 / ``error``; the mixture is half Beta(1, b) with its mean at ``prior_mean`` and
+    half Beta(1, 1)."""
+    hits, n = np.broadcast_arrays(np.asarray(hits, np.float64), np.maximum(np.asarray(n, np.float64), 0.0))
+    b = 1.0 / float(np.clip(prior_mean, 1e-4, 0.5)) - 1.0
+    # log of the data's likelihood under the mixture, the same for every p
+    marginal = np.logaddexp(betaln(1 + hits, b + n - hits) - betaln(1, b), betaln(1 + hits, 1 + n - hits)) - np.log(2)
+    level = np.log(1.0 / error)
+
+    def inside(p):  # log M_n(p) < log(1 / d)
+        return marginal - hits * np.log(p) - (n - hits) * np.log1p(-p) < level
+
+    centre = np.where(n > 0, hits / np.maximum(n, 1.0), 0.5)
+    # M_n falls from p -> 0 to its least at S / n and rises to p -> 1: bisect each side for where it meets 1 / d
+    tiny = 1e-15
+    lo_a, lo_b = np.full_like(centre, tiny), np.maximum(centre, tiny)
+    hi_a, hi_b = np.minimum(centre, 1 - tiny), np.full_like(centre, 1 - tiny)
+    for _ in range(50):
+        mid = (lo_a + lo_b) / 2
+        keep = inside(mid)
+        lo_a, lo_b = np.where(keep, lo_a, mid), np.where(keep, mid, lo_b)
+        mid = (hi_a + hi_b) / 2
+        keep = inside(mid)
+        hi_a, hi_b = np.where(keep, mid, hi_a), np.where(keep, hi_b, mid)
+    lower = np.where(inside(np.full_like(centre, tiny)), 0.0, lo_b)
+    upper = np.where(inside(np.full_like(centre, 1 - tiny)), 1.0, hi_a)
+    return np.clip(lower, 0.0, 1.0), np.clip(upper, 0.0, 1.0)
 
 
 def _mean_interval(total, total_sq, n, z) -> tuple[np.ndarray, np.ndarray]:
@@ -114,27 +143,27 @@ def _mean_interval(total, total_sq, n, z) -> tuple[np.ndarray, np.ndarray]:
     return mean - half, mean + half
 
 
-def cost_bounds(kind: str, sums: dict, keys: dict[str, list[str]], looks, confidence: float) -> tuple:
+def cost_bounds(kind: str, sums: dict, keys: dict[str, list[str]], looks, estimation: Estimation) -> tuple:
     """Each channel's cost interval (lower, upper), (K,) each, from a sweep's sums (pooled over repeats).
 
     Args:
         kind: what the cost is measured in: "accuracy", "agreement" or "output cosine".
         keys: the sums to read: ``{"top1": [key]}`` for agreement (the prediction's), ``{"cos": [...],
             "cos_sq": [...]}`` for the outputs' cosines.
-        looks: per channel, the look this is (1 for an exhaustive sweep's one look).
+        looks: per channel, the look this is (1 for an exhaustive sweep's one look; proportions need no count).
+        estimation: the threshold (the prior's mean) and the confidence.
     """
     n = sums["seen"].sum(axis=0)
+    error, prior = 1.0 - estimation.confidence, estimation.cheap_drop
     if kind == "accuracy":
-        z = z_score(confidence, looks, 2)
         lost = sums["lost"].sum(axis=0)
         gained = lost + sums["correct"].sum(axis=0) - sums["baseline_correct"].sum(axis=0)
-        lost_lo, lost_hi = wilson(lost, n, z)
-        gained_lo, gained_hi = wilson(gained, n, z)
+        lost_lo, lost_hi = proportion_bounds(lost, n, error / 2, prior)
+        gained_lo, gained_hi = proportion_bounds(gained, n, error / 2, prior)
         return lost_lo - gained_hi, lost_hi - gained_lo
     if kind == "agreement":
-        misses = n - sums[keys["top1"][0]].sum(axis=0)
-        return wilson(misses, n, z_score(confidence, looks))
-    z = z_score(confidence, looks, len(keys["cos"]))
+        return proportion_bounds(n - sums[keys["top1"][0]].sum(axis=0), n, error, prior)
+    z = z_score(estimation.confidence, looks, len(keys["cos"]))
     bounds = [
         _mean_interval(sums[c].sum(axis=0), sums[q].sum(axis=0), n, z)
         for c, q in zip(keys["cos"], keys["cos_sq"], strict=True)
@@ -164,15 +193,20 @@ def first_look(estimation: Estimation, batch_size: int, samples: int) -> int:
 
 def images_to_clear(estimation: Estimation, kind: str, batch_size: int, samples: int) -> int:
     """The images a channel that never changes a decision (no answer lost or flipped) needs to be called cheap
-    in a sequential sweep, looked at after every batch from its first look: the first n where the upper bound
-    of Wilson's interval of 0 of n, at that look, is at or under the threshold (``samples`` where no n of the
-    data is enough). A channel whose cost is not 0 needs more; a costly one is called at its first look where
-    its cost is well above the threshold. For "output cosine" costs a spread of 0 is decided at the first look."""
+    in a sequential sweep, looked at after every batch from its first look: the first such n where the upper
+    bound of its interval is at or under the threshold (``samples`` where no n of the data is enough). A channel
+    whose cost is not 0 needs more; a costly one is called at its first look where its cost is well above the
+    threshold. For "output cosine" costs a spread of 0 is decided at the first look."""
     n = first_look(estimation, batch_size, samples)
     if kind == "output cosine":
         return n
-    tests = 2 if kind == "accuracy" else 1
-    look = 1
-    while n < samples and wilson(0, n, z_score(estimation.confidence, look, tests))[1] > estimation.cheap_drop:
-        n, look = min(samples, n + batch_size), look + 1
+    error = 1.0 - estimation.confidence
+    if kind == "accuracy":  # two proportions, none lost and none gained: hi(lost) - lo(gained) = hi(lost)
+        error /= 2
+
+    def upper(n: int) -> float:
+        return float(proportion_bounds(0, n, error, estimation.cheap_drop)[1])
+
+    while n < samples and upper(n) > estimation.cheap_drop:
+        n = min(samples, n + batch_size)
     return n

@@ -480,7 +480,7 @@ class _Judge:
         if not looking.any():
             return sums
         sums["looks"][0, looking] += 1
-        low, high = self.meter.cost_bounds(sums, sums["looks"][0], self.estimation.confidence)
+        low, high = self.meter.cost_bounds(sums, sums["looks"][0], self.estimation)
         decided = decide(low, high, self.estimation.cheap_drop)
         sums["decision"][0, looking] = decided[looking]
         self.decision = sums["decision"][0].copy()
@@ -588,7 +588,7 @@ def sweep_result(
     most = int(np.argmax(sums["seen"][0])) if sums["seen"].size else 0  # a channel that saw every image
     baseline = int(sums["baseline_correct"][0, most]) / int(seen[0, most]) if sums["seen"].size else 0.0
     looks = sums["looks"][0]
-    low, high = meter.cost_bounds(sums, np.where(looks > 0, looks, 1), estimation.confidence)
+    low, high = meter.cost_bounds(sums, np.where(looks > 0, looks, 1), estimation)
     # a sequential sweep's decisions were taken as it went; an exhaustive one's at its one look, at the end
     decision = sums["decision"][0] if estimation.sequential else decide(low, high, estimation.cheap_drop)
     return ShuffleResult(

@@ -274,7 +274,7 @@ def _sweep_figures(modes: dict[str, ShuffleResult]) -> dict[str, Figure]:
 
 def report_seconds(layers: int, sweeps: int) -> float:
     """About how long writing an audit's outputs takes (figures dominate), for budgets to keep aside."""
-    figures = 2 * min(layers, FIGURE_LAYERS) + 2 * min(sweeps, 2 * FIGURE_LAYERS) + 1
+    figures = 2 * min(layers, FIGURE_LAYERS) + 3 * min(sweeps, 2 * FIGURE_LAYERS) + 1  # cosine, effect, cost
     return 3.0 + _SECONDS_PER_FIGURE * figures
 
 
