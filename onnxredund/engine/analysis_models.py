@@ -195,11 +195,17 @@ def _copy_nodes(builder: _GraphBuilder, graph: onnx.GraphProto, indices, rename:
         builder.nodes.append(node)
 
 
-def _tile(b: _GraphBuilder, tensor: str, k: int) -> str:
+def _k_shape(b: _GraphBuilder, *tail: int) -> str:
+    """The shape (K, *tail), K the run's channels (the length of ``ks``: a run may take fewer than the most)."""
+    if not tail:
+        return b.op("Shape", ["ks"])
+    return b.op("Concat", [b.op("Shape", ["ks"]), b.const(b.fresh("tail"), np.array(tail, np.int64))], axis=0)
+
+
+def _tile(b: _GraphBuilder, tensor: str) -> str:
     """(B, ...) -> (K*B, ...), row j*B + b = row b."""
     shape = b.op("Shape", [tensor])
-    kk = b.const(f"k_{tensor}", np.array([k], np.int64))
-    expanded = b.op("Expand", [b.unsqueeze(tensor, [0]), b.op("Concat", [kk, shape], axis=0)])
+    expanded = b.op("Expand", [b.unsqueeze(tensor, [0]), b.op("Concat", [_k_shape(b), shape], axis=0)])
     tail = b.op("Slice", [shape, b.const(f"t1_{tensor}", [1]), b.const(f"tend_{tensor}", [np.iinfo(np.int64).max])])
     return b.op("Reshape", [expanded, b.op("Concat", [b.const(f"m1_{tensor}", [-1]), tail], axis=0)])
 
@@ -250,9 +256,9 @@ def _cosine(b: _GraphBuilder, dot: str, nn_p: str, nn_c: str) -> str:
     return b.op("Where", [b.op("And", [zp, zc]), one, cos])
 
 
-def _cosine_sum(b: _GraphBuilder, ap: str, a: str, k: int, c_out: int, pixels: int) -> str:
+def _cosine_sum(b: _GraphBuilder, ap: str, a: str, c_out: int, pixels: int) -> str:
     """sum over b of cosine(ap[j, b, c], a[b, c]) in float64: (K, C_out)."""
-    pa = b.op("Reshape", [ap, b.const("cos_shape_p", np.array([k, -1, c_out, pixels], np.int64))])
+    pa = b.op("Reshape", [ap, _k_shape(b, -1, c_out, pixels)])
     ca = b.op("Reshape", [a, b.const("cos_shape_c", np.array([1, -1, c_out, pixels], np.int64))])
     dot = b.op("Cast", [b.reduce("ReduceSum", b.op("Mul", [pa, ca]), [3])], to=TensorProto.DOUBLE)
     nn_p = b.op("Cast", [b.reduce("ReduceSumSquare", pa, [3])], to=TensorProto.DOUBLE)
@@ -286,12 +292,12 @@ def _error_bins(b: _GraphBuilder, err: str) -> str:
     return b.op("Add", [b.op("Sub", [index, below]), above])
 
 
-def _output_effects(b: _GraphBuilder, y: str, ref: str, k: int, size: int, plan: tuple) -> dict[str, str]:
+def _output_effects(b: _GraphBuilder, y: str, ref: str, size: int, plan: tuple) -> dict[str, str]:
     """Per (channel j, sample b), what perturbing does to one output, as :func:`~onnxredund.analyses.effects.
     sample_rows` computes it on the host: y (K*B, ...) perturbed, ref (B, ...) clean, ``size`` elements per sample,
     ``plan`` (classifier kind or None, whether it is the prediction). Tensors (K, B); ``bins`` (K, B * size)."""
     kind, prediction = plan
-    y3 = b.op("Reshape", [y, b.const(b.fresh("kbs"), np.array([k, -1, size], np.int64))])
+    y3 = b.op("Reshape", [y, _k_shape(b, -1, size)])
     r3 = b.op("Reshape", [ref, b.const(b.fresh("1bs"), np.array([1, -1, size], np.int64))])
     yd, rd = b.op("Cast", [y3], to=TensorProto.DOUBLE), b.op("Cast", [r3], to=TensorProto.DOUBLE)
     diff = b.op("Sub", [yd, rd])
@@ -301,7 +307,7 @@ def _output_effects(b: _GraphBuilder, y: str, ref: str, k: int, size: int, plan:
         "cos": _cosine(b, dot, b.reduce("ReduceSumSquare", yd, [2]), b.reduce("ReduceSumSquare", rd, [2])),
         "err_sq": b.reduce("ReduceSumSquare", diff, [2]),
         "max": b.reduce("ReduceMax", err, [2]),
-        "bins": b.op("Reshape", [_error_bins(b, err), b.const(b.fresh("k1"), np.array([k, -1], np.int64))]),
+        "bins": b.op("Reshape", [_error_bins(b, err), _k_shape(b, -1)]),
     }
     if kind is None:
         return rows
@@ -330,9 +336,10 @@ def _log_probabilities(b: _GraphBuilder, x: str, kind: str) -> str:
 
 
 def build_fast_model(
-    model: Model, layer: ConvLayer, mode: str, k: int, outputs: list[str]
+    model: Model, layer: ConvLayer, mode: str, outputs: list[str]
 ) -> tuple[onnx.ModelProto, list[str]]:
-    """The fast model for runs of ``k`` channels; returns it and its input names.
+    """The fast model for runs of any number K of channels (the length of ``ks``; how many a run takes is the
+    caller's choice, by memory); returns it and its input names.
 
     Inputs: X (B, C_in, *spatial), Z and A (B, C_out, *spatial'), the side tensors, ``ks`` (K,) int64,
     ``perm_index`` ((K*B,) int32 rows for channel mode, (K*B, P) for pixel mode; row j*B + b is
@@ -346,22 +353,22 @@ def build_fast_model(
     proto = model.analysis_proto
     graph = proto.graph
     b = _GraphBuilder(default_opset(proto))
-    zp = _perturbed_preactivation(b, model, layer, mode, k)
+    zp = _perturbed_preactivation(b, model, layer, mode)
     rename = {layer.output: zp}
     _copy_nodes(b, graph, _chain_nodes(graph, layer), rename, "chain/")
     ap = rename.get(layer.activation, zp)
     out_positions = int(np.prod(layer.output_shape[1:]))
-    results = {"cos_sum": _cosine_sum(b, ap, layer.activation, k, layer.out_channels, out_positions)}
+    results = {"cos_sum": _cosine_sum(b, ap, layer.activation, layer.out_channels, out_positions)}
     side = side_inputs(proto, layer.activation)
-    suffix = {layer.activation: ap} | {t: _tile(b, t, k) for t in side}
+    suffix = {layer.activation: ap} | {t: _tile(b, t) for t in side}
     _copy_nodes(b, graph, downstream(graph, layer.activation), suffix, "suffix/")
     for name in outputs:
         size = int(np.prod(model.shapes[name]))
-        for what, tensor in _output_effects(b, suffix[name], name, k, size, output_plan(model, name)).items():
+        for what, tensor in _output_effects(b, suffix[name], name, size, output_plan(model, name)).items():
             results[f"effect/{what}/{name}"] = tensor
     inputs = list(dict.fromkeys([layer.input, layer.output, layer.activation, *side, *outputs, "ks", "perm_index"]))
     _copy_constant_producers(b, graph, inputs)
-    return _assemble(b, proto, inputs, results, mode, k), inputs
+    return _assemble(b, proto, inputs, results, mode), inputs
 
 
 _EFFECT_TYPES = {
@@ -384,7 +391,7 @@ def output_plan(model: Model, name: str) -> tuple[str | None, bool]:
     return output_kind(model.proto, name), name == model.classifiers[0]
 
 
-def _perturbed_preactivation(b: _GraphBuilder, model: Model, layer: ConvLayer, mode: str, k: int) -> str:
+def _perturbed_preactivation(b: _GraphBuilder, model: Model, layer: ConvLayer, mode: str) -> str:
     """Z + conv(delta_k, W[:, k]) for the K channels of a run, as (K*B, C_out, *spatial')."""
     x, z, ks, perm = layer.input, layer.output, "ks", "perm_index"
     positions = int(np.prod(layer.input_shape[1:]))
@@ -404,7 +411,7 @@ def _perturbed_preactivation(b: _GraphBuilder, model: Model, layer: ConvLayer, m
     conv = model.proto.graph.node[layer.node_index]
     taps = int(np.prod(layer.kernel))
     patches = b.op("Gather", [delta, b.const("im2col", im2col_index(layer, conv))], axis=1)  # (K*B, T, P')
-    patches = b.op("Reshape", [patches, b.const("patches4", np.array([k, -1, taps, out_positions], np.int64))])
+    patches = b.op("Reshape", [patches, _k_shape(b, -1, taps, out_positions)])
     weight = model.constant(layer.weight).astype(np.float32)
     cols = weight_columns(weight, layer.groups).reshape(layer.in_channels, c_out, taps)
     kernels = b.unsqueeze(b.op("Gather", [b.const("weight_columns", cols), ks], axis=0), [1])  # (K, 1, C_out, T)
@@ -436,23 +443,23 @@ def _copy_constant_producers(b: _GraphBuilder, graph: onnx.GraphProto, inputs: l
     b.inits.extend(t for t in graph.initializer if t.name in used)
 
 
-def _assemble(b, proto, inputs: list[str], outputs: dict[str, str], mode: str, k: int) -> onnx.ModelProto:
+def _assemble(b, proto, inputs: list[str], outputs: dict[str, str], mode: str) -> onnx.ModelProto:
     for dst, src in outputs.items():
         b.nodes.append(helper.make_node("Identity", [src], [dst], name=f"ox/out_{dst}"))
     known_inputs = []
     infos = value_infos(proto)
     for name in inputs:
         if name == "ks":
-            known_inputs.append(helper.make_tensor_value_info("ks", TensorProto.INT64, [k]))
+            known_inputs.append(helper.make_tensor_value_info("ks", TensorProto.INT64, ["K"]))
         elif name == "perm_index":
             shape = ["KB"] if mode == "channel" else ["KB", "P"]
             known_inputs.append(helper.make_tensor_value_info("perm_index", TensorProto.INT32, shape))
         else:
             known_inputs.append(value_info(proto, name, infos))
-    outs = [helper.make_tensor_value_info("cos_sum", TensorProto.DOUBLE, [k, None])]
+    outs = [helper.make_tensor_value_info("cos_sum", TensorProto.DOUBLE, ["K", None])]
     for name in outputs:
         if name != "cos_sum":
-            outs.append(helper.make_tensor_value_info(name, _EFFECT_TYPES[name.split("/")[1]], [k, None]))
+            outs.append(helper.make_tensor_value_info(name, _EFFECT_TYPES[name.split("/")[1]], ["K", None]))
     graph = helper.make_graph(b.nodes, "onnxredund_fast_sweep", known_inputs, outs, initializer=b.inits)
     out = helper.make_model(graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
     out.producer_name = "onnxredund"

@@ -93,7 +93,7 @@ class SweepRunner:
         self.k = 1
         if self.path == "fast":
             self.k = chunk or chunk_size(model, layer, device, batch_size)
-            fast, self.fast_inputs = build_fast_model(model, layer, mode, self.k, self.outputs)
+            fast, self.fast_inputs = build_fast_model(model, layer, mode, self.outputs)
             self.fast = Runner.create(fast, device, threads, derived=True)
         else:
             direct, self.direct_inputs = build_direct_model(model, layer, self.outputs)
@@ -142,21 +142,19 @@ class SweepRunner:
         return np.array(cos), {name: np.stack(v) for name, v in outs.items()}, None
 
     def run_fast(self, clean: dict, ks: list[int], perms: list[np.ndarray]) -> tuple:
-        n = len(ks)
-        pad_ks = ks + [ks[-1]] * (self.k - n)
-        pad_perms = perms + [perms[-1]] * (self.k - n)
-        batch = len(pad_perms[0])
+        n = len(ks)  # at most k; fewer in a run of the last channels, or of those a sequential sweep has open
+        batch = len(perms[0])
         if self.mode == "channel":  # rows j*B + b of the (K*B, P) channel planes
-            index = (np.stack(pad_perms) + np.arange(self.k)[:, None] * batch).reshape(-1).astype(np.int32)
+            index = (np.stack(perms) + np.arange(n)[:, None] * batch).reshape(-1).astype(np.int32)
         else:  # int32 halves what goes to the device
-            index = np.concatenate(pad_perms, dtype=np.int32)
+            index = np.concatenate(perms, dtype=np.int32)
         feeds = {name: clean[name] for name in self.fast_inputs if name in clean}
-        feeds["ks"] = np.array(pad_ks, np.int64)
+        feeds["ks"] = np.array(ks, np.int64)
         feeds["perm_index"] = index
         values = dict(zip(self.fast.output_names, self.fast.run(feeds), strict=True))
         rows = {}
         for key, value in values.items():
             if key.startswith("effect/"):
                 _, what, name = key.split("/", 2)
-                rows[name, what] = value[:n]
-        return values["cos_sum"][:n], None, rows
+                rows[name, what] = value
+        return values["cos_sum"], None, rows

@@ -476,7 +476,7 @@ def test_fast_path_effects_measured_on_the_device_equal_the_numpy_ones():
         else:
             np.testing.assert_allclose(rows[key], value, rtol=1e-5, atol=1e-9, err_msg=str(key))
     assert reference["logits", "max"].max() > 0 and reference["logits", "kl"].max() > 0  # the channels matter
-    proto, _ = build_fast_model(model, layer, "pixel", 3, ["logits"])
+    proto, _ = build_fast_model(model, layer, "pixel", ["logits"])
     onnx.checker.check_model(proto, full_check=True)
     names = [t.name for t in proto.graph.initializer]
     assert len(names) == len(set(names))  # the constants the cosines and effects share are made once
