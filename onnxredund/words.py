@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["NAME_WIDTH", "counted", "short_name"]
+__all__ = ["NAME_WIDTH", "UNDECIDED_NOTE", "counted", "short_name"]
 
 NAME_WIDTH = 40  # characters of a name in a console table
+#: how an audit's note on a sweep that left channels undecided ends (the console and the report group them)
+UNDECIDED_NOTE = "undecided, counted as not cheap"
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:

@@ -62,6 +62,7 @@ from onnxredund.engine.backends import Backend
 from onnxredund.errors import OnnxRedundError
 from onnxredund.interrupts import Interrupted, deferred, stop_status
 from onnxredund.model import ConvLayer, Model, classifier_output
+from onnxredund.words import UNDECIDED_NOTE
 
 __all__ = [
     "GATE_METRICS",
@@ -322,8 +323,8 @@ def run_audit(
             returns an incomplete result instead).
     """
     clock = _Clock(time.perf_counter() if started is None else started, budget)
-    sequential = budget is not None if sequential is None else sequential
-    estimation = Estimation(sequential, cheap_drop, confidence)
+    chosen = sequential is not None
+    estimation = Estimation(budget is not None if sequential is None else sequential, cheap_drop, confidence)
     impulse = run_impulse(
         model,
         layers=layers,
@@ -342,6 +343,9 @@ def run_audit(
         clock.reserve = write_seconds(len(audited), len(sweeps))
     shuffles: dict[str, dict[str, ShuffleResult]] = {}
     complete = True
+    if sweeps and estimation.sequential and not chosen and clock.budget is not None:
+        workers = 1 if backend is None else backend.workers
+        estimation = _within_budget(model, data, sweeps, clock, estimation, batch_size, device, workers, notes)
     if sweeps:
         options = {"seed": seed, "batch_size": batch_size, "device": device, "estimation": estimation}
         kept = _Kept(None if checkpoint_dir is None else Path(checkpoint_dir), resume)
@@ -637,6 +641,23 @@ def _observed_pass_cost(plan: SweepPlan, seconds: float, seconds_per_image: floa
     return float(np.clip((seconds - SETUP_SECONDS - plan.images * seconds_per_image) / work, 0.1, 100.0))
 
 
+def _within_budget(model, data, sweeps, clock: _Clock, estimation: Estimation, batch_size, device, workers, notes):
+    """A sequential audit that a budget chose, where the first look at every channel of every sweep fits the time
+    left; else the exhaustive plan, which measures fewer images, then fewer channels (said in ``notes``)."""
+    first = first_look(estimation, batch_size, len(data))
+    seconds_per_image = probe_seconds_per_image(model, data, device, batch_size)
+    least = plan_sweeps(model, sweeps, samples=first, seconds=None, seconds_per_image=seconds_per_image)
+    need, room = sum(p.seconds for p in least) / workers, _PLAN_MARGIN * (clock.left() or 0.0)
+    if need <= room:
+        return estimation
+    notes.append(
+        f"the time budget does not cover a first look at every channel ({first} images each, about {need:.0f} s "
+        f"against {max(room, 0):.0f} s left): the sweeps measure fewer images, then fewer channels, as "
+        "an exhaustive audit plans them, and each channel is decided on the images it saw"
+    )
+    return dataclasses.replace(estimation, sequential=False)
+
+
 def _sequential_plan(model, sweeps, first: int, samples: int, left: float | None, seconds_per_image: float, pass_cost):
     """The first of ``sweeps`` planned sequentially: every image and channel, and the seconds after which it stops
     (once every channel has had its first look, at ``first`` images; None: no budget): its share of the time left,
@@ -675,8 +696,8 @@ def _sampling_notes(plan: SweepPlan, result: ShuffleResult, samples: int) -> lis
     if result.estimation.sequential and undecided:
         why = "the time budget" if result.stopped == "time budget" else "the data"
         notes.append(
-            f"{result.layer} {result.mode} shuffling: {undecided} of {len(result.channels)} channels undecided at "
-            f"the end of {why} ({result.samples_done} images), counted as not cheap"
+            f"{result.layer} {result.mode} shuffling: at the end of {why} ({result.samples_done} images), "
+            f"{undecided} of {len(result.channels)} channels {UNDECIDED_NOTE}"
         )
     return notes
 

@@ -393,6 +393,8 @@ def run_shuffle(
             if step[0] == "run":
                 _, r, at, cos, perturbed, rows = step
                 at, cos, perturbed, rows = judge.still_open(at, cos, perturbed, rows)
+                if not len(cos):  # every channel of the run was decided while it ran
+                    continue
                 batch["cos_sum"][r, at] += cos
                 if rows is None:  # the direct path: the outputs themselves came back
                     rows = meter.output_rows(perturbed, clean_outputs)

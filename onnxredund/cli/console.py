@@ -11,7 +11,7 @@ import click
 import numpy as np
 
 from onnxredund.cli.app import bar_shown
-from onnxredund.words import counted, short_name
+from onnxredund.words import UNDECIDED_NOTE, counted, short_name
 
 if TYPE_CHECKING:  # the results it prints; imported when a command runs, not for --help
     from onnxredund.analyses.audit import AuditResult
@@ -225,11 +225,14 @@ def _grouped_notes(notes: list[str]) -> list[str]:
     """The notes, with the per-sweep budget notes counted in one line each (all of them are in the report)."""
     sampled = [n for n in notes if "measured" in n and n.endswith("(time budget)")]
     skipped = [n for n in notes if n.endswith("skipped: time budget spent")]
-    out = [n for n in notes if n not in sampled and n not in skipped]
+    undecided = [n for n in notes if n.endswith(UNDECIDED_NOTE)]
+    out = [n for n in notes if n not in sampled and n not in skipped and n not in undecided]
     if sampled:
         out.append(f"{_sweeps(sampled)} measured fewer images or channels to fit the time budget (see the report)")
     if skipped:
         out.append(f"{_sweeps(skipped)} skipped: the time budget was spent (see the report)")
+    if undecided:
+        out.append(f"{_sweeps(undecided)} left channels undecided, counted as not cheap (see the report)")
     return out
 
 

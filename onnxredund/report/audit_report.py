@@ -25,6 +25,7 @@ from onnxredund.report.writers import (
     write_figures,
     write_npz,
 )
+from onnxredund.words import UNDECIDED_NOTE
 
 __all__ = [
     "FIGURE_LAYERS",
@@ -138,10 +139,16 @@ def _note_blocks(notes: list[str]) -> list:
     100 convs has 200 such notes), then the others, each on its line."""
     sampled = [n for n in notes if _SAMPLED in n and n.endswith(" (time budget)")]
     skipped = [n.removesuffix(_SKIPPED) for n in notes if n.endswith(_SKIPPED)]
-    blocks: list = [f"note: {n}" for n in notes if n not in sampled and not n.endswith(_SKIPPED)]
+    undecided = [n for n in notes if n.endswith(UNDECIDED_NOTE)]
+    grouped = {*sampled, *undecided}
+    blocks: list = [f"note: {n}" for n in notes if n not in grouped and not n.endswith(_SKIPPED)]
     if sampled:
         rows = [n.removesuffix(" (time budget)").split(_SAMPLED, 1) for n in sampled]
         blocks.append(Table(["sweep", "measured (to fit the time budget)"], rows, f"{len(rows)} sweeps sampled"))
+    if undecided:
+        rows = [n.removesuffix(f" {UNDECIDED_NOTE}").split(" shuffling: ", 1) for n in undecided]
+        caption = f"{len(rows)} sweeps left channels undecided (counted as not cheap)"
+        blocks.append(Table(["sweep", "undecided channels"], rows, caption))
     if skipped:
         blocks.append(f"note: {len(skipped)} sweeps skipped, the time budget spent: {', '.join(skipped)}")
     return blocks

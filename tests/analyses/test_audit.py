@@ -210,3 +210,23 @@ def test_an_exhaustive_audit_measures_every_image_and_counts_cheap_by_the_estima
     assert conv2.channel_cheap_fraction == float((sweep.cost() <= result.cheap_drop).mean())
     assert sweep.decision[1] == "undecided"  # a dead channel: no drop in 96 images, but 96 images cannot show 0.5 %
     assert sweep.cost_low[1] <= 0.0 <= sweep.cost()[1] <= sweep.cost_high[1]
+
+
+def test_a_budget_too_short_for_a_first_look_at_every_channel_plans_as_an_exhaustive_audit():
+    """Chosen by the budget, a sequential audit needs one batch for every channel of every sweep; where that does
+    not fit the time left, the sweeps are sampled as an exhaustive audit samples them, and a note says why."""
+    import time
+
+    from onnxredund.analyses.audit import _Clock, _within_budget
+    from onnxredund.analyses.sequential import Estimation
+
+    m = load_model_proto(chain_cnn())
+    data = Dataset(RNG.random((512, 3, 16, 16), dtype=np.float32), None, "synthetic")
+    sweeps = [(layer, "channel") for layer in m.layers[1:]]
+    sequential = Estimation(sequential=True)
+    for budget, stays in ((1e6, True), (1e-3, False)):
+        notes: list[str] = []
+        clock = _Clock(time.perf_counter(), budget, reserve=0.0)
+        chosen = _within_budget(m, data, sweeps, clock, sequential, 256, "cpu", 1, notes)
+        assert chosen.sequential is stays and bool(notes) is not stays
+    assert "does not cover a first look at every channel (256 images each" in notes[0]
