@@ -622,6 +622,8 @@ def audit_estimate(
             "clear_images": clear,
             "least_seconds": seconds(first),
             "most_seconds": seconds(clear),
+            # where the first looks alone do not fit, an audit the budget made sequential samples instead
+            "first_looks_fit": budget is None or seconds(first) <= _PLAN_MARGIN * budget,
         }
     return estimate
 

@@ -429,4 +429,9 @@ def estimate_lines(estimate: dict, backend) -> list[str]:
         f"(a channel that never changes the {seq['cost_kind']} needs {seq['clear_images']} images to be called "
         "cheap); the sweeps' total over the workers"
     )
+    if not seq["first_looks_fit"]:
+        lines.append(
+            "the budget does not cover the first looks: unless --sequential is passed, the audit samples images "
+            "and channels as --exhaustive does"
+        )
     return lines

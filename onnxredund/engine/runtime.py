@@ -244,8 +244,7 @@ class Runner:
             feeds = conform_feeds(arrays, model.inputs, model.input_name, data.name)
             n = len(feeds[model.input_name])
             values = run(feeds, names)
-            shapes = [model.shapes.get(k, v.shape[1:]) for k, v in zip(names, values, strict=True)]
-            parts.append([as_samples(v, n, shape) for v, shape in zip(values, shapes, strict=True)])
+            parts.append([as_samples(model, name, v, n) for name, v in zip(names, values, strict=True)])
         return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
 
     def run(self, feeds: dict, outputs: list[str] | None = None) -> list[np.ndarray]:
@@ -258,11 +257,12 @@ class Runner:
         return [v.numpy() for v in self.run_device(feeds, outputs, to="cpu")]  # copied once, at the end of the run
 
 
-def as_samples(value: np.ndarray, samples: int, shape: tuple[int, ...]) -> np.ndarray:
-    """An output of a run over ``samples`` samples as (samples, *shape), ``shape`` its sample's: where the
-    batch is merged into the first axis (a fixed-batch export's Reshape to (-1, 2) made batch-free: (N x 256, 2)
-    for samples of (256, 2), rows sample-major) the samples are split out; any other value is returned as is."""
-    shape = tuple(shape)
+def as_samples(model: Model, name: str, value: np.ndarray, samples: int) -> np.ndarray:
+    """Tensor ``name`` of ``model`` from a run over ``samples`` samples as (samples, *shape), ``shape`` its
+    sample's as the model declares it: where the batch is merged into the first axis (a fixed-batch export's
+    Reshape to (-1, 2) made batch-free: (N x 256, 2) for samples of (256, 2), rows sample-major) the samples are
+    split out; any other value is returned as is."""
+    shape = tuple(model.shapes.get(name, value.shape[1:]))
     if value.shape[1:] != shape and shape and value.shape == (samples * shape[0], *shape[1:]):
         return value.reshape(samples, *shape)
     return value

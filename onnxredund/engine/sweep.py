@@ -110,10 +110,7 @@ class SweepRunner:
     def clean_outputs(self, clean: dict) -> dict[str, np.ndarray]:
         """Every graph output of the clean run, as numpy (B, *its sample's shape)."""
         n = len(as_numpy(clean[self.layer.input]))
-        return {name: self._samples(as_numpy(clean[name]), n, name) for name in self.model.output_names}
-
-    def _samples(self, value: np.ndarray, n: int, name: str) -> np.ndarray:
-        return as_samples(value, n, self.model.shapes.get(name, value.shape[1:]))
+        return {name: as_samples(self.model, name, as_numpy(clean[name]), n) for name in self.model.output_names}
 
     def run(self, clean: dict, ks: list[int], perms: list[np.ndarray]) -> tuple:
         """One run of the channels ``ks`` over a batch.
@@ -138,7 +135,7 @@ class SweepRunner:
             values = dict(zip(self.direct.output_names, run(feeds), strict=True))
             cos.append(cosine_per_channel(values[self.layer.activation], a).sum(axis=0))
             for name in self.outputs:
-                outs[name].append(self._samples(values[name], len(x), name))
+                outs[name].append(as_samples(self.model, name, values[name], len(x)))
         return np.array(cos), {name: np.stack(v) for name, v in outs.items()}, None
 
     def run_fast(self, clean: dict, ks: list[int], perms: list[np.ndarray]) -> tuple:

@@ -235,5 +235,7 @@ def test_a_dry_run_gives_the_sequential_range(tmp_path):
     sequential = run_cli(*args, "--budget", "600").output
     assert "if every channel is decided at its first look (256 images)" in sequential
     assert "needs 4096 images to be called cheap" not in sequential and "images to be called cheap" in sequential
+    assert "does not cover the first looks" not in sequential
+    assert "does not cover the first looks" in run_cli(*args, "--budget", "1").output
     assert "sequential:" not in run_cli(*args).output  # no budget: exhaustive
     assert "sequential:" not in run_cli(*args, "--budget", "600", "--exhaustive").output
