@@ -312,10 +312,12 @@ def run_audit(
         checkpoint_dir, resume: where the sweeps keep their progress (each batch in this process, finished
             units on a backend), and whether to continue from what is there.
         sequential: decide each channel as its images arrive and stop measuring it once decided
-            (:mod:`onnxredund.analyses.sequential`): every channel of every sweep is measured on at least
-            :data:`~onnxredund.choices.MIN_IMAGES` images, the undecided on more as the budget allows; False
-            measures every image for every channel (a budget measures fewer images, then fewer channels);
-            None (default): sequential when there is a budget.
+            (:mod:`onnxredund.analyses.sequential`): every channel of every sweep is measured on at least its
+            first look (:data:`~onnxredund.choices.MIN_IMAGES` images, in whole batches), the undecided on more
+            as the budget allows (a sweep whose first look does not fit is skipped); False measures every image
+            for every channel (a budget measures fewer images, then fewer channels); None (default): sequential
+            when there is a budget that covers a first look at every channel of every sweep, else False (said
+            in ``notes``).
         confidence: of each channel's cost interval.
 
     Raises:
