@@ -15,6 +15,7 @@ from conftest import run_cli, save
 from prunable import inputs, zoo
 
 from onnxredund.analyses.distributed import job_for, plan_units, run_sweep_units
+from onnxredund.analyses.sequential import Estimation
 from onnxredund.analyses.shuffle import run_shuffle
 from onnxredund.data import Dataset
 from onnxredund.engine.backends import LocalBackend, make_backend
@@ -151,6 +152,21 @@ def test_ray_gives_the_single_process_json_bit_for_bit(setup, ray_backend, tmp_p
     job, sweeps = _job(m, data, layers)
     results, complete = run_sweep_units(job, sweeps, ray_backend)
     assert complete and _units_json(results) == _local_json(m, data, layers)
+
+
+def test_sequential_units_on_ray_give_the_single_process_numbers(setup, ray_backend):
+    """Each unit decides its own channels; merged, the sweep is the in-process sequential sweep, bit for bit."""
+    m, data, layers = setup
+    estimation = Estimation(sequential=True, cheap_drop=0.2, min_images=8)
+    sweeps = [(l, "channel", list(range(l.in_channels))) for l in layers]
+    job = job_for(m, data, sweeps, batch_size=8, device="cpu", chunk=2, estimation=estimation)
+    results, complete = run_sweep_units(job, [(l, "channel") for l, _, _ in sweeps], ray_backend)
+    local = {
+        l.name: run_shuffle(m, l, data, batch_size=8, device="cpu", chunk=2, estimation=estimation).to_dict()
+        for l in layers
+    }
+    assert complete and {r.layer: r.to_dict() for r in results} == local
+    assert any(min(r.images) < len(data) for r in results)  # some channels were decided before the end
 
 
 def test_a_worker_killed_mid_run_changes_nothing(setup, ray_backend):
