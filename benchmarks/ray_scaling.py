@@ -43,7 +43,7 @@ MODES = ("channel", "pixel")
 
 
 def _sweeps(model):
-    return [(l, m, list(range(l.in_channels))) for l in default_shuffle_layers(model.layers) for m in MODES]
+    return [(layer, m, list(range(layer.in_channels))) for layer in default_shuffle_layers(model.layers) for m in MODES]
 
 
 def part_a(data_dir: str, images: int, workers: list[int], skip_ray: bool, batch_size: int) -> dict:
@@ -51,7 +51,7 @@ def part_a(data_dir: str, images: int, workers: list[int], skip_ray: bool, batch
     data = load_mnist(data_dir, "test").limit(images)
     sweeps = _sweeps(model)
     job = job_for(model, data, sweeps, batch_size=batch_size, device="cpu")
-    pairs = [(l, m) for l, m, _ in sweeps]
+    pairs = [(layer, m) for layer, m, _ in sweeps]
     units = plan_units(job, pairs)
     out = {
         "model": "models/resnet18_mnist.onnx",
@@ -98,13 +98,13 @@ def part_b(path: str, images: int, device: str, batch_size: int) -> dict:
     rng = np.random.default_rng(0)
     data = Dataset(rng.random((images, *model.sample_shape), np.float32), None, "uniform")
     sweeps = _sweeps(model)
-    layers = [l for l, m, _ in sweeps if m == "channel"]
-    stage_firsts = [l for l in layers if l.stride == (2, 2) or l is layers[0]] + [layers[-1]]
+    layers = [layer for layer, m, _ in sweeps if m == "channel"]
+    stage_firsts = [layer for layer in layers if layer.stride == (2, 2) or layer is layers[0]] + [layers[-1]]
     picked = list(dict.fromkeys(stage_firsts))
     job = job_for(model, data, sweeps, batch_size=batch_size, device=device)
     cache: dict = {}
     measured = []
-    total_macs = sum(l.macs for l in model.layers)
+    total_macs = sum(layer.macs for layer in model.layers)
     for layer in picked:
         unit = next(u for u in plan_units(job, [(layer, "channel")]))
         run_unit(job, unit, cache)  # warm-up: builds the sessions
@@ -128,8 +128,8 @@ def part_b(path: str, images: int, device: str, batch_size: int) -> dict:
     y = np.array([m["per_channel_image"] for m in measured])
     b, a = np.polyfit(x, y, 1) if len(x) > 1 else (y[0] / x[0], 0.0)
     a = max(a, 0.0)
-    per_sweep = [(l.in_channels * (a + b * suffix_share(model, l) * total_macs)) for l, _, _ in sweeps]
-    units = plan_units(job, [(l, m) for l, m, _ in sweeps])
+    per_sweep = [(layer.in_channels * (a + b * suffix_share(model, layer) * total_macs)) for layer, _, _ in sweeps]
+    units = plan_units(job, [(layer, m) for layer, m, _ in sweeps])
     return {
         "model": path,
         "device": device,

@@ -68,7 +68,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     if args.resnet and (path := resnet18_onnx(tmp)) is not None:
         model = load_model(path)
-        layer = next(l for l in model.layers if "layer2.0/conv2" in l.name or "layer2.0.conv2" in l.name)
+        layer = next(conv for conv in model.layers if "layer2.0/conv2" in conv.name or "layer2.0.conv2" in conv.name)
         x = np.random.default_rng(0).random((args.resnet, 3, 224, 224), dtype=np.float32)
         cases.append(("resnet18 (random)", model, layer.name, Dataset(x, None, "synthetic")))
     print(f"# sweep time (s), default path, channel mode, device {args.device}")

@@ -62,7 +62,9 @@ def main() -> None:
     model = load_model(a.model, input_shape=shape)
     data = load_dataset(a.data, seed=0, inputs=model.inputs, preprocess=a.preprocess).limit(a.limit)
     layers = (
-        [model.layer(s) for s in a.layers.split(",")] if a.layers else [l for l in model.layers if l.in_channels > 1]
+        [model.layer(s) for s in a.layers.split(",")]
+        if a.layers
+        else [conv for conv in model.layers if conv.in_channels > 1]
     )
     common = {"batch_size": a.batch_size, "device": "cpu"}
     rows, totals = [], {"exhaustive": 0.0, "sequential": 0.0, "budget": 0.0, "exhaustive_channel_images": 0}

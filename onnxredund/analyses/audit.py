@@ -237,7 +237,7 @@ def summarize_layer(
     """Combine the impulse and shuffle signals of one layer. A sweep's cheap fraction is that of the channels
     decided cheap, sequential (the undecided count as not cheap), else of those whose cost is at or under the
     threshold."""
-    imp = next((l for l in impulse.layers if l.name == layer.name), None)
+    imp = next((conv for conv in impulse.layers if conv.name == layer.name), None)
     if estimation.sequential:
         cheap = {m: r.decision_counts()["cheap"] / len(r.channels) for m, r in modes.items()}
     else:
@@ -267,7 +267,7 @@ def summarize_layer(
 
 def default_shuffle_layers(layers: list[ConvLayer]) -> list[ConvLayer]:
     """Every conv whose input has more than one channel."""
-    return [l for l in layers if l.in_channels > 1]
+    return [layer for layer in layers if layer.in_channels > 1]
 
 
 def run_audit(
@@ -338,9 +338,9 @@ def run_audit(
     )
     if on_impulse is not None:
         on_impulse(impulse)
-    audited = [model.layer(l.name) for l in impulse.layers] if layers is None else layers
+    audited = [model.layer(conv.name) for conv in impulse.layers] if layers is None else layers
     notes = list(impulse.notes)
-    sweeps = [(l, m) for l in default_shuffle_layers(audited) for m in modes]
+    sweeps = [(layer, m) for layer in default_shuffle_layers(audited) for m in modes]
     if write_seconds is not None:
         clock.reserve = write_seconds(len(audited), len(sweeps))
     shuffles: dict[str, dict[str, ShuffleResult]] = {}
@@ -363,7 +363,7 @@ def run_audit(
                         on_sweep(result)
         except KeyboardInterrupt:
             complete = False
-            missing = [f"{l.name} {m}" for l, m in sweeps if m not in shuffles.get(l.name, {})]
+            missing = [f"{layer.name} {m}" for layer, m in sweeps if m not in shuffles.get(layer.name, {})]
             notes.append(
                 f"interrupted: {len(sweeps) - len(missing)} of {len(sweeps)} sweeps finished; not measured: "
                 f"{', '.join(missing)} (a resumed audit continues from the checkpoints)"
@@ -373,11 +373,11 @@ def run_audit(
     one_class = one_class_note(model, data, batch_size=batch_size, device=device) if sweeps and complete else None
     notes += [one_class] if one_class else []
     notes += [
-        f"{l.name} is not shuffled: it reads one input channel, and perturbing that perturbs the whole input"
-        for l in audited
-        if l.in_channels == 1
+        f"{layer.name} is not shuffled: it reads one input channel, and perturbing that perturbs the whole input"
+        for layer in audited
+        if layer.in_channels == 1
     ]
-    summaries = [summarize_layer(l, impulse, shuffles.get(l.name, {}), estimation) for l in audited]
+    summaries = [summarize_layer(layer, impulse, shuffles.get(layer.name, {}), estimation) for layer in audited]
     return AuditResult(
         model=model.path,
         data=data.name,
@@ -548,7 +548,11 @@ def _run_sweep_units(
     left = clock.left()
     plans, subset, _ = _plan_all(model, data, sweeps, left, options, backend.workers)
     planned = {(p.layer.name, p.mode) for p in plans}
-    notes += [f"{l.name} {m} shuffling skipped: time budget spent" for l, m in sweeps if (l.name, m) not in planned]
+    notes += [
+        f"{layer.name} {m} shuffling skipped: time budget spent"
+        for layer, m in sweeps
+        if (layer.name, m) not in planned
+    ]
     job = job_for(model, subset, [(p.layer, p.mode, p.channels) for p in plans], **options)
     if job.estimation.sequential and left is not None:
         units = len(plan_units(job, [(p.layer, p.mode) for p in plans]))
@@ -592,7 +596,7 @@ def audit_estimate(
     its first look (``least_seconds``), and every channel cheap, each needing the images a channel that never
     changes a decision needs to be called cheap (``clear_images``; ``most_seconds``), against the exhaustive
     estimate."""
-    sweeps = [(l, m) for l in default_shuffle_layers(layers) for m in modes]
+    sweeps = [(layer, m) for layer in default_shuffle_layers(layers) for m in modes]
     options = {"batch_size": batch_size, "device": device, "estimation": estimation}
     plans, subset, seconds_per_image = _plan_all(model, data, sweeps, budget, options, workers)
     job = job_for(model, subset, [(p.layer, p.mode, p.channels) for p in plans], **options)
@@ -604,7 +608,9 @@ def audit_estimate(
     estimate = {
         "seconds_per_image": seconds_per_image,
         "sweeps": rows,
-        "skipped": [f"{l.name} {m}" for l, m in sweeps if (l.name, m) not in {(p.layer.name, p.mode) for p in plans}],
+        "skipped": [
+            f"{conv.name} {m}" for conv, m in sweeps if (conv.name, m) not in {(p.layer.name, p.mode) for p in plans}
+        ],
         "units": len(units),
         "workers": workers,
         "estimate_seconds": total / max(workers, 1),

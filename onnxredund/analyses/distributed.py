@@ -90,7 +90,7 @@ def job_for(model: Model, data: DataSource, sweeps: list[tuple[ConvLayer, str, l
         chunks[layer.name] = 1 if direct else options.get("chunk") or chunk_size(model, layer, device, batch)
     names = ("seed", "batch_size", "repeats", "exact_path", "device", "estimation", "unit_seconds")
     keep = {k: options[k] for k in names if k in options}
-    return SweepJob(model, data, {(l.name, m): tuple(c) for l, m, c in sweeps}, chunks, **keep)
+    return SweepJob(model, data, {(layer.name, m): tuple(c) for layer, m, c in sweeps}, chunks, **keep)
 
 
 def run_unit(job: SweepJob, unit: SweepUnit, cache: dict) -> dict:
@@ -283,5 +283,5 @@ def run_sweep_units(
             len(units),
             time.perf_counter() - t0,
         )
-    order = {key: i for i, key in enumerate((l.name, m) for l, m in sweeps)}
+    order = {key: i for i, key in enumerate((layer.name, m) for layer, m in sweeps)}
     return sorted(done, key=lambda r: order[(r.layer, r.mode)]), complete

@@ -156,26 +156,26 @@ class ImpulseResult:
     seconds: float = field(default=0.0, compare=False)
 
     def layer(self, name: str) -> LayerImpulse:
-        return next(l for l in self.layers if l.name == name)
+        return next(layer for layer in self.layers if layer.name == name)
 
     def to_csv(self) -> str:
         """One row per (layer, channel): whether it was compared, its best match within the layer and in
         earlier layers."""
         rows = []
-        for l in self.layers:
-            for c in range(len(l.best_match)):
-                redundant = bool(l.best_value[c] >= self.threshold) if not np.isnan(l.best_value[c]) else False
+        for layer in self.layers:
+            for c in range(len(layer.best_match)):
+                redundant = bool(layer.best_value[c] >= self.threshold) if not np.isnan(layer.best_value[c]) else False
                 rows.append(
                     [
-                        l.name,
+                        layer.name,
                         c,
-                        int(bool(l.compared[c])),
-                        int(l.best_match[c]),
-                        _csv_float(l.best_value[c]),
+                        int(bool(layer.compared[c])),
+                        int(layer.best_match[c]),
+                        _csv_float(layer.best_value[c]),
                         int(redundant),
-                        l.across_best_layer[c],
-                        int(l.across_best_channel[c]),
-                        _csv_float(l.across_best_value[c]),
+                        layer.across_best_layer[c],
+                        int(layer.across_best_channel[c]),
+                        _csv_float(layer.across_best_value[c]),
                     ]
                 )
         header = ["layer", "channel", "compared", "best_match", "best_value", "redundant", "across_layer"]
@@ -185,11 +185,11 @@ class ImpulseResult:
         """The layers whose NCC matrix goes into the JSON: up to 256 channels, smallest first, until 100,000
         values in all (every matrix is in the .npz)."""
         chosen, total = set(), 0
-        for l in sorted(self.layers, key=lambda l: (len(l.ncc), l.index)):
-            if len(l.ncc) > _JSON_MATRIX_CHANNELS or total + l.ncc.size > _JSON_MATRIX_VALUES:
+        for layer in sorted(self.layers, key=lambda layer: (len(layer.ncc), layer.index)):
+            if len(layer.ncc) > _JSON_MATRIX_CHANNELS or total + layer.ncc.size > _JSON_MATRIX_VALUES:
                 break
-            chosen.add(l.name)
-            total += l.ncc.size
+            chosen.add(layer.name)
+            total += layer.ncc.size
         return chosen
 
     def to_dict(self, *, responses: bool = False) -> dict:
@@ -208,12 +208,12 @@ class ImpulseResult:
     def arrays(self) -> dict[str, np.ndarray]:
         """Every layer's full NCC matrix and best matches, for an .npz next to the JSON."""
         out = {}
-        for l in self.layers:
-            out[f"{l.index}.ncc"] = l.ncc
-            out[f"{l.index}.best_match"] = l.best_match
-            out[f"{l.index}.best_value"] = l.best_value
-            out[f"{l.index}.across_best_channel"] = l.across_best_channel
-            out[f"{l.index}.across_best_value"] = l.across_best_value
+        for layer in self.layers:
+            out[f"{layer.index}.ncc"] = layer.ncc
+            out[f"{layer.index}.best_match"] = layer.best_match
+            out[f"{layer.index}.best_value"] = layer.best_value
+            out[f"{layer.index}.across_best_channel"] = layer.across_best_channel
+            out[f"{layer.index}.across_best_value"] = layer.across_best_value
         return out
 
 
@@ -281,7 +281,7 @@ class ImpulseSite:
         """
         shape = model.shapes.get(name)
         if shape is None or len(shape) < 2:
-            convs = ", ".join(dict.fromkeys(l.input for l in model.layers[:3]))
+            convs = ", ".join(dict.fromkeys(layer.input for layer in model.layers[:3]))
             raise OnnxRedundError(
                 f"--impulse-at {name!r}: no tensor of a known (channels, positions...) shape by that name; "
                 f"a conv's input is one (the first: {convs})"
@@ -293,9 +293,9 @@ class ImpulseSite:
     @classmethod
     def of_first_conv(cls, model: Model, layers: list[ConvLayer]) -> ImpulseSite | None:
         """The first conv's input, where every analysed conv lies past it (else None)."""
-        first = min(layers, key=lambda l: l.node_index)
+        first = min(layers, key=lambda layer: layer.node_index)
         reach = data_dependent(model.proto.graph, [first.input])
-        if any(l.input not in reach and l.input != first.input for l in layers):
+        if any(layer.input not in reach and layer.input != first.input for layer in layers):
             return None
         return cls.of_tensor(model, first.input)
 
@@ -409,11 +409,13 @@ class _Blocks:
             hi = tuple(max(a[i] + b.shape[1 + i] for a, b in nonempty) for i in range(len(shape) - 1))
         else:
             lo, hi = (0,) * (len(shape) - 1), (1,) * (len(shape) - 1)
-        out = np.zeros((len(rows), len(rows[0]), shape[0], *(h - l for l, h in zip(lo, hi, strict=True))))
+        out = np.zeros((len(rows), len(rows[0]), shape[0], *(h - layer for layer, h in zip(lo, hi, strict=True))))
         for p, phase in enumerate(rows):
             for m, r in enumerate(phase):
                 start, block = self.rows[layer][r]
-                index = tuple(slice(a - l, a - l + n) for a, l, n in zip(start, lo, block.shape[1:], strict=True))
+                index = tuple(
+                    slice(a - layer, a - layer + n) for a, layer, n in zip(start, lo, block.shape[1:], strict=True)
+                )
                 out[(p, m, slice(None), *index)] = block
         return np.swapaxes(out, 1, 2), lo
 
@@ -432,12 +434,12 @@ def _run_groups(model: Model, site: ImpulseSite, feeds: dict, groups, mode: str,
     """
     blocks, notes, budget = _Blocks(), [], _memory_budget()
     for members, rows in groups:
-        sub = cut(model.analysis_proto, list(site.inputs), [l.output for l in members])
+        sub = cut(model.analysis_proto, list(site.inputs), [layer.output for layer in members])
         if mode != "network":
             sub, found = linearize(sub)
             notes += [n for n in found if n not in notes]
         run = Runner.create(sub, device, derived=True).runs(model.batch_dynamic)
-        per_sample = 4 * sum(int(np.prod(l.output_shape)) for l in members)
+        per_sample = 4 * sum(int(np.prod(layer.output_shape)) for layer in members)
         step = int(max(1, min(_MAX_RUN - 1, budget // max(1, per_sample) - 1)))
         for s in range(0, len(rows), step):
             chunk = [0, *rows[s : s + step]]
@@ -467,8 +469,8 @@ def _reachable(model: Model, layers: list[ConvLayer] | None, start: str) -> list
     """The ``layers`` asked for (each must lie past ``start``), or every conv past ``start``."""
     reach = data_dependent(model.proto.graph, [start]) | {start}
     if not layers:
-        return [l for l in model.layers if l.input in reach]
-    unreachable = [l.name for l in layers if l.input not in reach]
+        return [layer for layer in model.layers if layer.input in reach]
+    unreachable = [layer.name for layer in layers if layer.input not in reach]
     if unreachable:
         how = "pick another input with --impulse-input" if start == model.input_name else "name an earlier tensor"
         raise OnnxRedundError(f"conv {unreachable[0]!r} does not depend on {start!r}: no impulse reaches it ({how})")
@@ -550,8 +552,8 @@ def run_impulse(
 
 def _responses(model: Model, layers: list[ConvLayer], site: ImpulseSite, mode: str, position, device: str):
     """Every layer's cropped responses to impulses at ``site``: (responses, phase plans, position, notes)."""
-    plans = {l.index: _phase_plan(site, l) for l in layers}
-    wanted = {l.index: _offsets(*plans[l.index]) for l in layers}
+    plans = {layer.index: _phase_plan(site, layer) for layer in layers}
+    wanted = {layer.index: _offsets(*plans[layer.index]) for layer in layers}
     offsets = sorted({o for offs in wanted.values() for o in offs})
     feeds, base = impulse_inputs(model, position, offsets, site)
     m = site.channels
@@ -562,8 +564,10 @@ def _responses(model: Model, layers: list[ConvLayer], site: ImpulseSite, mode: s
     # the impulses at an offset go to the layers that need it: a strided conv's extra phases skip the rest
     by_members: dict[tuple[int, ...], list[int]] = {}
     for off in offsets:
-        by_members.setdefault(tuple(l.index for l in layers if off in wanted[l.index]), []).extend(rows(off))
-    groups = [([l for l in layers if l.index in key], r) for key, r in by_members.items()]
+        by_members.setdefault(tuple(layer.index for layer in layers if off in wanted[layer.index]), []).extend(
+            rows(off)
+        )
+    groups = [([layer for layer in layers if layer.index in key], r) for key, r in by_members.items()]
     blocks, notes = _run_groups(model, site, feeds, groups, mode, device)
     responses = []
     for layer in layers:
@@ -580,7 +584,7 @@ def _phase_notes(layers: list[ConvLayer], plans: dict) -> list[str]:
     def capped_at_max(layer: ConvLayer) -> bool:  # sampled at MAX_PHASES phases, fewer than its stride
         return any(s > p == MAX_PHASES for s, p in zip(layer.stride, plans[layer.index][0], strict=True))
 
-    capped = [l.name for l in layers if capped_at_max(l)]
+    capped = [layer.name for layer in layers if capped_at_max(layer)]
     if not capped:
         return []
     return [f"strides over {MAX_PHASES} sampled at {MAX_PHASES} phases per axis: {', '.join(capped[:5])}"]
@@ -631,7 +635,10 @@ def _compare(layers, responses, plans, threshold, lags, across, bar, clock) -> l
 def _exact_json_matrices(results: list[LayerImpulse], lags: bool) -> list[LayerImpulse]:
     """The layers whose matrix the JSON carries get it in float64 (the others keep float32's, within 1e-6)."""
     chosen = ImpulseResult("", "", 0.0, lags, (), [], results).json_matrices()
-    return [replace(l, ncc=ncc_matrix(l.responses, lags=lags)) if l.name in chosen else l for l in results]
+    return [
+        replace(layer, ncc=ncc_matrix(layer.responses, lags=lags)) if layer.name in chosen else layer
+        for layer in results
+    ]
 
 
 def _across(search, members, layers, resp, compared, lags, threshold) -> list[tuple[int, str, int, float]] | None:

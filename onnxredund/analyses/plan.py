@@ -69,7 +69,7 @@ def evenly_spaced(count: int, total: int) -> list[int]:
 def _node_costs(model: Model) -> list[float]:
     """Per node, a cost in multiply-adds: a conv's MACs, else the elements it writes (elementwise traffic, which
     dominates squeeze-excitation blocks and detector heads)."""
-    convs = {l.node_index: l.macs for l in model.layers}
+    convs = {layer.node_index: layer.macs for layer in model.layers}
     costs = []
     for i, node in enumerate(model.proto.graph.node):
         if i in convs:
@@ -125,7 +125,7 @@ def plan_sweeps(
     full = [layer.in_channels for layer, _ in sweeps]
     t, g = seconds_per_image, pass_cost
     if seconds is None:
-        return [_plan(l, m, samples, k, s, t, g) for (l, m), k, s in zip(sweeps, full, shares, strict=True)]
+        return [_plan(layer, m, samples, k, s, t, g) for (layer, m), k, s in zip(sweeps, full, shares, strict=True)]
     if images is None:
         room = seconds - SETUP_SECONDS * len(sweeps)
         per_image = sum(t * (1 + g * k * s) for k, s in zip(full, shares, strict=True))
@@ -134,7 +134,7 @@ def plan_sweeps(
     counts = _fitting_counts(full, shares, images, seconds, t, g)
     if counts is None:
         return _one_channel_each(sweeps, shares, images, seconds, t, g)
-    return [_plan(l, m, images, k, s, t, g) for (l, m), k, s in zip(sweeps, counts, shares, strict=True)]
+    return [_plan(layer, m, images, k, s, t, g) for (layer, m), k, s in zip(sweeps, counts, shares, strict=True)]
 
 
 def _fitting_counts(full, shares, images, seconds, t, g) -> list[int] | None:

@@ -88,11 +88,11 @@ def _moments(stats: CalibrationStats, group: ChannelGroup, which: str) -> np.nda
 
 
 def _impulse(model: Model, groups: list[ChannelGroup], device: str) -> dict[int, np.ndarray]:
-    convs = {l.name for l in model.layers}
+    convs = {layer.name for layer in model.layers}
     producers = [p for g in groups if g.prunable for p in g.producers if p in convs]  # not transposed convs
     result = run_impulse(model, layers=model.pick_layers(producers), threshold=IMPULSE_THRESHOLD, device=device)
     best = {layer.index: one_of_each_pair(layer) for layer in result.layers}
-    by_node = {l.node_index: l.index for l in model.layers}
+    by_node = {layer.node_index: layer.index for layer in model.layers}
     scores = {}
     for g in groups:
         parts = [

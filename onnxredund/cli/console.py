@@ -42,20 +42,20 @@ def _fmt(t) -> str:
 def layer_table(model: Model) -> list[str]:
     """The model's inputs and a table of its conv layers."""
     rows = [["#", "name", "op", "channels", "kernel", "stride", "groups", "input", "output", "A_i", "MACs"]]
-    for l in model.layers:
+    for layer in model.layers:
         rows.append(
             [
-                str(l.index),
-                short_name(l.name),
-                l.op,
-                f"{l.in_channels}->{l.out_channels}",
-                _fmt(l.kernel),
-                _fmt(l.stride),
-                str(l.groups),
-                _fmt(l.input_shape),
-                _fmt(l.output_shape),
-                short_name(l.activation, 32) + (f" ({'+'.join(l.chain)})" if l.chain else ""),
-                f"{l.macs:,}",
+                str(layer.index),
+                short_name(layer.name),
+                layer.op,
+                f"{layer.in_channels}->{layer.out_channels}",
+                _fmt(layer.kernel),
+                _fmt(layer.stride),
+                str(layer.groups),
+                _fmt(layer.input_shape),
+                _fmt(layer.output_shape),
+                short_name(layer.activation, 32) + (f" ({'+'.join(layer.chain)})" if layer.chain else ""),
+                f"{layer.macs:,}",
             ]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -156,18 +156,18 @@ def impulse_lines(result: ImpulseResult) -> list[str]:
         f"impulse responses ({result.mode} mode, NCC {'max over lags' if result.lags else 'at zero lag'}, "
         f"threshold {result.threshold}, {result.seconds:.1f} s):"
     ]
-    for l in result.layers:
-        c = len(l.best_match)
-        if l.redundant_fraction is None:
-            line = f"  {short_name(l.name)}: no channel compared ({_left_out(l.excluded)})"
+    for layer in result.layers:
+        c = len(layer.best_match)
+        if layer.redundant_fraction is None:
+            line = f"  {short_name(layer.name)}: no channel compared ({_left_out(layer.excluded)})"
         else:
             line = (
-                f"  {short_name(l.name)}: {l.redundant_count}/{l.compared_count} compared channels "
-                f"({100 * l.redundant_fraction:.1f} %) have a match >= {result.threshold}"
+                f"  {short_name(layer.name)}: {layer.redundant_count}/{layer.compared_count} compared channels "
+                f"({100 * layer.redundant_fraction:.1f} %) have a match >= {result.threshold}"
             )
-            if l.compared_count < c:
-                line += f" ({_left_out(l.excluded)})"
-        finite = l.across_best_value[~np.isnan(l.across_best_value)]
+            if layer.compared_count < c:
+                line += f" ({_left_out(layer.excluded)})"
+        finite = layer.across_best_value[~np.isnan(layer.across_best_value)]
         if finite.size:
             line += f"; {int((finite >= result.threshold).sum())} match an earlier layer"
         lines.append(line)

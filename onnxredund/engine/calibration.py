@@ -190,7 +190,7 @@ def _gram_inputs(model: Model, consumer: Consumer) -> tuple[int, np.ndarray | No
     features) and, for a conv, the im2col index of its patches (None for a dense layer)."""
     if consumer.kind != ConsumerKind.conv:
         return model.shapes[consumer.tensor][0], None
-    layer = next(l for l in model.layers if l.node_index == consumer.node)
+    layer = next(conv for conv in model.layers if conv.node_index == consumer.node)
     index = im2col_index(layer, model.proto.graph.node[consumer.node])
     return layer.in_channels * int(np.prod(layer.kernel)), index
 

@@ -126,7 +126,7 @@ class _Walker:
         self.maps: dict[str, list[Segment]] = {}
         self.outputs = {o.name for o in self.graph.output}
         self.last: dict[str, int] = {}  # channels-last tensors (after a Transpose) -> their channel count
-        self.layers = {l.node_index: l for l in model.layers}
+        self.layers = {layer.node_index: layer for layer in model.layers}
         self.i = 0
 
     # -- what rules see and do ----------------------------------------------------------------------

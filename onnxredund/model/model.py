@@ -150,13 +150,15 @@ class Model:
             for layer in self.layers:
                 if layer.name == key:
                     return layer
-            found = [l for l in self.layers if short_name(l.name) == key] or [l for l in self.layers if key in l.name]
+            found = [layer for layer in self.layers if short_name(layer.name) == key] or [
+                layer for layer in self.layers if key in layer.name
+            ]
             if len(found) == 1:
                 return found[0]
             if found:
-                some = ", ".join(f"{l.index}={short_name(l.name)}" for l in found[:5])
+                some = ", ".join(f"{layer.index}={short_name(layer.name)}" for layer in found[:5])
                 raise OnnxRedundError(f"conv layer {key!r} names {len(found)} layers ({some}, ...); give its index")
-        valid = ", ".join(f"{l.index}={short_name(l.name)}" for l in self.layers)
+        valid = ", ".join(f"{layer.index}={short_name(layer.name)}" for layer in self.layers)
         raise OnnxRedundError(f"no conv layer {key!r}; valid layers: {valid}")
 
     def pick_layers(self, keys: list[str | int]) -> list[ConvLayer]:

@@ -308,9 +308,11 @@ def write_audit(out: Path, result: AuditResult, *, parts: bool = True, deadline:
     imp = result.impulse
     # what to draw, most telling first: the overview, then the shuffling and the impulse figures of the layers
     # with the most redundancy, taking turns
-    by_name = {l.name: l for l in imp.layers}
+    by_name = {layer.name: layer for layer in imp.layers}
     shown = _most_redundant(list(result.shuffles), {s.name: s.redundancy_score for s in result.layers})
-    drawn = _most_redundant([l.name for l in imp.layers], {l.name: l.redundant_fraction for l in imp.layers})
+    drawn = _most_redundant(
+        [layer.name for layer in imp.layers], {layer.name: layer.redundant_fraction for layer in imp.layers}
+    )
     jobs = [("the overview", ("overview", ""), partial(_overview_figures, result.layers))]
     for i in range(max(len(shown), len(drawn))):
         if i < len(shown):
@@ -346,7 +348,7 @@ def write_audit(out: Path, result: AuditResult, *, parts: bool = True, deadline:
     imp_blocks = [
         f"mode {imp.mode}; NCC {'maximised over lags' if imp.lags else 'at lag 0'}; impulse at {imp.position}"
     ]
-    ordered = [impulse_figs[l.name] for l in imp.layers if l.name in impulse_figs]  # graph order
+    ordered = [impulse_figs[layer.name] for layer in imp.layers if layer.name in impulse_figs]  # graph order
     imp_blocks += [f for layer_figs in ordered for f in layer_figs.values()]
     sections.append(Section("Unit impulse responses", imp_blocks))
     write_figures(out, {name: f for group in done.values() for name, f in group.items()})

@@ -55,13 +55,14 @@ def write_reproduce(out: Path, result: ReproduceResult) -> None:
         "Figure 7: two cascaded convolutions with vertical and horizontal Gaussian kernels, in either order",
     )
     for model, imp in result.impulses.items():
-        for l in imp.layers:
-            figs[f"fig8-{model}-{l.name}-responses.png"] = Figure(
-                response_grid_figure(l.responses, f"{model} {l.name}: impulse responses"),
-                f"Figure 8: {model} {l.name}: impulse responses",
+        for layer in imp.layers:
+            figs[f"fig8-{model}-{layer.name}-responses.png"] = Figure(
+                response_grid_figure(layer.responses, f"{model} {layer.name}: impulse responses"),
+                f"Figure 8: {model} {layer.name}: impulse responses",
             )
-            figs[f"fig9-{model}-{l.name}-ncc.png"] = Figure(
-                ncc_figure(l.ncc, f"{model} {l.name}: NCC"), f"Figure 9: {model} {l.name}: NCC of impulse responses"
+            figs[f"fig9-{model}-{layer.name}-ncc.png"] = Figure(
+                ncc_figure(layer.ncc, f"{model} {layer.name}: NCC"),
+                f"Figure 9: {model} {layer.name}: NCC of impulse responses",
             )
     prune_blocks = _prune_section(out, result, figs) if result.prune is not None else []
     write_figures(out, figs)

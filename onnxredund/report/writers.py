@@ -55,16 +55,16 @@ EFFECT_FILES = {"accuracy": "accuracy", "agreement": "agreement", "output cosine
 def impulse_figures(result: ImpulseResult, prefix: str = "") -> dict[str, Figure]:
     """File name -> figure: per layer a response grid (paper fig. 8) and an NCC heatmap (fig. 9)."""
     figs = {}
-    for l in result.layers:
-        left_out = sum(l.excluded.values())
-        note = f" ({left_out} left out of the comparison: {l.excluded})" if left_out else ""
-        figs[f"{prefix}impulse-{l.index}-responses.png"] = Figure(
-            response_grid_figure(l.responses, f"{prefix}{l.name}: impulse responses ({result.mode})"),
-            f"{prefix}{l.name}: impulse response of each output channel (input channel 0){note}",
+    for layer in result.layers:
+        left_out = sum(layer.excluded.values())
+        note = f" ({left_out} left out of the comparison: {layer.excluded})" if left_out else ""
+        figs[f"{prefix}impulse-{layer.index}-responses.png"] = Figure(
+            response_grid_figure(layer.responses, f"{prefix}{layer.name}: impulse responses ({result.mode})"),
+            f"{prefix}{layer.name}: impulse response of each output channel (input channel 0){note}",
         )
-        figs[f"{prefix}impulse-{l.index}-ncc.png"] = Figure(
-            ncc_figure(l.ncc, f"{prefix}{l.name}: NCC of impulse responses"),
-            f"{prefix}{l.name}: one-vs-all normalized cross-correlation of the impulse responses",
+        figs[f"{prefix}impulse-{layer.index}-ncc.png"] = Figure(
+            ncc_figure(layer.ncc, f"{prefix}{layer.name}: NCC of impulse responses"),
+            f"{prefix}{layer.name}: one-vs-all normalized cross-correlation of the impulse responses",
         )
     return figs
 

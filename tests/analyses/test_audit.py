@@ -29,7 +29,7 @@ def test_evenly_spaced_indices_cover_first_and_last():
 
 def test_suffix_share_is_the_work_from_a_layer_on():
     m = load_model_proto(small_cnn(c_mid=4, c_out=5)[0])
-    first, second = (suffix_share(m, l) for l in m.layers)
+    first, second = (suffix_share(m, layer) for layer in m.layers)
     assert first == 1.0 and 0 < second < first
 
 

@@ -36,15 +36,19 @@ def setup():
 
 def _local_json(m, data, layers) -> dict:
     return {
-        (l.name, mode): json.dumps(run_shuffle(m, l, data, mode=mode, batch_size=8, device="cpu", chunk=2).to_dict())
-        for l in layers
+        (layer.name, mode): json.dumps(
+            run_shuffle(m, layer, data, mode=mode, batch_size=8, device="cpu", chunk=2).to_dict()
+        )
+        for layer in layers
         for mode in MODES
     }
 
 
 def _job(m, data, layers):
-    sweeps = [(l, mode, list(range(l.in_channels))) for l in layers for mode in MODES]
-    return job_for(m, data, sweeps, batch_size=8, device="cpu", chunk=2), [(l, mode) for l in layers for mode in MODES]
+    sweeps = [(layer, mode, list(range(layer.in_channels))) for layer in layers for mode in MODES]
+    return job_for(m, data, sweeps, batch_size=8, device="cpu", chunk=2), [
+        (layer, mode) for layer in layers for mode in MODES
+    ]
 
 
 def _units_json(results) -> dict:
@@ -158,12 +162,12 @@ def test_sequential_units_on_ray_give_the_single_process_numbers(setup, ray_back
     """Each unit decides its own channels; merged, the sweep is the in-process sequential sweep, bit for bit."""
     m, data, layers = setup
     estimation = Estimation(sequential=True, cheap_drop=0.2, min_images=8)
-    sweeps = [(l, "channel", list(range(l.in_channels))) for l in layers]
+    sweeps = [(layer, "channel", list(range(layer.in_channels))) for layer in layers]
     job = job_for(m, data, sweeps, batch_size=8, device="cpu", chunk=2, estimation=estimation)
-    results, complete = run_sweep_units(job, [(l, "channel") for l, _, _ in sweeps], ray_backend)
+    results, complete = run_sweep_units(job, [(layer, "channel") for layer, _, _ in sweeps], ray_backend)
     local = {
-        l.name: run_shuffle(m, l, data, batch_size=8, device="cpu", chunk=2, estimation=estimation).to_dict()
-        for l in layers
+        layer.name: run_shuffle(m, layer, data, batch_size=8, device="cpu", chunk=2, estimation=estimation).to_dict()
+        for layer in layers
     }
     assert complete and {r.layer: r.to_dict() for r in results} == local
     assert any(min(r.images) < len(data) for r in results)  # some channels were decided before the end

@@ -112,6 +112,6 @@ def test_scores_that_merge_or_squeeze_the_batch_are_measured_per_sample_as_score
 def test_impulses_reach_every_conv_of_a_fixed_batch_detector_past_its_computed_upsample():
     squeeze, keep = _detector("squeeze", opset=9), _detector("keep", opset=13)
     a, b = run_impulse(squeeze, device="cpu"), run_impulse(keep, device="cpu")
-    assert [l.name for l in a.layers] == ["conv1", "conv2", "conv3", "conv4"]
+    assert [layer.name for layer in a.layers] == ["conv1", "conv2", "conv3", "conv4"]
     for la, lb in zip(a.layers, b.layers, strict=True):
         np.testing.assert_allclose(la.responses, lb.responses, rtol=1e-5, atol=1e-6)

@@ -260,7 +260,7 @@ def test_a_model_that_normalises_its_input_by_min_and_max_gets_its_impulses_at_t
     named = run_impulse(m, device="cpu", at="scaled")  # the same, asked for
     np.testing.assert_allclose(named.layers[0].responses, result.layers[0].responses)
     later = run_impulse(m, device="cpu", at="a")  # c2's input: c2 alone, its 1 x 1 kernels
-    assert [l.name for l in later.layers] == ["c2"]
+    assert [layer.name for layer in later.layers] == ["c2"]
     np.testing.assert_allclose(later.layers[0].responses[:, :, 0, 0], inits["w2"][:, :, 0, 0], atol=1e-6)
     with pytest.raises(OnnxRedundError, match="--impulse-at 'nowhere': no tensor"):
         run_impulse(m, device="cpu", at="nowhere")
@@ -309,7 +309,7 @@ def test_impulse_responses_do_not_depend_on_how_many_impulses_a_run_holds_or_on_
     one_a_run = run_impulse(_strided_net(32), device="cpu")
     large = run_impulse(_strided_net(128), device="cpu")
     assert sum(kept) == 2 * held_small  # the same boxes at 32 x 32 (one a run) and at 128 x 128
-    assert [l.phases for l in small.layers] == [(2, 2), (1, 1), (2, 2)]
+    assert [layer.phases for layer in small.layers] == [(2, 2), (1, 1), (2, 2)]
     for a, b, c in zip(small.layers, one_a_run.layers, large.layers, strict=True):
         assert a.support == b.support and a.support[2:] == c.support[2:]
         np.testing.assert_array_equal(a.responses, b.responses)

@@ -258,7 +258,7 @@ def test_run_prune_measures_both_models_on_samples_it_did_not_calibrate_on():
     assert result.quality_after["agreement"] == 1.0 and result.quality_after["output_drift"] < 1e-6
     assert result.quality_before["accuracy"] == result.quality_after["accuracy"]
     layers = describe_layers(result.proto, shape_table(infer_shapes(result.proto)))
-    assert result.after["conv_macs"] == sum(l.macs for l in layers) < result.before["conv_macs"]
+    assert result.after["conv_macs"] == sum(layer.macs for layer in layers) < result.before["conv_macs"]
     assert result.after["file_bytes"] < result.before["file_bytes"]
     assert result.removed == [{"group": 1, "producers": ["convB"], "channels": 3, "kept": 2, "removed": [1]}]
 
@@ -339,7 +339,7 @@ def test_calibration_samples_are_spread_over_data_sorted_by_class():
 
 
 def _conv_macs(proto: onnx.ModelProto) -> int:
-    return sum(l.macs for l in describe_layers(proto, shape_table(infer_shapes(proto))))
+    return sum(layer.macs for layer in describe_layers(proto, shape_table(infer_shapes(proto))))
 
 
 def test_a_speedup_target_finds_the_smallest_fraction_whose_pruned_model_is_that_much_faster(monkeypatch):

@@ -20,8 +20,8 @@ PAPER_PAIR = ("lenet5", "lenet5x10")
 @pytest.mark.parametrize(("name", "minimum", "channels"), [("lenet5", 0.990, (6, 16)), ("lenet5x10", 0.992, (60, 160))])
 def test_accuracy_on_the_mnist_test_set(mnist_dir, name, minimum, channels):
     model = load_model(MODELS / f"{name}.onnx")
-    assert [l.name for l in model.layers] == ["conv1", "conv2"]
-    assert tuple(l.out_channels for l in model.layers) == channels
+    assert [layer.name for layer in model.layers] == ["conv1", "conv2"]
+    assert tuple(layer.out_channels for layer in model.layers) == channels
     assert model.input_name == "input" and model.output_names == ["logits"] and model.batch_dynamic
     assert model.proto.opset_import[0].version == 17 and model.proto.ir_version <= 13
     result = evaluate(model, load_mnist(mnist_dir, "test"), device="cpu")

@@ -39,7 +39,7 @@ def decoder(dead_channel: int | None = None):
 def test_a_transposed_conv_is_listed_with_its_channels_and_the_macs_of_its_input_positions():
     model, wt = decoder()
     up = model.layer("up")
-    assert [l.name for l in model.layers] == ["down", "up", "head"] and up.op == "ConvTranspose"
+    assert [layer.name for layer in model.layers] == ["down", "up", "head"] and up.op == "ConvTranspose"
     assert (up.in_channels, up.out_channels, up.kernel, up.stride) == (4, 3, (2, 2), (2, 2))
     assert up.input_shape == (4, 3, 3) and up.output_shape == (3, 6, 6)
     assert up.macs == 3 * 3 * wt.size  # each of 3 x 3 input positions scatters 4 x 3 x 2 x 2 products

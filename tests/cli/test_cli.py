@@ -372,5 +372,7 @@ def test_impulse_budget_leaves_the_comparisons_with_earlier_layers_out_once_spen
     assert r.exit_code == 0, r.stderr
     cut = json.loads(r.stdout)
     assert any("comparisons with earlier layers left out" in n for n in cut["notes"])
-    assert [l["best_value"] for l in cut["layers"]] == [l["best_value"] for l in full["layers"]]  # within: all
+    assert [layer["best_value"] for layer in cut["layers"]] == [
+        layer["best_value"] for layer in full["layers"]
+    ]  # within: all
     assert all(v is None for v in cut["layers"][-1]["across_best_value"])

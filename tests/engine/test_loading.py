@@ -18,12 +18,12 @@ W = RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)
 
 def test_plain_conv_relu_layer_record():
     m = load_model_proto(small_cnn()[0])
-    assert [l.name for l in m.layers] == ["conv1", "conv2"]
-    l = m.layers[0]
-    assert (l.in_channels, l.out_channels, l.kernel, l.groups) == (3, 4, (3, 3), 1)
-    assert (l.input, l.output, l.activation, l.chain) == ("x", "z1", "a1", ("Relu",))
-    assert l.input_shape == (3, 6, 6) and l.output_shape == (4, 6, 6)
-    assert l.macs == 4 * 6 * 6 * 3 * 9
+    assert [layer.name for layer in m.layers] == ["conv1", "conv2"]
+    conv = m.layers[0]
+    assert (conv.in_channels, conv.out_channels, conv.kernel, conv.groups) == (3, 4, (3, 3), 1)
+    assert (conv.input, conv.output, conv.activation, conv.chain) == ("x", "z1", "a1", ("Relu",))
+    assert conv.input_shape == (3, 6, 6) and conv.output_shape == (4, 6, 6)
+    assert conv.macs == 4 * 6 * 6 * 3 * 9
     assert m.batch_dynamic and m.layout == "NCHW"
 
 
@@ -36,9 +36,9 @@ def test_conv_with_separate_bias_add():  # CNTK
     m = load_model_proto(
         make_model(nodes, [("x", ["N", 3, 5, 5])], [("y", ["N", 4, 5, 5])], {"w": W, "b": np.ones((1, 4, 1, 1))})
     )
-    l = m.layers[0]
-    assert l.chain == ("Add", "Relu") and l.activation == "y" and l.bias is None
-    assert l.name == "Conv_0"  # stable generated name for an unnamed node
+    conv = m.layers[0]
+    assert conv.chain == ("Add", "Relu") and conv.activation == "y" and conv.bias is None
+    assert conv.name == "Conv_0"  # stable generated name for an unnamed node
 
 
 def test_conv_bn_relu_unfolded():
@@ -108,8 +108,8 @@ def test_depthwise_conv():
     w = RNG.normal(size=(3, 1, 3, 3)).astype(np.float32)
     nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="dw", group=3)]
     m = load_model_proto(make_model(nodes, [("x", ["N", 3, 5, 5])], [("z", ["N", 3, 3, 3])], {"w": w}))
-    l = m.layers[0]
-    assert (l.in_channels, l.out_channels, l.groups, l.macs) == (3, 3, 3, 3 * 9 * 9)
+    conv = m.layers[0]
+    assert (conv.in_channels, conv.out_channels, conv.groups, conv.macs) == (3, 3, 3, 3 * 9 * 9)
 
 
 def test_residual_add_reading_conv_input_ends_no_chain_early():
@@ -152,8 +152,8 @@ def test_shapes_come_from_a_run_where_inference_fails(monkeypatch):
     expected = load_model_proto(small_cnn()[0]).layers
     monkeypatch.setattr(loading, "infer_shapes", lambda proto: proto)  # as if shape inference knew nothing
     probed = load_model_proto(small_cnn()[0]).layers
-    assert [(l.input_shape, l.output_shape, l.macs) for l in probed] == [
-        (l.input_shape, l.output_shape, l.macs) for l in expected
+    assert [(layer.input_shape, layer.output_shape, layer.macs) for layer in probed] == [
+        (layer.input_shape, layer.output_shape, layer.macs) for layer in expected
     ]
 
 

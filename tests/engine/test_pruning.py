@@ -165,12 +165,12 @@ def test_cost_counts_the_pruned_models_macs_and_parameters_exactly():
     removal = {group_of(groups, "convA").index: [1, 3], group_of(groups, "convB").index: [0]}
     pruned = remove_channels(m, groups, removal)
     layers = describe_layers(pruned, shape_table(infer_shapes(pruned)))
-    assert cost.macs(removal) == sum(l.macs for l in layers)
+    assert cost.macs(removal) == sum(layer.macs for layer in layers)
     params = sum(
         t.size for t in (onnx.numpy_helper.to_array(i) for i in pruned.graph.initializer) if t.dtype.kind == "f"
     )
     assert cost.params(removal) == params
-    assert cost.macs_total == sum(l.macs for l in m.layers)
+    assert cost.macs_total == sum(layer.macs for layer in m.layers)
 
 
 def test_the_original_model_is_untouched():

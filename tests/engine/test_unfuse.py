@@ -76,7 +76,7 @@ def test_a_fused_conv_written_as_standard_ops_gives_the_same_outputs(activation,
 
 def test_a_fused_conv_is_a_layer_with_its_activation_and_layers_names_the_contrib_ops(tmp_path):
     model = load_model_proto(fused_model("Relu"))
-    assert [l.name for l in model.layers] == ["fc1", "c2"] and model.layers[0].activation == "a"
+    assert [layer.name for layer in model.layers] == ["fc1", "c2"] and model.layers[0].activation == "a"
     assert model.contrib_ops == ["FusedConv"]
     path = tmp_path / "fused.onnx"
     onnx.save(fused_model("Relu"), str(path))

@@ -26,7 +26,7 @@ W1 = np.random.default_rng(0).normal(size=(24, 1, 3, 3)).astype(np.float32)
 
 def test_pick_layers_by_name_or_index_each_once_in_the_order_named():
     m = load_model_proto(small_cnn()[0])
-    assert [l.name for l in m.pick_layers(["conv2", " 0", "1"])] == ["conv2", "conv1"]
+    assert [layer.name for layer in m.pick_layers(["conv2", " 0", "1"])] == ["conv2", "conv1"]
     with pytest.raises(OnnxRedundError, match="valid layers: 0=conv1, 1=conv2"):
         m.pick_layers(["conv3"])
 

@@ -68,8 +68,8 @@ def test_paddleocr_shuffle_fast_equals_direct_and_strided_impulses_are_interleav
     assert imp.exit_code == 0, imp.stderr
     layers = json.loads(imp.stdout)["layers"]
     assert layers[0]["phases"] == [2, 2] and layers[0]["compared_count"] == 8  # 3x3 stride 2: its whole kernel
-    se = [l for l in layers if l["excluded"]["support"]]
-    assert len(se) >= 10 and all(l["redundant_fraction"] is None for l in se)  # 1x1 convs on pooled maps
+    se = [layer for layer in layers if layer["excluded"]["support"]]
+    assert len(se) >= 10 and all(layer["redundant_fraction"] is None for layer in se)  # 1x1 convs on pooled maps
 
 
 def test_paddleocr_recogniser_with_a_sequence_output_shuffles_on_both_paths(real_model):

@@ -60,7 +60,7 @@ def test_built_family_goes_through_the_four_commands(family, tmp_path):
     export_family(family, path)
     shape, layer, ops = BUILT[family]
     out = _four_commands(path, shape, layer, tmp_path)
-    assert [l["op"] for l in out["layers"]["layers"]] == ops
+    assert [layer["op"] for layer in out["layers"]["layers"]] == ops
     assert len(out["impulse"]["layers"]) == len(ops)
     assert out["shuffle"]["layer"] == layer and out["shuffle"]["samples_done"] == 24
     before, after = out["prune"]["before"]["conv_macs"], out["prune"]["after"]["conv_macs"]

@@ -85,7 +85,7 @@ def test_gates_fail_with_status_1(tmp_path):
     assert bad.exit_code == 1
     results = json.loads((tmp_path / "b" / "results.json").read_text())
     assert [s["name"] for s in results["summary"]] == ["conv2"]  # --layers limits the impulse step too
-    assert [l["name"] for l in results["impulse"]["layers"]] == ["conv2"]
+    assert [layer["name"] for layer in results["impulse"]["layers"]] == ["conv2"]
     summary = results["summary"][0]
     assert summary["channel_cheap_fraction"] >= 0.25 and summary["ranked_channels"][0]["channel"] == 1
     expected = f"failed at conv2: cheap_fraction = {summary['channel_cheap_fraction']:.4f}"
