@@ -366,8 +366,8 @@ def test_impulse_budget_leaves_the_comparisons_with_earlier_layers_out_once_spen
     full = json.loads(run_cli("impulse", path, "--json", "--device", "cpu").stdout)
     assert not any("earlier layers left out" in n for n in full["notes"])
     real = clock.perf_counter
-    start = real()
-    monkeypatch.setattr(impulse.time, "perf_counter", lambda: start + 1e6 * (real() - start))  # a microsecond is a second
+    start = real()  # a microsecond becomes a second
+    monkeypatch.setattr(impulse.time, "perf_counter", lambda: start + 1e6 * (real() - start))
     r = run_cli("impulse", path, "--json", "--device", "cpu", "--budget", "5")
     assert r.exit_code == 0, r.stderr
     cut = json.loads(r.stdout)
