@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NAME_WIDTH", "UNDECIDED_NOTE", "counted", "short_name"]
+__all__ = ["NAME_WIDTH", "UNDECIDED_NOTE", "counted", "decided", "images_each", "short_name"]
 
 NAME_WIDTH = 40  # characters of a name in a console table
 #: how an audit's note on a sweep that left channels undecided ends (the console and the report group them)
@@ -12,6 +12,17 @@ UNDECIDED_NOTE = "undecided, counted as not cheap"
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``n`` and ``noun``, the noun in the plural unless ``n`` is 1 (``plural`` where adding "s" is wrong)."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def decided(counts: dict[str, int]) -> str:
+    """A sweep's decision counts: "51 cheap, 3 costly, 6 undecided"."""
+    return f"{counts['cheap']} cheap, {counts['costly']} costly, {counts['undecided']} undecided"
+
+
+def images_each(images) -> str:
+    """The images a sequential sweep's channels were measured on: "256-5000 images each" ("1280 images each")."""
+    low, high = int(min(images)), int(max(images))
+    return f"{low}-{high} images each" if low != high else f"{high} images each"
 
 
 def short_name(name: str, width: int = NAME_WIDTH) -> str:

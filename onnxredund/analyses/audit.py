@@ -53,8 +53,8 @@ from onnxredund.analyses.plan import (
     plan_sweeps,
     probe_seconds_per_image,
 )
-from onnxredund.analyses.sequential import Estimation, first_look, images_to_clear
-from onnxredund.analyses.shuffle import EXHAUSTIVE, ShuffleResult, effect_kind, effect_meter, new_state, run_shuffle
+from onnxredund.analyses.sequential import EXHAUSTIVE, Estimation, first_look, images_to_clear
+from onnxredund.analyses.shuffle import ShuffleResult, effect_kind, effect_meter, new_state, run_shuffle
 from onnxredund.analyses.sweep_state import SweepState, sweep_key
 from onnxredund.choices import BATCH_SIZE, CHEAP_DROP, CONFIDENCE, NCC_THRESHOLD
 from onnxredund.data import DataSource
@@ -656,8 +656,8 @@ def _within_budget(model, data, sweeps, clock: _Clock, estimation: Estimation, b
     left; else the exhaustive plan, which measures fewer images, then fewer channels (said in ``notes``)."""
     first = first_look(estimation, batch_size, len(data))
     seconds_per_image = probe_seconds_per_image(model, data, device, batch_size)
-    least = plan_sweeps(model, sweeps, samples=first, seconds=None, seconds_per_image=seconds_per_image)
-    need, room = sum(p.seconds for p in least) / workers, _PLAN_MARGIN * (clock.left() or 0.0)
+    full = plan_sweeps(model, sweeps, samples=len(data), seconds=None, seconds_per_image=seconds_per_image)
+    need, room = sum(_sequential_cost(p, first) for p in full) / workers, _PLAN_MARGIN * (clock.left() or 0.0)
     if need <= room:
         return estimation
     notes.append(
@@ -678,19 +678,12 @@ def _sequential_plan(model, sweeps, first: int, samples: int, left: float | None
     )
     if left is None:
         return full[0], None
-    least = plan_sweeps(
-        model,
-        sweeps,
-        samples=first,
-        seconds=None,
-        seconds_per_image=seconds_per_image,
-        pass_cost=pass_cost,
-    )
+    least = [_sequential_cost(p, first) for p in full]
     room = _PLAN_MARGIN * left
-    if room < least[0].seconds:
+    if room < least[0]:
         return None, None
     share = room * full[0].seconds / max(sum(p.seconds for p in full), 1e-9)
-    return full[0], max(1.0, min(share, room - sum(p.seconds for p in least[1:])))
+    return full[0], max(1.0, min(share, room - sum(least[1:])))
 
 
 def _sampling_notes(plan: SweepPlan, result: ShuffleResult, samples: int) -> list[str]:

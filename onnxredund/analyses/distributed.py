@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxredund.analyses.sequential import Estimation, in_random_order
-from onnxredund.analyses.shuffle import EXHAUSTIVE, ShuffleResult, effect_meter, new_state, run_shuffle, sweep_result
+from onnxredund.analyses.sequential import EXHAUSTIVE, Estimation, in_random_order
+from onnxredund.analyses.shuffle import ShuffleResult, effect_meter, new_state, run_shuffle, sweep_result
 from onnxredund.analyses.sweep_state import SweepState, sweep_key
 from onnxredund.choices import BATCH_SIZE
 from onnxredund.data import DataSource

@@ -190,9 +190,9 @@ class EffectMeter:
 
     def add_rows(self, sums: dict, r: int, at, rows: dict, clean: dict, batch: dict, labels) -> None:
         """One run's per-sample effects (:func:`sample_rows`, or the fast model's on the device) for the channels
-        at positions ``at`` (a slice or an index array) of repeat ``r``, with the batch's clean numbers
+        at positions ``at`` (an index array, or a slice) of repeat ``r``, with the batch's clean numbers
         (:meth:`clean_sums`); outputs missing from ``rows`` count as their clean values."""
-        count = len(next(iter(rows.values()))) if rows else len(range(self.channels)[at])
+        count = len(np.arange(self.channels)[at])
         if not count:
             return
         missing = {name: clean[name] for name in self.outputs if (name, "cos") not in rows}

@@ -53,6 +53,7 @@ __all__ = [
     "CHEAP",
     "COSTLY",
     "DECISIONS",
+    "EXHAUSTIVE",
     "UNDECIDED",
     "Estimation",
     "cost_bounds",
@@ -94,6 +95,9 @@ class Estimation:
     def to_dict(self) -> dict:
         d = {"sequential": self.sequential, "cheap_drop": self.cheap_drop, "confidence": self.confidence}
         return d | ({"min_images": self.min_images} if self.sequential else {})
+
+
+EXHAUSTIVE = Estimation()  # every image for every channel, decided at the end
 
 
 def z_score(confidence: float, looks, tests: int = 1) -> np.ndarray:

@@ -45,6 +45,7 @@ import numpy as np
 from onnxredund.analyses.effects import EffectMeter, OutputEffect, effect_kind, merge_sums, nan_to_none
 from onnxredund.analyses.sequential import (
     DECISIONS,
+    EXHAUSTIVE,
     UNDECIDED,
     Estimation,
     decide,
@@ -74,8 +75,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-EXHAUSTIVE = Estimation()  # every image for every channel, decided at the end
 
 
 @dataclass(frozen=True)
@@ -458,15 +457,13 @@ class _Judge:
         return bool(self.positions)
 
     def still_open(self, at: list[int], cos, perturbed, rows) -> tuple:
-        """A run's numbers for its channels at positions ``at``, less those of channels decided since; ``at``
-        as a slice when the channels are consecutive (an exhaustive sweep's runs)."""
+        """A run's numbers for its channels at positions ``at`` (returned as an index array), less those of
+        channels decided since."""
         keep = self.decision[at] == UNDECIDED
         if not keep.all():
             at, cos = [p for p, k in zip(at, keep, strict=True) if k], cos[keep]
             perturbed = None if perturbed is None else {name: v[keep] for name, v in perturbed.items()}
             rows = None if rows is None else {key: v[keep] for key, v in rows.items()}
-        if at and at[-1] - at[0] == len(at) - 1:
-            return slice(at[0], at[-1] + 1), cos, perturbed, rows
         return np.asarray(at, np.int64), cos, perturbed, rows
 
     def measured_enough(self, state: SweepState) -> bool:
@@ -574,13 +571,12 @@ def _mean_std(per_repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sweep_result(
-    model, layer, data, route, meter, state, args, channels, stopped=None, estimation: Estimation | None = None
+    model, layer, data, route, meter, state, args, channels, stopped=None, estimation: Estimation = EXHAUSTIVE
 ) -> ShuffleResult:
     """The result of a sweep from its sums; ``route`` is (path, device), ``args`` (mode, seed, repeats, batch),
     ``stopped`` why it stopped before the end of the data (None: it did not), ``estimation`` how its channels
     are decided (default: exhaustively, at the default threshold and confidence)."""
     mode, seed, repeats, batch_size = args
-    estimation = estimation or Estimation()
     sums = state.sums
     seen = np.maximum(sums["seen"], 1)  # (R, K): each channel's images
     cosine, cosine_std = _mean_std(sums["cos_sum"] / seen[..., None])

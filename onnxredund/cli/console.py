@@ -11,7 +11,7 @@ import click
 import numpy as np
 
 from onnxredund.cli.app import bar_shown
-from onnxredund.words import UNDECIDED_NOTE, counted, short_name
+from onnxredund.words import UNDECIDED_NOTE, counted, decided, images_each, short_name
 
 if TYPE_CHECKING:  # the results it prints; imported when a command runs, not for --help
     from onnxredund.analyses.audit import AuditResult
@@ -142,12 +142,11 @@ def shuffle_lines(result: ShuffleResult) -> list[str]:
 
 def decision_words(result: ShuffleResult) -> str:
     """'decided: 51 cheap, 3 costly, 6 undecided (cost <= 0.005 at 95 %, sequential: 256-5000 images each)'."""
-    counts, e = result.decision_counts(), result.estimation
+    e = result.estimation
     how = f"cost <= {e.cheap_drop:g} at {100 * e.confidence:g} %"
     if e.sequential and result.images is not None and len(result.images):
-        low, high = int(result.images.min()), int(result.images.max())
-        how += f", sequential: {low if low == high else f'{low}-{high}'} images each"
-    return f"decided: {counts['cheap']} cheap, {counts['costly']} costly, {counts['undecided']} undecided ({how})"
+        how += f", sequential: {images_each(result.images)}"
+    return f"decided: {decided(result.decision_counts())} ({how})"
 
 
 def impulse_lines(result: ImpulseResult) -> list[str]:

@@ -25,7 +25,7 @@ from onnxredund.report.writers import (
     write_figures,
     write_npz,
 )
-from onnxredund.words import UNDECIDED_NOTE
+from onnxredund.words import UNDECIDED_NOTE, decided, images_each
 
 __all__ = [
     "FIGURE_LAYERS",
@@ -119,15 +119,12 @@ def _cheap_cell(result: AuditResult, s: LayerSummary, mode: str) -> str | None:
         return None
     k = len(sweep.channels)
     of = f"{k}" if k == s.in_channels else f"{k} measured of {s.in_channels}"
-    counts = sweep.decision_counts()
-    decided = f"{counts['cheap']} cheap, {counts['costly']} costly, {counts['undecided']} undecided"
+    counts = decided(sweep.decision_counts())
     if not sweep.estimation.sequential:  # the fraction is of the estimates; the decisions are of the intervals
         return (
-            f"{_pct(fraction)} of {of} ({sweep.samples_done} images; at {_pct(sweep.estimation.confidence)}: {decided})"
+            f"{_pct(fraction)} of {of} ({sweep.samples_done} images; at {_pct(sweep.estimation.confidence)}: {counts})"
         )
-    low, high = int(sweep.images.min()), int(sweep.images.max())
-    seen = f"{low}-{high} images each" if low != high else f"{high} images each"
-    return f"{_pct(fraction)} of {of} ({decided}; {seen})"
+    return f"{_pct(fraction)} of {of} ({counts}; {images_each(sweep.images)})"
 
 
 _SAMPLED = " shuffling measured "  # the words of the audit's sampling notes (analyses.audit._sampling_notes)
