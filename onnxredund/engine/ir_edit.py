@@ -24,8 +24,10 @@ from onnxredund.model import external_folder, external_tensors, set_external_fol
 __all__ = [
     "Names",
     "all_nodes",
+    "captured",
     "constant_value",
     "default_opset",
+    "needed",
     "remove_unused",
     "to_ir",
     "to_proto",
@@ -62,6 +64,41 @@ def to_proto(model: ir.Model, *, inner_shapes: bool = True) -> onnx.ModelProto:
 def all_nodes(graph: ir.Graph) -> Iterator[ir.Node]:
     """Every node of ``graph`` and of the graphs its nodes hold (If/Loop/Scan bodies), outer ones first."""
     return ir.traversal.RecursiveGraphIterator(graph)
+
+
+def captured(node: ir.Node) -> list[ir.Value]:
+    """The values of ``node``'s graph that the bodies of an If/Loop/Scan node read without listing them as the
+    node's inputs (captured from the outer scope), in the order first read; none for other nodes."""
+    found: dict[ir.Value, None] = {}
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            bodies = [attr.as_graph()]
+        elif attr.type == ir.AttributeType.GRAPHS:
+            bodies = list(attr.as_graphs())
+        else:
+            continue
+        for body in bodies:
+            for inner in all_nodes(body):
+                found.update((v, None) for v in inner.inputs if v is not None and v.graph is node.graph)
+    return list(found)
+
+
+def needed(graph: ir.Graph, inputs: set[str], outputs: list[str]) -> list[ir.Node]:
+    """The nodes of ``graph`` (in its order) that compute the tensors ``outputs`` from the tensors ``inputs``,
+    the producers of what their bodies capture included."""
+    values = ir.convenience.create_value_mapping(graph, include_subgraphs=False)
+    stack = [values[name] for name in outputs if name not in inputs and name in values]
+    seen, found = set(stack), set()
+    while stack:
+        node = stack.pop().producer()
+        if node is None or node in found:
+            continue
+        found.add(node)
+        for value in [*node.inputs, *captured(node)]:
+            if value is not None and value.name not in inputs and value not in seen:
+                seen.add(value)
+                stack.append(value)
+    return [node for node in graph if node in found]
 
 
 def default_opset(model: ir.Model) -> int:

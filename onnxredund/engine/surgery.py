@@ -1,4 +1,5 @@
-"""Pure graph edits, ``ModelProto -> ModelProto``; every function copies its input.
+"""Pure graph edits, ``ModelProto -> ModelProto``, made on the IR of :mod:`onnxredund.engine.ir_edit`: the input is
+never changed, and the nodes of If/Loop/Scan bodies count where they read a tensor of the graph around them.
 
 - :func:`expose_outputs`: make intermediate tensors graph outputs.
 - :func:`cut`: the subgraph that computes some tensors from others.
@@ -12,20 +13,18 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+import onnx_ir as ir
 
+from onnxredund.engine.ir_edit import Names, captured, constant_value, needed, to_ir, to_proto
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import (
     ACTIVATION_OPS,
     CONV_OPS,
     ConstantTable,
     ConvLayer,
-    attribute,
-    copy_model,
     data_dependent,
     data_inputs,
     downstream,
-    producers_of,
     value_infos,
 )
 
@@ -50,7 +49,20 @@ def value_info(proto: onnx.ModelProto, name: str, known: dict | None = None) -> 
         vi = onnx.ValueInfoProto()
         vi.CopyFrom(known[name])
         return vi
-    return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+
+
+def _set_types(model: ir.Model, proto: onnx.ModelProto, names: list[str]) -> dict[str, ir.Value]:
+    """The values ``names`` of ``model`` (the IR of ``proto``), each given the type and shape :func:`value_info`
+    finds for it (shape inference's where the file records none)."""
+    values = ir.convenience.create_value_mapping(model.graph, include_subgraphs=False)
+    missing = [name for name in names if name not in values]
+    if missing:
+        raise OnnxRedundError(f"no tensors {missing} in the model; tensors come from node outputs or graph inputs")
+    known = value_infos(proto)
+    for name in dict.fromkeys(names):
+        ir.serde.deserialize_value_info_proto(value_info(proto, name, known), values[name])
+    return values
 
 
 def expose_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -59,63 +71,52 @@ def expose_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     missing = [n for n in names if n not in produced]
     if missing:
         raise OnnxRedundError(f"no tensors {missing} in the model; tensors come from node outputs or graph inputs")
-    out = copy_model(proto)
-    have = {o.name for o in out.graph.output}
-    known = value_infos(proto)
-    for name in names:
-        if name not in have:
-            out.graph.output.append(value_info(proto, name, known))
-            have.add(name)
-    return out
+    model = to_ir(proto)
+    have = {v.name for v in model.graph.outputs}
+    new = [name for name in dict.fromkeys(names) if name not in have]
+    values = _set_types(model, proto, new)
+    model.graph.outputs.extend(values[name] for name in new)
+    return to_proto(model)
 
 
 def needed_nodes(graph: onnx.GraphProto, inputs: set[str], outputs: list[str]) -> list[int]:
-    """Indices (in graph order) of the nodes needed to compute ``outputs`` given ``inputs``."""
-    producer = producers_of(graph)
-    needed: set[int] = set()
-    stack = [o for o in outputs if o not in inputs]
-    seen = set(stack)
-    while stack:
-        tensor = stack.pop()
-        if tensor not in producer:
-            continue
-        idx = producer[tensor]
-        if idx in needed:
-            continue
-        needed.add(idx)
-        for t in graph.node[idx].input:
-            if t and t not in inputs and t not in seen:
-                seen.add(t)
-                stack.append(t)
-    return sorted(needed)
+    """Indices (in graph order) of the nodes needed to compute ``outputs`` given ``inputs`` (the producers of
+    what If/Loop/Scan bodies read from the outer scope included)."""
+    ir_graph = ir.serde.deserialize_graph(graph)
+    index = {node: i for i, node in enumerate(ir_graph)}
+    return [index[node] for node in needed(ir_graph, set(inputs), outputs)]
 
 
 def cut(proto: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
-    """The subgraph computing ``outputs`` from the tensors ``inputs`` (and the model's constants).
+    """The subgraph computing ``outputs`` from the tensors ``inputs`` (and the model's constants), If/Loop/Scan
+    bodies' reads from the outer scope included; the model's local functions go with it.
 
     Raises:
         OnnxRedundError: the outputs also depend on a graph input not listed in ``inputs``.
     """
-    graph = proto.graph
-    known = value_infos(proto)
-    nodes = needed_nodes(graph, set(inputs), outputs)
-    used = {t for i in nodes for t in graph.node[i].input if t} | set(outputs)
-    produced = {o for i in nodes for o in graph.node[i].output} | set(inputs)
-    graph_inputs = {i.name for i in data_inputs(graph)}
-    leaked = sorted((used - produced) & graph_inputs)
+    model = to_ir(proto)
+    graph = model.graph
+    values = _set_types(model, proto, [*inputs, *outputs])
+    nodes = needed(graph, set(inputs), outputs)
+    read = {v for node in nodes for v in [*node.inputs, *captured(node)] if v is not None}
+    read |= {values[name] for name in outputs}
+    leaked = sorted(v.name for v in read if v.is_graph_input() and not v.is_initializer() and v.name not in inputs)
     if leaked:
         raise OnnxRedundError(f"the cut also needs the graph inputs {leaked}; add them to the cut's inputs")
-    init = [t for t in graph.initializer if t.name in used]
-    new_graph = helper.make_graph(
-        [graph.node[i] for i in nodes],
-        f"{graph.name or 'graph'}_cut",
-        [value_info(proto, n, known) for n in inputs],
-        [value_info(proto, n, known) for n in outputs],
-        initializer=init,
+    initializers = [v for name, v in graph.initializers.items() if v in read and name not in inputs]
+    view = ir.GraphView(
+        [values[name] for name in inputs],
+        [values[name] for name in outputs],
+        nodes=nodes,
+        initializers=initializers,
+        opset_imports=dict(graph.opset_imports),
+        name=f"{graph.name or 'graph'}_cut",
     )
-    out = helper.make_model(new_graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
-    out.producer_name = "onnxredund"
-    return out
+    out = ir.Model(
+        view.clone(), ir_version=model.ir_version, producer_name="onnxredund", functions=model.functions.values()
+    )
+    out.meta.update(model.meta)  # where external weights are read from
+    return to_proto(out, inner_shapes=False)
 
 
 def side_inputs(proto: onnx.ModelProto, start: str, *, outputs: bool = False) -> list[str]:
@@ -155,20 +156,20 @@ def cut_suffix(proto: onnx.ModelProto, layer: ConvLayer) -> onnx.ModelProto:
 def inject_input(proto: onnx.ModelProto, layer: ConvLayer, name: str = "perturbed_input") -> onnx.ModelProto:
     """Copy of ``proto`` with a new graph input ``name`` that only the target conv reads.
 
-    Every other consumer of A_{i-1} (residual branches, other convs) keeps the clean tensor.
+    Every other consumer of A_{i-1} (residual branches, other convs, If/Loop/Scan bodies) keeps the clean tensor.
     """
-    out = copy_model(proto)
-    existing = {t for n in out.graph.node for t in [*n.input, *n.output]} | {i.name for i in out.graph.input}
-    if name in existing:
+    model = to_ir(proto)
+    if name in Names(model.graph).taken:
         raise OnnxRedundError(f"tensor name {name!r} is already used in the model; pick another")
-    node = out.graph.node[layer.node_index]
-    if node.op_type not in CONV_OPS or node.input[0] != layer.input:
+    node = model.graph.node(layer.node_index)
+    if node.op_type not in CONV_OPS or node.inputs[0] is None or node.inputs[0].name != layer.input:
         raise OnnxRedundError(f"layer {layer.name!r} does not match this model; describe the model again")
-    node.input[0] = name
     vi = value_info(proto, layer.input)
     vi.name = name
-    out.graph.input.append(vi)
-    return out
+    value = ir.serde.deserialize_value_info_proto(vi, None)
+    node.replace_input_with(0, value)
+    model.graph.inputs.append(value)
+    return to_proto(model)
 
 
 _BYPASS = ACTIVATION_OPS | {"PRelu"}
@@ -206,52 +207,48 @@ _LINEAR = frozenset(
 
 def linearize(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """Copy with biases zeroed and activations bypassed; returns it and notes on what stays non-linear."""
-    out = copy_model(proto)
-    graph = out.graph
-    values = ConstantTable(graph)
-    data = {i.name for i in data_inputs(graph)}
+    model = to_ir(proto)
+    graph = model.graph
+    values = ConstantTable(proto.graph)
+    names = Names(graph)
+    data = {v for v in graph.inputs if not v.is_initializer()}
     nonlinear: set[str] = set()
-    new_inits = []
-    for i, node in enumerate(graph.node):
-        if not any(t in data for t in node.input):
+    for i, node in enumerate(list(graph)):
+        if not any(v in data for v in node.inputs):
             continue
-        data.update(node.output)
-        if node.op_type in CONV_OPS and len(node.input) > 2 and node.input[2]:
-            del node.input[2]
+        data.update(node.outputs)
+        reads = [v.name if v is not None else "" for v in node.inputs]
+        if node.op_type in CONV_OPS and len(reads) > 2 and reads[2]:
+            node.resize_inputs(2)
         elif node.op_type in _BYPASS or (
             node.op_type in ("Add", "Sub")
-            and len(node.input) == 2
-            and any(t in values for t in node.input)
-            and not all(t in values for t in node.input)
+            and len(reads) == 2
+            and any(t in values for t in reads)
+            and not all(t in values for t in reads)
         ):
-            keep = next(t for t in node.input if t in data)
-            _make_identity(node, keep)
+            _rewrite(node, "Identity", [next(v for v in node.inputs if v in data)])
         elif node.op_type == "BatchNormalization":
-            scale, var = values.get(node.input[1]), values.get(node.input[4])
+            scale, var = values.get(reads[1]), values.get(reads[4])
             if scale is None or var is None:
                 nonlinear.add("BatchNormalization (non-constant)")
                 continue
-            eps = attribute(node, "epsilon", 1e-5)
+            epsilon = node.attributes.get("epsilon")
+            eps = epsilon.as_float() if epsilon is not None else 1e-5
             gain = (scale / np.sqrt(var + eps)).astype(np.float32).reshape(-1, 1, 1)
-            name = f"onnxredund_bn_gain_{i}"
-            new_inits.append(numpy_helper.from_array(gain, name))
-            x = node.input[0]
-            node.ClearField("attribute")
-            del node.input[:]
-            node.input.extend([x, name])
-            node.op_type = "Mul"
-            del node.output[1:]
+            value = constant_value(names.fresh(f"onnxredund_bn_gain_{i}"), gain)
+            graph.register_initializer(value)
+            _rewrite(node, "Mul", [node.inputs[0], value])
         elif node.op_type not in _LINEAR:
             nonlinear.add(node.op_type)
-    graph.initializer.extend(new_inits)
     notes = [f"{op} stays non-linear: linear responses after it are approximations" for op in sorted(nonlinear)]
-    return out, notes
+    return to_proto(model), notes
 
 
-def _make_identity(node: onnx.NodeProto, keep: str) -> None:
-    node.op_type = "Identity"
-    node.ClearField("attribute")
-    node.domain = ""
-    del node.input[:]
-    node.input.append(keep)
-    del node.output[1:]
+def _rewrite(node: ir.Node, op_type: str, inputs: list[ir.Value]) -> None:
+    """Make ``node`` a standard ``op_type`` of ``inputs`` with no attributes and its first output only."""
+    node.op_type, node.domain = op_type, ""
+    node.attributes.clear()
+    for j, value in enumerate(inputs):
+        node.replace_input_with(j, value)
+    node.resize_inputs(len(inputs))
+    node.resize_outputs(1)

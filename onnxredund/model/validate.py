@@ -1,10 +1,11 @@
 """What a model must be before anything runs it: standard opsets onnxruntime reads, no custom domains or
-local functions, a graph the ONNX checker accepts, and finite weights.
+local functions, names that are text, a graph the ONNX checker accepts, and finite weights.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import onnx
 
 from onnxredund.errors import OnnxRedundError, first_line
 from onnxredund.model.files import external_folder, external_tensors, tensor_array
-from onnxredund.model.graph import default_opset
+from onnxredund.model.graph import bodies, default_opset
 
 __all__ = ["MAX_IR_VERSION", "MAX_OPSET", "MIN_OPSET", "check_finite_weights", "validate"]
 
@@ -46,6 +47,24 @@ def _check_opsets(proto: onnx.ModelProto, path: Path) -> None:
         raise OnnxRedundError(f"{path} defines model-local functions; inline them first (onnx.inliner)")
 
 
+def _names(graph: onnx.GraphProto) -> Iterator[str | bytes]:
+    """Every name a graph and its nodes' bodies hold (tensors, nodes, ops, domains, attributes)."""
+    yield graph.name
+    yield from (v.name for v in [*graph.input, *graph.output, *graph.value_info, *graph.initializer])
+    for node in graph.node:
+        yield from (node.name, node.op_type, node.domain, *node.input, *node.output)
+        yield from (a.name for a in node.attribute)
+        for body in bodies(node):
+            yield from _names(body)
+
+
+def _check_text(proto: onnx.ModelProto, path: Path) -> None:
+    """Names are text: protobuf hands a name that is not UTF-8 over as bytes, which no graph edit can write back."""
+    bad = next((name for name in _names(proto.graph) if isinstance(name, bytes)), None)
+    if bad is not None:
+        raise OnnxRedundError(f"{path} is not a valid ONNX model: the name {bad!r} is not UTF-8 text")
+
+
 def validate(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     """Check ``proto`` in place and lower its IR version to what onnxruntime reads; returns it.
 
@@ -53,6 +72,7 @@ def validate(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
         OnnxRedundError: an opset out of range, a custom domain, local functions, or a checker failure.
     """
     _check_opsets(proto, path)
+    _check_text(proto, path)
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     # external data is checked where it lives: by path (onnx's way for big models); an in-memory
     # model with external data has no folder for the checker, and onnxruntime checks it instead

@@ -9,7 +9,16 @@ from conftest import small_cnn
 
 from onnxredund.engine import load_model_proto
 from onnxredund.engine.runtime import Runner
-from onnxredund.engine.surgery import cut, cut_layer, cut_prefix, cut_suffix, expose_outputs, inject_input, side_inputs
+from onnxredund.engine.surgery import (
+    cut,
+    cut_layer,
+    cut_prefix,
+    cut_suffix,
+    expose_outputs,
+    inject_input,
+    needed_nodes,
+    side_inputs,
+)
 from onnxredund.errors import OnnxRedundError
 
 X = np.random.default_rng(0).normal(size=(7, 3, 6, 6)).astype(np.float32)
@@ -84,3 +93,60 @@ def test_surgery_does_not_touch_its_input():
     expose_outputs(m.proto, ["a1"])
     cut_prefix(m.proto, m.layers[1])
     assert m.proto.SerializeToString() == before
+
+
+def _if_reading_an_outer_tensor() -> onnx.ModelProto:
+    """x -> a = Relu(x); b = Mul(x, 2); y = If(c) {then: a + b; else: -a}: the branches read a and b without
+    listing them as the If's inputs (captured from the outer scope)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(node, out):
+        return helper.make_graph([node], out, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, [2, 3])])
+
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Mul", ["x", "two"], ["b"]),
+        helper.make_node(
+            "If",
+            ["c"],
+            ["y"],
+            then_branch=branch(helper.make_node("Add", ["a", "b"], ["t"]), "t"),
+            else_branch=branch(helper.make_node("Neg", ["a"], ["e"]), "e"),
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(np.array(2.0, np.float32), "two")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_cut_keeps_the_producers_of_what_an_if_branch_reads_from_the_outer_scope():
+    proto = _if_reading_an_outer_tensor()
+    x = np.arange(-3, 3, dtype=np.float32).reshape(2, 3)
+    sub = cut(proto, ["a", "x", "c"], ["y"])  # b is made by a node the If does not list: it must come along
+    assert [n.op_type for n in sub.graph.node] == ["Mul", "If"]
+    for c in (True, False):
+        want = np.maximum(x, 0) + 2 * x if c else -np.maximum(x, 0)
+        got = run(sub, {"a": np.maximum(x, 0), "x": x, "c": np.array(c)})[0]
+        np.testing.assert_array_equal(got, want)
+    assert needed_nodes(proto.graph, {"x", "c"}, ["y"]) == [0, 1, 2]
+
+
+def test_cut_that_needs_a_graph_input_inside_a_branch_names_it():
+    with pytest.raises(OnnxRedundError, match=r"graph inputs \['x'\]"):
+        cut(_if_reading_an_outer_tensor(), ["a", "c"], ["y"])
+
+
+def test_a_name_that_is_not_utf8_is_refused_at_loading():
+    raw = small_cnn()[0].SerializeToString()
+    assert raw.count(b"relu1") == 1  # the Relu node's name: made not UTF-8 in the file, which protobuf reads as is
+    proto = onnx.ModelProto.FromString(raw.replace(b"relu1", b"rel\xde1"))
+    with pytest.raises(OnnxRedundError, match="not UTF-8 text"):
+        load_model_proto(proto)
