@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnx_ir as ir
+from onnx import TensorProto, helper
 
-from onnxredund.engine.surgery import cut, expose_outputs, inject_input, needed_nodes, side_inputs, value_info
+from onnxredund.engine.ir_edit import captured, constant_value, needed, to_ir, to_proto
+from onnxredund.engine.ir_edit import default_opset as ir_default_opset
+from onnxredund.engine.surgery import cut, expose_outputs, inject_input, side_inputs, value_info
 from onnxredund.errors import OnnxRedundError
 from onnxredund.metrics import ERROR_BINS, ERROR_EDGES
 from onnxredund.model import (
@@ -128,71 +131,129 @@ def fast_path_blocker(model: Model, layer: ConvLayer) -> str | None:
 
 
 class _GraphBuilder:
-    """Collects nodes and initializers under unique names."""
+    """Builds a model on the IR, from its named inputs: nodes and initializers under unique names, and copies of
+    the source model's nodes (:meth:`copy`)."""
 
-    def __init__(self, opset: int) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.opset = opset
+    def __init__(self, source: ir.Model, inputs: list[onnx.ValueInfoProto]) -> None:
+        self.source = source
+        self.opset = ir_default_opset(source)
+        self.inputs = {vi.name: ir.serde.deserialize_value_info_proto(vi, None) for vi in inputs}
+        self.nodes: list[ir.Node] = []
+        self.constant_nodes: list[ir.Node] = []  # copies of the source's nodes that compute from constants alone
+        self.initializers: dict[str, ir.Value] = {}
+        self.copied: dict[str, ir.Value] = {}  # the source's tensors those nodes compute
         self._n = 0
         self._consts: dict[str, np.ndarray] = {}
+        self._index = {node: i for i, node in enumerate(source.graph)}
 
-    def const(self, name: str, value) -> str:
+    def value(self, x: str | ir.Value) -> ir.Value:
+        """A value of the model being built: itself, or the input of that name."""
+        return x if isinstance(x, ir.Value) else self.inputs[x]
+
+    def const(self, name: str, value) -> ir.Value:
         """An initializer ``ox/name``; asking again for a name with the same value gives the same one."""
         value = np.asarray(value)
         known = self._consts.get(name)
         if known is not None:
             if known.dtype != value.dtype or not np.array_equal(known, value, equal_nan=known.dtype.kind == "f"):
                 raise ValueError(f"constant {name!r} asked for with two values")
-            return f"ox/{name}"
+            return self.initializers[f"ox/{name}"]
         self._consts[name] = value
-        self.inits.append(numpy_helper.from_array(value, f"ox/{name}"))
-        return f"ox/{name}"
+        self.initializers[f"ox/{name}"] = constant_value(f"ox/{name}", value)
+        return self.initializers[f"ox/{name}"]
 
-    def op(self, op_type: str, inputs: list[str], **attrs) -> str:
+    def op(self, op_type: str, inputs: list[str | ir.Value], **attrs) -> ir.Value:
         return self.ops(op_type, inputs, 1, **attrs)[0]
 
-    def ops(self, op_type: str, inputs: list[str], count: int, **attrs) -> list[str]:
-        """A node with ``count`` outputs; returns their names."""
+    def ops(self, op_type: str, inputs: list[str | ir.Value], count: int, **attrs) -> list[ir.Value]:
+        """A node with ``count`` outputs; returns them."""
         self._n += 1
         out = f"ox/{op_type.lower()}_{self._n}"
-        names = [out] + [f"{out}_{i}" for i in range(1, count)]
-        self.nodes.append(helper.make_node(op_type, inputs, names, name=out, **attrs))
-        return names
+        attributes = ir.convenience.convert_attributes(attrs)
+        node = ir.Node("", op_type, [self.value(x) for x in inputs], attributes, num_outputs=count, name=out)
+        for i, value in enumerate(node.outputs):
+            value.name = out if i == 0 else f"{out}_{i}"
+        self.nodes.append(node)
+        return list(node.outputs)
 
     def fresh(self, name: str) -> str:
         """A name no other constant of this builder has."""
         self._n += 1
         return f"{name}_{self._n}"
 
-    def unsqueeze(self, x: str, axes: list[int]) -> str:
+    def unsqueeze(self, x: str | ir.Value, axes: list[int]) -> ir.Value:
         """Unsqueeze; its axes are an input from opset 13 on, an attribute before."""
         if self.opset >= 13:
             return self.op("Unsqueeze", [x, self.const(f"axes_{self._n}", np.array(axes, np.int64))])
         return self.op("Unsqueeze", [x], axes=axes)
 
-    def reduce(self, op_type: str, x: str, axes: list[int], keepdims: int = 0) -> str:
+    def reduce(self, op_type: str, x: str | ir.Value, axes: list[int], keepdims: int = 0) -> ir.Value:
         """A Reduce* op; axes are an input from opset 13 (ReduceSum) or 18 (the others)."""
         if self.opset >= (13 if op_type == "ReduceSum" else 18):
             axes_input = self.const(self.fresh("axes"), np.array(axes, np.int64))
             return self.op(op_type, [x, axes_input], keepdims=keepdims)
         return self.op(op_type, [x], axes=axes, keepdims=keepdims)
 
+    def copy(self, nodes: list[ir.Node], rename: dict[str, ir.Value], prefix: str) -> None:
+        """Copy the source's ``nodes`` (in graph order), If/Loop/Scan bodies included: they read ``rename``'s value
+        for each tensor it names (in their bodies too), else the input of that name or the source's constant; their
+        outputs take ``prefix`` before their names and go into ``rename``."""
+        self._copy(nodes, rename, prefix, self.nodes)
 
-def _copy_nodes(builder: _GraphBuilder, graph: onnx.GraphProto, indices, rename: dict[str, str], prefix: str) -> None:
-    """Copy nodes, renaming their outputs with ``prefix`` and their inputs through ``rename``."""
-    for idx in sorted(indices):
-        node = onnx.NodeProto()
-        node.CopyFrom(graph.node[idx])
-        for j, t in enumerate(node.input):
-            if t in rename:
-                node.input[j] = rename[t]
-        for j, t in enumerate(node.output):
-            if t:
-                rename.setdefault(t, prefix + t)
-                node.output[j] = rename[t]
-        node.name = prefix + (node.name or f"node{idx}")
-        builder.nodes.append(node)
+    def _copy(self, nodes: list[ir.Node], rename: dict[str, ir.Value], prefix: str, into: list[ir.Node]) -> None:
+        produced = {v for node in nodes for v in node.outputs}
+        reads = (v for node in nodes for v in [*node.inputs, *captured(node)])
+        boundary = list(dict.fromkeys(v for v in reads if v is not None and v not in produced))
+        targets = [rename[v.name] if v.name in rename else self._outer(v) for v in boundary]
+        clone = ir.GraphView(boundary, list(produced), nodes=nodes).clone()
+        for placeholder, target in zip(list(clone.inputs), targets, strict=True):
+            placeholder.replace_all_uses_with(target)
+        copies = list(clone)
+        clone.inputs.clear()
+        clone.outputs.clear()
+        clone.remove(copies)
+        for copy, node in zip(copies, nodes, strict=True):
+            if prefix:
+                copy.name = prefix + (node.name or f"node{self._index[node]}")
+            for value, original in zip(copy.outputs, node.outputs, strict=True):
+                if original.name:
+                    value.name = prefix + original.name
+                    rename.setdefault(original.name, value)
+        into.extend(copies)
+
+    def _outer(self, value: ir.Value) -> ir.Value:
+        """What stands for the source's tensor ``value`` here: the input of its name, the same constant, or a copy
+        of the nodes that compute it from constants alone (a bias reshaped by a Reshape node, say)."""
+        name = value.name
+        if name in self.inputs:
+            return self.inputs[name]
+        if name not in self.copied and value.is_initializer():
+            self.copied[name] = ir.Value(name=name, type=value.type, shape=value.shape, const_value=value.const_value)
+            self.initializers[name] = self.copied[name]
+        elif name not in self.copied:
+            known = {*self.inputs, *self.copied}
+            self._copy(needed(self.source.graph, known, [name]), self.copied, "", self.constant_nodes)
+        return self.copied[name]
+
+    def model(self, outputs: dict[str, tuple[ir.Value, ir.TensorType, list]], name: str) -> onnx.ModelProto:
+        """The built model, its outputs ``{name: (value, type, shape)}`` (each through an Identity of that name)."""
+        values = []
+        for dst, (src, kind, shape) in outputs.items():
+            node = ir.Node("", "Identity", [src], name=f"ox/out_{dst}")
+            node.outputs[0].name, node.outputs[0].type, node.outputs[0].shape = dst, kind, ir.Shape(shape)
+            self.nodes.append(node)
+            values.append(node.outputs[0])
+        graph = ir.Graph(
+            list(self.inputs.values()),
+            values,
+            nodes=[*self.constant_nodes, *self.nodes],
+            initializers=list(self.initializers.values()),
+            opset_imports=dict(self.source.opset_imports),
+            name=name,
+        )
+        model = ir.Model(graph, ir_version=self.source.ir_version, producer_name="onnxredund")
+        model.meta.update(self.source.meta)  # where external weights are read from
+        return to_proto(model, inner_shapes=False)
 
 
 def _k_shape(b: _GraphBuilder, *tail: int) -> str:
@@ -352,34 +413,50 @@ def build_fast_model(
         raise OnnxRedundError(f"fast path unavailable for {layer.name!r}: {blocker}; use --exact-path")
     proto = model.analysis_proto
     graph = proto.graph
-    b = _GraphBuilder(default_opset(proto))
+    side = side_inputs(proto, layer.activation)
+    inputs = list(dict.fromkeys([layer.input, layer.output, layer.activation, *side, *outputs, "ks", "perm_index"]))
+    source = to_ir(proto)
+    nodes = list(source.graph)
+    b = _GraphBuilder(source, _input_infos(proto, inputs, mode))
     zp = _perturbed_preactivation(b, model, layer, mode)
     rename = {layer.output: zp}
-    _copy_nodes(b, graph, _chain_nodes(graph, layer), rename, "chain/")
+    b.copy([nodes[i] for i in _chain_nodes(graph, layer)], rename, "chain/")
     ap = rename.get(layer.activation, zp)
     out_positions = int(np.prod(layer.output_shape[1:]))
-    results = {"cos_sum": _cosine_sum(b, ap, layer.activation, layer.out_channels, out_positions)}
-    side = side_inputs(proto, layer.activation)
+    cos_sum = _cosine_sum(b, ap, layer.activation, layer.out_channels, out_positions)
+    results = {"cos_sum": (cos_sum, ir.TensorType(ir.DataType.DOUBLE), ["K", None])}
     suffix = {layer.activation: ap} | {t: _tile(b, t) for t in side}
-    _copy_nodes(b, graph, downstream(graph, layer.activation), suffix, "suffix/")
+    b.copy([nodes[i] for i in sorted(downstream(graph, layer.activation))], suffix, "suffix/")
     for name in outputs:
         size = int(np.prod(model.shapes[name]))
         for what, tensor in _output_effects(b, suffix[name], name, size, output_plan(model, name)).items():
-            results[f"effect/{what}/{name}"] = tensor
-    inputs = list(dict.fromkeys([layer.input, layer.output, layer.activation, *side, *outputs, "ks", "perm_index"]))
-    _copy_constant_producers(b, graph, inputs)
-    return _assemble(b, proto, inputs, results, mode), inputs
+            results[f"effect/{what}/{name}"] = (tensor, ir.TensorType(_EFFECT_TYPES[what]), ["K", None])
+    return b.model(results, "onnxredund_fast_sweep"), inputs
+
+
+def _input_infos(proto: onnx.ModelProto, inputs: list[str], mode: str) -> list[onnx.ValueInfoProto]:
+    """The fast model's inputs: ``ks`` and ``perm_index``, and the original's tensors as the original types them."""
+    infos, out = value_infos(proto), []
+    for name in inputs:
+        if name == "ks":
+            out.append(helper.make_tensor_value_info("ks", TensorProto.INT64, ["K"]))
+        elif name == "perm_index":
+            shape = ["KB"] if mode == "channel" else ["KB", "P"]
+            out.append(helper.make_tensor_value_info("perm_index", TensorProto.INT32, shape))
+        else:
+            out.append(value_info(proto, name, infos))
+    return out
 
 
 _EFFECT_TYPES = {
-    "cos": TensorProto.DOUBLE,
-    "err_sq": TensorProto.DOUBLE,
-    "max": TensorProto.DOUBLE,
-    "kl": TensorProto.DOUBLE,
-    "bins": TensorProto.INT32,
-    "top1": TensorProto.BOOL,
-    "top5": TensorProto.INT64,
-    "argmax": TensorProto.INT64,
+    "cos": ir.DataType.DOUBLE,
+    "err_sq": ir.DataType.DOUBLE,
+    "max": ir.DataType.DOUBLE,
+    "kl": ir.DataType.DOUBLE,
+    "bins": ir.DataType.INT32,
+    "top1": ir.DataType.BOOL,
+    "top5": ir.DataType.INT64,
+    "argmax": ir.DataType.INT64,
 }
 
 
@@ -429,38 +506,3 @@ def _chain_nodes(graph: onnx.GraphProto, layer: ConvLayer) -> list[int]:
         nodes.append(idx)
         tensor = graph.node[idx].output[0]
     return nodes
-
-
-def _copy_constant_producers(b: _GraphBuilder, graph: onnx.GraphProto, inputs: list[str]) -> None:
-    """Give the copied nodes the constants they read: initializers, and the nodes that compute tensors from
-    constants alone (a bias reshaped by a Reshape node, say), copied as they are, ahead of the rest."""
-    used = {t for n in b.nodes for t in n.input if t}
-    produced = {t for n in b.nodes for t in n.output}
-    missing = sorted(used - produced - set(inputs))
-    constant_nodes = [graph.node[i] for i in needed_nodes(graph, set(inputs), missing)]
-    b.nodes[:0] = constant_nodes
-    used |= {t for n in constant_nodes for t in n.input if t}
-    b.inits.extend(t for t in graph.initializer if t.name in used)
-
-
-def _assemble(b, proto, inputs: list[str], outputs: dict[str, str], mode: str) -> onnx.ModelProto:
-    for dst, src in outputs.items():
-        b.nodes.append(helper.make_node("Identity", [src], [dst], name=f"ox/out_{dst}"))
-    known_inputs = []
-    infos = value_infos(proto)
-    for name in inputs:
-        if name == "ks":
-            known_inputs.append(helper.make_tensor_value_info("ks", TensorProto.INT64, ["K"]))
-        elif name == "perm_index":
-            shape = ["KB"] if mode == "channel" else ["KB", "P"]
-            known_inputs.append(helper.make_tensor_value_info("perm_index", TensorProto.INT32, shape))
-        else:
-            known_inputs.append(value_info(proto, name, infos))
-    outs = [helper.make_tensor_value_info("cos_sum", TensorProto.DOUBLE, ["K", None])]
-    for name in outputs:
-        if name != "cos_sum":
-            outs.append(helper.make_tensor_value_info(name, _EFFECT_TYPES[name.split("/")[1]], ["K", None]))
-    graph = helper.make_graph(b.nodes, "onnxredund_fast_sweep", known_inputs, outs, initializer=b.inits)
-    out = helper.make_model(graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
-    out.producer_name = "onnxredund"
-    return out

@@ -25,6 +25,7 @@ from onnxredund.model import (
     data_dependent,
     data_inputs,
     downstream,
+    outer_reads,
     value_infos,
 )
 
@@ -130,7 +131,7 @@ def side_inputs(proto: onnx.ModelProto, start: str, *, outputs: bool = False) ->
     after = downstream(graph, start)
     dependent = data_dependent(graph)
     produced_after = {o for i in after for o in graph.node[i].output}
-    read = [t for idx in sorted(after) for t in graph.node[idx].input]
+    read = [t for idx in sorted(after) for t in [*graph.node[idx].input, *sorted(outer_reads(graph.node[idx]))]]
     if outputs:
         read += [o.name for o in graph.output]
     return list(dict.fromkeys(t for t in read if t and t != start and t in dependent and t not in produced_after))

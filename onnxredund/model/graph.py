@@ -145,10 +145,11 @@ def data_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
 
 
 def consumers_of(graph: onnx.GraphProto) -> dict[str, list[int]]:
-    """tensor name -> indices of the nodes that read it."""
+    """tensor name -> indices of the nodes that read it (an If/Loop/Scan node reads what its bodies read from the
+    outer scope)."""
     table: dict[str, list[int]] = {}
     for i, node in enumerate(graph.node):
-        for name in node.input:
+        for name in dict.fromkeys([*node.input, *sorted(outer_reads(node))]):
             if name:
                 table.setdefault(name, []).append(i)
     return table
@@ -176,7 +177,7 @@ def data_dependent(graph: onnx.GraphProto, sources: list[str] | None = None) -> 
     """Tensors whose value depends on ``sources`` (default: every data input), not only on constants."""
     dependent = set(sources) if sources is not None else {i.name for i in data_inputs(graph)}
     for node in graph.node:  # graph.node is topologically sorted (checker verified)
-        if any(t in dependent for t in node.input):
+        if any(t in dependent for t in node.input) or not dependent.isdisjoint(outer_reads(node)):
             dependent.update(o for o in node.output if o)
     return dependent
 

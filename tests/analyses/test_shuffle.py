@@ -424,10 +424,44 @@ def test_one_dimensional_convs_fast_equals_direct(mode):
         )
 
 
+def if_reading_the_activation_model():
+    """conv1d_model with its pooling inside an If: the branches read a2 from the outer scope (no input of the If
+    names it), and the condition is computed from constants."""
+    h = onnx.helper
+
+    def branch(op, out):
+        node = h.make_node(op, ["a2"], [out], axes=[2], keepdims=0)
+        return h.make_graph([node], out, [], [h.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ["N", 4])])
+
+    pooled = h.make_node(
+        "If", ["c"], ["m"], then_branch=branch("ReduceMean", "t"), else_branch=branch("ReduceMax", "e")
+    )
+    nodes = [n for n in conv1d_model().graph.node if n.op_type != "ReduceMean"]
+    nodes[4:4] = [h.make_node("Greater", ["one", "zero"], ["c"]), pooled]
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in conv1d_model().graph.initializer}
+    inits |= {"one": np.array(1.0), "zero": np.array(0.0)}
+    return make_model(nodes, [("x", ["N", 2, 16])], [("logits", ["N", 3])], inits)
+
+
+@pytest.mark.parametrize("layer", ["c1", "c2"])
+def test_fast_path_copies_an_if_whose_branches_read_the_network_from_the_outer_scope(layer):
+    model = load_model_proto(if_reading_the_activation_model())
+    rng = np.random.default_rng(0)
+    d = Dataset(rng.normal(size=(30, 2, 16)).astype(np.float32), rng.integers(0, 3, 30), "signals")
+    fast = run_shuffle(model, layer, d, batch_size=10, device="cpu", seed=4)
+    direct = run_shuffle(model, layer, d, batch_size=10, device="cpu", seed=4, exact_path=True)
+    assert fast.route == "fast" and list(fast.outputs) == ["logits"]  # the If's output depends on the layer
+    assert (fast.outputs["logits"].cosine < 1 - 1e-4).any()
+    np.testing.assert_allclose(fast.outputs["logits"].cosine, direct.outputs["logits"].cosine, atol=1e-6)
+    np.testing.assert_array_equal(fast.accuracy, direct.accuracy)
+
+
 def test_error_bins_on_the_device_are_the_numpy_bins_at_and_beside_every_edge():
+    import onnx_ir as ir
     import onnxruntime as ort
 
     from onnxredund.engine.analysis_models import _error_bins, _GraphBuilder
+    from onnxredund.engine.ir_edit import to_ir
     from onnxredund.metrics import ERROR_EDGES, error_bins
 
     finite = ERROR_EDGES[:-1]
@@ -435,16 +469,11 @@ def test_error_bins_on_the_device_are_the_numpy_bins_at_and_beside_every_edge():
         [finite, np.nextafter(finite, -np.inf)[1:], np.nextafter(finite, np.inf), [1e-300, 3e-13, 7e9, np.inf, np.nan]]
     )
     for opset in (11, 17, 21):
-        b = _GraphBuilder(opset)
+        empty = onnx.helper.make_graph([], "source", [], [])
+        source = to_ir(onnx.helper.make_model(empty, opset_imports=[onnx.helper.make_opsetid("", opset)], ir_version=7))
+        b = _GraphBuilder(source, [onnx.helper.make_tensor_value_info("err", onnx.TensorProto.DOUBLE, [None])])
         out = _error_bins(b, "err")
-        graph = onnx.helper.make_graph(
-            b.nodes,
-            "bins",
-            [onnx.helper.make_tensor_value_info("err", onnx.TensorProto.DOUBLE, [None])],
-            [onnx.helper.make_tensor_value_info(out, onnx.TensorProto.INT32, [None])],
-            initializer=b.inits,
-        )
-        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)], ir_version=7)
+        model = b.model({"bins": (out, ir.TensorType(ir.DataType.INT32), [None])}, "bins")
         onnx.checker.check_model(model, full_check=True)
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         (got,) = sess.run(None, {"err": values})
