@@ -13,11 +13,12 @@ import logging
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+import onnx_ir as ir
 
+from onnxredund.engine.ir_edit import constant_value, to_ir, to_proto
 from onnxredund.engine.runtime import Runner
 from onnxredund.errors import OnnxRedundError
-from onnxredund.model import ConstantTable, attribute, copy_model, data_inputs
+from onnxredund.model import ConstantTable, data_inputs
 
 __all__ = ["check_feeds", "make_batch_dynamic", "rebatch"]
 
@@ -29,30 +30,29 @@ _CHECK_BATCH = 2
 def rebatch(proto: onnx.ModelProto, inputs: list[str], batch: int) -> onnx.ModelProto:
     """Copy of ``proto`` with a free batch dimension ``N`` on ``inputs`` and the outputs (the check is
     :func:`make_batch_dynamic`'s)."""
-    out = copy_model(proto)
-    graph = out.graph
-    for vi in [*(i for i in graph.input if i.name in inputs), *graph.output]:
-        dims = vi.type.tensor_type.shape.dim
-        if len(dims) and dims[0].dim_value == batch:
-            dims[0].Clear()
-            dims[0].dim_param = "N"
-        elif len(dims) and dims[0].dim_value and vi.name not in inputs:  # the batch merged into it: (N x 256, 2)
-            dims[0].Clear()
-            dims[0].dim_param = f"N_rows_{vi.name}"
-    del graph.value_info[:]
-    consts = ConstantTable(graph)
-    for i, node in enumerate(graph.node):
-        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in consts:
+    model = to_ir(proto)
+    graph = model.graph
+    for value in [*(v for v in graph.inputs if v.name in inputs), *graph.outputs]:
+        dims = list(value.shape.dims) if value.shape is not None else []
+        if dims and dims[0] == batch:
+            value.shape = ir.Shape(["N", *dims[1:]])
+        elif dims and isinstance(dims[0], int) and value.name not in inputs:  # the batch merged into it: (N x 256, 2)
+            value.shape = ir.Shape([f"N_rows_{value.name}", *dims[1:]])
+    consts = ConstantTable(proto.graph)
+    for i, node in enumerate(list(graph)):
+        shape_input = node.inputs[1] if node.op_type == "Reshape" and len(node.inputs) > 1 else None
+        if shape_input is None or shape_input.name not in consts:
             continue
-        if attribute(node, "allowzero", 0):
+        allowzero = node.attributes.get("allowzero")
+        if allowzero is not None and allowzero.as_int():
             continue
-        shape = np.array(consts[node.input[1]], copy=True)
+        shape = np.array(consts[shape_input.name], copy=True)
         if shape.ndim == 1 and shape.size and shape[0] == batch:
             shape[0] = 0
-            name = f"{node.input[1]}__dynamic_batch_{i}"
-            graph.initializer.append(numpy_helper.from_array(shape.astype(np.int64), name))
-            node.input[1] = name
-    return out
+            value = constant_value(f"{shape_input.name}__dynamic_batch_{i}", shape.astype(np.int64))
+            graph.register_initializer(value)
+            node.replace_input_with(1, value)
+    return to_proto(model, inner_shapes=False)
 
 
 def check_feeds(proto: onnx.ModelProto, sizes: dict[str, list], batch: int) -> dict[str, np.ndarray]:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+import onnx_ir as ir
 
 from onnxredund.engine.channel_groups import ChannelGroup
+from onnxredund.engine.ir_edit import to_ir, to_proto
 from onnxredund.engine.runtime import Runner
 from onnxredund.engine.surgery import cut, expose_outputs
-from onnxredund.model import Model, copy_model, data_dependent
+from onnxredund.model import Model, data_dependent
 
 __all__ = ["GroupShuffle"]
 
@@ -50,33 +51,34 @@ class GroupShuffle:
         self.suffix = Runner.create(self._suffix_model(), device, derived=True)
 
     def _suffix_model(self) -> onnx.ModelProto:
-        proto = copy_model(self.model.proto)
-        graph = proto.graph
-        readers = {c.node for c in self.group.consumers}
-        replaced = {}
+        model = to_ir(self.model.proto)
+        graph = model.graph
+        nodes = list(graph)
+        values = ir.convenience.create_value_mapping(graph, include_subgraphs=False)
+        perm = _input(PERM, ir.DataType.INT64, ["N"])
+        graph.inputs.append(perm)
         for k, t in enumerate(self.tensors):
             shape = self.model.shapes[t]
-            graph.input.append(
-                helper.make_tensor_value_info(_mask_name(k), TensorProto.FLOAT, [1, shape[0]] + [1] * (len(shape) - 1))
-            )
-            new = f"{t}__shuffled"
-            graph.node.extend(
-                [
-                    helper.make_node("Gather", [t, PERM], [f"{new}_g"], axis=0),
-                    helper.make_node("Sub", [f"{new}_g", t], [f"{new}_d"]),
-                    helper.make_node("Mul", [f"{new}_d", _mask_name(k)], [f"{new}_m"]),
-                    helper.make_node("Add", [t, f"{new}_m"], [new]),
-                ]
-            )
-            replaced[t] = new
-        for i in readers:
-            node = graph.node[i]
-            for j, name in enumerate(node.input):
-                if name in replaced:
-                    node.input[j] = replaced[name]
-        graph.input.append(helper.make_tensor_value_info(PERM, TensorProto.INT64, ["N"]))
+            mask = _input(_mask_name(k), ir.DataType.FLOAT, [1, shape[0]] + [1] * (len(shape) - 1))
+            graph.inputs.append(mask)
+            clean, new = values[t], f"{t}__shuffled"
+            gathered = ir.node("Gather", [clean, perm], {"axis": 0}, name=f"{new}_g")
+            delta = ir.node("Sub", [gathered.outputs[0], clean], name=f"{new}_d")
+            masked = ir.node("Mul", [delta.outputs[0], mask], name=f"{new}_m")
+            shuffled = ir.node("Add", [clean, masked.outputs[0]], name=new)
+            steps = [gathered, delta, masked, shuffled]
+            for step in steps:
+                step.outputs[0].name = step.name
+            if clean.producer() is not None:
+                graph.insert_after(clean.producer(), steps)
+            else:
+                graph.insert_before(nodes[0], steps)
+            for reader in {nodes[c.node] for c in self.group.consumers}:
+                for j, value in enumerate(reader.inputs):
+                    if value is clean:
+                        reader.replace_input_with(j, shuffled.outputs[0])
         inputs = [*self.frontier, PERM, *(_mask_name(k) for k in range(len(self.tensors)))]
-        return cut(_topological(proto), inputs, self.changed)
+        return cut(to_proto(model), inputs, self.changed)
 
     def masks(self, channel: int) -> dict[str, np.ndarray]:
         """The mask inputs selecting group channel ``channel``."""
@@ -105,22 +107,5 @@ class GroupShuffle:
         return [changed.get(name, value) for name, value in zip(self.model.output_names, clean, strict=True)]
 
 
-def _topological(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """The appended nodes run before their readers: a stable topological sort."""
-    graph = proto.graph
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(t in available for t in node.input):
-                ordered.append(node)
-                available.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            raise RuntimeError("the shuffle model has a cycle (a bug of onnxredund's)")
-        pending = rest
-    del graph.node[:]
-    graph.node.extend(ordered)
-    return proto
+def _input(name: str, dtype: ir.DataType, shape: list) -> ir.Value:
+    return ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(shape))
