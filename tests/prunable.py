@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from conftest import make_model
+from builders import make_model
 from onnx import helper
 
 from onnxredund.engine.channel_groups import channel_groups

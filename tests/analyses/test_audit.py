@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import make_model, small_cnn
+from builders import make_model, small_cnn
 from onnx import helper, numpy_helper
 
 from onnxredund.analyses.audit import run_audit

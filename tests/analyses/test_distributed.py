@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import run_cli, save
+from builders import run_cli, save
 from prunable import inputs, zoo
 
 from onnxredund.analyses.distributed import job_for, plan_units, run_sweep_units

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_model
+from builders import make_model
 from onnx import TensorProto, helper
 
 from onnxredund.analyses.impulse import run_impulse

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS, make_model, small_cnn
+from builders import MODELS, make_model, small_cnn
 from onnx import helper
 from prunable import group_of, inputs, zoo
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_model, run_cli, save, small_cnn
+from builders import make_model, run_cli, save, small_cnn
 from onnx import helper
 
 from onnxredund.analyses.distributed import job_for, run_sweep_units

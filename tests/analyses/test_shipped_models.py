@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import MODELS
+from builders import MODELS
 
 from onnxredund.analyses.evaluate import evaluate
 from onnxredund.analyses.impulse import run_impulse

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model, small_cnn
+from builders import make_model, small_cnn
 
 from onnxredund.analyses.effects import EffectMeter
 from onnxredund.analyses.shuffle import SweepState, parse_channels, run_shuffle

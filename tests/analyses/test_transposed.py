@@ -4,7 +4,7 @@ listed, shuffled at their input, given impulse responses (their kernel stamped),
 from __future__ import annotations
 
 import numpy as np
-from conftest import make_model
+from builders import make_model
 from onnx import helper
 
 from onnxredund.analyses.impulse import run_impulse

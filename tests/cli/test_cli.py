@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, save, small_cnn
+from builders import run_cli, save, small_cnn
 
 from onnxredund import __version__
 from onnxredund.analyses.audit import run_audit

@@ -7,7 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import MODELS, make_model, run_cli, save, small_cnn
+from builders import MODELS, make_model, run_cli, save, small_cnn
 from onnx import helper
 from PIL import Image
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model, run_cli, small_cnn
+from builders import make_model, run_cli, small_cnn
 from onnx import helper, numpy_helper
 
 W = np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32)

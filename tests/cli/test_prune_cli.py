@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import run_cli, save, small_cnn
+from builders import run_cli, save, small_cnn
 from prunable import inputs, zoo
 
 import onnxredund.analyses.prune as prune_module

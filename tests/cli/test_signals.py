@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import run_cli, small_cnn
+from builders import run_cli, small_cnn
 
 from onnxredund.report.schema import check_results, check_sweep
 

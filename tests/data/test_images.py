@@ -113,7 +113,7 @@ def test_skip_bad_images_leaves_out_what_does_not_decode_and_keeps_labels_with_t
 
 
 def test_an_image_that_fails_mid_run_is_one_line_naming_it_and_what_was_kept(tmp_path):
-    from conftest import run_cli, save, small_cnn
+    from builders import run_cli, save, small_cnn
 
     for n in range(6):
         write(tmp_path / "img" / f"{n}.png", pixels(n, (6, 6, 3)))

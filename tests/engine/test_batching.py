@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from conftest import make_model
+from builders import make_model
 from onnx import helper
 
 from onnxredund.engine.batching import make_batch_dynamic, rebatch

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model, run_cli, small_cnn
+from builders import make_model, run_cli, small_cnn
 from onnx import helper
 
 from onnxredund import load_model, run_impulse, run_shuffle

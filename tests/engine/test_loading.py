@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model, save, small_cnn
+from builders import make_model, save, small_cnn
 from onnx import helper, numpy_helper
 
 from onnxredund.engine import load_model, load_model_proto

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model
+from builders import make_model
 from onnx import TensorProto, helper, numpy_helper
 from prunable import group_of, inputs, prune_and_compare, run, zoo
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_model
+from builders import make_model
 from onnx import helper
 from prunable import group_of, prune_and_compare
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model
+from builders import make_model
 from onnx import helper
 from prunable import SIZE, flat_head, group_of, inputs, run, zoo
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import small_cnn
+from builders import small_cnn
 
 from onnxredund.engine.runtime import Runner, cuda_works, probe_shapes, resolve_device, session_model
 from onnxredund.errors import OnnxRedundError
@@ -64,7 +64,7 @@ def test_probe_shapes_runs_one_zero_sample():
 
 
 def test_running_over_data_gives_the_same_outputs_batched_and_sample_by_sample():
-    from conftest import make_model
+    from builders import make_model
     from onnx import helper
 
     from onnxredund.data import Dataset

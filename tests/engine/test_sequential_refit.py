@@ -5,7 +5,7 @@ error than refitting every consumer on the original network's inputs."""
 from __future__ import annotations
 
 import numpy as np
-from conftest import make_model
+from builders import make_model
 from onnx import helper
 from prunable import flat_head, group_of, inputs, run
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import small_cnn
+from builders import small_cnn
 
 from onnxredund.engine import load_model_proto
 from onnxredund.engine.runtime import Runner

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import run_cli
+from builders import run_cli
 from onnx import helper, numpy_helper
 
 from onnxredund.engine import load_model_proto

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import run_cli  # noqa: E402
+from builders import run_cli  # noqa: E402
 
 from exporters.examples import EXAMPLES, build, export  # noqa: E402
 

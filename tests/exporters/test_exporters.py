@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import MODELS  # noqa: E402
+from builders import MODELS  # noqa: E402
 
 from exporters.lenet import LeNet5, TrainConfig, export_onnx, train  # noqa: E402
 from onnxredund.data import load_mnist  # noqa: E402

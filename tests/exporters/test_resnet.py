@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import MODELS  # noqa: E402
+from builders import MODELS  # noqa: E402
 
 from exporters.resnet import ResNetMnist, export_resnet  # noqa: E402
 from onnxredund.engine.channel_groups import channel_groups  # noqa: E402

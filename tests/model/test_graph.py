@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 import onnx
-from conftest import make_model, small_cnn
+from builders import make_model, small_cnn
 from onnx import helper, numpy_helper
 
 from onnxredund.errors import first_line

@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import make_model, small_cnn
+from builders import make_model, small_cnn
 from onnx import helper
 
 from onnxredund.engine import load_model_proto

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from builders import run_cli
 from PIL import Image, ImageDraw, ImageFont
 
 WORDS = "redundancy channel pixel impulse shuffle network layer onnx model deploy audit prune budget kernel".split()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from builders import run_cli
 
 #: family -> (--input-shape or None, a conv layer to shuffle, what its convs are)
 BUILT = {

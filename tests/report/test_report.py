@@ -13,7 +13,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
-from conftest import run_cli, save, small_cnn
+from builders import run_cli, save, small_cnn
 
 import onnxredund
 from onnxredund.analyses.audit import run_audit

@@ -7,7 +7,7 @@ import io
 import json
 
 import numpy as np
-from conftest import make_model, small_cnn
+from builders import make_model, small_cnn
 from matplotlib.image import imread
 from onnx import helper
 
