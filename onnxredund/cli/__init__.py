@@ -10,6 +10,7 @@ every other part of the package; nothing imports it.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from onnxredund.interrupts import exit_status, signals_interrupt
@@ -33,7 +34,10 @@ def run() -> None:
             group = _group()
         except KeyboardInterrupt as e:
             sys.stderr.write("onnxredund: interrupted\n")
-            sys.exit(exit_status(e))
+            sys.stderr.flush()
+            # nothing is written yet, and an extension module cut mid-import may not survive the interpreter's
+            # shutdown (a status of -11 once under load, instead of 143): leave without one
+            os._exit(exit_status(e))
         group()
 
 
