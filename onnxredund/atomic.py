@@ -22,9 +22,9 @@ def prepare_out_dir(path: str | os.PathLike, *, overwrite: bool = False, resume:
     ``overwrite`` (or ``resume``, which continues what is there)."""
     out = Path(path)
     if out.exists() and not out.is_dir():
-        raise OnnxRedundError(f"output path {out} is a file; pass a folder for --out")
+        raise OnnxRedundError(f"output path {out} is a file; pass a folder for `out`")
     if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
-        raise OnnxRedundError(f"output folder {out} is not empty; pass --overwrite to replace its results")
+        raise OnnxRedundError(f"output folder {out} is not empty; pass `overwrite` to replace its results")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -39,7 +39,7 @@ def check_writable(folder: Path) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".onnxredund-probe.")
     except OSError as e:
-        raise OnnxRedundError(f"output folder {folder} is not writable ({e.strerror}); pass another --out") from None
+        raise OnnxRedundError(f"output folder {folder} is not writable ({e.strerror}); pass another `out`") from None
     os.close(fd)
     os.unlink(tmp)
 

@@ -251,7 +251,7 @@ def run_sweep_units(
         else:
             finish(unit, kept)
     if resume and len(todo) == len(units):
-        raise OnnxRedundError(f"nothing to resume in {checkpoint_dir} (no finished units there); run without --resume")
+        raise OnnxRedundError(f"nothing to resume in {checkpoint_dir} (no finished units there); run without `resume`")
     bar = (
         progress(
             f"{len(units)} units on {backend.name} ({backend.workers} workers)", len(units), len(units) - len(todo)

@@ -25,7 +25,7 @@ def predict(model: Model, data: DataSource, *, batch_size: int = BATCH_SIZE, dev
     if pred is None:
         raise OnnxRedundError(
             f"{model.path} has no classifier output (N, classes) among {model.output_names}; no top-1 to take "
-            "(name one with --classifier-output)"
+            "(name one with `classifier`)"
         )
     scores = Runner.create(model.proto, device).run_over(model, data, [pred], batch_size)[0]
     return scores.argmax(axis=1).astype(np.int64)
@@ -51,7 +51,7 @@ def evaluate(model: Model, data: DataSource, *, batch_size: int = BATCH_SIZE, de
     """``{"model", "data", "num_samples", "accuracy"}`` for labelled data."""
     if data.y is None:
         raise OnnxRedundError(
-            f"data {data.name!r} has no labels; pass labelled data (MNIST, a .npz with y, class subfolders or --labels)"
+            f"data {data.name!r} has no labels; pass labelled data (MNIST, a .npz with y, class subfolders or `labels`)"
         )
     top = predict(model, data, batch_size=batch_size, device=device)
     return {"model": model.path, "data": data.name, "num_samples": len(data), "accuracy": float((top == data.y).mean())}

@@ -102,7 +102,7 @@ def parse_gate(spec: str, *, labelled: bool = True, classifier: bool = True) -> 
     if gate.metric in needs_classifier and not classifier:
         raise OnnxRedundError(
             f"gate {spec!r}: the model has no classifier output (N, classes); use output_cosine, output_sqnr "
-            "or output_relative_l2 (or name one with --classifier-output)"
+            "or output_relative_l2 (or name one with `classifier`)"
         )
     return gate
 

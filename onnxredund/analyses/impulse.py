@@ -283,7 +283,7 @@ class ImpulseSite:
         if shape is None or len(shape) < 2:
             convs = ", ".join(dict.fromkeys(layer.input for layer in model.layers[:3]))
             raise OnnxRedundError(
-                f"--impulse-at {name!r}: no tensor of a known (channels, positions...) shape by that name; "
+                f"`at` {name!r}: no tensor of a known (channels, positions...) shape by that name; "
                 f"a conv's input is one (the first: {convs})"
             )
         channels, *spatial = shape
@@ -344,7 +344,7 @@ def impulse_inputs(
         base = tuple(min(n // 2, n - 1 - r) for n, r in zip(spatial, reach, strict=True))
     else:
         if len(position) != len(spatial):
-            raise OnnxRedundError(f"--position needs {len(spatial)} coordinates for the {len(spatial)}-D input")
+            raise OnnxRedundError(f"`position` needs {len(spatial)} coordinates for the {len(spatial)}-D input")
         if not all(0 <= p < n for p, n in zip(position, spatial, strict=True)):
             shape = " x ".join(map(str, spatial))
             raise OnnxRedundError(f"impulse position {tuple(position)} is outside the {shape} input")
@@ -472,7 +472,7 @@ def _reachable(model: Model, layers: list[ConvLayer] | None, start: str) -> list
         return [layer for layer in model.layers if layer.input in reach]
     unreachable = [layer.name for layer in layers if layer.input not in reach]
     if unreachable:
-        how = "pick another input with --impulse-input" if start == model.input_name else "name an earlier tensor"
+        how = "pick another input with `impulse_input`" if start == model.input_name else "name an earlier tensor"
         raise OnnxRedundError(f"conv {unreachable[0]!r} does not depend on {start!r}: no impulse reaches it ({how})")
     return layers
 
@@ -510,7 +510,7 @@ def run_impulse(
     if mode not in IMPULSE_MODES:
         raise OnnxRedundError(f"unknown impulse mode {mode!r}; use one of {', '.join(IMPULSE_MODES)}")
     if not -1.0 <= threshold <= 1.0:
-        raise OnnxRedundError(f"--threshold {threshold} must lie in [-1, 1]")
+        raise OnnxRedundError(f"`threshold` {threshold} must lie in [-1, 1]")
     t0 = time.perf_counter()
     site = ImpulseSite.of_input(model) if at in (None, model.input_name) else ImpulseSite.of_tensor(model, at)
     layers = _reachable(model, layers, site.name)
@@ -524,7 +524,7 @@ def run_impulse(
         if site is None:
             raise OnnxRedundError(
                 f"the model's output on an all-zero {tried!r} is not finite (it normalises it inside the "
-                "graph, by its min and max or a norm, say); put the impulses past that with --impulse-at TENSOR "
+                "graph, by its min and max or a norm, say); put the impulses past that with `at` TENSOR "
                 "(a conv's input)"
             ) from None
         responses, plans, base, notes = _responses(model, layers, site, mode, position, device)

@@ -93,7 +93,7 @@ class Target:
         if self.kind not in ("macs", "params"):
             raise OnnxRedundError(f"no target {self.kind!r}; use macs or params")
         if not 0.0 < self.fraction < 1.0:
-            raise OnnxRedundError(f"--target-{self.kind} {self.fraction} must lie strictly between 0 and 1")
+            raise OnnxRedundError(f"`target_{self.kind}` {self.fraction} must lie strictly between 0 and 1")
 
     def removed(self, cost: PruneCost, removal: dict[int, list[int]]) -> float:
         """The fraction of the conv MACs (or parameters) ``removal`` removes."""
@@ -116,7 +116,7 @@ class SpeedTarget:
 
     def __post_init__(self) -> None:
         if not self.speedup > 1.0:
-            raise OnnxRedundError(f"--target-speedup {self.speedup} must be more than 1")
+            raise OnnxRedundError(f"`target_speedup` {self.speedup} must be more than 1")
 
 
 #: halvings of the conv-MAC fraction when searching a speed-up (each builds and times a pruned model)
@@ -152,13 +152,13 @@ def macs_for_speedup(
     hi = min(most_removed(groups, scores, cost, "macs", round_to), 0.999) * (1 - 1e-9)
     if hi <= 0:
         raise OnnxRedundError(
-            f"--target-speedup {target.speedup:g} cannot be reached: no channel can go (--round-to {round_to} keeps "
-            f"a multiple of {round_to} channels in every group; --round-to 1 removes them one by one)"
+            f"`target_speedup` {target.speedup:g} cannot be reached: no channel can go (`round_to` {round_to} keeps "
+            f"a multiple of {round_to} channels in every group; `round_to` 1 removes them one by one)"
         )
     tried = [{"macs_fraction": hi, "speedup": speedup(hi)}]
     if tried[0]["speedup"] < target.speedup:
         raise OnnxRedundError(
-            f"--target-speedup {target.speedup:g} cannot be reached: removing all it can ({hi:.3f} of the conv MACs) "
+            f"`target_speedup` {target.speedup:g} cannot be reached: removing all it can ({hi:.3f} of the conv MACs) "
             f"runs {tried[0]['speedup']:.2f}x as fast at batch {target.batch} on this machine"
         )
     lo, at_hi = 0.0, tried[0]["speedup"]
@@ -178,14 +178,14 @@ def parse_channel_spec(specs: list[str] | tuple[str, ...]) -> dict[str, list[int
     for spec in specs:
         layer, sep, channels = spec.rpartition(":")
         if not sep or not layer or not channels:
-            raise OnnxRedundError(f"--channels {spec!r}: write LAYER:CHANNELS, e.g. conv2:3,7 or conv2:0-3")
+            raise OnnxRedundError(f"`channels` {spec!r}: write LAYER:CHANNELS, e.g. conv2:3,7 or conv2:0-3")
         picked = out.setdefault(layer, [])
         for part in channels.split(","):
             lo, dash, hi = part.strip().partition("-")
             try:
                 span = range(int(lo), int(hi) + 1) if dash else [int(lo)]
             except ValueError:
-                raise OnnxRedundError(f"--channels {spec!r}: {part!r} is not a channel or a range a-b") from None
+                raise OnnxRedundError(f"`channels` {spec!r}: {part!r} is not a channel or a range a-b") from None
             picked += [c for c in span if c not in picked]
     return out
 
@@ -246,18 +246,18 @@ def select_channels(
     if scope not in SCOPES:
         raise OnnxRedundError(f"no scope {scope!r}; choose layer or global")
     if round_to < 1:
-        raise OnnxRedundError(f"--round-to {round_to} must be at least 1")
+        raise OnnxRedundError(f"`round_to` {round_to} must be at least 1")
     lowest = _lowest(groups, scores)
     reach = most_removed(groups, scores, cost, target.kind, round_to)
     if reach < target.fraction:
         rounded = (
-            f" (--round-to {round_to} keeps a multiple of {round_to} channels in every group; --round-to 1 "
+            f" (`round_to` {round_to} keeps a multiple of {round_to} channels in every group; `round_to` 1 "
             "removes them one by one)"
             if round_to > 1
             else ""
         )
         raise OnnxRedundError(
-            f"--target-{target.kind} {target.fraction:g} cannot be reached: removing "
+            f"`target_{target.kind}` {target.fraction:g} cannot be reached: removing "
             f"{'all but one channel' if round_to == 1 else 'all it can'} of every group "
             f"{criterion or 'the criterion'} ranks removes {reach:.3f} of the {target.kind}{rounded}"
         )
@@ -522,7 +522,7 @@ def split_data(
         log.info("calibrating on %d of the %d samples, measuring on the others", calibration, len(data))
     if calibration < 1 or len(data) <= calibration:
         raise OnnxRedundError(
-            f"{data.name} has {len(data)} samples; --calibration {calibration} leaves none to evaluate on"
+            f"{data.name} has {len(data)} samples; `calibration` {calibration} leaves none to evaluate on"
         )
     picked = evenly_spaced(calibration, len(data)) if spread else list(range(calibration))
     taken = set(picked)
@@ -567,7 +567,7 @@ def run_prune(
     """
     if (target is None) == (channels is None):
         raise OnnxRedundError(
-            "give a target (--target-macs, --target-params or --target-speedup) or --channels, not both"
+            "give a target (`target_macs`, `target_params` or `target_speedup`) or `channels`, not both"
         )
     target_info = {"kind": target.kind, "fraction": target.fraction} if isinstance(target, Target) else None
     if compensation is not None and compensation not in COMPENSATIONS:

@@ -195,9 +195,9 @@ def channel_importance(
     if not model.batch_dynamic:
         raise OnnxRedundError("criterion shuffle permutes samples within a batch; this model fixes its batch to 1")
     if shuffle_metric != "drift" and classifier_output(model) is None:
-        raise OnnxRedundError(f"--shuffle-metric {shuffle_metric} needs a classifier output; use drift")
+        raise OnnxRedundError(f"`shuffle_metric` {shuffle_metric} needs a classifier output; use drift")
     if shuffle_metric == "accuracy" and (data is None or data.y is None):
-        raise OnnxRedundError("--shuffle-metric accuracy needs labelled data; use drift or agreement, or pass labels")
+        raise OnnxRedundError("`shuffle_metric` accuracy needs labelled data; use drift or agreement, or pass labels")
     if data is None:
         raise ValueError("criterion shuffle needs data")
     return {

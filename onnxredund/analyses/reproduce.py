@@ -161,7 +161,7 @@ def shipped_models(given: str | Path | None = None) -> Path:
         if all((place / f"{name}.onnx").is_file() for name in PAPER_MODELS):
             return place
     raise OnnxRedundError(
-        f"the shipped models ({', '.join(PAPER_MODELS)}) are in none of {', '.join(map(str, places))}; pass --models "
+        f"the shipped models ({', '.join(PAPER_MODELS)}) are in none of {', '.join(map(str, places))}; pass `models` "
         "DIR (the models/ folder of onnxredund's repository)"
     )
 
@@ -187,7 +187,7 @@ def run_reproduce(
     for name in PAPER_MODELS:
         path = models_dir / f"{name}.onnx"
         if not path.is_file():
-            raise OnnxRedundError(f"{path} not found; pass --models with the folder of lenet5.onnx and lenet5x10.onnx")
+            raise OnnxRedundError(f"{path} not found; pass `models` with the folder of lenet5.onnx and lenet5x10.onnx")
         models[name] = model = load_model(path)
         impulses[name] = run_impulse(model, device=device)
         for mode in ("channel", "pixel"):

@@ -272,7 +272,7 @@ def _check_arguments(layer: ConvLayer, mode: str, channels: list[int], batch_siz
     if mode not in MODES:
         raise OnnxRedundError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if batch_size < 1 or repeats < 1:
-        raise OnnxRedundError("--batch-size and --repeats must be at least 1")
+        raise OnnxRedundError("`batch_size` and `repeats` must be at least 1")
     bad = [k for k in channels if not 0 <= k < layer.in_channels]
     if bad:
         raise OnnxRedundError(
@@ -653,7 +653,7 @@ def run_shuffle_modes(
         options: batch_size, repeats, seed, device, exact_path, chunk (see :func:`run_shuffle`).
     """
     if resume and checkpoint_dir is None:
-        raise OnnxRedundError("--resume needs the --out folder of the interrupted run")
+        raise OnnxRedundError("`resume` needs the `out` folder of the interrupted run")
     defaults = {"batch_size": 256, "repeats": 1, "seed": 0, "exact_path": False}
     key_args = {k: options.get(k, v) for k, v in defaults.items()}
     estimation = options.get("estimation", EXHAUSTIVE)
@@ -667,7 +667,7 @@ def run_shuffle_modes(
         if resume and state is None:
             raise OnnxRedundError(
                 f"nothing to resume in {checkpoint_dir} for {mode} mode (no checkpoint); "
-                "pass --overwrite to start again"
+                "pass `overwrite` to start again"
             )
         if state is None:
             meter = effect_meter(model, data, key_args["repeats"], len(channels))

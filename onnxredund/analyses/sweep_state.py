@@ -66,7 +66,7 @@ class SweepState:
         try:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["key"]) != key:
-                    raise OnnxRedundError(f"{path} is from a run with other arguments; rerun without --resume")
+                    raise OnnxRedundError(f"{path} is from a run with other arguments; rerun without `resume`")
                 sums = {name[4:]: z[name] for name in z.files if name.startswith("sum_")}
                 return cls(int(z["batches_done"]), int(z["samples_done"]), sums, float(z["seconds"]), key=key)
         except (OSError, KeyError, ValueError) as e:

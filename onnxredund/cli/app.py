@@ -2,12 +2,14 @@
 
 User mistakes (:class:`OnnxRedundError`, bad flags) print one line and exit with status 2; Ctrl-C and
 SIGTERM stop the command with 130 and 143 (:mod:`onnxredund.interrupts`); anything else is a bug and keeps
-its traceback.
+its traceback. The library names its parameters in its messages (`` `round_to` ``); the console shows the flag
+that sets each (``--round-to``, :func:`as_flags`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import click
@@ -16,9 +18,23 @@ from onnxredund import __version__
 from onnxredund.errors import OnnxRedundError
 from onnxredund.interrupts import exit_status, signals_interrupt
 
-__all__ = ["bar_shown", "command_logging", "main", "setup_logging"]
+__all__ = ["as_flags", "bar_shown", "command_logging", "main", "setup_logging"]
 
 log = logging.getLogger("onnxredund")
+
+#: the library's parameters whose flag is not their name with dashes
+FLAGS = {"classifier": "--classifier-output", "at": "--impulse-at", "address": "--ray-address"}
+_PARAMETER = re.compile(r"(?<!`)`([a-z][a-z0-9_]*)`(?!`)")
+
+
+def as_flags(message: str) -> str:
+    """A library message as the console says it: each parameter it names (`` `round_to` ``) as its flag."""
+    return _PARAMETER.sub(lambda m: FLAGS.get(m[1], "--" + m[1].replace("_", "-")), message)
+
+
+class _Flags(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return as_flags(super().format(record))
 
 
 class _Group(click.Group):
@@ -29,7 +45,7 @@ class _Group(click.Group):
             with signals_interrupt():
                 return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except OnnxRedundError as e:
-            click.echo(f"onnxredund: error: {e}", err=True)
+            click.echo(f"onnxredund: error: {as_flags(str(e))}", err=True)
             sys.exit(2)
         except click.exceptions.NoArgsIsHelpError as e:
             click.echo(e.ctx.get_help())
@@ -70,7 +86,7 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     else:
         level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     handler = _ClearsBars(sys.stderr)
-    handler.setFormatter(logging.Formatter("onnxredund: %(message)s"))
+    handler.setFormatter(_Flags("onnxredund: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False

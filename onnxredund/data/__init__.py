@@ -85,9 +85,9 @@ def _check_default_fits(image: ModelInput | None) -> None:
     """No --data means MNIST; say so plainly where MNIST cannot feed the model."""
     if image is not None and image.sample_shape not in _MNIST_SHAPES:
         raise OnnxRedundError(
-            f"no --data given, and MNIST (1x28x28) does not fit the model's input {image.name!r} "
-            f"({'x'.join(map(str, image.sample_shape))}, {image.layout}); pass --data with an image folder, a .npz "
-            "or synthetic:N, or --data-loader-script FILE.py"
+            f"no `data` given, and MNIST (1x28x28) does not fit the model's input {image.name!r} "
+            f"({'x'.join(map(str, image.sample_shape))}, {image.layout}); pass `data` with an image folder, a .npz "
+            "or synthetic:N, or `data_loader_script` FILE.py"
         )
 
 
@@ -117,7 +117,7 @@ def load_dataset(
     if spec is None:
         _check_default_fits(image)
     spec = spec or "mnist"
-    folder_only = {"--preprocess": preprocess, "--labels": labels, "--skip-bad-images": skip_bad_images or None}
+    folder_only = {"`preprocess`": preprocess, "`labels`": labels, "`skip_bad_images`": skip_bad_images or None}
 
     def images_only(source: str) -> None:  # options that only an image folder reads are refused, never ignored
         given = [flag for flag, value in folder_only.items() if value is not None]

@@ -89,7 +89,7 @@ class Preprocess:
         if len(inp.sample_shape) != 3:
             raise OnnxRedundError(
                 f"image folders feed 2-D image inputs; input {inp.name!r} is N x {'x'.join(map(str, inp.sample_shape))}"
-                f" ({inp.layout}): give a .npz or --data-loader-script"
+                f" ({inp.layout}): give a .npz or `data_loader_script`"
             )
         c = inp.channels
         channels = self.channels or {1: "gray", 3: "rgb"}.get(c)
@@ -97,11 +97,11 @@ class Preprocess:
             given = f"channels={self.channels} gives {1 if self.channels == 'gray' else 3}" if self.channels else ""
             raise OnnxRedundError(
                 f"input {inp.name!r} takes {c} channels; image folders give 1 (gray) or 3 (rgb, bgr) "
-                f"{('(' + given + ')') if given else ''}: fix --preprocess channels= or use --data-loader-script"
+                f"{('(' + given + ')') if given else ''}: fix `preprocess` channels= or use `data_loader_script`"
             )
         for key, values in (("mean", self.mean), ("std", self.std)):
             if len(values) not in (1, c):
-                raise OnnxRedundError(f"--preprocess {key} has {len(values)} values for {c} channels; give 1 or {c}")
+                raise OnnxRedundError(f"`preprocess` {key} has {len(values)} values for {c} channels; give 1 or {c}")
         return replace(self, channels=channels)
 
 
@@ -113,7 +113,7 @@ def _parse_size(key: str, text: str, allow_side: bool) -> int | tuple[int, int]:
     """'224' -> 224 (a shorter side, for resize) or (224, 224); '320x240' -> (320, 240) (width, height)."""
     parts = text.lower().split("x")
     if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise OnnxRedundError(f"--preprocess {key}={text}: use a size like 224 or WxH like 320x240")
+        raise OnnxRedundError(f"`preprocess` {key}={text}: use a size like 224 or WxH like 320x240")
     if len(parts) == 1:
         return int(parts[0]) if allow_side else (int(parts[0]), int(parts[0]))
     return int(parts[0]), int(parts[1])
@@ -123,7 +123,7 @@ def _parse_fraction(key: str, text: str) -> Fraction:
     try:
         return Fraction(text.strip())
     except (ValueError, ZeroDivisionError):
-        raise OnnxRedundError(f"--preprocess {key}={text}: not a number (use e.g. 0.5 or 1/255)") from None
+        raise OnnxRedundError(f"`preprocess` {key}={text}: not a number (use e.g. 0.5 or 1/255)") from None
 
 
 def _parse_number(key: str, text: str) -> float:
@@ -145,10 +145,10 @@ def parse_preprocess(spec: str | None) -> Preprocess:
         key = key.strip().lower()
         if key not in PREPROCESS_KEYS or not sep:
             raise OnnxRedundError(
-                f"--preprocess: unknown key {key!r}; keys are {', '.join(PREPROCESS_KEYS)} (KEY=VALUE)"
+                f"`preprocess`: unknown key {key!r}; keys are {', '.join(PREPROCESS_KEYS)} (KEY=VALUE)"
             )
         if key in values:
-            raise OnnxRedundError(f"--preprocess: {key} given twice")
+            raise OnnxRedundError(f"`preprocess`: {key} given twice")
         values[key] = _parse_value(key, text.strip())
     return Preprocess(**values)
 
@@ -158,13 +158,13 @@ def _parse_value(key: str, text: str):
         return _parse_size(key, text, allow_side=key == "resize")
     if key == "channels":
         if text.lower() not in _CHANNELS:
-            raise OnnxRedundError(f"--preprocess channels={text}: use one of {', '.join(_CHANNELS)}")
+            raise OnnxRedundError(f"`preprocess` channels={text}: use one of {', '.join(_CHANNELS)}")
         return text.lower()
     if key == "scale":
         return _parse_fraction(key, text)
     numbers = tuple(_parse_number(key, t) for t in text.split("/"))
     if key == "std" and any(v == 0 for v in numbers):
-        raise OnnxRedundError("--preprocess std must not be 0")
+        raise OnnxRedundError("`preprocess` std must not be 0")
     return numbers
 
 
@@ -257,7 +257,7 @@ class ImageFolder:
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise OnnxRedundError(
                 f"{path} is not a readable image ({type(e).__name__}: {str(e)[:80]}); remove or replace it, "
-                "or pass --skip-bad-images"
+                "or pass `skip_bad_images`"
             ) from None
         return self._to_input(pixels, path)
 
@@ -266,7 +266,7 @@ class ImageFolder:
         if pixels.shape[:2] != tuple(spatial):
             raise OnnxRedundError(
                 f"{path}: preprocessing gives {pixels.shape[1]}x{pixels.shape[0]} images but input "
-                f"{self.target.name!r} takes {spatial[1]}x{spatial[0]} (WxH); change --preprocess resize/crop"
+                f"{self.target.name!r} takes {spatial[1]}x{spatial[0]} (WxH); change `preprocess` resize/crop"
             )
         # x * p / q for scale p/q: 1/255 gives pixels / 255 exactly as float32 division does
         x = pixels * np.float32(self.spec.scale.numerator) / np.float32(self.spec.scale.denominator)
@@ -293,7 +293,7 @@ def _pixels(img: Image.Image, spec: Preprocess, path: Path, size_hw: tuple[int, 
         if spec.channels != "gray":
             raise OnnxRedundError(
                 f"{path} is a {img.mode} (more than 8-bit, one-channel) image; it cannot give {spec.channels} "
-                "channels: convert it, or pass --preprocess channels=gray for a 1-channel input"
+                "channels: convert it, or pass `preprocess` channels=gray for a 1-channel input"
             )
         img = img.convert("F")
     else:
@@ -358,7 +358,7 @@ def open_image_folder(
     bad = [(f, e) for f, e in zip(files, errors, strict=True) if e is not None]
     if bad and not skip_bad:
         raise OnnxRedundError(
-            f"{bad[0][0]} is not a readable image ({bad[0][1]}); remove or replace it, or pass --skip-bad-images"
+            f"{bad[0][0]} is not a readable image ({bad[0][1]}); remove or replace it, or pass `skip_bad_images`"
         )
     spec = spec.for_input(target)
     if labels_file is not None:

@@ -155,7 +155,7 @@ def download_mnist(directory: Path, mirrors: tuple[str, ...] = MNIST_MIRRORS, ti
         else:
             raise OnnxRedundError(
                 f"could not download MNIST ({'; '.join(errors)}); put the four IDX files in a folder "
-                f"and pass --data DIR or set ${DATA_ENV}"
+                f"and pass `data` DIR or set ${DATA_ENV}"
             )
     return directory
 

@@ -410,7 +410,7 @@ def build_fast_model(
     """
     blocker = fast_path_blocker(model, layer)
     if blocker:
-        raise OnnxRedundError(f"fast path unavailable for {layer.name!r}: {blocker}; use --exact-path")
+        raise OnnxRedundError(f"fast path unavailable for {layer.name!r}: {blocker}; use `exact_path`")
     proto = model.analysis_proto
     graph = proto.graph
     side = side_inputs(proto, layer.activation)

@@ -215,10 +215,10 @@ def _classifiers(proto: onnx.ModelProto, shapes: dict, classifier: str | None) -
         return []
     outputs = [o.name for o in proto.graph.output]
     if classifier not in outputs:
-        raise OnnxRedundError(f"--classifier-output {classifier!r} is not an output; outputs: {outputs}")
+        raise OnnxRedundError(f"`classifier` {classifier!r} is not an output; outputs: {outputs}")
     if len(shapes.get(classifier, ())) != 1:
         raise OnnxRedundError(
-            f"--classifier-output {classifier!r} has shape {shapes.get(classifier)} per sample; class scores are "
+            f"`classifier` {classifier!r} has shape {shapes.get(classifier)} per sample; class scores are "
             "(classes,) per sample"
         )
     return [classifier]

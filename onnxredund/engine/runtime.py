@@ -96,8 +96,8 @@ def resolve_device(device: str) -> str:
         return "cuda"
     if device == "cuda":
         raise OnnxRedundError(
-            "--device cuda: onnxruntime cannot run on CUDA here (install onnxruntime-gpu with CUDA 12/13 "
-            "libraries, or use --device cpu)"
+            "`device` cuda: onnxruntime cannot run on CUDA here (install onnxruntime-gpu with CUDA 12/13 "
+            "libraries, or use `device` cpu)"
         )
     _log_auto_choice(device, "cpu")
     return "cpu"
@@ -193,7 +193,7 @@ class Runner:
             raise OnnxRedundError(f"onnxruntime cannot load the model: {first_line(e)}") from None
         got = session.get_providers()[0]
         if device == "cuda" and got != _CUDA:
-            raise OnnxRedundError("onnxruntime gave a CPU session where CUDA was asked for; use --device cpu")
+            raise OnnxRedundError("onnxruntime gave a CPU session where CUDA was asked for; use `device` cpu")
         return cls(session=session, device=device)
 
     @property

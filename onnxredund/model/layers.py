@@ -189,7 +189,7 @@ def describe_layers(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) 
         x, w = node.input[0], node.input[1]
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if x not in shapes or node.output[0] not in shapes:
-            raise OnnxRedundError(f"cannot tell the shapes around conv {name!r}; pass --input-shape or fix the model")
+            raise OnnxRedundError(f"cannot tell the shapes around conv {name!r}; pass `input_shape` or fix the model")
         activation, chain = _elementwise_chain(graph, node.output[0], consumers, constants, outputs)
         geo = _conv_geometry(node, name, _weight_shape(constants, shapes, w), shapes[x], shapes[node.output[0]])
         if shapes[x][0] != geo["in_channels"]:

@@ -226,12 +226,12 @@ def pick_image_input(proto: onnx.ModelProto, path: Path, name: str | None = None
         candidates = [i for i in inputs if i.name == name]
         if not candidates:
             names = [i.name for i in inputs]
-            raise OnnxRedundError(f"--impulse-input {name!r} is not an input of {path}; its inputs: {names}")
+            raise OnnxRedundError(f"`impulse_input` {name!r} is not an input of {path}; its inputs: {names}")
     else:
         candidates = [i for i in inputs if _rank(i) in _IMAGE_RANKS and _dtype(i) == "float32"]
         if len(candidates) > 1:
             names = [i.name for i in candidates]
-            raise OnnxRedundError(f"{path} has {len(names)} image inputs {names}; pass --impulse-input NAME")
+            raise OnnxRedundError(f"{path} has {len(names)} image inputs {names}; pass `impulse_input` NAME")
         if not candidates and len(inputs) == 1:
             candidates = inputs  # one input: say what is wrong with it
     if not candidates:
@@ -276,7 +276,7 @@ def input_sizes(proto: onnx.ModelProto, image: str, given: dict[str | None, tupl
     inputs = {i.name: i for i in data_inputs(proto.graph)}
     unknown = [n for n in given if n is not None and n not in inputs]
     if unknown:
-        raise OnnxRedundError(f"--input-shape names {unknown[0]!r}, which is not an input; inputs: {list(inputs)}")
+        raise OnnxRedundError(f"`input_shape` names {unknown[0]!r}, which is not an input; inputs: {list(inputs)}")
     sizes = {}
     for name, vi in inputs.items():
         shape = dims(vi)
@@ -300,7 +300,7 @@ def _in_model_order(name: str, want: tuple[int, ...], sample: list) -> tuple[int
     for other, given_as, model_has in others if len(want) >= 3 else []:
         if _fits(other, sample):
             log.warning(
-                "--input-shape %s taken as %s: input %r has its channels %s, so it gets %s",
+                "`input_shape` %s taken as %s: input %r has its channels %s, so it gets %s",
                 "x".join(map(str, want)),
                 given_as,
                 name,
@@ -309,7 +309,7 @@ def _in_model_order(name: str, want: tuple[int, ...], sample: list) -> tuple[int
             )
             return other
     given = "x".join(map(str, want))
-    raise OnnxRedundError(f"--input-shape {given} contradicts the model's fixed input {name!r} {sample}")
+    raise OnnxRedundError(f"`input_shape` {given} contradicts the model's fixed input {name!r} {sample}")
 
 
 def _with_sizes(name: str, shape: list, want: tuple[int, ...] | None, is_image: bool = True) -> list:
@@ -319,7 +319,7 @@ def _with_sizes(name: str, shape: list, want: tuple[int, ...] | None, is_image: 
     if want is not None:
         if len(want) != len(sample):
             raise OnnxRedundError(
-                f"--input-shape for {name!r} needs {len(sample)} sizes like {'x'.join(['8'] * len(sample))}, got "
+                f"`input_shape` for {name!r} needs {len(sample)} sizes like {'x'.join(['8'] * len(sample))}, got "
                 f"{'x'.join(map(str, want))}"
             )
         sample = list(_in_model_order(name, want, sample))
@@ -327,7 +327,7 @@ def _with_sizes(name: str, shape: list, want: tuple[int, ...] | None, is_image: 
         example = "x".join(str(d) if isinstance(d, int) and d > 0 else "64" for d in sample)
         example = example if is_image else f"{name}={example}"  # a bare --input-shape is the image input's
         raise OnnxRedundError(
-            f"input {name!r} has free dimensions {shape}; pass --input-shape {example} (its sizes after the batch)"
+            f"input {name!r} has free dimensions {shape}; pass `input_shape` {example} (its sizes after the batch)"
         )
     return [shape[0], *sample]
 
@@ -486,7 +486,7 @@ def image_layout(rank: int, axis: int | None, given: str | None, name: str) -> s
         return last
     log.warning(
         "cannot tell from the graph whether input %r has its channels first or last; assuming %s "
-        "(pass --layout nhwc if they are last)",
+        "(pass `layout` nhwc if they are last)",
         name,
         first,
     )

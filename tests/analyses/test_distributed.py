@@ -137,7 +137,7 @@ def test_resuming_with_nothing_finished_is_an_error(setup, tmp_path):
 
 
 def test_local_backend_takes_no_ray_options():
-    with pytest.raises(OnnxRedundError, match="go with --backend ray"):
+    with pytest.raises(OnnxRedundError, match="go with `backend` ray"):
         make_backend("local", workers=2)
 
 

@@ -146,7 +146,7 @@ def test_impulse_inputs_and_positions():
     shifted, base = impulse_inputs(_plain((1, 6, 6)), (5, 5), [(0, 0), (0, 1), (1, 0), (1, 1)])
     assert base == (4, 4) and shifted["x"].shape == (5, 1, 6, 6)
     assert [tuple(np.argwhere(shifted["x"][i, 0])[0]) for i in range(1, 5)] == [(4, 4), (4, 5), (5, 4), (5, 5)]
-    with pytest.raises(OnnxRedundError, match="--position needs 2 coordinates"):
+    with pytest.raises(OnnxRedundError, match="`position` needs 2 coordinates"):
         impulse_inputs(_plain((1, 6, 6)), (1, 2, 3), [(0, 0)])
 
 
@@ -262,9 +262,9 @@ def test_a_model_that_normalises_its_input_by_min_and_max_gets_its_impulses_at_t
     later = run_impulse(m, device="cpu", at="a")  # c2's input: c2 alone, its 1 x 1 kernels
     assert [layer.name for layer in later.layers] == ["c2"]
     np.testing.assert_allclose(later.layers[0].responses[:, :, 0, 0], inits["w2"][:, :, 0, 0], atol=1e-6)
-    with pytest.raises(OnnxRedundError, match="--impulse-at 'nowhere': no tensor"):
+    with pytest.raises(OnnxRedundError, match="`at` 'nowhere': no tensor"):
         run_impulse(m, device="cpu", at="nowhere")
-    with pytest.raises(OnnxRedundError, match=r"output on an all-zero 'x' is not finite.*--impulse-at TENSOR"):
+    with pytest.raises(OnnxRedundError, match=r"output on an all-zero 'x' is not finite.*`at` TENSOR"):
         run_impulse(m, device="cpu", at="x")  # asked for the input itself: said, not moved
 
 

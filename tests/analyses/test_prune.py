@@ -194,7 +194,7 @@ def test_layer_scope_meets_the_target_as_closely_as_the_rounding_allows(round_to
 
 def test_a_target_rounding_cannot_reach_says_how_to_remove_channels_one_by_one():
     _, groups, cost, scores = _setup()  # groups of 3 and 4 channels: nothing can go in multiples of 8
-    with pytest.raises(OnnxRedundError, match="--round-to 1 removes them one by one"):
+    with pytest.raises(OnnxRedundError, match="`round_to` 1 removes them one by one"):
         select_channels(groups, scores, cost, Target("macs", 0.3), "layer", "l1", round_to=8)
 
 
@@ -231,7 +231,7 @@ def test_channel_specs_parse(specs, want):
 
 @pytest.mark.parametrize("spec", ["conv2", "conv2:", ":3", "conv2:a", "conv2:1-b"])
 def test_bad_channel_specs_are_errors(spec):
-    with pytest.raises(OnnxRedundError, match="--channels"):
+    with pytest.raises(OnnxRedundError, match="`channels`"):
         parse_channel_spec([spec])
 
 

@@ -76,7 +76,7 @@ def test_download_rejects_a_bad_checksum(tmp_path):
 
 
 def test_unreachable_mirror_says_how_to_provide_files(tmp_path):
-    with pytest.raises(OnnxRedundError, match="--data DIR"):
+    with pytest.raises(OnnxRedundError, match="`data` DIR"):
         MN.download_mnist(tmp_path, mirrors=("file:///nonexistent/",))
 
 
@@ -122,10 +122,10 @@ def test_image_folder_options_on_other_data_are_refused_not_ignored(tmp_path, mn
     inputs = [ModelInput("x", "float32", (1, 28, 28), layout="NCHW")]
     np.savez(tmp_path / "d.npz", x=np.zeros((2, 1, 28, 28), np.float32))
     cases = [
-        ("synthetic:4", {"preprocess": "scale=1/255"}, "--preprocess applies to image folders; synthetic data"),
-        (str(mnist_dir), {"preprocess": "scale=1/255"}, "--preprocess applies to image folders; MNIST"),
-        (str(tmp_path / "d.npz"), {"labels": "y.csv"}, "--labels applies to image folders; a .npz file"),
-        ("synthetic:4", {"skip_bad_images": True}, "--skip-bad-images applies to image folders"),
+        ("synthetic:4", {"preprocess": "scale=1/255"}, "`preprocess` applies to image folders; synthetic data"),
+        (str(mnist_dir), {"preprocess": "scale=1/255"}, "`preprocess` applies to image folders; MNIST"),
+        (str(tmp_path / "d.npz"), {"labels": "y.csv"}, "`labels` applies to image folders; a .npz file"),
+        ("synthetic:4", {"skip_bad_images": True}, "`skip_bad_images` applies to image folders"),
     ]
     for spec, options, message in cases:
         with pytest.raises(OnnxRedundError, match=message):

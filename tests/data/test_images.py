@@ -101,7 +101,7 @@ def test_skip_bad_images_leaves_out_what_does_not_decode_and_keeps_labels_with_t
     raw = (tmp_path / "cat" / "1.png").read_bytes()
     (tmp_path / "cat" / "1.png").write_bytes(raw[: len(raw) // 2])  # its header opens, its pixels do not
     (tmp_path / "dog" / "x.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(OnnxRedundError, match=r"x.jpg is not a readable image .*--skip-bad-images"):
+    with pytest.raises(OnnxRedundError, match=r"x.jpg is not a readable image .*`skip_bad_images`"):
         load_dataset(str(tmp_path), inputs=[RGB])
     data = load_dataset(str(tmp_path), inputs=[RGB], skip_bad_images=True)
     assert [f.name for f in data.files] == ["0.png", "2.png", "3.png"] and data.y.tolist() == [0, 1, 1]

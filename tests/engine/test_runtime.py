@@ -24,7 +24,7 @@ def test_device_choice():
 def test_cuda_that_cannot_be_had_is_an_error():
     if cuda_works():
         pytest.skip("CUDA works here")
-    with pytest.raises(OnnxRedundError, match="--device cuda: onnxruntime cannot run on CUDA here"):
+    with pytest.raises(OnnxRedundError, match="`device` cuda: onnxruntime cannot run on CUDA here"):
         resolve_device("cuda")
 
 

@@ -46,7 +46,7 @@ def test_classifier_output_is_a_softmax_output_or_the_first_n_by_classes():
     assert two.classifiers == ["prob"]
     assert load_model_proto(proto, classifier="logits").classifiers == ["logits"]
     assert load_model_proto(proto, classifier="none").classifiers == []
-    with pytest.raises(OnnxRedundError, match="--classifier-output 'nope' is not an output"):
+    with pytest.raises(OnnxRedundError, match="`classifier` 'nope' is not an output"):
         load_model_proto(proto, classifier="nope")
 
 
@@ -57,7 +57,7 @@ def test_input_sizes_take_given_sizes_for_free_dimensions_and_refuse_contradicti
     assert input_sizes(proto, "x", {None: (3, 9, 11)}) == {"x": ["N", 3, 9, 11]}
     with pytest.raises(OnnxRedundError, match="contradicts the model's fixed input"):
         input_sizes(proto, "x", {None: (1, 9, 11)})
-    with pytest.raises(OnnxRedundError, match="pass --input-shape 3x64x64"):
+    with pytest.raises(OnnxRedundError, match="pass `input_shape` 3x64x64"):
         input_sizes(proto, "x", {})
 
 
@@ -82,7 +82,7 @@ def test_free_dimensions_of_another_input_than_the_image_are_asked_for_by_name()
     nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="c"), helper.make_node("Mul", ["z", "gain"], ["y"])]
     w = small_cnn()[1]["w1"]
     proto = make_model(nodes, [("x", ["N", 3, 6, 6]), ("gain", ["N", "T"])], [("y", ["N", 4, 4, 4])], {"w": w})
-    with pytest.raises(OnnxRedundError, match=r"input 'gain' .* pass --input-shape gain=64 "):
+    with pytest.raises(OnnxRedundError, match=r"input 'gain' .* pass `input_shape` gain=64 "):
         input_sizes(proto, "x", {None: (3, 6, 6)})
     assert input_sizes(proto, "x", {"gain": (1,)})["gain"] == ["N", 1]
 
@@ -123,7 +123,7 @@ def test_a_layout_the_graph_does_not_show_is_assumed_nchw_with_a_warning_and_tak
     proto = make_model(nodes, [("x", ["N", 2, 8, 4])], [("z", ["N", 2, 2, 2])], {"w": w, "shape": [-1, 4, 4, 4]})
     with caplog.at_level(logging.WARNING, logger="onnxredund"):
         assert load_model_proto(proto).layout == "NCHW"
-    assert "cannot tell from the graph" in caplog.text and "--layout nhwc" in caplog.text
+    assert "cannot tell from the graph" in caplog.text and "pass `layout` nhwc" in caplog.text
     assert load_model_proto(proto, layout="nhwc").layout == "NHWC"
 
 

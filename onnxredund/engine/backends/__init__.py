@@ -59,7 +59,7 @@ def make_backend(name: str, *, address: str | None = None, workers: int | None =
     """
     if name == "local":
         if address or workers not in (None, 1):
-            raise OnnxRedundError("--ray-address and --workers go with --backend ray")
+            raise OnnxRedundError("`address` and `workers` go with `backend` ray")
         return LocalBackend()
     if name == "ray":
         return RayBackend(address=address, workers=workers, device=device)

@@ -67,11 +67,11 @@ class RayBackend:
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         use_gpu = device == "cuda" or (device == "auto" and gpus > 0)
         if use_gpu and gpus == 0:
-            raise OnnxRedundError("--device cuda asked for, but the Ray cluster has no GPU")
+            raise OnnxRedundError("`device` cuda asked for, but the Ray cluster has no GPU")
         most = gpus if use_gpu else cpus
         self.workers = min(workers or most, most) if most else 1
         if workers and workers > most:
-            raise OnnxRedundError(f"--workers {workers}: the Ray cluster has {most} {'GPUs' if use_gpu else 'CPUs'}")
+            raise OnnxRedundError(f"`workers` {workers}: the Ray cluster has {most} {'GPUs' if use_gpu else 'CPUs'}")
         share = max(1, cpus // self.workers) if not use_gpu else 1
         options = {"max_restarts": -1, "max_task_retries": -1}
         options |= {"num_gpus": 1, "num_cpus": 1} if use_gpu else {"num_cpus": share}
