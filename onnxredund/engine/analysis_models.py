@@ -13,7 +13,8 @@ For a target conv with input X = A_{i-1}, pre-activation Z = conv(X) and activat
   the conv's linearity: perturbing channel k only adds ``conv(delta_k, W[:, k])`` to Z; with the
   deltas unfolded into patches (im2col, one Gather), one batched MatMul does every k of the run at
   once. The elementwise chain f and the rest of the network then run on a batch of K*B (channel j,
-  sample b at row j*B + b). 1-D, 2-D and 3-D convs alike: positions are flattened.
+  sample b at row j*B + b). 1-D, 2-D and 3-D convs alike: positions are flattened. A transposed conv is linear
+  too: each output position gathers, per kernel tap, the one input position (if any) the tap carries there.
 
 The measured outputs are the graph outputs that depend on A_i; the rest cannot change.
 
@@ -61,6 +62,7 @@ __all__ = [
     "im2col_index",
     "measured_outputs",
     "output_plan",
+    "transposed_index",
     "weight_columns",
 ]
 
@@ -100,8 +102,16 @@ def build_direct_model(model: Model, layer: ConvLayer, outputs: list[str]) -> tu
     return proto, [i.name for i in keep]
 
 
-def weight_columns(weight: np.ndarray, groups: int) -> np.ndarray:
-    """Per input channel k, the kernels it feeds: shape (C_in, C_out, *kernel), zero outside k's group."""
+def weight_columns(weight: np.ndarray, groups: int, *, transposed: bool = False) -> np.ndarray:
+    """Per input channel k, the kernels it feeds: shape (C_in, C_out, *kernel), zero outside k's group (a
+    ``transposed`` conv's weight is (C_in, C_out / groups, *kernel): row k already holds them)."""
+    if transposed:
+        c_in, cout_g = weight.shape[:2]
+        cols = np.zeros((c_in, cout_g * groups, *weight.shape[2:]), weight.dtype)
+        for k in range(c_in):
+            g = k // (c_in // groups)
+            cols[k, g * cout_g : (g + 1) * cout_g] = weight[k]
+        return cols
     c_out, cin_g = weight.shape[:2]
     c_in = cin_g * groups
     cout_g = c_out // groups
@@ -116,8 +126,6 @@ def fast_path_blocker(model: Model, layer: ConvLayer) -> str | None:
     """Why the fast path cannot run this layer, or None when it can."""
     if not model.batch_dynamic:
         return "the model's batch is fixed"
-    if layer.op != "Conv":
-        return f"a {layer.op} runs on the direct path"
     if model.constant(layer.weight) is None:
         return "the conv's weights are computed, not constant"
     opset = default_opset(model.proto)
@@ -306,6 +314,40 @@ def im2col_index(layer: ConvLayer, conv: onnx.NodeProto) -> np.ndarray:
     return np.where(inside, flat, int(np.prod(spatial))).astype(np.int64)
 
 
+def transposed_index(layer: ConvLayer, conv: onnx.NodeProto) -> np.ndarray:
+    """For a ConvTranspose, for each kernel tap t and output position o, the flat input position i whose value
+    tap t carries to o (o = i x stride - pad + t x dilation): shape (T, P'); index P (the number of input
+    positions, a zero appended to each flattened input channel) where no input position does."""
+    spatial, out = layer.input_shape[1:], layer.output_shape[1:]
+    nd = len(out)
+    outs = np.indices(out).reshape(nd, 1, -1)  # (nd, 1, P')
+    taps = np.indices(layer.kernel).reshape(nd, -1, 1)  # (nd, T, 1)
+    stride = np.array(layer.stride).reshape(-1, 1, 1)
+    scaled = outs + np.array(_transposed_begin_pads(layer, conv)).reshape(-1, 1, 1)
+    scaled = scaled - taps * np.array(layer.dilations).reshape(-1, 1, 1)  # i x stride, where there is an i
+    pos = scaled // stride
+    inside = np.all((scaled % stride == 0) & (pos >= 0) & (pos < np.array(spatial).reshape(-1, 1, 1)), axis=0)
+    flat = np.ravel_multi_index(tuple(np.where(inside, pos, 0)), spatial)
+    return np.where(inside, flat, int(np.prod(spatial))).astype(np.int64)
+
+
+def _transposed_begin_pads(layer: ConvLayer, conv: onnx.NodeProto) -> list[int]:
+    """A ConvTranspose's padding before the first output position, per spatial axis: its pads, or, where its
+    output shape is given or auto_pad set, the spec's split of the total padding its output shape implies."""
+    nd = len(layer.kernel)
+    auto_pad = attribute(conv, "auto_pad", "NOTSET")
+    if auto_pad == "NOTSET" and attribute(conv, "output_shape") is None:
+        return list(layer.pads[:nd])
+    extra = attribute(conv, "output_padding") or [0] * nd
+    begins = []
+    for n, o, s, k, d, e in zip(
+        layer.input_shape[1:], layer.output_shape[1:], layer.stride, layer.kernel, layer.dilations, extra, strict=True
+    ):
+        total = s * (n - 1) + e + (k - 1) * d + 1 - o
+        begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+    return begins
+
+
 def _cosine(b: _GraphBuilder, dot: str, nn_p: str, nn_c: str) -> str:
     """Cosine from float64 dot products and squared norms, with eq. 1's edge cases (both zero: 1, one zero: 0)."""
     zero, one = b.const("cos_zero", np.array(0.0)), b.const("cos_one", np.array(1.0))
@@ -487,10 +529,12 @@ def _perturbed_preactivation(b: _GraphBuilder, model: Model, layer: ConvLayer, m
     delta = b.op("Pad", [delta, b.const("pad_zero", np.array([0, 0, 0, 1], np.int64))])  # (K*B, P + 1)
     conv = model.proto.graph.node[layer.node_index]
     taps = int(np.prod(layer.kernel))
-    patches = b.op("Gather", [delta, b.const("im2col", im2col_index(layer, conv))], axis=1)  # (K*B, T, P')
+    transposed = layer.op == "ConvTranspose"
+    index = transposed_index(layer, conv) if transposed else im2col_index(layer, conv)
+    patches = b.op("Gather", [delta, b.const("im2col", index)], axis=1)  # (K*B, T, P')
     patches = b.op("Reshape", [patches, _k_shape(b, -1, taps, out_positions)])
     weight = model.constant(layer.weight).astype(np.float32)
-    cols = weight_columns(weight, layer.groups).reshape(layer.in_channels, c_out, taps)
+    cols = weight_columns(weight, layer.groups, transposed=transposed).reshape(layer.in_channels, c_out, taps)
     kernels = b.unsqueeze(b.op("Gather", [b.const("weight_columns", cols), ks], axis=0), [1])  # (K, 1, C_out, T)
     dz = b.op("MatMul", [kernels, patches])  # (K, B, C_out, P')
     z1 = b.op("Reshape", [z, b.const("z4", np.array([1, -1, c_out, out_positions], np.int64))])
