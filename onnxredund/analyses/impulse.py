@@ -33,6 +33,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -305,25 +306,61 @@ class _BaselineNotFinite(Exception):
     breaks (its min and max, a norm) before the convs."""
 
 
-def _phase_plan(site: ImpulseSite, layer: ConvLayer) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(phases per axis, spacing in the site's positions) of a layer: its own stride, capped, and the stride the
+class _PhasePlan(NamedTuple):
+    """Where a layer's impulses go.
+
+    Attributes:
+        phases: per axis of the layer's input, the impulse positions along it (its stride, capped; 1 for a
+            transposed conv, which upsamples).
+        spacing: per axis of the layer's input, the site's positions between two of its positions.
+        axes: per axis of the layer's input, the site's axis it runs along (None: an axis of size 1 a reshape put
+            in, a 1-D signal read by 1 x K kernels).
+        rank: the site's spatial axes.
+    """
+
+    phases: tuple[int, ...]
+    spacing: tuple[int, ...]
+    axes: tuple[int | None, ...]
+    rank: int
+
+
+def _site_axes(image: tuple[int, ...], own: tuple[int, ...]) -> tuple[int | None, ...] | None:
+    """For each spatial axis of a layer's input, the axis of the site it runs along: the same one where both have
+    as many axes; else the site's axes in order along the layer's axes longer than 1 (None for the others); None
+    where they do not pair up."""
+    if len(own) == len(image):
+        return tuple(range(len(own)))
+    long = [a for a, n in enumerate(own) if n > 1]
+    if len(long) != len(image):
+        return None
+    return tuple(long.index(a) if a in long else None for a in range(len(own)))
+
+
+def _phase_plan(site: ImpulseSite, layer: ConvLayer) -> _PhasePlan:
+    """A layer's phases and their spacing in the site's positions: its own stride, capped, and the stride the
     network has before it."""
-    image = site.spatial
-    own = layer.input_shape[1:]
-    if len(own) != len(image):  # a signal reshaped on its way (1-D audio into 1 x K convs): one impulse, no phases
-        return (1,) * len(own), (1,) * len(image)
+    image, own = site.spatial, layer.input_shape[1:]
+    axes = _site_axes(image, own)
+    if axes is None:  # nothing of the layer's input pairs with the site's axes: one impulse, no phases
+        return _PhasePlan((1,) * len(own), (1,) * len(own), (None,) * len(own), len(image))
     # a conv's stride samples the input (impulses at each phase see every tap); a transposed conv's upsamples it
-    phases = tuple(min(s, MAX_PHASES) for s in layer.stride) if layer.op == "Conv" else (1,) * len(own)
-    spacing = tuple(max(1, round(n / m)) for n, m in zip(image, own, strict=True))
-    return phases, spacing
+    conv = layer.op == "Conv"
+    phases = tuple(min(s, MAX_PHASES) if conv and a is not None else 1 for s, a in zip(layer.stride, axes, strict=True))
+    spacing = tuple(1 if a is None else max(1, round(image[a] / n)) for n, a in zip(own, axes, strict=True))
+    return _PhasePlan(phases, spacing, axes, len(image))
 
 
-def _offsets(phases: tuple[int, ...], spacing: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """The impulse positions, relative to the base, in the image input's axes (``spacing`` has one per axis) for
-    a layer's ``phases`` (one per axis of its own); a layer whose axes are not the input's takes one impulse."""
-    if len(phases) != len(spacing):
-        return [(0,) * len(spacing)]
-    return [tuple(d * s for d, s in zip(ds, spacing, strict=True)) for ds in itertools.product(*map(range, phases))]
+def _offsets(plan: _PhasePlan) -> list[tuple[int, ...]]:
+    """The impulse positions of a layer's phases (row-major over its axes), relative to the base, in the site's
+    axes."""
+    out = []
+    for ds in itertools.product(*map(range, plan.phases)):
+        offset = [0] * plan.rank
+        for d, step, axis in zip(ds, plan.spacing, plan.axes, strict=True):
+            if axis is not None:
+                offset[axis] += d * step
+        out.append(tuple(offset))
+    return out
 
 
 def impulse_inputs(
@@ -553,7 +590,7 @@ def run_impulse(
 def _responses(model: Model, layers: list[ConvLayer], site: ImpulseSite, mode: str, position, device: str):
     """Every layer's cropped responses to impulses at ``site``: (responses, phase plans, position, notes)."""
     plans = {layer.index: _phase_plan(site, layer) for layer in layers}
-    wanted = {layer.index: _offsets(*plans[layer.index]) for layer in layers}
+    wanted = {layer.index: _offsets(plans[layer.index]) for layer in layers}
     offsets = sorted({o for offs in wanted.values() for o in offs})
     feeds, base = impulse_inputs(model, position, offsets, site)
     m = site.channels
@@ -571,7 +608,7 @@ def _responses(model: Model, layers: list[ConvLayer], site: ImpulseSite, mode: s
     blocks, notes = _run_groups(model, site, feeds, groups, mode, device)
     responses = []
     for layer in layers:
-        phases = plans[layer.index][0]
+        phases = plans[layer.index].phases
         per_phase, lo = blocks.response(layer.index, [rows(o) for o in wanted[layer.index]], layer.output_shape)
         blocks.rows.pop(layer.index, None)  # let go once cropped
         resp, box = crop_to_support(interleave(per_phase, phases))
@@ -582,7 +619,7 @@ def _responses(model: Model, layers: list[ConvLayer], site: ImpulseSite, mode: s
 
 def _phase_notes(layers: list[ConvLayer], plans: dict) -> list[str]:
     def capped_at_max(layer: ConvLayer) -> bool:  # sampled at MAX_PHASES phases, fewer than its stride
-        return any(s > p == MAX_PHASES for s, p in zip(layer.stride, plans[layer.index][0], strict=True))
+        return any(s > p == MAX_PHASES for s, p in zip(layer.stride, plans[layer.index].phases, strict=True))
 
     capped = [layer.name for layer in layers if capped_at_max(layer)]
     if not capped:
@@ -616,7 +653,7 @@ def _compare(layers, responses, plans, threshold, lags, across, bar, clock) -> l
                 index=layer.index,
                 responses=resp,
                 support=box,
-                phases=plans[layer.index][0],
+                phases=plans[layer.index].phases,
                 ncc=ncc,
                 compared=compared,
                 excluded=excluded,

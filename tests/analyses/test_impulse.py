@@ -240,6 +240,29 @@ def test_a_1d_signal_reshaped_into_2d_convs_is_read_channels_last_and_its_impuls
     np.testing.assert_allclose(layer.responses[:, 0], w[:, 0, :, ::-1], atol=1e-6)
 
 
+def test_a_strided_1d_signal_reshaped_into_2d_convs_shows_its_whole_kernels_through_phases():
+    # raw audio [N, L, 1] read by 1 x 16 kernels at stride 1 x 4: one impulse shows every 4th tap of each kernel;
+    # the 4 phases along the signal show them all (the inserted axis of size 1 takes none)
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("Unsqueeze", ["t", "axis"], ["u"]),  # [N, 1, 1, L]
+        helper.make_node("Conv", ["u", "w"], ["z"], name="c1", strides=[1, 4]),
+        helper.make_node("Relu", ["z"], ["a"]),
+        helper.make_node("Conv", ["a", "w2"], ["z2"], name="c2"),
+        helper.make_node("GlobalAveragePool", ["z2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["y"]),
+    ]
+    w = rng.normal(size=(8, 1, 1, 16))
+    inits = {"w": w, "w2": rng.normal(size=(6, 8, 1, 5)), "axis": np.array([2])}
+    m = load_model_proto(make_model(nodes, [("x", ["N", 120, 1])], [("y", ["N", 6])], inits))
+    result = run_impulse(m, device="cpu")
+    first = result.layers[0]
+    assert first.phases == (1, 4) and first.responses.shape == (8, 1, 1, 16)  # was (1, 1): 4 of the 16 taps
+    np.testing.assert_allclose(first.responses[:, 0], w[:, 0, :, ::-1], atol=1e-6)
+    assert first.redundant_count == 0 and result.layers[1].phases == (1, 1)
+
+
 def test_a_model_that_normalises_its_input_by_min_and_max_gets_its_impulses_at_the_first_conv():
     rng = np.random.default_rng(4)
     nodes = [
