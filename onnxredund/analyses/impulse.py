@@ -573,7 +573,10 @@ def run_impulse(
             ),
         )
     bar = progress("impulse NCC", len(layers), 0) if progress else None
-    results = _compare(layers, responses, plans, threshold, lags, across, bar, (t0, max_seconds, notes))
+    deadline = None if max_seconds is None else t0 + max_seconds
+    results = _compare(
+        layers, responses, plans, threshold=threshold, lags=lags, across=across, bar=bar, deadline=deadline, notes=notes
+    )
     notes += _phase_notes(layers, plans)
     return ImpulseResult(
         model=model.path,
@@ -627,9 +630,20 @@ def _phase_notes(layers: list[ConvLayer], plans: dict) -> list[str]:
     return [f"strides over {MAX_PHASES} sampled at {MAX_PHASES} phases per axis: {', '.join(capped[:5])}"]
 
 
-def _compare(layers, responses, plans, threshold, lags, across, bar, clock) -> list[LayerImpulse]:
-    """NCC within each layer, and each channel's best match in the earlier layers (until the time is up)."""
-    t0, max_seconds, notes = clock
+def _compare(
+    layers: list[ConvLayer],
+    responses: list,
+    plans: dict[int, _PhasePlan],
+    *,
+    threshold: float,
+    lags: bool,
+    across: bool,
+    bar: Callable[[int], None] | None,
+    deadline: float | None,
+    notes: list[str],
+) -> list[LayerImpulse]:
+    """NCC within each layer, and each channel's best match in the earlier layers until ``deadline`` (a
+    ``time.perf_counter()``; past it, a note is added to ``notes`` and the layers are compared within only)."""
     searches: dict[int, tuple[EarlierLayers, list[tuple[int, np.ndarray]]]] = {}
     results: list[LayerImpulse] = []
     for layer, (resp, box) in zip(layers, responses, strict=True):
@@ -639,7 +653,7 @@ def _compare(layers, responses, plans, threshold, lags, across, bar, clock) -> l
         count = int((val[compared] >= threshold).sum())
         n = int(compared.sum())
         search, members = searches.setdefault(resp.ndim, (EarlierLayers(), []))
-        out_of_time = max_seconds is not None and time.perf_counter() - t0 > max_seconds
+        out_of_time = deadline is not None and time.perf_counter() > deadline
         if across and out_of_time and not any("earlier layers left out" in x for x in notes):
             notes.append(f"time budget spent: comparisons with earlier layers left out from {layer.name} on")
         run = across and n and not out_of_time

@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -384,22 +385,21 @@ def run_shuffle(
     steps = _RunAhead(_device_steps(runner, clean_batches, channels, repeats, judge))
     try:
         for step in steps:
-            if step[0] == "clean":  # a batch's sums start apart from the state's
-                _, clean_outputs, labels = step
+            if isinstance(step, _Clean):  # a batch's sums start apart from the state's
+                clean_outputs, labels = step.outputs, step.labels
                 batch = {k: np.zeros_like(v) for k, v in state.sums.items()}
                 clean_sums = meter.clean_sums(clean_outputs, labels)
                 continue
-            if step[0] == "run":
-                _, r, at, cos, perturbed, rows = step
-                at, cos, perturbed, rows = judge.still_open(at, cos, perturbed, rows)
+            if isinstance(step, _Run):
+                at, cos, perturbed, rows = judge.still_open(step.at, step.cos, step.perturbed, step.rows)
                 if not len(cos):  # every channel of the run was decided while it ran
                     continue
-                batch["cos_sum"][r, at] += cos
+                batch["cos_sum"][step.repeat, at] += cos
                 if rows is None:  # the direct path: the outputs themselves came back
                     rows = meter.output_rows(perturbed, clean_outputs)
-                meter.add_rows(batch, r, at, rows, clean_outputs, clean_sums, labels)
+                meter.add_rows(batch, step.repeat, at, rows, clean_outputs, clean_sums, labels)
                 continue
-            _, bi, size = step
+            bi, size = step.batch, step.size
             # the batch's sums and its sample count become the state in one assignment: an interrupt lands
             # before it (the batch is not counted, nor summed) or after it, never between
             sums = judge.look(merge_sums(state.sums, batch))
@@ -550,20 +550,43 @@ def _clean_batches(runner: SweepRunner, model: Model, data: DataSource, feed, ba
         yield bi, size, labels, perms, clean, runner.clean_outputs(clean)
 
 
+class _Clean(NamedTuple):
+    """A batch's clean outputs: its sums start."""
+
+    outputs: dict
+    labels: np.ndarray | None
+
+
+class _Run(NamedTuple):
+    """One run of channels on a batch: the positions in ``channels`` it took, their cosine sums, and the perturbed
+    outputs (direct path) or the per-sample effects (fast path)."""
+
+    repeat: int
+    at: np.ndarray
+    cos: np.ndarray
+    perturbed: list | None
+    rows: dict | None
+
+
+class _End(NamedTuple):
+    """A batch's runs are all in: its sums and its size become the state's."""
+
+    batch: int
+    size: int
+
+
 def _device_steps(runner: SweepRunner, clean_batches, channels: list[int], repeats: int, judge: _Judge):
-    """The sweep's model runs, in order, as steps for the loop that sums them up: ("clean", clean outputs,
-    labels) per batch, then ("run", repeat, positions in ``channels``, cosine sums, perturbed outputs or None,
-    per-sample effects or None) per run of the channels still open (:meth:`SweepRunner.run`), then ("end", batch
-    index, batch size)."""
+    """The sweep's model runs, in order, as steps for the loop that sums them up: a :class:`_Clean` per batch,
+    a :class:`_Run` per run of the channels still open (:meth:`SweepRunner.run`), then an :class:`_End`."""
     for bi, size, labels, perms, clean, clean_outputs in clean_batches:
-        yield "clean", clean_outputs, labels
+        yield _Clean(clean_outputs, labels)
         positions = judge.positions
         for r in range(repeats):
             for c0 in range(0, len(positions), runner.k):
                 at = positions[c0 : c0 + runner.k]
                 ks = [channels[p] for p in at]
-                yield ("run", r, at, *runner.run(clean, ks, [perms[r, k] for k in ks]))
-        yield "end", bi, size
+                yield _Run(r, at, *runner.run(clean, ks, [perms[r, k] for k in ks]))
+        yield _End(bi, size)
 
 
 def _mean_std(per_repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
