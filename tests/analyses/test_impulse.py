@@ -220,13 +220,14 @@ def test_a_second_input_is_held_at_zero_and_convs_it_feeds_alone_are_refused():
     np.testing.assert_allclose(layer.responses[:, 0], w[:, 0, ::-1, ::-1], atol=1e-6)
 
 
-def test_a_1d_signal_reshaped_into_2d_convs_is_read_channels_last_and_its_impulse_gives_the_kernels():
-    rng = np.random.default_rng(3)
-    length = 120
+def _reshaped_signal_net(seed: int, stride: int = 1):
+    """Raw audio [N, 120, 1] -> Transpose -> Unsqueeze [N, 1, 1, 120] -> 1 x 16 conv (stride 1 x ``stride``) ->
+    Relu -> 1 x 5 conv -> mean -> y; returns the model and the first conv's weights."""
+    rng = np.random.default_rng(seed)
     nodes = [
         helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),  # raw audio [N, L, 1] -> [N, 1, L]
         helper.make_node("Unsqueeze", ["t", "axis"], ["u"]),  # -> [N, 1, 1, L]: 1 x K kernels
-        helper.make_node("Conv", ["u", "w"], ["z"], name="c1"),
+        helper.make_node("Conv", ["u", "w"], ["z"], name="c1", strides=[1, stride]),
         helper.make_node("Relu", ["z"], ["a"]),
         helper.make_node("Conv", ["a", "w2"], ["z2"], name="c2"),
         helper.make_node("GlobalAveragePool", ["z2"], ["g"]),
@@ -234,28 +235,20 @@ def test_a_1d_signal_reshaped_into_2d_convs_is_read_channels_last_and_its_impuls
     ]
     w = rng.normal(size=(8, 1, 1, 16))
     inits = {"w": w, "w2": rng.normal(size=(6, 8, 1, 5)), "axis": np.array([2])}
-    m = load_model_proto(make_model(nodes, [("x", ["N", length, 1])], [("y", ["N", 6])], inits))
+    return load_model_proto(make_model(nodes, [("x", ["N", 120, 1])], [("y", ["N", 6])], inits)), w
+
+
+def test_a_1d_signal_reshaped_into_2d_convs_is_read_channels_last_and_its_impulse_gives_the_kernels():
+    m, w = _reshaped_signal_net(3)
     assert m.image_input.layout == "NLC" and m.image_input.channels == 1  # the Transpose shows it: no --layout
     layer = run_impulse(m, device="cpu").layers[0]  # crashed: zip() argument 2 is longer than argument 1
     np.testing.assert_allclose(layer.responses[:, 0], w[:, 0, :, ::-1], atol=1e-6)
 
 
 def test_a_strided_1d_signal_reshaped_into_2d_convs_shows_its_whole_kernels_through_phases():
-    # raw audio [N, L, 1] read by 1 x 16 kernels at stride 1 x 4: one impulse shows every 4th tap of each kernel;
-    # the 4 phases along the signal show them all (the inserted axis of size 1 takes none)
-    rng = np.random.default_rng(5)
-    nodes = [
-        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
-        helper.make_node("Unsqueeze", ["t", "axis"], ["u"]),  # [N, 1, 1, L]
-        helper.make_node("Conv", ["u", "w"], ["z"], name="c1", strides=[1, 4]),
-        helper.make_node("Relu", ["z"], ["a"]),
-        helper.make_node("Conv", ["a", "w2"], ["z2"], name="c2"),
-        helper.make_node("GlobalAveragePool", ["z2"], ["g"]),
-        helper.make_node("Flatten", ["g"], ["y"]),
-    ]
-    w = rng.normal(size=(8, 1, 1, 16))
-    inits = {"w": w, "w2": rng.normal(size=(6, 8, 1, 5)), "axis": np.array([2])}
-    m = load_model_proto(make_model(nodes, [("x", ["N", 120, 1])], [("y", ["N", 6])], inits))
+    # 1 x 16 kernels at stride 1 x 4: one impulse shows every 4th tap of each kernel; the 4 phases along the
+    # signal show them all (the inserted axis of size 1 takes none)
+    m, w = _reshaped_signal_net(5, stride=4)
     result = run_impulse(m, device="cpu")
     first = result.layers[0]
     assert first.phases == (1, 4) and first.responses.shape == (8, 1, 1, 16)  # was (1, 1): 4 of the 16 taps
