@@ -153,6 +153,7 @@ class _GraphBuilder:
         self._n = 0
         self._consts: dict[str, np.ndarray] = {}
         self._index = {node: i for i, node in enumerate(source.graph)}
+        self._values = ir.convenience.create_value_mapping(source.graph, include_subgraphs=False)
 
     def value(self, x: str | ir.Value) -> ir.Value:
         """A value of the model being built: itself, or the input of that name."""
@@ -212,6 +213,11 @@ class _GraphBuilder:
         produced = {v for node in nodes for v in node.outputs}
         reads = (v for node in nodes for v in [*node.inputs, *captured(node)])
         boundary = list(dict.fromkeys(v for v in reads if v is not None and v not in produced))
+        known = {*rename, *self.inputs, *self.copied}
+        computed = [v.name for v in boundary if v.name not in known and not v.is_initializer()]
+        if computed:  # tensors computed from constants alone: their producers, copied as they are, all at once
+            nodes_before = needed(self.source.graph, {*self.inputs, *self.copied}, computed, self._values)
+            self._copy(nodes_before, self.copied, "", self.constant_nodes)
         targets = [rename[v.name] if v.name in rename else self._outer(v) for v in boundary]
         clone = ir.GraphView(boundary, list(produced), nodes=nodes).clone()
         for placeholder, target in zip(list(clone.inputs), targets, strict=True):
@@ -230,17 +236,14 @@ class _GraphBuilder:
         into.extend(copies)
 
     def _outer(self, value: ir.Value) -> ir.Value:
-        """What stands for the source's tensor ``value`` here: the input of its name, the same constant, or a copy
-        of the nodes that compute it from constants alone (a bias reshaped by a Reshape node, say)."""
+        """What stands for the source's tensor ``value`` here: the input of its name, the same constant, or the
+        copy of what computes it from constants alone (a bias reshaped by a Reshape node, say)."""
         name = value.name
         if name in self.inputs:
             return self.inputs[name]
-        if name not in self.copied and value.is_initializer():
+        if name not in self.copied:  # an initializer: the same tensor
             self.copied[name] = ir.Value(name=name, type=value.type, shape=value.shape, const_value=value.const_value)
             self.initializers[name] = self.copied[name]
-        elif name not in self.copied:
-            known = {*self.inputs, *self.copied}
-            self._copy(needed(self.source.graph, known, [name]), self.copied, "", self.constant_nodes)
         return self.copied[name]
 
     def model(self, outputs: dict[str, tuple[ir.Value, ir.TensorType, list]], name: str) -> onnx.ModelProto:

@@ -83,10 +83,12 @@ def captured(node: ir.Node) -> list[ir.Value]:
     return list(found)
 
 
-def needed(graph: ir.Graph, inputs: set[str], outputs: list[str]) -> list[ir.Node]:
+def needed(
+    graph: ir.Graph, inputs: set[str], outputs: list[str], values: dict[str, ir.Value] | None = None
+) -> list[ir.Node]:
     """The nodes of ``graph`` (in its order) that compute the tensors ``outputs`` from the tensors ``inputs``,
-    the producers of what their bodies capture included."""
-    values = ir.convenience.create_value_mapping(graph, include_subgraphs=False)
+    the producers of what their bodies capture included (``values``: the graph's values by name, if at hand)."""
+    values = values if values is not None else ir.convenience.create_value_mapping(graph, include_subgraphs=False)
     stack = [values[name] for name in outputs if name not in inputs and name in values]
     seen, found = set(stack), set()
     while stack:
