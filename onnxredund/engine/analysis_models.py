@@ -37,7 +37,7 @@ from onnx import TensorProto, helper
 
 from onnxredund.engine.ir_edit import captured, constant_value, needed, to_ir, to_proto
 from onnxredund.engine.ir_edit import default_opset as ir_default_opset
-from onnxredund.engine.surgery import cut, expose_outputs, inject_input, side_inputs, value_info
+from onnxredund.engine.surgery import cut_ir, expose_outputs, inject_input_ir, side_inputs, value_info
 from onnxredund.errors import OnnxRedundError
 from onnxredund.metrics import ERROR_BINS, ERROR_EDGES
 from onnxredund.model import (
@@ -89,12 +89,14 @@ def build_clean_model(model: Model, layer: ConvLayer, outputs: list[str]) -> tup
 
 def build_direct_model(model: Model, layer: ConvLayer, outputs: list[str]) -> tuple[onnx.ModelProto, list[str]]:
     """(perturbed X, clean X, side tensors) -> (A_i, *outputs); returns it and its input names."""
-    injected = inject_input(model.analysis_proto, layer, PERTURBED)
-    side = [t for t in side_inputs(model.analysis_proto, layer.input) if t != layer.input]
+    source = model.analysis_proto
+    injected = to_ir(source)
+    inject_input_ir(injected, source, layer, PERTURBED)
+    side = [t for t in side_inputs(source, layer.input) if t != layer.input]
     inputs = [PERTURBED, layer.input, *side]
     wanted = list(dict.fromkeys([layer.activation, *outputs]))
     # Another consumer may not read the clean X at all: cut only keeps the inputs it needs.
-    proto = cut(injected, inputs, wanted)
+    proto = cut_ir(injected, source, inputs, wanted)
     used = {t for n in proto.graph.node for t in n.input}
     keep = [i for i in proto.graph.input if i.name in used or i.name in wanted]
     del proto.graph.input[:]

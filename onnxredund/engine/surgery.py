@@ -31,11 +31,13 @@ from onnxredund.model import (
 
 __all__ = [
     "cut",
+    "cut_ir",
     "cut_layer",
     "cut_prefix",
     "cut_suffix",
     "expose_outputs",
     "inject_input",
+    "inject_input_ir",
     "linearize",
     "needed_nodes",
     "side_inputs",
@@ -62,7 +64,8 @@ def _set_types(model: ir.Model, proto: onnx.ModelProto, names: list[str]) -> dic
         raise OnnxRedundError(f"no tensors {missing} in the model; tensors come from node outputs or graph inputs")
     known = value_infos(proto)
     for name in dict.fromkeys(names):
-        ir.serde.deserialize_value_info_proto(value_info(proto, name, known), values[name])
+        if name in known or values[name].type is None:  # a value the edit made is typed already
+            ir.serde.deserialize_value_info_proto(value_info(proto, name, known), values[name])
     return values
 
 
@@ -95,10 +98,15 @@ def cut(proto: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.M
     Raises:
         OnnxRedundError: the outputs also depend on a graph input not listed in ``inputs``.
     """
-    model = to_ir(proto)
+    return cut_ir(to_ir(proto), proto, inputs, outputs)
+
+
+def cut_ir(model: ir.Model, proto: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
+    """:func:`cut` of ``model``, the IR of ``proto`` or of an edit of it (``proto``'s inferred shapes type the
+    cut's inputs and outputs; what the edit added keeps its own)."""
     graph = model.graph
     values = _set_types(model, proto, [*inputs, *outputs])
-    nodes = needed(graph, set(inputs), outputs)
+    nodes = needed(graph, set(inputs), outputs, values)
     read = {v for node in nodes for v in [*node.inputs, *captured(node)] if v is not None}
     read |= {values[name] for name in outputs}
     leaked = sorted(v.name for v in read if v.is_graph_input() and not v.is_initializer() and v.name not in inputs)
@@ -160,6 +168,12 @@ def inject_input(proto: onnx.ModelProto, layer: ConvLayer, name: str = "perturbe
     Every other consumer of A_{i-1} (residual branches, other convs, If/Loop/Scan bodies) keeps the clean tensor.
     """
     model = to_ir(proto)
+    inject_input_ir(model, proto, layer, name)
+    return to_proto(model)
+
+
+def inject_input_ir(model: ir.Model, proto: onnx.ModelProto, layer: ConvLayer, name: str) -> None:
+    """:func:`inject_input` on ``model``, the IR of ``proto``, in place."""
     if name in Names(model.graph).taken:
         raise OnnxRedundError(f"tensor name {name!r} is already used in the model; pick another")
     node = model.graph.node(layer.node_index)
@@ -170,7 +184,6 @@ def inject_input(proto: onnx.ModelProto, layer: ConvLayer, name: str = "perturbe
     value = ir.serde.deserialize_value_info_proto(vi, None)
     node.replace_input_with(0, value)
     model.graph.inputs.append(value)
-    return to_proto(model)
 
 
 _BYPASS = ACTIVATION_OPS | {"PRelu"}

@@ -213,8 +213,14 @@ def fold_tensors(proto: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.
     return out
 
 
+#: the standard ops that hold subgraphs (attributes of type GRAPH or GRAPHS)
+_WITH_BODIES = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+
 def bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     """The subgraphs an If/Loop/Scan node holds (its branches, its body); none for other nodes."""
+    if node.domain in ("", "ai.onnx") and node.op_type not in _WITH_BODIES:
+        return []  # most nodes, found without looking at their attributes
     return [g for a in node.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))]
 
 
