@@ -462,9 +462,11 @@ def build_fast_model(
     graph = proto.graph
     side = side_inputs(proto, layer.activation)
     inputs = list(dict.fromkeys([layer.input, layer.output, layer.activation, *side, *outputs, "ks", "perm_index"]))
-    source = to_ir(proto)
+    source = model.derived("analysis_ir", lambda: to_ir(proto))  # read, never edited: one for every build
     nodes = list(source.graph)
-    b = _GraphBuilder(source, _input_infos(proto, inputs, mode))
+    b = _GraphBuilder(
+        source, _input_infos(proto, inputs, mode, model.derived("value_infos", lambda: value_infos(proto)))
+    )
     zp = _perturbed_preactivation(b, model, layer, mode)
     rename = {layer.output: zp}
     b.copy([nodes[i] for i in _chain_nodes(graph, layer)], rename, "chain/")
@@ -481,9 +483,10 @@ def build_fast_model(
     return b.model(results, "onnxredund_fast_sweep"), inputs
 
 
-def _input_infos(proto: onnx.ModelProto, inputs: list[str], mode: str) -> list[onnx.ValueInfoProto]:
-    """The fast model's inputs: ``ks`` and ``perm_index``, and the original's tensors as the original types them."""
-    infos, out = value_infos(proto), []
+def _input_infos(proto: onnx.ModelProto, inputs: list[str], mode: str, infos: dict) -> list[onnx.ValueInfoProto]:
+    """The fast model's inputs: ``ks`` and ``perm_index``, and the original's tensors as ``infos`` (its inferred
+    value infos) type them."""
+    out = []
     for name in inputs:
         if name == "ks":
             out.append(helper.make_tensor_value_info("ks", TensorProto.INT64, ["K"]))

@@ -5,8 +5,10 @@ layout, the per-sample shape of every tensor, and which output holds class score
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -108,6 +110,7 @@ class Model:
     shape_constants: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     _constants: ConstantTable | None = field(default=None, repr=False, compare=False)
     _analysis: onnx.ModelProto | None = field(default=None, repr=False, compare=False)
+    _derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def analysis_proto(self) -> onnx.ModelProto:
@@ -168,6 +171,13 @@ class Model:
             layer = self.layer(key.strip() if isinstance(key, str) else key)
             picked.setdefault(layer.index, layer)
         return list(picked.values())
+
+    def derived(self, key: str, make: Callable[[], Any]) -> Any:
+        """Something computed from the model once and kept with it (``make()`` the first time ``key`` is asked
+        for): what must not change once made, such as the analysis model's IR that builders read, never edit."""
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
 
     def constant(self, name: str) -> np.ndarray | None:
         """The value of a constant tensor (initializer, Constant node, Identity of one), or None."""
