@@ -39,7 +39,6 @@ __all__ = [
     "inject_input",
     "inject_input_ir",
     "linearize",
-    "needed_nodes",
     "side_inputs",
     "value_info",
 ]
@@ -81,14 +80,6 @@ def expose_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     values = _set_types(model, proto, new)
     model.graph.outputs.extend(values[name] for name in new)
     return to_proto(model)
-
-
-def needed_nodes(graph: onnx.GraphProto, inputs: set[str], outputs: list[str]) -> list[int]:
-    """Indices (in graph order) of the nodes needed to compute ``outputs`` given ``inputs`` (the producers of
-    what If/Loop/Scan bodies read from the outer scope included)."""
-    ir_graph = ir.serde.deserialize_graph(graph)
-    index = {node: i for i, node in enumerate(ir_graph)}
-    return [index[node] for node in needed(ir_graph, set(inputs), outputs)]
 
 
 def cut(proto: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
