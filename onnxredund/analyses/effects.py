@@ -19,7 +19,7 @@ measured in any order, anywhere, and merged: :class:`EffectMeter` keeps the sums
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -71,6 +71,17 @@ class OutputEffect:
     top1_agreement: np.ndarray | None = None
     top5_agreement: np.ndarray | None = None
     kl_divergence: np.ndarray | None = None
+
+    def unmeasured(self, unseen: np.ndarray) -> OutputEffect:
+        """This effect with NaN for the channels ``unseen`` (K,) flags: no image reached them."""
+        if not unseen.any():
+            return self
+        arrays = {
+            f.name: np.where(unseen, np.nan, getattr(self, f.name))
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), np.ndarray)
+        }
+        return replace(self, **arrays)
 
     def to_dict(self) -> dict:
         return {

@@ -171,7 +171,9 @@ class ShuffleResult:
             "accuracy_std": _rounded(self.accuracy_std),
             "agreement": _rounded(self.agreement),
             "agreement_std": _rounded(self.agreement_std),
-            "baseline_accuracy": None if self.baseline_accuracy is None else round(self.baseline_accuracy, 10),
+            "baseline_accuracy": nan_to_none([self.baseline_accuracy])[0]
+            if self.baseline_accuracy is not None
+            else None,
             "outputs": {name: effect.to_dict() for name, effect in self.outputs.items()},
             "estimation": self.estimation.to_dict(),
             "channel_images": None if self.images is None else [int(v) for v in self.images],
@@ -235,7 +237,15 @@ class ShuffleResult:
 
 
 def _rounded(a) -> list | None:
-    return None if a is None else np.round(np.asarray(a, np.float64), 10).tolist()
+    """Nested lists for JSON, rounded to 10 digits, with None for NaN (a channel not measured)."""
+    if a is None:
+        return None
+    a = np.round(np.asarray(a, np.float64), 10)
+    if np.isfinite(a).all():
+        return a.tolist()
+    kept = a.astype(object)
+    kept[~np.isfinite(a)] = None
+    return kept.tolist()
 
 
 def _intervals(low, high) -> list | None:
@@ -589,6 +599,15 @@ def _device_steps(runner: SweepRunner, clean_batches, channels: list[int], repea
         yield _End(bi, size)
 
 
+def _unmeasured(values: np.ndarray | None, unseen: np.ndarray, axis: int = 0) -> np.ndarray | None:
+    """``values`` as floats with NaN for the channels ``unseen`` flags along ``axis``; None stays None."""
+    if values is None or not unseen.any():
+        return values
+    values = np.array(values, np.float64)
+    np.moveaxis(values, axis, 0)[unseen] = np.nan
+    return values
+
+
 def _mean_std(per_repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return per_repeat.mean(axis=0), per_repeat.std(axis=0)
 
@@ -612,6 +631,17 @@ def sweep_result(
     low, high = meter.cost_bounds(sums, np.where(looks > 0, looks, 1), estimation)
     # a sequential sweep's decisions were taken as it went; an exhaustive one's at its one look, at the end
     decision = sums["decision"][0] if estimation.sequential else decide(low, high, estimation.cheap_drop)
+    # a channel no image reached yet (a sweep stopped before its first batch ended) has no numbers: NaN
+    # (null in JSON), undecided, never the zeros its empty sums would give
+    unseen = sums["seen"].min(axis=0) == 0 if sums["seen"].size else np.zeros(0, bool)
+    cosine_repeats = _unmeasured(sums["cos_sum"] / seen[..., None], unseen, axis=1)
+    cosine, cosine_std, low, high = (_unmeasured(a, unseen) for a in (cosine, cosine_std, low, high))
+    acc, agr = (tuple(_unmeasured(v, unseen) for v in pair) for pair in (acc, agr))
+    decision = np.where(unseen, UNDECIDED, decision)
+    channel_baseline = (sums["baseline_correct"] / seen).mean(axis=0) if meter.labelled else None
+    channel_baseline = _unmeasured(channel_baseline, unseen)
+    if unseen.all() and meter.labelled:
+        baseline = float("nan")
     return ShuffleResult(
         model=model.path,
         layer=layer.name,
@@ -637,12 +667,14 @@ def sweep_result(
         layer_in_channels=layer.in_channels,
         samples_done=state.samples_done,
         seconds=state.seconds,
-        cosine_repeats=sums["cos_sum"] / seen[..., None],
-        outputs=meter.effects(sums),
+        cosine_repeats=cosine_repeats,
+        outputs={name: effect.unmeasured(unseen) for name, effect in meter.effects(sums).items()},
         classifier=pred,
         data_info=data.describe(),
         images=sums["seen"][0].copy(),
-        channel_baseline=(sums["baseline_correct"] / seen).mean(axis=0) if meter.labelled else None,
+        channel_baseline=_unmeasured((sums["baseline_correct"] / seen).mean(axis=0), unseen)
+        if meter.labelled
+        else None,
         cost_low=low,
         cost_high=high,
         decision=[DECISIONS[d] for d in decision],

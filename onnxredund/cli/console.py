@@ -101,7 +101,8 @@ def shuffle_lines(result: ShuffleResult) -> list[str]:
     """A sweep's summary: most and least redundant channels, and the effect at the outputs in words that fit
     the data (accuracy only with labels)."""
     mean = result.mean_cosine()
-    order = np.argsort(-mean)
+    measured = np.flatnonzero(np.isfinite(mean))  # a sweep stopped before its first batch measured none
+    order = measured[np.argsort(-mean[measured])]
     done = (
         f"{result.samples_done} samples"
         if result.complete
@@ -111,32 +112,44 @@ def shuffle_lines(result: ShuffleResult) -> list[str]:
         f"{result.mode} shuffling at {short_name(result.layer)} ({result.route} path, {result.device}): "
         f"{done}, {len(result.channels)} channels, seed {result.seed}"
     ]
+    if not len(measured):
+        lines.append("  no channel measured: no batch finished")
+    else:
+        lines += _measured_lines(result, mean, order)
+    lines.append("  " + decision_words(result))
+    if not result.complete:
+        lines.append("  INTERRUPTED: partial results; rerun with --resume to finish")
+    return lines
+
+
+def _measured_lines(result: ShuffleResult, mean: np.ndarray, order: np.ndarray) -> list[str]:
+    """The ranking and the effects at the outputs, over the channels measured (``order``: by mean cosine)."""
     top = ", ".join(f"{result.channels[i]} ({mean[i]:.3f})" for i in order[:3])
     bottom = ", ".join(f"{result.channels[i]} ({mean[i]:.3f})" for i in order[::-1][:3])
-    lines.append(f"  most redundant (highest mean cosine): {top}")
-    lines.append(f"  least redundant (lowest mean cosine): {bottom}")
+    lines = [
+        f"  most redundant (highest mean cosine): {top}",
+        f"  least redundant (lowest mean cosine): {bottom}",
+    ]
     if result.accuracy is not None:
-        worst = int(np.argmin(result.accuracy))
+        worst = int(np.nanargmin(result.accuracy))
         lines.append(
             f"  accuracy: baseline {100 * result.baseline_accuracy:.2f} %, worst {100 * result.accuracy[worst]:.2f} % "
-            f"(channel {result.channels[worst]}), mean {100 * result.accuracy.mean():.2f} %"
+            f"(channel {result.channels[worst]}), mean {100 * np.nanmean(result.accuracy):.2f} %"
         )
     if result.agreement is not None:
         lines.append(
-            f"  top-1 agreement with the clean model ({result.classifier}): min {100 * result.agreement.min():.2f} %, "
-            f"mean {100 * result.agreement.mean():.2f} %"
+            f"  top-1 agreement with the clean model ({result.classifier}): "
+            f"min {100 * np.nanmin(result.agreement):.2f} %, mean {100 * np.nanmean(result.agreement):.2f} %"
         )
     for name, effect in result.outputs.items():
         if effect.classifier:
             continue
-        worst = int(np.argmin(effect.cosine))
+        worst = int(np.nanargmin(effect.cosine))
+        sqnr = effect.sqnr_db[np.isfinite(effect.sqnr_db)]
         lines.append(
             f"  output {name}: lowest cosine {effect.cosine[worst]:.4f} (channel {result.channels[worst]}), "
-            f"lowest SQNR {np.nanmin(effect.sqnr_db):.1f} dB"
+            + (f"lowest SQNR {sqnr.min():.1f} dB" if sqnr.size else "SQNR undefined (a zero output)")
         )
-    lines.append("  " + decision_words(result))
-    if not result.complete:
-        lines.append("  INTERRUPTED: partial results; rerun with --resume to finish")
     return lines
 
 

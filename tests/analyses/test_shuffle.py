@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 
 import numpy as np
 import onnx
@@ -575,3 +576,47 @@ def test_an_interrupt_while_a_batch_is_summed_leaves_the_numbers_of_the_batches_
     first_two = run_shuffle(model, 1, d.limit(40), mode="pixel", batch_size=20, device="cpu", seed=4, exact_path=True)
     for key in ("outputs", "cosine", "accuracy", "agreement", "baseline_accuracy"):
         assert partial.to_dict()[key] == first_two.to_dict()[key], key
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_a_sweep_interrupted_before_its_first_batch_ends_reports_no_numbers_not_zeros(monkeypatch, tmp_path, exact):
+    """Stopped before any image reached a channel, a sweep has no cosine, effect or decision to give: null in
+    JSON (not the 0.0 its empty sums divide to, which read as "costly"), every channel undecided on 0 images, and
+    the console and files say so without a numpy warning."""
+    from onnxredund.cli.console import shuffle_lines
+    from onnxredund.report.writers import write_shuffle
+
+    model = load_model_proto(small_cnn(6)[0])
+    c = model.layers[1].in_channels
+
+    def interrupt(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EffectMeter, "add_rows", interrupt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "All-NaN slice" and "Mean of empty slice" among them
+        result = run_shuffle(model, 1, data(40), batch_size=20, device="cpu", exact_path=exact)
+        lines = shuffle_lines(result)
+        write_shuffle(tmp_path, result)
+    payload = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert not result.complete and result.samples_done == 0
+    assert payload["channel_images"] == [0] * c and payload["decision"] == ["undecided"] * c
+    assert payload["mean_cosine"] == [None] * c and payload["cost"] == [None] * c
+    assert all(v is None for row in payload["cosine"] + payload["cosine_std"] for v in row)
+    assert payload["accuracy"] == [None] * c and payload["baseline_accuracy"] is None
+    assert payload["cost_interval"] == [[None, None]] * c
+    assert all(v is None for effect in payload["outputs"].values() for v in effect["cosine"])
+    assert lines[1] == "  no channel measured: no batch finished"
+    assert f"decided: 0 cheap, 0 costly, {c} undecided" in lines[2]
+    assert json.loads((tmp_path / "shuffle-channel.json").read_text())["mean_cosine"] == [None] * c
+
+
+def test_a_finished_sweeps_numbers_do_not_change_with_the_unmeasured_masking():
+    """Every channel measured: no NaN anywhere, and the JSON equals its float-rounded numbers."""
+    model = load_model_proto(small_cnn(6)[0])
+    d = data(40)
+    result = run_shuffle(model, 1, d, batch_size=20, device="cpu")
+    payload = result.to_dict()
+    assert payload["channel_images"] == [40] * model.layers[1].in_channels
+    assert payload["cosine"] == np.round(result.cosine, 10).tolist()
+    assert all(isinstance(v, float) for v in payload["mean_cosine"])
