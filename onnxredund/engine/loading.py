@@ -6,6 +6,7 @@ cannot tell), and decide its image input's layout from what the graph does with 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,9 @@ from onnxredund.model import (
 )
 
 __all__ = ["LAYOUT_CHOICES", "load_model", "load_model_proto"]
+
+# the convs of quantized models (integer inputs and weights): ONNX's own and onnxruntime's contrib ones
+QUANTIZED_CONV_OPS = frozenset({"ConvInteger", "QLinearConv", "QLinearConvTranspose"})
 
 
 InputShapes = tuple[int, ...] | dict[str | None, tuple[int, ...]] | None
@@ -111,6 +115,13 @@ def load_model_proto(
             raise OnnxRedundError(
                 f"{path} has its {inside} convs inside If/Loop/Scan bodies only; onnxredund analyses the convs of "
                 "the main graph (export the model without control flow)"
+            )
+        quantized = Counter(n.op_type for n in proto.graph.node if n.op_type in QUANTIZED_CONV_OPS)
+        if quantized:
+            ops = ", ".join(f"{count} {op}" for op, count in sorted(quantized.items()))
+            raise OnnxRedundError(
+                f"{path} has quantized convs only ({ops}); onnxredund analyses float convs: give it the float "
+                "model this one was quantized from"
             )
         raise OnnxRedundError(f"{path} has no Conv node; onnxredund analyses convolutional networks")
     check_finite_weights(proto, path)

@@ -101,6 +101,33 @@ RESHAPED = [helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("Co
 SUMMED = [helper.make_node("Add", ["x", "x2"], ["s"]), helper.make_node("Conv", ["s", "w"], ["z"])]
 RELU_ONLY = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", ["N", 3, 5, 5])], [("y", ["N", 3, 5, 5])])
 
+def _dynamically_quantized() -> onnx.ModelProto:
+    """A conv as onnxruntime's dynamic quantization writes it (ddddocr's OCR model has 21 of these): the input
+    quantized at run time, a ConvInteger on uint8 weights, the int32 sums scaled back to float."""
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+        helper.make_node("ConvInteger", ["xq", "wq", "xz", "wz"], ["acc"]),
+        helper.make_node("Cast", ["acc"], ["accf"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Mul", ["xs", "ws"], ["scale"]),
+        helper.make_node("Mul", ["accf", "scale"], ["z"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.full((4, 3, 3, 3), 130, np.uint8), "wq"),
+        numpy_helper.from_array(np.array(128, np.uint8), "wz"),
+        numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "quantized",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 5, 5])],
+        [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", 4, 3, 3])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
 #: a model file given to `layers`: name -> (its bytes, made from the good model's bytes; expected message)
 MODEL_FILES = {
     "empty file": (lambda good: b"", "is empty"),
@@ -108,6 +135,10 @@ MODEL_FILES = {
     "truncated protobuf": (lambda good: good[: len(good) // 2], "ONNX model"),
     "no graph": (lambda good: onnx.ModelProto(ir_version=8).SerializeToString(), "has no graph"),
     "no conv": (lambda good: RELU_ONLY.SerializeToString(), "has no Conv node"),
+    "quantized convs only": (
+        lambda good: _dynamically_quantized().SerializeToString(),
+        "has quantized convs only (1 ConvInteger); onnxredund analyses float convs: give it the float model",
+    ),
     "opset too new": (lambda good: _opset(27).SerializeToString(), "uses opset 27"),
     "opset too old": (lambda good: _opset(5).SerializeToString(), "uses opset 5"),
     "unknown op": (
