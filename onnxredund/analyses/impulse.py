@@ -60,6 +60,10 @@ __all__ = [
 MAX_PHASES = 4  # phase positions per axis of a strided conv
 MIN_SUPPORT = 3  # positions a response needs to be compared (a 1x1 support is one number per input channel)
 _MAX_RUN = 64  # impulses per run
+QUANTIZED_NOTE = (
+    "the model quantizes its activations (QuantizeLinear): an impulse's small responses may round to zero; "
+    "analyse the float model it was made from for its kernels' responses"
+)
 _MAX_OUTPUT_BYTES = 1 << 30  # the network's outputs for the impulses held at once, at most
 _JSON_MATRIX_CHANNELS = 256  # larger NCC matrices go to the .npz only
 _JSON_MATRIX_VALUES = 100_000  # and so do those past this many values in all (about 1.3 MB of JSON)
@@ -472,6 +476,8 @@ def _run_groups(model: Model, site: ImpulseSite, feeds: dict, groups, mode: str,
     blocks, notes, budget = _Blocks(), [], _memory_budget()
     for members, rows in groups:
         sub = cut(model.analysis_proto, list(site.inputs), [layer.output for layer in members])
+        if QUANTIZED_NOTE not in notes and any(n.op_type == "QuantizeLinear" for n in sub.graph.node):
+            notes.append(QUANTIZED_NOTE)
         if mode != "network":
             sub, found = linearize(sub)
             notes += [n for n in found if n not in notes]

@@ -387,6 +387,19 @@ def _uncompensated(model: Model, groups: list[ChannelGroup], removed: dict[int, 
     return [f"{', '.join(names)} (transposed) read the removed channels as zeros: no compensation goes into them"]
 
 
+def _dequantized(model: Model, updates: dict) -> list[str]:
+    """A note naming the compensated consumers whose weights were quantized (QDQ): their new weights are float."""
+    graph = model.proto.graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    names = [node_label(graph, i) for i in sorted(updates) if made_by.get(graph.node[i].input[1]) == "DequantizeLinear"]
+    if not names:
+        return []
+    return [
+        f"{', '.join(names)}: compensated weights are float, no longer quantized (the file grows); quantize the "
+        "pruned model again, or prune without compensation to keep them int8"
+    ]
+
+
 # -- measuring -------------------------------------------------------------------------------------------
 
 
@@ -640,7 +653,7 @@ def run_prune(
     elif compensation:
         updates = compensate(model, groups, removed, compensation, stats)
     if compensation:
-        notes += _uncompensated(model, groups, removed)
+        notes += _uncompensated(model, groups, removed) + _dequantized(model, updates or {})
     pruned = remove_channels(model, groups, removed, updates=updates)
     check = _check(model, groups, removed, pruned, cal, updates)
     reference = Reference.of(model, ev, batch_size=batch_size, device=device)

@@ -315,6 +315,30 @@ class NormalizationRule(OpRule):
         walk.maps[node.output[0]] = list(walk.maps[node.input[0]])
 
 
+class QuantizeRule(OpRule):
+    """QuantizeLinear / DequantizeLinear of a QDQ model's activations: per tensor, channel c stays channel c;
+    per channel (a 1-D scale on axis 1), its scale and zero point are cut with the channels."""
+
+    ops = ("QuantizeLinear", "DequantizeLinear")
+
+    def follow(self, walk: Walk, node: onnx.NodeProto, carried: list[str]) -> None:
+        params = [t for t in node.input[1:] if t]
+        if node.input[0] not in carried or any(t not in walk.constants for t in params):
+            walk.refuse(carried, f"{node.op_type} {walk.label()!r} has computed parameters")
+            return
+        scale = np.asarray(walk.constants[params[0]])
+        segments = walk.maps[node.input[0]]
+        if scale.size > 1:
+            axis = attribute(node, "axis", 1) % max(walk.rank(node.input[0]), 1)
+            if scale.ndim != 1 or axis != 1 or attribute(node, "block_size", 0) or any(s.block != 1 for s in segments):
+                walk.refuse(carried, f"{node.op_type} {walk.label()!r} quantizes them per block or on another axis")
+                return
+            for s in segments:
+                for t in params:
+                    walk.cut(Cut.tensor, t, 0, s, Role.constant)
+        walk.maps[node.output[0]] = list(segments)
+
+
 class ElementwiseRule(OpRule):
     """Elementwise ops of several inputs: maps combined tie their groups place for place; a constant with one value
     per channel is cut with them, one broadcast over them is not."""
@@ -691,6 +715,7 @@ for _rule in (
     TransposeRule(),
     SqueezeRule(),
     NormalizationRule(),
+    QuantizeRule(),
     ElementwiseRule(),
     ConcatRule(),
     SplitRule(),

@@ -52,6 +52,7 @@ from onnxredund.model import (
     Model,
     attribute,
     copy_model,
+    dequantize,
     external_tensors,
     tensor_array,
 )
@@ -165,6 +166,35 @@ class _Writer:
             node.resize_inputs(position + 1)
         node.replace_input_with(position, init)
         return init.name
+
+    def cut_quantized(self, node: ir.Node, name: str, axes: dict[int, set[int]]) -> bool:
+        """Where ``node`` reads ``name`` from a DequantizeLinear of initializers (a QDQ model's weight or bias),
+        cut the quantized tensor (and a per-axis scale and zero point on a cut axis) and give ``node`` a
+        DequantizeLinear of its own reading them: the weights stay quantized. False where ``name`` is not such a
+        tensor, already rewritten, or quantized per block (then the float values are cut instead)."""
+        position = next(k for k, v in enumerate(node.inputs) if v is not None and v.name == name)
+        dq = node.inputs[position].producer()
+        if name in self.written or dq is None or dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx"):
+            return False
+        sources = [v for v in dq.inputs if v is not None]
+        if any(v.const_value is None for v in sources) or "block_size" in dq.attributes:
+            return False
+        q, *params = (v.const_value.numpy() for v in sources)
+        axis = dq.attributes["axis"].as_int() % q.ndim if "axis" in dq.attributes else 1 % q.ndim
+        per_axis = [cut for cut in axes if cut == axis and params[0].size > 1]
+        for cut_axis, idx in axes.items():
+            q = np.delete(q, sorted(idx), axis=cut_axis)
+        params = [np.delete(p, sorted(axes[axis]), axis=0) for p in params] if per_axis else params
+        inputs = [self.initializer(q, sources[0].name)]
+        inputs += [self.initializer(p, v.name) if per_axis else v for p, v in zip(params, sources[1:], strict=True)]
+        new = ir.Node("", "DequantizeLinear", inputs, attributes=list(dq.attributes.values()), num_outputs=1)
+        new.outputs[0].name = self.fresh(name)
+        new.outputs[0].type = ir.TensorType(ir.DataType.from_numpy(params[0].dtype))
+        new.outputs[0].shape = ir.Shape(q.shape)
+        self.graph.insert_before(node, new)
+        node.replace_input_with(position, new.outputs[0])
+        self.written[new.outputs[0].name] = dequantize(q, *params, axis=axis)
+        return True
 
     def replace(self, node: ir.Node, old: str, value: np.ndarray) -> None:
         """``node`` reads ``value`` where it read ``old``: in place where ``old`` is an initializer only this
@@ -286,6 +316,8 @@ def remove_channels(
         for (kind, _, name), axes in by_node.get(node_index, []):
             if kind == Cut.tensor and name in own:
                 own_cuts[name] = axes
+            elif kind == Cut.tensor and writer.cut_quantized(node, name, axes):
+                continue
             elif kind == Cut.tensor:
                 value = writer.value(name)
                 for axis, idx in axes.items():

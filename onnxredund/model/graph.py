@@ -25,6 +25,7 @@ __all__ = [
     "data_dependent",
     "data_inputs",
     "default_opset",
+    "dequantize",
     "dims",
     "downstream",
     "fold_tensors",
@@ -88,7 +89,8 @@ def default_opset(proto: onnx.ModelProto) -> int | None:
 
 
 class ConstantTable(Mapping):
-    """The constant tensors of a graph (initializers, Constant nodes, Identity of those), by name.
+    """The constant tensors of a graph (initializers, Constant nodes, Identity of those, and the float weights
+    a DequantizeLinear makes of constants: a quantized model's QDQ weights), by name.
 
     Values are decoded to numpy only when looked up, and then kept: a big model's weights are not
     all copied to find a few conv kernels.
@@ -101,11 +103,25 @@ class ConstantTable(Mapping):
                 self._sources[node.output[0]] = node
             elif node.op_type == "Identity" and node.input and node.input[0] in self._sources:
                 self._sources[node.output[0]] = self._sources[node.input[0]]
+            elif node.op_type in _QUANTIZE_OPS and node.domain in ("", "ai.onnx"):
+                if all(t in self._sources for t in node.input if t):
+                    self._sources[node.output[0]] = node
         self._values: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._values:
-            self._values[name] = _decode(self._sources[name])
+            source = self._sources[name]
+            if isinstance(source, onnx.NodeProto) and source.op_type in _QUANTIZE_OPS:
+                values = [self[t] if t else None for t in source.input]
+                axis, block = attribute(source, "axis", 1), attribute(source, "block_size", 0)
+                if source.op_type == "QuantizeLinear":
+                    to = attribute(source, "output_dtype", 0)
+                    kind = onnx.helper.tensor_dtype_to_np_dtype(to) if to else np.uint8
+                    self._values[name] = quantize(*values, axis=axis, block_size=block, dtype=kind)
+                else:
+                    self._values[name] = dequantize(*values, axis=axis, block_size=block)
+            else:
+                self._values[name] = _decode(source)
         return self._values[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -125,6 +141,54 @@ class ConstantTable(Mapping):
         if source is not None:
             return attribute(source, "value")
         return None
+
+
+_QUANTIZE_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _spread(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int, block_size: int):
+    """The scale and zero point broadcast against ``x``: per tensor, per ``axis`` (1-D) or per block along it."""
+    if scale.size == 1:
+        return scale, zero
+    axis %= x.ndim
+    if block_size:
+        take = range(x.shape[axis])
+        return tuple(np.repeat(v, block_size, axis=axis).take(take, axis=axis) for v in (scale, zero))
+    shape = [1] * x.ndim
+    shape[axis] = x.shape[axis]
+    return scale.reshape(shape), zero.reshape(shape)
+
+
+def dequantize(
+    x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None = None, *, axis: int = 1, block_size: int = 0
+) -> np.ndarray:
+    """What DequantizeLinear computes: (x - zero) * scale, per tensor, per ``axis`` (a 1-D scale) or per block of
+    ``block_size`` along it, as onnxruntime does (the difference in int32, then a float product in the scale's
+    type)."""
+    zero = np.zeros_like(scale, dtype=x.dtype) if zero is None else zero
+    scale, zero = _spread(x, scale, zero, axis, block_size)
+    diff = x.astype(np.int32) - zero.astype(np.int32)
+    return diff.astype(scale.dtype) * scale
+
+
+def quantize(
+    x: np.ndarray,
+    scale: np.ndarray,
+    zero: np.ndarray | None = None,
+    *,
+    axis: int = 1,
+    block_size: int = 0,
+    dtype=np.uint8,
+) -> np.ndarray:
+    """What QuantizeLinear computes: x / scale rounded half to even, plus the zero point, saturated to the zero
+    point's integer type (``dtype`` without one), per tensor, per ``axis`` or per block, as onnxruntime does."""
+    kind = np.dtype(dtype if zero is None else zero.dtype)
+    zero = np.zeros_like(scale, dtype=kind) if zero is None else zero
+    scale, zero = _spread(x, scale, zero, axis, block_size)
+    info = np.iinfo(kind)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.rint(x.astype(np.float32) / scale.astype(np.float32)) + zero.astype(np.float32)
+    return np.clip(y, info.min, info.max).astype(kind)
 
 
 def _decode(source: onnx.TensorProto | onnx.NodeProto) -> np.ndarray:

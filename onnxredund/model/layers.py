@@ -164,6 +164,8 @@ def _weight_shape(constants: ConstantTable, shapes: dict, weight: str) -> tuple[
     tensor = constants.tensor(weight)
     if tensor is not None:
         return tuple(int(d) for d in tensor.dims)
+    if weight in constants:  # computed from constants: a quantized model's dequantized weight
+        return tuple(int(d) for d in constants[weight].shape)
     return shapes.get(weight)
 
 

@@ -357,6 +357,8 @@ _AXIS_KEEPING = frozenset(
     {
         "Identity",
         "Cast",
+        "QuantizeLinear",
+        "DequantizeLinear",
         "Relu",
         "LeakyRelu",
         "Clip",

@@ -101,6 +101,7 @@ RESHAPED = [helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("Co
 SUMMED = [helper.make_node("Add", ["x", "x2"], ["s"]), helper.make_node("Conv", ["s", "w"], ["z"])]
 RELU_ONLY = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", ["N", 3, 5, 5])], [("y", ["N", 3, 5, 5])])
 
+
 def _dynamically_quantized() -> onnx.ModelProto:
     """A conv as onnxruntime's dynamic quantization writes it (ddddocr's OCR model has 21 of these): the input
     quantized at run time, a ConvInteger on uint8 weights, the int32 sums scaled back to float."""

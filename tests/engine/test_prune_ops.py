@@ -91,6 +91,20 @@ PRUNED = {
         ],
         {"slope": _w(4, 1, 1), "k1": _w(1, 4, 1, 1), "k2": _w(4, 1, 1), "k3": np.abs(_w(1, 4, 1, 1)) + 1},
     ),
+    "QuantizeLinear/DequantizeLinear of activations, per tensor": lambda: _then_conv2(
+        [
+            helper.make_node("QuantizeLinear", ["p", "qs"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "qs"], ["m"]),
+        ],
+        {"qs": np.float32(0.05)},
+    ),
+    "QuantizeLinear/DequantizeLinear of activations, per channel": lambda: _then_conv2(
+        [
+            helper.make_node("QuantizeLinear", ["p", "qs"], ["q"], axis=1),
+            helper.make_node("DequantizeLinear", ["q", "qs"], ["m"], axis=1),
+        ],
+        {"qs": np.array([0.05, 0.02, 0.1, 0.07], np.float32)},
+    ),
     "Add of two convs (residual)": lambda: _then_conv2(
         [
             helper.make_node("Conv", ["x", "wr"], ["r"], name="convr", pads=[1, 1, 1, 1]),
@@ -190,15 +204,15 @@ REFUSED = {
         ),
         "DepthToSpace node",
     ),
-    "QuantizeLinear/DequantizeLinear": (
+    "QuantizeLinear/DequantizeLinear per row": (
         lambda: _then_conv2(
             [
-                helper.make_node("QuantizeLinear", ["p", "qs"], ["q"]),
-                helper.make_node("DequantizeLinear", ["q", "qs"], ["m"]),
+                helper.make_node("QuantizeLinear", ["p", "qs"], ["q"], axis=2),
+                helper.make_node("DequantizeLinear", ["q", "qs"], ["m"], axis=2),
             ],
-            {"qs": np.float32(0.05)},
+            {"qs": np.full(S, 0.05, np.float32)},
         ),
-        "QuantizeLinear node",
+        "quantizes them per block or on another axis",
     ),
     "Softmax over channels": (
         lambda: _then_conv2([helper.make_node("Softmax", ["p"], ["m"], axis=1)], {}),
