@@ -10,13 +10,11 @@ from onnxredund.report.figures import (
     accuracy_figure,
     cascade_figure,
     cosine_figure,
-    ncc_figure,
     prune_curves_figure,
-    response_grid_figure,
     shuffle_example_figure,
 )
 from onnxredund.report.html import Figure, Section, Table, render_html
-from onnxredund.report.writers import write_figures
+from onnxredund.report.writers import layer_impulse_figures, write_figures
 
 __all__ = ["write_reproduce"]
 
@@ -56,14 +54,10 @@ def write_reproduce(out: Path, result: ReproduceResult) -> None:
     )
     for model, imp in result.impulses.items():
         for layer in imp.layers:
-            figs[f"fig8-{model}-{layer.name}-responses.png"] = Figure(
-                response_grid_figure(layer.responses, f"{model} {layer.name}: impulse responses"),
-                f"Figure 8: {model} {layer.name}: impulse responses",
-            )
-            figs[f"fig9-{model}-{layer.name}-ncc.png"] = Figure(
-                ncc_figure(layer.ncc, f"{model} {layer.name}: NCC"),
-                f"Figure 9: {model} {layer.name}: NCC of impulse responses",
-            )
+            label = f"{model} {layer.name}"
+            captions = (f"Figure 8: {label}: impulse responses", f"Figure 9: {label}: NCC of impulse responses")
+            files = (f"fig8-{model}-{layer.name}-responses.png", f"fig9-{model}-{layer.name}-ncc.png")
+            figs |= dict(zip(files, layer_impulse_figures(layer, label, captions), strict=True))
     prune_blocks = _prune_section(out, result, figs) if result.prune is not None else []
     write_figures(out, figs)
     claims = Table(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxredund.analyses.impulse import ImpulseResult
+from onnxredund.analyses.impulse import ImpulseResult, LayerImpulse
 from onnxredund.analyses.shuffle import ShuffleResult
 from onnxredund.atomic import atomic_write, csv_text, write_json
 from onnxredund.report.figures import (
@@ -52,20 +52,30 @@ COST_LABELS = {
 EFFECT_FILES = {"accuracy": "accuracy", "agreement": "agreement", "output cosine": "output-cosine"}
 
 
+def layer_impulse_figures(layer: LayerImpulse, label: str, captions: tuple[str, str], mode: str = ""):
+    """A layer's response grid (paper fig. 8) and NCC heatmap (fig. 9), titled after ``label`` (and the
+    impulse ``mode``), with their ``captions``."""
+    responses = f"{label}: impulse responses" + (f" ({mode})" if mode else "")
+    return (
+        Figure(response_grid_figure(layer.responses, responses), captions[0]),
+        Figure(ncc_figure(layer.ncc, f"{label}: NCC of impulse responses"), captions[1]),
+    )
+
+
 def impulse_figures(result: ImpulseResult, prefix: str = "") -> dict[str, Figure]:
     """File name -> figure: per layer a response grid (paper fig. 8) and an NCC heatmap (fig. 9)."""
     figs = {}
     for layer in result.layers:
         left_out = sum(layer.excluded.values())
         note = f" ({left_out} left out of the comparison: {layer.excluded})" if left_out else ""
-        figs[f"{prefix}impulse-{layer.index}-responses.png"] = Figure(
-            response_grid_figure(layer.responses, f"{prefix}{layer.name}: impulse responses ({result.mode})"),
-            f"{prefix}{layer.name}: impulse response of each output channel (input channel 0){note}",
+        label = f"{prefix}{layer.name}"
+        captions = (
+            f"{label}: impulse response of each output channel (input channel 0){note}",
+            f"{label}: one-vs-all normalized cross-correlation of the impulse responses",
         )
-        figs[f"{prefix}impulse-{layer.index}-ncc.png"] = Figure(
-            ncc_figure(layer.ncc, f"{prefix}{layer.name}: NCC of impulse responses"),
-            f"{prefix}{layer.name}: one-vs-all normalized cross-correlation of the impulse responses",
-        )
+        pair = layer_impulse_figures(layer, label, captions, result.mode)
+        files = (f"{prefix}impulse-{layer.index}-responses.png", f"{prefix}impulse-{layer.index}-ncc.png")
+        figs |= dict(zip(files, pair, strict=True))
     return figs
 
 
