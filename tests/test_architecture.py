@@ -47,7 +47,7 @@ ALLOWED = {
 #: modules that may be imported inside a function: heavy and optional
 LAZY_OK = {"matplotlib", "matplotlib.pyplot"}
 #: the commands import the library when they run, so that help and a mistyped option load none of it
-LAZY_LIBRARY = {"cli/commands.py"}
+LAZY_LIBRARY = {"cli/commands.py", "cli/groups.py"}
 
 
 def _part(path: Path) -> str:

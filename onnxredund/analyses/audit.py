@@ -43,7 +43,7 @@ import numpy as np
 from onnxredund import __version__
 from onnxredund.analyses.distributed import job_for, plan_units, run_sweep_units
 from onnxredund.analyses.evaluate import one_class_note
-from onnxredund.analyses.gates import GATE_METRICS, check_gates, parse_gate
+from onnxredund.analyses.gates import GATE_METRICS, check_gate_applies, check_gates
 from onnxredund.analyses.impulse import ImpulseResult, run_impulse
 from onnxredund.analyses.plan import (
     PASS_COST,
@@ -70,9 +70,9 @@ __all__ = [
     "AuditResult",
     "LayerSummary",
     "audit_estimate",
+    "check_gate_applies",
     "check_gates",
     "clear_checkpoints",
-    "parse_gate",
     "run_audit",
 ]
 

@@ -80,17 +80,41 @@ def plan_units(job: SweepJob, sweeps: list[tuple[ConvLayer, str]]) -> list[Sweep
     return units
 
 
-def job_for(model: Model, data: DataSource, sweeps: list[tuple[ConvLayer, str, list[int]]], **options) -> SweepJob:
-    """A job for the sweeps ``(layer, mode, channels)``, with the chunk size each layer's fast path takes."""
-    device = resolve_device(options.get("device", "auto"))
-    exact, batch = options.get("exact_path", False), options.get("batch_size", 256)
+def job_for(
+    model: Model,
+    data: DataSource,
+    sweeps: list[tuple[ConvLayer, str, list[int]]],
+    *,
+    batch_size: int = BATCH_SIZE,
+    repeats: int = 1,
+    seed: int = 0,
+    device: str = "auto",
+    exact_path: bool = False,
+    chunk: int | None = None,
+    estimation: Estimation = EXHAUSTIVE,
+    unit_seconds: float | None = None,
+) -> SweepJob:
+    """A job for the sweeps ``(layer, mode, channels)``, with the chunk size each layer's fast path takes
+    (``chunk``, else sized to memory); the other arguments as :func:`~onnxredund.analyses.shuffle.run_shuffle`
+    takes them, ``unit_seconds`` as :class:`SweepJob` does."""
+    resolved = resolve_device(device)
     chunks = {}
     for layer, _, _ in sweeps:
-        direct = exact or fast_path_blocker(model, layer) is not None
-        chunks[layer.name] = 1 if direct else options.get("chunk") or chunk_size(model, layer, device, batch)
-    names = ("seed", "batch_size", "repeats", "exact_path", "device", "estimation", "unit_seconds")
-    keep = {k: options[k] for k in names if k in options}
-    return SweepJob(model, data, {(layer.name, m): tuple(c) for layer, m, c in sweeps}, chunks, **keep)
+        direct = exact_path or fast_path_blocker(model, layer) is not None
+        chunks[layer.name] = 1 if direct else chunk or chunk_size(model, layer, resolved, batch_size)
+    return SweepJob(
+        model,
+        data,
+        {(layer.name, m): tuple(c) for layer, m, c in sweeps},
+        chunks,
+        seed=seed,
+        batch_size=batch_size,
+        repeats=repeats,
+        exact_path=exact_path,
+        device=device,
+        estimation=estimation,
+        unit_seconds=unit_seconds,
+    )
 
 
 def run_unit(job: SweepJob, unit: SweepUnit, cache: dict) -> dict:

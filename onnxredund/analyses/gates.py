@@ -14,13 +14,12 @@ output, of the output effects: ``accuracy_drop``, ``agreement_drop`` (1 - top-1 
 from __future__ import annotations
 
 import operator
-import re
 from dataclasses import dataclass
 
 from onnxredund.errors import OnnxRedundError
 from onnxredund.words import counted
 
-__all__ = ["GATE_METRICS", "Gate", "GateOutcome", "check_gates", "parse_gate"]
+__all__ = ["GATE_METRICS", "Gate", "GateOutcome", "check_gate_applies", "check_gates"]
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
@@ -80,31 +79,25 @@ class GateOutcome:
         return self.status in ("failed", "not evaluated")
 
 
-def parse_gate(spec: str, *, labelled: bool = True, classifier: bool = True) -> Gate:
-    """'redundant_fraction>0.5' -> Gate('redundant_fraction', '>', 0.5), checked against what the data allows.
+def check_gate_applies(gate: Gate, *, labelled: bool = True, classifier: bool = True) -> None:
+    """Refuse a gate whose metric the data or the model cannot give.
 
     Raises:
-        OnnxRedundError: a malformed gate, an unknown metric, or a metric the data or model cannot give.
+        OnnxRedundError: accuracy without labels, or a classifier's metric without a classifier output.
     """
-    m = re.fullmatch(r"\s*([a-z0-9_]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*", spec)
-    if not m or m.group(1) not in GATE_METRICS:
-        raise OnnxRedundError(f"bad gate {spec!r}; use METRIC>VALUE with METRIC one of {', '.join(GATE_METRICS)}")
-    try:
-        gate = Gate(m.group(1), m.group(2), float(m.group(3)))
-    except ValueError:
-        raise OnnxRedundError(f"bad gate value in {spec!r}") from None
+    if gate.metric not in GATE_METRICS:
+        raise OnnxRedundError(f"gate {gate}: unknown metric; use one of {', '.join(GATE_METRICS)}")
     if gate.metric == "accuracy_drop" and not labelled:
         raise OnnxRedundError(
-            f"gate {spec!r}: the data has no labels, so there is no accuracy; use agreement_drop "
+            f"gate {gate}: the data has no labels, so there is no accuracy; use agreement_drop "
             "(agreement with the unperturbed model)"
         )
     needs_classifier = ("agreement_drop", "top1_agreement", "top5_agreement", "kl_divergence", "accuracy_drop")
     if gate.metric in needs_classifier and not classifier:
         raise OnnxRedundError(
-            f"gate {spec!r}: the model has no classifier output (N, classes); use output_cosine, output_sqnr "
+            f"gate {gate}: the model has no classifier output (N, classes); use output_cosine, output_sqnr "
             "or output_relative_l2 (or name one with `classifier`)"
         )
-    return gate
 
 
 def check_gates(summaries, gates: list[Gate]) -> list[GateOutcome]:

@@ -72,7 +72,6 @@ __all__ = [
     "SpeedTarget",
     "Target",
     "channel_importance",
-    "parse_channel_spec",
     "run_prune",
     "select_channels",
 ]
@@ -170,24 +169,6 @@ def macs_for_speedup(
         else:
             lo = mid
     return hi, at_hi, tried
-
-
-def parse_channel_spec(specs: list[str] | tuple[str, ...]) -> dict[str, list[int]]:
-    """``["conv2:3,7", "conv1:0-2"]`` -> ``{"conv2": [3, 7], "conv1": [0, 1, 2]}``."""
-    out: dict[str, list[int]] = {}
-    for spec in specs:
-        layer, sep, channels = spec.rpartition(":")
-        if not sep or not layer or not channels:
-            raise OnnxRedundError(f"`channels` {spec!r}: write LAYER:CHANNELS, e.g. conv2:3,7 or conv2:0-3")
-        picked = out.setdefault(layer, [])
-        for part in channels.split(","):
-            lo, dash, hi = part.strip().partition("-")
-            try:
-                span = range(int(lo), int(hi) + 1) if dash else [int(lo)]
-            except ValueError:
-                raise OnnxRedundError(f"`channels` {spec!r}: {part!r} is not a channel or a range a-b") from None
-            picked += [c for c in span if c not in picked]
-    return out
 
 
 def _by_producer(groups: list[ChannelGroup], model: Model, layer: str) -> ChannelGroup:

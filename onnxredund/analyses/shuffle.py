@@ -69,7 +69,6 @@ __all__ = [
     "effect_kind",
     "effect_meter",
     "new_state",
-    "parse_channels",
     "run_shuffle",
     "run_shuffle_modes",
     "sweep_result",
@@ -254,26 +253,6 @@ def _intervals(low, high) -> list | None:
     return [list(pair) for pair in zip(nan_to_none(low), nan_to_none(high), strict=True)]
 
 
-def parse_channels(spec: str | None, count: int) -> list[int]:
-    """'0,3,5-9' -> [0, 3, 5, 6, 7, 8, 9]; None -> all ``count`` channels."""
-    if spec is None or spec.strip() in ("", "all"):
-        return list(range(count))
-    out: list[int] = []
-    for part in spec.split(","):
-        lo, sep, hi = part.strip().partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
-            raise OnnxRedundError(f"bad channel list {spec!r}; use e.g. 0,3,5-9")
-        rng = range(int(lo), int(hi) + 1) if sep else [int(lo)]
-        for k in rng:
-            if k >= count:
-                raise OnnxRedundError(f"channel {k} does not exist: the layer's input has channels 0..{count - 1}")
-            if k not in out:
-                out.append(k)
-    if not out:
-        raise OnnxRedundError(f"empty channel list {spec!r}")
-    return out
-
-
 def _warn_degenerate(mode: str, batch_size: int, num: int) -> None:
     if mode == "channel" and min(batch_size, num) == 1:
         log.warning("channel shuffling with a batch of 1 is a no-op: every sample keeps its own channel")
@@ -286,9 +265,8 @@ def _check_arguments(layer: ConvLayer, mode: str, channels: list[int], batch_siz
         raise OnnxRedundError("`batch_size` and `repeats` must be at least 1")
     bad = [k for k in channels if not 0 <= k < layer.in_channels]
     if bad:
-        raise OnnxRedundError(
-            f"channels {bad} do not exist: {layer.name!r} has input channels 0..{layer.in_channels - 1}"
-        )
+        which = f"channel {bad[0]} does not" if len(bad) == 1 else f"channels {', '.join(map(str, bad))} do not"
+        raise OnnxRedundError(f"{which} exist: {layer.name!r} has input channels 0..{layer.in_channels - 1}")
 
 
 def check_labels(model: Model, data: DataSource) -> None:
@@ -693,7 +671,13 @@ def run_shuffle_modes(
     resume: bool = False,
     progress: Callable[[str, int, int], Callable[[int], None]] | None = None,
     on_result: Callable[[ShuffleResult], None] | None = None,
-    **options,
+    batch_size: int = BATCH_SIZE,
+    repeats: int = 1,
+    seed: int = 0,
+    device: str = "auto",
+    exact_path: bool = False,
+    chunk: int | None = None,
+    estimation: Estimation = EXHAUSTIVE,
 ) -> dict[str, ShuffleResult]:
     """One sweep per mode, each checkpointed after every batch in ``checkpoint_dir``; stops after an
     interrupted sweep.
@@ -705,13 +689,12 @@ def run_shuffle_modes(
         progress: ``progress(label, total samples, samples already done)`` returns a callback
             taking samples finished.
         on_result: called with each sweep's result as soon as it ends (to write it).
-        options: batch_size, repeats, seed, device, exact_path, chunk (see :func:`run_shuffle`).
+        batch_size, repeats, seed, device, exact_path, chunk, estimation: as :func:`run_shuffle` takes them.
     """
     if resume and checkpoint_dir is None:
         raise OnnxRedundError("`resume` needs the `out` folder of the interrupted run")
-    defaults = {"batch_size": 256, "repeats": 1, "seed": 0, "exact_path": False}
-    key_args = {k: options.get(k, v) for k, v in defaults.items()}
-    estimation = options.get("estimation", EXHAUSTIVE)
+    key_args = {"batch_size": batch_size, "repeats": repeats, "seed": seed, "exact_path": exact_path}
+    options = key_args | {"device": device, "chunk": chunk, "estimation": estimation}
     results: dict[str, ShuffleResult] = {}
     for mode in modes:
         ckpt = checkpoint_path(checkpoint_dir, mode) if checkpoint_dir else None
@@ -725,7 +708,7 @@ def run_shuffle_modes(
                 "pass `overwrite` to start again"
             )
         if state is None:
-            meter = effect_meter(model, data, key_args["repeats"], len(channels))
+            meter = effect_meter(model, data, repeats, len(channels))
             state = new_state(meter, layer, key)
         bar = progress(f"{mode} shuffle", len(data), state.samples_done) if progress else None
         result = run_shuffle(

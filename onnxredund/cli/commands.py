@@ -30,56 +30,28 @@ from onnxredund.choices import (
 )
 from onnxredund.cli import console, options
 from onnxredund.cli.app import command_logging
+from onnxredund.cli.groups import BackendArgs, DataArgs, EstimationArgs, ModelArgs, OptionGroup
+from onnxredund.cli.params import CHANNEL_LIST, GATE, LAYER_CHANNELS
 from onnxredund.errors import OnnxRedundError
 from onnxredund.interrupts import deferred, exit_status, stop_status
 
 if TYPE_CHECKING:
     from onnxredund.analyses.prune import SpeedTarget, Target
-    from onnxredund.data import DataSource
     from onnxredund.model import Model
 
 __all__ = ["COMMANDS", "audit", "evaluate", "impulse", "layers", "prune", "reproduce", "shuffle"]
 
 log = logging.getLogger("onnxredund")
 
-_MODEL_KEYS = ("input_shape", "impulse_input", "layout", "classifier_output")
-_DATA_KEYS = ("data", "limit", "preprocess", "labels", "skip_bad_images", "data_loader_script")
 _HTML_SECONDS = 1.0  # of an audit's budget, kept for writing report.html after the last figure
 
 
-def _model(model: Path, opts: dict) -> Model:
-    """The model, from the model option group's values (popped from ``opts``)."""
-    from onnxredund.engine.loading import load_model
-
-    o = {k: opts.pop(k) for k in _MODEL_KEYS}
-    return load_model(
-        model,
-        input_shape=o["input_shape"],
-        impulse_input=o["impulse_input"],
-        layout=o["layout"],
-        classifier=o["classifier_output"],
-    )
-
-
-def _data(model: Model | None, opts: dict, seed: int) -> DataSource:
-    """The data, from the data option group's values (popped from ``opts``), cut to --limit."""
-    from onnxredund.data import load_dataset, load_script
-
-    o = {k: opts.pop(k) for k in _DATA_KEYS}
-    if o["data_loader_script"]:
-        if o["data"]:
-            raise OnnxRedundError("pass --data or --data-loader-script, not both")
-        return load_script(o["data_loader_script"]).limit(o["limit"])
-    inputs = None if model is None else model.inputs
-    data = load_dataset(
-        o["data"],
-        seed=seed,
-        inputs=inputs,
-        preprocess=o["preprocess"],
-        labels=o["labels"],
-        skip_bad_images=o["skip_bad_images"],
-    )
-    return data.limit(o["limit"])
+def _take(values: dict, *groups: type[OptionGroup]) -> list:
+    """The option groups from a command's keyword arguments, which they must use up."""
+    taken = [group.take(values) for group in groups]
+    if values:
+        raise RuntimeError(f"options {sorted(values)} belong to no group of the command (a bug of onnxredund)")
+    return taken
 
 
 def _layer_list(spec: str | None, model: Model):
@@ -88,15 +60,6 @@ def _layer_list(spec: str | None, model: Model):
 
 def _echo_json(payload) -> None:
     click.echo(json.dumps(payload, indent=2, sort_keys=True))
-
-
-def _backend(opts: dict):
-    """The backend from the backend options (popped from ``opts``); None for the local one (today's path)."""
-    from onnxredund.engine.backends import make_backend
-
-    name, address, workers = opts.pop("backend"), opts.pop("ray_address"), opts.pop("workers")
-    backend = make_backend(name, address=address, workers=workers, device=opts.get("device", "auto"))
-    return None if name == "local" else backend
 
 
 def _interrupted(out_dir: Path | None, bars) -> None:
@@ -126,14 +89,15 @@ def _keeping(out_dir: Path | None, what: str, bars: console.StepBars) -> Iterato
 
 
 @click.command()
-@options.model_options
+@ModelArgs.options
 @options.as_json
 @options.verbosity
 @click.pass_context
-def layers(ctx, model: Path, as_json: bool, verbose: int, quiet: bool, **opts) -> None:
+def layers(ctx, as_json: bool, verbose: int, quiet: bool, **groups) -> None:
     """List the conv layers of MODEL: channels, kernel, shapes, the activation tensor A_i, MACs."""
     command_logging(ctx, verbose, quiet)
-    m = _model(model, opts)
+    (model_args,) = _take(groups, ModelArgs)
+    m = model_args.load()
     if as_json:
         _echo_json(console.layers_payload(m))
     else:
@@ -141,21 +105,22 @@ def layers(ctx, model: Path, as_json: bool, verbose: int, quiet: bool, **opts) -
 
 
 @click.command()
-@options.model_options
-@options.data_options
+@ModelArgs.options
+@DataArgs.options
 @options.batch_size
 @options.device
 @options.seed
 @options.as_json
 @options.verbosity
 @click.pass_context
-def evaluate(ctx, model: Path, batch_size, device, seed, as_json, verbose, quiet, **opts) -> None:
+def evaluate(ctx, batch_size, device, seed, as_json, verbose, quiet, **groups) -> None:
     """Top-1 accuracy of MODEL's classifier output on labelled data."""
     from onnxredund.analyses.evaluate import evaluate as evaluate_model
 
     command_logging(ctx, verbose, quiet)
-    m = _model(model, opts)
-    result = evaluate_model(m, _data(m, opts, seed), batch_size=batch_size, device=device)
+    model_args, data_args = _take(groups, ModelArgs, DataArgs)
+    m = model_args.load()
+    result = evaluate_model(m, data_args.load(m, seed), batch_size=batch_size, device=device)
     if as_json:
         _echo_json(result)
     else:
@@ -166,11 +131,11 @@ def evaluate(ctx, model: Path, batch_size, device, seed, as_json, verbose, quiet
 
 
 @click.command()
-@options.model_options
+@ModelArgs.options
 @click.option("--layer", required=True, help="Target conv: name or index (see `onnxredund layers`).")
 @click.option("--mode", "--modes", "mode", type=options.shuffle_modes, default="channel", show_default=True)
-@click.option("--channels", help="Input channels to perturb, e.g. 0,3,5-9 [default: all].")
-@options.data_options
+@click.option("--channels", type=CHANNEL_LIST, help="Input channels to perturb, e.g. 0,3,5-9 [default: all].")
+@DataArgs.options
 @options.batch_size
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, help="Seeds to average over.")
 @options.seed
@@ -186,34 +151,60 @@ def evaluate(ctx, model: Path, batch_size, device, seed, as_json, verbose, quiet
     help="Decide each channel cheap or costly as its images arrive (in a seeded random order) and stop measuring "
     "it once decided; the sweep ends when all are.",
 )
-@options.cheap_drop
-@options.confidence
-@options.backend_options
+@EstimationArgs.options
+@BackendArgs.options
 @options.as_json
 @options.verbosity
 @click.pass_context
 def shuffle(
-    ctx, model: Path, layer, mode, channels, out, overwrite, resume, sequential, as_json, verbose, quiet, **opts
+    ctx,
+    layer,
+    mode,
+    channels,
+    batch_size,
+    repeats,
+    seed,
+    device,
+    exact_path,
+    chunk,
+    out,
+    overwrite,
+    resume,
+    sequential,
+    as_json,
+    verbose,
+    quiet,
+    **groups,
 ):
     """Shuffle each input channel of a conv layer (across samples, or its pixels) and measure the
     cosine similarity of the layer's output per channel and the effect at the model's outputs."""
     from onnxredund.analyses.distributed import job_for, run_sweep_units
     from onnxredund.analyses.evaluate import one_class_note
-    from onnxredund.analyses.sequential import Estimation
-    from onnxredund.analyses.shuffle import parse_channels, run_shuffle_modes
+    from onnxredund.analyses.shuffle import run_shuffle_modes
     from onnxredund.report.schema import check_sweep
     from onnxredund.report.writers import write_shuffle
 
     quiet = command_logging(ctx, verbose, quiet)
     out_dir = prepare_out_dir(out, overwrite=overwrite, resume=resume) if out else None
-    m = _model(model, opts)
+    model_args, data_args, estimation_args, backend_args = _take(
+        groups, ModelArgs, DataArgs, EstimationArgs, BackendArgs
+    )
+    m = model_args.load()
     target = m.layer(layer)
-    data = _data(m, opts, opts["seed"])
-    backend = _backend(opts)
+    data = data_args.load(m, seed)
+    backend = backend_args.load(device)
     bars = console.StepBars(quiet or as_json)
     modes = MODES if mode == "both" else (mode,)
-    picked = parse_channels(channels, target.in_channels)
-    opts["estimation"] = Estimation(sequential, opts.pop("cheap_drop"), opts.pop("confidence"))
+    picked = list(range(target.in_channels)) if channels is None else channels
+    run = {
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "seed": seed,
+        "device": device,
+        "exact_path": exact_path,
+        "chunk": chunk,
+        "estimation": estimation_args.load(sequential),
+    }
 
     def write(result) -> None:
         with deferred():  # a sweep's JSON and CSVs are written together
@@ -233,10 +224,10 @@ def shuffle(
                 resume=resume,
                 progress=bars,
                 on_result=on_result,
-                **opts,
+                **run,
             )
         else:
-            job = job_for(m, data, [(target, md, picked) for md in modes], **opts)
+            job = job_for(m, data, [(target, md, picked) for md in modes], **run)
             done, complete = run_sweep_units(
                 job,
                 [(target, md) for md in modes],
@@ -251,7 +242,7 @@ def shuffle(
                 _interrupted(out_dir, bars)
     bars.close()
     complete = all(r.complete for r in results.values())
-    one_class = one_class_note(m, data, batch_size=opts["batch_size"], device=opts["device"]) if complete else None
+    one_class = one_class_note(m, data, batch_size=batch_size, device=device) if complete else None
     if one_class:
         log.warning(one_class)
     if as_json:
@@ -271,7 +262,7 @@ def shuffle(
 
 
 @click.command()
-@options.model_options
+@ModelArgs.options
 @click.option("--layers", "layer_spec", help="Conv layers by name or index, comma separated [default: all].")
 @click.option("--mode", type=options.impulse_modes, default="network", show_default=True)
 @click.option(
@@ -294,7 +285,6 @@ def shuffle(
 @click.pass_context
 def impulse(
     ctx,
-    model: Path,
     layer_spec,
     mode,
     threshold,
@@ -308,7 +298,7 @@ def impulse(
     as_json,
     verbose,
     quiet,
-    **opts,
+    **groups,
 ):
     """Unit impulse responses of every conv layer, compared by normalized cross-correlation within
     and across layers."""
@@ -317,7 +307,8 @@ def impulse(
 
     quiet = command_logging(ctx, verbose, quiet)
     out_dir = prepare_out_dir(out, overwrite=overwrite) if out else None
-    m = _model(model, opts)
+    (model_args,) = _take(groups, ModelArgs)
+    m = model_args.load()
     bars = console.StepBars(quiet or as_json)
     result = run_impulse(
         m,
@@ -344,8 +335,8 @@ def impulse(
 
 
 @click.command()
-@options.model_options
-@options.data_options
+@ModelArgs.options
+@DataArgs.options
 @click.option("--layers", "layer_spec", help="Conv layers to audit [default: every conv the image input reaches].")
 @click.option("--budget", type=click.FloatRange(min=1), help="Seconds for the whole audit; what does not fit is cut.")
 @click.option("--modes", "--mode", "modes", type=options.shuffle_modes, default="both", show_default=True)
@@ -354,16 +345,16 @@ def impulse(
     "--threshold", type=float, default=NCC_THRESHOLD, show_default=True, help="NCC at which channels count as alike."
 )
 @options.impulse_at
-@options.cheap_drop
 @click.option(
     "--fail-if",
     "gates",
+    type=GATE,
     multiple=True,
     help="Gate, e.g. 'redundant_fraction>0.5', 'accuracy_drop>0.02', 'output_sqnr<20': exit 1 when a layer trips it.",
 )
 @options.seed
 @options.device
-@options.backend_options
+@BackendArgs.options
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted audit in --out (its finished sweeps, batches or units)."
 )
@@ -374,7 +365,7 @@ def impulse(
     help="Measure every image for every channel, or decide each channel as its images arrive and stop measuring "
     "it once decided [default: sequential with --budget, else exhaustive].",
 )
-@options.confidence
+@EstimationArgs.options
 @click.option("--dry-run", is_flag=True, help="List the sweeps and their units with a time estimate; run nothing.")
 @options.out
 @options.overwrite
@@ -382,20 +373,40 @@ def impulse(
 @options.verbosity
 @click.pass_context
 def audit(
-    ctx, model, layer_spec, modes, gates, exhaustive, resume, dry_run, out, overwrite, as_json, verbose, quiet, **run
+    ctx,
+    layer_spec,
+    budget,
+    modes,
+    batch_size,
+    threshold,
+    impulse_at,
+    gates,
+    seed,
+    device,
+    resume,
+    exhaustive,
+    dry_run,
+    out,
+    overwrite,
+    as_json,
+    verbose,
+    quiet,
+    **groups,
 ) -> None:
     """Impulse analysis and shuffling of the chosen layers, combined per layer into a redundancy summary;
     writes report.html, results.json, CSV tables and figures into --out."""
-    from onnxredund.analyses.audit import audit_estimate, check_gates, clear_checkpoints, parse_gate, run_audit
-    from onnxredund.analyses.sequential import Estimation
+    from onnxredund.analyses.audit import audit_estimate, check_gate_applies, check_gates, clear_checkpoints, run_audit
     from onnxredund.model import classifier_output
     from onnxredund.report.audit_report import report_seconds, write_audit, write_audit_impulse, write_audit_sweep
 
     started = time.perf_counter()
     quiet = command_logging(ctx, verbose, quiet)
-    m = _model(model, run)
-    data = _data(m, run, run["seed"])
-    backend = _backend(run)
+    model_args, data_args, backend_args, estimation_args = _take(
+        groups, ModelArgs, DataArgs, BackendArgs, EstimationArgs
+    )
+    m = model_args.load()
+    data = data_args.load(m, seed)
+    backend = backend_args.load(device)
     modes = MODES if modes == "both" else (modes,)
     layers = _layer_list(layer_spec, m)
     if dry_run:
@@ -405,15 +416,11 @@ def audit(
             data,
             layers=layers or m.layers,
             modes=modes,
-            budget=run["budget"],
+            budget=budget,
             workers=workers,
-            batch_size=run["batch_size"],
-            device=run["device"],
-            estimation=Estimation(
-                run["budget"] is not None if exhaustive is None else not exhaustive,
-                run["cheap_drop"],
-                run["confidence"],
-            ),
+            batch_size=batch_size,
+            device=device,
+            estimation=estimation_args.load(budget is not None if exhaustive is None else not exhaustive),
         )
         if as_json:
             _echo_json(estimate)
@@ -421,7 +428,8 @@ def audit(
             click.echo("\n".join(console.estimate_lines(estimate, backend)))
         return
     out_dir = prepare_out_dir(out or "onnxredund-audit", overwrite=overwrite, resume=resume)
-    parsed = [parse_gate(g, labelled=data.y is not None, classifier=classifier_output(m) is not None) for g in gates]
+    for gate in gates:
+        check_gate_applies(gate, labelled=data.y is not None, classifier=classifier_output(m) is not None)
     bars = console.StepBars(quiet or as_json)
     with _keeping(out_dir, "what finished (impulse.json, the finished sweeps; continue with --resume)", bars):
         result = run_audit(
@@ -438,10 +446,16 @@ def audit(
             checkpoint_dir=out_dir,
             resume=resume,
             sequential=None if exhaustive is None else not exhaustive,
-            **run,
+            budget=budget,
+            seed=seed,
+            batch_size=batch_size,
+            threshold=threshold,
+            cheap_drop=estimation_args.cheap_drop,
+            confidence=estimation_args.confidence,
+            device=device,
+            impulse_at=impulse_at,
         )
     bars.close()
-    budget = run["budget"]
     with deferred():  # the report and its results are written whole, or an earlier signal stops before them
         write_audit(out_dir, result, parts=False, deadline=None if budget is None else started + budget - _HTML_SECONDS)
         if result.complete:
@@ -455,7 +469,7 @@ def audit(
     if not result.complete:
         click.echo(f"onnxredund: interrupted: the report is incomplete; --resume --out {out_dir} continues", err=True)
         sys.exit(stop_status())
-    _report_gates(check_gates(result.layers, parsed))
+    _report_gates(check_gates(result.layers, list(gates)))
 
 
 def _report_gates(outcomes) -> None:
@@ -487,7 +501,9 @@ def _report_gates(outcomes) -> None:
 @options.as_json
 @options.verbosity
 @click.pass_context
-def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json, verbose, quiet, **run) -> None:
+def reproduce(
+    ctx, data, limit, models_dir, skip_prune, batch_size, seed, device, out, overwrite, as_json, verbose, quiet
+) -> None:
     """The paper's experiments on the shipped LeNet-5 and LeNet-5x10: figures 4-9 and a table that
     checks each of its claims with numbers; then the pruning study on both and a residual network."""
     from onnxredund.analyses.reproduce import run_reproduce, shipped_models, with_prune_study
@@ -497,15 +513,16 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
     quiet = command_logging(ctx, verbose, quiet)
     models_dir = shipped_models(models_dir)
     out_dir = prepare_out_dir(out or "onnxredund-reproduce", overwrite=overwrite)
-    dataset = load_dataset(data, seed=run["seed"]).limit(limit)
+    dataset = load_dataset(data, seed=seed).limit(limit)
     bars = console.StepBars(quiet or as_json)
+    run = {"batch_size": batch_size, "seed": seed, "device": device}
     result = run_reproduce(models_dir, dataset, progress=bars, prune_study=False, **run)
     with deferred():
         write_reproduce(out_dir, result)  # kept, whatever happens to the study
     if not skip_prune:
         try:
             with _keeping(out_dir, "the paper's claims and figures", bars):
-                result = with_prune_study(result, models_dir, dataset, device=run["device"], progress=bars)
+                result = with_prune_study(result, models_dir, dataset, device=device, progress=bars)
         except KeyboardInterrupt as e:
             bars.close()
             with deferred():
@@ -527,8 +544,8 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
 
 
 @click.command()
-@options.model_options
-@options.data_options
+@ModelArgs.options
+@DataArgs.options
 @click.option(
     "--criterion",
     type=click.Choice(CRITERIA),
@@ -554,6 +571,7 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
 @click.option(
     "--channels",
     "channel_specs",
+    type=LAYER_CHANNELS,
     multiple=True,
     help="Remove these channels instead: LAYER:CHANNELS, e.g. conv2:3,7 (repeatable).",
 )
@@ -610,27 +628,38 @@ def reproduce(ctx, data, limit, models_dir, skip_prune, out, overwrite, as_json,
 @click.pass_context
 def prune(
     ctx,
-    model,
+    criterion,
+    scope,
     target_macs,
     target_params,
     target_speedup,
     channel_specs,
+    compensate,
+    calibration,
+    eval_samples,
+    shuffle_metric,
+    shuffle_samples,
+    round_to,
     plan_only,
     out,
     overwrite,
+    batch_size,
+    seed,
+    device,
     as_json,
     verbose,
     quiet,
-    **run,
+    **groups,
 ) -> None:
     """Remove channels from MODEL (a new, smaller ONNX file in --out), then measure both models: parameters,
     conv MACs, file size, accuracy, agreement, output drift, onnxruntime latency."""
-    from onnxredund.analyses.prune import parse_channel_spec, run_prune
+    from onnxredund.analyses.prune import run_prune
     from onnxredund.engine.channel_groups import channel_groups
     from onnxredund.engine.pruning import save_pruned
 
     command_logging(ctx, verbose, quiet)
-    m = _model(model, run)
+    model_args, data_args = _take(groups, ModelArgs, DataArgs)
+    m = model_args.load()
     if plan_only:
         groups = channel_groups(m)
         if as_json:
@@ -638,19 +667,25 @@ def prune(
         else:
             click.echo("\n".join(console.group_lines(m, groups)))
         return
-    target = _prune_target(target_macs, target_params, target_speedup, channel_specs, run["batch_size"])
-    out_path = _pruned_path(out, model, overwrite)
-    data = _data(m, run, run["seed"])
-    compensation = run.pop("compensate")
-    compensation = None if compensation == "none" else compensation
+    target = _prune_target(target_macs, target_params, target_speedup, channel_specs, batch_size)
+    out_path = _pruned_path(out, model_args.model, overwrite)
+    data = data_args.load(m, seed)
     result = run_prune(
         m,
         data,
+        criterion=criterion,
+        scope=scope,
         target=target,
-        channels=parse_channel_spec(channel_specs) if channel_specs else None,
-        compensation=compensation,
-        evaluation=run.pop("eval_samples"),
-        **run,
+        channels=_channels_by_layer(channel_specs) if channel_specs else None,
+        compensation=None if compensate == "none" else compensate,
+        calibration=calibration,
+        evaluation=eval_samples,
+        seed=seed,
+        shuffle_metric=shuffle_metric,
+        shuffle_samples=shuffle_samples,
+        batch_size=batch_size,
+        device=device,
+        round_to=round_to,
     )
     plan_path = out_path.with_suffix(".json")
     with deferred():  # the pruned model and its plan are written together
@@ -661,6 +696,15 @@ def prune(
     else:
         click.echo("\n".join(console.prune_lines(result)))
         click.echo(f"pruned model: {out_path}  plan: {plan_path}")
+
+
+def _channels_by_layer(specs) -> dict[str, list[int]]:
+    """The (layer, channels) pairs of ``--channels``, merged per layer (each channel once)."""
+    out: dict[str, list[int]] = {}
+    for layer, channels in specs:
+        picked = out.setdefault(layer, [])
+        picked += [c for c in channels if c not in picked]
+    return out
 
 
 def _prune_target(

@@ -25,6 +25,7 @@ __all__ = [
     "as_json",
     "backend_options",
     "batch_size",
+    "compose",
     "data_options",
     "device",
     "impulse_at",
@@ -69,7 +70,7 @@ def parse_position(_ctx, _param, value: str | None):
     return tuple(int(p) for p in parts)
 
 
-def _compose(*decorators):
+def compose(*decorators):
     def apply(f):
         for d in reversed(decorators):
             f = d(f)
@@ -78,7 +79,7 @@ def _compose(*decorators):
     return apply
 
 
-model_options = _compose(
+model_options = compose(
     click.argument("model", type=click.Path(dir_okay=True, path_type=Path)),
     click.option(
         "--input-shape",
@@ -98,7 +99,7 @@ model_options = _compose(
         help="The output holding class scores, or 'none' [default: a Softmax output, else the first (N, classes)].",
     ),
 )
-data_options = _compose(
+data_options = compose(
     click.option(
         "--data",
         help="An image folder (png/jpg/bmp/webp, one subfolder per class for labels), an MNIST folder, a .npz "
@@ -123,7 +124,7 @@ data_options = _compose(
         "'labels'). The script runs as your own code, with your rights.",
     ),
 )
-backend_options = _compose(
+backend_options = compose(
     click.option(
         "--backend",
         type=click.Choice(BACKENDS),
@@ -137,7 +138,7 @@ backend_options = _compose(
     ),
     click.option("--workers", type=click.IntRange(min=1), help="Ray workers [default: one per GPU, else per CPU]."),
 )
-verbosity = _compose(
+verbosity = compose(
     click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug)."),
     click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars."),
 )

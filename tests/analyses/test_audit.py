@@ -10,7 +10,7 @@ from builders import make_model, small_cnn
 from onnx import helper, numpy_helper
 
 from onnxredund.analyses.audit import run_audit
-from onnxredund.analyses.gates import check_gates, parse_gate
+from onnxredund.analyses.gates import Gate, check_gate_applies, check_gates
 from onnxredund.analyses.plan import MIN_IMAGES, evenly_spaced, plan_sweeps, suffix_share
 from onnxredund.data import Dataset
 from onnxredund.engine import load_model_proto
@@ -60,7 +60,7 @@ def test_a_spent_budget_shuffles_nothing_and_says_so_and_gates_are_not_passed():
     conv2 = result.layers[1]
     assert conv2.redundancy_score is None and conv2.samples == {} and conv2.worst_accuracy_drop is None
     assert conv2.impulse_redundant_fraction is not None  # the impulse step still ran
-    (outcome,) = check_gates(result.layers, [parse_gate("accuracy_drop>0.02")])
+    (outcome,) = check_gates(result.layers, [Gate("accuracy_drop", ">", 0.02)])
     assert outcome.status == "not evaluated" and outcome.failed
     assert "not evaluated" in outcome.line()
 
@@ -72,10 +72,10 @@ def test_unlabelled_data_speaks_of_agreement_and_refuses_accuracy_gates():
     assert not result.labelled and conv2.worst_accuracy_drop is None and conv2.worst_agreement_drop is not None
     assert any("agreement with the unperturbed model" in n for n in result.notes)
     with pytest.raises(OnnxRedundError, match="use agreement_drop"):
-        parse_gate("accuracy_drop>0.1", labelled=False)
+        check_gate_applies(Gate("accuracy_drop", ">", 0.1), labelled=False)
     with pytest.raises(OnnxRedundError, match="no classifier output"):
-        parse_gate("top1_agreement<0.9", classifier=False)
-    outcome = check_gates(result.layers, [parse_gate("agreement_drop>1.5")])[0]
+        check_gate_applies(Gate("top1_agreement", "<", 0.9), classifier=False)
+    outcome = check_gates(result.layers, [Gate("agreement_drop", ">", 1.5)])[0]
     assert outcome.status == "passed" and outcome.not_evaluated == ()  # both layers shuffled
 
 
@@ -84,7 +84,7 @@ def test_output_gates_fail_at_the_first_layer_that_trips_them():
     result = run_audit(m, labelled(64), device="cpu", modes=("pixel",))
     conv1, conv2 = result.layers
     worst = min(conv1.worst_output_sqnr, conv2.worst_output_sqnr)
-    outcome = check_gates(result.layers, [parse_gate(f"output_sqnr<{worst + 1e-6}")])[0]
+    outcome = check_gates(result.layers, [Gate("output_sqnr", "<", worst + 1e-6)])[0]
     assert outcome.status == "failed" and outcome.value == pytest.approx(worst)
 
 

@@ -16,7 +16,6 @@ from onnxredund.analyses.prune import (
     Target,
     channel_importance,
     explicit_removal,
-    parse_channel_spec,
     removable,
     run_prune,
     select_channels,
@@ -215,24 +214,6 @@ def test_an_unreachable_target_is_an_error():
     _, groups, cost, scores = _setup()
     with pytest.raises(OnnxRedundError, match="cannot be reached"):
         select_channels(groups, scores, cost, Target("macs", 0.99), "global", "l1")
-
-
-@pytest.mark.parametrize(
-    ("specs", "want"),
-    [
-        (["conv2:3,7"], {"conv2": [3, 7]}),
-        (["conv1:0-2", "conv1:2,5"], {"conv1": [0, 1, 2, 5]}),
-        (["my:conv:1"], {"my:conv": [1]}),
-    ],
-)
-def test_channel_specs_parse(specs, want):
-    assert parse_channel_spec(specs) == want
-
-
-@pytest.mark.parametrize("spec", ["conv2", "conv2:", ":3", "conv2:a", "conv2:1-b"])
-def test_bad_channel_specs_are_errors(spec):
-    with pytest.raises(OnnxRedundError, match="`channels`"):
-        parse_channel_spec([spec])
 
 
 @pytest.mark.parametrize(

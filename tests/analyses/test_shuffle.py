@@ -12,7 +12,7 @@ import pytest
 from builders import make_model, small_cnn
 
 from onnxredund.analyses.effects import EffectMeter
-from onnxredund.analyses.shuffle import SweepState, parse_channels, run_shuffle
+from onnxredund.analyses.shuffle import SweepState, run_shuffle
 from onnxredund.data import Dataset
 from onnxredund.engine import load_model_proto
 from onnxredund.engine.permutations import apply_permutation, permutation_for
@@ -184,16 +184,6 @@ def test_labels_are_optional():
     d = data(20)
     res = run_shuffle(model, 1, Dataset(d.x, None, "nolabels"), device="cpu")
     assert res.accuracy is None and res.baseline_accuracy is None and res.agreement is not None
-
-
-def test_parse_channels():
-    assert parse_channels("0,3,5-7", 10) == [0, 3, 5, 6, 7]
-    assert parse_channels(None, 3) == [0, 1, 2]
-    from onnxredund.errors import OnnxRedundError
-
-    for bad in ("x", "3-", "12", ""):
-        with pytest.raises(OnnxRedundError):
-            parse_channels(bad, 10) if bad else parse_channels(",", 10)
 
 
 def test_permutation_feed_on_threads_draws_the_same_permutations():
