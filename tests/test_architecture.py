@@ -27,7 +27,7 @@ ALLOWED = {
     "data": {"errors", "model", "choices"},
     "engine": {"errors", "metrics", "model", "data", "atomic", "interrupts", "choices"},
     "analyses": {"errors", "metrics", "ncc", "atomic", "interrupts", "words", "choices", "model", "data", "engine"},
-    "report": {"errors", "metrics", "atomic", "interrupts", "words", "model", "data", "analyses"},
+    "report": {"errors", "metrics", "ncc", "atomic", "interrupts", "words", "model", "data", "analyses"},
     "cli": {
         "errors",
         "metrics",

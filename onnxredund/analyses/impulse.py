@@ -32,7 +32,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -65,8 +65,6 @@ QUANTIZED_NOTE = (
     "analyse the float model it was made from for its kernels' responses"
 )
 _MAX_OUTPUT_BYTES = 1 << 30  # the network's outputs for the impulses held at once, at most
-_JSON_MATRIX_CHANNELS = 256  # larger NCC matrices go to the .npz only
-_JSON_MATRIX_VALUES = 100_000  # and so do those past this many values in all (about 1.3 MB of JSON)
 
 
 @dataclass(frozen=True)
@@ -159,6 +157,7 @@ class ImpulseResult:
     notes: list[str]
     layers: list[LayerImpulse]
     seconds: float = field(default=0.0, compare=False)
+    json_layers: frozenset[str] = field(default=frozenset(), compare=False)  # whose NCC matrix the JSON holds
 
     def layer(self, name: str) -> LayerImpulse:
         return next(layer for layer in self.layers if layer.name == name)
@@ -186,19 +185,9 @@ class ImpulseResult:
         header = ["layer", "channel", "compared", "best_match", "best_value", "redundant", "across_layer"]
         return csv_text([*header, "across_channel", "across_value"], rows)
 
-    def json_matrices(self) -> set[str]:
-        """The layers whose NCC matrix goes into the JSON: up to 256 channels, smallest first, until 100,000
-        values in all (every matrix is in the .npz)."""
-        chosen, total = set(), 0
-        for layer in sorted(self.layers, key=lambda layer: (len(layer.ncc), layer.index)):
-            if len(layer.ncc) > _JSON_MATRIX_CHANNELS or total + layer.ncc.size > _JSON_MATRIX_VALUES:
-                break
-            chosen.add(layer.name)
-            total += layer.ncc.size
-        return chosen
-
     def to_dict(self, *, responses: bool = False) -> dict:
-        with_matrix = self.json_matrices()
+        """The result as JSON, with the NCC matrices of the layers in ``json_layers`` (the others are null: the
+        report's writers choose what fits, :func:`onnxredund.report.writers.for_json`)."""
         return {
             "model": self.model,
             "mode": self.mode,
@@ -207,7 +196,9 @@ class ImpulseResult:
             "position": list(self.position),
             "min_support": MIN_SUPPORT,
             "notes": list(self.notes),
-            "layers": [layer.to_dict(responses=responses, matrix=layer.name in with_matrix) for layer in self.layers],
+            "layers": [
+                layer.to_dict(responses=responses, matrix=layer.name in self.json_layers) for layer in self.layers
+            ],
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -686,16 +677,7 @@ def _compare(
         )
         if bar is not None:
             bar(1)
-    return _exact_json_matrices(results, lags)
-
-
-def _exact_json_matrices(results: list[LayerImpulse], lags: bool) -> list[LayerImpulse]:
-    """The layers whose matrix the JSON carries get it in float64 (the others keep float32's, within 1e-6)."""
-    chosen = ImpulseResult("", "", 0.0, lags, (), [], results).json_matrices()
-    return [
-        replace(layer, ncc=ncc_matrix(layer.responses, lags=lags)) if layer.name in chosen else layer
-        for layer in results
-    ]
+    return results
 
 
 def _across(search, members, layers, resp, compared, lags, threshold) -> list[tuple[int, str, int, float]] | None:

@@ -397,7 +397,13 @@ def audit(
     writes report.html, results.json, CSV tables and figures into --out."""
     from onnxredund.analyses.audit import audit_estimate, check_gate_applies, check_gates, clear_checkpoints, run_audit
     from onnxredund.model import classifier_output
-    from onnxredund.report.audit_report import report_seconds, write_audit, write_audit_impulse, write_audit_sweep
+    from onnxredund.report.audit_report import (
+        audit_payload,
+        report_seconds,
+        write_audit,
+        write_audit_impulse,
+        write_audit_sweep,
+    )
 
     started = time.perf_counter()
     quiet = command_logging(ctx, verbose, quiet)
@@ -461,7 +467,7 @@ def audit(
         if result.complete:
             clear_checkpoints(out_dir)
     if as_json:
-        _echo_json(result.to_dict())
+        _echo_json(audit_payload(result))
     else:
         click.echo(f"redundancy audit of {m.path} on {data.name}:")
         click.echo("\n".join(console.redundancy_lines(result)))
@@ -508,7 +514,7 @@ def reproduce(
     checks each of its claims with numbers; then the pruning study on both and a residual network."""
     from onnxredund.analyses.reproduce import run_reproduce, shipped_models, with_prune_study
     from onnxredund.data import load_dataset
-    from onnxredund.report.reproduce_report import write_reproduce
+    from onnxredund.report.reproduce_report import reproduce_payload, write_reproduce
 
     quiet = command_logging(ctx, verbose, quiet)
     models_dir = shipped_models(models_dir)
@@ -537,7 +543,7 @@ def reproduce(
             write_reproduce(out_dir, result)
     bars.close()
     if as_json:
-        _echo_json(result.to_dict())
+        _echo_json(reproduce_payload(result))
     else:
         click.echo("\n".join(console.claims_lines(result)))
         click.echo(f"report: {out_dir / 'report.html'}")

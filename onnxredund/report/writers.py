@@ -7,6 +7,7 @@ matrix goes to ``impulse.npz`` (named in the JSON).
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 from onnxredund.analyses.impulse import ImpulseResult, LayerImpulse
 from onnxredund.analyses.shuffle import ShuffleResult
 from onnxredund.atomic import atomic_write, csv_text, write_json
+from onnxredund.ncc import ncc_matrix
 from onnxredund.report.figures import (
     accuracy_figure,
     cosine_figure,
@@ -26,6 +28,7 @@ from onnxredund.report.schema import check_sweep
 
 __all__ = [
     "IMPULSE_NPZ",
+    "for_json",
     "impulse_figures",
     "impulse_payload",
     "shuffle_figures",
@@ -36,6 +39,8 @@ __all__ = [
 ]
 
 IMPULSE_NPZ = "impulse.npz"
+JSON_MATRIX_CHANNELS = 256  # larger NCC matrices go to the .npz only
+JSON_MATRIX_VALUES = 100_000  # and so do those past this many values in all (about 1.3 MB of JSON)
 
 
 #: per effect kind (:func:`~onnxredund.analyses.shuffle.effect_kind`), its words on a figure and in a file name
@@ -135,9 +140,28 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, buf.getvalue())
 
 
+def for_json(result: ImpulseResult) -> ImpulseResult:
+    """``result`` as its files hold it: the NCC matrices the JSON has room for (layers of up to 256 channels,
+    smallest first, until 100,000 values in all) recomputed in float64 from the responses (the analysis keeps
+    float32's, within 1e-6) and marked for the JSON; every matrix is in the .npz."""
+    if result.json_layers:
+        return result
+    chosen, total = set(), 0
+    for layer in sorted(result.layers, key=lambda layer: (len(layer.ncc), layer.index)):
+        if len(layer.ncc) > JSON_MATRIX_CHANNELS or total + layer.ncc.size > JSON_MATRIX_VALUES:
+            break
+        chosen.add(layer.name)
+        total += layer.ncc.size
+    layers = [
+        replace(layer, ncc=ncc_matrix(layer.responses, lags=result.lags)) if layer.name in chosen else layer
+        for layer in result.layers
+    ]
+    return replace(result, layers=layers, json_layers=frozenset(chosen))
+
+
 def impulse_payload(result: ImpulseResult, npz: str | None = IMPULSE_NPZ) -> dict:
-    """The impulse result's JSON, naming the .npz that holds every full matrix."""
-    d = result.to_dict()
+    """The impulse result's JSON (:func:`for_json`), naming the .npz that holds every full matrix."""
+    d = for_json(result).to_dict()
     d["matrices_file"] = npz
     return d
 
@@ -145,6 +169,7 @@ def impulse_payload(result: ImpulseResult, npz: str | None = IMPULSE_NPZ) -> dic
 def write_impulse(out: Path, result: ImpulseResult, *, figures: bool = True) -> None:
     """impulse.json (per-layer summaries, matrices up to 256 channels), impulse.npz (every matrix),
     impulse.csv (a row per channel) and the figures."""
+    result = for_json(result)
     write_npz(out / IMPULSE_NPZ, result.arrays())
     write_json(out / "impulse.json", impulse_payload(result))
     atomic_write(out / "impulse.csv", result.to_csv())

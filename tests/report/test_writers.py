@@ -16,7 +16,8 @@ from onnxredund.analyses.shuffle import run_shuffle
 from onnxredund.atomic import csv_text
 from onnxredund.data import Dataset
 from onnxredund.engine import load_model_proto
-from onnxredund.report.writers import impulse_payload, write_impulse, write_shuffle
+from onnxredund.ncc import ncc_matrix
+from onnxredund.report.writers import for_json, impulse_payload, write_impulse, write_shuffle
 
 
 def test_csv_text_quotes_fields_that_need_it_and_writes_none_empty():
@@ -49,8 +50,32 @@ def test_write_impulse_csv_keeps_a_layer_name_with_a_comma(tmp_path):
     assert [int(r["best_match"]) for r in rows] == result.layers[0].best_match.tolist()
     assert json.loads((tmp_path / "impulse.json").read_text()) == impulse_payload(result)
     with np.load(tmp_path / "impulse.npz") as z:
-        np.testing.assert_array_equal(z["0.ncc"], result.layers[0].ncc)
+        np.testing.assert_array_equal(z["0.ncc"], for_json(result).layers[0].ncc)
     assert {p.name for p in tmp_path.glob("*.png")} == {"impulse-0-responses.png", "impulse-0-ncc.png"}
+
+
+def test_the_json_holds_the_matrices_that_fit_recomputed_in_float64_and_the_npz_every_one(tmp_path):
+    """The analysis keeps float32 matrices and chooses none for the JSON; the writer puts in those of at most
+    256 channels, in float64 from the responses, and leaves a 300-channel layer's to the .npz."""
+    rng = np.random.default_rng(2)
+    w1, w2 = rng.normal(size=(4, 1, 3, 3)), rng.normal(size=(300, 4, 3, 3))
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="small", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["a", "w2"], ["z"], name="wide", pads=[1, 1, 1, 1]),
+    ]
+    proto = make_model(nodes, [("x", ["N", 1, 9, 9])], [("z", ["N", 300, 9, 9])], {"w1": w1, "w2": w2})
+    result = run_impulse(load_model_proto(proto), device="cpu")
+    for layer in result.layers:  # as computed: correlated in float32
+        np.testing.assert_array_equal(layer.ncc, ncc_matrix(layer.responses, lags=True, single=True))
+    assert [layer["ncc"] for layer in result.to_dict()["layers"]] == [None, None]  # no choice made there
+    write_impulse(tmp_path, result)
+    small, wide = json.loads((tmp_path / "impulse.json").read_text())["layers"]
+    exact = ncc_matrix(result.layers[0].responses, lags=True)
+    assert exact.dtype == np.float64 and small["ncc"] == np.round(exact, 6).tolist()
+    assert wide["ncc"] is None and wide["channels"] == 300
+    with np.load(tmp_path / "impulse.npz") as z:
+        np.testing.assert_array_equal(z["0.ncc"], exact)
+        np.testing.assert_array_equal(z["1.ncc"], result.layers[1].ncc)  # as computed
 
 
 def test_the_effect_figure_is_named_after_what_it_plots(tmp_path):
