@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from onnxredund.analyses.audit import default_shuffle_layers  # noqa: E402
 from onnxredund.analyses.distributed import job_for, plan_units, run_sweep_units, run_unit  # noqa: E402
 from onnxredund.analyses.plan import suffix_share  # noqa: E402
+from onnxredund.analyses.shuffle import SweepOptions  # noqa: E402
 from onnxredund.data import Dataset, load_mnist  # noqa: E402
 from onnxredund.engine.backends import LocalBackend, make_backend  # noqa: E402
 from onnxredund.engine.loading import load_model  # noqa: E402
@@ -50,7 +51,7 @@ def part_a(data_dir: str, images: int, workers: list[int], skip_ray: bool, batch
     model = load_model(ROOT / "models" / "resnet18_mnist.onnx")
     data = load_mnist(data_dir, "test").limit(images)
     sweeps = _sweeps(model)
-    job = job_for(model, data, sweeps, batch_size=batch_size, device="cpu")
+    job = job_for(model, data, sweeps, SweepOptions(batch_size=batch_size, device="cpu"))
     pairs = [(layer, m) for layer, m, _ in sweeps]
     units = plan_units(job, pairs)
     out = {
@@ -101,7 +102,7 @@ def part_b(path: str, images: int, device: str, batch_size: int) -> dict:
     layers = [layer for layer, m, _ in sweeps if m == "channel"]
     stage_firsts = [layer for layer in layers if layer.stride == (2, 2) or layer is layers[0]] + [layers[-1]]
     picked = list(dict.fromkeys(stage_firsts))
-    job = job_for(model, data, sweeps, batch_size=batch_size, device=device)
+    job = job_for(model, data, sweeps, SweepOptions(batch_size=batch_size, device=device))
     cache: dict = {}
     measured = []
     total_macs = sum(layer.macs for layer in model.layers)

@@ -54,7 +54,14 @@ from onnxredund.analyses.plan import (
     probe_seconds_per_image,
 )
 from onnxredund.analyses.sequential import EXHAUSTIVE, Estimation, first_look, images_to_clear
-from onnxredund.analyses.shuffle import ShuffleResult, effect_kind, effect_meter, new_state, run_shuffle
+from onnxredund.analyses.shuffle import (
+    ShuffleResult,
+    SweepOptions,
+    effect_kind,
+    effect_meter,
+    new_state,
+    run_shuffle,
+)
 from onnxredund.analyses.sweep_state import SweepState, sweep_key
 from onnxredund.choices import BATCH_SIZE, CHEAP_DROP, CONFIDENCE, NCC_THRESHOLD
 from onnxredund.data import DataSource
@@ -349,7 +356,7 @@ def run_audit(
         workers = 1 if backend is None else backend.workers
         estimation = _within_budget(model, data, sweeps, clock, estimation, batch_size, device, workers, notes)
     if sweeps:
-        options = {"seed": seed, "batch_size": batch_size, "device": device, "estimation": estimation}
+        options = SweepOptions(batch_size=batch_size, seed=seed, device=device, estimation=estimation)
         kept = _Kept(None if checkpoint_dir is None else Path(checkpoint_dir), resume)
         if backend is None:
             results = _run_sweeps(model, data, sweeps, clock, options, progress, notes, kept)
@@ -417,11 +424,11 @@ def _sweep_state(model, layer, data, mode, channels, options, kept: _Kept) -> tu
         data,
         mode=mode,
         channels=channels,
-        batch_size=options["batch_size"],
+        batch_size=options.batch_size,
         repeats=1,
-        seed=options["seed"],
+        seed=options.seed,
         exact_path=False,
-        estimation=options["estimation"],
+        estimation=options.estimation,
     )
     if kept.folder is None:
         return new_state(effect_meter(model, data, 1, len(channels)), layer, key), None
@@ -451,18 +458,18 @@ class _Clock:
         return None if self.budget is None else max(0.0, fraction * self.budget - (time.perf_counter() - self.start))
 
 
-def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, notes: list[str], kept: _Kept):
+def _run_sweeps(model, data, sweeps, clock: _Clock, options: SweepOptions, progress, notes: list[str], kept: _Kept):
     """Run the sweeps, each planned afresh from the time left and what the sweeps so far cost, each batch kept
     as ``kept`` says; raises :class:`Interrupted` where a signal stopped one."""
-    seconds_per_image = probe_seconds_per_image(model, data, options["device"], options["batch_size"])
+    seconds_per_image = probe_seconds_per_image(model, data, options.device, options.batch_size)
     seen: list[float] = []  # the pass costs the sweeps so far showed: their median plans the next ones
     images = None  # fixed by the first plan: every sweep measures the same images
-    sequential = options["estimation"].sequential
+    sequential = options.estimation.sequential
     for i, (layer, mode) in enumerate(sweeps):
         pass_cost = float(np.median(seen)) if seen else PASS_COST
         left = clock.left()
         if sequential:
-            first = first_look(options["estimation"], options["batch_size"], len(data))
+            first = first_look(options.estimation, options.batch_size, len(data))
             plan, max_seconds = _sequential_plan(
                 model, sweeps[i:], first, len(data), left, seconds_per_image, pass_cost
             )
@@ -500,7 +507,7 @@ def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, not
             state=state,
             on_batch=None if ckpt is None else (lambda s, c=ckpt: s.save(c)),
             max_seconds=max_seconds,
-            **options,
+            **options.kwargs(),
         )
         if result.stopped == "interrupted":
             raise Interrupted(stop_status() - 128)
@@ -522,11 +529,11 @@ def _run_sweeps(model, data, sweeps, clock: _Clock, options: dict, progress, not
         yield result
 
 
-def _plan_all(model, data, sweeps, seconds: float | None, options: dict, workers: int):
+def _plan_all(model, data, sweeps, seconds: float | None, options: SweepOptions, workers: int):
     """Every sweep planned up front for ``workers`` workers (a budget of ``seconds`` each); the data they measure.
     Sequential sweeps are planned on every image and channel (their units stop early)."""
-    seconds_per_image = probe_seconds_per_image(model, data, options["device"], options["batch_size"])
-    sequential = options.get("estimation", EXHAUSTIVE).sequential
+    seconds_per_image = probe_seconds_per_image(model, data, options.device, options.batch_size)
+    sequential = options.estimation.sequential
     plans = plan_sweeps(
         model,
         sweeps,
@@ -541,7 +548,7 @@ def _plan_all(model, data, sweeps, seconds: float | None, options: dict, workers
 
 
 def _run_sweep_units(
-    model, data, sweeps, clock: _Clock, options: dict, progress, notes: list[str], kept: _Kept, backend: Backend
+    model, data, sweeps, clock: _Clock, options: SweepOptions, progress, notes: list[str], kept: _Kept, backend: Backend
 ):
     """All sweeps planned up front and run as units on the backend; results as each sweep's units are in. With a
     budget, sequential units share it evenly: each stops past its share, once its channels have their minimum."""
@@ -553,7 +560,7 @@ def _run_sweep_units(
         for layer, m in sweeps
         if (layer.name, m) not in planned
     ]
-    job = job_for(model, subset, [(p.layer, p.mode, p.channels) for p in plans], **options)
+    job = job_for(model, subset, [(p.layer, p.mode, p.channels) for p in plans], options)
     if job.estimation.sequential and left is not None:
         units = len(plan_units(job, [(p.layer, p.mode) for p in plans]))
         job = dataclasses.replace(job, unit_seconds=max(1.0, _PLAN_MARGIN * left * backend.workers / max(units, 1)))
@@ -597,9 +604,9 @@ def audit_estimate(
     changes a decision needs to be called cheap (``clear_images``; ``most_seconds``), against the exhaustive
     estimate."""
     sweeps = [(layer, m) for layer in default_shuffle_layers(layers) for m in modes]
-    options = {"batch_size": batch_size, "device": device, "estimation": estimation}
+    options = SweepOptions(batch_size=batch_size, device=device, estimation=estimation)
     plans, subset, seconds_per_image = _plan_all(model, data, sweeps, budget, options, workers)
-    job = job_for(model, subset, [(p.layer, p.mode, p.channels) for p in plans], **options)
+    job = job_for(model, subset, [(p.layer, p.mode, p.channels) for p in plans], options)
     units = plan_units(job, [(p.layer, p.mode) for p in plans])
     rows = [
         {**p.to_dict(), "units": sum(1 for u in units if (u.layer, u.mode) == (p.layer.name, p.mode))} for p in plans

@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from onnxredund.analyses.sequential import EXHAUSTIVE, Estimation, in_random_order
-from onnxredund.analyses.shuffle import ShuffleResult, effect_meter, new_state, run_shuffle, sweep_result
+from onnxredund.analyses.shuffle import (
+    ShuffleResult,
+    SweepOptions,
+    effect_meter,
+    new_state,
+    run_shuffle,
+    sweep_result,
+)
 from onnxredund.analyses.sweep_state import SweepState, sweep_key
 from onnxredund.choices import BATCH_SIZE
 from onnxredund.data import DataSource
@@ -84,35 +91,30 @@ def job_for(
     model: Model,
     data: DataSource,
     sweeps: list[tuple[ConvLayer, str, list[int]]],
+    options: SweepOptions | None = None,
     *,
-    batch_size: int = BATCH_SIZE,
-    repeats: int = 1,
-    seed: int = 0,
-    device: str = "auto",
-    exact_path: bool = False,
-    chunk: int | None = None,
-    estimation: Estimation = EXHAUSTIVE,
     unit_seconds: float | None = None,
 ) -> SweepJob:
-    """A job for the sweeps ``(layer, mode, channels)``, with the chunk size each layer's fast path takes
-    (``chunk``, else sized to memory); the other arguments as :func:`~onnxredund.analyses.shuffle.run_shuffle`
-    takes them, ``unit_seconds`` as :class:`SweepJob` does."""
-    resolved = resolve_device(device)
+    """A job for the sweeps ``(layer, mode, channels)`` run as ``options`` say, with the chunk size each layer's
+    fast path takes (``options.chunk``, else sized to memory; default options: :class:`SweepOptions`'s);
+    ``unit_seconds`` as :class:`SweepJob` takes it."""
+    o = options or SweepOptions()
+    device = resolve_device(o.device)
     chunks = {}
     for layer, _, _ in sweeps:
-        direct = exact_path or fast_path_blocker(model, layer) is not None
-        chunks[layer.name] = 1 if direct else chunk or chunk_size(model, layer, resolved, batch_size)
+        direct = o.exact_path or fast_path_blocker(model, layer) is not None
+        chunks[layer.name] = 1 if direct else o.chunk or chunk_size(model, layer, device, o.batch_size)
     return SweepJob(
         model,
         data,
         {(layer.name, m): tuple(c) for layer, m, c in sweeps},
         chunks,
-        seed=seed,
-        batch_size=batch_size,
-        repeats=repeats,
-        exact_path=exact_path,
-        device=device,
-        estimation=estimation,
+        seed=o.seed,
+        batch_size=o.batch_size,
+        repeats=o.repeats,
+        exact_path=o.exact_path,
+        device=o.device,
+        estimation=o.estimation,
         unit_seconds=unit_seconds,
     )
 

@@ -65,6 +65,7 @@ from onnxredund.model import ConvLayer, Model, classifier_output
 
 __all__ = [
     "ShuffleResult",
+    "SweepOptions",
     "SweepState",
     "effect_kind",
     "effect_meter",
@@ -293,6 +294,24 @@ def new_state(meter: EffectMeter, layer: ConvLayer, key: str = "") -> SweepState
     sums["looks"] = np.zeros((meter.repeats, meter.channels), np.int64)
     sums["decision"] = np.zeros((meter.repeats, meter.channels), np.int8)
     return SweepState(0, 0, sums, key=key)
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How the sweeps of one run go, the same for each (layer, mode): the keyword arguments of
+    :func:`run_shuffle` that :func:`run_shuffle_modes`, the audit and the units on a backend pass on."""
+
+    batch_size: int = BATCH_SIZE
+    repeats: int = 1
+    seed: int = 0
+    device: str = "auto"
+    exact_path: bool = False
+    chunk: int | None = None
+    estimation: Estimation = EXHAUSTIVE
+
+    def kwargs(self) -> dict:
+        """The options as :func:`run_shuffle`'s keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def run_shuffle(
@@ -671,13 +690,7 @@ def run_shuffle_modes(
     resume: bool = False,
     progress: Callable[[str, int, int], Callable[[int], None]] | None = None,
     on_result: Callable[[ShuffleResult], None] | None = None,
-    batch_size: int = BATCH_SIZE,
-    repeats: int = 1,
-    seed: int = 0,
-    device: str = "auto",
-    exact_path: bool = False,
-    chunk: int | None = None,
-    estimation: Estimation = EXHAUSTIVE,
+    options: SweepOptions | None = None,
 ) -> dict[str, ShuffleResult]:
     """One sweep per mode, each checkpointed after every batch in ``checkpoint_dir``; stops after an
     interrupted sweep.
@@ -689,18 +702,19 @@ def run_shuffle_modes(
         progress: ``progress(label, total samples, samples already done)`` returns a callback
             taking samples finished.
         on_result: called with each sweep's result as soon as it ends (to write it).
-        batch_size, repeats, seed, device, exact_path, chunk, estimation: as :func:`run_shuffle` takes them.
+        options: how each sweep runs (batch size, repeats, seed, device, path, chunk, estimation; default:
+            :class:`SweepOptions`'s).
     """
     if resume and checkpoint_dir is None:
         raise OnnxRedundError("`resume` needs the `out` folder of the interrupted run")
-    key_args = {"batch_size": batch_size, "repeats": repeats, "seed": seed, "exact_path": exact_path}
-    options = key_args | {"device": device, "chunk": chunk, "estimation": estimation}
+    o = options = options or SweepOptions()
+    key_args = {"batch_size": o.batch_size, "repeats": o.repeats, "seed": o.seed, "exact_path": o.exact_path}
     results: dict[str, ShuffleResult] = {}
     for mode in modes:
         ckpt = checkpoint_path(checkpoint_dir, mode) if checkpoint_dir else None
         key = ""
         if ckpt:
-            key = sweep_key(model, layer, data, mode=mode, channels=channels, estimation=estimation, **key_args)
+            key = sweep_key(model, layer, data, mode=mode, channels=channels, estimation=o.estimation, **key_args)
         state = SweepState.load(ckpt, key) if (resume and ckpt) else None
         if resume and state is None:
             raise OnnxRedundError(
@@ -708,7 +722,7 @@ def run_shuffle_modes(
                 "pass `overwrite` to start again"
             )
         if state is None:
-            meter = effect_meter(model, data, repeats, len(channels))
+            meter = effect_meter(model, data, o.repeats, len(channels))
             state = new_state(meter, layer, key)
         bar = progress(f"{mode} shuffle", len(data), state.samples_done) if progress else None
         result = run_shuffle(
@@ -720,7 +734,7 @@ def run_shuffle_modes(
             progress=bar,
             state=state,
             on_batch=(lambda s, c=ckpt: s.save(c)) if ckpt else None,
-            **options,
+            **options.kwargs(),
         )
         results[mode] = result
         if on_result is not None:

@@ -180,7 +180,7 @@ def shuffle(
     cosine similarity of the layer's output per channel and the effect at the model's outputs."""
     from onnxredund.analyses.distributed import job_for, run_sweep_units
     from onnxredund.analyses.evaluate import one_class_note
-    from onnxredund.analyses.shuffle import run_shuffle_modes
+    from onnxredund.analyses.shuffle import SweepOptions, run_shuffle_modes
     from onnxredund.report.schema import check_sweep
     from onnxredund.report.writers import write_shuffle
 
@@ -196,15 +196,7 @@ def shuffle(
     bars = console.StepBars(quiet or as_json)
     modes = MODES if mode == "both" else (mode,)
     picked = list(range(target.in_channels)) if channels is None else channels
-    run = {
-        "batch_size": batch_size,
-        "repeats": repeats,
-        "seed": seed,
-        "device": device,
-        "exact_path": exact_path,
-        "chunk": chunk,
-        "estimation": estimation_args.load(sequential),
-    }
+    sweep = SweepOptions(batch_size, repeats, seed, device, exact_path, chunk, estimation_args.load(sequential))
 
     def write(result) -> None:
         with deferred():  # a sweep's JSON and CSVs are written together
@@ -224,10 +216,10 @@ def shuffle(
                 resume=resume,
                 progress=bars,
                 on_result=on_result,
-                **run,
+                options=sweep,
             )
         else:
-            job = job_for(m, data, [(target, md, picked) for md in modes], **run)
+            job = job_for(m, data, [(target, md, picked) for md in modes], sweep)
             done, complete = run_sweep_units(
                 job,
                 [(target, md) for md in modes],

@@ -16,7 +16,7 @@ from prunable import inputs, zoo
 
 from onnxredund.analyses.distributed import job_for, plan_units, run_sweep_units
 from onnxredund.analyses.sequential import Estimation
-from onnxredund.analyses.shuffle import run_shuffle
+from onnxredund.analyses.shuffle import SweepOptions, run_shuffle
 from onnxredund.data import Dataset
 from onnxredund.engine.backends import LocalBackend, make_backend
 from onnxredund.engine.loading import load_model_proto
@@ -46,7 +46,7 @@ def _local_json(m, data, layers) -> dict:
 
 def _job(m, data, layers):
     sweeps = [(layer, mode, list(range(layer.in_channels))) for layer in layers for mode in MODES]
-    return job_for(m, data, sweeps, batch_size=8, device="cpu", chunk=2), [
+    return job_for(m, data, sweeps, SweepOptions(batch_size=8, device="cpu", chunk=2)), [
         (layer, mode) for layer in layers for mode in MODES
     ]
 
@@ -163,7 +163,7 @@ def test_sequential_units_on_ray_give_the_single_process_numbers(setup, ray_back
     m, data, layers = setup
     estimation = Estimation(sequential=True, cheap_drop=0.2, min_images=8)
     sweeps = [(layer, "channel", list(range(layer.in_channels))) for layer in layers]
-    job = job_for(m, data, sweeps, batch_size=8, device="cpu", chunk=2, estimation=estimation)
+    job = job_for(m, data, sweeps, SweepOptions(batch_size=8, device="cpu", chunk=2, estimation=estimation))
     results, complete = run_sweep_units(job, [(layer, "channel") for layer, _, _ in sweeps], ray_backend)
     local = {
         layer.name: run_shuffle(m, layer, data, batch_size=8, device="cpu", chunk=2, estimation=estimation).to_dict()

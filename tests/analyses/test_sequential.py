@@ -22,7 +22,7 @@ from onnxredund.analyses.sequential import (
     proportion_bounds,
     z_score,
 )
-from onnxredund.analyses.shuffle import SweepState, run_shuffle
+from onnxredund.analyses.shuffle import SweepOptions, SweepState, run_shuffle
 from onnxredund.data import Dataset
 from onnxredund.engine import load_model_proto
 from onnxredund.engine.backends import LocalBackend
@@ -173,9 +173,8 @@ def test_sequential_units_on_a_backend_give_the_sweeps_numbers():
     data = _images(200)
     layer = model.layer("conv")
     local = run_shuffle(model, layer, data, batch_size=32, device="cpu", chunk=1, estimation=SEQUENTIAL)
-    job = job_for(
-        model, data, [(layer, "channel", [0, 1, 2])], batch_size=32, device="cpu", chunk=1, estimation=SEQUENTIAL
-    )
+    options = SweepOptions(batch_size=32, device="cpu", chunk=1, estimation=SEQUENTIAL)
+    job = job_for(model, data, [(layer, "channel", [0, 1, 2])], options)
     (merged,), complete = run_sweep_units(job, [(layer, "channel")], LocalBackend())
     assert complete and merged.to_dict() == local.to_dict()
 

@@ -15,16 +15,16 @@ from onnxredund.analyses.evaluate import evaluate
 from onnxredund.analyses.impulse import run_impulse
 from onnxredund.analyses.prune import run_prune
 from onnxredund.analyses.reproduce import run_reproduce
-from onnxredund.analyses.shuffle import run_shuffle, run_shuffle_modes
+from onnxredund.analyses.shuffle import SweepOptions, run_shuffle
 from onnxredund.cli.commands import COMMANDS
 from onnxredund.cli.groups import BackendArgs, DataArgs, EstimationArgs, ModelArgs
 
 GROUPS = (ModelArgs, DataArgs, BackendArgs, EstimationArgs)
 
-#: per command, the library functions it calls with its options
+#: per command, the library functions (and option classes) it calls with its options
 LIBRARY = {
     "evaluate": [evaluate],
-    "shuffle": [run_shuffle_modes, run_shuffle],
+    "shuffle": [SweepOptions, run_shuffle],
     "impulse": [run_impulse],
     "audit": [run_audit],
     "reproduce": [run_reproduce],
