@@ -92,6 +92,34 @@ def test_a_quantized_constant_equals_what_onnxruntime_computes(zero, attributes)
     np.testing.assert_array_equal(got, want)
 
 
+def test_weights_a_model_quantizes_itself_are_constants_of_the_right_shape(tmp_path):
+    """Float weights quantized in the graph (initializer -> QuantizeLinear -> DequantizeLinear: what onnxruntime's
+    quantizer wrote for PaddleOCR's classifier, whose weights Paddle lists as graph inputs) are constants: that
+    model was refused, a depthwise conv's weights taken as (1, 3, 3) from the per-sample shapes."""
+    qdq = quantized(small_cnn(c_in=3, c_mid=6, c_out=5)[0], tmp_path, per_channel=False)
+    inits = {t.name: t for t in qdq.graph.initializer}
+    q, scale = (numpy_helper.to_array(inits[n]) for n in ("w2_quantized", "w2_scale"))
+    float_weight = numpy_helper.from_array(q.astype(np.float32) * scale, "w2_float")
+    qdq.graph.initializer.remove(inits["w2_quantized"])
+    qdq.graph.initializer.append(float_weight)
+    quantize = helper.make_node("QuantizeLinear", ["w2_float", "w2_scale", "w2_zero_point"], ["w2_quantized"])
+    qdq.graph.node.insert(0, quantize)
+    model = load_model_proto(qdq)
+    assert [(c.in_channels, c.out_channels, c.kernel) for c in model.layers] == [(3, 6, (3, 3)), (6, 5, (3, 3))]
+    np.testing.assert_array_equal(ConstantTable(qdq.graph)["w2_quantized"], q)
+    groups = channel_groups(model)
+    pruned = remove_channels(model, groups, {next(g for g in groups if "conv1" in g.producers).index: [2]})
+    zeroed = onnx.ModelProto()
+    zeroed.CopyFrom(qdq)
+    w = q.astype(np.float32) * scale
+    w[:, 2] = 0.0  # quantized to the zero point 0: conv2 does not read channel 2
+    next(t for t in zeroed.graph.initializer if t.name == "w2_float").CopyFrom(numpy_helper.from_array(w, "w2_float"))
+    x = RNG.normal(size=(4, 3, 6, 6)).astype(np.float32)
+    want = Runner.create(zeroed, "cpu", optimize=False).run({"x": x})[0]
+    got = Runner.create(pruned, "cpu", optimize=False).run({"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
 def test_a_qdq_models_convs_are_listed_as_the_float_models(tmp_path, per_channel, caplog):
     proto = small_cnn(c_in=3, c_mid=6, c_out=5)[0]
