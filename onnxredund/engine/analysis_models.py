@@ -128,8 +128,11 @@ def fast_path_blocker(model: Model, layer: ConvLayer) -> str | None:
     """Why the fast path cannot run this layer, or None when it can."""
     if not model.batch_dynamic:
         return "the model's batch is fixed"
-    if model.constant(layer.weight) is None:
+    weight = model.constant(layer.weight)
+    if weight is None:
         return "the conv's weights are computed, not constant"
+    if weight.dtype != np.float32:  # the fast model's linear maps are float32
+        return f"the conv computes in {weight.dtype} (the fast path is float32)"
     opset = default_opset(model.proto)
     if opset < FAST_OPSET:
         return f"the model's opset {opset} is older than {FAST_OPSET}"

@@ -39,6 +39,9 @@ class GroupShuffle:
         self.model, self.group = model, group
         graph = model.proto.graph
         self.tensors = list(dict.fromkeys(c.tensor for c in group.consumers))
+        # each tensor's float type, its consumers' weights' (float16 in a model converted to half precision)
+        weights = {c.tensor: model.constant(graph.node[c.node].input[1]) for c in group.consumers}
+        self.kinds = {t: np.float32 if w is None else w.dtype for t, w in weights.items()}
         after = data_dependent(graph, self.tensors)
         rest = [n for n in graph.node if any(t in after for t in n.input)]
         made_by_rest = {o for n in rest for o in n.output}
@@ -59,7 +62,8 @@ class GroupShuffle:
         graph.inputs.append(perm)
         for k, t in enumerate(self.tensors):
             shape = self.model.shapes[t]
-            mask = _input(_mask_name(k), ir.DataType.FLOAT, [1, shape[0]] + [1] * (len(shape) - 1))
+            kind = ir.DataType.from_numpy(np.dtype(self.kinds[t]))
+            mask = _input(_mask_name(k), kind, [1, shape[0]] + [1] * (len(shape) - 1))
             graph.inputs.append(mask)
             clean, new = values[t], f"{t}__shuffled"
             gathered = ir.node("Gather", [clean, perm], {"axis": 0}, name=f"{new}_g")
@@ -85,7 +89,7 @@ class GroupShuffle:
         feeds = {}
         for k, t in enumerate(self.tensors):
             shape = self.model.shapes[t]
-            m = np.zeros((1, shape[0]) + (1,) * (len(shape) - 1), np.float32)
+            m = np.zeros((1, shape[0]) + (1,) * (len(shape) - 1), self.kinds[t])
             for c in self.group.consumers:
                 if c.tensor == t:
                     m[0, c.indices([channel])] = 1.0

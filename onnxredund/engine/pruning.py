@@ -643,9 +643,11 @@ def zeroed_at_consumers(
         if not entries:
             continue
         node, shape = writer.nodes[node_index], model.shapes[tensor]
-        mask = np.ones((1, shape[0]) + (1,) * (len(shape) - 1), np.float32)
-        mask[0, sorted(entries)] = 0.0
         position = next(k for k, v in enumerate(node.inputs) if v is not None and v.name == tensor)
+        weight = writer.constants.get(model.proto.graph.node[node_index].input[1])
+        kind = np.float32 if weight is None else weight.dtype  # the consumer's float type (float16 in some models)
+        mask = np.ones((1, shape[0]) + (1,) * (len(shape) - 1), kind)
+        mask[0, sorted(entries)] = 0.0
         mul = ir.Node("", "Mul", [node.inputs[position], writer.initializer(mask, f"{tensor}_mask")], num_outputs=1)
         mul.outputs[0].name = writer.fresh(f"{tensor}_zeroed")
         writer.graph.insert_before(node, mul)

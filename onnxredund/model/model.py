@@ -248,6 +248,12 @@ def pick_image_input(proto: onnx.ModelProto, path: Path, name: str | None = None
         shapes = {i.name: dims(i) for i in inputs}
         raise OnnxRedundError(f"{path} has no input of image shape (inputs {shapes}); onnxredund needs {_NEEDS_IMAGE}")
     vi = candidates[0]
+    if _dtype(vi) in ("float16", "bfloat16", "float64"):
+        raise OnnxRedundError(
+            f"input {vi.name!r} is {_dtype(vi)}; onnxredund feeds float32 images: convert the model with float32 "
+            "inputs and outputs (its inside may stay half precision, as convert_float_to_float16(keep_io_types=True) "
+            "writes it)"
+        )
     if _dtype(vi) != "float32":
         raise OnnxRedundError(f"input {vi.name!r} is not float32; onnxredund analyses float image models")
     if _rank(vi) not in _IMAGE_RANKS:

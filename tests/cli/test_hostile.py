@@ -66,6 +66,17 @@ def _integer_input() -> onnx.ModelProto:
     return m
 
 
+def _half_input() -> onnx.ModelProto:
+    """A model converted to float16 through and through, its input included."""
+    m = conv_only()
+    for k, t in enumerate(m.graph.initializer):
+        m.graph.initializer[k].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for v in [*m.graph.input, *m.graph.output]:
+        v.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    onnx.checker.check_model(m)
+    return m
+
+
 def _local_function() -> onnx.ModelProto:
     m = conv_only()
     relu = helper.make_node("Relu", ["a"], ["b"])
@@ -162,6 +173,10 @@ MODEL_FILES = {
         "needs an image tensor",
     ),
     "integer input": (lambda good: _integer_input().SerializeToString(), "is not float32"),
+    "half-precision input": (
+        lambda good: _half_input().SerializeToString(),
+        "is float16; onnxredund feeds float32 images: convert the model with float32 inputs and outputs",
+    ),
     "two inputs": (
         lambda good: _conv_model(SUMMED, [("x", ["N", 3, 5, 5]), ("x2", ["N", 3, 5, 5])], {"w": W}).SerializeToString(),
         "2 image inputs ['x', 'x2']; pass --impulse-input NAME",
