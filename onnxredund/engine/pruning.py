@@ -17,6 +17,7 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ from onnxredund.model import (
     copy_model,
     dequantize,
     external_tensors,
+    quantize,
     tensor_array,
 )
 
@@ -169,31 +171,35 @@ class _Writer:
 
     def cut_quantized(self, node: ir.Node, name: str, axes: dict[int, set[int]]) -> bool:
         """Where ``node`` reads ``name`` from a DequantizeLinear of initializers (a QDQ model's weight or bias),
-        cut the quantized tensor (and a per-axis scale and zero point on a cut axis) and give ``node`` a
-        DequantizeLinear of its own reading them: the weights stay quantized. False where ``name`` is not such a
-        tensor, already rewritten, or quantized per block (then the float values are cut instead)."""
+        or of a QuantizeLinear of them (a float weight the model quantizes itself), cut the initializer (and a
+        per-axis scale and zero point on a cut axis) and give ``node`` that chain of its own: the weights stay
+        quantized. False where ``name`` is not such a tensor, already rewritten, or quantized per block (then
+        the float values are cut instead)."""
         position = next(k for k, v in enumerate(node.inputs) if v is not None and v.name == name)
-        dq = node.inputs[position].producer()
-        if name in self.written or dq is None or dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx"):
+        chain = _quantize_chain(node.inputs[position].producer(), self.constants)
+        if name in self.written or chain is None:
             return False
-        sources = [v for v in dq.inputs if v is not None]
-        if any(v.const_value is None for v in sources) or "block_size" in dq.attributes:
-            return False
-        q, *params = (v.const_value.numpy() for v in sources)
-        axis = dq.attributes["axis"].as_int() % q.ndim if "axis" in dq.attributes else 1 % q.ndim
-        per_axis = [cut for cut in axes if cut == axis and params[0].size > 1]
+        value, base = chain[0].inputs[0], np.asarray(self.constants[chain[0].inputs[0].name])
         for cut_axis, idx in axes.items():
-            q = np.delete(q, sorted(idx), axis=cut_axis)
-        params = [np.delete(p, sorted(axes[axis]), axis=0) for p in params] if per_axis else params
-        inputs = [self.initializer(q, sources[0].name)]
-        inputs += [self.initializer(p, v.name) if per_axis else v for p, v in zip(params, sources[1:], strict=True)]
-        new = ir.Node("", "DequantizeLinear", inputs, attributes=list(dq.attributes.values()), num_outputs=1)
-        new.outputs[0].name = self.fresh(name)
-        new.outputs[0].type = ir.TensorType(ir.DataType.from_numpy(params[0].dtype))
-        new.outputs[0].shape = ir.Shape(q.shape)
-        self.graph.insert_before(node, new)
-        node.replace_input_with(position, new.outputs[0])
-        self.written[new.outputs[0].name] = dequantize(q, *params, axis=axis)
+            base = np.delete(base, sorted(idx), axis=cut_axis)
+        value, array = self.initializer(base, value.name), base
+        for step in chain:
+            params = [v for v in step.inputs[1:] if v is not None]
+            arrays = [np.asarray(self.constants[v.name]) for v in params]
+            axis = step.attributes["axis"].as_int() % base.ndim if "axis" in step.attributes else 1 % base.ndim
+            if axis in axes and arrays[0].size > 1:  # per axis, on a cut axis: its scales go with the channels
+                arrays = [np.delete(p, sorted(axes[axis]), axis=0) for p in arrays]
+                params = [self.initializer(p, v.name) for p, v in zip(arrays, params, strict=True)]
+            new = ir.Node("", step.op_type, [value, *params], attributes=list(step.attributes.values()), num_outputs=1)
+            convert = dequantize if step.op_type == "DequantizeLinear" else partial(quantize, dtype=np.uint8)
+            array = convert(array, *arrays, axis=axis)
+            new.outputs[0].name = self.fresh(step.outputs[0].name)
+            new.outputs[0].type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
+            new.outputs[0].shape = ir.Shape(array.shape)
+            self.graph.insert_before(node, new)
+            value = new.outputs[0]
+        node.replace_input_with(position, value)
+        self.written[value.name] = array
         return True
 
     def replace(self, node: ir.Node, old: str, value: np.ndarray) -> None:
@@ -209,6 +215,24 @@ class _Writer:
             self.written[old] = value
             return
         self.set_input(node, position, value, old)
+
+
+def _quantize_chain(dq: ir.Node | None, constants: Mapping[str, np.ndarray]) -> list[ir.Node] | None:
+    """The nodes that make a constant weight from a constant (an initializer, a Constant node): [DequantizeLinear]
+    of an int8 tensor, or [QuantizeLinear, DequantizeLinear] of a float one, with constant scales and zero
+    points; None otherwise (per-block quantization included)."""
+
+    def standard(node, op: str) -> bool:
+        return node is not None and node.op_type == op and node.domain in ("", "ai.onnx")
+
+    if not standard(dq, "DequantizeLinear"):
+        return None
+    q = dq.inputs[0].producer()
+    chain = [q, dq] if standard(q, "QuantizeLinear") else [dq]
+    for step in chain:
+        if "block_size" in step.attributes or any(v.name not in constants for v in step.inputs[1:] if v is not None):
+            return None
+    return chain if chain[0].inputs[0].name in constants else None
 
 
 def _dense_orientation(node: onnx.NodeProto) -> tuple[int, float, float]:

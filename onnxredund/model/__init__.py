@@ -37,6 +37,7 @@ from onnxredund.model.graph import (
     infer_shapes,
     outer_reads,
     producers_of,
+    quantize,
     shape_derived,
     value_infos,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "output_kind",
     "pick_image_input",
     "producers_of",
+    "quantize",
     "read_model_file",
     "set_external_folder",
     "set_input_shape",

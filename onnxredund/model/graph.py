@@ -32,6 +32,7 @@ __all__ = [
     "infer_shapes",
     "outer_reads",
     "producers_of",
+    "quantize",
     "shape_derived",
     "value_infos",
 ]

@@ -109,6 +109,12 @@ def test_weights_a_model_quantizes_itself_are_constants_of_the_right_shape(tmp_p
     np.testing.assert_array_equal(ConstantTable(qdq.graph)["w2_quantized"], q)
     groups = channel_groups(model)
     pruned = remove_channels(model, groups, {next(g for g in groups if "conv1" in g.producers).index: [2]})
+    made_by = {o: n for n in pruned.graph.node for o in n.output}
+    conv2 = next(n for n in pruned.graph.node if n.name == "conv2")
+    dq = made_by[conv2.input[1]]
+    quantizer = made_by[dq.input[0]]  # still quantized in the graph, from the float weight cut to 5 input channels
+    assert (dq.op_type, quantizer.op_type) == ("DequantizeLinear", "QuantizeLinear")
+    assert [list(t.dims) for t in pruned.graph.initializer if t.name == quantizer.input[0]] == [[5, 5, 3, 3]]
     zeroed = onnx.ModelProto()
     zeroed.CopyFrom(qdq)
     w = q.astype(np.float32) * scale

@@ -79,6 +79,22 @@ def test_onnxruntime_optimised_paddleocr_classifier_goes_through_the_four_comman
     assert len(out["layers"]["layers"]) == len(out["impulse"]["layers"]) == 53
 
 
+def test_quantized_paddleocr_classifier_goes_through_the_four_commands_and_stays_quantized(real_model, tmp_path):
+    """PaddleOCR's classifier through onnxruntime's quantize_static (QDQ): refused before ("Conv@1 reads 8
+    channels but its weights expect 1": the weights Paddle lists as inputs are quantized in the graph)."""
+    import onnx
+
+    path = real_model("paddleocr-cls-qdq.onnx")
+    out = _four_commands(path, "3x48x192", "10", tmp_path)
+    assert len(out["layers"]["layers"]) == len(out["impulse"]["layers"]) == 53
+    assert any("quantizes its activations" in n for n in out["impulse"]["notes"])
+    graph = onnx.load(tmp_path / "pruned.onnx").graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    quantizer = {n.output[0]: made_by.get(n.input[0]) for n in graph.node if n.op_type == "DequantizeLinear"}
+    weights = [n.input[1] for n in graph.node if n.op_type == "Conv"]
+    assert len(weights) == 53 and all(quantizer.get(w) == "QuantizeLinear" for w in weights)  # each stays int8
+
+
 def test_silero_vad_with_its_state_batch_second_is_refused_in_one_line(real_model):
     r = run_cli("layers", real_model("silero-vad-16k.onnx"), "--input-shape", "input=512")
     assert r.exit_code == 2 and "input 'state' [2, 'batch', 128] has the batch 'batch' on axis 1" in r.stderr
