@@ -34,54 +34,61 @@ def channel_numbers(text: str) -> list[int]:
     return out
 
 
-class _ChannelList(click.ParamType):
+class _Text(click.ParamType):
+    """A value written as text: :meth:`parse` makes it what the library takes, or raises ValueError saying why
+    (click's usage error, naming the option and the value)."""
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.parse(value)
+        except ValueError as e:
+            self.fail(f"{value!r}: {e}", param, ctx)
+
+    def parse(self, text: str):
+        raise NotImplementedError
+
+
+class _ChannelList(_Text):
     """'0,3,5-9' -> [0, 3, 5, ..., 9]; 'all' -> None (every channel)."""
 
     name = "CHANNELS"
 
-    def convert(self, value, param, ctx):
-        if not isinstance(value, str):
-            return value
-        if value.strip() in ("", "all"):
+    def parse(self, text: str) -> list[int] | None:
+        if text.strip() in ("", "all"):
             return None
         try:
-            return channel_numbers(value)
+            return channel_numbers(text)
         except ValueError as e:
-            self.fail(f"{value!r}: {e}; write e.g. 0,3,5-9", param, ctx)
+            raise ValueError(f"{e}; write e.g. 0,3,5-9") from None
 
 
-class _LayerChannels(click.ParamType):
+class _LayerChannels(_Text):
     """'conv2:3,7' -> ('conv2', [3, 7])."""
 
     name = "LAYER:CHANNELS"
 
-    def convert(self, value, param, ctx):
-        if not isinstance(value, str):
-            return value
-        layer, sep, channels = value.rpartition(":")
+    def parse(self, text: str) -> tuple[str, list[int]]:
+        layer, sep, channels = text.rpartition(":")
         if not sep or not layer or not channels:
-            self.fail(f"{value!r}: write LAYER:CHANNELS, e.g. conv2:3,7 or conv2:0-3", param, ctx)
-        try:
-            return layer, channel_numbers(channels)
-        except ValueError as e:
-            self.fail(f"{value!r}: {e}", param, ctx)
+            raise ValueError("write LAYER:CHANNELS, e.g. conv2:3,7 or conv2:0-3")
+        return layer, channel_numbers(channels)
 
 
-class _GateType(click.ParamType):
+class _GateType(_Text):
     """'redundant_fraction>0.5' -> Gate('redundant_fraction', '>', 0.5)."""
 
     name = "GATE"
 
-    def convert(self, value, param, ctx):
-        if not isinstance(value, str):
-            return value
-        m = re.fullmatch(r"\s*([a-z0-9_]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*", value)
+    def parse(self, text: str) -> Gate:
+        m = re.fullmatch(r"\s*([a-z0-9_]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*", text)
         if not m or m.group(1) not in GATE_METRICS:
-            self.fail(f"{value!r}: use METRIC>VALUE with METRIC one of {', '.join(GATE_METRICS)}", param, ctx)
+            raise ValueError(f"use METRIC>VALUE with METRIC one of {', '.join(GATE_METRICS)}")
         try:
             return Gate(m.group(1), m.group(2), float(m.group(3)))
         except ValueError:
-            self.fail(f"{value!r}: {m.group(3)!r} is not a number", param, ctx)
+            raise ValueError(f"{m.group(3)!r} is not a number") from None
 
 
 CHANNEL_LIST = _ChannelList()
