@@ -7,6 +7,7 @@ matrix goes to ``impulse.npz`` (named in the JSON).
 from __future__ import annotations
 
 import io
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -140,12 +141,26 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, buf.getvalue())
 
 
+#: id of an impulse result -> it as its files hold it, while the result lives (an audit writes impulse.json as
+#: soon as the analysis ends, then results.json and maybe --json: the float64 matrices are made once)
+_PREPARED: dict[int, ImpulseResult] = {}
+
+
 def for_json(result: ImpulseResult) -> ImpulseResult:
     """``result`` as its files hold it: the NCC matrices the JSON has room for (layers of up to 256 channels,
     smallest first, until 100,000 values in all) recomputed in float64 from the responses (the analysis keeps
-    float32's, within 1e-6) and marked for the JSON; every matrix is in the .npz."""
+    float32's, within 1e-6) and marked for the JSON; every matrix is in the .npz. Made once per result."""
     if result.json_layers:
         return result
+    if id(result) in _PREPARED:
+        return _PREPARED[id(result)]
+    prepared = _prepared(result)
+    _PREPARED[id(result)] = prepared
+    weakref.finalize(result, _PREPARED.pop, id(result), None)
+    return prepared
+
+
+def _prepared(result: ImpulseResult) -> ImpulseResult:
     chosen, total = set(), 0
     for layer in sorted(result.layers, key=lambda layer: (len(layer.ncc), layer.index)):
         if len(layer.ncc) > JSON_MATRIX_CHANNELS or total + layer.ncc.size > JSON_MATRIX_VALUES:

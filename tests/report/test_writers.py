@@ -169,3 +169,20 @@ def test_the_report_gathers_the_time_budgets_notes_into_one_table_and_one_line()
         ["Conv.1 pixel", "64 of 128 images (evenly spaced)"],
     ]
     assert skipped == "note: 2 sweeps skipped, the time budget spent: Conv.5 pixel, Conv.6 channel"
+
+
+def test_the_json_matrices_are_made_once_per_result_however_often_it_is_written(tmp_path, monkeypatch):
+    """An audit writes impulse.json when the analysis ends, then results.json (and --json): the float64
+    matrices, an FFT per pair of channels, are computed for the first and reused, while the result lives."""
+    from onnxredund.report import writers
+
+    result = run_impulse(load_model_proto(small_cnn()[0]), device="cpu")
+    calls = []
+    real = writers.ncc_matrix
+    monkeypatch.setattr(writers, "ncc_matrix", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = for_json(result)
+    write_impulse(tmp_path, result)
+    assert impulse_payload(result) == impulse_payload(first)
+    assert for_json(result) is first and len(calls) == len(result.layers) == 2  # one per layer, once
+    other = run_impulse(load_model_proto(small_cnn(seed=5)[0]), device="cpu")
+    assert for_json(other) is not first and len(calls) == 4  # another result gets its own
