@@ -35,7 +35,16 @@ from onnxredund.metrics import (
     top_k_hits,
 )
 
-__all__ = ["SQNR_CAP_DB", "EffectMeter", "OutputEffect", "effect_kind", "merge_sums", "nan_to_none", "sample_rows"]
+__all__ = [
+    "SQNR_CAP_DB",
+    "EffectMeter",
+    "OutputEffect",
+    "effect_kind",
+    "merge_sums",
+    "nan_to_none",
+    "sample_rows",
+    "unmeasured",
+]
 
 SQNR_CAP_DB = 300.0
 
@@ -54,6 +63,16 @@ def nan_to_none(values) -> list | None:
     if values is None:
         return None
     return [None if not np.isfinite(v) else round(float(v), 10) for v in np.asarray(values, np.float64)]
+
+
+def unmeasured(values: np.ndarray | None, unseen: np.ndarray, axis: int = 0) -> np.ndarray | None:
+    """``values`` as floats with NaN for the channels ``unseen`` flags along ``axis`` (no image reached them);
+    None stays None, and so does an array where every channel was measured."""
+    if values is None or not unseen.any():
+        return values
+    values = np.array(values, np.float64)
+    np.moveaxis(values, axis, 0)[unseen] = np.nan
+    return values
 
 
 @dataclass(frozen=True)
@@ -76,12 +95,8 @@ class OutputEffect:
         """This effect with NaN for the channels ``unseen`` (K,) flags: no image reached them."""
         if not unseen.any():
             return self
-        arrays = {
-            f.name: np.where(unseen, np.nan, getattr(self, f.name))
-            for f in fields(self)
-            if isinstance(getattr(self, f.name), np.ndarray)
-        }
-        return replace(self, **arrays)
+        arrays = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: unmeasured(v, unseen) for k, v in arrays.items() if isinstance(v, np.ndarray)})
 
     def to_dict(self) -> dict:
         return {

@@ -43,7 +43,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from onnxredund.analyses.effects import EffectMeter, OutputEffect, effect_kind, merge_sums, nan_to_none
+from onnxredund.analyses.effects import (
+    EffectMeter,
+    OutputEffect,
+    effect_kind,
+    merge_sums,
+    nan_to_none,
+    unmeasured,
+)
 from onnxredund.analyses.sequential import (
     DECISIONS,
     EXHAUSTIVE,
@@ -596,15 +603,6 @@ def _device_steps(runner: SweepRunner, clean_batches, channels: list[int], repea
         yield _End(bi, size)
 
 
-def _unmeasured(values: np.ndarray | None, unseen: np.ndarray, axis: int = 0) -> np.ndarray | None:
-    """``values`` as floats with NaN for the channels ``unseen`` flags along ``axis``; None stays None."""
-    if values is None or not unseen.any():
-        return values
-    values = np.array(values, np.float64)
-    np.moveaxis(values, axis, 0)[unseen] = np.nan
-    return values
-
-
 def _mean_std(per_repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return per_repeat.mean(axis=0), per_repeat.std(axis=0)
 
@@ -630,13 +628,13 @@ def sweep_result(
     decision = sums["decision"][0] if estimation.sequential else decide(low, high, estimation.cheap_drop)
     # a channel no image reached yet (a sweep stopped before its first batch ended) has no numbers: NaN
     # (null in JSON), undecided, never the zeros its empty sums would give
-    unseen = sums["seen"].min(axis=0) == 0 if sums["seen"].size else np.zeros(0, bool)
-    cosine_repeats = _unmeasured(sums["cos_sum"] / seen[..., None], unseen, axis=1)
-    cosine, cosine_std, low, high = (_unmeasured(a, unseen) for a in (cosine, cosine_std, low, high))
-    acc, agr = (tuple(_unmeasured(v, unseen) for v in pair) for pair in (acc, agr))
+    unseen = sums["seen"].min(axis=0) == 0
+    cosine_repeats = unmeasured(sums["cos_sum"] / seen[..., None], unseen, axis=1)
+    cosine, cosine_std, low, high = (unmeasured(a, unseen) for a in (cosine, cosine_std, low, high))
+    acc, agr = (tuple(unmeasured(v, unseen) for v in pair) for pair in (acc, agr))
     decision = np.where(unseen, UNDECIDED, decision)
     channel_baseline = (sums["baseline_correct"] / seen).mean(axis=0) if meter.labelled else None
-    channel_baseline = _unmeasured(channel_baseline, unseen)
+    channel_baseline = unmeasured(channel_baseline, unseen)
     if unseen.all() and meter.labelled:
         baseline = float("nan")
     return ShuffleResult(
@@ -669,9 +667,7 @@ def sweep_result(
         classifier=pred,
         data_info=data.describe(),
         images=sums["seen"][0].copy(),
-        channel_baseline=_unmeasured((sums["baseline_correct"] / seen).mean(axis=0), unseen)
-        if meter.labelled
-        else None,
+        channel_baseline=channel_baseline,
         cost_low=low,
         cost_high=high,
         decision=[DECISIONS[d] for d in decision],
