@@ -17,7 +17,6 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +52,8 @@ from onnxredund.model import (
     Model,
     attribute,
     copy_model,
-    dequantize,
     external_tensors,
-    quantize,
+    quantize_op,
     tensor_array,
 )
 
@@ -186,13 +184,13 @@ class _Writer:
         for step in chain:
             params = [v for v in step.inputs[1:] if v is not None]
             arrays = [np.asarray(self.constants[v.name]) for v in params]
-            axis = step.attributes["axis"].as_int() % base.ndim if "axis" in step.attributes else 1 % base.ndim
+            axis = step.attributes.get_int("axis", 1) % base.ndim
             if axis in axes and arrays[0].size > 1:  # per axis, on a cut axis: its scales go with the channels
                 arrays = [np.delete(p, sorted(axes[axis]), axis=0) for p in arrays]
                 params = [self.initializer(p, v.name) for p, v in zip(arrays, params, strict=True)]
             new = ir.Node("", step.op_type, [value, *params], attributes=list(step.attributes.values()), num_outputs=1)
-            convert = dequantize if step.op_type == "DequantizeLinear" else partial(quantize, dtype=np.uint8)
-            array = convert(array, *arrays, axis=axis)
+            to = step.attributes.get_int("output_dtype", 0)
+            array = quantize_op(step.op_type, [array, *arrays], axis=axis, output_dtype=to)
             new.outputs[0].name = self.fresh(step.outputs[0].name)
             new.outputs[0].type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
             new.outputs[0].shape = ir.Shape(array.shape)

@@ -38,6 +38,7 @@ from onnxredund.model.graph import (
     outer_reads,
     producers_of,
     quantize,
+    quantize_op,
     shape_derived,
     value_infos,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "pick_image_input",
     "producers_of",
     "quantize",
+    "quantize_op",
     "read_model_file",
     "set_external_folder",
     "set_input_shape",

@@ -33,6 +33,7 @@ __all__ = [
     "outer_reads",
     "producers_of",
     "quantize",
+    "quantize_op",
     "shape_derived",
     "value_infos",
 ]
@@ -90,8 +91,8 @@ def default_opset(proto: onnx.ModelProto) -> int | None:
 
 
 class ConstantTable(Mapping):
-    """The constant tensors of a graph (initializers, Constant nodes, Identity of those, and the float weights
-    a DequantizeLinear makes of constants: a quantized model's QDQ weights), by name.
+    """The constant tensors of a graph (initializers, Constant nodes, Identity of those, and what a
+    QuantizeLinear or DequantizeLinear makes of constants: a quantized model's QDQ weights), by name.
 
     Values are decoded to numpy only when looked up, and then kept: a big model's weights are not
     all copied to find a few conv kernels.
@@ -113,14 +114,13 @@ class ConstantTable(Mapping):
         if name not in self._values:
             source = self._sources[name]
             if isinstance(source, onnx.NodeProto) and source.op_type in _QUANTIZE_OPS:
-                values = [self[t] if t else None for t in source.input]
-                axis, block = attribute(source, "axis", 1), attribute(source, "block_size", 0)
-                if source.op_type == "QuantizeLinear":
-                    to = attribute(source, "output_dtype", 0)
-                    kind = onnx.helper.tensor_dtype_to_np_dtype(to) if to else np.uint8
-                    self._values[name] = quantize(*values, axis=axis, block_size=block, dtype=kind)
-                else:
-                    self._values[name] = dequantize(*values, axis=axis, block_size=block)
+                self._values[name] = quantize_op(
+                    source.op_type,
+                    [self[t] if t else None for t in source.input],
+                    axis=attribute(source, "axis", 1),
+                    block_size=attribute(source, "block_size", 0),
+                    output_dtype=attribute(source, "output_dtype", 0),
+                )
             else:
                 self._values[name] = _decode(source)
         return self._values[name]
@@ -190,6 +190,15 @@ def quantize(
     with np.errstate(divide="ignore", invalid="ignore"):
         y = np.rint(x.astype(np.float32) / scale.astype(np.float32)) + zero.astype(np.float32)
     return np.clip(y, info.min, info.max).astype(kind)
+
+
+def quantize_op(op_type: str, inputs: list, *, axis: int = 1, block_size: int = 0, output_dtype: int = 0) -> np.ndarray:
+    """What a QuantizeLinear or DequantizeLinear node computes from its inputs' values (x, scale[, zero point])
+    and its attributes (``output_dtype``: a TensorProto type, 0 for the zero point's or uint8)."""
+    if op_type == "DequantizeLinear":
+        return dequantize(*inputs, axis=axis, block_size=block_size)
+    kind = onnx.helper.tensor_dtype_to_np_dtype(output_dtype) if output_dtype else np.uint8
+    return quantize(*inputs, axis=axis, block_size=block_size, dtype=kind)
 
 
 def _decode(source: onnx.TensorProto | onnx.NodeProto) -> np.ndarray:
