@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onnxredund.analyses.audit import default_shuffle_layers  # noqa: E402
-from onnxredund.analyses.distributed import job_for, plan_units, run_sweep_units, run_unit  # noqa: E402
+from onnxredund.analyses.distributed import job_for, plan_units, run_sweeps, run_unit  # noqa: E402
 from onnxredund.analyses.plan import suffix_share  # noqa: E402
 from onnxredund.analyses.shuffle import SweepOptions  # noqa: E402
 from onnxredund.data import Dataset, load_mnist  # noqa: E402
@@ -63,7 +63,7 @@ def part_a(data_dir: str, images: int, workers: list[int], skip_ray: bool, batch
         "runs": {},
     }
     t0 = time.perf_counter()
-    local, _ = run_sweep_units(job, pairs, LocalBackend())
+    local, _ = run_sweeps(job, pairs, LocalBackend())
     out["runs"]["local"] = {"seconds": time.perf_counter() - t0}
     reference = {(r.layer, r.mode): json.dumps(r.to_dict()) for r in local}
     print(f"local: {out['runs']['local']['seconds']:.1f} s for {len(units)} units", flush=True)
@@ -78,7 +78,7 @@ def part_a(data_dir: str, images: int, workers: list[int], skip_ray: bool, batch
         backend.pids()  # the actors are up
         start = time.perf_counter() - t0
         t0 = time.perf_counter()
-        results, complete = run_sweep_units(job, pairs, backend)
+        results, complete = run_sweeps(job, pairs, backend)
         seconds = time.perf_counter() - t0
         same = complete and all(json.dumps(r.to_dict()) == reference[(r.layer, r.mode)] for r in results)
         out["runs"][f"ray{n}"] = {"seconds": seconds, "start_seconds": start, "identical_json": same}

@@ -40,8 +40,10 @@ def check_writable(folder: Path) -> None:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".onnxredund-probe.")
     except OSError as e:
         raise OnnxRedundError(f"output folder {folder} is not writable ({e.strerror}); pass another `out`") from None
-    os.close(fd)
-    os.unlink(tmp)
+    try:  # a signal while the probe exists leaves nothing behind
+        os.close(fd)
+    finally:
+        os.unlink(tmp)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:

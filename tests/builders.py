@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxredund.engine.backends import LocalBackend
+
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 MODELS = ROOT / "models"
@@ -110,3 +112,10 @@ def run_cli(*args: str, env: dict | None = None):
 
     runner = CliRunner()
     return runner.invoke(main, [str(a) for a in args], env={**os.environ, **(env or {})}, catch_exceptions=False)
+
+
+class ChunksHere(LocalBackend):
+    """Units of one chunk each, run in this process as a worker runs them: kept when finished, a signal inside a
+    unit loses the unit (what Ray's workers do, without Ray)."""
+
+    in_process = False

@@ -24,24 +24,24 @@ out past half of it, the sweeps share what is left, and whatever is cut short or
 
 Interrupted (Ctrl-C, SIGTERM) during the sweeps, the audit stops at once: the result holds the impulse
 analysis and the sweeps that finished, is marked incomplete (``complete`` False, a note naming what was not
-measured), and the sweep in progress keeps its checkpoint (every batch, in ``<checkpoint_dir>/checkpoints``;
-units on a backend) for ``resume``, which ends with the numbers of an uninterrupted audit.
+measured), and the sweep in progress keeps what it measured (:mod:`~onnxredund.analyses.distributed`: every
+batch in this process, finished units on a backend, in ``<checkpoint_dir>/units``) for ``resume``, which ends
+with the numbers of an uninterrupted audit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from onnxredund import __version__
-from onnxredund.analyses.distributed import job_for, plan_units, run_sweep_units
+from onnxredund.analyses.distributed import clear_units, job_for, plan_units, run_sweeps
 from onnxredund.analyses.evaluate import one_class_note
 from onnxredund.analyses.gates import GATE_METRICS, check_gate_applies, check_gates
 from onnxredund.analyses.impulse import ImpulseResult, run_impulse
@@ -58,15 +58,10 @@ from onnxredund.analyses.shuffle import (
     ShuffleResult,
     SweepOptions,
     effect_kind,
-    effect_meter,
-    new_state,
-    run_shuffle,
 )
-from onnxredund.analyses.sweep_state import SweepState, sweep_key
 from onnxredund.choices import BATCH_SIZE, CHEAP_DROP, CONFIDENCE, NCC_THRESHOLD
 from onnxredund.data import DataSource
-from onnxredund.engine.backends import Backend
-from onnxredund.errors import OnnxRedundError
+from onnxredund.engine.backends import Backend, LocalBackend
 from onnxredund.interrupts import Interrupted, deferred, stop_status
 from onnxredund.model import ConvLayer, Model, classifier_output
 from onnxredund.words import UNDECIDED_NOTE
@@ -89,7 +84,6 @@ SCHEMA_VERSION = 3
 _IMPULSE_SHARE = 0.3  # of the budget, after which the impulse analysis leaves out comparisons with earlier layers
 _WRITE_RESERVE = 5.0  # seconds kept for writing the report, results and figures at the end
 _PLAN_MARGIN = 0.85  # of the time left that the sweeps are planned to fill (estimates are estimates)
-_CHECKPOINTS = "checkpoints"  # the folder, in the checkpoint folder, of the sweeps' batch checkpoints
 
 
 @dataclass(frozen=True)
@@ -358,10 +352,7 @@ def run_audit(
     if sweeps:
         options = SweepOptions(batch_size=batch_size, seed=seed, device=device, estimation=estimation)
         kept = _Kept(None if checkpoint_dir is None else Path(checkpoint_dir), resume)
-        if backend is None:
-            results = _run_sweeps(model, data, sweeps, clock, options, progress, notes, kept)
-        else:
-            results = _run_sweep_units(model, data, sweeps, clock, options, progress, notes, kept, backend)
+        results = _run_sweeps(model, data, sweeps, clock, options, progress, notes, kept, backend or LocalBackend())
         try:
             for result in results:
                 shuffles.setdefault(result.layer, {})[result.mode] = result
@@ -405,7 +396,7 @@ def run_audit(
 
 def clear_checkpoints(checkpoint_dir) -> None:
     """Remove the sweeps' checkpoints of a finished audit (its results hold every number)."""
-    shutil.rmtree(checkpoint_dir / _CHECKPOINTS, ignore_errors=True)
+    clear_units(checkpoint_dir)
 
 
 @dataclass(frozen=True)
@@ -414,33 +405,6 @@ class _Kept:
 
     folder: Path | None
     resume: bool
-
-
-def _sweep_state(model, layer, data, mode, channels, options, kept: _Kept) -> tuple[SweepState, Path | None]:
-    """A sweep's state to start from (what its checkpoint kept, when resuming) and the checkpoint's path."""
-    key = sweep_key(
-        model,
-        layer,
-        data,
-        mode=mode,
-        channels=channels,
-        batch_size=options.batch_size,
-        repeats=1,
-        seed=options.seed,
-        exact_path=False,
-        estimation=options.estimation,
-    )
-    if kept.folder is None:
-        return new_state(effect_meter(model, data, 1, len(channels)), layer, key), None
-    path = kept.folder / _CHECKPOINTS / f"shuffle-{layer.index}-{mode}.npz"
-    path.parent.mkdir(exist_ok=True)
-    state = None
-    if kept.resume:
-        try:
-            state = SweepState.load(path, key)
-        except OnnxRedundError as e:  # another plan (a budget re-planned): this sweep starts again
-            log.warning("%s %s starts again: %s", layer.name, mode, e)
-    return state or new_state(effect_meter(model, data, 1, len(channels)), layer, key), path
 
 
 @dataclass
@@ -458,75 +422,92 @@ class _Clock:
         return None if self.budget is None else max(0.0, fraction * self.budget - (time.perf_counter() - self.start))
 
 
-def _run_sweeps(model, data, sweeps, clock: _Clock, options: SweepOptions, progress, notes: list[str], kept: _Kept):
-    """Run the sweeps, each planned afresh from the time left and what the sweeps so far cost, each batch kept
-    as ``kept`` says; raises :class:`Interrupted` where a signal stopped one."""
-    seconds_per_image = probe_seconds_per_image(model, data, options.device, options.batch_size)
-    seen: list[float] = []  # the pass costs the sweeps so far showed: their median plans the next ones
-    images = None  # fixed by the first plan: every sweep measures the same images
-    sequential = options.estimation.sequential
-    for i, (layer, mode) in enumerate(sweeps):
-        pass_cost = float(np.median(seen)) if seen else PASS_COST
-        left = clock.left()
-        if sequential:
-            first = first_look(options.estimation, options.batch_size, len(data))
-            plan, max_seconds = _sequential_plan(
-                model, sweeps[i:], first, len(data), left, seconds_per_image, pass_cost
-            )
+@dataclass(frozen=True)
+class _Step:
+    """Sweeps to run together: their plans, the data they measure, the seconds after which a unit stops (None:
+    none), and the sweeps the budget left out before them."""
+
+    plans: list[SweepPlan]
+    data: DataSource
+    unit_seconds: float | None
+    skipped: list[tuple[ConvLayer, str]]
+
+
+class _EachInTurn:
+    """The budget's plan in this process: each sweep planned afresh from the time left and what the sweeps before
+    it cost (their median pass cost); every sweep measures the images the first plan chose."""
+
+    def __init__(self, model, data, options: SweepOptions, clock: _Clock) -> None:
+        self.model, self.data, self.options, self.clock = model, data, options, clock
+        self.seconds_per_image = probe_seconds_per_image(model, data, options.device, options.batch_size)
+        self.seen: list[float] = []  # the pass costs the sweeps so far showed
+        self.images: int | None = None
+
+    def steps(self, sweeps) -> Iterator[_Step]:
+        o, data = self.options, self.data
+        for i, (layer, mode) in enumerate(sweeps):
+            pass_cost = float(np.median(self.seen)) if self.seen else PASS_COST
+            left = self.clock.left()
+            if o.estimation.sequential:
+                first = first_look(o.estimation, o.batch_size, len(data))
+                plan, max_seconds = _sequential_plan(
+                    self.model, sweeps[i:], first, len(data), left, self.seconds_per_image, pass_cost
+                )
+            else:
+                plans = plan_sweeps(
+                    self.model,
+                    sweeps[i:],
+                    samples=len(data),
+                    seconds=None if left is None else _PLAN_MARGIN * left,
+                    seconds_per_image=self.seconds_per_image,
+                    pass_cost=pass_cost,
+                    images=self.images,
+                )
+                plan = plans[0] if plans else None
+                max_seconds = None if plan is None or self.clock.budget is None else max(1.0, 2 * plan.seconds)
             if plan is None:
-                notes.append(f"{layer.name} {mode} shuffling skipped: time budget spent")
+                yield _Step([], data, None, [(layer, mode)])
                 continue
-        else:
-            plans = plan_sweeps(
-                model,
-                sweeps[i:],
-                samples=len(data),
-                seconds=None if left is None else _PLAN_MARGIN * left,
-                seconds_per_image=seconds_per_image,
-                pass_cost=pass_cost,
-                images=images,
-            )
-            if not plans:
-                notes.append(f"{layer.name} {mode} shuffling skipped: time budget spent")
-                continue
-            plan = plans[0]
-            max_seconds = None if clock.budget is None else max(1.0, 2 * plan.seconds)
-        images = plan.images
-        subset = data if plan.images >= len(data) else data.subset(evenly_spaced(plan.images, len(data)), "sampled")
-        state, ckpt = _sweep_state(model, layer, subset, mode, plan.channels, options, kept)
-        label = f"{layer.name} {mode} ({i + 1}/{len(sweeps)})"
-        cb = progress(label, len(subset), state.samples_done) if progress else None
-        t0 = time.perf_counter()
-        result = run_shuffle(
-            model,
-            layer,
-            subset,
-            mode=mode,
-            channels=plan.channels,
-            progress=cb,
-            state=state,
-            on_batch=None if ckpt is None else (lambda s, c=ckpt: s.save(c)),
-            max_seconds=max_seconds,
-            **options.kwargs(),
-        )
-        if result.stopped == "interrupted":
-            raise Interrupted(stop_status() - 128)
-        took = time.perf_counter() - t0
+            self.images = plan.images
+            yield _Step([plan], _sampled(data, plan.images), max_seconds, [])
+
+    def observe(self, plan: SweepPlan, result: ShuffleResult, took: float) -> None:
         log.debug(
             "%s %s: planned %d images x %d channels, %.2f s; took %.2f s; %.1f s left",
-            layer.name,
-            mode,
+            plan.layer.name,
+            plan.mode,
             plan.images,
             len(plan.channels),
             plan.seconds,
             took,
-            clock.left() or 0.0,
+            self.clock.left() or 0.0,
         )
-        observed = _observed_pass_cost(plan, took, seconds_per_image, int(np.sum(result.images)))
+        observed = _observed_pass_cost(plan, took, self.seconds_per_image, int(np.sum(result.images)))
         if observed is not None:
-            seen.append(observed)
-        notes += _sampling_notes(plan, result, len(data))
-        yield result
+            self.seen.append(observed)
+
+
+class _AllAhead:
+    """The budget's plan for a backend's workers: every sweep planned up front, run at once; sequential units share
+    the time left evenly, each stopping past its share once its channels have their minimum."""
+
+    def __init__(self, model, data, options: SweepOptions, clock: _Clock, workers: int) -> None:
+        self.model, self.data, self.options, self.clock, self.workers = model, data, options, clock, workers
+
+    def steps(self, sweeps) -> Iterator[_Step]:
+        o, left = self.options, self.clock.left()
+        plans, subset, _ = _plan_all(self.model, self.data, sweeps, left, o, self.workers)
+        planned = {(p.layer.name, p.mode) for p in plans}
+        skipped = [(layer, m) for layer, m in sweeps if (layer.name, m) not in planned]
+        unit_seconds = None
+        if o.estimation.sequential and left is not None:
+            job = job_for(self.model, subset, [(p.layer, p.mode, p.channels) for p in plans], o)
+            units = len(plan_units(job, [(p.layer, p.mode) for p in plans]))
+            unit_seconds = max(1.0, _PLAN_MARGIN * left * self.workers / max(units, 1))
+        yield _Step(plans, subset, unit_seconds, skipped)
+
+    def observe(self, plan: SweepPlan, result: ShuffleResult, took: float) -> None:
+        pass
 
 
 def _plan_all(model, data, sweeps, seconds: float | None, options: SweepOptions, workers: int):
@@ -542,46 +523,62 @@ def _plan_all(model, data, sweeps, seconds: float | None, options: SweepOptions,
         seconds_per_image=seconds_per_image,
         pass_cost=PASS_COST,
     )
-    images = plans[0].images if plans else len(data)
-    subset = data if images >= len(data) else data.subset(evenly_spaced(images, len(data)), "sampled")
-    return plans, subset, seconds_per_image
+    return plans, _sampled(data, plans[0].images if plans else len(data)), seconds_per_image
 
 
-def _run_sweep_units(
-    model, data, sweeps, clock: _Clock, options: SweepOptions, progress, notes: list[str], kept: _Kept, backend: Backend
+def _sampled(data: DataSource, images: int) -> DataSource:
+    return data if images >= len(data) else data.subset(evenly_spaced(images, len(data)), "sampled")
+
+
+def _run_sweeps(
+    model, data, sweeps, clock: _Clock, options: SweepOptions, progress, notes: list[str], kept: _Kept, backend
 ):
-    """All sweeps planned up front and run as units on the backend; results as each sweep's units are in. With a
-    budget, sequential units share it evenly: each stops past its share, once its channels have their minimum."""
-    left = clock.left()
-    plans, subset, _ = _plan_all(model, data, sweeps, left, options, backend.workers)
-    planned = {(p.layer.name, p.mode) for p in plans}
-    notes += [
-        f"{layer.name} {m} shuffling skipped: time budget spent"
-        for layer, m in sweeps
-        if (layer.name, m) not in planned
-    ]
-    job = job_for(model, subset, [(p.layer, p.mode, p.channels) for p in plans], options)
-    if job.estimation.sequential and left is not None:
-        units = len(plan_units(job, [(p.layer, p.mode) for p in plans]))
-        job = dataclasses.replace(job, unit_seconds=max(1.0, _PLAN_MARGIN * left * backend.workers / max(units, 1)))
-    results, complete = run_sweep_units(
-        job,
-        [(p.layer, p.mode) for p in plans],
-        backend,
-        checkpoint_dir=kept.folder,
-        resume=kept.resume,
-        progress=progress,
+    """Run the sweeps on ``backend`` as its plan says (each in turn in this process, all at once on workers),
+    kept as ``kept`` says; yields each finished sweep's result, and raises :class:`Interrupted` where a signal
+    stopped one."""
+    workers = backend.workers
+    policy = (
+        _EachInTurn(model, data, options, clock)
+        if backend.in_process
+        else _AllAhead(model, data, options, clock, workers)
     )
-    if clock.budget is not None and backend.workers > 1:
-        notes.append(f"sweeps planned for {backend.workers} workers on {backend.name}")
-    by_sweep = {(r.layer, r.mode): r for r in results}
-    for plan in plans:
-        result = by_sweep.get((plan.layer.name, plan.mode))
-        if result is not None:
-            notes += _sampling_notes(plan, result, len(data))
-            yield result
-    if not complete:
-        raise Interrupted(stop_status() - 128)
+    done = 0
+    for step in policy.steps(sweeps):
+        notes += [f"{layer.name} {m} shuffling skipped: time budget spent" for layer, m in step.skipped]
+        done += len(step.skipped)
+        if not step.plans:
+            continue
+        pairs = [(p.layer, p.mode) for p in step.plans]
+        sweeps_run = [(p.layer, p.mode, p.channels) for p in step.plans]
+        job = job_for(model, step.data, sweeps_run, options, unit_seconds=step.unit_seconds)
+        t0 = time.perf_counter()
+        results, complete = run_sweeps(
+            job,
+            pairs,
+            backend,
+            checkpoint_dir=kept.folder,
+            resume=kept.resume,
+            strict=False,
+            progress=_numbered(progress, done + 1, len(sweeps)) if progress and len(pairs) == 1 else progress,
+        )
+        took = time.perf_counter() - t0
+        done += len(pairs)
+        if workers > 1 and clock.budget is not None:
+            notes.append(f"sweeps planned for {workers} workers on {backend.name}")
+        by_sweep = {(r.layer, r.mode): r for r in results if r.stopped != "interrupted"}
+        for plan in step.plans:
+            result = by_sweep.get((plan.layer.name, plan.mode))
+            if result is not None:
+                policy.observe(plan, result, took)
+                notes += _sampling_notes(plan, result, len(data))
+                yield result
+        if not complete:
+            raise Interrupted(stop_status() - 128)
+
+
+def _numbered(progress, i: int, n: int):
+    """``progress`` with each bar's label numbered "(i/n)"."""
+    return lambda label, total, done: progress(f"{label} ({i}/{n})", total, done)
 
 
 def audit_estimate(

@@ -22,7 +22,8 @@ Pseudocode::
     cosine = mean over repeats of cos_sum / N (std over repeats too)
 
 A sweep's running sums are a :class:`~onnxredund.analyses.sweep_state.SweepState`; saved after each
-batch (:func:`run_shuffle_modes`), it lets an interrupted sweep resume with the same permutations.
+batch (:func:`~onnxredund.analyses.distributed.run_sweeps`), it lets an interrupted sweep resume with the same
+permutations.
 
 The model runs and the sums are a pipeline on threads (the clean runs, on a GPU; the perturbed runs; the sums
 in the caller's thread), so the device computes the next batch while the host adds up the last one; the sums
@@ -38,7 +39,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -59,7 +59,7 @@ from onnxredund.analyses.sequential import (
     decide,
     in_random_order,
 )
-from onnxredund.analyses.sweep_state import SweepState, checkpoint_path, sweep_key
+from onnxredund.analyses.sweep_state import SweepState
 from onnxredund.atomic import csv_text
 from onnxredund.choices import BATCH_SIZE
 from onnxredund.data import DataSource, conform_feeds, iter_batches
@@ -78,7 +78,6 @@ __all__ = [
     "effect_meter",
     "new_state",
     "run_shuffle",
-    "run_shuffle_modes",
     "sweep_result",
 ]
 
@@ -306,7 +305,7 @@ def new_state(meter: EffectMeter, layer: ConvLayer, key: str = "") -> SweepState
 @dataclass(frozen=True)
 class SweepOptions:
     """How the sweeps of one run go, the same for each (layer, mode): the keyword arguments of
-    :func:`run_shuffle` that :func:`run_shuffle_modes`, the audit and the units on a backend pass on."""
+    :func:`run_shuffle` that the shuffle command, the audit and the units on a backend pass on."""
 
     batch_size: int = BATCH_SIZE
     repeats: int = 1
@@ -673,70 +672,3 @@ def sweep_result(
         decision=[DECISIONS[d] for d in decision],
         estimation=estimation,
     )
-
-
-def run_shuffle_modes(
-    model: Model,
-    layer: ConvLayer,
-    data: DataSource,
-    *,
-    modes: tuple[str, ...],
-    channels: list[int],
-    checkpoint_dir: Path | None = None,
-    resume: bool = False,
-    progress: Callable[[str, int, int], Callable[[int], None]] | None = None,
-    on_result: Callable[[ShuffleResult], None] | None = None,
-    options: SweepOptions | None = None,
-) -> dict[str, ShuffleResult]:
-    """One sweep per mode, each checkpointed after every batch in ``checkpoint_dir``; stops after an
-    interrupted sweep.
-
-    Args:
-        modes: the modes to sweep, in order.
-        checkpoint_dir: where checkpoints are kept (none without it); a finished sweep removes its own.
-        resume: continue from the checkpoints there (each must exist and match the arguments).
-        progress: ``progress(label, total samples, samples already done)`` returns a callback
-            taking samples finished.
-        on_result: called with each sweep's result as soon as it ends (to write it).
-        options: how each sweep runs (batch size, repeats, seed, device, path, chunk, estimation; default:
-            :class:`SweepOptions`'s).
-    """
-    if resume and checkpoint_dir is None:
-        raise OnnxRedundError("`resume` needs the `out` folder of the interrupted run")
-    o = options = options or SweepOptions()
-    key_args = {"batch_size": o.batch_size, "repeats": o.repeats, "seed": o.seed, "exact_path": o.exact_path}
-    results: dict[str, ShuffleResult] = {}
-    for mode in modes:
-        ckpt = checkpoint_path(checkpoint_dir, mode) if checkpoint_dir else None
-        key = ""
-        if ckpt:
-            key = sweep_key(model, layer, data, mode=mode, channels=channels, estimation=o.estimation, **key_args)
-        state = SweepState.load(ckpt, key) if (resume and ckpt) else None
-        if resume and state is None:
-            raise OnnxRedundError(
-                f"nothing to resume in {checkpoint_dir} for {mode} mode (no checkpoint); "
-                "pass `overwrite` to start again"
-            )
-        if state is None:
-            meter = effect_meter(model, data, o.repeats, len(channels))
-            state = new_state(meter, layer, key)
-        bar = progress(f"{mode} shuffle", len(data), state.samples_done) if progress else None
-        result = run_shuffle(
-            model,
-            layer,
-            data,
-            mode=mode,
-            channels=channels,
-            progress=bar,
-            state=state,
-            on_batch=(lambda s, c=ckpt: s.save(c)) if ckpt else None,
-            **options.kwargs(),
-        )
-        results[mode] = result
-        if on_result is not None:
-            on_result(result)
-        if result.complete and ckpt is not None and ckpt.exists():
-            ckpt.unlink()
-        if not result.complete:
-            break
-    return results

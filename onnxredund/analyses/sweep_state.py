@@ -22,7 +22,7 @@ from onnxredund.data import DataSource
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import ConvLayer, Model, external_tensors, file_sha256
 
-__all__ = ["SweepState", "checkpoint_path", "sweep_key"]
+__all__ = ["SweepState", "sweep_key"]
 
 
 @dataclass
@@ -126,8 +126,3 @@ def sweep_key(
         sort_keys=True,
         default=str,
     )
-
-
-def checkpoint_path(folder: Path, mode: str) -> Path:
-    """Where a sweep of ``mode`` keeps its checkpoint in an output folder."""
-    return folder / f"shuffle-{mode}.checkpoint.npz"

@@ -63,7 +63,8 @@ def _echo_json(payload) -> None:
 
 
 def _interrupted(out_dir: Path | None, bars) -> None:
-    """After Ctrl-C or SIGTERM on a backend: say what was kept, and stop with status 130 or 143."""
+    """After Ctrl-C or SIGTERM with nothing measured in part to show: say what was kept, and stop with status 130
+    or 143."""
     bars.close()
     where = f"; the finished units are kept in {out_dir}/units (continue with --resume)" if out_dir else ""
     click.echo(f"onnxredund: interrupted{where}", err=True)
@@ -178,9 +179,9 @@ def shuffle(
 ):
     """Shuffle each input channel of a conv layer (across samples, or its pixels) and measure the
     cosine similarity of the layer's output per channel and the effect at the model's outputs."""
-    from onnxredund.analyses.distributed import job_for, run_sweep_units
+    from onnxredund.analyses.distributed import clear_units, job_for, run_sweeps
     from onnxredund.analyses.evaluate import one_class_note
-    from onnxredund.analyses.shuffle import SweepOptions, run_shuffle_modes
+    from onnxredund.analyses.shuffle import SweepOptions
     from onnxredund.report.schema import check_sweep
     from onnxredund.report.writers import write_shuffle
 
@@ -204,36 +205,24 @@ def shuffle(
 
     on_result = write if out_dir else None
 
-    with _keeping(out_dir, "the checkpoint of the finished batches (continue with --resume)", bars):
-        if backend is None:
-            results = run_shuffle_modes(
-                m,
-                target,
-                data,
-                modes=modes,
-                channels=picked,
-                checkpoint_dir=out_dir,
-                resume=resume,
-                progress=bars,
-                on_result=on_result,
-                options=sweep,
-            )
-        else:
-            job = job_for(m, data, [(target, md, picked) for md in modes], sweep)
-            done, complete = run_sweep_units(
-                job,
-                [(target, md) for md in modes],
-                backend,
-                checkpoint_dir=out_dir,
-                resume=resume,
-                progress=bars,
-                on_result=on_result,
-            )
-            results = {r.mode: r for r in done}
-            if not complete:
-                _interrupted(out_dir, bars)
+    with _keeping(out_dir, "what finished (continue with --resume)", bars):
+        job = job_for(m, data, [(target, md, picked) for md in modes], sweep)
+        done, complete = run_sweeps(
+            job,
+            [(target, md) for md in modes],
+            backend,
+            checkpoint_dir=out_dir,
+            resume=resume,
+            progress=bars,
+            on_result=on_result,
+        )
+    results = {r.mode: r for r in done}
+    if not complete and all(r.complete for r in done):  # nothing measured in part to show
+        _interrupted(out_dir, bars)
+    if complete and out_dir:
+        clear_units(out_dir)  # the sweeps' files hold every number
     bars.close()
-    complete = all(r.complete for r in results.values())
+    complete = complete and all(r.complete for r in results.values())
     one_class = one_class_note(m, data, batch_size=batch_size, device=device) if complete else None
     if one_class:
         log.warning(one_class)

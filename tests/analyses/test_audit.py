@@ -120,7 +120,7 @@ def test_an_interrupted_audit_stops_at_once_marks_itself_and_resumes_to_the_same
         n.startswith("interrupted: 1 of 4 sweeps finished; not measured: conv1 pixel, conv2 channel")
         for n in part.notes
     )
-    kept = np.load(tmp_path / "checkpoints" / "shuffle-0-pixel.npz")
+    kept = np.load(tmp_path / "units" / "0.pixel.0+3.npz")  # conv1 (layer 0) reads 3 channels
     assert int(kept["samples_done"]) == 32  # two batches of 16, committed with their sums
     resumed = run_audit(m, data, checkpoint_dir=tmp_path, resume=True, **options).to_dict()
     assert resumed == full and resumed["complete"] is True

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from builders import make_model, run_cli, save, small_cnn
+from builders import ChunksHere, make_model, run_cli, save, small_cnn
 from onnx import helper
 
-from onnxredund.analyses.distributed import job_for, run_sweep_units
+from onnxredund.analyses.distributed import job_for, run_sweeps
 from onnxredund.analyses.sequential import (
     CHEAP,
     COSTLY,
@@ -25,7 +25,6 @@ from onnxredund.analyses.sequential import (
 from onnxredund.analyses.shuffle import SweepOptions, SweepState, run_shuffle
 from onnxredund.data import Dataset
 from onnxredund.engine import load_model_proto
-from onnxredund.engine.backends import LocalBackend
 from onnxredund.errors import OnnxRedundError
 
 
@@ -175,7 +174,7 @@ def test_sequential_units_on_a_backend_give_the_sweeps_numbers():
     local = run_shuffle(model, layer, data, batch_size=32, device="cpu", chunk=1, estimation=SEQUENTIAL)
     options = SweepOptions(batch_size=32, device="cpu", chunk=1, estimation=SEQUENTIAL)
     job = job_for(model, data, [(layer, "channel", [0, 1, 2])], options)
-    (merged,), complete = run_sweep_units(job, [(layer, "channel")], LocalBackend())
+    (merged,), complete = run_sweeps(job, [(layer, "channel")], ChunksHere())
     assert complete and merged.to_dict() == local.to_dict()
 
 

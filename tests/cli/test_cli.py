@@ -161,7 +161,7 @@ def test_ctrl_c_writes_partial_results_and_resume_finishes_with_the_same_numbers
     assert r.exit_code == 130 and "INTERRUPTED" in r.stdout
     partial = json.loads((out / "shuffle-pixel.json").read_text())
     assert partial["complete"] is False and partial["samples_done"] == 40
-    assert (out / "shuffle-pixel.checkpoint.npz").exists()
+    assert [p.name for p in (out / "units").iterdir()] == ["1.pixel.0+4.npz"]  # conv2 (layer 1) reads 4
     monkeypatch.setattr(SweepRunner, "run_fast", real)
     r = run_cli(*args, "--out", out, "--resume", "--seed", "9")
     assert r.exit_code == 2 and "other arguments" in r.stderr  # other permutations: not a continuation
@@ -169,7 +169,7 @@ def test_ctrl_c_writes_partial_results_and_resume_finishes_with_the_same_numbers
     assert r.exit_code == 0, r.stderr
     resumed = json.loads(r.stdout)
     assert resumed["complete"] and resumed["cosine"] == full["cosine"] and resumed["agreement"] == full["agreement"]
-    assert not (out / "shuffle-pixel.checkpoint.npz").exists()
+    assert not (out / "units").exists()
     # nothing left to resume: refused, and the finished results stay
     r = run_cli(*args, "--out", out, "--resume", "--seed", "9")
     assert r.exit_code == 2 and "nothing to resume" in r.stderr

@@ -87,7 +87,7 @@ def _resumed(model, out: Path, reference: dict) -> None:
     r = run_cli("-q", "audit", model, *AUDIT, "--out", out, "--resume")
     assert r.exit_code == 0, r.stderr
     assert json.loads((out / "results.json").read_text()) == reference
-    assert not (out / "checkpoints").exists()
+    assert not (out / "units").exists()
 
 
 @pytest.mark.parametrize(
@@ -138,8 +138,8 @@ def test_sigterm_stops_a_shuffle_with_143_and_resume_ends_identical(model, tmp_p
     args = ["shuffle", model, "--layer", "conv2", "--mode", "channel", *AUDIT]
     full = json.loads(run_cli(*args, "--json").stdout)
     out = tmp_path / "out"
-    ckpt = out / "shuffle-channel.checkpoint.npz"
-    status, printed, err = _signal_when(_start(*args, "--out", out), ckpt.exists, signal.SIGTERM)
+    kept = out / "units"  # after the first batch, the sweep's unit is kept there
+    status, printed, err = _signal_when(_start(*args, "--out", out), kept.exists, signal.SIGTERM)
     assert status == 143, err
     partial = json.loads((out / "shuffle-channel.json").read_text())
     assert (
@@ -148,6 +148,7 @@ def test_sigterm_stops_a_shuffle_with_143_and_resume_ends_identical(model, tmp_p
     check_sweep(partial)
     r = run_cli(*args, "--out", out, "--resume", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout) == full
+    assert not kept.exists()  # the sweep's files hold every number
 
 
 def test_a_signal_during_prune_writes_nothing(model, tmp_path):

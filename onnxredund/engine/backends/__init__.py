@@ -26,6 +26,7 @@ UnitFn = Callable[[Any, Any, dict], Any]
 class Backend(Protocol):
     name: str
     workers: int
+    in_process: bool  # runs the units in the caller's process (then they may report each batch as it ends)
 
     def run(self, fn: UnitFn, context: Any, units: Sequence, on_done: Callable[[int, Any], None]) -> None:
         """Run ``fn(context, unit, cache)`` for every unit; ``on_done(index, result)`` as each finishes."""
@@ -38,6 +39,7 @@ class LocalBackend:
 
     name = "local"
     workers = 1
+    in_process = True
 
     def __init__(self) -> None:
         self.cache: dict = {}

@@ -53,6 +53,7 @@ class RayBackend:
     """Units on Ray actors (see the module docstring)."""
 
     name = "ray"
+    in_process = False
 
     def __init__(self, *, address: str | None = None, workers: int | None = None, device: str = "auto") -> None:
         ray = _ray()
