@@ -406,6 +406,8 @@ def run_sweeps(
     todo: list[SweepUnit] = []
     taken = False
     for layer, mode in sweeps:
+        if not resume:  # a new run: what an earlier one kept of this sweep goes
+            kept.clear(layer.name, mode)
         found = kept.load(layer.name, mode) if resume else {}
         taken = taken or bool(found)
         finished, units = _todo(job, layer, mode, found, whole)

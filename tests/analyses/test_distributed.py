@@ -201,6 +201,17 @@ def test_the_progress_in_this_process_is_a_bar_per_sweep_over_its_samples(setup,
     assert bars == [["convB channel", 48, 16, 8, 8, 8, 8], ["convB pixel", 48, 0, 8, 8, 8, 8, 8, 8]]
 
 
+def test_a_new_run_removes_what_an_earlier_run_kept_of_its_sweeps(setup, tmp_path):
+    m, data, layers = setup
+    job, sweeps = _job(m, data, layers[:1])
+    run_sweeps(job, sweeps, _StopAfter(3), checkpoint_dir=tmp_path)  # convB channel's two units, one of pixel
+    fewer = job_for(m, data, [(layers[0], "channel", [1, 2, 3])], SweepOptions(batch_size=8, device="cpu", chunk=2))
+    run_sweeps(fewer, sweeps[:1], _StopAfter(1), checkpoint_dir=tmp_path)
+    assert _kept(tmp_path) == ["1.channel.0+2.npz", "1.pixel.0+2.npz"]  # the new run's first unit; pixel untouched
+    resumed, complete = run_sweeps(fewer, sweeps[:1], checkpoint_dir=tmp_path, resume=True)
+    assert complete and resumed[0].channels == [1, 2, 3]
+
+
 def test_resuming_with_nothing_kept_is_an_error(setup, tmp_path):
     m, data, layers = setup
     job, sweeps = _job(m, data, layers)
