@@ -53,7 +53,7 @@ __all__ = ["SweepJob", "SweepUnit", "clear_units", "job_for", "plan_units", "run
 
 log = logging.getLogger(__name__)
 
-_KEPT_RUNNERS = 4  # sessions a worker keeps (the most recent layers and modes)
+_KEPT_RUNNERS = 4  # sessions a worker keeps (the latest layers and modes; a cache's "kept_runners" says otherwise)
 _UNITS = "units"  # the folder of the kept units, in the checkpoint folder
 _RUNNING = "running"  # a kept unit's ``stopped`` while it still runs: continued on resume, not taken
 _FINISHED = ("", "time budget")  # a kept unit's ``stopped`` once it has finished (a sequential one may stop early)
@@ -217,7 +217,7 @@ def _runner(job: SweepJob, unit: SweepUnit, cache: dict) -> SweepRunner:
             threads=cache.get("threads", 0),
         )
         runners = [k for k in cache if isinstance(k, tuple)]
-        for old in runners[: max(0, len(runners) - _KEPT_RUNNERS + 1)]:
+        for old in runners[: max(0, len(runners) - cache.get("kept_runners", _KEPT_RUNNERS) + 1)]:
             del cache[old]
         cache[(unit.layer, unit.mode)] = runner
     return runner
