@@ -71,6 +71,10 @@ def layer_table(model: Model) -> list[str]:
     if model.contrib_ops:
         fused = " (each read as Conv + its activation)" if "FusedConv" in model.contrib_ops else ""
         lines.append(f"onnxruntime contrib ops (com.microsoft, run natively): {', '.join(model.contrib_ops)}{fused}")
+    if model.folded_ops:
+        lines.append(
+            f"conv weights computed in the graph from constants ({', '.join(model.folded_ops)}): folded to constants"
+        )
     return lines
 
 
@@ -93,6 +97,7 @@ def layers_payload(model: Model) -> dict:
         "outputs": model.output_names,
         "classifier_outputs": list(model.classifiers),
         "contrib_ops": list(model.contrib_ops),
+        "folded_ops": list(model.folded_ops),
         "layers": [layer.to_dict() for layer in model.layers],
     }
 

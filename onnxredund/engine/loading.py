@@ -14,6 +14,7 @@ import onnx
 
 from onnxredund.choices import LAYOUT_CHOICES
 from onnxredund.engine.batching import make_batch_dynamic
+from onnxredund.engine.fold import fold_conv_parameters
 from onnxredund.engine.runtime import Runner, probe_shapes
 from onnxredund.engine.surgery import expose_outputs
 from onnxredund.engine.unfuse import contrib_ops, unfuse_convs
@@ -102,6 +103,7 @@ def load_model_proto(
     proto = validate(copy_model(proto), path)
     contrib = contrib_ops(proto)
     proto = unfuse_convs(proto)
+    proto, folded = fold_conv_parameters(proto)
     declared = {vi.name: _copied(vi.type) for vi in [*data_inputs(proto.graph), *proto.graph.output]}
     check_batch_first(proto.graph)
     image = pick_image_input(proto, path, impulse_input)
@@ -144,6 +146,7 @@ def load_model_proto(
         classifiers=_classifiers(proto, shapes, classifier),
         declared=declared,
         contrib_ops=contrib,
+        folded_ops=folded,
         shape_constants={} if batch_dynamic else _shape_constants(proto, sizes),
     )
 

@@ -92,7 +92,8 @@ def default_opset(proto: onnx.ModelProto) -> int | None:
 
 class ConstantTable(Mapping):
     """The constant tensors of a graph (initializers, Constant nodes, Identity of those, and what a
-    QuantizeLinear or DequantizeLinear makes of constants: a quantized model's QDQ weights), by name.
+    QuantizeLinear or DequantizeLinear makes of constants: a quantized model's QDQ weights; what a ConstantOfShape
+    of a constant shape makes: old exports' weights), by name.
 
     Values are decoded to numpy only when looked up, and then kept: a big model's weights are not
     all copied to find a few conv kernels.
@@ -105,7 +106,7 @@ class ConstantTable(Mapping):
                 self._sources[node.output[0]] = node
             elif node.op_type == "Identity" and node.input and node.input[0] in self._sources:
                 self._sources[node.output[0]] = self._sources[node.input[0]]
-            elif node.op_type in _QUANTIZE_OPS and node.domain in ("", "ai.onnx"):
+            elif node.op_type in _FOLDED_OPS and node.domain in ("", "ai.onnx") and node.output:
                 if all(t in self._sources for t in node.input if t):
                     self._sources[node.output[0]] = node
         self._values: dict[str, np.ndarray] = {}
@@ -113,7 +114,9 @@ class ConstantTable(Mapping):
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._values:
             source = self._sources[name]
-            if isinstance(source, onnx.NodeProto) and source.op_type in _QUANTIZE_OPS:
+            if isinstance(source, onnx.NodeProto) and source.op_type == "ConstantOfShape":
+                self._values[name] = _constant_of_shape(source, self[source.input[0]])
+            elif isinstance(source, onnx.NodeProto) and source.op_type in _QUANTIZE_OPS:
                 self._values[name] = quantize_op(
                     source.op_type,
                     [self[t] if t else None for t in source.input],
@@ -139,12 +142,21 @@ class ConstantTable(Mapping):
         source = self._sources.get(name)
         if isinstance(source, onnx.TensorProto):
             return source
-        if source is not None:
+        if source is not None and source.op_type == "Constant":
             return attribute(source, "value")
         return None
 
 
 _QUANTIZE_OPS = ("QuantizeLinear", "DequantizeLinear")
+#: ops whose output is a constant when their inputs are (old exports make their weights with ConstantOfShape)
+_FOLDED_OPS = ("ConstantOfShape", *_QUANTIZE_OPS)
+
+
+def _constant_of_shape(node: onnx.NodeProto, shape: np.ndarray) -> np.ndarray:
+    """What a ConstantOfShape makes: its one value (default a float32 0) filling ``shape``."""
+    value = attribute(node, "value")
+    fill = tensor_array(value).reshape(-1)[:1] if value is not None else np.zeros(1, np.float32)
+    return np.full(tuple(int(d) for d in np.asarray(shape).reshape(-1)), fill[0], dtype=fill.dtype)
 
 
 def _spread(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int, block_size: int):

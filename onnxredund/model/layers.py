@@ -160,13 +160,16 @@ def _layer_names(graph: onnx.GraphProto) -> dict[int, str]:
     }
 
 
-def _weight_shape(constants: ConstantTable, shapes: dict, weight: str) -> tuple[int, ...] | None:
+def _weight_shape(constants: ConstantTable, name: str, weight: str) -> tuple[int, ...]:
     tensor = constants.tensor(weight)
     if tensor is not None:
         return tuple(int(d) for d in tensor.dims)
     if weight in constants:  # computed from constants: a quantized model's dequantized weight
         return tuple(int(d) for d in constants[weight].shape)
-    return shapes.get(weight)
+    raise OnnxRedundError(  # what loading could not fold (engine/fold.py): computed from the data
+        f"conv {name!r} computes its weights from the input (a dynamic filter); onnxredund analyses convs whose "
+        "weights are constants"
+    )
 
 
 def describe_layers(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[ConvLayer]:
@@ -193,7 +196,7 @@ def describe_layers(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) 
         if x not in shapes or node.output[0] not in shapes:
             raise OnnxRedundError(f"cannot tell the shapes around conv {name!r}; pass `input_shape` or fix the model")
         activation, chain = _elementwise_chain(graph, node.output[0], consumers, constants, outputs)
-        geo = _conv_geometry(node, name, _weight_shape(constants, shapes, w), shapes[x], shapes[node.output[0]])
+        geo = _conv_geometry(node, name, _weight_shape(constants, name, w), shapes[x], shapes[node.output[0]])
         if shapes[x][0] != geo["in_channels"]:
             raise OnnxRedundError(
                 f"conv {name!r} reads {shapes[x][0]} channels but its weights expect {geo['in_channels']}; "

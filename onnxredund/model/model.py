@@ -91,6 +91,8 @@ class Model:
             the batch freed (what a rewritten model keeps as its interface).
         contrib_ops: the onnxruntime contrib ops (com.microsoft) the file uses; its FusedConvs are read as
             Conv (+ Add) (+ activation).
+        folded_ops: the ops with which the file computes conv weights or biases from constants (a weight
+            normalisation's ReduceL2, Div, Mul, say), folded to constants (:mod:`onnxredund.engine.fold`).
         shape_constants: in a model run one sample at a time, the values of the tensors computed from the
             data's shapes alone (a RetinaFace's Upsample scales) that the rest reads: the same for every sample,
             they are constants of the analysis models, never fed per sample.
@@ -107,6 +109,7 @@ class Model:
     classifiers: list[str] = field(default_factory=list)
     declared: dict[str, onnx.TypeProto] = field(default_factory=dict, repr=False, compare=False)
     contrib_ops: list[str] = field(default_factory=list)
+    folded_ops: list[str] = field(default_factory=list)
     shape_constants: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     _constants: ConstantTable | None = field(default=None, repr=False, compare=False)
     _analysis: onnx.ModelProto | None = field(default=None, repr=False, compare=False)
