@@ -31,13 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def _commands(data: Path) -> list[tuple[str, list[str]]]:
     lenet5, lenet5x10 = str(ROOT / "models" / "lenet5.onnx"), str(ROOT / "models" / "lenet5x10.onnx")
     common = ["--data", str(data), "--device", "cpu", "-q"]
+    shuffle = ["shuffle", lenet5x10, "--layer", "conv2"]
     return [
-        ("shuffle LeNet-5x10 conv2, both modes, 2,000 images", ["shuffle", lenet5x10, "--layer", "conv2", "--mode",
-                                                                "both", "--limit", "2000", *common]),
-        ("shuffle --sequential LeNet-5x10 conv2, 2 pp, 4,000 images", ["shuffle", lenet5x10, "--layer", "conv2",
-                                                   "--sequential", "--cheap-drop", "0.02", "--limit", "4000", *common]),
-        ("audit LeNet-5, 1,000 images", ["audit", str(lenet5), "--limit", "1000", *common]),
-    ]  # fmt: skip
+        (
+            "shuffle LeNet-5x10 conv2, both modes, 2,000 images",
+            [*shuffle, "--mode", "both", "--limit", "2000", *common],
+        ),
+        (
+            "shuffle --sequential LeNet-5x10 conv2, 2 pp, 4,000 images",
+            [*shuffle, "--sequential", "--cheap-drop", "0.02", "--limit", "4000", *common],
+        ),
+        ("audit LeNet-5, 1,000 images", ["audit", lenet5, "--limit", "1000", *common]),
+    ]
 
 
 def _seconds(tree: Path, args: list[str]) -> float:

@@ -116,8 +116,18 @@ def test_constant_of_shape_weights_of_an_ir3_export_are_constants_every_channel_
     result = run_impulse(model, device="cpu", layers=[conv1])
     np.testing.assert_allclose(result.layers[0].responses, np.full((4, 3, 3, 3), 0.02, np.float32))
     assert result.layers[0].redundant_fraction is None  # a constant response over its box: compared with nothing
-    r = run_cli("prune", save(constant_of_shape(), tmp_path), "--data", "synthetic:16", "--channels", "conv1:0",
-                "--out", tmp_path / "p.onnx", "--device", "cpu")  # fmt: skip
+    r = run_cli(
+        "prune",
+        save(constant_of_shape(), tmp_path),
+        "--data",
+        "synthetic:16",
+        "--channels",
+        "conv1:0",
+        "--out",
+        tmp_path / "p.onnx",
+        "--device",
+        "cpu",
+    )
     assert r.exit_code == 0 and "largest output difference 0 (relative)" in r.stdout, r.stderr
 
 

@@ -152,8 +152,21 @@ def test_old_caffe2_alexnet_impulses_and_shuffles_every_channel_alike_and_refuse
     assert r.exit_code == 0, r.stderr
     compared = [layer for layer in json.loads(r.stdout)["layers"] if layer["compared_count"]]
     assert compared and all(layer["redundant_fraction"] == 1.0 for layer in compared)
-    r = run_cli("shuffle", path, "--layer", "1", "--channels", "0-3", "--data", "synthetic:16", "--batch-size", "8",
-                "--json", "--device", "cpu")  # fmt: skip
+    r = run_cli(
+        "shuffle",
+        path,
+        "--layer",
+        "1",
+        "--channels",
+        "0-3",
+        "--data",
+        "synthetic:16",
+        "--batch-size",
+        "8",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert r.exit_code == 0, r.stderr
     assert min(json.loads(r.stdout)["mean_cosine"]) > 0.9999
     r = run_cli("prune", path, "--data", "synthetic:16", "--target-macs", "0.2", "--out", tmp_path / "p.onnx")
@@ -162,8 +175,20 @@ def test_old_caffe2_alexnet_impulses_and_shuffles_every_channel_alike_and_refuse
 
 def test_old_caffe2_squeezenet_prunes_to_its_target_checked_by_values(tmp_path):
     out = tmp_path / "pruned.onnx"
-    r = run_cli("prune", _light("squeezenet"), "--data", "synthetic:32", "--target-macs", "0.2", "--round-to", "1",
-                "--out", out, "--device", "cpu")  # fmt: skip
+    r = run_cli(
+        "prune",
+        _light("squeezenet"),
+        "--data",
+        "synthetic:32",
+        "--target-macs",
+        "0.2",
+        "--round-to",
+        "1",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
     assert r.exit_code == 0, r.stderr
     assert "largest output difference 0 (relative)" in r.stdout
     plan = json.loads(out.with_suffix(".json").read_text())
