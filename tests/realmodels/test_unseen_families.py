@@ -19,6 +19,15 @@ BUILT = {
 }
 
 
+def _pruned_to_a_fifth(model, given: list[str], pruned) -> tuple[str, dict]:
+    """``prune`` of a fifth of ``model``'s conv MACs into ``pruned``, checked by values: what it printed, its plan."""
+    args = ["--data", "synthetic:32", "--target-macs", "0.2", "--round-to", "1", "--out", pruned, "--device", "cpu"]
+    r = run_cli("prune", model, *given, *args)
+    assert r.exit_code == 0, r.stderr
+    assert "checked by values" in r.stdout and pruned.is_file()
+    return r.stdout, json.loads(pruned.with_suffix(".json").read_text())
+
+
 def _four_commands(model, shape: str | None, layer: str, tmp_path) -> dict:
     """layers, impulse, shuffle and prune on ``model``; returns their JSON (prune's plan) by command."""
     given = ["--input-shape", shape] if shape else []
@@ -31,25 +40,7 @@ def _four_commands(model, shape: str | None, layer: str, tmp_path) -> dict:
         r = run_cli(command, model, *given, *args)
         assert r.exit_code == 0, (command, r.stderr)
         out[command] = json.loads(r.stdout)
-    pruned = tmp_path / "pruned.onnx"
-    r = run_cli(
-        "prune",
-        model,
-        *given,
-        "--data",
-        "synthetic:32",
-        "--target-macs",
-        "0.2",
-        "--round-to",
-        "1",
-        "--out",
-        pruned,
-        "--device",
-        "cpu",
-    )
-    assert r.exit_code == 0, r.stderr
-    assert "checked by values" in r.stdout and pruned.is_file()
-    out["prune"] = json.loads(pruned.with_suffix(".json").read_text())
+    out["prune"] = _pruned_to_a_fifth(model, given, tmp_path / "pruned.onnx")[1]
     return out
 
 
@@ -174,22 +165,6 @@ def test_old_caffe2_alexnet_impulses_and_shuffles_every_channel_alike_and_refuse
 
 
 def test_old_caffe2_squeezenet_prunes_to_its_target_checked_by_values(tmp_path):
-    out = tmp_path / "pruned.onnx"
-    r = run_cli(
-        "prune",
-        _light("squeezenet"),
-        "--data",
-        "synthetic:32",
-        "--target-macs",
-        "0.2",
-        "--round-to",
-        "1",
-        "--out",
-        out,
-        "--device",
-        "cpu",
-    )
-    assert r.exit_code == 0, r.stderr
-    assert "largest output difference 0 (relative)" in r.stdout
-    plan = json.loads(out.with_suffix(".json").read_text())
+    printed, plan = _pruned_to_a_fifth(_light("squeezenet"), [], tmp_path / "pruned.onnx")
+    assert "largest output difference 0 (relative)" in printed
     assert 0.19 <= 1 - plan["after"]["conv_macs"] / plan["before"]["conv_macs"] <= 0.21
