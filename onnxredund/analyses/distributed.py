@@ -327,16 +327,19 @@ class _Kept:
         return best
 
     def clear(self, layer: str, mode: str) -> None:
-        for path in self._files(layer, mode):
-            path.unlink(missing_ok=True)
-        if self.folder is not None and self.folder.is_dir() and not any(self.folder.iterdir()):
-            self.folder.rmdir()
+        if self.folder is not None:
+            _remove(self._files(layer, mode), self.folder)
 
 
 def clear_units(checkpoint_dir: Path) -> None:
     """Remove every kept unit in ``checkpoint_dir`` (a finished run's results hold their numbers)."""
     folder = Path(checkpoint_dir) / _UNITS
-    for path in folder.glob("*.npz"):
+    _remove(list(folder.glob("*.npz")), folder)
+
+
+def _remove(paths: list[Path], folder: Path) -> None:
+    """Remove ``paths``, and ``folder`` if that leaves it empty."""
+    for path in paths:
         path.unlink(missing_ok=True)
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
