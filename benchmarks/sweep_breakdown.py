@@ -28,8 +28,8 @@ SPENT: dict[str, float] = defaultdict(float)
 PHASES = [
     ("clean runs", sweep.SweepRunner, "run_clean"),
     ("perturbed runs", sweep.SweepRunner, "run"),
-    ("output effects (numpy)", effects.EffectMeter, "output_rows"),
-    ("effect sums", effects.EffectMeter, "add_rows"),
+    ("output effects (numpy)", effects.EffectMeter, "per_sample"),
+    ("effect sums", effects.EffectMeter, "add_per_sample"),
     ("clean effects", effects.EffectMeter, "add_clean"),
     ("permutations (wait)", permutations.PermutationFeed, "take"),
 ]

@@ -42,7 +42,7 @@ __all__ = [
     "effect_kind",
     "merge_sums",
     "nan_to_none",
-    "sample_rows",
+    "per_sample_effects",
     "unmeasured",
 ]
 
@@ -118,32 +118,32 @@ def merge_sums(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, 
     return {k: np.maximum(a[k], b[k]) if k.endswith(".max") else a[k] + b[k] for k in a}
 
 
-def sample_rows(plan: dict[str, tuple[str | None, bool]], perturbed: dict, clean: dict) -> dict:
-    """The per-sample effects of each output in ``plan`` (name -> (classifier kind or None, is the prediction)):
+def per_sample_effects(roles: dict[str, tuple[str | None, bool]], perturbed: dict, clean: dict) -> dict:
+    """The per-sample effects of each output in ``roles`` (name -> (classifier kind or None, is the prediction)):
     ``{(name, what): array}`` with arrays (K, B) for cos, err_sq, max and, for classifiers, top1, top5, kl
     (argmax too for the prediction); ``bins`` (K, elements of B samples) are the absolute errors' bins. The fast
     model computes the same on the device (:func:`onnxredund.engine.analysis_models.build_fast_model`)."""
-    rows = {}
-    for name, (kind, prediction) in plan.items():
+    effects = {}
+    for name, (kind, prediction) in roles.items():
         y, ref = perturbed[name], clean[name]
         k, b = y.shape[:2]
         flat = np.ascontiguousarray(y).reshape(k, b, -1)
         diff = np.abs(flat.astype(np.float64) - ref.reshape(1, b, -1))
         reference = np.broadcast_to(ref.reshape(b, -1), flat.shape).reshape(k * b, -1)
-        rows[name, "cos"] = flat_cosine(flat.reshape(k * b, -1), reference).reshape(k, b)
-        rows[name, "err_sq"] = np.square(diff).sum(axis=2)
-        rows[name, "max"] = diff.max(axis=2, initial=0.0)
-        rows[name, "bins"] = error_bins(diff.reshape(k, -1))
+        effects[name, "cos"] = flat_cosine(flat.reshape(k * b, -1), reference).reshape(k, b)
+        effects[name, "err_sq"] = np.square(diff).sum(axis=2)
+        effects[name, "max"] = diff.max(axis=2, initial=0.0)
+        effects[name, "bins"] = error_bins(diff.reshape(k, -1))
         if kind is None:
             continue
         scores = flat.reshape(k * b, -1)
         clean_top = np.tile(ref.argmax(axis=1), k)
-        rows[name, "top1"] = top_k_hits(scores, clean_top, 1).reshape(k, b)
-        rows[name, "top5"] = top_k_hits(scores, clean_top, 5).reshape(k, b)
-        rows[name, "kl"] = kl_divergence(log_softmax(ref, kind)[None], log_softmax(y, kind))
+        effects[name, "top1"] = top_k_hits(scores, clean_top, 1).reshape(k, b)
+        effects[name, "top5"] = top_k_hits(scores, clean_top, 5).reshape(k, b)
+        effects[name, "kl"] = kl_divergence(log_softmax(ref, kind)[None], log_softmax(y, kind))
         if prediction:
-            rows[name, "argmax"] = y.argmax(axis=-1)
-    return rows
+            effects[name, "argmax"] = y.argmax(axis=-1)
+    return effects
 
 
 class EffectMeter:
@@ -151,14 +151,14 @@ class EffectMeter:
 
     Args:
         outputs: every graph output; classifiers: those holding class scores (the first is the prediction);
-        plans: per output, (its classifier kind: "logits", "probabilities" or "log_probabilities", or None;
-            whether it is the prediction), as :func:`~onnxredund.engine.analysis_models.output_plan` gives them;
+        roles: per output, (its classifier kind: "logits", "probabilities" or "log_probabilities", or None;
+            whether it is the prediction), as :func:`~onnxredund.engine.analysis_models.output_role` gives them;
         repeats, channels: R and K.
         labelled: whether the data has labels (accuracy of the first classifier).
     """
 
-    def __init__(self, outputs, classifiers, plans, repeats: int, channels: int, labelled: bool) -> None:
-        self.outputs, self.classifiers, self.plans = list(outputs), list(classifiers), dict(plans)
+    def __init__(self, outputs, classifiers, roles, repeats: int, channels: int, labelled: bool) -> None:
+        self.outputs, self.classifiers, self.roles = list(outputs), list(classifiers), dict(roles)
         self.repeats, self.channels = repeats, channels
         self.labelled = labelled and bool(self.classifiers)
 
@@ -201,7 +201,7 @@ class EffectMeter:
         return sums
 
     def clean_sums(self, clean: dict[str, np.ndarray], labels: np.ndarray | None) -> dict:
-        """A batch's clean numbers, which :meth:`add_rows` adds to each channel measured on the batch: its size,
+        """A batch's clean numbers, which :meth:`add_per_sample` adds to each channel measured on the batch: its size,
         each output's energy, and where there are labels, which samples the clean model gets right."""
         batch = {"size": len(next(iter(clean.values())))}
         for name in self.outputs:
@@ -210,43 +210,43 @@ class EffectMeter:
             batch["right"] = clean[self.classifiers[0]].argmax(axis=1) == labels
         return batch
 
-    def output_rows(self, perturbed: dict, clean: dict) -> dict:
-        """The per-sample effects (:func:`sample_rows`) of the perturbed outputs (K', B, ...) of a direct run."""
-        return sample_rows(self._plan(perturbed), perturbed, clean)
+    def per_sample(self, perturbed: dict, clean: dict) -> dict:
+        """The per-sample effects (:func:`per_sample_effects`) of the perturbed outputs (K', B, ...) of a direct run."""
+        return per_sample_effects(self._roles(perturbed), perturbed, clean)
 
-    def add_rows(self, sums: dict, r: int, at, rows: dict, clean: dict, batch: dict, labels) -> None:
-        """One run's per-sample effects (:func:`sample_rows`, or the fast model's on the device) for the channels
+    def add_per_sample(self, sums: dict, r: int, at, effects: dict, clean: dict, batch: dict, labels) -> None:
+        """One run's per-sample effects (:func:`per_sample_effects`, or the fast model's on the device) for the channels
         at positions ``at`` (an index array, or a slice) of repeat ``r``, with the batch's clean numbers
-        (:meth:`clean_sums`); outputs missing from ``rows`` count as their clean values."""
+        (:meth:`clean_sums`); outputs missing from ``effects`` count as their clean values."""
         count = len(np.arange(self.channels)[at])
         if not count:
             return
-        missing = {name: clean[name] for name in self.outputs if (name, "cos") not in rows}
+        missing = {name: clean[name] for name in self.outputs if (name, "cos") not in effects}
         if missing:
             unchanged = {name: np.broadcast_to(ref, (count, *ref.shape)) for name, ref in missing.items()}
-            rows = rows | sample_rows(self._plan(unchanged), unchanged, clean)
+            effects = effects | per_sample_effects(self._roles(unchanged), unchanged, clean)
         at = (r, at)
         sums["seen"][at] += batch["size"]
         for name in self.outputs:
             sums[self.key(name, "ref_sq")][at] += batch[name]
-            sums[self.key(name, "cos")][at] += rows[name, "cos"].sum(axis=1)
-            sums[self.key(name, "cos_sq")][at] += np.square(rows[name, "cos"], dtype=np.float64).sum(axis=1)
-            sums[self.key(name, "err_sq")][at] += rows[name, "err_sq"].sum(axis=1)
-            sums[self.key(name, "hist")][at] += bin_counts(rows[name, "bins"])
+            sums[self.key(name, "cos")][at] += effects[name, "cos"].sum(axis=1)
+            sums[self.key(name, "cos_sq")][at] += np.square(effects[name, "cos"], dtype=np.float64).sum(axis=1)
+            sums[self.key(name, "err_sq")][at] += effects[name, "err_sq"].sum(axis=1)
+            sums[self.key(name, "hist")][at] += bin_counts(effects[name, "bins"])
             top = sums[self.key(name, "max")]
-            top[at] = np.maximum(top[at], rows[name, "max"].max(axis=1, initial=0.0))
+            top[at] = np.maximum(top[at], effects[name, "max"].max(axis=1, initial=0.0))
             if name in self.classifiers:
                 for what in ("top1", "top5", "kl"):
-                    sums[self.key(name, what)][at] += rows[name, what].sum(axis=1)
+                    sums[self.key(name, what)][at] += effects[name, what].sum(axis=1)
         if self.labelled and labels is not None:
             right = batch["right"]
-            hits = rows[self.classifiers[0], "argmax"] == labels
+            hits = effects[self.classifiers[0], "argmax"] == labels
             sums["baseline_correct"][at] += int(right.sum())
             sums["correct"][at] += hits.sum(axis=1)
             sums["lost"][at] += (right & ~hits).sum(axis=1)
 
-    def _plan(self, outputs: dict) -> dict[str, tuple[str | None, bool]]:
-        return {name: self.plans[name] for name in outputs}
+    def _roles(self, outputs: dict) -> dict[str, tuple[str | None, bool]]:
+        return {name: self.roles[name] for name in outputs}
 
     def effects(self, sums: dict) -> dict[str, OutputEffect]:
         """Per output, the effects (K,) as means over repeats, each channel's over the images it saw."""

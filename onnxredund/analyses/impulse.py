@@ -301,7 +301,7 @@ class _BaselineNotFinite(Exception):
     breaks (its min and max, a norm) before the convs."""
 
 
-class _PhasePlan(NamedTuple):
+class _Phases(NamedTuple):
     """Where a layer's impulses go.
 
     Attributes:
@@ -331,27 +331,27 @@ def _site_axes(image: tuple[int, ...], own: tuple[int, ...]) -> tuple[int | None
     return tuple(long.index(a) if a in long else None for a in range(len(own)))
 
 
-def _phase_plan(site: ImpulseSite, layer: ConvLayer) -> _PhasePlan:
+def _phases_of(site: ImpulseSite, layer: ConvLayer) -> _Phases:
     """A layer's phases and their spacing in the site's positions: its own stride, capped, and the stride the
     network has before it."""
     image, own = site.spatial, layer.input_shape[1:]
     axes = _site_axes(image, own)
     if axes is None:  # nothing of the layer's input pairs with the site's axes: one impulse, no phases
-        return _PhasePlan((1,) * len(own), (1,) * len(own), (None,) * len(own), len(image))
+        return _Phases((1,) * len(own), (1,) * len(own), (None,) * len(own), len(image))
     # a conv's stride samples the input (impulses at each phase see every tap); a transposed conv's upsamples it
     conv = layer.op == "Conv"
     phases = tuple(min(s, MAX_PHASES) if conv and a is not None else 1 for s, a in zip(layer.stride, axes, strict=True))
     spacing = tuple(1 if a is None else max(1, round(image[a] / n)) for n, a in zip(own, axes, strict=True))
-    return _PhasePlan(phases, spacing, axes, len(image))
+    return _Phases(phases, spacing, axes, len(image))
 
 
-def _offsets(plan: _PhasePlan) -> list[tuple[int, ...]]:
+def _offsets(phases: _Phases) -> list[tuple[int, ...]]:
     """The impulse positions of a layer's phases (row-major over its axes), relative to the base, in the site's
     axes."""
     out = []
-    for ds in itertools.product(*map(range, plan.phases)):
-        offset = [0] * plan.rank
-        for d, step, axis in zip(ds, plan.spacing, plan.axes, strict=True):
+    for ds in itertools.product(*map(range, phases.phases)):
+        offset = [0] * phases.rank
+        for d, step, axis in zip(ds, phases.spacing, phases.axes, strict=True):
             if axis is not None:
                 offset[axis] += d * step
         out.append(tuple(offset))
@@ -441,13 +441,11 @@ class _Blocks:
             hi = tuple(max(a[i] + b.shape[1 + i] for a, b in nonempty) for i in range(len(shape) - 1))
         else:
             lo, hi = (0,) * (len(shape) - 1), (1,) * (len(shape) - 1)
-        out = np.zeros((len(rows), len(rows[0]), shape[0], *(h - layer for layer, h in zip(lo, hi, strict=True))))
+        out = np.zeros((len(rows), len(rows[0]), shape[0], *(h - low for low, h in zip(lo, hi, strict=True))))
         for p, phase in enumerate(rows):
             for m, r in enumerate(phase):
                 start, block = self.rows[layer][r]
-                index = tuple(
-                    slice(a - layer, a - layer + n) for a, layer, n in zip(start, lo, block.shape[1:], strict=True)
-                )
+                index = tuple(slice(a - low, a - low + n) for a, low, n in zip(start, lo, block.shape[1:], strict=True))
                 out[(p, m, slice(None), *index)] = block
         return np.swapaxes(out, 1, 2), lo
 
@@ -551,7 +549,7 @@ def run_impulse(
     if not layers:
         raise OnnxRedundError(f"no conv layer lies past {site.name!r}: no impulse response to take")
     try:
-        responses, plans, base, notes = _responses(model, layers, site, mode, position, device)
+        responses, sampling, base, notes = _responses(model, layers, site, mode, position, device)
     except _BaselineNotFinite:
         tried = site.name
         site = ImpulseSite.of_first_conv(model, layers) if at is None else None
@@ -561,7 +559,7 @@ def run_impulse(
                 "graph, by its min and max or a norm, say); put the impulses past that with `at` TENSOR "
                 "(a conv's input)"
             ) from None
-        responses, plans, base, notes = _responses(model, layers, site, mode, position, device)
+        responses, sampling, base, notes = _responses(model, layers, site, mode, position, device)
         notes.insert(
             0,
             (
@@ -572,9 +570,17 @@ def run_impulse(
     bar = progress("impulse NCC", len(layers), 0) if progress else None
     deadline = None if max_seconds is None else t0 + max_seconds
     results = _compare(
-        layers, responses, plans, threshold=threshold, lags=lags, across=across, bar=bar, deadline=deadline, notes=notes
+        layers,
+        responses,
+        sampling,
+        threshold=threshold,
+        lags=lags,
+        across=across,
+        bar=bar,
+        deadline=deadline,
+        notes=notes,
     )
-    notes += _phase_notes(layers, plans)
+    notes += _phase_notes(layers, sampling)
     return ImpulseResult(
         model=model.path,
         mode=mode,
@@ -588,9 +594,10 @@ def run_impulse(
 
 
 def _responses(model: Model, layers: list[ConvLayer], site: ImpulseSite, mode: str, position, device: str):
-    """Every layer's cropped responses to impulses at ``site``: (responses, phase plans, position, notes)."""
-    plans = {layer.index: _phase_plan(site, layer) for layer in layers}
-    wanted = {layer.index: _offsets(plans[layer.index]) for layer in layers}
+    """Every layer's cropped responses to impulses at ``site``: (responses, the phases each layer samples, position,
+    notes)."""
+    sampling = {layer.index: _phases_of(site, layer) for layer in layers}
+    wanted = {layer.index: _offsets(sampling[layer.index]) for layer in layers}
     offsets = sorted({o for offs in wanted.values() for o in offs})
     feeds, base = impulse_inputs(model, position, offsets, site)
     m = site.channels
@@ -608,18 +615,18 @@ def _responses(model: Model, layers: list[ConvLayer], site: ImpulseSite, mode: s
     blocks, notes = _run_groups(model, site, feeds, groups, mode, device)
     responses = []
     for layer in layers:
-        phases = plans[layer.index].phases
+        phases = sampling[layer.index].phases
         per_phase, lo = blocks.response(layer.index, [rows(o) for o in wanted[layer.index]], layer.output_shape)
         blocks.rows.pop(layer.index, None)  # let go once cropped
         resp, box = crop_to_support(interleave(per_phase, phases))
         nd = len(lo)  # the box is in the interleaved map: the kept part starts at lo x phases
         responses.append((resp, (*(b + a * p for b, a, p in zip(box[:nd], lo, phases, strict=True)), *box[nd:])))
-    return responses, plans, base, notes
+    return responses, sampling, base, notes
 
 
-def _phase_notes(layers: list[ConvLayer], plans: dict) -> list[str]:
+def _phase_notes(layers: list[ConvLayer], sampling: dict) -> list[str]:
     def capped_at_max(layer: ConvLayer) -> bool:  # sampled at MAX_PHASES phases, fewer than its stride
-        return any(s > p == MAX_PHASES for s, p in zip(layer.stride, plans[layer.index].phases, strict=True))
+        return any(s > p == MAX_PHASES for s, p in zip(layer.stride, sampling[layer.index].phases, strict=True))
 
     capped = [layer.name for layer in layers if capped_at_max(layer)]
     if not capped:
@@ -630,7 +637,7 @@ def _phase_notes(layers: list[ConvLayer], plans: dict) -> list[str]:
 def _compare(
     layers: list[ConvLayer],
     responses: list,
-    plans: dict[int, _PhasePlan],
+    sampling: dict[int, _Phases],
     *,
     threshold: float,
     lags: bool,
@@ -664,7 +671,7 @@ def _compare(
                 index=layer.index,
                 responses=resp,
                 support=box,
-                phases=plans[layer.index].phases,
+                phases=sampling[layer.index].phases,
                 ncc=ncc,
                 compared=compared,
                 excluded=excluded,

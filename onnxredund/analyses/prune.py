@@ -395,7 +395,9 @@ class Reference:
     device: str
 
     @classmethod
-    def of(cls, model: Model, data: DataSource, *, batch_size: int = BATCH_SIZE, device: str = "auto") -> Reference:
+    def measure(
+        cls, model: Model, data: DataSource, *, batch_size: int = BATCH_SIZE, device: str = "auto"
+    ) -> Reference:
         return cls(model, data, _outputs(model, model.proto, data, batch_size, device), batch_size, device)
 
     def compare(self, proto: onnx.ModelProto | None = None) -> dict:
@@ -571,7 +573,7 @@ def run_prune(
         reasons = "; ".join(f"{g.producers[0]}: {g.reason}" for g in groups[:3])
         raise OnnxRedundError(f"no channel group of {model.path} can be pruned ({reasons})")
     cal, ev = split_data(data, calibration, evaluation)
-    cost = PruneCost.of(model, groups)
+    cost = PruneCost.measure(model, groups)
     notes: list[str] = []
     needs_stats = compensation not in (None, "sequential") or criterion in NEEDS_STATS
     consumers = [c for g in groups if g.prunable for c in g.consumers]
@@ -637,7 +639,7 @@ def run_prune(
         notes += _uncompensated(model, groups, removed) + _dequantized(model, updates or {})
     pruned = remove_channels(model, groups, removed, updates=updates)
     check = _check(model, groups, removed, pruned, cal, updates)
-    reference = Reference.of(model, ev, batch_size=batch_size, device=device)
+    reference = Reference.measure(model, ev, batch_size=batch_size, device=device)
     before = {"params": cost.params_total, "conv_macs": cost.macs_total, "file_bytes": _size(model.proto)}
     after = {"params": cost.params(removed), "conv_macs": cost.macs(removed), "file_bytes": _size(pruned)}
     if latency:

@@ -152,11 +152,11 @@ def run_prune_study(
     study = PruneStudy([], {}, len(cal), len(ev))
     for name, model in models.items():
         groups = channel_groups(model)
-        cost = PruneCost.of(model, groups)
+        cost = PruneCost.measure(model, groups)
         consumers = [c for g in groups if g.prunable for c in g.consumers]
         stats = collect_statistics(model, consumers, cal, cross=True, gram=True, device=device)
         study.notes += [f"{name}: {n}" for n in stats.notes]
-        reference = Reference.of(model, ev, device=device)
+        reference = Reference.measure(model, ev, device=device)
         study.baselines[name] = reference.compare()["accuracy"]
         runs = []
         for criterion in criteria:

@@ -63,7 +63,7 @@ from onnxredund.analyses.sweep_state import SweepState
 from onnxredund.atomic import csv_text
 from onnxredund.choices import BATCH_SIZE
 from onnxredund.data import DataSource, conform_feeds, iter_batches
-from onnxredund.engine.analysis_models import output_plan
+from onnxredund.engine.analysis_models import output_role
 from onnxredund.engine.permutations import MODES, PermutationFeed
 from onnxredund.engine.runtime import resolve_device
 from onnxredund.engine.sweep import SweepRunner, permutation_workers
@@ -289,8 +289,8 @@ def check_labels(model: Model, data: DataSource) -> None:
 
 def effect_meter(model: Model, data: DataSource, repeats: int, channels: int) -> EffectMeter:
     """The meter of a sweep's output effects for ``model`` on ``data``."""
-    plans = {name: output_plan(model, name) for name in model.output_names}
-    return EffectMeter(model.output_names, model.classifiers, plans, repeats, channels, data.y is not None)
+    roles = {name: output_role(model, name) for name in model.output_names}
+    return EffectMeter(model.output_names, model.classifiers, roles, repeats, channels, data.y is not None)
 
 
 def new_state(meter: EffectMeter, layer: ConvLayer, key: str = "") -> SweepState:
@@ -404,13 +404,13 @@ def run_shuffle(
                 clean_sums = meter.clean_sums(clean_outputs, labels)
                 continue
             if isinstance(step, _Run):
-                at, cos, perturbed, rows = judge.still_open(step.at, step.cos, step.perturbed, step.rows)
+                at, cos, perturbed, per_sample = judge.still_open(step.at, step.cos, step.perturbed, step.per_sample)
                 if not len(cos):  # every channel of the run was decided while it ran
                     continue
                 batch["cos_sum"][step.repeat, at] += cos
-                if rows is None:  # the direct path: the outputs themselves came back
-                    rows = meter.output_rows(perturbed, clean_outputs)
-                meter.add_rows(batch, step.repeat, at, rows, clean_outputs, clean_sums, labels)
+                if per_sample is None:  # the direct path: the outputs themselves came back
+                    per_sample = meter.per_sample(perturbed, clean_outputs)
+                meter.add_per_sample(batch, step.repeat, at, per_sample, clean_outputs, clean_sums, labels)
                 continue
             bi, size = step.batch, step.size
             # the batch's sums and its sample count become the state in one assignment: an interrupt lands
@@ -469,15 +469,15 @@ class _Judge:
     def open(self) -> bool:
         return bool(self.positions)
 
-    def still_open(self, at: list[int], cos, perturbed, rows) -> tuple:
+    def still_open(self, at: list[int], cos, perturbed, per_sample) -> tuple:
         """A run's numbers for its channels at positions ``at`` (returned as an index array), less those of
         channels decided since."""
         keep = self.decision[at] == UNDECIDED
         if not keep.all():
             at, cos = [p for p, k in zip(at, keep, strict=True) if k], cos[keep]
             perturbed = None if perturbed is None else {name: v[keep] for name, v in perturbed.items()}
-            rows = None if rows is None else {key: v[keep] for key, v in rows.items()}
-        return np.asarray(at, np.int64), cos, perturbed, rows
+            per_sample = None if per_sample is None else {key: v[keep] for key, v in per_sample.items()}
+        return np.asarray(at, np.int64), cos, perturbed, per_sample
 
     def measured_enough(self, state: SweepState) -> bool:
         """Whether every channel has seen its minimum of images (a budget may stop the sweep then, not before)."""
@@ -578,7 +578,7 @@ class _Run(NamedTuple):
     at: np.ndarray
     cos: np.ndarray
     perturbed: list | None
-    rows: dict | None
+    per_sample: dict | None
 
 
 class _End(NamedTuple):

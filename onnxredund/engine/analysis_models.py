@@ -61,7 +61,7 @@ __all__ = [
     "fast_path_blocker",
     "im2col_index",
     "measured_outputs",
-    "output_plan",
+    "output_role",
     "transposed_index",
     "weight_columns",
 ]
@@ -403,11 +403,12 @@ def _error_bins(b: _GraphBuilder, err: str) -> str:
     return b.op("Add", [b.op("Sub", [index, below]), above])
 
 
-def _output_effects(b: _GraphBuilder, y: str, ref: str, size: int, plan: tuple) -> dict[str, str]:
-    """Per (channel j, sample b), what perturbing does to one output, as :func:`~onnxredund.analyses.effects.
-    sample_rows` computes it on the host: y (K*B, ...) perturbed, ref (B, ...) clean, ``size`` elements per sample,
-    ``plan`` (classifier kind or None, whether it is the prediction). Tensors (K, B); ``bins`` (K, B * size)."""
-    kind, prediction = plan
+def _output_effects(b: _GraphBuilder, y: str, ref: str, size: int, role: tuple) -> dict[str, str]:
+    """Per (channel j, sample b), what perturbing does to one output, as
+    :func:`~onnxredund.analyses.effects.per_sample_effects` computes it on the host: y (K*B, ...) perturbed, ref
+    (B, ...) clean, ``size`` elements per sample, ``role`` (classifier kind or None, whether it is the
+    prediction). Tensors (K, B); ``bins`` (K, B * size)."""
+    kind, prediction = role
     y3 = b.op("Reshape", [y, _k_shape(b, -1, size)])
     r3 = b.op("Reshape", [ref, b.const(b.fresh("1bs"), np.array([1, -1, size], np.int64))])
     yd, rd = b.op("Cast", [y3], to=TensorProto.DOUBLE), b.op("Cast", [r3], to=TensorProto.DOUBLE)
@@ -481,7 +482,7 @@ def build_fast_model(
     b.copy([nodes[i] for i in sorted(downstream(graph, layer.activation))], suffix, "suffix/")
     for name in outputs:
         size = int(np.prod(model.shapes[name]))
-        for what, tensor in _output_effects(b, suffix[name], name, size, output_plan(model, name)).items():
+        for what, tensor in _output_effects(b, suffix[name], name, size, output_role(model, name)).items():
             results[f"effect/{what}/{name}"] = (tensor, ir.TensorType(_EFFECT_TYPES[what]), ["K", None])
     return b.model(results, "onnxredund_fast_sweep"), inputs
 
@@ -513,7 +514,7 @@ _EFFECT_TYPES = {
 }
 
 
-def output_plan(model: Model, name: str) -> tuple[str | None, bool]:
+def output_role(model: Model, name: str) -> tuple[str | None, bool]:
     """How the effects of output ``name`` are measured, here and on the host alike: (its classifier kind or
     None, whether it is the prediction, the first classifier)."""
     if name not in model.classifiers:

@@ -445,7 +445,7 @@ class PruneCost:
     cuts: dict[int, list[tuple[int, int, Slicing]]] = field(default_factory=dict)  # group -> (tensor, axis, cut)
 
     @classmethod
-    def of(cls, model: Model, groups: list[ChannelGroup]) -> PruneCost:
+    def measure(cls, model: Model, groups: list[ChannelGroup]) -> PruneCost:
         graph = model.proto.graph
         constants = constant_values(model)
         conv_positions = {}
@@ -469,9 +469,9 @@ class PruneCost:
         cost.macs_total, cost.params_total = tally.macs(), tally.params()
         return cost
 
-    def tally(self) -> _Tally:
+    def tally(self) -> _ShapesLeft:
         """A running count, channel by channel (for a greedy removal)."""
-        return _Tally(self, [list(shape) for shape in self.shapes])
+        return _ShapesLeft(self, [list(shape) for shape in self.shapes])
 
     def macs(self, removed: Removal) -> int:
         """Conv MACs per sample after ``removed``."""
@@ -481,7 +481,7 @@ class PruneCost:
         """Parameters (values of float constants) after ``removed``."""
         return self._after(removed).params()
 
-    def _after(self, removed: Removal) -> _Tally:
+    def _after(self, removed: Removal) -> _ShapesLeft:
         tally = self.tally()
         for g, channels in removed.items():
             for c in channels:
@@ -490,7 +490,7 @@ class PruneCost:
 
 
 @dataclass
-class _Tally:
+class _ShapesLeft:
     cost: PruneCost
     dims: list[list[int]]
 

@@ -149,9 +149,9 @@ class SweepRunner:
         feeds["ks"] = np.array(ks, np.int64)
         feeds["perm_index"] = index
         values = dict(zip(self.fast.output_names, self.fast.run(feeds), strict=True))
-        rows = {}
+        per_sample = {}
         for key, value in values.items():
             if key.startswith("effect/"):
                 _, what, name = key.split("/", 2)
-                rows[name, what] = value
-        return values["cos_sum"], None, rows
+                per_sample[name, what] = value
+        return values["cos_sum"], None, per_sample

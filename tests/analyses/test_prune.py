@@ -106,7 +106,7 @@ def test_impulse_keeps_one_channel_of_each_matching_pair():
 def _setup():
     m = load_model_proto(zoo())
     groups = channel_groups(m)
-    return m, groups, PruneCost.of(m, groups), channel_importance(m, groups, "l1")
+    return m, groups, PruneCost.measure(m, groups), channel_importance(m, groups, "l1")
 
 
 def test_layer_scope_removes_one_fraction_everywhere_and_the_least_important_channels():
@@ -161,7 +161,7 @@ def _wide(seed: int = 0):
     ]
     m = load_model_proto(make_model(nodes, [("x", ["N", 2, 6, 6])], [("out", ["N", 3, 6, 6])], w))
     groups = channel_groups(m)
-    return m, groups, PruneCost.of(m, groups), channel_importance(m, groups, "l1")
+    return m, groups, PruneCost.measure(m, groups), channel_importance(m, groups, "l1")
 
 
 @pytest.mark.parametrize("scope", ["layer", "global"])
@@ -330,7 +330,7 @@ def test_a_speedup_target_finds_the_smallest_fraction_whose_pruned_model_is_that
     groups = channel_groups(m)
     scores = {g.index: np.arange(g.channels, dtype=float)[::-1].copy() for g in groups if g.prunable}
     monkeypatch.setattr(prune_module, "latency_ms", lambda model, proto, data, batch, device: float(_conv_macs(proto)))
-    cost = PruneCost.of(m, groups)
+    cost = PruneCost.measure(m, groups)
     fraction, measured, tried = prune_module.macs_for_speedup(
         m, groups, scores, cost, prune_module.SpeedTarget(2.0, 8), "layer", "l1", 8, None, "cpu"
     )

@@ -473,7 +473,7 @@ def test_error_bins_on_the_device_are_the_numpy_bins_at_and_beside_every_edge():
 
 
 def test_fast_path_effects_measured_on_the_device_equal_the_numpy_ones():
-    from onnxredund.analyses.effects import sample_rows
+    from onnxredund.analyses.effects import per_sample_effects
     from onnxredund.engine.analysis_models import build_fast_model
     from onnxredund.engine.sweep import SweepRunner
 
@@ -487,7 +487,7 @@ def test_fast_path_effects_measured_on_the_device_equal_the_numpy_ones():
     perms = [permutation_for("pixel", 4, 0, k, 0, 24, pixels) for k in (0, 2, 3)]
     cos_fast, _, rows = fast.run(clean, [0, 2, 3], perms)
     cos_direct, outputs, _ = direct.run(clean, [0, 2, 3], perms)
-    reference = sample_rows({"logits": ("logits", True)}, outputs, fast.clean_outputs(clean))
+    reference = per_sample_effects({"logits": ("logits", True)}, outputs, fast.clean_outputs(clean))
     np.testing.assert_allclose(cos_fast, cos_direct, atol=1e-5)
     assert set(rows) == set(reference)
     for key, value in reference.items():
@@ -550,8 +550,8 @@ def test_an_interrupt_while_a_batch_is_summed_leaves_the_numbers_of_the_batches_
     partial result is the full result of the batches before it, to the bit."""
     model = load_model_proto(small_cnn(6)[0])
     d = data(100)
-    per_batch = model.layers[1].in_channels  # the direct path: one run, one add_rows, per channel and batch
-    real, calls = EffectMeter.add_rows, {"n": 0}
+    per_batch = model.layers[1].in_channels  # the direct path: one run, one add_per_sample, per channel and batch
+    real, calls = EffectMeter.add_per_sample, {"n": 0}
 
     def interrupt_inside_the_third_batch(self, *args, **kwargs):
         calls["n"] += 1
@@ -559,9 +559,9 @@ def test_an_interrupt_while_a_batch_is_summed_leaves_the_numbers_of_the_batches_
             raise KeyboardInterrupt
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(EffectMeter, "add_rows", interrupt_inside_the_third_batch)
+    monkeypatch.setattr(EffectMeter, "add_per_sample", interrupt_inside_the_third_batch)
     partial = run_shuffle(model, 1, d, mode="pixel", batch_size=20, device="cpu", seed=4, exact_path=True)
-    monkeypatch.setattr(EffectMeter, "add_rows", real)
+    monkeypatch.setattr(EffectMeter, "add_per_sample", real)
     assert not partial.complete and partial.samples_done == 40 and calls["n"] == 2 * per_batch + 2
     first_two = run_shuffle(model, 1, d.limit(40), mode="pixel", batch_size=20, device="cpu", seed=4, exact_path=True)
     for key in ("outputs", "cosine", "accuracy", "agreement", "baseline_accuracy"):
@@ -582,7 +582,7 @@ def test_a_sweep_interrupted_before_its_first_batch_ends_reports_no_numbers_not_
     def interrupt(self, *args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(EffectMeter, "add_rows", interrupt)
+    monkeypatch.setattr(EffectMeter, "add_per_sample", interrupt)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's "All-NaN slice" and "Mean of empty slice" among them
         result = run_shuffle(model, 1, data(40), batch_size=20, device="cpu", exact_path=exact)

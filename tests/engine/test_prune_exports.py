@@ -200,7 +200,7 @@ def test_a_removal_that_leaves_a_consumer_nothing_to_read_is_refused_and_no_sele
     with pytest.raises(OnnxRedundError, match="leaves a consumer nothing of the group to read"):
         remove_channels(m, groups, {g.index: [2, 3]})
     scores = {g.index: np.array([4.0, 3.0, 1.0, 2.0])}  # the second half ranks lowest
-    cost = PruneCost.of(m, groups)
+    cost = PruneCost.measure(m, groups)
     most = most_removed(groups, scores, cost, "macs", 1)
     removal = select_channels(groups, scores, cost, Target("macs", most), "layer", "l1", 1)
     # the best channel of each consumer's reading stays: 3 of the half convA reads alone, 0 of what conv2 reads

@@ -50,7 +50,7 @@ def test_removing_an_always_zero_channel_leaves_every_output_equal(kwargs, produ
     pruned = remove_channels(m, groups, {g.index: [channel]})
     x = inputs()
     np.testing.assert_allclose(run(pruned, x), run(proto, x), rtol=1e-5, atol=1e-5)
-    assert PruneCost.of(m, groups).macs({g.index: [channel]}) < PruneCost.of(m, groups).macs_total
+    assert PruneCost.measure(m, groups).macs({g.index: [channel]}) < PruneCost.measure(m, groups).macs_total
     onnx.checker.check_model(pruned, full_check=True)
 
 
@@ -161,7 +161,7 @@ def test_least_squares_refit_stays_sound_with_fewer_samples_than_inputs():
 def test_cost_counts_the_pruned_models_macs_and_parameters_exactly():
     m = load_model_proto(zoo())
     groups = channel_groups(m)
-    cost = PruneCost.of(m, groups)
+    cost = PruneCost.measure(m, groups)
     removal = {group_of(groups, "convA").index: [1, 3], group_of(groups, "convB").index: [0]}
     pruned = remove_channels(m, groups, removal)
     layers = describe_layers(pruned, shape_table(infer_shapes(pruned)))
