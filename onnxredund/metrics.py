@@ -6,7 +6,7 @@ nothing of the package.
 - :func:`cosine_per_channel`: the paper's eq. 1 per sample and channel; :func:`flat_cosine` per sample.
 - output drift: :func:`error_bins`, :func:`bin_counts` and :func:`histogram_quantile` (absolute errors on fixed
   log-spaced bins, so that sums over batches merge), :func:`log_softmax`, :func:`kl_divergence`,
-  :func:`top_k_hits`.
+  :func:`top1`, :func:`top_k_hits`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __all__ = [
     "kl_divergence",
     "log_softmax",
     "relative_l2_per_sample",
+    "top1",
     "top_k_hits",
 ]
 
@@ -109,6 +110,11 @@ def kl_divergence(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
     """KL(p || q) per row of log-probabilities (N, C), in nats: float64 (N,), >= 0."""
     p = np.exp(log_p)
     return np.maximum((p * (log_p - log_q)).sum(axis=-1), 0.0)
+
+
+def top1(scores: np.ndarray) -> np.ndarray:
+    """Each sample's highest class of class scores (N, classes) or (N, classes, 1, ...): int (N,)."""
+    return scores.reshape(len(scores), -1).argmax(axis=1)
 
 
 def top_k_hits(scores: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:

@@ -32,6 +32,7 @@ from onnxredund.metrics import (
     histogram_quantile,
     kl_divergence,
     log_softmax,
+    top1,
     top_k_hits,
 )
 
@@ -136,13 +137,13 @@ def per_sample_effects(roles: dict[str, tuple[str | None, bool]], perturbed: dic
         effects[name, "bins"] = error_bins(diff.reshape(k, -1))
         if kind is None:
             continue
-        scores = flat.reshape(k * b, -1)
-        clean_top = np.tile(ref.argmax(axis=1), k)
+        scores = flat.reshape(k * b, -1)  # (classes, 1, 1) scores as (classes,)
+        clean_top = np.tile(top1(ref), k)
         effects[name, "top1"] = top_k_hits(scores, clean_top, 1).reshape(k, b)
         effects[name, "top5"] = top_k_hits(scores, clean_top, 5).reshape(k, b)
-        effects[name, "kl"] = kl_divergence(log_softmax(ref, kind)[None], log_softmax(y, kind))
+        effects[name, "kl"] = kl_divergence(log_softmax(ref.reshape(b, -1), kind)[None], log_softmax(flat, kind))
         if prediction:
-            effects[name, "argmax"] = y.argmax(axis=-1)
+            effects[name, "argmax"] = flat.argmax(axis=-1)
     return effects
 
 
@@ -207,7 +208,7 @@ class EffectMeter:
         for name in self.outputs:
             batch[name] = np.square(clean[name], dtype=np.float64).sum()
         if self.labelled and labels is not None:
-            batch["right"] = clean[self.classifiers[0]].argmax(axis=1) == labels
+            batch["right"] = top1(clean[self.classifiers[0]]) == labels
         return batch
 
     def per_sample(self, perturbed: dict, clean: dict) -> dict:

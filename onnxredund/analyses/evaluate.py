@@ -8,6 +8,7 @@ from onnxredund.choices import BATCH_SIZE
 from onnxredund.data import DataSource
 from onnxredund.engine.runtime import Runner
 from onnxredund.errors import OnnxRedundError
+from onnxredund.metrics import top1
 from onnxredund.model import Model, classifier_output
 
 __all__ = ["evaluate", "one_class_note", "predict"]
@@ -28,7 +29,7 @@ def predict(model: Model, data: DataSource, *, batch_size: int = BATCH_SIZE, dev
             "(name one with `classifier`)"
         )
     scores = Runner.create(model.proto, device).run_over(model, data, [pred], batch_size)[0]
-    return scores.argmax(axis=1).astype(np.int64)
+    return top1(scores).astype(np.int64)
 
 
 def one_class_note(model: Model, data: DataSource, *, batch_size: int = BATCH_SIZE, device: str = "auto") -> str | None:

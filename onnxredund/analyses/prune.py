@@ -60,7 +60,7 @@ from onnxredund.engine.pruning import (
 )
 from onnxredund.engine.runtime import Runner
 from onnxredund.errors import OnnxRedundError
-from onnxredund.metrics import flat_cosine, relative_l2_per_sample
+from onnxredund.metrics import flat_cosine, relative_l2_per_sample, top1
 from onnxredund.model import Model, classifier_output
 
 __all__ = [
@@ -417,7 +417,7 @@ class Reference:
         }
         if pred is not None:
             k = self.model.output_names.index(pred)
-            top, top_ref = outs[k].argmax(axis=1), self.outputs[k].argmax(axis=1)
+            top, top_ref = top1(outs[k]), top1(self.outputs[k])
             result["agreement"] = float((top == top_ref).mean())
             if self.data.y is not None:
                 result["accuracy"] = float((top == self.data.y).mean())

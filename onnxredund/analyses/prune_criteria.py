@@ -28,7 +28,7 @@ from onnxredund.engine.channel_groups import ChannelGroup, Role, Slicing
 from onnxredund.engine.group_shuffle import GroupShuffle
 from onnxredund.engine.permutations import batch_generator, channel_permutation
 from onnxredund.errors import OnnxRedundError
-from onnxredund.metrics import relative_l2_per_sample
+from onnxredund.metrics import relative_l2_per_sample, top1
 from onnxredund.model import Model, classifier_output
 
 __all__ = [
@@ -135,7 +135,7 @@ def _shuffle_costs(
         n = len(next(iter(feeds.values())))
         clean, start = shuffle.run_clean(feeds)
         flat_clean = np.concatenate([o.reshape(n, -1) for o in clean], axis=1).astype(np.float64)
-        top = None if pred is None else clean[model.output_names.index(pred)].argmax(axis=1)
+        top = None if pred is None else top1(clean[model.output_names.index(pred)])
         for c in range(group.channels):
             perm = channel_permutation(batch_generator(seed, 0, c, bi), n)
             out = shuffle.outputs(clean, start, c, perm)
@@ -143,7 +143,7 @@ def _shuffle_costs(
                 flat = np.concatenate([o.reshape(n, -1) for o in out], axis=1)
                 cost[c] += relative_l2_per_sample(flat_clean, flat).sum()
             else:
-                new = out[model.output_names.index(pred)].argmax(axis=1)
+                new = top1(out[model.output_names.index(pred)])
                 cost[c] += (
                     (top != new).sum() if metric == "agreement" else ((top == labels).sum() - (new == labels).sum())
                 )

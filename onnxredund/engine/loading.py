@@ -35,6 +35,7 @@ from onnxredund.model import (
     image_layout,
     infer_shapes,
     input_sizes,
+    is_class_scores,
     pick_image_input,
     read_model_file,
     set_input_shape,
@@ -230,9 +231,9 @@ def _classifiers(proto: onnx.ModelProto, shapes: dict, classifier: str | None) -
     outputs = [o.name for o in proto.graph.output]
     if classifier not in outputs:
         raise OnnxRedundError(f"`classifier` {classifier!r} is not an output; outputs: {outputs}")
-    if len(shapes.get(classifier, ())) != 1:
+    if not is_class_scores(shapes.get(classifier, ())):
         raise OnnxRedundError(
             f"`classifier` {classifier!r} has shape {shapes.get(classifier)} per sample; class scores are "
-            "(classes,) per sample"
+            "(classes,) or (classes, 1, 1) per sample"
         )
     return [classifier]

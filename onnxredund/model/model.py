@@ -27,6 +27,7 @@ __all__ = [
     "classifier_outputs",
     "image_layout",
     "input_sizes",
+    "is_class_scores",
     "output_kind",
     "pick_image_input",
     "set_input_shape",
@@ -192,12 +193,19 @@ class Model:
 _PROBABILITIES = ("Softmax", "LogSoftmax")
 
 
+def is_class_scores(sample_shape: tuple) -> bool:
+    """Whether one sample of an output holds class scores: (classes,), or (classes, 1, ...) (a classifier head
+    that ends in a 1 x 1 conv or a global pooling, not flattened: (N, 1000, 1, 1))."""
+    return len(sample_shape) >= 1 and sample_shape[0] >= 2 and all(d == 1 for d in sample_shape[1:])
+
+
 def classifier_outputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[str]:
-    """The outputs that hold class scores (N, classes): those a Softmax or LogSoftmax writes, or else the first
-    output of that shape (logits). A regression head beside a softmax head (a face detector's boxes) is not one.
+    """The outputs that hold class scores (N, classes), or (N, classes, 1, 1) where the head is not flattened: those
+    a Softmax or LogSoftmax writes, or else the first output of that shape (logits). A regression head beside a
+    softmax head (a face detector's boxes) is not one.
     """
     producers = {o: n.op_type for n in proto.graph.node for o in n.output}
-    two_d = [o.name for o in proto.graph.output if len(shapes.get(o.name, ())) == 1 and shapes[o.name][0] >= 2]
+    two_d = [o.name for o in proto.graph.output if is_class_scores(shapes.get(o.name, ()))]
     soft = [name for name in two_d if producers.get(name) in _PROBABILITIES]
     return soft or two_d[:1]
 
