@@ -315,10 +315,6 @@ class SweepOptions:
     chunk: int | None = None
     estimation: Estimation = EXHAUSTIVE
 
-    def kwargs(self) -> dict:
-        """The options as :func:`run_shuffle`'s keyword arguments."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
 
 def run_shuffle(
     model: Model,
