@@ -148,18 +148,14 @@ def job_for(
     )
 
 
-@dataclass(frozen=True)
-class _Here:
-    """What a unit running in the driver's own process does after each batch: ``on_batch(unit, result)``."""
-
-    on_batch: Callable[[SweepUnit, dict], None]
-
-
-def run_unit(job: SweepJob, unit: SweepUnit, cache: dict, here: _Here | None = None) -> dict:
+def run_unit(
+    job: SweepJob, unit: SweepUnit, cache: dict, on_batch: Callable[[SweepUnit, dict], None] | None = None
+) -> dict:
     """One unit's sums over every batch (its channels only), with the path and device that ran it.
 
-    In the driver's process (``here``), each batch is handed to ``here.on_batch`` and a signal ends the unit
-    with the batches that finished (``stopped`` "interrupted"); in a worker, it raises :class:`Interrupted`."""
+    In the driver's process (``on_batch`` given), each batch's outcome is handed to ``on_batch(unit, outcome)``
+    and a signal ends the unit with the batches that finished (``stopped`` "interrupted"); in a worker, it
+    raises :class:`Interrupted`."""
     layer = job.model.layer(unit.layer)
     runner = _runner(job, unit, cache)
     channels = job.unit_channels(unit)
@@ -179,8 +175,8 @@ def run_unit(job: SweepJob, unit: SweepUnit, cache: dict, here: _Here | None = N
 
     def commit(state: SweepState) -> None:
         states.append(state)
-        if here is not None:
-            here.on_batch(unit, outcome(state, _RUNNING))
+        if on_batch is not None:
+            on_batch(unit, outcome(state, _RUNNING))
 
     result = run_shuffle(
         job.model,
@@ -197,7 +193,7 @@ def run_unit(job: SweepJob, unit: SweepUnit, cache: dict, here: _Here | None = N
         estimation=job.estimation,
         max_seconds=job.unit_seconds,
     )
-    if result.stopped == "interrupted" and here is None:  # a part of a unit in a worker is not a finished unit
+    if result.stopped == "interrupted" and on_batch is None:  # a part of a unit in a worker is not a finished unit
         raise Interrupted(stop_status() - 128)
     return outcome(states[-1], result.stopped or "")
 
@@ -452,7 +448,7 @@ def _run_here(job: SweepJob, todo: list[SweepUnit], backend: Backend, kept: _Kep
         start = unit.start.samples_done if unit.start else 0
         bar = progress(f"{unit.layer} {unit.mode}", len(job.data), start) if progress else None
         bars[unit] = (bar, [start])
-        return run_unit(job, unit, cache, _Here(on_batch))
+        return run_unit(job, unit, cache, on_batch)
 
     def on_done(i: int, outcome: dict) -> None:
         unit = todo[i]

@@ -42,14 +42,14 @@ class LocalBackend:
     in_process = True
 
     def __init__(self) -> None:
-        self.cache: dict = {"kept_runners": 1}  # a sweep's sessions go when the next one's are made
+        self.close()
 
     def run(self, fn: UnitFn, context: Any, units: Sequence, on_done: Callable[[int, Any], None]) -> None:
         for i, unit in enumerate(units):
             on_done(i, fn(context, unit, self.cache))
 
     def close(self) -> None:
-        self.cache = {"kept_runners": 1}
+        self.cache: dict = {"kept_runners": 1}  # a sweep's sessions go when the next one's are made
 
 
 def make_backend(name: str, *, address: str | None = None, workers: int | None = None, device: str = "auto") -> Backend:
