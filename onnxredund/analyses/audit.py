@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxredund import __version__
-from onnxredund.analyses.distributed import clear_units, job_for, plan_units, run_sweeps
+from onnxredund.analyses.distributed import SweepJob, job_for, plan_units, run_sweeps
 from onnxredund.analyses.evaluate import one_class_note
 from onnxredund.analyses.gates import GATE_METRICS, check_gate_applies, check_gates
 from onnxredund.analyses.impulse import ImpulseResult, run_impulse
@@ -74,7 +74,6 @@ __all__ = [
     "audit_estimate",
     "check_gate_applies",
     "check_gates",
-    "clear_checkpoints",
     "run_audit",
 ]
 
@@ -351,8 +350,9 @@ def run_audit(
         estimation = _within_budget(model, data, sweeps, clock, estimation, batch_size, device, workers, notes)
     if sweeps:
         options = SweepOptions(batch_size=batch_size, seed=seed, device=device, estimation=estimation)
-        kept = _Kept(None if checkpoint_dir is None else Path(checkpoint_dir), resume)
-        results = _run_sweeps(model, data, sweeps, clock, options, progress, notes, kept, backend or LocalBackend())
+        kept = None if checkpoint_dir is None else Path(checkpoint_dir)
+        backend = backend or LocalBackend()
+        results = _run_sweeps(model, data, sweeps, clock, options, progress, notes, kept, resume, backend)
         try:
             for result in results:
                 shuffles.setdefault(result.layer, {})[result.mode] = result
@@ -394,19 +394,6 @@ def run_audit(
     )
 
 
-def clear_checkpoints(checkpoint_dir) -> None:
-    """Remove the sweeps' checkpoints of a finished audit (its results hold every number)."""
-    clear_units(checkpoint_dir)
-
-
-@dataclass(frozen=True)
-class _Kept:
-    """Where the sweeps keep their progress (None: nowhere), and whether to continue from what is there."""
-
-    folder: Path | None
-    resume: bool
-
-
 @dataclass
 class _Clock:
     """The audit's time: its start, its budget, and what writing the outputs will need at the end."""
@@ -424,12 +411,11 @@ class _Clock:
 
 @dataclass(frozen=True)
 class _Step:
-    """Sweeps to run together: their plans, the data they measure, the seconds after which a unit stops (None:
-    none), and the sweeps the budget left out before them."""
+    """Sweeps to run together: their plans and their job (the data they measure, the seconds after which a unit
+    stops), and the sweeps the budget left out before them."""
 
     plans: list[SweepPlan]
-    data: DataSource
-    unit_seconds: float | None
+    job: SweepJob | None
     skipped: list[tuple[ConvLayer, str]]
 
 
@@ -466,10 +452,12 @@ class _EachInTurn:
                 plan = plans[0] if plans else None
                 max_seconds = None if plan is None or self.clock.budget is None else max(1.0, 2 * plan.seconds)
             if plan is None:
-                yield _Step([], data, None, [(layer, mode)])
+                yield _Step([], None, [(layer, mode)])
                 continue
             self.images = plan.images
-            yield _Step([plan], _sampled(data, plan.images), max_seconds, [])
+            sweep = [(plan.layer, plan.mode, plan.channels)]
+            job = job_for(self.model, _sampled(data, plan.images), sweep, o, unit_seconds=max_seconds)
+            yield _Step([plan], job, [])
 
     def observe(self, plan: SweepPlan, result: ShuffleResult, took: float) -> None:
         log.debug(
@@ -499,12 +487,11 @@ class _AllAhead:
         plans, subset, _ = _plan_all(self.model, self.data, sweeps, left, o, self.workers)
         planned = {(p.layer.name, p.mode) for p in plans}
         skipped = [(layer, m) for layer, m in sweeps if (layer.name, m) not in planned]
-        unit_seconds = None
+        job = job_for(self.model, subset, [(p.layer, p.mode, p.channels) for p in plans], o)
         if o.estimation.sequential and left is not None:
-            job = job_for(self.model, subset, [(p.layer, p.mode, p.channels) for p in plans], o)
             units = len(plan_units(job, [(p.layer, p.mode) for p in plans]))
-            unit_seconds = max(1.0, _PLAN_MARGIN * left * self.workers / max(units, 1))
-        yield _Step(plans, subset, unit_seconds, skipped)
+            job = dataclasses.replace(job, unit_seconds=max(1.0, _PLAN_MARGIN * left * self.workers / max(units, 1)))
+        yield _Step(plans, job, skipped)
 
     def observe(self, plan: SweepPlan, result: ShuffleResult, took: float) -> None:
         pass
@@ -531,11 +518,11 @@ def _sampled(data: DataSource, images: int) -> DataSource:
 
 
 def _run_sweeps(
-    model, data, sweeps, clock: _Clock, options: SweepOptions, progress, notes: list[str], kept: _Kept, backend
+    model, data, sweeps, clock: _Clock, options: SweepOptions, progress, notes: list[str], kept, resume, backend
 ):
     """Run the sweeps on ``backend`` as its plan says (each in turn in this process, all at once on workers),
-    kept as ``kept`` says; yields each finished sweep's result, and raises :class:`Interrupted` where a signal
-    stopped one."""
+    their units kept in ``kept`` (None: nowhere), continued from there with ``resume``; yields each finished
+    sweep's result, and raises :class:`Interrupted` where a signal stopped one."""
     workers = backend.workers
     policy = (
         _EachInTurn(model, data, options, clock)
@@ -549,15 +536,13 @@ def _run_sweeps(
         if not step.plans:
             continue
         pairs = [(p.layer, p.mode) for p in step.plans]
-        sweeps_run = [(p.layer, p.mode, p.channels) for p in step.plans]
-        job = job_for(model, step.data, sweeps_run, options, unit_seconds=step.unit_seconds)
         t0 = time.perf_counter()
         results, complete = run_sweeps(
-            job,
+            step.job,
             pairs,
             backend,
-            checkpoint_dir=kept.folder,
-            resume=kept.resume,
+            checkpoint_dir=kept,
+            resume=resume,
             strict=False,
             progress=_numbered(progress, done + 1, len(sweeps)) if progress and len(pairs) == 1 else progress,
         )

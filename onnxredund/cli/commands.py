@@ -376,7 +376,8 @@ def audit(
 ) -> None:
     """Impulse analysis and shuffling of the chosen layers, combined per layer into a redundancy summary;
     writes report.html, results.json, CSV tables and figures into --out."""
-    from onnxredund.analyses.audit import audit_estimate, check_gate_applies, check_gates, clear_checkpoints, run_audit
+    from onnxredund.analyses.audit import audit_estimate, check_gate_applies, check_gates, run_audit
+    from onnxredund.analyses.distributed import clear_units
     from onnxredund.model import classifier_output
     from onnxredund.report.audit_report import (
         audit_payload,
@@ -446,7 +447,7 @@ def audit(
     with deferred():  # the report and its results are written whole, or an earlier signal stops before them
         write_audit(out_dir, result, parts=False, deadline=None if budget is None else started + budget - _HTML_SECONDS)
         if result.complete:
-            clear_checkpoints(out_dir)
+            clear_units(out_dir)
     if as_json:
         _echo_json(audit_payload(result))
     else:
