@@ -47,11 +47,11 @@ def fold_conv_parameters(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[
     names = computed_parameters(proto)
     if not names:
         return proto, []
-    values = Runner.create(cut(proto, [], names), "cpu", optimize=False).run({}, names)
+    maker = cut(proto, [], names)
+    values = Runner.create(maker, "cpu", optimize=False).run({}, names)
     model = to_ir(proto)
     graph = model.graph
     produced = {v.name: v for node in graph for v in node.outputs}
-    before = {node.name or str(id(node)): node.op_type for node in graph}
     for name, array in zip(names, values, strict=True):
         computed = produced[name]
         computed.name = f"{name}/computed"
@@ -59,6 +59,4 @@ def fold_conv_parameters(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[
         graph.register_initializer(folded)
         ir.convenience.replace_all_uses_with(computed, folded)
     remove_unused(model)
-    after = {node.name or str(id(node)) for node in graph}
-    ops = list(dict.fromkeys(op for key, op in before.items() if key not in after))
-    return to_proto(model), ops
+    return to_proto(model), list(dict.fromkeys(node.op_type for node in maker.graph.node))
