@@ -40,7 +40,11 @@ __all__ = [
 SCREEN_TOLERANCE = 1e-4
 _BLOCK_VALUES = 1 << 18  # complex values per batch of pair products: a few MB, cache-friendly (measured)
 _WORKERS = os.cpu_count() or 1
-_CACHE_BYTES = 768 << 20  # earlier layers' spectra and magnitudes kept for later targets (least recently used go)
+_CACHE_BYTES = 768 << 20  # earlier layers' magnitudes kept for later targets (least recently used go)
+# spectra made at once, at most: fresh allocations of hundreds of MB cost page faults (0.3 GB/s written,
+# against 2-8 GB/s for a few MB, measured on 2 cores)
+_CHUNK_BYTES = 8 << 20
+_KEPT_BYTES = 32 << 20  # an earlier layer's magnitudes on a grid kept whole up to this (bigger: made in blocks)
 
 
 def _centred(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,11 +83,51 @@ def _grid(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[int, ...]
 
 
 def _spectra(x: np.ndarray, grid: tuple[int, ...], dtype) -> np.ndarray:
-    """rFFT over the spatial axes of (C, M, *spatial) on ``grid``: (C, M, *freq) of complex ``dtype``."""
+    """rFFT over the spatial axes of (C, M, *spatial) on ``grid``: (C, M, *freq) of complex ``dtype``.
+
+    In single precision a response much smaller than the grid (an early layer's 5 x 5 against a 225 x 171
+    grid) is transformed by DFT matrices, one matrix product per axis, where that costs less than the
+    zero-padded FFT (4-15 times faster for the detectors' across-layer grids, within ~1e-6 of the FFT).
+    """
+    if dtype == np.complex64 and _dft_cheaper(x.shape[2:], grid):
+        return _dft_spectra(x, grid)
     axes = tuple(range(2, x.ndim))
     return scipy.fft.rfftn(
         x.astype(np.float32 if dtype == np.complex64 else np.float64), s=grid, axes=axes, workers=_WORKERS
     ).astype(dtype, copy=False)
+
+
+def _dft_cheaper(extent: tuple[int, ...], grid: tuple[int, ...]) -> bool:
+    """Whether DFT matrices cost less than an FFT for a response of ``extent`` on ``grid``: real operations of
+    the matrix products against the FFT's ~2.5 N log2 N, the products counted at half (BLAS runs several times
+    more of them per second than the FFT's butterflies; measured on 2 cores)."""
+    size = int(np.prod(grid))
+    fft = 2.5 * size * np.log2(max(size, 2))
+    dims = list(extent)
+    dims[-1] = grid[-1] // 2 + 1
+    products = 2.0 * int(np.prod(extent)) * dims[-1]  # the real last axis
+    for axis in range(len(grid) - 2, -1, -1):
+        products += 4.0 * int(np.prod(dims)) * grid[axis]
+        dims[axis] = grid[axis]
+    return products < 4.0 * fft
+
+
+def _dft_spectra(x: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
+    """:func:`_spectra` by DFT matrices in single precision: the real last axis first, then each other axis."""
+    lead, extent = x.shape[:2], x.shape[2:]
+    n, g = extent[-1], grid[-1]
+    angle = (-2 * np.pi / g) * ((np.arange(n)[:, None] * np.arange(g // 2 + 1)[None, :]) % g)  # exact phases
+    flat = x.reshape(-1, n).astype(np.float32)
+    out = np.empty((len(flat), g // 2 + 1), np.complex64)
+    out.real = flat @ np.cos(angle).astype(np.float32)
+    out.imag = flat @ np.sin(angle).astype(np.float32)
+    out = out.reshape(*lead, *extent[:-1], g // 2 + 1)
+    for axis in range(len(grid) - 2, -1, -1):
+        n, g = extent[axis], grid[axis]
+        matrix = np.exp((-2j * np.pi / g) * ((np.arange(g)[:, None] * np.arange(n)[None, :]) % g)).astype(np.complex64)
+        # a product per response over the axis next to the last (for 2-D, the first: no transposed copies)
+        out = np.moveaxis(matrix @ np.moveaxis(out, 2 + axis, -2), -2, 2 + axis)
+    return np.ascontiguousarray(out)
 
 
 def _max_correlation(fa: np.ndarray, fb_conj: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
@@ -115,16 +159,33 @@ def _pair_max_correlation(
     return out
 
 
+def _listed_correlation(
+    na: np.ndarray, nb: np.ndarray, rows: np.ndarray, cols: np.ndarray, grid: tuple[int, ...], dtype
+) -> np.ndarray:
+    """max over lags of sum over m of corr(na[rows[p]], nb[cols[p]]) for listed pairs, transforming only the
+    responses the pairs name, in blocks of :data:`_CHUNK_BYTES` of spectra: (P,)."""
+    out = np.empty(len(rows))
+    freq = int(np.prod(grid[:-1])) * (grid[-1] // 2 + 1)
+    step = max(1, _CHUNK_BYTES // (na.shape[1] * freq * np.dtype(dtype).itemsize))
+    ucols = np.unique(cols)
+    for c0 in range(0, len(ucols), step):
+        in_block = np.flatnonzero(np.isin(cols, ucols[c0 : c0 + step]))
+        urows = np.unique(rows[in_block])
+        for r0 in range(0, len(urows), step):
+            pairs = in_block[np.isin(rows[in_block], urows[r0 : r0 + step])]
+            ur, ri = np.unique(rows[pairs], return_inverse=True)
+            uc, ci = np.unique(cols[pairs], return_inverse=True)
+            fa, fb = _spectra(na[ur], grid, dtype), _spectra(nb[uc], grid, dtype).conj()
+            out[pairs] = _pair_max_correlation(fa, fb, ri, ci, grid)
+    return out
+
+
 def _pair_ncc(
     na: np.ndarray, ca: np.ndarray, nb: np.ndarray, cb: np.ndarray, rows: np.ndarray, cols: np.ndarray, lags: bool
 ) -> np.ndarray:
     """float64 NCC of the listed pairs (na[rows[p]], nb[cols[p]]) of normalized responses: (P,)."""
     if lags:
-        grid = _grid(na.shape[2:], nb.shape[2:])
-        ur, ri = np.unique(rows, return_inverse=True)  # only the responses the pairs name are transformed
-        uc, ci = np.unique(cols, return_inverse=True)
-        fa, fb = _spectra(na[ur], grid, np.complex128), _spectra(nb[uc], grid, np.complex128).conj()
-        values = _pair_max_correlation(fa, fb, ri, ci, grid)
+        values = _listed_correlation(na, nb, rows, cols, _grid(na.shape[2:], nb.shape[2:]), np.complex128)
     else:
         frame = tuple(max(sa, sb) for sa, sb in zip(na.shape[2:], nb.shape[2:], strict=True))
         ea, eb = _embed(na, frame).reshape(len(na), -1), _embed(nb, frame).reshape(len(nb), -1)
@@ -270,18 +331,25 @@ class EarlierLayers:
         self.layers: list[tuple[np.ndarray, np.ndarray]] = []  # normalized responses, constant mask
         self._cache: dict[tuple, np.ndarray] = {}  # (layer, grid, kind) -> spectra or magnitudes, least recent first
         self._cached_bytes = 0
+        self._windows: dict[tuple, np.ndarray] = {}  # (layer, window) -> its channels' window norms
 
     @staticmethod
     def _magnitudes(normalized: np.ndarray, grid: tuple[int, ...], weighted: bool) -> np.ndarray:
-        """|spectra| on ``grid`` as (C, M * freq) float32 (``weighted``: bins a real signal holds twice, counted so)."""
-        mags = np.abs(_spectra(normalized, grid, np.complex64))
+        """|spectra| on ``grid`` as (C, M * freq) float32 (``weighted``: bins a real signal holds twice, counted so),
+        transformed :data:`_CHUNK_BYTES` at a time."""
+        c, m = normalized.shape[:2]
+        freq = grid[-1] // 2 + 1
+        out = np.empty((c, m, *grid[:-1], freq), np.float32)
+        step = max(1, _CHUNK_BYTES // (8 * out[0].size))
+        for c0 in range(0, c, step):
+            out[c0 : c0 + step] = np.abs(_spectra(normalized[c0 : c0 + step], grid, np.complex64))
         if weighted:  # a real signal's rfft holds the conjugate half implicitly: count those bins twice
-            weights = np.full(mags.shape[-1], 2.0, np.float32)
+            weights = np.full(freq, 2.0, np.float32)
             weights[0] = 1.0
             if grid[-1] % 2 == 0:
                 weights[-1] = 1.0
-            mags *= weights
-        return mags.reshape(len(normalized), -1)
+            out *= weights
+        return out.reshape(c, -1)
 
     def _cached(self, key: tuple, make):
         value = self._cache.pop(key, None)
@@ -333,9 +401,15 @@ class EarlierLayers:
         one), and the spectral one, computed only where the first does not already rule out every pair
         below ``floor``.
         """
-        out, targets = [], {}
+        out, targets, windows = [], {}, {}
         for i, (ne, _) in enumerate(self.layers):
-            window = np.minimum(_window_norms(nt, ne.shape[2:])[:, None], _window_norms(ne, nt.shape[2:])[None, :])
+            if ne.shape[2:] not in windows:  # layers of one extent share the target's window norms
+                windows[ne.shape[2:]] = _window_norms(nt, ne.shape[2:])
+            key = (i, nt.shape[2:])
+            if key not in self._windows:  # a few floats per channel: kept for every later target of that extent
+                self._windows[key] = _window_norms(ne, nt.shape[2:])
+            theirs = self._windows[key]
+            window = np.minimum(windows[ne.shape[2:]][:, None], theirs[None, :])
             window += SCREEN_TOLERANCE
             if window.max(initial=-np.inf) < floor - SCREEN_TOLERANCE:
                 out.append(window)
@@ -343,15 +417,35 @@ class EarlierLayers:
             grid = _grid(nt.shape[2:], ne.shape[2:])
             if grid not in targets:
                 targets[grid] = self._magnitudes(nt, grid, weighted=True)
-            me = self._cached((i, grid, "mag"), lambda ne=ne, grid=grid: self._magnitudes(ne, grid, weighted=False))
-            out.append(np.minimum(targets[grid] @ me.T / float(np.prod(grid)) + SCREEN_TOLERANCE, window))
+            # the spectral bound only where the window's leaves a pair open (all of them for floor -1)
+            cols = np.flatnonzero(window.max(axis=0) >= floor - SCREEN_TOLERANCE)
+            bound = window.copy()
+            spectral = self._spectral_bound(i, grid, cols, targets[grid])
+            bound[:, cols] = np.minimum(spectral + SCREEN_TOLERANCE, window[:, cols])
+            out.append(bound)
+        return out
+
+    def _spectral_bound(self, i: int, grid: tuple[int, ...], cols: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """sum over frequencies of |A| |B| / N for the targets' magnitudes against earlier layer ``i``'s channels
+        ``cols``: (C, len(cols)). A layer's magnitudes are kept for later targets on the same grid when they fit
+        :data:`_KEPT_BYTES`; bigger ones are made for those channels a block at a time, never whole."""
+        ne = self.layers[i][0]
+        scale = 1.0 / float(np.prod(grid))
+        per_channel = ne.shape[1] * int(np.prod(grid[:-1])) * (grid[-1] // 2 + 1) * 4
+        if len(ne) * per_channel <= _KEPT_BYTES:
+            mags = self._cached((i, grid, "mag"), lambda: self._magnitudes(ne, grid, weighted=False))
+            return (targets @ mags.T)[:, cols] * scale
+        out = np.empty((len(targets), len(cols)))
+        step = max(1, _CHUNK_BYTES // per_channel)
+        for c0 in range(0, len(cols), step):
+            block = self._magnitudes(ne[cols[c0 : c0 + step]], grid, weighted=False)
+            out[:, c0 : c0 + step] = targets @ block.T * scale
         return out
 
     def _screens(self, nt: np.ndarray, ct: np.ndarray, floor: float) -> list[np.ndarray]:
         """Float32 screens (C, C_e) per earlier layer; -inf where the bound rules the pair out."""
         bounds = self.bounds(nt, floor)
         screens = [np.full(b.shape, -np.inf) for b in bounds]
-        spectra: dict = {}
         # first the pairs with the highest bound in each row, then every pair the best so far cannot rule out
         top = np.concatenate(bounds, axis=1).max(axis=1, keepdims=True)
         for phase in ("top", "rest"):
@@ -361,22 +455,16 @@ class EarlierLayers:
                     need = (bound >= top - 0.05) & (bound >= best[:, None])
                 else:
                     need = (bound >= best[:, None]) & np.isneginf(screen)
-                self._screen_block(i, need, nt, ct, screen, spectra)
+                self._screen_block(i, need, nt, ct, screen)
         return screens
 
-    def _screen_block(self, i: int, need: np.ndarray, nt, ct, screen: np.ndarray, spectra: dict) -> None:
-        """Screen the pairs ``need`` marks against earlier layer ``i``, pair by pair (no block around them)."""
+    def _screen_block(self, i: int, need: np.ndarray, nt, ct, screen: np.ndarray) -> None:
+        """Screen the pairs ``need`` marks against earlier layer ``i``, transforming only the responses they name."""
         rows, cols = np.nonzero(need)
         if not len(rows):
             return
         ne, ce = self.layers[i]
-        grid = _grid(nt.shape[2:], ne.shape[2:])
-        key = (i, grid)
-        # an earlier layer's spectra on a grid serve every later target of that size
-        spectra[key] = self._cached((i, grid, "spectra"), lambda: _spectra(ne, grid, np.complex64).conj())
-        if ("target", grid) not in spectra:
-            spectra["target", grid] = _spectra(nt, grid, np.complex64)
-        values = _pair_max_correlation(spectra["target", grid], spectra[key], rows, cols, grid)
+        values = _listed_correlation(nt, ne, rows, cols, _grid(nt.shape[2:], ne.shape[2:]), np.complex64)
         constant = ct[rows] | ce[cols]
         values = np.where(constant, np.where(ct[rows] & ce[cols], 1.0, 0.0), np.clip(values, -1.0, 1.0))
         screen[rows, cols] = values

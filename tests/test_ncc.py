@@ -166,6 +166,50 @@ def test_a_cache_too_small_for_one_transform_gives_the_same_matches(monkeypatch)
         np.testing.assert_array_equal(a, b)
 
 
+def test_magnitudes_made_in_blocks_of_the_channels_needed_give_the_same_bounds_and_matches(monkeypatch):
+    from onnxredund import ncc
+
+    target, earlier = _layers()
+    search = EarlierLayers()
+    for e in earlier:
+        search.add(e)
+    nt, _ = normalize_responses(target)
+    kept_bounds, kept = search.bounds(nt), search.best_matches(target)
+    monkeypatch.setattr(ncc, "_KEPT_BYTES", 0)  # no layer's magnitudes kept whole
+    monkeypatch.setattr(ncc, "_CHUNK_BYTES", 1)  # one channel's at a time
+    blocks = EarlierLayers()
+    for e in earlier:
+        blocks.add(e)
+    for a, b in zip(blocks.bounds(nt), kept_bounds, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    for a, b in zip(blocks.best_matches(target), kept, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not blocks._cache
+
+
+def test_transforms_made_one_response_at_a_time_give_the_same_matches(monkeypatch):
+    from onnxredund import ncc
+
+    target, earlier = _layers()
+    full = best_earlier_matches(target, earlier)
+    monkeypatch.setattr(ncc, "_CHUNK_BYTES", 1)  # every block of spectra holds one response
+    for a, b in zip(best_earlier_matches(target, earlier), full, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("extent", "grid"), [((5,), (64,)), ((3, 4), (40, 27)), ((5, 5), (225, 171)), ((2, 3, 2), (9, 8, 7))]
+)
+def test_dft_matrices_give_the_fft_spectra_of_a_small_response_on_a_big_grid(extent, grid):
+    from onnxredund.ncc import _dft_spectra
+
+    x = RNG.normal(size=(4, 3, *extent))
+    fft = np.fft.rfftn(x, s=grid, axes=tuple(range(2, x.ndim)))
+    got = _dft_spectra(x, grid)
+    assert got.dtype == np.complex64 and got.shape == fft.shape
+    np.testing.assert_allclose(got, fft, atol=1e-5 * np.abs(fft).max())
+
+
 def test_a_response_is_constant_by_one_test_for_the_comparison_and_the_normalization():
     from onnxredund.ncc import constant_responses, normalize_responses
 
