@@ -82,6 +82,11 @@ def _grid(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[int, ...]
     return tuple(scipy.fft.next_fast_len(sa + sb - 1, real=True) for sa, sb in zip(a_shape, b_shape, strict=True))
 
 
+def _bins(grid: tuple[int, ...]) -> int:
+    """How many values a real signal's rFFT on ``grid`` has (the last axis halved)."""
+    return int(np.prod(grid[:-1])) * (grid[-1] // 2 + 1)
+
+
 def _spectra(x: np.ndarray, grid: tuple[int, ...], dtype) -> np.ndarray:
     """rFFT over the spatial axes of (C, M, *spatial) on ``grid``: (C, M, *freq) of complex ``dtype``.
 
@@ -153,20 +158,28 @@ def _pair_max_correlation(
     out = np.empty(len(rows))
     for p0 in range(0, len(rows), step):
         r, c = rows[p0 : p0 + step], cols[p0 : p0 + step]
-        prod = (fa[r] * fb_conj[c]).sum(axis=1)  # (P, *freq), summed over m
+        prod = np.multiply(fa[r, 0], fb_conj[c, 0])  # (P, *freq), summed over m in place
+        for m in range(1, fa.shape[1]):
+            prod += fa[r, m] * fb_conj[c, m]
         corr = scipy.fft.irfftn(prod, s=grid, axes=tuple(range(1, 1 + nd)), workers=_WORKERS, overwrite_x=True)
         out[p0 : p0 + step] = corr.reshape(len(r), -1).max(axis=1)
     return out
 
 
 def _listed_correlation(
-    na: np.ndarray, nb: np.ndarray, rows: np.ndarray, cols: np.ndarray, grid: tuple[int, ...], dtype
+    na: np.ndarray,
+    nb: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    grid: tuple[int, ...],
+    dtype,
+    fa_all: np.ndarray | None = None,
 ) -> np.ndarray:
     """max over lags of sum over m of corr(na[rows[p]], nb[cols[p]]) for listed pairs, transforming only the
-    responses the pairs name, in blocks of :data:`_CHUNK_BYTES` of spectra: (P,)."""
+    responses the pairs name, in blocks of :data:`_CHUNK_BYTES` of spectra (``fa_all``: every row's spectra on
+    ``grid``, made before): (P,)."""
     out = np.empty(len(rows))
-    freq = int(np.prod(grid[:-1])) * (grid[-1] // 2 + 1)
-    step = max(1, _CHUNK_BYTES // (na.shape[1] * freq * np.dtype(dtype).itemsize))
+    step = max(1, _CHUNK_BYTES // (na.shape[1] * _bins(grid) * np.dtype(dtype).itemsize))
     ucols = np.unique(cols)
     for c0 in range(0, len(ucols), step):
         in_block = np.flatnonzero(np.isin(cols, ucols[c0 : c0 + step]))
@@ -175,7 +188,8 @@ def _listed_correlation(
             pairs = in_block[np.isin(rows[in_block], urows[r0 : r0 + step])]
             ur, ri = np.unique(rows[pairs], return_inverse=True)
             uc, ci = np.unique(cols[pairs], return_inverse=True)
-            fa, fb = _spectra(na[ur], grid, dtype), _spectra(nb[uc], grid, dtype).conj()
+            fa = _spectra(na[ur], grid, dtype) if fa_all is None else fa_all[ur]
+            fb = _spectra(nb[uc], grid, dtype).conj()
             out[pairs] = _pair_max_correlation(fa, fb, ri, ci, grid)
     return out
 
@@ -431,7 +445,7 @@ class EarlierLayers:
         :data:`_KEPT_BYTES`; bigger ones are made for those channels a block at a time, never whole."""
         ne = self.layers[i][0]
         scale = 1.0 / float(np.prod(grid))
-        per_channel = ne.shape[1] * int(np.prod(grid[:-1])) * (grid[-1] // 2 + 1) * 4
+        per_channel = ne.shape[1] * _bins(grid) * 4
         if len(ne) * per_channel <= _KEPT_BYTES:
             mags = self._cached((i, grid, "mag"), lambda: self._magnitudes(ne, grid, weighted=False))
             return (targets @ mags.T)[:, cols] * scale
@@ -448,6 +462,7 @@ class EarlierLayers:
         screens = [np.full(b.shape, -np.inf) for b in bounds]
         # first the pairs with the highest bound in each row, then every pair the best so far cannot rule out
         top = np.concatenate(bounds, axis=1).max(axis=1, keepdims=True)
+        targets: dict[tuple[int, ...], np.ndarray | None] = {}  # the target's spectra per grid, where they fit
         for phase in ("top", "rest"):
             best = np.maximum(np.max([s.max(axis=1) for s in screens], axis=0), floor - SCREEN_TOLERANCE)
             for i, (bound, screen) in enumerate(zip(bounds, screens, strict=True)):
@@ -455,16 +470,22 @@ class EarlierLayers:
                     need = (bound >= top - 0.05) & (bound >= best[:, None])
                 else:
                     need = (bound >= best[:, None]) & np.isneginf(screen)
-                self._screen_block(i, need, nt, ct, screen)
+                self._screen_block(i, need, nt, ct, screen, targets)
         return screens
 
-    def _screen_block(self, i: int, need: np.ndarray, nt, ct, screen: np.ndarray) -> None:
-        """Screen the pairs ``need`` marks against earlier layer ``i``, transforming only the responses they name."""
+    def _screen_block(self, i: int, need: np.ndarray, nt, ct, screen: np.ndarray, targets: dict) -> None:
+        """Screen the pairs ``need`` marks against earlier layer ``i``, transforming only the earlier responses they
+        name; the target's spectra on a grid serve every earlier layer of that grid (where they fit
+        :data:`_KEPT_BYTES`; else made a block at a time)."""
         rows, cols = np.nonzero(need)
         if not len(rows):
             return
         ne, ce = self.layers[i]
-        values = _listed_correlation(nt, ne, rows, cols, _grid(nt.shape[2:], ne.shape[2:]), np.complex64)
+        grid = _grid(nt.shape[2:], ne.shape[2:])
+        if grid not in targets:
+            size = nt.shape[0] * nt.shape[1] * _bins(grid) * 8
+            targets[grid] = _spectra(nt, grid, np.complex64) if size <= _KEPT_BYTES else None
+        values = _listed_correlation(nt, ne, rows, cols, grid, np.complex64, targets[grid])
         constant = ct[rows] | ce[cols]
         values = np.where(constant, np.where(ct[rows] & ce[cols], 1.0, 0.0), np.clip(values, -1.0, 1.0))
         screen[rows, cols] = values
