@@ -30,15 +30,19 @@ Pseudocode of the fast model::
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
+import onnx.version_converter
 import onnx_ir as ir
 from onnx import TensorProto, helper
 
 from onnxredund.engine.ir_edit import captured, constant_value, needed, to_ir, to_proto
 from onnxredund.engine.ir_edit import default_opset as ir_default_opset
+from onnxredund.engine.runtime import Runner
 from onnxredund.engine.surgery import cut_ir, expose_outputs, inject_input_ir, side_inputs, value_info
-from onnxredund.errors import OnnxRedundError
+from onnxredund.errors import OnnxRedundError, first_line
 from onnxredund.metrics import ERROR_BINS, ERROR_EDGES
 from onnxredund.model import (
     ConvLayer,
@@ -59,12 +63,15 @@ __all__ = [
     "build_direct_model",
     "build_fast_model",
     "fast_path_blocker",
+    "fast_source",
     "im2col_index",
     "measured_outputs",
     "output_role",
     "transposed_index",
     "weight_columns",
 ]
+
+log = logging.getLogger(__name__)
 
 PERTURBED = "onnxredund_perturbed_input"
 FAST_OPSET = 11  # Pad and Clip take their pads and bounds as inputs, GatherElements exists, from 11 on
@@ -133,14 +140,61 @@ def fast_path_blocker(model: Model, layer: ConvLayer) -> str | None:
         return "the conv's weights are computed, not constant"
     if weight.dtype != np.float32:  # the fast model's linear maps are float32
         return f"the conv computes in {weight.dtype} (the fast path is float32)"
-    opset = default_opset(model.proto)
-    if opset < FAST_OPSET:
-        return f"the model's opset {opset} is older than {FAST_OPSET}"
+    source = fast_source(model)
+    if isinstance(source, str):
+        return source
     proto = model.analysis_proto
-    shaped = shape_derived(proto.graph) & set(side_inputs(proto, layer.activation))
+    side = side_inputs(proto, layer.activation)
+    if source is not proto:  # the clean model, cut from the original, feeds the converted graph's nodes by name
+        made = {o for node in source.graph.node for o in node.output}
+        if side_inputs(source, layer.activation) != side or not {layer.output, layer.activation} <= made:
+            older = f"the model's opset {default_opset(proto)} is older than {FAST_OPSET}"
+            return f"{older} and onnx's conversion renames this layer's tensors"
+    shaped = shape_derived(proto.graph) & set(side)
     if shaped:  # it may hold the batch's size, which the fast model's K x B rows would contradict
         return f"{sorted(shaped)[0]!r}, computed from tensors' shapes, is read past the layer"
     return None
+
+
+def fast_source(model: Model) -> onnx.ModelProto | str:
+    """The graph the fast model copies its nodes from: the analysis model from opset :data:`FAST_OPSET` on; for an
+    older one (PyTorch's default export opset was 9 for years), onnx's conversion of it to :data:`FAST_OPSET`,
+    used only where it computes the same outputs (two seeded samples through both; :func:`fast_path_blocker`
+    checks that it keeps the names of the tensors a layer's fast model reads); else why not (a str)."""
+    return model.derived("fast_source", lambda: _at_fast_opset(model))
+
+
+def _at_fast_opset(model: Model) -> onnx.ModelProto | str:
+    proto = model.analysis_proto
+    opset = default_opset(proto)
+    if opset >= FAST_OPSET:
+        return proto
+    older = f"the model's opset {opset} is older than {FAST_OPSET}"
+    source = onnx.ModelProto()
+    source.CopyFrom(proto)
+    # IR 3 takes only graph inputs for initializers; the analysis model's own constants are not listed there
+    source.ir_version = max(source.ir_version, 4)
+    try:
+        upgraded = onnx.version_converter.convert_version(source, FAST_OPSET)
+    except Exception as e:  # onnx's converter raises RuntimeError, ValidationError, ... by op
+        return f"{older} and onnx cannot convert it ({first_line(e)})"
+    rng = np.random.default_rng(0)
+    feeds = {
+        i.name: rng.random((2, *i.sample_shape) if i.batched else i.sample_shape).astype(i.dtype)
+        if np.dtype(i.dtype).kind == "f"
+        else np.zeros((2, *i.sample_shape) if i.batched else i.sample_shape, i.dtype)
+        for i in model.inputs
+    }
+    try:
+        want = Runner.create(proto, "cpu", derived=True).run(feeds)
+        got = Runner.create(upgraded, "cpu", derived=True).run(feeds)
+    except (RuntimeError, OnnxRedundError) as e:
+        return f"{older} and onnxruntime cannot run onnx's conversion of it ({first_line(e)})"
+    for name, w, g in zip(model.output_names, want, got, strict=True):
+        if w.shape != g.shape or not np.allclose(w, g, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(w).max()))):
+            return f"{older} and onnx's conversion of it changes output {name!r}"
+    log.info("%s: the fast path runs on onnx's conversion of the graph to opset %d (same outputs)", older, FAST_OPSET)
+    return upgraded
 
 
 class _GraphBuilder:
@@ -462,14 +516,14 @@ def build_fast_model(
     blocker = fast_path_blocker(model, layer)
     if blocker:
         raise OnnxRedundError(f"fast path unavailable for {layer.name!r}: {blocker}; use `exact_path`")
-    proto = model.analysis_proto
+    proto = fast_source(model)
     graph = proto.graph
     side = side_inputs(proto, layer.activation)
     inputs = list(dict.fromkeys([layer.input, layer.output, layer.activation, *side, *outputs, "ks", "perm_index"]))
-    source = model.derived("analysis_ir", lambda: to_ir(proto))  # read, never edited: one for every build
+    source = model.derived("fast_ir", lambda: to_ir(proto))  # read, never edited: one for every build
     nodes = list(source.graph)
     b = _GraphBuilder(
-        source, _input_infos(proto, inputs, mode, model.derived("value_infos", lambda: value_infos(proto)))
+        source, _input_infos(proto, inputs, mode, model.derived("fast_value_infos", lambda: value_infos(proto)))
     )
     zp = _perturbed_preactivation(b, model, layer, mode)
     rename = {layer.output: zp}

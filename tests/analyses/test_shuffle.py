@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import make_model, small_cnn
+from onnx import helper, numpy_helper
 
 from onnxredund.analyses.effects import EffectMeter
 from onnxredund.analyses.shuffle import SweepState, run_shuffle
@@ -269,8 +270,73 @@ def test_opsets_7_and_later(opset):
     d = data(24)
     direct = run_shuffle(model, "conv2", d, mode="channel", batch_size=8, device="cpu", exact_path=True)
     default = run_shuffle(model, "conv2", d, mode="channel", batch_size=8, device="cpu")
-    assert default.route == ("fast" if opset >= 11 else "direct")
+    assert default.route == "fast"  # before opset 11: on onnx's conversion of the graph, checked by values
     np.testing.assert_allclose(default.cosine, direct.cosine, atol=1e-5)
+
+
+def _opset9_cnn(*, ir3_batch1: bool = False) -> onnx.ModelProto:
+    """conv1 -> Relu -> conv2 -> Clip (bounds as attributes) -> Pad (pads as an attribute) -> Upsample (scales as an
+    input): the opset-9 forms that opset 11 changed, all past the target conv. ``ir3_batch1``: as Caffe2 exported
+    (IR 3, initializers listed as graph inputs) with the batch fixed to 1 in a Reshape, which loading frees by a
+    constant of its own (not a graph input)."""
+    proto, _ = small_cnn(12, batch=1 if ir3_batch1 else None)
+    g = proto.graph
+    if ir3_batch1:
+        flatten = next(n for n in g.node if n.op_type == "Flatten")
+        flatten.CopyFrom(helper.make_node("Reshape", ["gap", "flat_shape"], ["flat"], name="flatten"))
+        g.initializer.append(numpy_helper.from_array(np.array([1, -1], np.int64), "flat_shape"))
+        proto.ir_version = 3
+    relu2 = next(i for i, n in enumerate(g.node) if n.name == "relu2")
+    g.node[relu2].CopyFrom(helper.make_node("Clip", ["z2"], ["a2"], name="clip2", min=0.0, max=0.5))
+    gap = next(n for n in g.node if n.op_type == "GlobalAveragePool")
+    gap.input[0] = "up"
+    g.node.insert(
+        relu2 + 1, helper.make_node("Pad", ["a2"], ["padded"], name="pad", pads=[0, 0, 1, 2, 0, 0, 0, 1], value=0.25)
+    )
+    g.node.insert(relu2 + 2, helper.make_node("Upsample", ["padded", "scales"], ["up"], name="up", mode="nearest"))
+    g.initializer.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+    proto.opset_import[0].version = 9
+    if ir3_batch1:
+        g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in g.initializer)
+    return proto
+
+
+@pytest.mark.parametrize(("mode", "ir3_batch1"), [("channel", False), ("pixel", False), ("channel", True)])
+def test_an_opset_9_graph_takes_the_fast_path_on_its_conversion_to_opset_11_with_the_direct_numbers(mode, ir3_batch1):
+    from onnxredund.engine.analysis_models import fast_path_blocker, fast_source
+
+    model = load_model_proto(_opset9_cnn(ir3_batch1=ir3_batch1))
+    assert model.batch_dynamic
+    assert fast_path_blocker(model, model.layer("conv2")) is None
+    assert fast_source(model).opset_import[0].version == 11
+    d = data(24)
+    direct = run_shuffle(model, "conv2", d, mode=mode, batch_size=8, device="cpu", seed=2, exact_path=True)
+    fast = run_shuffle(model, "conv2", d, mode=mode, batch_size=8, device="cpu", seed=2)
+    assert (direct.route, fast.route) == ("direct", "fast")
+    np.testing.assert_allclose(fast.cosine, direct.cosine, atol=1e-5)
+    np.testing.assert_allclose(fast.agreement, direct.agreement)
+    np.testing.assert_allclose(fast.outputs["logits"].cosine, direct.outputs["logits"].cosine, atol=1e-5)
+
+
+def test_a_conversion_to_opset_11_that_changes_the_outputs_leaves_the_model_on_the_direct_path(monkeypatch):
+    import onnx.version_converter
+
+    from onnxredund.engine.analysis_models import fast_path_blocker
+
+    convert = onnx.version_converter.convert_version
+
+    def wrong(proto, version):  # a converter bug: one weight scaled
+        out = convert(proto, version)
+        w = next(t for t in out.graph.initializer if t.name == "w2")
+        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 2.0, "w2"))
+        return out
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", wrong)
+    model = load_model_proto(_opset9_cnn())
+    assert fast_path_blocker(model, model.layer("conv2")) == (
+        "the model's opset 9 is older than 11 and onnx's conversion of it changes output 'logits'"
+    )
+    assert run_shuffle(model, "conv2", data(16), batch_size=8, device="cpu").route == "direct"
 
 
 def test_output_effects_match_a_numpy_reference():
