@@ -11,21 +11,16 @@ trees taking turns, best of ``--repeats``:
 - ``shuffle --sequential``: the same layer, channel mode, decided at 2 pp, 4,000 images, ``--out``;
 - ``audit``: LeNet-5 on 1,000 images, ``--out`` (impulse analysis, four sweeps, report and figures).
 
-Prints one Markdown row per command: seconds for each tree and their ratio (this tree / baseline).
+Prints one Markdown row per command: seconds for each tree, their ratio (this tree / baseline) and peak memory
+(`trees.py`).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from trees import ROOT, compare
 
 
 def _commands(data: Path) -> list[tuple[str, list[str]]]:
@@ -45,31 +40,13 @@ def _commands(data: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
-def _seconds(tree: Path, args: list[str]) -> float:
-    out = Path(tempfile.mkdtemp())
-    try:
-        env = {**os.environ, "PYTHONPATH": str(tree)}
-        t = time.perf_counter()
-        command = [sys.executable, "-m", "onnxredund", *args, "--out", str(out / "run")]
-        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
-        return time.perf_counter() - t
-    finally:
-        shutil.rmtree(out)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, required=True, help="a checkout of the commit to compare with")
     parser.add_argument("--data", type=Path, required=True, help="the MNIST folder")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print("| command | baseline s | this tree s | ratio |\n|---|---|---|---|")
-    for label, command in _commands(args.data):
-        best = {"baseline": float("inf"), "this": float("inf")}
-        for _ in range(args.repeats):
-            for which, tree in (("baseline", args.baseline), ("this", ROOT)):
-                best[which] = min(best[which], _seconds(tree, command))
-        print(f"| {label} | {best['baseline']:.2f} | {best['this']:.2f} | {best['this'] / best['baseline']:.2f} |")
+    compare(_commands(args.data), args.baseline, args.repeats, out=True)
 
 
 if __name__ == "__main__":
