@@ -92,7 +92,7 @@ def _spectra(x: np.ndarray, grid: tuple[int, ...], dtype) -> np.ndarray:
 
     In single precision a response much smaller than the grid (an early layer's 5 x 5 against a 225 x 171
     grid) is transformed by DFT matrices, one matrix product per axis, where that costs less than the
-    zero-padded FFT (4-15 times faster for the detectors' across-layer grids, within ~1e-6 of the FFT).
+    zero-padded FFT (about 4 times faster for the detectors' across-layer grids, within ~1e-6 of the FFT).
     """
     if dtype == np.complex64 and _dft_cheaper(x.shape[2:], grid):
         return _dft_spectra(x, grid)
@@ -104,7 +104,7 @@ def _spectra(x: np.ndarray, grid: tuple[int, ...], dtype) -> np.ndarray:
 
 def _dft_cheaper(extent: tuple[int, ...], grid: tuple[int, ...]) -> bool:
     """Whether DFT matrices cost less than an FFT for a response of ``extent`` on ``grid``: real operations of
-    the matrix products against the FFT's ~2.5 N log2 N, the products counted at half (BLAS runs several times
+    the matrix products against the FFT's ~2.5 N log2 N, the products counted at a quarter (BLAS runs several times
     more of them per second than the FFT's butterflies; measured on 2 cores)."""
     size = int(np.prod(grid))
     fft = 2.5 * size * np.log2(max(size, 2))
