@@ -20,7 +20,7 @@ def decided(counts: dict[str, int]) -> str:
 
 
 def images_each(images) -> str:
-    """The images a sequential sweep's channels were measured on: "256-5000 images each" ("1280 images each")."""
+    """The images a sequential sweep's channels were measured on: "256-5000 images each" ("1024 images each")."""
     low, high = int(min(images)), int(max(images))
     return f"{low}-{high} images each" if low != high else f"{high} images each"
 

@@ -39,12 +39,13 @@ def test_z_spends_the_error_over_the_looks():
 
 
 def test_a_proportions_interval_with_no_hit_in_closed_form():
-    # M_n(p) = (b / (b + n) + 1 / (n + 1)) / 2 / (1 - p)^n with no hit: the upper bound solves M_n = 1 / d
-    n, d, b = np.array([64, 1000, 5000]), 0.05, 1 / 0.005 - 1
+    # M_n(p) = (1 + b / (b + n) + 1 / (n + 1)) / 3 / (1 - p)^n with no hit (the point mass at 0, then the two
+    # Beta thirds): the upper bound solves M_n = 1 / d
+    n, d, b = np.array([64, 700, 1000]), 0.05, 1 / 0.005 - 1
     low, high = proportion_bounds(0, n, d, 0.005)
-    expected = 1 - (d * (b / (b + n) + 1 / (n + 1)) / 2) ** (1 / n)
+    expected = 1 - (d * (1 + b / (b + n) + 1 / (n + 1)) / 3) ** (1 / n)
     np.testing.assert_allclose(high, expected, rtol=1e-9)
-    assert (low == 0).all() and high[1] > 0.005 > high[2]  # 1,000 images cannot show 0.5 pp, 5,000 can
+    assert (low == 0).all() and high[1] > 0.005 > high[2]  # 700 images cannot show 0.5 pp, 1,000 can
     low, high = proportion_bounds(50, 100, d, 0.005)  # far from the prior's mean: the uniform half's width
     assert 0.3 < low < 0.4 and 0.6 < high < 0.7 and low + high == pytest.approx(1, abs=0.01)
 
@@ -199,7 +200,7 @@ def test_a_dead_channel_is_decided_cheap_on_agreement_only_with_enough_images():
 def test_images_to_clear_follow_the_threshold_and_stop_at_the_data():
     sequential = Estimation(sequential=True, min_images=64)
     at_half_pp = images_to_clear(sequential, "accuracy", 256, 100_000)
-    assert at_half_pp == 1280  # the upper bound of no loss in n under 0.5 pp, rounded up to a look
+    assert at_half_pp == 1024  # the upper bound of no loss in n under 0.5 pp, rounded up to a look
     assert images_to_clear(sequential, "agreement", 64, 100_000) < images_to_clear(sequential, "accuracy", 64, 100_000)
     assert images_to_clear(sequential, "accuracy", 256, 1000) == 1000  # the data is too short: undecided
     assert images_to_clear(sequential, "output cosine", 256, 100_000) == 256  # no spread: the first look
