@@ -16,7 +16,8 @@ How it is fast, with the numbers of the plain method (:func:`ncc_matrix`):
 - against earlier layers, a bound from the spectra's magnitudes (one matrix product for every pair)
   rules out most pairs; the rest are screened in float32, and only the candidates within
   :data:`SCREEN_TOLERANCE` of each channel's best screen are computed again in float64, so the best
-  earlier match and its value are those of the float64 computation.
+  earlier match and its value are those of the float64 computation; only the responses the open pairs name
+  are transformed, :data:`_CHUNK_BYTES` at a time (a small response on a big grid by DFT matrices).
 """
 
 from __future__ import annotations
@@ -343,7 +344,7 @@ class EarlierLayers:
 
     def __init__(self) -> None:
         self.layers: list[tuple[np.ndarray, np.ndarray]] = []  # normalized responses, constant mask
-        self._cache: dict[tuple, np.ndarray] = {}  # (layer, grid, kind) -> spectra or magnitudes, least recent first
+        self._cache: dict[tuple, np.ndarray] = {}  # (layer, grid, "mag") -> magnitudes, least recent first
         self._cached_bytes = 0
         self._windows: dict[tuple, np.ndarray] = {}  # (layer, window) -> its channels' window norms
 
