@@ -1,6 +1,7 @@
 """Writing results without losing anything: atomic files, guarded output folders.
 
-Used by the analyses (sweep checkpoints) and the report alike; imports only :mod:`onnxredund.errors`.
+Used by the analyses (sweep checkpoints) and the report alike; imports only :mod:`onnxredund.errors` and
+:mod:`onnxredund.interrupts`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from onnxredund.errors import OnnxRedundError
+from onnxredund.interrupts import deferred
 
 __all__ = ["atomic_write", "check_writable", "csv_text", "prepare_out_dir", "write_json"]
 
@@ -35,24 +37,32 @@ def prepare_out_dir(path: str | os.PathLike, *, overwrite: bool = False, resume:
 
 def check_writable(folder: Path) -> None:
     """Refuse a folder a file cannot be written into (read-only, full, not ours), before any work: by writing
-    one (the permission bits do not tell, for root or on a read-only mount)."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".onnxredund-probe.")
-    except OSError as e:
-        raise OnnxRedundError(f"output folder {folder} is not writable ({e.strerror}); pass another `out`") from None
-    try:  # a signal while the probe exists leaves nothing behind
-        os.close(fd)
-    finally:
-        os.unlink(tmp)
+    one (the permission bits do not tell, for root or on a read-only mount); a signal is held until the probe is
+    gone."""
+    with deferred():
+        try:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".onnxredund-probe.")
+        except OSError as e:
+            message = f"output folder {folder} is not writable ({e.strerror}); pass another `out`"
+            raise OnnxRedundError(message) from None
+        try:
+            os.close(fd)
+        finally:
+            os.unlink(tmp)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` to a temporary file next to ``path`` and rename it into place.
 
-    A failure (disk full, permission) leaves any previous file intact and no partial file behind.
+    A failure (disk full, permission) leaves any previous file intact and no partial file behind; a signal
+    is held until the file is in place (one that came between making the temporary file and the cleanup's
+    reach left it behind).
     """
-    path = Path(path)
-    raw = data.encode() if isinstance(data, str) else data
+    with deferred():
+        return _write_then_rename(Path(path), data.encode() if isinstance(data, str) else data)
+
+
+def _write_then_rename(path: Path, raw: bytes) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:

@@ -20,6 +20,7 @@ __all__ = ["Interrupted", "deferred", "exit_status", "signals_interrupt", "stop_
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []  # the signals the handlers turned into Interrupted, in order
+_holders: set = set()  # the handlers of the held sections now open
 
 
 class Interrupted(KeyboardInterrupt):
@@ -74,17 +75,28 @@ def signals_interrupt() -> Iterator[None]:
 @contextmanager
 def deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM while inside; the first one that came is raised as :class:`Interrupted` on
-    leaving (after the section finished: its writes are whole)."""
+    leaving (after the section finished: its writes are whole). Inside another held section, it is passed on to
+    that one's holder instead (the outer section's writes stay whole too)."""
     if not _in_main_thread():
         yield
         return
     held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in SIGNALS}
+
+    def hold(signum, frame) -> None:
+        held.append(signum)
+
+    _holders.add(hold)
+    previous = {s: signal.signal(s, hold) for s in SIGNALS}
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        _holders.discard(hold)
     if held:
+        outer = previous[signal.Signals(held[0])]
+        if outer in _holders:  # an enclosing held section's: it raises the signal when it ends
+            outer(held[0], None)
+            return
         _received.append(held[0])
         raise Interrupted(held[0])

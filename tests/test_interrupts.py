@@ -45,3 +45,33 @@ def test_a_signal_in_a_deferred_section_is_raised_once_the_section_is_done():
     with deferred():
         finished.append("no signal, nothing raised")
     assert len(finished) == 2
+
+
+def test_a_signal_in_a_section_held_inside_another_is_raised_when_the_outer_one_ends():
+    finished = []
+    with pytest.raises(Interrupted) as caught, signals_interrupt(), deferred():
+        with deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            finished.append("inner")
+        finished.append("the rest of the outer section")
+    assert finished == ["inner", "the rest of the outer section"] and caught.value.signum == signal.SIGTERM
+
+
+def test_a_signal_right_after_the_temporary_file_is_made_leaves_the_file_whole_and_nothing_else(tmp_path, monkeypatch):
+    """The race CI met once: a signal between ``mkstemp`` and the cleanup's reach left a ``.tmp`` in the folder."""
+    import tempfile
+
+    from onnxredund.atomic import atomic_write
+
+    made = tempfile.mkstemp
+
+    def then_a_signal(*args, **kwargs):
+        fd, name = made(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs at the next bytecode, before the caller has the name
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", then_a_signal)
+    with pytest.raises(Interrupted), signals_interrupt():
+        atomic_write(tmp_path / "unit.npz", b"the whole unit")
+    assert [p.name for p in tmp_path.iterdir()] == ["unit.npz"]
+    assert (tmp_path / "unit.npz").read_bytes() == b"the whole unit"
