@@ -19,7 +19,7 @@ ALLOWED = {
     "errors": set(),
     "metrics": set(),
     "ncc": set(),
-    "atomic": {"errors"},
+    "atomic": {"errors", "interrupts"},  # atomic writes hold signals; interrupts imports nothing
     "interrupts": set(),
     "words": set(),
     "choices": set(),
