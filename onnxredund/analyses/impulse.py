@@ -381,7 +381,16 @@ def impulse_inputs(
             shape = " x ".join(map(str, spatial))
             raise OnnxRedundError(f"impulse position {tuple(position)} is outside the {shape} input")
         base = tuple(min(p, n - 1 - r) for p, n, r in zip(position, spatial, reach, strict=True))
-    batch = np.zeros((1 + len(offsets) * m, m, *spatial), np.float32)
+    shape = (1 + len(offsets) * m, m, *spatial)
+    size = np.prod(shape, dtype=np.float64) * 4
+    if size > _machine_memory() // 2:  # one impulse per channel and phase, each a whole sample
+        raise OnnxRedundError(
+            f"the impulses at {site.name!r} would take {size / (1 << 30):.1f} GiB, more than half this machine's "
+            f"memory: {shape[0] - 1:,} impulses ({m:,} channels x {len(offsets)} phases), each a whole sample of "
+            f"{m:,} x {' x '.join(map(str, spatial))}"
+            f"{'' if site.channels_last else '; if its channels are last, pass `layout` nhwc'}"
+        )
+    batch = np.zeros(shape, np.float32)
     for i, off in enumerate(offsets):
         for c in range(m):
             batch[(1 + i * m + c, c, *(b + o for b, o in zip(base, off, strict=True)))] = 1.0
@@ -407,17 +416,21 @@ def interleave(per_phase: np.ndarray, phases: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def _machine_memory() -> int:
+    """The machine's memory in bytes (8 GiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
 def _memory_budget() -> int:
     """Bytes the network's outputs for the impulses may take at once: a quarter of the machine's memory, at most
     :data:`_MAX_OUTPUT_BYTES` (``ONNXREDUND_IMPULSE_MEMORY`` in bytes overrides it)."""
     given = os.environ.get("ONNXREDUND_IMPULSE_MEMORY")
     if given:
         return int(float(given))
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        total = 8 << 30
-    return min(total // 4, _MAX_OUTPUT_BYTES)
+    return min(_machine_memory() // 4, _MAX_OUTPUT_BYTES)
 
 
 class _Blocks:

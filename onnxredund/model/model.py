@@ -420,28 +420,33 @@ _AXIS_KEEPING = frozenset(
 )
 
 
-def _reshape_as_transpose(before: tuple, after: tuple) -> list[int] | None:
-    """For a Reshape of per-sample shapes ``before`` -> ``after`` that only moves one size-1 axis, which input
-    axis each output axis is, the batch axis 0 included (else None)."""
-    if len(before) != len(after):
-        return None
+def _reshape_axes(before: tuple, after: tuple, axes: tuple) -> tuple | None:
+    """For a Reshape of per-sample shapes ``before`` -> ``after`` that only moves, drops or inserts size-1 axes,
+    the input axis behind each output axis given ``axes`` for its input (the batch's first; -1: an axis the graph
+    inserted), else None.
+
+    The axes longer than 1 keep their order. A size-1 axis holds no order: one of the input's own goes to the
+    one size-1 axis out where there is one of each; otherwise every size-1 axis out is taken for an inserted one
+    (-1: a conv reading it has one channel, which the loader takes for the input's size-1 axis).
+    """
     kept_from = [i for i, d in enumerate(before) if d != 1]
     kept_to = [i for i, d in enumerate(after) if d != 1]
-    ones_from = [i for i, d in enumerate(before) if d == 1]
-    ones_to = [i for i, d in enumerate(after) if d == 1]
-    if [before[i] for i in kept_from] != [after[i] for i in kept_to] or len(ones_from) > 1:
+    if [before[i] for i in kept_from] != [after[i] for i in kept_to]:
         return None
-    order = [0] * (len(after) + 1)
-    for src, dst in zip(kept_from + ones_from, kept_to + ones_to, strict=True):
-        order[dst + 1] = src + 1
-    return order
+    ones_to = [i for i, d in enumerate(after) if d == 1]
+    own = [axes[i + 1] for i, d in enumerate(before) if d == 1 and axes[i + 1] != -1]
+    out = [axes[0]] + [own[0] if len(own) == len(ones_to) == 1 else -1] * len(after)
+    for src, dst in zip(kept_from, kept_to, strict=True):
+        out[dst + 1] = axes[src + 1]
+    return tuple(out)
 
 
 def channel_axis(graph: onnx.GraphProto, name: str, shapes: dict[str, tuple[int, ...]]) -> int | None:
     """The axis of input ``name`` that the convs it reaches read as channels.
 
-    Found by following the input through axis-keeping ops, Transposes, and Reshapes that only move a
-    size-1 axis (TensorFlow exporters write NHWC -> NCHW of one channel so); None where paths disagree
+    Found by following the input through axis-keeping ops, Transposes, and Reshapes that only move, drop or
+    insert size-1 axes (TensorFlow exporters write NHWC -> NCHW of one channel so; -1 where the convs read an
+    axis the graph inserted); None where paths disagree
     or a shape-changing op stands in the way.
     """
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -465,11 +470,11 @@ def channel_axis(graph: onnx.GraphProto, name: str, shapes: dict[str, tuple[int,
                 stack.append((node.output[0], tuple(axes[p] for p in perm)))
             elif node.op_type == "Reshape" and node.input[0] == tensor:
                 before, after = shapes.get(tensor), shapes.get(node.output[0])
-                order = _reshape_as_transpose(before, after) if before and after else None
-                if order is None:
+                moved = _reshape_axes(before, after, axes) if before and after else None
+                if moved is None:
                     found.add(None)
                 else:
-                    stack.append((node.output[0], tuple(axes[o] for o in order)))
+                    stack.append((node.output[0], moved))
             elif node.op_type in ("Unsqueeze", "Squeeze") and node.input[0] == tensor:
                 moved = _squeezed_axes(node, axes, constants)
                 if moved is None:

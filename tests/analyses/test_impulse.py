@@ -8,6 +8,7 @@ from builders import make_model
 from onnx import helper
 from scipy.signal import convolve2d
 
+from onnxredund.analyses import impulse as impulse_module
 from onnxredund.analyses.cascade import cascade_check
 from onnxredund.analyses.impulse import impulse_inputs, run_impulse
 from onnxredund.engine import load_model_proto
@@ -220,13 +221,24 @@ def test_a_second_input_is_held_at_zero_and_convs_it_feeds_alone_are_refused():
     np.testing.assert_allclose(layer.responses[:, 0], w[:, 0, ::-1, ::-1], atol=1e-6)
 
 
-def _reshaped_signal_net(seed: int, stride: int = 1):
+def _reshaped_signal_net(seed: int, stride: int = 1, tf2onnx: bool = False):
     """Raw audio [N, 120, 1] -> Transpose -> Unsqueeze [N, 1, 1, 120] -> 1 x 16 conv (stride 1 x ``stride``) ->
-    Relu -> 1 x 5 conv -> mean -> y; returns the model and the first conv's weights."""
+    Relu -> 1 x 5 conv -> mean -> y; returns the model and the first conv's weights. ``tf2onnx``: the signal
+    reaches the conv as tf2onnx writes a conv1d (Spotify's basic-pitch): Unsqueeze to [N, 1, 120, 1] (TensorFlow's
+    ExpandDims), then a Reshape to [N, 1, 1, 120] (NHWC -> NCHW of one channel, two size-1 axes)."""
     rng = np.random.default_rng(seed)
+    if tf2onnx:
+        head = [
+            helper.make_node("Unsqueeze", ["x", "axis1"], ["e"]),
+            helper.make_node("Reshape", ["e", "nchw"], ["u"]),
+        ]
+    else:
+        head = [
+            helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),  # raw audio [N, L, 1] -> [N, 1, L]
+            helper.make_node("Unsqueeze", ["t", "axis"], ["u"]),  # -> [N, 1, 1, L]: 1 x K kernels
+        ]
     nodes = [
-        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),  # raw audio [N, L, 1] -> [N, 1, L]
-        helper.make_node("Unsqueeze", ["t", "axis"], ["u"]),  # -> [N, 1, 1, L]: 1 x K kernels
+        *head,
         helper.make_node("Conv", ["u", "w"], ["z"], name="c1", strides=[1, stride]),
         helper.make_node("Relu", ["z"], ["a"]),
         helper.make_node("Conv", ["a", "w2"], ["z2"], name="c2"),
@@ -235,14 +247,31 @@ def _reshaped_signal_net(seed: int, stride: int = 1):
     ]
     w = rng.normal(size=(8, 1, 1, 16))
     inits = {"w": w, "w2": rng.normal(size=(6, 8, 1, 5)), "axis": np.array([2])}
+    inits |= {"axis1": np.array([1]), "nchw": np.array([-1, 1, 1, 120])}
     return load_model_proto(make_model(nodes, [("x", ["N", 120, 1])], [("y", ["N", 6])], inits)), w
 
 
-def test_a_1d_signal_reshaped_into_2d_convs_is_read_channels_last_and_its_impulse_gives_the_kernels():
-    m, w = _reshaped_signal_net(3)
-    assert m.image_input.layout == "NLC" and m.image_input.channels == 1  # the Transpose shows it: no --layout
+@pytest.mark.parametrize("tf2onnx", [False, True], ids=["transpose", "expanddims-reshape"])
+def test_a_1d_signal_reshaped_into_2d_convs_is_read_channels_last_and_its_impulse_gives_the_kernels(tf2onnx):
+    # the graph shows it, with no --layout (with the Reshape it was taken for 120 channels of length 1, and the
+    # impulse batch for 120 x 120 x 1: basic-pitch's 43,844 samples asked for 28.6 GiB)
+    m, w = _reshaped_signal_net(3, tf2onnx=tf2onnx)
+    assert m.image_input.layout == "NLC" and m.image_input.channels == 1
     layer = run_impulse(m, device="cpu").layers[0]  # crashed: zip() argument 2 is longer than argument 1
     np.testing.assert_allclose(layer.responses[:, 0], w[:, 0, :, ::-1], atol=1e-6)
+
+
+def test_impulses_that_would_take_more_than_half_the_memory_are_refused_with_the_layout_to_check(monkeypatch):
+    # the signal taken for 120 channels of length 1 (a wrong --layout): 4 phases x 120 impulses of 120 x 1
+    m, _ = _reshaped_signal_net(3, stride=4)
+    wrong = load_model_proto(m.proto, layout="nchw")
+    assert wrong.image_input.channels == 120
+    monkeypatch.setattr(impulse_module, "_machine_memory", lambda: 400_000)  # the batch: 481 x 120 x 4 bytes
+    with pytest.raises(
+        OnnxRedundError, match=r"480 impulses \(120 channels x 4 phases\), each a whole sample of 120 x 1; "
+    ):
+        run_impulse(wrong, device="cpu")
+    assert run_impulse(m, device="cpu").layers[0].phases == (1, 4)  # its own layout: 4 impulses of 1 x 120
 
 
 def test_a_strided_1d_signal_reshaped_into_2d_convs_shows_its_whole_kernels_through_phases():
