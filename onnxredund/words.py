@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["NAME_WIDTH", "UNDECIDED_NOTE", "counted", "decided", "images_each", "short_name"]
+import re
+
+__all__ = ["NAME_WIDTH", "UNDECIDED_NOTE", "counted", "decided", "images_each", "short_name", "short_names_in"]
 
 NAME_WIDTH = 40  # characters of a name in a console table
 #: how an audit's note on a sweep that left channels undecided ends (the console and the report group them)
@@ -34,3 +36,13 @@ def short_name(name: str, width: int = NAME_WIDTH) -> str:
         own = [p for p in parts if "conv" in p.rsplit("/", 1)[-1].lower()] or [p for p in parts if "conv" in p.lower()]
         name = (own or parts)[0]
     return name if len(name) <= width else "..." + name[-(width - 3) :]
+
+
+def short_names_in(text: str, width: int = NAME_WIDTH) -> str:
+    """``text`` (a reason in a table) with each quoted name longer than ``width`` as :func:`short_name` shows it."""
+
+    def shorten(quoted: re.Match) -> str:
+        name = quoted.group(1)
+        return f"'{short_name(name, width)}'" if len(name) > width else quoted.group(0)
+
+    return re.sub(r"'([^'\s]+)'", shorten, text)

@@ -11,7 +11,7 @@ import click
 import numpy as np
 
 from onnxredund.cli.app import bar_shown
-from onnxredund.words import UNDECIDED_NOTE, counted, decided, images_each, short_name
+from onnxredund.words import UNDECIDED_NOTE, counted, decided, images_each, short_name, short_names_in
 
 if TYPE_CHECKING:  # the results it prints; imported when a command runs, not for --help
     from onnxredund.analyses.audit import AuditResult
@@ -356,7 +356,7 @@ def group_lines(model: Model, groups: list[ChannelGroup]) -> list[str]:
                 ", ".join(map(short_name, g.producers)),
                 str(g.channels),
                 ", ".join(map(short_name, g.consumer_names)) or "-",
-                "yes" if g.prunable else f"no: {g.reason}",
+                "yes" if g.prunable else f"no: {short_names_in(g.reason)}",
             ]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

@@ -328,6 +328,17 @@ def test_long_fused_names_are_short_in_tables_whole_in_json_and_accepted_short_o
     assert r.exit_code == 2 and "names 2 layers" in r.stderr and "give its index" in r.stderr
 
 
+def test_long_names_quoted_in_a_reason_are_short_and_the_others_kept():
+    from onnxredund.words import short_names_in
+
+    reshape = "model_1/cq/Neg;model_1/cq/Neg;model_1/cq/transpose_5;model_1/cq/transpose_5;model_1/cq/conv1d_1/Squeeze"
+    reason = f"Reshape '{reshape}' reshapes them in a way not handled; 'Flatten_3' reads them"
+    assert short_names_in(reason) == (
+        "Reshape 'model_1/cq/conv1d_1/Squeeze' reshapes them in a way not handled; 'Flatten_3' reads them"
+    )
+    assert short_names_in("a name's quote is kept: 'it's'") == "a name's quote is kept: 'it's'"
+
+
 def test_the_librarys_defaults_are_the_command_lines():
     """A default is one constant (onnxredund.choices): the Python API gives what the command gives (run_prune
     ranked globally at batch 128 where prune ranks layer by layer at 256)."""
