@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -441,13 +441,28 @@ def _reshape_axes(before: tuple, after: tuple, axes: tuple) -> tuple | None:
     return tuple(out)
 
 
+class _Flat(NamedTuple):
+    """A sample flattened by a Reshape (a min-max normalisation over all of it, say): the shape it had and its
+    axes then, given back by a Reshape to that shape."""
+
+    shape: tuple
+    axes: tuple
+
+
+#: ops whose output is a statistic of their input (a min, a norm): it is broadcast back, but says nothing of the axes
+_REDUCTIONS = frozenset(
+    {"ReduceMin", "ReduceMax", "ReduceMean", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSumExp"}
+    | {"ReduceSumSquare", "ArgMin", "ArgMax", "Shape", "Size"}
+)
+
+
 def channel_axis(graph: onnx.GraphProto, name: str, shapes: dict[str, tuple[int, ...]]) -> int | None:
     """The axis of input ``name`` that the convs it reaches read as channels.
 
-    Found by following the input through axis-keeping ops, Transposes, and Reshapes that only move, drop or
-    insert size-1 axes (TensorFlow exporters write NHWC -> NCHW of one channel so; -1 where the convs read an
-    axis the graph inserted); None where paths disagree
-    or a shape-changing op stands in the way.
+    Found by following the input through axis-keeping ops, Transposes, Reshapes that only move, drop or insert
+    size-1 axes (TensorFlow exporters write NHWC -> NCHW of one channel so; -1 where the convs read an axis the
+    graph inserted) and a flattening Reshape undone by another; reductions (a sample's min or max) are statistics,
+    not paths. None where paths disagree or a shape-changing op stands in the way.
     """
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -455,7 +470,7 @@ def channel_axis(graph: onnx.GraphProto, name: str, shapes: dict[str, tuple[int,
             consumers.setdefault(t, []).append(node)
     constants = ConstantTable(graph)
     found: set[int | None] = set()
-    stack = [(name, tuple(range(len(shapes[name]) + 1)))]
+    stack: list = [(name, tuple(range(len(shapes[name]) + 1)))]
     seen = set()
     while stack:
         tensor, axes = stack.pop()
@@ -463,29 +478,36 @@ def channel_axis(graph: onnx.GraphProto, name: str, shapes: dict[str, tuple[int,
             continue
         seen.add((tensor, axes))
         for node in consumers.get(tensor, []):
-            if node.op_type in CONV_OPS:
+            if node.op_type in _REDUCTIONS:
+                continue
+            if node.op_type == "Reshape" and node.input[0] == tensor:
+                before, after = shapes.get(tensor), shapes.get(node.output[0])
+                stack.append((node.output[0], _reshaped(before, after, axes)))
+            elif node.op_type in _AXIS_KEEPING:
+                stack.extend((o, axes) for o in node.output if o)
+            elif isinstance(axes, _Flat) or axes is None:
+                found.add(None)
+            elif node.op_type in CONV_OPS:
                 found.add(axes[1] if node.input[0] == tensor else None)
             elif node.op_type == "Transpose":
                 perm = attribute(node, "perm", list(range(len(axes)))[::-1])
                 stack.append((node.output[0], tuple(axes[p] for p in perm)))
-            elif node.op_type == "Reshape" and node.input[0] == tensor:
-                before, after = shapes.get(tensor), shapes.get(node.output[0])
-                moved = _reshape_axes(before, after, axes) if before and after else None
-                if moved is None:
-                    found.add(None)
-                else:
-                    stack.append((node.output[0], moved))
             elif node.op_type in ("Unsqueeze", "Squeeze") and node.input[0] == tensor:
-                moved = _squeezed_axes(node, axes, constants)
-                if moved is None:
-                    found.add(None)
-                else:
-                    stack.append((node.output[0], moved))
-            elif node.op_type in _AXIS_KEEPING:
-                stack.extend((o, axes) for o in node.output if o)
-            elif node.op_type not in ("Shape", "Size"):
+                stack.append((node.output[0], _squeezed_axes(node, axes, constants)))
+            else:
                 found.add(None)
     return found.pop() if len(found) == 1 else None
+
+
+def _reshaped(before: tuple | None, after: tuple | None, axes) -> tuple | _Flat | None:
+    """The axes after a Reshape of per-sample shapes ``before`` -> ``after`` (see :func:`channel_axis`)."""
+    if not before or not after:
+        return None
+    if isinstance(axes, _Flat):
+        return axes.axes if after == axes.shape else None
+    if len(after) == 1 and len(before) > 1 and after[0] == int(np.prod(before)):
+        return _Flat(before, axes)
+    return _reshape_axes(before, after, axes)
 
 
 def _squeezed_axes(node: onnx.NodeProto, axes: tuple, constants: ConstantTable) -> tuple | None:

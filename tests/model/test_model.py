@@ -116,6 +116,28 @@ def test_a_one_channel_nhwc_input_is_read_as_nhwc_from_the_graph(reshape):
     assert m.layers[0].input_shape == (1, 8, 6)
 
 
+def test_an_nhwc_input_min_max_normalised_over_its_flattened_sample_is_read_as_nhwc(caplog):
+    # EfficientWord-Net's ResNet-50 normalises so: Reshape to [N, H*W*C], ReduceMin/ReduceMax, Sub, Div, Reshape back
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat"], ["f"]),
+        helper.make_node("ReduceMin", ["f"], ["lo"], axes=[1], keepdims=1),
+        helper.make_node("ReduceMax", ["f"], ["hi"], axes=[1], keepdims=1),
+        helper.make_node("Sub", ["f", "lo"], ["shifted"]),
+        helper.make_node("Sub", ["hi", "lo"], ["span"]),
+        helper.make_node("Div", ["shifted", "span"], ["scaled"]),
+        helper.make_node("Reshape", ["scaled", "back"], ["xb"]),
+        helper.make_node("Transpose", ["xb"], ["xt"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["xt", "w"], ["z"], name="c"),
+    ]
+    w = np.ones((4, 2, 3, 3), np.float32)
+    inits = {"w": w, "flat": [-1, 60], "back": [-1, 6, 5, 2]}
+    proto = make_model(nodes, [("x", ["N", 6, 5, 2])], [("z", ["N", 4, 4, 3])], inits)
+    with caplog.at_level(logging.WARNING, logger="onnxredund"):
+        m = load_model_proto(proto)
+    assert m.layout == "NHWC" and m.image_input.channels == 2  # was taken for NCHW: 6 channels of 5 x 2
+    assert "cannot tell" not in caplog.text
+
+
 def test_a_layout_the_graph_does_not_show_is_assumed_nchw_with_a_warning_and_taken_from_layout(caplog):
     # N x 2 x 8 x 4 reshaped to N x 4 x 4 x 4: the graph cannot tell which input axis holds the channels
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["xr"]), helper.make_node("Conv", ["xr", "w"], ["z"])]
