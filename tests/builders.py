@@ -22,12 +22,14 @@ REAL_MODELS = Path(os.environ.get("ONNXREDUND_MODELS") or Path.home() / ".cache"
 
 def _typed(value) -> np.ndarray:
     a = np.asarray(value)
+    if a.dtype in (np.int8, np.uint8, np.int16, np.uint16):  # quantized values and zero points keep their type
+        return a
     return a.astype(np.int64) if a.dtype.kind in "iu" else a.astype(np.float32)
 
 
 def make_model(nodes, inputs, outputs, inits=(), opset: int = 17, ir: int = 8) -> onnx.ModelProto:
     """A model from nodes; ``inputs``/``outputs`` are (name, shape) pairs of float tensors; integer
-    initializers become int64, the others float32."""
+    initializers become int64 (8 and 16 bit ones, quantized values, keep their type), the others float32."""
     graph = helper.make_graph(
         nodes,
         "test",

@@ -416,6 +416,11 @@ def prune_lines(result: PruneResult) -> list[str]:
         lines.append(
             f"  checked by values on {check['samples']} calibration samples against the original with the channels "
             f"zeroed where read: largest output difference {check['max_relative_error']:.2g} (relative)"
+            + (
+                f", the rounding of {counted(check['unrounded'], 'quantized activation')} left out on both sides"
+                if check.get("unrounded")
+                else ""
+            )
         )
     lines += [f"  note: {n}" for n in result.notes]
     return lines

@@ -19,7 +19,14 @@ from onnxredund.data import Dataset
 from onnxredund.engine.calibration import collect_statistics
 from onnxredund.engine.channel_groups import channel_groups
 from onnxredund.engine.loading import load_model_proto
-from onnxredund.engine.pruning import PruneCost, check_by_values, compensate, remove_channels, zeroed_at_consumers
+from onnxredund.engine.pruning import (
+    PruneCost,
+    check_by_values,
+    compensate,
+    remove_channels,
+    unrounded,
+    zeroed_at_consumers,
+)
 from onnxredund.errors import OnnxRedundError
 
 RNG = np.random.default_rng(0)
@@ -174,9 +181,71 @@ def test_the_check_by_values_catches_a_cut_that_does_not_match_and_names_the_fir
     g = group_of(groups, "convB")
     wrong = remove_channels(m, groups, {g.index: [1]})
     x = inputs(4)
-    assert check_by_values(m, groups, {g.index: [1]}, wrong, {"x": x}) < 1e-4
+    assert check_by_values(m, groups, {g.index: [1]}, wrong, {"x": x})[0] < 1e-4
     with pytest.raises(OnnxRedundError, match="removing channels of convB is not exact through Conv 'convB'"):
         check_by_values(m, groups, {g.index: [0]}, wrong, {"x": x})
+
+
+def _rounding_at_half(gain: float, per_channel: bool = False):
+    """x -> conv c1 (2 -> 2, 1 x 1) -> QuantizeLinear (scale 1, zero point -128: the Relu a quantizer drops) ->
+    DequantizeLinear -> conv c2 (identity) -> y, c1's weight times ``gain``; with x all ones c1 gives 2.5 exactly,
+    which rounds (half to even) to 2, and 2.5 x (1 + 1e-6) to 3. ``per_channel``: the activation quantized per
+    channel (left rounded)."""
+    scale = np.ones(2, np.float32) if per_channel else np.float32(1.0)
+    zero = np.full(2, -128, np.int8) if per_channel else np.int8(-128)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
+        helper.make_node("QuantizeLinear", ["a", "s", "z"], ["q"], axis=1),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"], axis=1),
+        helper.make_node("Conv", ["d", "w2"], ["y"], name="c2"),
+    ]
+    w1 = np.array([[[[1.25]], [[1.25]]], [[[0.5]], [[0.5]]]], np.float32) * np.float32(gain)
+    inits = {"w1": w1, "w2": np.eye(2, dtype=np.float32).reshape(2, 2, 1, 1), "s": scale, "z": zero}
+    return make_model(nodes, [("x", ["N", 2, 3, 3])], [("y", ["N", 2, 3, 3])], inits)
+
+
+def test_quantized_activations_are_checked_without_their_rounding_which_turns_last_bits_into_steps():
+    m = load_model_proto(_rounding_at_half(1.0))
+    groups = channel_groups(m)
+    same_but_last_bits = _rounding_at_half(1.0 + 1e-6)  # c1's channel 0 gives 2.5000025: rounds to 3, not 2
+    x = np.ones((1, 2, 3, 3), np.float32)
+    assert run(m.proto, x)[0, 0, 0, 0] == 2 and run(same_but_last_bits, x)[0, 0, 0, 0] == 3
+    error, unrounded = check_by_values(m, groups, {}, same_but_last_bits, {"x": x})  # raised before: 0.33
+    assert error < 2e-6 and unrounded == 1
+    # a per-channel pair keeps its rounding (and the whole step shows)
+    m = load_model_proto(_rounding_at_half(1.0, per_channel=True))
+    with pytest.raises(OnnxRedundError, match="not exact"):
+        check_by_values(m, channel_groups(m), {}, _rounding_at_half(1.0 + 1e-6, per_channel=True), {"x": x})
+
+
+def test_unrounded_replaces_an_activations_quantize_pair_by_its_saturation_and_leaves_weights_quantized():
+    x = np.linspace(-300, 300, 18, dtype=np.float32).reshape(1, 2, 3, 3)
+    proto = _rounding_at_half(1.0)
+    plain, count = unrounded(proto)
+    assert count == 1 and [n.op_type for n in plain.graph.node] == ["Conv", "QuantizeLinear", "Clip", "Conv"]
+    a = run(_without(proto, ["QuantizeLinear", "DequantizeLinear"], "a", "d"), x)  # c1 then c2, no quantization
+    np.testing.assert_array_equal(run(plain, x), np.clip(a, 0.0, 255.0))  # (-128 - -128) x 1 to (127 - -128) x 1
+    assert [n.op_type for n in proto.graph.node].count("DequantizeLinear") == 1  # the input is not changed
+    weights = helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["w1"])  # a weight's pair: kept
+    quantized = make_model(
+        [weights, helper.make_node("Conv", ["x", "w1"], ["y"])],
+        [("x", ["N", 2, 3, 3])],
+        [("y", ["N", 2, 3, 3])],
+        {"wq": np.ones((2, 2, 1, 1), np.int8), "s": np.float32(0.5), "z": np.int8(0)},
+    )
+    assert unrounded(quantized) == (quantized, 0)
+
+
+def _without(proto, ops: list[str], before: str, after: str):
+    """``proto`` without its nodes of ``ops``, tensor ``after`` read as ``before``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    kept = [n for n in out.graph.node if n.op_type not in ops]
+    for n in kept:
+        n.input[:] = [before if t == after else t for t in n.input]
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    return out
 
 
 def _split_half_read_alone():
