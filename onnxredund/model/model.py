@@ -201,13 +201,41 @@ def is_class_scores(sample_shape: tuple) -> bool:
 
 def classifier_outputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[str]:
     """The outputs that hold class scores (N, classes), or (N, classes, 1, 1) where the head is not flattened: those
-    a Softmax or LogSoftmax writes, or else the first output of that shape (logits). A regression head beside a
-    softmax head (a face detector's boxes) is not one.
+    a Softmax or LogSoftmax writes, or else the first output of that shape a learned map makes (logits). A
+    regression head beside a softmax head (a face detector's boxes) is not one, nor are pooled features (an
+    embedding).
     """
     producers = {o: n.op_type for n in proto.graph.node for o in n.output}
     two_d = [o.name for o in proto.graph.output if is_class_scores(shapes.get(o.name, ()))]
     soft = [name for name in two_d if producers.get(name) in _PROBABILITIES]
-    return soft or two_d[:1]
+    return soft or [name for name in two_d if _scored(proto.graph, name)][:1]
+
+
+#: ops between a classifier's scores and the output: reshapes, pooling, an activation, a quantization
+_PASSING = frozenset(
+    {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast", "Relu", "Clip"}
+    | {"QuantizeLinear", "DequantizeLinear"}
+    | {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "AveragePool", "MaxPool"}
+)
+#: ops that map features to scores: a dense layer (MatMul then a bias Add), a 1 x 1 conv (SqueezeNet), a sigmoid
+_SCORING = frozenset({"Gemm", "MatMul", "Conv", "FusedConv", "Sigmoid", "Softmax", "LogSoftmax"})
+
+
+def _scored(graph: onnx.GraphProto, name: str) -> bool:
+    """Whether output ``name`` is made by a learned map to scores (past reshapes and pooling), not pooled features:
+    a ResNet trunk's embedding (Flatten of a GlobalAveragePool of a Relu of a residual Add) is not class scores."""
+    made_by = {o: n for n in graph.node for o in n.output}
+    constants = {t.name for t in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    node = made_by.get(name)
+    while node is not None and node.op_type in _PASSING:
+        node = made_by.get(node.input[0])
+    if node is None:
+        return True  # a graph input or a constant: nothing to say otherwise
+    if node.op_type == "Add":  # a dense layer's bias after its MatMul
+        inputs = [made_by.get(t) for t in node.input if t not in constants]
+        return len(inputs) == 1 and inputs[0] is not None and inputs[0].op_type in _SCORING
+    return node.op_type in _SCORING
 
 
 def classifier_output(model: Model) -> str | None:

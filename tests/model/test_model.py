@@ -50,6 +50,33 @@ def test_classifier_output_is_a_softmax_output_or_the_first_n_by_classes():
         load_model_proto(proto, classifier="nope")
 
 
+def _pooled(head: str):
+    """x (N, 4, 5, 5) -> conv c (4 -> 4, 3 x 3, padded) -> then, by ``head``: "residual": + x, Relu, pooled and
+    flattened (a ResNet trunk's embedding, EfficientWord-Net's 2,048 features); "squeezenet": Relu, pooled and
+    flattened (the 1 x 1 conv's channels are the classes); "dense": the residual features, then MatMul + bias."""
+    w = np.random.default_rng(1).normal(size=(4, 4, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="c", pads=[1, 1, 1, 1])]
+    if head == "squeezenet":
+        nodes.append(helper.make_node("Relu", ["z"], ["r"]))
+    else:
+        nodes += [helper.make_node("Add", ["z", "x"], ["s"]), helper.make_node("Relu", ["s"], ["r"])]
+    nodes += [helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["f"])]
+    inits = {"w": w}
+    if head == "dense":
+        nodes += [helper.make_node("MatMul", ["f", "fc"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+        inits |= {"fc": np.ones((4, 3), np.float32), "b": np.zeros(3, np.float32)}
+    out = "y" if head == "dense" else "f"
+    return load_model_proto(
+        make_model(nodes, [("x", ["N", 4, 5, 5])], [(out, ["N", 3 if head == "dense" else 4])], inits)
+    )
+
+
+def test_pooled_features_are_not_class_scores_and_a_learned_map_to_them_is():
+    assert _pooled("residual").classifiers == []  # was taken for 4 classes: "agreement 0.00 %" after a prune
+    assert _pooled("squeezenet").classifiers == ["f"]
+    assert _pooled("dense").classifiers == ["y"]
+
+
 def test_input_sizes_take_given_sizes_for_free_dimensions_and_refuse_contradictions():
     nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="c")]
     w = small_cnn()[1]["w1"]
