@@ -38,6 +38,7 @@ import onnx.version_converter
 import onnx_ir as ir
 from onnx import TensorProto, helper
 
+from onnxredund.engine.batching import check_feeds
 from onnxredund.engine.ir_edit import captured, constant_value, needed, to_ir, to_proto
 from onnxredund.engine.ir_edit import default_opset as ir_default_opset
 from onnxredund.engine.runtime import Runner
@@ -178,13 +179,7 @@ def _at_fast_opset(model: Model) -> onnx.ModelProto | str:
         upgraded = onnx.version_converter.convert_version(source, FAST_OPSET)
     except Exception as e:  # onnx's converter raises RuntimeError, ValidationError, ... by op
         return f"{older} and onnx cannot convert it ({first_line(e)})"
-    rng = np.random.default_rng(0)
-    feeds = {
-        i.name: rng.random((2, *i.sample_shape) if i.batched else i.sample_shape).astype(i.dtype)
-        if np.dtype(i.dtype).kind == "f"
-        else np.zeros((2, *i.sample_shape) if i.batched else i.sample_shape, i.dtype)
-        for i in model.inputs
-    }
+    feeds = check_feeds(proto, {i.name: [2, *i.sample_shape] if i.batched else [] for i in model.inputs}, 2)
     try:
         want = Runner.create(proto, "cpu", derived=True).run(feeds)
         got = Runner.create(upgraded, "cpu", derived=True).run(feeds)
