@@ -184,6 +184,10 @@ DERIVED = {
         "paddleocr-cls.onnx",
         "the PaddleOCR classifier as onnxruntime saves it optimised (extended level, CPU): 24 com.microsoft FusedConv",
     ),
+    "nudenet-320n-ort.onnx": (
+        "nudenet-320n.onnx",
+        "YOLOv8n as onnxruntime saves it optimised (extended level, CPU): its 57 SiLUs fused into QuickGelu",
+    ),
     "paddleocr-cls-qdq.onnx": (
         "paddleocr-cls.onnx",
         "the PaddleOCR classifier through onnxruntime's quantize_static (QDQ, int8 per channel; its weights, graph "

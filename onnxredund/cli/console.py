@@ -69,8 +69,9 @@ def layer_table(model: Model) -> list[str]:
     classifiers = ", ".join(model.classifiers) or "none (effects are measured as output drift)"
     lines.append(f"classifier output: {classifiers}")
     if model.contrib_ops:
-        fused = " (each read as Conv + its activation)" if "FusedConv" in model.contrib_ops else ""
-        lines.append(f"onnxruntime contrib ops (com.microsoft, run natively): {', '.join(model.contrib_ops)}{fused}")
+        read = {"FusedConv": "FusedConv (read as Conv + its activation)", "QuickGelu": "QuickGelu (x * sigmoid(ax))"}
+        named = ", ".join(read.get(op, op) for op in model.contrib_ops)
+        lines.append(f"onnxruntime contrib ops (com.microsoft, run natively): {named}")
     if model.folded_ops:
         lines.append(
             f"conv weights computed in the graph from constants ({', '.join(model.folded_ops)}): folded to constants"

@@ -1,10 +1,12 @@
-"""onnxruntime's fused convs as the standard ops they fuse.
+"""onnxruntime's fused convs and activations as the standard ops they fuse.
 
 A model saved by onnxruntime with ``optimized_model_filepath`` (what a deployment engineer often holds) has
 ``com.microsoft`` ``FusedConv`` nodes: a Conv, an optional residual ``Z`` added, and an activation, in one
-node. :func:`unfuse_convs` writes each as ``Conv`` (+ ``Add``) (+ the activation), the same numbers, so
-listing, shuffling, impulses and pruning all see a Conv; onnxruntime fuses them again when it loads the
-result. Other ``com.microsoft`` ops stay as they are: onnxruntime runs them natively.
+node; and ``QuickGelu`` nodes, x * sigmoid(alpha x), what a SiLU (YOLOv8's, EfficientNet's) becomes.
+:func:`unfuse_convs` writes each FusedConv as ``Conv`` (+ ``Add``) (+ the activation) and each QuickGelu as
+``Mul``, ``Sigmoid``, ``Mul``, the same numbers, so listing, shuffling, impulses and pruning all see standard
+ops; onnxruntime fuses them again when it loads the result. Other ``com.microsoft`` ops stay as they are:
+onnxruntime runs them natively.
 """
 
 from __future__ import annotations
@@ -56,16 +58,18 @@ def _activation(graph: ir.Graph, node: ir.Node, value: ir.Value) -> list[ir.Node
 
 
 def unfuse_convs(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """``proto`` with every top-level FusedConv written as Conv (+ Add) (+ activation); ``proto`` itself when it
-    has none (it is never changed).
+    """``proto`` with every top-level FusedConv written as Conv (+ Add) (+ activation) and every QuickGelu as
+    Mul, Sigmoid, Mul; ``proto`` itself when it has none (it is never changed).
 
     Raises:
         OnnxRedundError: a FusedConv whose activation has no standard op here.
     """
-    if not any(n.op_type == "FusedConv" and n.domain == CONTRIB_DOMAIN for n in proto.graph.node):
+    if not any(n.op_type in _UNFUSED and n.domain == CONTRIB_DOMAIN for n in proto.graph.node):
         return proto
     model = to_ir(proto)
     graph = model.graph
+    for node in [n for n in graph if n.op_type == "QuickGelu" and n.domain == CONTRIB_DOMAIN]:
+        _replace(graph, node, _quick_gelu(graph, node))
     for node in [n for n in graph if n.op_type == "FusedConv" and n.domain == CONTRIB_DOMAIN]:
         x, w, *rest = node.inputs
         bias, z = [*rest, None, None][:2]
@@ -74,14 +78,35 @@ def unfuse_convs(proto: onnx.ModelProto) -> onnx.ModelProto:
         added = [ir.node("Add", [conv.outputs[0], z], name=f"{node.name}/Add")] if z is not None else []
         last = (added or [conv])[-1].outputs[0]
         activation = _activation(graph, node, last)
-        new = [conv, *added, *activation]
-        out, result = node.outputs[0], new[-1].outputs[0]
-        graph.insert_before(node, new)
-        ir.convenience.replace_all_uses_with(out, result)
-        for i, o in enumerate(graph.outputs):
-            if o is out:
-                graph.outputs[i] = result
-        name = out.name
-        graph.remove(node, safe=True)
-        result.name = name  # the fused node's output name stays: outputs, value infos and the user's names
+        _replace(graph, node, [conv, *added, *activation])
     return to_proto(model, inner_shapes=False)
+
+
+_UNFUSED = ("FusedConv", "QuickGelu")
+
+
+def _quick_gelu(graph: ir.Graph, node: ir.Node) -> list[ir.Node]:
+    """QuickGelu's x * sigmoid(alpha x) (alpha 1.702 by default; 1 where it stands for a SiLU) as standard ops."""
+    x = node.inputs[0]
+    attr = node.attributes.get("alpha")
+    alpha = attr.as_float() if attr is not None else 1.702
+    scaled = []
+    if alpha != 1.0:  # a SiLU's x * sigmoid(x) as exporters write it, which onnxruntime fuses again
+        value = constant_value(f"{node.name}/alpha", np.float32(alpha))
+        graph.register_initializer(value)
+        scaled = [ir.node("Mul", [x, value], name=f"{node.name}/Mul_alpha")]
+    gate = ir.node("Sigmoid", [(scaled[0].outputs[0] if scaled else x)], name=f"{node.name}/Sigmoid")
+    return [*scaled, gate, ir.node("Mul", [x, gate.outputs[0]], name=f"{node.name}/Mul")]
+
+
+def _replace(graph: ir.Graph, node: ir.Node, new: list[ir.Node]) -> None:
+    """``new`` (its last node's output standing for ``node``'s) in ``node``'s place, under its output's name."""
+    out, result = node.outputs[0], new[-1].outputs[0]
+    graph.insert_before(node, new)
+    ir.convenience.replace_all_uses_with(out, result)
+    for i, o in enumerate(graph.outputs):
+        if o is out:
+            graph.outputs[i] = result
+    name = out.name
+    graph.remove(node, safe=True)
+    result.name = name  # the fused node's output name stays: outputs, value infos and the user's names

@@ -24,6 +24,7 @@ MAX_OPSET = 26  # newest default-domain opset onnxruntime-gpu 1.31 runs
 MIN_OPSET = 7
 #: the standard ops, and onnxruntime's own contrib ops (run natively, with no library loaded)
 _ALLOWED_DOMAINS = ("", "ai.onnx", "com.microsoft")
+_NCHWC_DOMAIN = "com.microsoft.nchwc"  # what onnxruntime's ORT_ENABLE_ALL writes on a CPU
 _FLOATS = {onnx.TensorProto.FLOAT: "<f4", onnx.TensorProto.DOUBLE: "<f8", onnx.TensorProto.FLOAT16: "<f2"}
 _CHUNK = 2**24  # values checked at a time in an external file
 
@@ -38,6 +39,12 @@ def _check_opsets(proto: onnx.ModelProto, path: Path) -> None:
             "re-export with one of those"
         )
     for node in proto.graph.node:
+        if node.domain == _NCHWC_DOMAIN:
+            raise OnnxRedundError(
+                f"{path} was saved by onnxruntime with its NCHWc layout ops ({_NCHWC_DOMAIN}: convs on channels "
+                "blocked for the vector width of the CPU that saved it, for that machine only); save it from the "
+                "original at ORT_ENABLE_EXTENDED (its FusedConvs are read as convs), or give the original"
+            )
         if node.domain not in _ALLOWED_DOMAINS:
             raise OnnxRedundError(
                 f"node {node.name or node.op_type!r} uses custom domain {node.domain!r}; only standard ONNX ops and "

@@ -109,3 +109,51 @@ def test_a_fused_graph_prunes_and_the_value_check_passes(tmp_path):
 def test_domains_onnxruntime_does_not_implement_are_still_refused():
     with pytest.raises(OnnxRedundError, match=r"custom domain 'my\.ops'"):
         load_model_proto(fused_model("Relu", domain="my.ops"))
+
+
+def quick_gelu_model(alpha: float | None):
+    """x -> conv c1 -> com.microsoft QuickGelu (x * sigmoid(alpha x); what onnxruntime makes of a SiLU with alpha 1)
+    -> conv c2 -> GlobalAveragePool -> Flatten -> y (N, 5)."""
+    attrs = {} if alpha is None else {"alpha": alpha}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["z"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("QuickGelu", ["z"], ["a"], name="qg", domain="com.microsoft", **attrs),
+        helper.make_node("Conv", ["a", "w2"], ["z2"], name="c2", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["z2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["y"]),
+    ]
+    weights = {"w": RNG.normal(size=(4, 3, 3, 3)), "w2": RNG.normal(size=(5, 4, 3, 3))}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+    graph = helper.make_graph(
+        nodes,
+        "quick_gelu",
+        [helper.make_tensor_value_info("x", 1, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", 1, ["N", 5])],
+        inits,
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8)
+
+
+@pytest.mark.parametrize(("alpha", "ops"), [(1.0, ["Sigmoid", "Mul"]), (None, ["Mul", "Sigmoid", "Mul"])])
+def test_a_quick_gelu_is_written_as_standard_ops_with_the_same_outputs_and_its_conv_prunes(alpha, ops, tmp_path):
+    fused = quick_gelu_model(alpha)  # alpha: 1 (a SiLU), or the default 1.702
+    plain = unfuse_convs(fused)
+    assert [n.op_type for n in plain.graph.node][1:-3] == ops and contrib_ops(plain) == []
+    x = RNG.random((6, 3, 8, 8), dtype=np.float32)
+    np.testing.assert_allclose(_run(plain, x), _run(fused, x), rtol=1e-5, atol=1e-5)
+    path = tmp_path / "quick_gelu.onnx"
+    onnx.save(fused, str(path))
+    args = ["--channels", "c1:1", "--data", "synthetic:16", "--out", tmp_path / "p.onnx", "--json", "--device", "cpu"]
+    r = run_cli("prune", path, *args)  # refused before: "its channels reach a QuickGelu node, which is not handled"
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["value_check"]["max_relative_error"] < 1e-5
+
+
+def test_a_graph_with_onnxruntimes_nchwc_layout_ops_is_refused_saying_how_to_save_it(tmp_path):
+    nchwc = fused_model("Relu", domain="com.microsoft.nchwc")
+    path = tmp_path / "all.onnx"
+    onnx.save(nchwc, str(path))
+    r = run_cli("layers", path)
+    assert r.exit_code == 2 and "saved by onnxruntime with its NCHWc layout ops" in r.stderr
+    assert "ORT_ENABLE_EXTENDED" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -72,6 +72,16 @@ def test_onnxruntime_optimised_paddleocr_classifier_goes_through_the_four_comman
     assert len(out["layers"]["layers"]) == len(out["impulse"]["layers"]) == 53
 
 
+def test_onnxruntime_optimised_yolov8n_prunes_as_the_original_with_its_quick_gelus_read_as_silus(real_model):
+    """YOLOv8n saved by onnxruntime (extended level): its SiLUs become com.microsoft QuickGelu, and no group was
+    prunable ("its channels reach a QuickGelu node, which is not handled")."""
+    plans = [
+        run_cli("prune", real_model(name), "--input-shape", "3x320x320", "--plan").stdout.splitlines()[0]
+        for name in ("nudenet-320n-ort.onnx", "nudenet-320n.onnx")
+    ]
+    assert all(p.endswith("58 channel groups, 51 prunable") for p in plans)
+
+
 def test_quantized_paddleocr_classifier_goes_through_the_four_commands_and_stays_quantized(real_model, tmp_path):
     """PaddleOCR's classifier through onnxruntime's quantize_static (QDQ): refused before ("Conv@1 reads 8
     channels but its weights expect 1": the weights Paddle lists as inputs are quantized in the graph)."""
