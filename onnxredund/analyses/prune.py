@@ -402,15 +402,20 @@ class Reference:
 
     def compare(self, proto: onnx.ModelProto | None = None) -> dict:
         """Quality of ``proto`` (the original when None) on the evaluation samples: accuracy (with labels and a
-        classifier), agreement of its top-1 with the original's, output drift (mean relative L2) and cosine."""
+        classifier), agreement of its top-1 with the original's, output drift (mean relative L2 over the samples
+        whose original output is not all zero, the others counted in ``output_drift_unscaled``; None where
+        none is) and cosine."""
         outs = self.outputs if proto is None else _outputs(self.model, proto, self.data, self.batch_size, self.device)
         pred = classifier_output(self.model)
         n = len(self.outputs[0])
         ref = np.concatenate([o.reshape(n, -1) for o in self.outputs], axis=1).astype(np.float64)
         new = np.concatenate([o.reshape(n, -1) for o in outs], axis=1).astype(np.float64)
+        drift = relative_l2_per_sample(ref, new)
+        scaled = drift[np.isfinite(drift)]  # inf: an all-zero original output that changed has no scale
         result = {
             "samples": n,
-            "output_drift": float(relative_l2_per_sample(ref, new).mean()),
+            "output_drift": float(scaled.mean()) if len(scaled) else None,
+            "output_drift_unscaled": int(len(drift) - len(scaled)),
             "output_cosine": float(flat_cosine(ref, new).mean()),
             "agreement": None,
             "accuracy": None,

@@ -409,7 +409,7 @@ def prune_lines(result: PruneResult) -> list[str]:
     lines.append(
         f"  calibrated on {result.calibration_samples}, measured on {result.evaluation_samples} held-back samples: "
         f"accuracy {_pct(qb['accuracy'])} -> "
-        f"{_pct(qa['accuracy'])}, agreement {_pct(qa['agreement'])}, output drift {qa['output_drift']:.4f}, "
+        f"{_pct(qa['accuracy'])}, agreement {_pct(qa['agreement'])}, output drift {_drift(qa)}, "
         f"output cosine {qa['output_cosine']:.4f}"
     )
     if result.value_check is not None:
@@ -425,6 +425,13 @@ def prune_lines(result: PruneResult) -> list[str]:
         )
     lines += [f"  note: {n}" for n in result.notes]
     return lines
+
+
+def _drift(quality: dict) -> str:
+    """A pruned model's output drift, and the samples it leaves out (an all-zero original output has no scale)."""
+    drift = "n/a" if quality["output_drift"] is None else f"{quality['output_drift']:.4f}"
+    unscaled = quality.get("output_drift_unscaled", 0)
+    return drift + (f" ({counted(unscaled, 'sample')} with an all-zero original output left out)" if unscaled else "")
 
 
 def estimate_lines(estimate: dict, backend) -> list[str]:

@@ -13,6 +13,7 @@ from prunable import group_of, inputs, zoo
 
 import onnxredund.analyses.prune as prune_module
 from onnxredund.analyses.prune import (
+    Reference,
     Target,
     channel_importance,
     explicit_removal,
@@ -338,3 +339,18 @@ def test_a_speedup_target_finds_the_smallest_fraction_whose_pruned_model_is_that
     assert measured == pytest.approx(_conv_macs(m.proto) / cost.macs(removal)) and measured >= 2.0
     assert all(t["speedup"] < 2.0 for t in tried if t["macs_fraction"] < fraction)
     assert len(tried) == 1 + prune_module.SPEEDUP_STEPS
+
+
+def test_output_drift_leaves_out_samples_whose_original_output_is_all_zero_and_counts_them():
+    # y = Relu(x * w + b): sample 0's input is negative, so the original gives zeros there; a bias of 1 in the
+    # "pruned" model changes it, which has no scale (its relative L2 was inf, and prune's JSON failed to write)
+    def model(bias: float):
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["z"]), helper.make_node("Relu", ["z"], ["y"])]
+        inits = {"w": np.ones((1, 1, 1, 1)), "b": np.array([bias])}
+        return make_model(nodes, [("x", ["N", 1, 2, 2])], [("y", ["N", 1, 2, 2])], inits)
+
+    x = np.stack([np.full((1, 2, 2), -0.5), np.full((1, 2, 2), 3.0)]).astype(np.float32)
+    reference = Reference.measure(load_model_proto(model(0.0)), Dataset(x, None, "x"), device="cpu")
+    quality = reference.compare(model(1.0))
+    assert quality["output_drift_unscaled"] == 1 and quality["output_drift"] == pytest.approx(1 / 3)  # 3 -> 4
+    assert reference.compare()["output_drift"] == 0.0 and reference.compare()["output_drift_unscaled"] == 0
