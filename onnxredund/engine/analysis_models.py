@@ -538,7 +538,10 @@ def build_fast_model(
 
 def _input_infos(proto: onnx.ModelProto, inputs: list[str], mode: str, infos: dict) -> list[onnx.ValueInfoProto]:
     """The fast model's inputs: ``ks`` and ``perm_index``, and the original's tensors as ``infos`` (its inferred
-    value infos) type them."""
+    value infos) type them; a graph output's sizes are left free (an exporter may have declared them for another
+    input size: PP-OCRv2's recogniser declares 25 time steps, 80 at width 320, which onnxruntime refuses in an
+    input)."""
+    outputs = {o.name for o in proto.graph.output}
     out = []
     for name in inputs:
         if name == "ks":
@@ -547,7 +550,11 @@ def _input_infos(proto: onnx.ModelProto, inputs: list[str], mode: str, infos: di
             shape = ["KB"] if mode == "channel" else ["KB", "P"]
             out.append(helper.make_tensor_value_info("perm_index", TensorProto.INT32, shape))
         else:
-            out.append(value_info(proto, name, infos))
+            vi = value_info(proto, name, infos)
+            if name in outputs:
+                for d in vi.type.tensor_type.shape.dim:
+                    d.Clear()
+            out.append(vi)
     return out
 
 

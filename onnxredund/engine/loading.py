@@ -181,11 +181,16 @@ def _copied(type_proto: onnx.TypeProto) -> onnx.TypeProto:
 
 
 def _shapes(proto: onnx.ModelProto, sizes: dict[str, list], declared: dict) -> dict[str, tuple[int, ...]]:
-    """Per-sample shapes of the model's tensors; a probe run finds those around convs, of the outputs and of
-    Reshapes (whose shape a computed target can hide from inference) that inference misses. An output the file
+    """Per-sample shapes of the model's tensors, the outputs' as computed, not as declared; a probe run finds
+    those around convs, of the outputs and of Reshapes (whose shape a computed target can hide from inference)
+    that inference misses. An output the file
     declares with a fixed first axis over 1 has no batch axis of its own: its sample's shape is all of it (a
     fixed-batch export that squeezed the batch, or merged it into that axis once freed: (N x 256, 2))."""
-    shapes = shape_table(infer_shapes(proto))
+    free = onnx.ModelProto()
+    free.CopyFrom(proto)
+    for output in free.graph.output:  # inferred, not declared: an exporter may declare them for another input size
+        output.type.tensor_type.ClearField("shape")
+    shapes = shape_table(infer_shapes(free))
     needed = [t for n in proto.graph.node if n.op_type in CONV_OPS for t in (n.input[0], n.output[0])]
     needed += [n.output[0] for n in proto.graph.node if n.op_type == "Reshape"]
     needed += [o.name for o in proto.graph.output]

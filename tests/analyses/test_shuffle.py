@@ -676,3 +676,23 @@ def test_a_finished_sweeps_numbers_do_not_change_with_the_unmeasured_masking():
     assert payload["channel_images"] == [40] * model.layers[1].in_channels
     assert payload["cosine"] == np.round(result.cosine, 10).tolist()
     assert all(isinstance(v, float) for v in payload["mean_cosine"])
+
+
+def test_an_output_declared_with_sizes_for_another_input_runs_the_fast_path_as_the_direct_one():
+    # PP-OCRv2's recogniser declares [-1, 25, 6625] and gives 80 time steps at width 320: the fast model, which
+    # reads the clean outputs as inputs, took the declared sizes and onnxruntime refused the run
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["z1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["z1"], ["a1"]),
+        helper.make_node("Conv", ["a1", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+    ]
+    inits = {"w1": rng.normal(size=(4, 2, 3, 3)), "w2": rng.normal(size=(3, 4, 3, 3))}
+    proto = make_model(nodes, [("x", ["N", 2, "H", "W"])], [("y", ["N", 3, 5, 5])], inits)  # 5 x 5: stale
+    m = load_model_proto(proto, input_shape=(2, 8, 8))
+    data = Dataset(rng.random((16, 2, 8, 8), dtype=np.float32), None, "x")
+    fast = run_shuffle(m, "conv2", data, batch_size=8, device="cpu")
+    direct = run_shuffle(m, "conv2", data, batch_size=8, device="cpu", exact_path=True)
+    assert fast.route == "fast" and direct.route == "direct"
+    np.testing.assert_allclose(fast.cosine, direct.cosine, rtol=1e-5, atol=1e-6)
+    assert m.shapes["y"] == (3, 8, 8)  # computed, not the declared 5 x 5
