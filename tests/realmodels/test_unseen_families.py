@@ -129,6 +129,18 @@ def test_efficientword_net_int8_resnet50_prunes_checked_without_its_activations_
     assert layers["classifier_outputs"] == [] and layers["inputs"][0]["layout"] == "NCHW"
 
 
+def test_pp_ocr_v2_recogniser_with_a_stale_declared_output_sweeps_and_v3_detector_prunes_on_noise(real_model, tmp_path):
+    """v2's recogniser declares 25 time steps (80 at width 320: onnxruntime refused the fast model); v3's detector
+    gives all-zero maps on some noise samples (an inf drift: the plan failed to write in a traceback)."""
+    args = ["--layer", "10", "--data", "synthetic:8", "--batch-size", "8", "--json", "--device", "cpu"]
+    r = run_cli("shuffle", real_model("ppocrv2-rec.onnx"), "--input-shape", "3x32x320", *args)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["path"] == "fast"
+    given = ["--input-shape", "3x160x160"]
+    _, plan = _pruned_to_a_fifth(real_model("ppocrv3-det.onnx"), given, tmp_path / "pruned.onnx")
+    assert plan["quality"]["after"]["output_drift_unscaled"] >= 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "shape", "layer", "convs"),
