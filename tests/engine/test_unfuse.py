@@ -37,10 +37,15 @@ def fused_model(activation: str | None, params=(), residual: bool = False, domai
     if residual:
         nodes.insert(0, helper.make_node("Conv", ["x", "w0"], ["x2"], name="c0", pads=[1, 1, 1, 1]))
         weights["w0"] = RNG.normal(size=(4, 3, 3, 3))
+    return _with_domain(nodes, weights, domain)
+
+
+def _with_domain(nodes, weights: dict, domain: str):
+    """A model of ``nodes`` from x (N, 3, 8, 8) to y (N, 5), float32 ``weights``, importing ``domain`` too."""
     inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
     graph = helper.make_graph(
         nodes,
-        "fused",
+        domain,
         [helper.make_tensor_value_info("x", 1, ["N", 3, 8, 8])],
         [helper.make_tensor_value_info("y", 1, ["N", 5])],
         inits,
@@ -123,16 +128,7 @@ def quick_gelu_model(alpha: float | None):
         helper.make_node("Flatten", ["g"], ["y"]),
     ]
     weights = {"w": RNG.normal(size=(4, 3, 3, 3)), "w2": RNG.normal(size=(5, 4, 3, 3))}
-    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
-    graph = helper.make_graph(
-        nodes,
-        "quick_gelu",
-        [helper.make_tensor_value_info("x", 1, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", 1, ["N", 5])],
-        inits,
-    )
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(graph, opset_imports=opsets, ir_version=8)
+    return _with_domain(nodes, weights, "com.microsoft")
 
 
 @pytest.mark.parametrize(("alpha", "ops"), [(1.0, ["Sigmoid", "Mul"]), (None, ["Mul", "Sigmoid", "Mul"])])
