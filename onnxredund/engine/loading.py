@@ -183,9 +183,9 @@ def _copied(type_proto: onnx.TypeProto) -> onnx.TypeProto:
 def _shapes(proto: onnx.ModelProto, sizes: dict[str, list], declared: dict) -> dict[str, tuple[int, ...]]:
     """Per-sample shapes of the model's tensors, the outputs' as computed, not as declared; a probe run finds
     those around convs, of the outputs and of Reshapes (whose shape a computed target can hide from inference)
-    that inference misses. An output the file
-    declares with a fixed first axis over 1 has no batch axis of its own: its sample's shape is all of it (a
-    fixed-batch export that squeezed the batch, or merged it into that axis once freed: (N x 256, 2))."""
+    that inference misses. An output the file declares with a fixed first axis over 1 has no batch axis of its
+    own: its sample's shape is all of it (a fixed-batch export that squeezed the batch, or merged it into that
+    axis once freed: (N x 256, 2))."""
     free = onnx.ModelProto()
     free.CopyFrom(proto)
     for output in free.graph.output:  # inferred, not declared: an exporter may declare them for another input size

@@ -704,12 +704,12 @@ def unrounded(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         if bounds is None or quantize.input[0] in constants:
             nodes.append(node)
             continue
-        lo, hi = bounds
         if opset < 11:
-            clip = onnx.helper.make_node("Clip", [quantize.input[0]], node.output, min=lo, max=hi)
-        else:
+            clip = onnx.helper.make_node("Clip", [quantize.input[0]], node.output, min=bounds[0], max=bounds[1])
+        else:  # the bounds in the scale's type: the float type of the tensor quantized
+            kind = np.asarray(constants[quantize.input[1]]).dtype
             names = [f"{node.output[0]}__unrounded_{side}" for side in ("min", "max")]
-            extra += [numpy_helper.from_array(np.array(v, np.float32), n) for v, n in zip(bounds, names, strict=True)]
+            extra += [numpy_helper.from_array(np.array(v, kind), n) for v, n in zip(bounds, names, strict=True)]
             clip = onnx.helper.make_node("Clip", [quantize.input[0], *names], node.output)
         nodes.append(clip)
         replaced += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from builders import make_model
 from onnx import TensorProto, helper, numpy_helper
@@ -234,6 +235,31 @@ def test_unrounded_replaces_an_activations_quantize_pair_by_its_saturation_and_l
         {"wq": np.ones((2, 2, 1, 1), np.int8), "s": np.float32(0.5), "z": np.int8(0)},
     )
     assert unrounded(quantized) == (quantized, 0)
+
+
+def test_unrounded_keeps_a_float16_activation_in_float16():
+    # x (float16) -> QuantizeLinear (scale 0.25 in float16, zero point 10 uint8) -> DequantizeLinear -> y
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(0.25, np.float16), "s"),
+        numpy_helper.from_array(np.array(10, np.uint8), "z"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fp16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [4])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    plain, count = unrounded(proto)
+    x = np.array([-9.0, 0.3, 7.1, 99.0], np.float16)
+    y = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert count == 1 and y.dtype == np.float16
+    np.testing.assert_array_equal(y, np.clip(x, np.float16(-2.5), np.float16(61.25)))  # (0 - 10) / 4, (255 - 10) / 4
 
 
 def _without(proto, ops: list[str], before: str, after: str):
