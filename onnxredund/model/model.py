@@ -529,7 +529,7 @@ def channel_axis(graph: onnx.GraphProto, name: str, shapes: dict[str, tuple[int,
 
 def _reshaped(before: tuple | None, after: tuple | None, axes) -> tuple | _Flat | None:
     """The axes after a Reshape of per-sample shapes ``before`` -> ``after`` (see :func:`channel_axis`)."""
-    if not before or not after:
+    if axes is None or not before or not after:
         return None
     if isinstance(axes, _Flat):
         return axes.axes if after == axes.shape else None

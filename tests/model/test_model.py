@@ -174,6 +174,16 @@ def test_a_layout_the_graph_does_not_show_is_assumed_nchw_with_a_warning_and_tak
         assert load_model_proto(proto).layout == "NCHW"
     assert "cannot tell from the graph" in caplog.text and "pass `layout` nhwc" in caplog.text
     assert load_model_proto(proto, layout="nhwc").layout == "NHWC"
+    # the same through a second Reshape that moves a size-1 axis: still cannot tell (no crash on the lost axes)
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["xr"]),
+        helper.make_node("Reshape", ["xr", "shape1"], ["x1"]),
+        helper.make_node("Reshape", ["x1", "shape"], ["x2"]),
+        helper.make_node("Conv", ["x2", "w"], ["z"]),
+    ]
+    inits = {"w": w, "shape": [-1, 4, 4, 4], "shape1": [-1, 4, 4, 4, 1]}
+    proto = make_model(nodes, [("x", ["N", 2, 8, 4])], [("z", ["N", 2, 2, 2])], inits)
+    assert load_model_proto(proto).layout == "NCHW"
 
 
 def test_channel_axis_follows_transposes_and_axis_keeping_ops():
