@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["NAME_WIDTH", "UNDECIDED_NOTE", "counted", "decided", "images_each", "short_name", "short_names_in"]
+__all__ = [
+    "NAME_WIDTH",
+    "ONE_CHANNEL_NOTE",
+    "UNDECIDED_NOTE",
+    "counted",
+    "decided",
+    "images_each",
+    "short_name",
+    "short_names_in",
+]
 
 NAME_WIDTH = 40  # characters of a name in a console table
 #: how an audit's note on a sweep that left channels undecided ends (the console and the report group them)
 UNDECIDED_NOTE = "undecided, counted as not cheap"
+#: how an audit's note on a layer of one input channel ends, after its name (the console groups them)
+ONE_CHANNEL_NOTE = "is not shuffled: it reads one input channel, and perturbing that perturbs the whole input"
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:

@@ -64,7 +64,7 @@ from onnxredund.data import DataSource
 from onnxredund.engine.backends import Backend, LocalBackend
 from onnxredund.interrupts import Interrupted, deferred, stop_status
 from onnxredund.model import ConvLayer, Model, classifier_output
-from onnxredund.words import UNDECIDED_NOTE
+from onnxredund.words import ONE_CHANNEL_NOTE, UNDECIDED_NOTE
 
 __all__ = [
     "GATE_METRICS",
@@ -370,11 +370,7 @@ def run_audit(
     notes += _word_notes(model, data)
     one_class = one_class_note(model, data, batch_size=batch_size, device=device) if sweeps and complete else None
     notes += [one_class] if one_class else []
-    notes += [
-        f"{layer.name} is not shuffled: it reads one input channel, and perturbing that perturbs the whole input"
-        for layer in audited
-        if layer.in_channels == 1
-    ]
+    notes += [f"{layer.name} {ONE_CHANNEL_NOTE}" for layer in audited if layer.in_channels == 1]
     summaries = [summarize_layer(layer, impulse, shuffles.get(layer.name, {}), estimation) for layer in audited]
     return AuditResult(
         model=model.path,

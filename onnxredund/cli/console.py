@@ -11,7 +11,7 @@ import click
 import numpy as np
 
 from onnxredund.cli.app import bar_shown
-from onnxredund.words import UNDECIDED_NOTE, counted, decided, images_each, short_name, short_names_in
+from onnxredund.words import ONE_CHANNEL_NOTE, UNDECIDED_NOTE, counted, decided, images_each, short_name, short_names_in
 
 if TYPE_CHECKING:  # the results it prints; imported when a command runs, not for --help
     from onnxredund.analyses.audit import AuditResult
@@ -240,11 +240,22 @@ def _measured(result: AuditResult, s, mode: str) -> str:
 
 
 def _grouped_notes(notes: list[str]) -> list[str]:
-    """The notes, with the per-sweep budget notes counted in one line each (all of them are in the report)."""
+    """The notes, with the per-sweep budget notes and the layers of one input channel counted in one line each
+    (all of them are in the report), names shortened."""
     sampled = [n for n in notes if "measured" in n and n.endswith("(time budget)")]
     skipped = [n for n in notes if n.endswith("skipped: time budget spent")]
     undecided = [n for n in notes if n.endswith(UNDECIDED_NOTE)]
-    out = [n for n in notes if n not in sampled and n not in skipped and n not in undecided]
+    single = [n for n in notes if n.endswith(f" {ONE_CHANNEL_NOTE}")]
+    out = [n for n in notes if n not in sampled and n not in skipped and n not in undecided and n not in single]
+    if len(single) > 1:  # basic-pitch's 25 filter convs of the raw signal: one line, not 25 of 300 characters
+        names = [short_name(n[: -len(ONE_CHANNEL_NOTE) - 1]) for n in single]
+        listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        out.append(
+            f"{len(single)} layers are not shuffled ({listed}): each reads one input channel, and perturbing "
+            "that perturbs the whole input"
+        )
+    elif single:
+        out.append(f"{short_name(single[0][: -len(ONE_CHANNEL_NOTE) - 1])} {ONE_CHANNEL_NOTE}")
     if sampled:
         out.append(f"{_sweeps(sampled)} measured fewer images or channels to fit the time budget (see the report)")
     if skipped:

@@ -250,6 +250,23 @@ def test_audit_lines_say_how_many_channels_a_budget_measured_and_count_sweeps_in
     assert lines[-1] == "  note: 1 sweep measured fewer images or channels to fit the time budget (see the report)"
 
 
+def test_layers_of_one_input_channel_are_named_short_in_one_note_line():
+    # basic-pitch's 25 conv1d filters of the raw signal gave 25 note lines of up to 300 characters
+    from onnxredund.words import ONE_CHANNEL_NOTE
+
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.random((8, 3, 6, 6), dtype=np.float32), None, "toy")
+    result = run_audit(load_model_proto(small_cnn(seed=3)[0]), data, device="cpu", modes=("channel",))
+    fused = "model_1/re_lu_{0}/Relu;model_1/re_lu_{0}/Relu;model_1/conv1d_{0}/Conv2D;model_1/conv1d_{0}/BiasAdd"
+    result.notes.extend(f"{fused.format(i)} {ONE_CHANNEL_NOTE}" for i in range(6))
+    notes = [line for line in redundancy_lines(result) if "not shuffled" in line]
+    assert notes == [
+        "  note: 6 layers are not shuffled (model_1/conv1d_0/Conv2D, model_1/conv1d_1/Conv2D, model_1/conv1d_2/Conv2D, "
+        "model_1/conv1d_3/Conv2D and 2 more): each reads one input channel, and perturbing that perturbs the whole "
+        "input"
+    ]
+
+
 def test_progress_where_stderr_is_no_terminal_is_throttled_log_lines_with_step_count_and_eta(capsys):
     from onnxredund.cli import console
 
