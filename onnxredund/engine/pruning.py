@@ -680,10 +680,6 @@ def zeroed_at_consumers(
     return to_proto(edited, inner_shapes=False)
 
 
-#: the integer range of a quantized type, by the numpy type of its zero point
-_QUANTIZED_RANGES = {np.dtype(t): (np.iinfo(t).min, np.iinfo(t).max) for t in (np.int8, np.uint8, np.int16, np.uint16)}
-
-
 def unrounded(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """``proto`` with each quantized activation's rounding left out: a DequantizeLinear of a QuantizeLinear of a
     computed tensor, per tensor, becomes a Clip of that tensor to the range the pair can give (its saturation
@@ -724,20 +720,21 @@ def unrounded(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 
 
 def _saturation(quantize: onnx.NodeProto, constants: ConstantTable) -> tuple[float, float] | None:
-    """The float range a per-tensor QuantizeLinear then DequantizeLinear gives, (qmin - zp) x s to (qmax - zp) x s;
-    None where it is not one (per axis, per block, a float 8 or 4 bit type, or not a QuantizeLinear)."""
+    """The float range a per-tensor QuantizeLinear then DequantizeLinear gives (what the pair makes of -inf and
+    +inf: (qmin - zp) x s to (qmax - zp) x s); None where it is not one (per axis, per block, a float 8 or 4 bit
+    type, or not a QuantizeLinear)."""
     if quantize.op_type != "QuantizeLinear" or not all(t in constants for t in quantize.input[1:] if t):
         return None
-    scale = np.asarray(constants[quantize.input[1]], np.float64)
-    has_zero = len(quantize.input) > 2 and quantize.input[2]
-    zero = np.asarray(constants[quantize.input[2]]) if has_zero else np.zeros((), np.uint8)
-    if scale.size != 1 or zero.size != 1 or zero.dtype not in _QUANTIZED_RANGES:
+    scale = np.asarray(constants[quantize.input[1]])
+    zero = np.asarray(constants[quantize.input[2]]) if len(quantize.input) > 2 and quantize.input[2] else None
+    to = attribute(quantize, "output_dtype", 0)
+    kind = zero.dtype if zero is not None else onnx.helper.tensor_dtype_to_np_dtype(to) if to else np.dtype(np.uint8)
+    if scale.size != 1 or (zero is not None and zero.size != 1) or not np.issubdtype(kind, np.integer):
         return None
-    if not has_zero and attribute(quantize, "output_dtype", 0):
-        return None
-    low, high = _QUANTIZED_RANGES[zero.dtype]
-    z, s = float(zero.ravel()[0]), float(scale.ravel()[0])
-    return (low - z) * s, (high - z) * s
+    edges = np.array([-np.inf, np.inf], np.float32)
+    quantized = quantize_op("QuantizeLinear", [edges, scale, zero], output_dtype=to)
+    low, high = quantize_op("DequantizeLinear", [quantized, scale, zero])
+    return float(low), float(high)
 
 
 def check_by_values(
