@@ -247,15 +247,15 @@ def _grouped_notes(notes: list[str]) -> list[str]:
     undecided = [n for n in notes if n.endswith(UNDECIDED_NOTE)]
     single = [n for n in notes if n.endswith(f" {ONE_CHANNEL_NOTE}")]
     out = [n for n in notes if n not in sampled and n not in skipped and n not in undecided and n not in single]
-    if len(single) > 1:  # basic-pitch's 25 filter convs of the raw signal: one line, not 25 of 300 characters
-        names = [short_name(n[: -len(ONE_CHANNEL_NOTE) - 1]) for n in single]
+    names = [short_name(n[: -len(ONE_CHANNEL_NOTE) - 1]) for n in single]
+    if len(names) > 1:  # basic-pitch's 25 filter convs of the raw signal: one line, not 25 of 300 characters
         listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         out.append(
             f"{len(single)} layers are not shuffled ({listed}): each reads one input channel, and perturbing "
             "that perturbs the whole input"
         )
-    elif single:
-        out.append(f"{short_name(single[0][: -len(ONE_CHANNEL_NOTE) - 1])} {ONE_CHANNEL_NOTE}")
+    elif names:
+        out.append(f"{names[0]} {ONE_CHANNEL_NOTE}")
     if sampled:
         out.append(f"{_sweeps(sampled)} measured fewer images or channels to fit the time budget (see the report)")
     if skipped:
