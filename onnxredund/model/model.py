@@ -205,10 +205,10 @@ def classifier_outputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]
     regression head beside a softmax head (a face detector's boxes) is not one, nor are pooled features (an
     embedding).
     """
-    producers = {o: n.op_type for n in proto.graph.node for o in n.output}
+    made_by = {o: n for n in proto.graph.node for o in n.output}
     two_d = [o.name for o in proto.graph.output if is_class_scores(shapes.get(o.name, ()))]
-    soft = [name for name in two_d if producers.get(name) in _PROBABILITIES]
-    return soft or [name for name in two_d if _scored(proto.graph, name)][:1]
+    soft = [name for name in two_d if name in made_by and made_by[name].op_type in _PROBABILITIES]
+    return soft or [name for name in two_d if _scored(proto.graph, made_by, name)][:1]
 
 
 #: ops between a classifier's scores and the output: reshapes, pooling, an activation, a quantization
@@ -221,10 +221,10 @@ _PASSING = frozenset(
 _SCORING = frozenset({"Gemm", "MatMul", "Conv", "FusedConv", "Sigmoid", "Softmax", "LogSoftmax"})
 
 
-def _scored(graph: onnx.GraphProto, name: str) -> bool:
+def _scored(graph: onnx.GraphProto, made_by: dict[str, onnx.NodeProto], name: str) -> bool:
     """Whether output ``name`` is made by a learned map to scores (past reshapes and pooling), not pooled features:
-    a ResNet trunk's embedding (Flatten of a GlobalAveragePool of a Relu of a residual Add) is not class scores."""
-    made_by = {o: n for n in graph.node for o in n.output}
+    a ResNet trunk's embedding (Flatten of a GlobalAveragePool of a Relu of a residual Add) is not class scores.
+    ``made_by``: each tensor's producer."""
     constants = {t.name for t in graph.initializer}
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     node = made_by.get(name)
