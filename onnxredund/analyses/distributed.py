@@ -192,6 +192,7 @@ def run_unit(
         on_batch=commit,
         estimation=job.estimation,
         max_seconds=job.unit_seconds,
+        clean_passes=cache.get("clean_passes"),
     )
     if result.stopped == "interrupted" and on_batch is None:  # a part of a unit in a worker is not a finished unit
         raise Interrupted(stop_status() - 128)

@@ -39,7 +39,7 @@ import numpy as np
 
 from onnxredund.atomic import csv_text
 from onnxredund.choices import IMPULSE_MODES, NCC_THRESHOLD
-from onnxredund.engine.runtime import Runner
+from onnxredund.engine.runtime import Runner, machine_memory
 from onnxredund.engine.surgery import cut, linearize
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import ConvLayer, Model, data_dependent
@@ -383,7 +383,7 @@ def impulse_inputs(
         base = tuple(min(p, n - 1 - r) for p, n, r in zip(position, spatial, reach, strict=True))
     shape = (1 + len(offsets) * m, m, *spatial)
     size = np.prod(shape, dtype=np.float64) * 4
-    if size > _machine_memory() // 2:  # one impulse per channel and phase, each a whole sample
+    if size > machine_memory() // 2:  # one impulse per channel and phase, each a whole sample
         raise OnnxRedundError(
             f"the impulses at {site.name!r} would take {size / (1 << 30):.1f} GiB, more than half this machine's "
             f"memory: {shape[0] - 1:,} impulses ({m:,} channels x {len(offsets)} phases), each a whole sample of "
@@ -416,21 +416,13 @@ def interleave(per_phase: np.ndarray, phases: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _machine_memory() -> int:
-    """The machine's memory in bytes (8 GiB where the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
-
-
 def _memory_budget() -> int:
     """Bytes the network's outputs for the impulses may take at once: a quarter of the machine's memory, at most
     :data:`_MAX_OUTPUT_BYTES` (``ONNXREDUND_IMPULSE_MEMORY`` in bytes overrides it)."""
     given = os.environ.get("ONNXREDUND_IMPULSE_MEMORY")
     if given:
         return int(float(given))
-    return min(_machine_memory() // 4, _MAX_OUTPUT_BYTES)
+    return min(machine_memory() // 4, _MAX_OUTPUT_BYTES)
 
 
 class _Blocks:

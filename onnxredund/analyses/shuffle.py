@@ -33,6 +33,7 @@ are added in the same order as without it, so the numbers are the same to the bi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import queue
 import threading
@@ -66,7 +67,7 @@ from onnxredund.data import DataSource, conform_feeds, iter_batches
 from onnxredund.engine.analysis_models import output_role
 from onnxredund.engine.permutations import MODES, PermutationFeed
 from onnxredund.engine.runtime import resolve_device
-from onnxredund.engine.sweep import SweepRunner, permutation_workers
+from onnxredund.engine.sweep import CleanPasses, SweepRunner, permutation_workers
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import ConvLayer, Model, classifier_output
 
@@ -335,6 +336,7 @@ def run_shuffle(
     max_seconds: float | None = None,
     runner: SweepRunner | None = None,
     estimation: Estimation = EXHAUSTIVE,
+    clean_passes: CleanPasses | None = None,
 ) -> ShuffleResult:
     """Shuffle each input channel of a conv layer and measure the layer's cosine and the effect at the outputs.
 
@@ -359,6 +361,8 @@ def run_shuffle(
         estimation: how the channels are decided (:class:`~onnxredund.analyses.sequential.Estimation`); a
             sequential sweep takes the images in a seeded random order and stops measuring a channel once
             its cost's interval clears the threshold, and the whole sweep once every channel is decided.
+        clean_passes: where the layer's clean runs are kept for its next sweeps and taken from (the other
+            mode's sweep over the same batches; :class:`~onnxredund.engine.sweep.CleanPasses`).
 
     Returns:
         A :class:`ShuffleResult` of the batches that finished; ``complete`` is False, and ``stopped`` says why,
@@ -388,7 +392,8 @@ def run_shuffle(
     judge = _Judge(meter, estimation, state)
     # stages on threads: the clean runs (on a GPU, ahead on a thread of their own: the two sessions' streams
     # overlap; on a CPU they would only share its cores), the perturbed runs, and the sums here
-    clean_batches = _clean_batches(runner, model, data, feed, batches, state.samples_done, batch_size)
+    run_clean = runner.run_clean if clean_passes is None else functools.partial(clean_passes.run, runner)
+    clean_batches = _clean_batches(runner, run_clean, model, data, feed, batches, state.samples_done, batch_size)
     if device != "cpu":
         clean_batches = _RunAhead(clean_batches)
     steps = _RunAhead(_device_steps(runner, clean_batches, channels, repeats, judge))
@@ -545,9 +550,9 @@ class _RunAhead:
         self.thread.join()
 
 
-def _clean_batches(runner: SweepRunner, model: Model, data: DataSource, feed, batches, done: int, batch_size: int):
-    """Each batch with its permutations and its clean run: (batch index, size, labels, permutations, clean
-    tensors, clean outputs)."""
+def _clean_batches(runner: SweepRunner, run_clean, model: Model, data: DataSource, feed, batches, done, batch_size):
+    """Each batch with its permutations and its clean run (``run_clean(feeds)``): (batch index, size, labels,
+    permutations, clean tensors, clean outputs)."""
     for bi, arrays, labels in batches:
         feeds = conform_feeds(arrays, model.inputs, model.input_name, data.name)
         size = len(feeds[model.input_name])
@@ -555,7 +560,7 @@ def _clean_batches(runner: SweepRunner, model: Model, data: DataSource, feed, ba
         done += size
         if done < len(data):
             feed.request(bi + 1, min(batch_size, len(data) - done))
-        clean = runner.run_clean(feeds)
+        clean = run_clean(feeds)
         yield bi, size, labels, perms, clean, runner.clean_outputs(clean)
 
 

@@ -13,6 +13,7 @@ import ctypes
 import functools
 import io
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ __all__ = [
     "Runner",
     "as_samples",
     "cuda_works",
+    "machine_memory",
     "probe_shapes",
     "providers_for",
     "resolve_device",
@@ -255,6 +257,14 @@ class Runner:
             except Exception as e:  # onnxruntime's own types, as above
                 raise OnnxRedundError(f"onnxruntime failed to run the model: {first_line(e)}") from None
         return [v.numpy() for v in self.run_device(feeds, outputs, to="cpu")]  # copied once, at the end of the run
+
+
+def machine_memory() -> int:
+    """The machine's memory in bytes (8 GiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
 
 
 def as_samples(model: Model, name: str, value: np.ndarray, samples: int) -> np.ndarray:

@@ -266,7 +266,7 @@ def test_impulses_that_would_take_more_than_half_the_memory_are_refused_with_the
     m, _ = _reshaped_signal_net(3, stride=4)
     wrong = load_model_proto(m.proto, layout="nchw")
     assert wrong.image_input.channels == 120
-    monkeypatch.setattr(impulse_module, "_machine_memory", lambda: 400_000)  # the batch: 481 x 120 x 4 bytes
+    monkeypatch.setattr(impulse_module, "machine_memory", lambda: 400_000)  # the batch: 481 x 120 x 4 bytes
     with pytest.raises(
         OnnxRedundError, match=r"480 impulses \(120 channels x 4 phases\), each a whole sample of 120 x 1; "
     ):

@@ -9,14 +9,17 @@ import warnings
 import numpy as np
 import onnx
 import pytest
-from builders import make_model, small_cnn
+from builders import make_model, run_cli, small_cnn
 from onnx import helper, numpy_helper
 
 from onnxredund.analyses.effects import EffectMeter
+from onnxredund.analyses.sequential import Estimation
 from onnxredund.analyses.shuffle import SweepState, run_shuffle
+from onnxredund.choices import MODES
 from onnxredund.data import Dataset
 from onnxredund.engine import load_model_proto
 from onnxredund.engine.permutations import apply_permutation, permutation_for
+from onnxredund.engine.sweep import CleanPasses, SweepRunner
 from onnxredund.metrics import cosine_per_channel
 
 
@@ -696,3 +699,65 @@ def test_an_output_declared_with_sizes_for_another_input_runs_the_fast_path_as_t
     assert fast.route == "fast" and direct.route == "direct"
     np.testing.assert_allclose(fast.cosine, direct.cosine, rtol=1e-5, atol=1e-6)
     assert m.shapes["y"] == (3, 8, 8)  # computed, not the declared 5 x 5
+
+
+def _same_numbers(a, b) -> None:
+    np.testing.assert_array_equal(a.cosine, b.cosine)
+    np.testing.assert_array_equal(a.accuracy, b.accuracy)
+    np.testing.assert_array_equal(a.agreement, b.agreement)
+    assert a.to_dict()["outputs"] == b.to_dict()["outputs"]
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_a_layers_second_mode_takes_the_first_modes_clean_runs_and_gets_the_same_numbers(monkeypatch, exact):
+    model = load_model_proto(small_cnn(4)[0])
+    d = data(50)  # batches of 16, 16, 16 and 2
+    alone = {m: run_shuffle(model, "conv2", d, mode=m, batch_size=16, device="cpu", exact_path=exact) for m in MODES}
+    runs = []
+    real = SweepRunner.run_clean
+    monkeypatch.setattr(SweepRunner, "run_clean", lambda self, feeds: runs.append(1) or real(self, feeds))
+    passes = CleanPasses()
+    shared = {}
+    for m in MODES:
+        shared[m] = run_shuffle(
+            model, "conv2", d, mode=m, batch_size=16, device="cpu", exact_path=exact, clean_passes=passes
+        )
+        _same_numbers(shared[m], alone[m])
+    assert len(runs) == 4 and passes.reused == 4  # the pixel sweep ran no clean pass of its own
+
+
+def test_clean_runs_are_not_taken_for_other_images_another_order_another_layer_or_past_the_memory_limit():
+    model = load_model_proto(small_cnn(4)[0])
+    d = data(50)
+    kwargs = {"batch_size": 16, "device": "cpu"}
+    passes = CleanPasses()
+    run_shuffle(model, "conv2", d, clean_passes=passes, **kwargs)
+    other = data(50, seed=2)
+    _same_numbers(
+        run_shuffle(model, "conv2", other, clean_passes=passes, **kwargs), run_shuffle(model, "conv2", other, **kwargs)
+    )
+    run_shuffle(model, "conv2", d, clean_passes=passes, **kwargs, seed=4)  # other permutations, the same clean runs
+    assert passes.reused == 4
+    sequential = Estimation(sequential=True)  # the images in a seeded random order: other batches
+    run_shuffle(model, "conv2", d, clean_passes=passes, estimation=sequential, **kwargs)
+    run_shuffle(model, "conv1", d, clean_passes=passes, **kwargs)
+    assert passes.reused == 4 and passes.layer[0] == "conv1"  # one layer's runs are held at a time
+    small = CleanPasses(limit=1000)  # less than one batch's clean tensors
+    run_shuffle(model, "conv2", d, clean_passes=small, **kwargs)
+    run_shuffle(model, "conv2", d, mode="pixel", clean_passes=small, **kwargs)
+    assert small.reused == 0 and not small.runs
+
+
+def test_shuffle_both_modes_runs_each_clean_pass_once_and_writes_what_separate_passes_write(monkeypatch, tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(small_cnn()[0], path)
+    args = ("shuffle", path, "--layer", "conv2", "--data", "synthetic:40", "--batch-size", "16", "--mode", "both")
+    runs = []
+    real = SweepRunner.run_clean
+    monkeypatch.setattr(SweepRunner, "run_clean", lambda self, feeds: runs.append(1) or real(self, feeds))
+    shared = run_cli(*args, "--device", "cpu", "--json")
+    assert shared.exit_code == 0, shared.stderr
+    assert len(runs) == 3  # three batches, once
+    apart = run_cli(*args, "--device", "cpu", "--json", env={"ONNXREDUND_CLEAN_MEMORY": "0"})
+    assert len(runs) == 9  # three batches in each mode
+    assert json.loads(shared.stdout) == json.loads(apart.stdout)

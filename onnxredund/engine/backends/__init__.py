@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from onnxredund.choices import BACKENDS
 from onnxredund.engine.backends.ray_backend import RayBackend
+from onnxredund.engine.sweep import CleanPasses
 from onnxredund.errors import OnnxRedundError
 
 __all__ = ["BACKENDS", "Backend", "LocalBackend", "RayBackend", "make_backend"]
@@ -49,7 +50,8 @@ class LocalBackend:
             on_done(i, fn(context, unit, self.cache))
 
     def close(self) -> None:
-        self.cache: dict = {"kept_runners": 1}  # a sweep's sessions go when the next one's are made
+        # a sweep's sessions go when the next one's are made; its layer's clean runs serve the layer's next sweeps
+        self.cache: dict = {"kept_runners": 1, "clean_passes": CleanPasses()}
 
 
 def make_backend(name: str, *, address: str | None = None, workers: int | None = None, device: str = "auto") -> Backend:
