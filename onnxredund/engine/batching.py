@@ -1,30 +1,40 @@
-"""Make a fixed batch dynamic where that is provably safe.
+"""Make a fixed batch dynamic where that is provably safe, and put every output's samples first.
 
 Many exports fix the batch to 1, often with Reshape shape constants that bake it in. We free the
 input's batch dimension, turn a leading batch size in constant Reshape shapes into 0 ("copy the
 input's dimension"), drop stale intermediate shapes, and then *check* the result: a batch of two
-random samples must give the same outputs as two single-sample runs of the original model. If
-anything differs, the original model is kept and samples run one at a time.
+random samples must give the same outputs as two single-sample runs of the original model, joined
+along each output's sample axis. If anything differs, the original model is kept and samples run one
+at a time.
+
+An output may hold its samples on a later axis: a recogniser's time-major (T, N, classes), what a CTC
+loss takes. Found by that check where the batch was fixed, and from the declared shapes (the inputs'
+batch name on a later axis) where it is free, such an output gets a Transpose that puts its samples
+first (:func:`samples_first`; the output keeps its name), so that every analysis reads samples on the
+first axis; :func:`samples_back` takes the Transposes out again before a model is written.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxredund.engine.ir_edit import constant_value, to_ir, to_proto
+from onnxredund.engine.ir_edit import Names, constant_value, to_ir, to_proto
 from onnxredund.engine.runtime import Runner
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import ConstantTable, data_inputs
 
-__all__ = ["check_feeds", "make_batch_dynamic", "rebatch"]
+__all__ = ["check_feeds", "make_batch_dynamic", "moved_outputs", "rebatch", "samples_back", "samples_first"]
 
 log = logging.getLogger(__name__)
 
 _CHECK_BATCH = 2
+_SAMPLES_FIRST = "onnxredund/samples_first/"  # the name of the Transpose that puts an output's samples first
+_DECLARED = re.compile(r"samples on axis (\d+); declared ([0-9a-f]*)$")
 
 
 def rebatch(proto: onnx.ModelProto, inputs: list[str], batch: int) -> onnx.ModelProto:
@@ -75,30 +85,135 @@ def _slice(feeds: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.
     return {name: value[start:stop] if value.ndim else value for name, value in feeds.items()}
 
 
+def _joined_axis(together: np.ndarray, parts: list[np.ndarray], batch: int) -> int | None:
+    """The axis along which the per-sample runs' values, joined, are the batched run's value: the first axis
+    (where a merged batch, (N x 256, 2), joins too), else a later one of size ``batch`` in each part; None if
+    none is."""
+    if together.ndim == 0 or any(p.ndim != together.ndim for p in parts):
+        return None
+    for axis in range(together.ndim):
+        if axis and any(p.shape[axis] != batch for p in parts):
+            continue
+        joined = np.concatenate(parts, axis=axis)
+        if joined.shape == together.shape and np.allclose(together, joined, rtol=1e-4, atol=1e-5):
+            return axis
+    return None
+
+
+def _dims(t: onnx.TypeProto):
+    return t.tensor_type.shape.dim if t.HasField("tensor_type") and t.tensor_type.HasField("shape") else []
+
+
+def _declared_sample_axes(proto: onnx.ModelProto, sizes: dict[str, list]) -> dict[str, tuple[int, int]]:
+    """Outputs whose declared shape holds the inputs' free batch on a later axis: name -> (axis, rank)."""
+    batches = {dims[0] for dims in sizes.values() if dims and isinstance(dims[0], str) and dims[0] not in ("", "?")}
+    axes = {}
+    for vi in proto.graph.output:
+        dims = [d.dim_param or None for d in _dims(vi.type)]
+        later = [j for j, d in enumerate(dims) if j and d in batches]
+        if dims and dims[0] not in batches and len(later) == 1:
+            axes[vi.name] = (later[0], len(dims))
+    return axes
+
+
+def samples_first(
+    proto: onnx.ModelProto, axes: dict[str, tuple[int, int]], declared: dict[str, onnx.TypeProto] | None = None
+) -> onnx.ModelProto:
+    """Copy of ``proto`` in which each output of ``axes`` (name -> (axis holding its samples, rank)) is the
+    Transpose of what the graph computed, samples first; the output keeps its name, and is declared as
+    ``declared`` (default: ``proto``'s outputs) has it with its axes in the new order, the samples' size free
+    ("N"; the other sizes unknown where the declared rank is not the output's). The Transpose keeps the
+    declared type for :func:`samples_back`."""
+    model = to_ir(proto)
+    graph = model.graph
+    names = Names(graph)
+    declared = declared or {vi.name: vi.type for vi in proto.graph.output}
+    for i, value in enumerate(list(graph.outputs)):
+        if value.name not in axes:
+            continue
+        axis, rank = axes[value.name]
+        name = value.name
+        value.name = names.fresh(f"{name}/samples_on_axis_{axis}")
+        value.shape = None  # an inner tensor now, its declared shape possibly stale (of another rank)
+        perm = [axis, *(d for d in range(rank) if d != axis)]
+        note = f"samples on axis {axis}; declared {declared[name].SerializeToString().hex()}"
+        node = ir.node("Transpose", [value], attributes={"perm": perm}, name=_SAMPLES_FIRST + name, doc_string=note)
+        out = node.outputs[0]
+        out.name, out.type = name, value.type
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in _dims(declared[name])]
+        out.shape = ir.Shape(["N", *(dims[d] if len(dims) == rank else None for d in perm[1:])])
+        graph.append(node)
+        graph.outputs[i] = out
+        log.info("output %r holds its samples on axis %d: moved first for the analysis", name, axis)
+    return to_proto(model)
+
+
+def _moves(graph) -> list:
+    return [n for n in graph if n.op_type == "Transpose" and (n.name or "").startswith(_SAMPLES_FIRST)]
+
+
+def moved_outputs(proto: onnx.ModelProto) -> set[str]:
+    """The outputs whose samples :func:`samples_first` moved to the first axis."""
+    return {n.output[0] for n in _moves(proto.graph.node)}
+
+
+def samples_back(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` without the Transposes of :func:`samples_first` (a copy, where it has any): each output is
+    again what the graph computes, declared as the file declared it (its fixed batch left free)."""
+    if not moved_outputs(proto):
+        return proto
+    model = to_ir(proto)
+    graph = model.graph
+    types = {}
+    for node in _moves(graph):
+        out, inner = node.outputs[0], node.inputs[0]
+        axis, declared = _DECLARED.search(node.doc_string or "").groups()
+        graph.outputs[graph.outputs.index(out)] = inner
+        graph.remove(node)
+        name = out.name
+        out.name = None
+        inner.name = name
+        types[name] = (int(axis), onnx.TypeProto.FromString(bytes.fromhex(declared)))
+    back = to_proto(model)
+    for vi in back.graph.output:
+        if vi.name in types:
+            axis, declared = types[vi.name]
+            vi.type.CopyFrom(declared)
+            dims = vi.type.tensor_type.shape.dim
+            if len(dims) > axis and dims[axis].HasField("dim_value"):
+                dims[axis].dim_param = "N"  # the batch loading freed stays free
+    return back
+
+
 def make_batch_dynamic(proto: onnx.ModelProto, sizes: dict[str, list]) -> tuple[onnx.ModelProto, bool]:
     """Return ``(model, batch_dynamic)``; see the module docstring.
+
 
     Args:
         sizes: every data input's dimensions ``[batch, *sample]`` (``[]`` for scalars).
     """
     fixed = {name: dims[0] for name, dims in sizes.items() if dims and isinstance(dims[0], int) and dims[0] > 0}
     if not fixed:
-        return proto, True
+        axes = _declared_sample_axes(proto, sizes)
+        return (samples_first(proto, axes) if axes else proto), True
     batch = max(fixed.values())
     candidate = rebatch(proto, list(fixed), batch)
     feeds = check_feeds(proto, sizes, _CHECK_BATCH * batch)
     try:
         together = _outputs(candidate, feeds)
         apart = [_outputs(proto, _slice(feeds, i, i + batch)) for i in range(0, _CHECK_BATCH * batch, batch)]
-        ok = len(set(fixed.values())) == 1 and all(
-            np.allclose(t, np.concatenate([a[k] for a in apart]), rtol=1e-4, atol=1e-5) for k, t in enumerate(together)
-        )
+        axes = [_joined_axis(t, [a[k] for a in apart], batch) for k, t in enumerate(together)]
+        ok = len(set(fixed.values())) == 1 and all(axis is not None for axis in axes)
     except (OnnxRedundError, ValueError) as e:
         log.debug("rebatching failed: %s", e)
         ok = False
     if ok:
         log.info("batch fixed to %d in the model: made dynamic (checked against per-sample runs)", batch)
-        return candidate, True
+        later = {
+            vi.name: (axis, t.ndim) for vi, axis, t in zip(candidate.graph.output, axes, together, strict=True) if axis
+        }
+        declared = {vi.name: vi.type for vi in proto.graph.output}
+        return (samples_first(candidate, later, declared) if later else candidate), True
     if batch == 1:  # a larger fixed batch is the caller's error to say
         log.warning("batch fixed to 1 and cannot be freed safely: running 1 sample at a time")
     return proto, False

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from onnxredund.choices import LAYOUT_CHOICES
-from onnxredund.engine.batching import make_batch_dynamic
+from onnxredund.engine.batching import make_batch_dynamic, moved_outputs
 from onnxredund.engine.fold import fold_conv_parameters
 from onnxredund.engine.runtime import Runner, probe_shapes
 from onnxredund.engine.surgery import expose_outputs
@@ -196,7 +196,8 @@ def _shapes(proto: onnx.ModelProto, sizes: dict[str, list], declared: dict) -> d
     needed += [o.name for o in proto.graph.output]
     if any(t not in shapes for t in needed):
         shapes.update(probe_shapes(proto, _zero_feeds(proto, sizes), needed))
-    for output in proto.graph.output:
+    moved = moved_outputs(proto)  # declared with their samples on a later axis, which now come first
+    for output in (o for o in proto.graph.output if o.name not in moved):
         full = dims(onnx.helper.make_value_info(output.name, declared[output.name]))
         if full and isinstance(full[0], int) and full[0] > 1 and all(isinstance(d, int) and d > 0 for d in full):
             shapes[output.name] = tuple(full)

@@ -26,6 +26,7 @@ from onnx import numpy_helper
 
 from onnxredund.atomic import atomic_write
 from onnxredund.choices import BATCH_SIZE, COMPENSATIONS
+from onnxredund.engine.batching import moved_outputs, samples_back
 from onnxredund.engine.calibration import REFIT_RIDGE, cross_grams, solve_refit
 from onnxredund.engine.channel_groups import (
     ChannelGroup,
@@ -375,10 +376,12 @@ def remove_channels(
 
 def keep_interface(proto: onnx.ModelProto, model: Model) -> None:
     """Declare the graph inputs and outputs of ``proto`` as the model's file did (free sizes and their names
-    included), not at the sizes the analysis fixed; a batch that loading freed stays free."""
+    included), not at the sizes the analysis fixed; a batch that loading freed stays free. An output whose
+    samples loading moved first is declared so until it is written (:func:`save_pruned` restores it)."""
+    moved = moved_outputs(proto)
     for vi in [*proto.graph.input, *proto.graph.output]:
         declared = model.declared.get(vi.name)
-        if declared is None or not declared.HasField("tensor_type"):
+        if declared is None or not declared.HasField("tensor_type") or vi.name in moved:
             continue
         working = onnx.TypeProto()
         working.CopyFrom(vi.type)
@@ -424,7 +427,7 @@ def save_pruned(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Write a pruned model as one self-contained file (weights the original kept in external files are read
     into it), atomically; over protobuf's 2 GB limit the weights go to ``<name>.data`` beside it."""
     path = Path(path)
-    work = inline_external(proto)
+    work = samples_back(inline_external(proto))  # the outputs as the graph computes them, not samples first
     if work.ByteSize() > PROTOBUF_LIMIT:
         data = path.with_name(path.name + ".data")
         onnx.save_model(work, str(path), save_as_external_data=True, location=data.name, all_tensors_to_one_file=True)

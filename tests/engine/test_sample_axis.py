@@ -1,0 +1,96 @@
+"""Outputs that hold their samples on a later axis (a recogniser's time-major (T, N, classes)): the analyses read
+them samples first, on the batched path, and a pruned model is written with the file's own output."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from builders import make_model, run_cli, save
+from onnx import helper
+
+from onnxredund.analyses.shuffle import run_shuffle
+from onnxredund.data import Dataset
+from onnxredund.engine import load_model_proto
+
+
+def time_major(batch: int | None, *, scalar_output: bool = False) -> onnx.ModelProto:
+    """x (B, 2, 4, 6) -> conv1 (4) -> Relu -> conv2 (5, 1x1) -> mean over H -> (W, B, 5) "scores"; conv2 reads
+    nothing of conv1's channel 1 (its weights there are zero). ``scalar_output`` adds an output with no
+    sample axis at all (the mean of everything), which keeps a fixed batch from being freed."""
+    rng = np.random.default_rng(0)
+    w2 = rng.normal(size=(5, 4, 1, 1))
+    w2[:, 1] = 0
+    inits = {"w1": rng.normal(size=(4, 2, 3, 3)), "b1": rng.normal(size=4), "w2": w2, "b2": rng.normal(size=5)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["a1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["a2"], name="conv2"),
+        helper.make_node("ReduceMean", ["a2"], ["m"], axes=[2], keepdims=0),
+        helper.make_node("Transpose", ["m"], ["scores"], perm=[2, 0, 1]),
+    ]
+    n = batch if batch is not None else "N"
+    outputs = [("scores", [6, n, 5])]
+    if scalar_output:
+        nodes.append(helper.make_node("ReduceMean", ["a2"], ["level"], keepdims=0))
+        outputs.append(("level", []))
+    return make_model(nodes, [("x", [n, 2, 4, 6])], outputs, inits.items())
+
+
+def _run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["scores"], {"x": x}
+    )[0]
+
+
+def _samples(n: int = 10) -> np.ndarray:
+    return np.random.default_rng(1).normal(size=(n, 2, 4, 6)).astype(np.float32)
+
+
+def test_a_fixed_batch_time_major_output_is_freed_and_read_samples_first():
+    proto = time_major(1)
+    model = load_model_proto(proto)
+    assert model.batch_dynamic  # the batch check joins the per-sample runs along axis 1
+    x = _samples(3)
+    time_major_values = np.concatenate([_run(proto, x[i : i + 1]) for i in range(3)], axis=1)  # (6, 3, 5)
+    np.testing.assert_allclose(_run(model.proto, x), np.moveaxis(time_major_values, 1, 0), rtol=1e-6, atol=1e-6)
+    assert model.shapes["scores"] == (6, 5)
+
+
+def test_a_free_batch_declared_on_a_later_axis_is_read_samples_first():
+    proto = time_major(None)
+    model = load_model_proto(proto)
+    x = _samples(3)
+    np.testing.assert_allclose(_run(model.proto, x), np.moveaxis(_run(proto, x), 1, 0), rtol=1e-6, atol=1e-6)
+    assert [d.dim_param or d.dim_value for d in model.proto.graph.output[0].type.tensor_type.shape.dim] == ["N", 6, 5]
+
+
+def test_a_time_major_models_sweep_gives_the_numbers_of_one_sample_at_a_time():
+    one_at_a_time = load_model_proto(time_major(1, scalar_output=True))
+    assert not one_at_a_time.batch_dynamic  # the scalar output has no sample axis: the batch stays fixed
+    data = Dataset(_samples(), None, "toy")
+    want = run_shuffle(one_at_a_time, "conv2", data, mode="pixel", batch_size=4, device="cpu")
+    for proto in (time_major(1), time_major(None)):
+        model = load_model_proto(proto)
+        got = run_shuffle(model, "conv2", data, mode="pixel", batch_size=4, device="cpu")
+        assert got.route == "fast"
+        np.testing.assert_allclose(got.cosine, want.cosine, rtol=1e-5, atol=1e-6)
+        ours, theirs = got.to_dict()["outputs"]["scores"], want.to_dict()["outputs"]["scores"]
+        for key in ("cosine", "relative_l2"):
+            np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-4, atol=1e-6)
+
+
+def test_a_pruned_time_major_model_is_written_with_the_files_output_its_batch_free(tmp_path):
+    path = save(time_major(1), tmp_path)
+    np.savez(tmp_path / "d.npz", x=_samples(16))
+    out = tmp_path / "small.onnx"
+    r = run_cli("prune", path, "--data", tmp_path / "d.npz", "--channels", "conv1:1", "--out", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    pruned = onnx.load(out)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert not [n.name for n in pruned.graph.node if "samples_first" in n.name]
+    dims = pruned.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == [6, "N", 5]
+    x = _samples(3)
+    original = np.concatenate([_run(time_major(1), x[i : i + 1]) for i in range(3)], axis=1)
+    np.testing.assert_allclose(_run(pruned, x), original, rtol=1e-5, atol=1e-5)  # conv2 never read channel 1
