@@ -6,7 +6,9 @@ import re
 
 __all__ = [
     "NAME_WIDTH",
+    "NOT_MEASURED",
     "ONE_CHANNEL_NOTE",
+    "RESUMED_NOTE",
     "UNDECIDED_NOTE",
     "counted",
     "decided",
@@ -19,6 +21,8 @@ NAME_WIDTH = 40  # characters of a name in a console table
 #: how an audit's note on a sweep that left channels undecided ends (the console and the report group them)
 UNDECIDED_NOTE = "undecided, counted as not cheap"
 #: how an audit's note on a layer of one input channel ends, after its name (the console groups them)
+NOT_MEASURED = "; not measured: "  # an interrupted audit's note: then "LAYER MODE, LAYER MODE" and RESUMED_NOTE
+RESUMED_NOTE = " (a resumed audit continues from the checkpoints)"
 ONE_CHANNEL_NOTE = "is not shuffled: it reads one input channel, and perturbing that perturbs the whole input"
 
 

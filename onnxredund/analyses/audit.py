@@ -64,7 +64,7 @@ from onnxredund.data import DataSource
 from onnxredund.engine.backends import Backend, LocalBackend
 from onnxredund.interrupts import Interrupted, deferred, stop_status
 from onnxredund.model import ConvLayer, Model, classifier_output
-from onnxredund.words import ONE_CHANNEL_NOTE, UNDECIDED_NOTE
+from onnxredund.words import NOT_MEASURED, ONE_CHANNEL_NOTE, RESUMED_NOTE, UNDECIDED_NOTE
 
 __all__ = [
     "GATE_METRICS",
@@ -363,8 +363,8 @@ def run_audit(
             complete = False
             missing = [f"{layer.name} {m}" for layer, m in sweeps if m not in shuffles.get(layer.name, {})]
             notes.append(
-                f"interrupted: {len(sweeps) - len(missing)} of {len(sweeps)} sweeps finished; not measured: "
-                f"{', '.join(missing)} (a resumed audit continues from the checkpoints)"
+                f"interrupted: {len(sweeps) - len(missing)} of {len(sweeps)} sweeps finished{NOT_MEASURED}"
+                f"{', '.join(missing)}{RESUMED_NOTE}"
             )
             log.warning("interrupted: %d of %d sweeps finished", len(sweeps) - len(missing), len(sweeps))
     notes += _word_notes(model, data)

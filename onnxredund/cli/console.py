@@ -11,7 +11,17 @@ import click
 import numpy as np
 
 from onnxredund.cli.app import bar_shown
-from onnxredund.words import ONE_CHANNEL_NOTE, UNDECIDED_NOTE, counted, decided, images_each, short_name, short_names_in
+from onnxredund.words import (
+    NOT_MEASURED,
+    ONE_CHANNEL_NOTE,
+    RESUMED_NOTE,
+    UNDECIDED_NOTE,
+    counted,
+    decided,
+    images_each,
+    short_name,
+    short_names_in,
+)
 
 if TYPE_CHECKING:  # the results it prints; imported when a command runs, not for --help
     from onnxredund.analyses.audit import AuditResult
@@ -246,10 +256,14 @@ def _grouped_notes(notes: list[str]) -> list[str]:
     skipped = [n for n in notes if n.endswith("skipped: time budget spent")]
     undecided = [n for n in notes if n.endswith(UNDECIDED_NOTE)]
     single = [n for n in notes if n.endswith(f" {ONE_CHANNEL_NOTE}")]
-    out = [n for n in notes if n not in sampled and n not in skipped and n not in undecided and n not in single]
+    out = [
+        _short_sweeps(n) if NOT_MEASURED in n and n.endswith(RESUMED_NOTE) else n
+        for n in notes
+        if n not in sampled and n not in skipped and n not in undecided and n not in single
+    ]
     names = [short_name(n[: -len(ONE_CHANNEL_NOTE) - 1]) for n in single]
     if len(names) > 1:  # basic-pitch's 25 filter convs of the raw signal: one line, not 25 of 300 characters
-        listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        listed = _some(names)
         out.append(
             f"{len(single)} layers are not shuffled ({listed}): each reads one input channel, and perturbing "
             "that perturbs the whole input"
@@ -263,6 +277,18 @@ def _grouped_notes(notes: list[str]) -> list[str]:
     if undecided:
         out.append(f"{_sweeps(undecided)} left channels undecided, counted as not cheap (see the report)")
     return out
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def _short_sweeps(note: str) -> str:
+    """An interrupted audit's note with the sweeps not measured as a few short names ("LAYER MODE" each)."""
+    head, listed = note[: -len(RESUMED_NOTE)].split(NOT_MEASURED, 1)
+    pairs = (s.rpartition(" ") for s in listed.split(", "))
+    sweeps = [f"{short_name(layer)} {mode}".strip() for layer, _, mode in pairs]
+    return f"{head}{NOT_MEASURED}{_some(sweeps)}{RESUMED_NOTE}"
 
 
 def _sweeps(notes: list[str]) -> str:

@@ -12,6 +12,7 @@ from onnx import helper, numpy_helper
 from onnxredund.analyses.audit import run_audit
 from onnxredund.analyses.gates import Gate, check_gate_applies, check_gates
 from onnxredund.analyses.plan import MIN_IMAGES, evenly_spaced, plan_sweeps, suffix_share
+from onnxredund.cli.console import redundancy_lines
 from onnxredund.data import Dataset
 from onnxredund.engine import load_model_proto
 from onnxredund.errors import OnnxRedundError
@@ -104,6 +105,27 @@ def _interrupting(at_label: int, after_batches: int, labels: list[str]):
         return step
 
     return progress
+
+
+def test_an_interrupted_audits_console_note_names_the_sweeps_not_measured_short_and_its_json_in_full():
+    # tf2onnx names a conv after everything fused into it: the note listed each such name whole, on one line
+    proto = small_cnn(c_mid=4, c_out=5)[0]
+    fused = "model_1/re_lu_{0}/Relu;model_1/batch_normalization_{0}/FusedBatchNormV3;model_1/conv2d_{0}/Conv2D"
+    for i, node in enumerate(n for n in proto.graph.node if n.op_type == "Conv"):
+        node.name = fused.format(i)
+    m, data = load_model_proto(proto), labelled(96)
+    part = run_audit(m, data, progress=_interrupting(3, 2, []), batch_size=16, device="cpu")
+    whole = [n for n in part.notes if n.startswith("interrupted:")]
+    assert whole == [
+        f"interrupted: 1 of 4 sweeps finished; not measured: {fused.format(0)} pixel, {fused.format(1)} channel, "
+        f"{fused.format(1)} pixel (a resumed audit continues from the checkpoints)"
+    ]
+    shown = [line for line in redundancy_lines(part) if "interrupted:" in line]
+    assert shown == [
+        "  note: interrupted: 1 of 4 sweeps finished; not measured: model_1/conv2d_0/Conv2D pixel, "
+        "model_1/conv2d_1/Conv2D channel, model_1/conv2d_1/Conv2D pixel (a resumed audit continues from the "
+        "checkpoints)"
+    ]
 
 
 def test_an_interrupted_audit_stops_at_once_marks_itself_and_resumes_to_the_same_numbers(tmp_path):
