@@ -409,6 +409,9 @@ class SplitRule(OpRule):
             _recount_split(edit, model, node_index, channels)
 
 
+_TO_THE_END = 10**9  # a Slice's end at or past this takes the rest of the axis, whatever its size
+
+
 class SliceRule(OpRule):
     """Slice with constant bounds, step 1: on the channel axis a window of channels, recounted when cut; on
     other axes the channels pass through."""
@@ -429,6 +432,9 @@ class SliceRule(OpRule):
         if steps and any(s != 1 for s in steps):
             walk.refuse(carried, f"Slice {walk.label()!r} steps through them")
             return
+        # a window from 0 to "the end" (jax2tf writes 1e9 or 2**31 - 1 for every axis) leaves the batch whole
+        whole = [i for i, a in enumerate(axes) if a == 0 and starts[i] == 0 and ends[i] >= _TO_THE_END]
+        axes, starts, ends = ([v for i, v in enumerate(seq) if i not in whole] for seq in (axes, starts, ends))
         if 0 in axes:
             walk.refuse(carried, f"Slice {walk.label()!r} slices the batch")
             return

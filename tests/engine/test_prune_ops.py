@@ -125,6 +125,16 @@ PRUNED = {
         {"parts": np.array([2, 2]), "st": np.array([0]), "en": np.array([1]), "ax": np.array([1]), **_conv2("m", 3)[1]},
         ["N", 3, S, S],
     ),
+    "Slice of every axis, the batch whole (jax2tf's strided slice)": lambda: _model(
+        [helper.make_node("Slice", ["p", "st", "en", "ax"], ["m"]), *_conv2("m", 3)[0]],
+        {
+            "st": np.array([0, 0, 0, 0]),
+            "en": np.array([1_000_000_000, 3, 2**31 - 1, 2**31 - 1]),
+            "ax": np.array([0, 1, 2, 3]),
+            **_conv2("m", 3)[1],
+        },
+        ["N", 3, S, S],
+    ),
     "Flatten -> Gemm": lambda: _dense([helper.make_node("Flatten", ["p"], ["f"])], 4 * S * S, "Gemm"),
     "Transpose(0, 2, 3, 1) -> Flatten -> MatMul (Keras)": lambda: _dense(
         [helper.make_node("Transpose", ["p"], ["t"], perm=[0, 2, 3, 1]), helper.make_node("Flatten", ["t"], ["f"])],
@@ -213,6 +223,13 @@ REFUSED = {
             {"qs": np.full(S, 0.05, np.float32)},
         ),
         "quantizes them per block or on another axis",
+    ),
+    "Slice of the batch": (
+        lambda: _then_conv2(
+            [helper.make_node("Slice", ["p", "st", "en", "ax"], ["m"])],
+            {"st": np.array([0]), "en": np.array([1]), "ax": np.array([0])},
+        ),
+        "slices the batch",
     ),
     "Softmax over channels": (
         lambda: _then_conv2([helper.make_node("Softmax", ["p"], ["m"], axis=1)], {}),
