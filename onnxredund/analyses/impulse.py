@@ -549,12 +549,27 @@ def run_impulse(
     if not -1.0 <= threshold <= 1.0:
         raise OnnxRedundError(f"`threshold` {threshold} must lie in [-1, 1]")
     t0 = time.perf_counter()
+    tokens = not model.image_input.layout  # an integer main input (token ids, bytes): no impulse goes there
+    if tokens and at is None:
+        first = ImpulseSite.of_first_conv(model, list(layers or model.layers))
+        if first is None:
+            raise OnnxRedundError(
+                f"input {model.input_name!r} holds integers (tokens), where no impulse can go; put the impulses "
+                "at a tensor past its embedding with `at` TENSOR (a conv's input)"
+            )
+        at = first.name
     site = ImpulseSite.of_input(model) if at in (None, model.input_name) else ImpulseSite.of_tensor(model, at)
     layers = _reachable(model, layers, site.name)
     if not layers:
         raise OnnxRedundError(f"no conv layer lies past {site.name!r}: no impulse response to take")
     try:
         responses, sampling, base, notes = _responses(model, layers, site, mode, position, device)
+        if tokens and site.name != model.input_name:
+            notes.insert(
+                0,
+                f"impulses put at {site.name!r}, the first conv's input: the input {model.input_name!r} holds "
+                "integers (token ids or bytes, embedded before the convs)",
+            )
     except _BaselineNotFinite:
         tried = site.name
         site = ImpulseSite.of_first_conv(model, layers) if at is None else None

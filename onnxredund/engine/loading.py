@@ -220,7 +220,7 @@ def _inputs(proto, sizes, image: str, shapes, layout: str | None) -> list[ModelI
         dims = sizes[vi.name]
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).name
         kind = ""
-        if vi.name == image:
+        if vi.name == image and np.dtype(dtype).kind == "f":  # an integer main input holds tokens: no layout
             axis = channel_axis(proto.graph, image, shapes)
             if axis == -1:  # the convs read an axis the graph inserts: the input's size-1 axis is its channel
                 axis = len(dims) - 1 if dims[-1] == 1 else 1 if dims[1] == 1 else None

@@ -265,7 +265,9 @@ def _rank(vi: onnx.ValueInfoProto) -> int:
 
 
 def pick_image_input(proto: onnx.ModelProto, path: Path, name: str | None = None) -> str:
-    """The input impulses go into: ``name``, or the only float32 input of rank 3 to 5.
+    """The input impulses go into: ``name``, or the only float32 input of rank 3 to 5; or a model's only input
+    where it holds integers (token ids or bytes that the graph embeds before its convs: the main input, not
+    an image; the impulses then go to the first conv's input).
 
     Raises:
         OnnxRedundError: no such input, none of image rank, or several without ``name``.
@@ -293,6 +295,10 @@ def pick_image_input(proto: onnx.ModelProto, path: Path, name: str | None = None
             "inputs and outputs (its inside may stay half precision, as convert_float_to_float16(keep_io_types=True) "
             "writes it)"
         )
+    if np.dtype(_dtype(vi)).kind in "iu" if _dtype(vi) != "unknown" else False:
+        if not _rank(vi):
+            raise OnnxRedundError(f"input {vi.name!r} is an integer scalar; onnxredund needs a batch of samples")
+        return vi.name  # tokens: the data's input, not an image
     if _dtype(vi) != "float32":
         raise OnnxRedundError(f"input {vi.name!r} is not float32; onnxredund analyses float image models")
     if _rank(vi) not in _IMAGE_RANKS:

@@ -96,14 +96,14 @@ def validate(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     return proto
 
 
-def _finite(tensor: onnx.TensorProto) -> bool:
-    """No NaN or Inf in a float tensor; external data is mapped and scanned in chunks, not loaded."""
+def _non_finite(tensor: onnx.TensorProto) -> tuple[bool, bool]:
+    """(any NaN, any Inf) in a float tensor; external data is mapped and scanned in chunks, not loaded."""
     if tensor.data_location != onnx.TensorProto.EXTERNAL:
-        return bool(np.isfinite(tensor_array(tensor)).all())
+        return _nan_inf(tensor_array(tensor))
     info = {e.key: e.value for e in tensor.external_data}
     n = int(np.prod(tensor.dims, dtype=np.int64))
     if n == 0:
-        return True
+        return False, False
     values = np.memmap(
         Path(external_folder(tensor)) / info["location"],
         dtype=_FLOATS[tensor.data_type],
@@ -111,11 +111,29 @@ def _finite(tensor: onnx.TensorProto) -> bool:
         offset=int(info.get("offset") or 0),
         shape=(n,),
     )
-    return all(np.isfinite(values[i : i + _CHUNK]).all() for i in range(0, n, _CHUNK))
+    chunks = [_nan_inf(values[i : i + _CHUNK]) for i in range(0, n, _CHUNK)]
+    return any(nan for nan, _ in chunks), any(inf for _, inf in chunks)
+
+
+def _nan_inf(values: np.ndarray) -> tuple[bool, bool]:
+    if np.isfinite(values).all():
+        return False, False
+    return bool(np.isnan(values).any()), bool(np.isinf(values).any())
+
+
+# ops whose weights are learned numbers, where an infinity is a broken weight
+_LEARNED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "InstanceNormalization"}
 
 
 def check_finite_weights(proto: onnx.ModelProto, path: Path) -> None:
-    """Refuse float initializers holding NaN or Inf."""
+    """Refuse float initializers holding NaN, and those a conv, a matrix product or a normalisation reads
+    holding Inf; an infinity elsewhere is a constant the graph means (jax2tf's -inf floor of a Max before a
+    softmax, an attention mask)."""
+    learned = {name for n in proto.graph.node if n.op_type in _LEARNED for name in n.input}
     for t in proto.graph.initializer:
-        if t.data_type in _FLOATS and not _finite(t):
-            raise OnnxRedundError(f"{path}: weight {t.name!r} contains NaN or Inf; the model is broken")
+        if t.data_type not in _FLOATS:
+            continue
+        nan, inf = _non_finite(t)
+        if nan or (inf and t.name in learned):
+            what = "NaN" if nan else "Inf"
+            raise OnnxRedundError(f"{path}: weight {t.name!r} contains {what}; the model is broken")
