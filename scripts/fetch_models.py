@@ -90,6 +90,13 @@ MODELS = {
         "RapidAI's document orientation classifier (PP-LCNet, PaddlePaddle export, 3 x 224 x 224, 32 convs with "
         "squeeze-excitation, classes 0/90/180/270 in its metadata)",
     ),
+    "magika.onnx": (
+        "magika==1.0.3",
+        "magika/models/standard_v3_3/model.onnx",
+        "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
+        "Google's Magika file-type detector (JAX via jax2tf: 2,048 int32 bytes embedded, one conv over them, "
+        "layer norms written out, a -inf floor in a Max, 214 types out by a softmax written out)",
+    ),
     "basic-pitch.onnx": (
         "basic-pitch==0.4.0",
         "basic_pitch/saved_models/icassp_2022/nmp.onnx",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from builders import run_cli
@@ -245,3 +246,40 @@ def test_old_caffe2_squeezenet_prunes_to_its_target_checked_by_values(tmp_path):
     printed, plan = _pruned_to_a_fifth(_light("squeezenet"), [], tmp_path / "pruned.onnx")
     assert "largest output difference 0 (relative)" in printed
     assert 0.19 <= 1 - plan["after"]["conv_macs"] / plan["before"]["conv_macs"] <= 0.21
+
+
+def test_magika_with_its_bytes_input_goes_through_the_four_commands(real_model, tmp_path):
+    """Google's Magika (jax2tf): its input is 2,048 int32 bytes ("is not float32" before), a -inf floor in a Max
+    (refused as a broken weight), a Slice of every axis after the conv ("slices the batch"); its conv's output
+    channels meet a layer norm, which couples them: the prune is refused for that, in one line."""
+    path = real_model("magika.onnx")
+    given = ["--data", "synthetic:8", "--batch-size", "8", "--device", "cpu", "--json"]
+    layers = json.loads(run_cli("layers", path, "--json").stdout)
+    assert len(layers["layers"]) == 1 and layers["inputs"][0]["dtype"] == "int32"
+    impulse = json.loads(run_cli("impulse", path, "--json", "--device", "cpu").stdout)
+    assert "the input 'bytes' holds integers" in impulse["notes"][0] and len(impulse["layers"]) == 1
+    r = run_cli("shuffle", path, "--layer", "0", "--channels", "0-7", *given)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["samples_done"] == 8
+    r = run_cli("prune", path, "--data", "synthetic:16", "--target-macs", "0.2", "--out", tmp_path / "p.onnx")
+    assert r.exit_code == 2 and "LayerNorm_1/Sum' reduces over the channels" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "p.onnx").exists()
+
+
+def test_ddddocr_time_major_recogniser_sweeps_batched_and_prunes_to_its_own_output(real_model, tmp_path):
+    """ddddocr's recogniser (``--all``): its output is (T, N, classes), declared [1, seqlen]; its batch stayed fixed
+    and every sample ran alone. Now read samples first; the pruned file keeps the original's output."""
+    path = real_model("ddddocr-ocr.onnx")
+    given = ["--input-shape", "1x64x128"]
+    r = run_cli("shuffle", path, *given, "--layer", "10", "--channels", "0-3", "--data", "synthetic:8", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["path"] == "fast"
+    pruned = tmp_path / "pruned.onnx"
+    _pruned_to_a_fifth(path, given, pruned)
+    graph = onnx.load(pruned).graph
+    assert [(d.dim_value, d.dim_param) for d in graph.output[0].type.tensor_type.shape.dim] == [(1, ""), (0, "seqlen")]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(pruned), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((2, 1, 64, 128), dtype=np.float32)
+    assert session.run(None, {"input1": x})[0].shape[1] == 2  # time-major, as the original
