@@ -201,14 +201,33 @@ def is_class_scores(sample_shape: tuple) -> bool:
 
 def classifier_outputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[str]:
     """The outputs that hold class scores (N, classes), or (N, classes, 1, 1) where the head is not flattened: those
-    a Softmax or LogSoftmax writes, or else the first output of that shape a learned map makes (logits). A
-    regression head beside a softmax head (a face detector's boxes) is not one, nor are pooled features (an
-    embedding).
+    a Softmax or LogSoftmax writes (or a softmax written out), or else the first output of that shape a learned
+    map makes (logits). A regression head beside a softmax head (a face detector's boxes) is not one, nor are
+    pooled features (an embedding).
     """
     made_by = {o: n for n in proto.graph.node for o in n.output}
     two_d = [o.name for o in proto.graph.output if is_class_scores(shapes.get(o.name, ()))]
-    soft = [name for name in two_d if name in made_by and made_by[name].op_type in _PROBABILITIES]
+    soft = [name for name in two_d if _probabilities(made_by, made_by.get(name))]
     return soft or [name for name in two_d if _scored(proto.graph, made_by, name)][:1]
+
+
+#: ops that carry a reduction's result to the shape it divides (jax2tf: a Reshape, then an Expand)
+_BROADCASTING = frozenset({"Reshape", "Expand", "Unsqueeze", "Identity", "Cast"})
+
+
+def _probabilities(made_by: dict[str, onnx.NodeProto], node: onnx.NodeProto | None) -> bool:
+    """Whether ``node`` writes probabilities: a Softmax or a LogSoftmax, or a softmax written out, an Exp divided
+    by its own sum (jax2tf's, a hand-written head's)."""
+    if node is None:
+        return False
+    if node.op_type in _PROBABILITIES:
+        return True
+    if node.op_type != "Div" or len(node.input) != 2 or getattr(made_by.get(node.input[0]), "op_type", "") != "Exp":
+        return False
+    total = made_by.get(node.input[1])
+    while total is not None and total.op_type in _BROADCASTING:
+        total = made_by.get(total.input[0])
+    return total is not None and total.op_type == "ReduceSum" and total.input[0] == node.input[0]
 
 
 #: ops between a classifier's scores and the output: reshapes, pooling, an activation, a quantization
