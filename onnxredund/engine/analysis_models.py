@@ -151,10 +151,67 @@ def fast_path_blocker(model: Model, layer: ConvLayer) -> str | None:
         if side_inputs(source, layer.activation) != side or not {layer.output, layer.activation} <= made:
             older = f"the model's opset {default_opset(proto)} is older than {FAST_OPSET}"
             return f"{older} and onnx's conversion renames this layer's tensors"
-    shaped = shape_derived(proto.graph) & set(side)
-    if shaped:  # it may hold the batch's size, which the fast model's K x B rows would contradict
-        return f"{sorted(shaped)[0]!r}, computed from tensors' shapes, is read past the layer"
+    shaped = sorted(shape_derived(proto.graph) & set(side))
+    if shaped:  # the fast model makes them again for its K x B rows, from the sizes of the tensors they measure
+        _, reads = _shape_reads(proto.graph, shaped)
+        unknown = [n.input[0] for n in (proto.graph.node[i] for i in reads) if not _static(model, n.input[0])]
+        if unknown:
+            return (
+                f"{shaped[0]!r}, computed from tensors' shapes, is read past the layer, and the sizes of "
+                f"{unknown[0]!r} per sample are not known"
+            )
     return None
+
+
+def _static(model: Model, tensor: str) -> bool:
+    """Whether ``tensor`` has its samples on its first axis and sizes known per sample."""
+    shape = model.shapes.get(tensor)
+    batched = all(i.batched for i in model.inputs if i.name == tensor)
+    return batched and shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+
+
+def _shape_reads(graph: onnx.GraphProto, tensors: list[str]) -> tuple[list[int], list[int]]:
+    """For the shape-derived ``tensors`` (:func:`~onnxredund.model.shape_derived`): the nodes that compute them
+    from the Shape and Size reads of data tensors, and those reads (node indices, in graph order)."""
+    shaped = shape_derived(graph)
+    made_by = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    inside: set[int] = set()
+    reads: set[int] = set()
+    stack = list(tensors)
+    while stack:
+        i = made_by.get(stack.pop())
+        if i is None or i in inside or i in reads:
+            continue
+        node = graph.node[i]
+        if node.op_type in ("Shape", "Size") and node.input[0] not in shaped:
+            reads.add(i)
+            continue
+        inside.add(i)
+        stack += [t for t in node.input if t in shaped]
+    return sorted(inside), sorted(reads)
+
+
+def _for_k_rows(b: _GraphBuilder, model: Model, graph, nodes: list, shaped: list[str], rows: ir.Value) -> dict:
+    """The side tensors ``shaped``, computed from tensors' shapes (jax2tf's Reshape targets from the input's batch,
+    say), made again for the fast model's K x B rows (the first size of ``rows``): each Shape (or Size) of a data
+    tensor is (K*B, its sample's sizes), and the nodes from there are copied."""
+    inside, reads = _shape_reads(graph, shaped)
+    kb = b.op("Slice", [b.op("Shape", [rows]), b.const("first", np.array([0])), b.const("second", np.array([1]))])
+    rename: dict = {}
+    for node in (graph.node[i] for i in reads):
+        sample = np.array(model.shapes[node.input[0]], np.int64)
+        if node.op_type == "Size":
+            size = b.op("Mul", [kb, b.const(b.fresh("size"), np.array([sample.prod()], np.int64))])
+            rename[node.output[0]] = b.op("Reshape", [size, b.const("scalar", np.zeros(0, np.int64))])
+            continue
+        full = b.op("Concat", [kb, b.const(b.fresh("sizes"), sample)], axis=0)
+        start, end = int(attribute(node, "start", 0)), attribute(node, "end", None)
+        if start or end is not None:  # Shape's start and end (opset 15)
+            stop = np.iinfo(np.int64).max if end is None else int(end)
+            full = b.op("Slice", [full, b.const(b.fresh("start"), [start]), b.const(b.fresh("end"), [stop])])
+        rename[node.output[0]] = full
+    b.copy([nodes[i] for i in inside], rename, "shape/")
+    return {t: rename[t] for t in shaped}
 
 
 def fast_source(model: Model) -> onnx.ModelProto | str:
@@ -514,6 +571,8 @@ def build_fast_model(
     proto = fast_source(model)
     graph = proto.graph
     side = side_inputs(proto, layer.activation)
+    shaped = sorted(shape_derived(graph) & set(side))  # made here for K x B rows, not fed
+    side = [t for t in side if t not in shaped]
     inputs = list(dict.fromkeys([layer.input, layer.output, layer.activation, *side, *outputs, "ks", "perm_index"]))
     source = model.derived("fast_ir", lambda: to_ir(proto))  # read, never edited: one for every build
     nodes = list(source.graph)
@@ -528,6 +587,8 @@ def build_fast_model(
     cos_sum = _cosine_sum(b, ap, layer.activation, layer.out_channels, out_positions)
     results = {"cos_sum": (cos_sum, ir.TensorType(ir.DataType.DOUBLE), ["K", None])}
     suffix = {layer.activation: ap} | {t: _tile(b, t) for t in side}
+    if shaped:
+        suffix |= _for_k_rows(b, model, graph, nodes, shaped, ap)
     b.copy([nodes[i] for i in sorted(downstream(graph, layer.activation))], suffix, "suffix/")
     for name in outputs:
         size = int(np.prod(model.shapes[name]))

@@ -761,3 +761,57 @@ def test_shuffle_both_modes_runs_each_clean_pass_once_and_writes_what_separate_p
     apart = run_cli(*args, "--device", "cpu", "--json", env={"ONNXREDUND_CLEAN_MEMORY": "0"})
     assert len(runs) == 9  # three batches in each mode
     assert json.loads(shared.stdout) == json.loads(apart.stdout)
+
+
+def _flattened_by_the_batch(read: str) -> onnx.ModelProto:
+    """small_cnn's convs, then a Reshape to (B, -1) whose target is computed from the input's shape (jax2tf
+    writes every Reshape so): by Shape and a Slice, by Shape's start and end (opset 15), or by Size."""
+    rng = np.random.default_rng(0)
+    inits = {
+        "w1": rng.normal(size=(4, 3, 3, 3)),
+        "w2": rng.normal(size=(5, 4, 3, 3)),
+        "fc": rng.normal(size=(5 * 36, 4)),
+        "first": np.array([0]),
+        "one": np.array([1]),
+        "rest": np.array([-1]),
+        "per_sample": np.array(3 * 36),  # Size is a scalar
+    }
+    if read == "slice":
+        batch = [
+            helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("Slice", ["shape", "first", "one"], ["batch"]),
+        ]
+    elif read == "start_end":
+        batch = [helper.make_node("Shape", ["x"], ["batch"], start=0, end=1)]
+    else:
+        batch = [
+            helper.make_node("Size", ["x"], ["size"]),
+            helper.make_node("Div", ["size", "per_sample"], ["count"]),
+            helper.make_node("Reshape", ["count", "one"], ["batch"]),
+        ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["a2"], name="conv2", pads=[1, 1, 1, 1]),
+        *batch,
+        helper.make_node("Concat", ["batch", "rest"], ["target"], axis=0),
+        helper.make_node("Reshape", ["a2", "target"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc"], ["logits"]),
+    ]
+    return make_model(nodes, [("x", ["N", 3, 6, 6])], [("logits", ["N", 4])], inits.items())
+
+
+@pytest.mark.parametrize("read", ["slice", "start_end", "size"])
+@pytest.mark.parametrize("mode", ["channel", "pixel"])
+def test_a_reshape_target_computed_from_the_inputs_batch_past_the_layer_takes_the_fast_path(read, mode):
+    # the fast model's K x B rows contradict a B read from a shape: the direct path ran (Google's Magika, 4.3x)
+    model = load_model_proto(_flattened_by_the_batch(read))
+    d = data(40)
+    fast = run_shuffle(model, "conv1", d, mode=mode, batch_size=16, device="cpu")
+    direct = run_shuffle(model, "conv1", d, mode=mode, batch_size=16, device="cpu", exact_path=True)
+    assert fast.route == "fast"
+    np.testing.assert_allclose(fast.cosine, direct.cosine, atol=1e-5)
+    np.testing.assert_array_equal(fast.agreement, direct.agreement)
+    np.testing.assert_allclose(
+        fast.to_dict()["outputs"]["logits"]["cosine"], direct.to_dict()["outputs"]["logits"]["cosine"], atol=1e-6
+    )
