@@ -283,7 +283,9 @@ class ImpulseSite:
                 f"a conv's input is one (the first: {convs})"
             )
         channels, *spatial = shape
-        others = tuple(i.name for i in model.inputs if i.name != model.input_name)
+        # the other inputs are zero; so is the main input where it is no image and reaches past the site
+        # another way (DNSMOS's raw signal into two STFT convs, one of them the site)
+        others = tuple(i.name for i in model.inputs if i.name != model.input_name or not i.layout)
         return cls(name, channels, tuple(spatial), False, (name, *others))
 
     @classmethod
@@ -549,15 +551,20 @@ def run_impulse(
     if not -1.0 <= threshold <= 1.0:
         raise OnnxRedundError(f"`threshold` {threshold} must lie in [-1, 1]")
     t0 = time.perf_counter()
-    tokens = not model.image_input.layout  # an integer main input (token ids, bytes): no impulse goes there
-    if tokens and at is None:
-        first = ImpulseSite.of_first_conv(model, list(layers or model.layers))
-        if first is None:
-            raise OnnxRedundError(
-                f"input {model.input_name!r} holds integers (tokens), where no impulse can go; put the impulses "
-                "at a tensor past its embedding with `at` TENSOR (a conv's input)"
-            )
-        at = first.name
+    main = model.image_input
+    # an input with no channel axis: integers (token ids, bytes) or floats the graph makes the convs' channels of
+    if main.dtype[0] in "iu":
+        no_channels = "holds integers (token ids or bytes, embedded before the convs)"
+    else:
+        no_channels = "has no channel axis (the graph makes the convs' channels)"
+    tokens = not main.layout
+    left_out: list[str] = []
+    if tokens and at is None:  # the first conv's input, and the convs past it (a parallel first conv is not)
+        asked = list(layers or model.layers)
+        at = min(asked, key=lambda layer: layer.node_index).input
+        reach = data_dependent(model.proto.graph, [at]) | {at}
+        left_out = [layer.name for layer in asked if layer.input not in reach]
+        layers = [layer for layer in asked if layer.input in reach]
     site = ImpulseSite.of_input(model) if at in (None, model.input_name) else ImpulseSite.of_tensor(model, at)
     layers = _reachable(model, layers, site.name)
     if not layers:
@@ -567,8 +574,8 @@ def run_impulse(
         if tokens and site.name != model.input_name:
             notes.insert(
                 0,
-                f"impulses put at {site.name!r}, the first conv's input: the input {model.input_name!r} holds "
-                "integers (token ids or bytes, embedded before the convs)",
+                f"impulses put at {site.name!r}, the first conv's input: the input {model.input_name!r} {no_channels}"
+                + (f"; not past it, so not analysed: {', '.join(left_out)} (`at` their input)" if left_out else ""),
             )
     except _BaselineNotFinite:
         tried = site.name

@@ -21,6 +21,7 @@ from onnxredund.engine.unfuse import contrib_ops, unfuse_convs
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import (
     CONV_OPS,
+    LAYOUTS,
     Model,
     ModelInput,
     bodies,
@@ -220,11 +221,14 @@ def _inputs(proto, sizes, image: str, shapes, layout: str | None) -> list[ModelI
         dims = sizes[vi.name]
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).name
         kind = ""
-        if vi.name == image and np.dtype(dtype).kind == "f":  # an integer main input holds tokens: no layout
+        if vi.name == image and np.dtype(dtype).kind == "f" and len(dims) in LAYOUTS:  # integers: tokens
             axis = channel_axis(proto.graph, image, shapes)
-            if axis == -1:  # the convs read an axis the graph inserts: the input's size-1 axis is its channel
+            inserted = axis == -1
+            if inserted:  # the convs read an axis the graph inserts: the input's size-1 axis is its channel
                 axis = len(dims) - 1 if dims[-1] == 1 else 1 if dims[1] == 1 else None
-            kind = image_layout(len(dims), axis, layout, image)
+            if not (inserted and axis is None and layout is None):
+                kind = image_layout(len(dims), axis, layout, image)
+            # else no channel axis at all (DNSMOS's (N, frames, bands), unsqueezed for its convs): not an image
         inputs.append(ModelInput(vi.name, dtype, tuple(dims[1:]), batched=bool(dims), layout=kind))
     return inputs
 

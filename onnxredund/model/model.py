@@ -285,8 +285,8 @@ def _rank(vi: onnx.ValueInfoProto) -> int:
 
 def pick_image_input(proto: onnx.ModelProto, path: Path, name: str | None = None) -> str:
     """The input impulses go into: ``name``, or the only float32 input of rank 3 to 5; or a model's only input
-    where it holds integers (token ids or bytes that the graph embeds before its convs: the main input, not
-    an image; the impulses then go to the first conv's input).
+    where it holds integers (token ids or bytes that the graph embeds before its convs) or is (N, L) floats (a
+    raw signal): the main input, not an image; the impulses then go to the first conv's input.
 
     Raises:
         OnnxRedundError: no such input, none of image rank, or several without ``name``.
@@ -314,10 +314,13 @@ def pick_image_input(proto: onnx.ModelProto, path: Path, name: str | None = None
             "inputs and outputs (its inside may stay half precision, as convert_float_to_float16(keep_io_types=True) "
             "writes it)"
         )
-    if np.dtype(_dtype(vi)).kind in "iu" if _dtype(vi) != "unknown" else False:
+    convs_read = any(n.op_type in CONV_OPS and vi.name in n.input[:1] for n in proto.graph.node)
+    if (np.dtype(_dtype(vi)).kind in "iu" if _dtype(vi) != "unknown" else False) and not convs_read:
         if not _rank(vi):
             raise OnnxRedundError(f"input {vi.name!r} is an integer scalar; onnxredund needs a batch of samples")
-        return vi.name  # tokens: the data's input, not an image
+        return vi.name  # tokens the graph embeds: the data's input, not an image
+    if _dtype(vi) == "float32" and _rank(vi) == 2:
+        return vi.name  # a signal or a feature vector (N, L), made into the convs' channels by the graph
     if _dtype(vi) != "float32":
         raise OnnxRedundError(f"input {vi.name!r} is not float32; onnxredund analyses float image models")
     if _rank(vi) not in _IMAGE_RANKS:

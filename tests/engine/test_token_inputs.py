@@ -1,6 +1,7 @@
-"""Models whose input holds integers (token ids, a file's bytes) embedded before the convs (Google's Magika,
-character CNNs): loaded, impulses at the first conv's input, swept on integer data; and constants that are
-infinite on purpose (jax2tf's -inf floor of a Max) are not taken for broken weights."""
+"""Models whose input is no image: integers (token ids, a file's bytes) embedded before the convs (Google's Magika,
+character CNNs), or floats without a channel axis that the graph makes one of (DNSMOS's spectrogram): loaded,
+impulses at the first conv's input, swept on their data; and constants that are infinite on purpose (jax2tf's
+-inf floor of a Max) are not taken for broken weights."""
 
 from __future__ import annotations
 
@@ -100,3 +101,48 @@ def test_nan_anywhere_or_inf_in_a_convs_weights_is_refused_as_a_broken_model(bad
         load_model_proto(token_cnn(conv_weight=w))
     with pytest.raises(OnnxRedundError, match="weight 'floor' contains NaN"):
         load_model_proto(token_cnn(floor=np.nan))
+
+
+def channelless(kind: str) -> onnx.ModelProto:
+    """A float input with no channel axis that the graph makes one of: "flat" (N, 75) reshaped to (N, 3, 5, 5),
+    "bands" (N, 6, 5) unsqueezed to (N, 1, 6, 5) (DNSMOS's (N, frames, bands), by keras2onnx)."""
+    c = 3 if kind == "flat" else 1
+    inits = {"w1": RNG.normal(size=(4, c, 3, 3)), "w2": RNG.normal(size=(2, 4, 1, 1))}
+    if kind == "flat":
+        inits["to_image"] = np.array([-1, 3, 5, 5])
+        head = [helper.make_node("Reshape", ["x", "to_image"], ["t"])]
+        shape = ["N", 75]
+    else:
+        inits["channel_axis"] = np.array([1])
+        head = [helper.make_node("Unsqueeze", ["x", "channel_axis"], ["t"])]
+        shape = ["N", 6, 5]
+    nodes = [
+        *head,
+        helper.make_node("Conv", ["t", "w1"], ["a1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2"),
+    ]
+    out = ["N", 2, 5, 5] if kind == "flat" else ["N", 2, 6, 5]
+    graph = helper.make_graph(
+        nodes,
+        kind,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)],
+        initializer=[
+            numpy_helper.from_array(np.asarray(v, np.int64 if v.dtype.kind == "i" else np.float32), k)
+            for k, v in inits.items()
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("kind", ["flat", "bands"])
+def test_a_float_input_without_a_channel_axis_gets_its_impulses_at_the_first_convs_input(kind, caplog):
+    # DNSMOS's (N, 901, 161) was read as 901 channels of length 161 ("cannot tell ... assuming NCL"); an (N, 75)
+    # input was refused ("needs an image tensor")
+    model = load_model_proto(channelless(kind))
+    assert model.image_input.layout == "" and "cannot tell" not in caplog.text
+    auto, there = run_impulse(model, device="cpu"), run_impulse(model, device="cpu", at="t")
+    assert "the input 'x' has no channel axis (the graph makes the convs' channels)" in auto.notes[0]
+    for a, b in zip(auto.layers, there.layers, strict=True):
+        np.testing.assert_array_equal(a.ncc, b.ncc)
