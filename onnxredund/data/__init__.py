@@ -81,8 +81,19 @@ def _image(inputs: list[ModelInput] | None) -> ModelInput | None:
     return next((i for i in inputs or [] if i.layout), None)
 
 
-def _check_default_fits(image: ModelInput | None) -> None:
+def _no_image(inputs: list[ModelInput]) -> str:
+    """What the model's main input is, where none is an image: "'bytes' (N x 2048, int32)"."""
+    main = next((i for i in inputs if i.batched), inputs[0])
+    return f"{main.name!r} (N x {'x'.join(map(str, main.sample_shape))}, {main.dtype})"
+
+
+def _check_default_fits(image: ModelInput | None, inputs: list[ModelInput] | None) -> None:
     """No --data means MNIST; say so plainly where MNIST cannot feed the model."""
+    if image is None and inputs:
+        raise OnnxRedundError(
+            f"no `data` given, and MNIST does not fit the model's input {_no_image(inputs)}, which is no image; "
+            "pass `data` with a .npz or synthetic:N, or `data_loader_script` FILE.py"
+        )
     if image is not None and image.sample_shape not in _MNIST_SHAPES:
         raise OnnxRedundError(
             f"no `data` given, and MNIST (1x28x28) does not fit the model's input {image.name!r} "
@@ -115,7 +126,7 @@ def load_dataset(
     """
     image = _image(inputs)
     if spec is None:
-        _check_default_fits(image)
+        _check_default_fits(image, inputs)
     spec = spec or "mnist"
     folder_only = {"`preprocess`": preprocess, "`labels`": labels, "`skip_bad_images`": skip_bad_images or None}
 
@@ -135,6 +146,11 @@ def load_dataset(
     if path.is_dir():
         if has_mnist(path) or any(path.glob("*-idx[13]-ubyte*")):
             images_only("MNIST")
+        if image is None and inputs and find_images(path)[0]:
+            raise OnnxRedundError(
+                f"image folders feed image inputs; the model's input {_no_image(inputs)} is none: give a .npz or "
+                "`data_loader_script`"
+            )
         return _folder(path, split, image, preprocess, labels, skip_bad_images)
     if path.suffix == ".npz":
         images_only("a .npz file")

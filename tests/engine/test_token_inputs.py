@@ -146,3 +146,19 @@ def test_a_float_input_without_a_channel_axis_gets_its_impulses_at_the_first_con
     assert "the input 'x' has no channel axis (the graph makes the convs' channels)" in auto.notes[0]
     for a, b in zip(auto.layers, there.layers, strict=True):
         np.testing.assert_array_equal(a.ncc, b.ncc)
+
+
+def test_a_model_with_no_image_input_refuses_mnist_by_default_and_image_folders_in_one_line(tmp_path):
+    from builders import run_cli
+    from PIL import Image
+
+    path = tmp_path / "tokens.onnx"
+    onnx.save(token_cnn(), path)
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "a" / "0.png")
+    for data, message in (
+        ([], "no --data given, and MNIST does not fit the model's input 'tokens' (N x 16, int64), which is no image"),
+        (["--data", tmp_path / "imgs"], "image folders feed image inputs; the model's input 'tokens' (N x 16, int64)"),
+    ):
+        r = run_cli("shuffle", path, "--layer", "conv2", *data, "--device", "cpu")
+        assert r.exit_code == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
