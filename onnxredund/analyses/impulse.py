@@ -557,9 +557,9 @@ def run_impulse(
         no_channels = "holds integers (token ids or bytes, embedded before the convs)"
     else:
         no_channels = "has no channel axis (the graph makes the convs' channels)"
-    tokens = not main.layout
+    no_image = not main.layout
     left_out: list[str] = []
-    if tokens and at is None:  # the first conv's input, and the convs past it (a parallel first conv is not)
+    if no_image and at is None:  # the first conv's input, and the convs past it (a parallel first conv is not)
         asked = list(layers or model.layers)
         at = min(asked, key=lambda layer: layer.node_index).input
         reach = data_dependent(model.proto.graph, [at]) | {at}
@@ -571,7 +571,7 @@ def run_impulse(
         raise OnnxRedundError(f"no conv layer lies past {site.name!r}: no impulse response to take")
     try:
         responses, sampling, base, notes = _responses(model, layers, site, mode, position, device)
-        if tokens and site.name != model.input_name:
+        if no_image and site.name != model.input_name:
             notes.insert(
                 0,
                 f"impulses put at {site.name!r}, the first conv's input: the input {model.input_name!r} {no_channels}"

@@ -151,10 +151,11 @@ def fast_path_blocker(model: Model, layer: ConvLayer) -> str | None:
         if side_inputs(source, layer.activation) != side or not {layer.output, layer.activation} <= made:
             older = f"the model's opset {default_opset(proto)} is older than {FAST_OPSET}"
             return f"{older} and onnx's conversion renames this layer's tensors"
-    shaped = sorted(shape_derived(proto.graph) & set(side))
+    graph = source.graph  # the fast model's nodes come from there
+    shaped = sorted(shape_derived(graph) & set(side))
     if shaped:  # the fast model makes them again for its K x B rows, from the sizes of the tensors they measure
-        _, reads = _shape_reads(proto.graph, shaped)
-        unknown = [n.input[0] for n in (proto.graph.node[i] for i in reads) if not _static(model, n.input[0])]
+        _, reads = _shape_reads(graph, shaped)
+        unknown = [n.input[0] for n in (graph.node[i] for i in reads) if not _static(model, n.input[0])]
         if unknown:
             return (
                 f"{shaped[0]!r}, computed from tensors' shapes, is read past the layer, and the sizes of "

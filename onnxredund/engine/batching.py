@@ -116,6 +116,31 @@ def _declared_sample_axes(proto: onnx.ModelProto, sizes: dict[str, list]) -> dic
     return axes
 
 
+def _confirmed(
+    proto: onnx.ModelProto, sizes: dict[str, list], axes: dict[str, tuple[int, int]]
+) -> dict[str, tuple[int, int]]:
+    """Of the outputs ``axes`` declares with their samples on a later axis, those whose samples do join there:
+    two one-sample runs against one run of both (an exporter may name the axes wrong)."""
+    if not axes:
+        return axes
+    feeds = check_feeds(proto, sizes, _CHECK_BATCH)
+    try:
+        together = dict(zip([o.name for o in proto.graph.output], _outputs(proto, feeds), strict=True))
+        apart = [_outputs(proto, _slice(feeds, i, i + 1)) for i in range(_CHECK_BATCH)]
+    except (OnnxRedundError, ValueError) as e:
+        log.debug("the declared sample axes could not be checked: %s", e)
+        return {}
+    names = [o.name for o in proto.graph.output]
+    confirmed = {}
+    for name, (axis, rank) in axes.items():
+        k = names.index(name)
+        if _joined_axis(together[name], [a[k] for a in apart], 1) == axis:
+            confirmed[name] = (axis, rank)
+        else:
+            log.warning("output %r is declared with its samples on axis %d, but they do not join there", name, axis)
+    return confirmed
+
+
 def samples_first(
     proto: onnx.ModelProto, axes: dict[str, tuple[int, int]], declared: dict[str, onnx.TypeProto] | None = None
 ) -> onnx.ModelProto:
@@ -188,13 +213,12 @@ def samples_back(proto: onnx.ModelProto) -> onnx.ModelProto:
 def make_batch_dynamic(proto: onnx.ModelProto, sizes: dict[str, list]) -> tuple[onnx.ModelProto, bool]:
     """Return ``(model, batch_dynamic)``; see the module docstring.
 
-
     Args:
         sizes: every data input's dimensions ``[batch, *sample]`` (``[]`` for scalars).
     """
     fixed = {name: dims[0] for name, dims in sizes.items() if dims and isinstance(dims[0], int) and dims[0] > 0}
     if not fixed:
-        axes = _declared_sample_axes(proto, sizes)
+        axes = _confirmed(proto, sizes, _declared_sample_axes(proto, sizes))
         return (samples_first(proto, axes) if axes else proto), True
     batch = max(fixed.values())
     candidate = rebatch(proto, list(fixed), batch)

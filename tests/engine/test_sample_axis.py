@@ -94,3 +94,15 @@ def test_a_pruned_time_major_model_is_written_with_the_files_output_its_batch_fr
     x = _samples(3)
     original = np.concatenate([_run(time_major(1), x[i : i + 1]) for i in range(3)], axis=1)
     np.testing.assert_allclose(_run(pruned, x), original, rtol=1e-5, atol=1e-5)  # conv2 never read channel 1
+
+
+def test_an_output_declared_with_the_batch_on_a_later_axis_where_its_samples_are_first_stays_as_it_is(caplog):
+    proto = time_major(None)
+    proto.graph.node.pop()  # no Transpose: "m" is (N, 5, 6), samples first, but declared as if time-major
+    proto.graph.node[-1].output[0] = "scores"
+    proto.graph.output[0].CopyFrom(helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, [5, "N", 6]))
+    model = load_model_proto(proto)
+    assert not [n for n in model.proto.graph.node if "samples_first" in n.name]
+    assert "declared with its samples on axis 1, but they do not join there" in caplog.text
+    x = _samples(3)
+    np.testing.assert_allclose(_run(model.proto, x), _run(proto, x))
