@@ -221,7 +221,7 @@ def _inputs(proto, sizes, image: str, shapes, layout: str | None) -> list[ModelI
         dims = sizes[vi.name]
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).name
         kind = ""
-        if vi.name == image and np.dtype(dtype).kind == "f" and len(dims) in LAYOUTS:  # integers: tokens
+        if vi.name == image and np.dtype(dtype).kind == "f" and len(dims) in LAYOUTS:  # not tokens, nor (N, L)
             axis = channel_axis(proto.graph, image, shapes)
             inserted = axis == -1
             if inserted:  # the convs read an axis the graph inserts: the input's size-1 axis is its channel

@@ -314,8 +314,8 @@ def pick_image_input(proto: onnx.ModelProto, path: Path, name: str | None = None
             "inputs and outputs (its inside may stay half precision, as convert_float_to_float16(keep_io_types=True) "
             "writes it)"
         )
-    convs_read = any(n.op_type in CONV_OPS and vi.name in n.input[:1] for n in proto.graph.node)
-    if (np.dtype(_dtype(vi)).kind in "iu" if _dtype(vi) != "unknown" else False) and not convs_read:
+    integers = _dtype(vi) != "unknown" and np.dtype(_dtype(vi)).kind in "iu"
+    if integers and not any(n.op_type in CONV_OPS and n.input[:1] == [vi.name] for n in proto.graph.node):
         if not _rank(vi):
             raise OnnxRedundError(f"input {vi.name!r} is an integer scalar; onnxredund needs a batch of samples")
         return vi.name  # tokens the graph embeds: the data's input, not an image
