@@ -162,7 +162,7 @@ class SweepRunner:
 class CleanPasses:
     """A layer's clean runs, kept for its next sweeps over the same batches: the other mode, or the other units
     of its channels. A clean run does not depend on what is perturbed, and on a CPU it costs several perturbed
-    runs (LeNet-5x10's conv2: a clean pass of 256 images as much as six one-channel runs), so a channel left open
+    runs (LeNet-5x10's conv2: a clean pass of 256 images costs five one-channel runs), so a channel left open
     to the end of the data in each mode had the network run twice over the whole data for nothing.
 
     A run is found by the layer, the clean model's tensors and a digest of the batch's input bytes, so a sweep
