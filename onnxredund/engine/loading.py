@@ -133,6 +133,14 @@ def load_model_proto(
     proto, batch_dynamic = make_batch_dynamic(proto, sizes)
     batch = sizes[image][0]
     if not batch_dynamic and batch != 1:
+        fixing = [(name, dims) for name, dims in sizes.items() if dims and isinstance(dims[0], int) and name != image]
+        if isinstance(batch, str) and fixing:  # the image's batch is free: another input's first axis is not one
+            name, dims = fixing[0]
+            raise OnnxRedundError(
+                f"{path}: input {name!r} {dims} fixes its first axis while {image!r} has a free batch, and the model "
+                "does not run on batches of two with it (an RNN state with its batch on another axis?); onnxredund "
+                "reads every input's batch on its first axis: re-export with the state's batch first"
+            )
         raise OnnxRedundError(f"{path} fixes its batch to {batch} and cannot be freed; re-export with batch 1 or free")
     shapes = _shapes(proto, sizes, declared)
     inputs = _inputs(proto, sizes, image, shapes, layout)

@@ -66,6 +66,20 @@ def _integer_input() -> onnx.ModelProto:
     return m
 
 
+def _fixed_state() -> onnx.ModelProto:
+    """x (N, 2, 4, 6) pooled to (N, 3), beside a state h (2, 3) summed to (1, 3): their Concat runs at N = 1 only,
+    as a GRU whose state holds the batch on its second axis."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["z"], name="c"),
+        helper.make_node("GlobalAveragePool", ["z"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("ReduceSum", ["h", "axis0"], ["hs"], keepdims=1),
+        helper.make_node("Concat", ["f", "hs"], ["y"], axis=1),
+    ]
+    inits = {"w": np.ones((3, 2, 1, 1), np.float32), "axis0": np.array([0])}
+    return make_model(nodes, [("x", ["N", 2, 4, 6]), ("h", [2, 3])], [("y", ["N", 6])], inits)
+
+
 def _half_input() -> onnx.ModelProto:
     """A model converted to float16 through and through, its input included."""
     m = conv_only()
@@ -173,6 +187,10 @@ MODEL_FILES = {
         "needs an image tensor",
     ),
     "integer input": (lambda good: _integer_input().SerializeToString(), "is not float32"),
+    "a state with a fixed first axis": (  # AECMOS's GRU state [4, 1, 64]: "fixes its batch to batch_size" before
+        lambda good: _fixed_state().SerializeToString(),
+        "input 'h' [2, 3] fixes its first axis while 'x' has a free batch",
+    ),
     "half-precision input": (
         lambda good: _half_input().SerializeToString(),
         "is float16; onnxredund feeds float32 images: convert the model with float32 inputs and outputs",
