@@ -271,8 +271,11 @@ def as_samples(model: Model, name: str, value: np.ndarray, samples: int) -> np.n
     """Tensor ``name`` of ``model`` from a run over ``samples`` samples as (samples, *shape), ``shape`` its
     sample's as the model declares it: where the batch is merged into the first axis (a fixed-batch export's
     Reshape to (-1, 2) made batch-free: (N x 256, 2) for samples of (256, 2), rows sample-major) the samples are
-    split out; any other value is returned as is."""
+    split out; a scalar from one sample (a Squeeze with no axes) gets its axis back; any other value is returned
+    as is."""
     shape = tuple(model.shapes.get(name, value.shape[1:]))
+    if value.ndim == 0 and samples == 1:  # a Squeeze with no axes takes a one-sample batch's axis too (PLCMOS)
+        return value.reshape(1)
     if value.shape[1:] != shape and shape and value.shape == (samples * shape[0], *shape[1:]):
         return value.reshape(samples, *shape)
     return value

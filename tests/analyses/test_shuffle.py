@@ -815,3 +815,26 @@ def test_a_reshape_target_computed_from_the_inputs_batch_past_the_layer_takes_th
     np.testing.assert_allclose(
         fast.to_dict()["outputs"]["logits"]["cosine"], direct.to_dict()["outputs"]["logits"]["cosine"], atol=1e-6
     )
+
+
+def test_an_output_squeezed_to_a_scalar_by_a_one_sample_batch_is_one_samples_value(tmp_path):
+    # PLCMOS's score: a Squeeze with no axes makes (N,) of (N, 1), and () of a last batch of one: a traceback
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["z"], name="conv1"),
+        helper.make_node("Relu", ["z"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["z2"], name="conv2"),
+        helper.make_node("GlobalAveragePool", ["z2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc"], ["m"]),
+        helper.make_node("Squeeze", ["m"], ["score"]),
+    ]
+    inits = {"w": rng.normal(size=(4, 3, 1, 1)), "w2": rng.normal(size=(5, 4, 3, 3)), "fc": rng.normal(size=(5, 1))}
+    model = load_model_proto(make_model(nodes, [("x", ["N", 3, 6, 6])], [("score", [])], inits.items()))
+    d = data(9)  # batches of 4, 4 and 1
+    fast = run_shuffle(model, "conv2", d, mode="pixel", batch_size=4, device="cpu")
+    direct = run_shuffle(model, "conv2", d, mode="pixel", batch_size=4, device="cpu", exact_path=True)
+    assert fast.route == "fast" and fast.samples_done == direct.samples_done == 9
+    np.testing.assert_allclose(fast.cosine, direct.cosine, atol=1e-5)
+    ours, theirs = fast.to_dict()["outputs"]["score"], direct.to_dict()["outputs"]["score"]
+    np.testing.assert_allclose(ours["relative_l2"], theirs["relative_l2"], rtol=1e-4, atol=1e-7)
