@@ -291,11 +291,15 @@ class ImpulseSite:
     @classmethod
     def of_first_conv(cls, model: Model, layers: list[ConvLayer]) -> ImpulseSite | None:
         """The first conv's input, where every analysed conv lies past it (else None)."""
-        first = min(layers, key=lambda layer: layer.node_index)
-        reach = data_dependent(model.proto.graph, [first.input])
-        if any(layer.input not in reach and layer.input != first.input for layer in layers):
-            return None
-        return cls.of_tensor(model, first.input)
+        first, left_out = _past_first_conv(model, layers)
+        return None if left_out else cls.of_tensor(model, first)
+
+
+def _past_first_conv(model: Model, layers: list[ConvLayer]) -> tuple[str, list[ConvLayer]]:
+    """The input of the first of ``layers`` and those of ``layers`` that do not lie past it (a parallel conv)."""
+    first = min(layers, key=lambda layer: layer.node_index).input
+    reach = data_dependent(model.proto.graph, [first]) | {first}
+    return first, [layer for layer in layers if layer.input not in reach]
 
 
 class _BaselineNotFinite(Exception):
@@ -561,10 +565,9 @@ def run_impulse(
     left_out: list[str] = []
     if no_image and at is None:  # the first conv's input, and the convs past it (a parallel first conv is not)
         asked = list(layers or model.layers)
-        at = min(asked, key=lambda layer: layer.node_index).input
-        reach = data_dependent(model.proto.graph, [at]) | {at}
-        left_out = [layer.name for layer in asked if layer.input not in reach]
-        layers = [layer for layer in asked if layer.input in reach]
+        at, parallel = _past_first_conv(model, asked)
+        left_out = [layer.name for layer in parallel]
+        layers = [layer for layer in asked if layer not in parallel]
     site = ImpulseSite.of_input(model) if at in (None, model.input_name) else ImpulseSite.of_tensor(model, at)
     layers = _reachable(model, layers, site.name)
     if not layers:
