@@ -26,7 +26,7 @@ import onnx_ir as ir
 from onnxredund.engine.ir_edit import Names, constant_value, to_ir, to_proto
 from onnxredund.engine.runtime import Runner
 from onnxredund.errors import OnnxRedundError
-from onnxredund.model import ConstantTable, data_inputs
+from onnxredund.model import ConstantTable, data_inputs, dims
 
 __all__ = ["check_feeds", "make_batch_dynamic", "moved_outputs", "rebatch", "samples_back", "samples_first"]
 
@@ -100,19 +100,15 @@ def _joined_axis(together: np.ndarray, parts: list[np.ndarray], batch: int) -> i
     return None
 
 
-def _dims(t: onnx.TypeProto):
-    return t.tensor_type.shape.dim if t.HasField("tensor_type") and t.tensor_type.HasField("shape") else []
-
-
 def _declared_sample_axes(proto: onnx.ModelProto, sizes: dict[str, list]) -> dict[str, tuple[int, int]]:
     """Outputs whose declared shape holds the inputs' free batch on a later axis: name -> (axis, rank)."""
-    batches = {dims[0] for dims in sizes.values() if dims and isinstance(dims[0], str) and dims[0] not in ("", "?")}
+    batches = {d[0] for d in sizes.values() if d and isinstance(d[0], str) and d[0] not in ("", "?")}
     axes = {}
     for vi in proto.graph.output:
-        dims = [d.dim_param or None for d in _dims(vi.type)]
-        later = [j for j, d in enumerate(dims) if j and d in batches]
-        if dims and dims[0] not in batches and len(later) == 1:
-            axes[vi.name] = (later[0], len(dims))
+        shape = dims(vi) or []
+        later = [j for j, d in enumerate(shape) if j and d in batches]
+        if shape and shape[0] not in batches and len(later) == 1:
+            axes[vi.name] = (later[0], len(shape))
     return axes
 
 
@@ -125,7 +121,7 @@ def _confirmed(
         return axes
     feeds = check_feeds(proto, sizes, _CHECK_BATCH)
     try:
-        together = dict(zip([o.name for o in proto.graph.output], _outputs(proto, feeds), strict=True))
+        together = _outputs(proto, feeds)
         apart = [_outputs(proto, _slice(feeds, i, i + 1)) for i in range(_CHECK_BATCH)]
     except (OnnxRedundError, ValueError) as e:
         log.debug("the declared sample axes could not be checked: %s", e)
@@ -134,7 +130,7 @@ def _confirmed(
     confirmed = {}
     for name, (axis, rank) in axes.items():
         k = names.index(name)
-        if _joined_axis(together[name], [a[k] for a in apart], 1) == axis:
+        if _joined_axis(together[k], [a[k] for a in apart], 1) == axis:
             confirmed[name] = (axis, rank)
         else:
             log.warning("output %r is declared with its samples on axis %d, but they do not join there", name, axis)
@@ -165,8 +161,8 @@ def samples_first(
         node = ir.node("Transpose", [value], attributes={"perm": perm}, name=_SAMPLES_FIRST + name, doc_string=note)
         out = node.outputs[0]
         out.name, out.type = name, value.type
-        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in _dims(declared[name])]
-        out.shape = ir.Shape(["N", *(dims[d] if len(dims) == rank else None for d in perm[1:])])
+        sizes = [None if d == "?" else d for d in dims(onnx.helper.make_value_info(name, declared[name])) or []]
+        out.shape = ir.Shape(["N", *(sizes[d] if len(sizes) == rank else None for d in perm[1:])])
         graph.append(node)
         graph.outputs[i] = out
         log.info("output %r holds its samples on axis %d: moved first for the analysis", name, axis)
