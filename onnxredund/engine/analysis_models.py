@@ -152,9 +152,9 @@ def fast_path_blocker(model: Model, layer: ConvLayer) -> str | None:
             older = f"the model's opset {default_opset(proto)} is older than {FAST_OPSET}"
             return f"{older} and onnx's conversion renames this layer's tensors"
     graph = source.graph  # the fast model's nodes come from there
-    shaped = sorted(shape_derived(graph) & set(side))
+    shaped = sorted(_fast_shape_derived(model) & set(side))
     if shaped:  # the fast model makes them again for its K x B rows, from the sizes of the tensors they measure
-        _, reads = _shape_reads(graph, shaped)
+        _, reads = _shape_reads(model, shaped)
         unknown = [n.input[0] for n in (graph.node[i] for i in reads) if not _static(model, n.input[0])]
         if unknown:
             return (
@@ -171,10 +171,16 @@ def _static(model: Model, tensor: str) -> bool:
     return batched and shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
 
 
-def _shape_reads(graph: onnx.GraphProto, tensors: list[str]) -> tuple[list[int], list[int]]:
-    """For the shape-derived ``tensors`` (:func:`~onnxredund.model.shape_derived`): the nodes that compute them
-    from the Shape and Size reads of data tensors, and those reads (node indices, in graph order)."""
-    shaped = shape_derived(graph)
+def _fast_shape_derived(model: Model) -> set[str]:
+    """:func:`~onnxredund.model.shape_derived` of the graph the fast models copy (:func:`fast_source`), once."""
+    return model.derived("fast_shape_derived", lambda: shape_derived(fast_source(model).graph))
+
+
+def _shape_reads(model: Model, tensors: list[str]) -> tuple[list[int], list[int]]:
+    """For the shape-derived ``tensors`` of the fast source's graph: the nodes that compute them from the Shape
+    and Size reads of data tensors, and those reads (node indices, in graph order)."""
+    graph = fast_source(model).graph
+    shaped = _fast_shape_derived(model)
     made_by = {o: i for i, n in enumerate(graph.node) for o in n.output}
     inside: set[int] = set()
     reads: set[int] = set()
@@ -196,7 +202,7 @@ def _for_k_rows(b: _GraphBuilder, model: Model, graph, nodes: list, shaped: list
     """The side tensors ``shaped``, computed from tensors' shapes (jax2tf's Reshape targets from the input's batch,
     say), made again for the fast model's K x B rows (the first size of ``rows``): each Shape (or Size) of a data
     tensor is (K*B, its sample's sizes), and the nodes from there are copied."""
-    inside, reads = _shape_reads(graph, shaped)
+    inside, reads = _shape_reads(model, shaped)
     kb = b.op("Slice", [b.op("Shape", [rows]), b.const("first", np.array([0])), b.const("second", np.array([1]))])
     rename: dict = {}
     for node in (graph.node[i] for i in reads):
@@ -572,7 +578,7 @@ def build_fast_model(
     proto = fast_source(model)
     graph = proto.graph
     side = side_inputs(proto, layer.activation)
-    shaped = sorted(shape_derived(graph) & set(side))  # made here for K x B rows, not fed
+    shaped = sorted(_fast_shape_derived(model) & set(side))  # made here for K x B rows, not fed
     side = [t for t in side if t not in shaped]
     inputs = list(dict.fromkeys([layer.input, layer.output, layer.activation, *side, *outputs, "ks", "perm_index"]))
     source = model.derived("fast_ir", lambda: to_ir(proto))  # read, never edited: one for every build
