@@ -78,6 +78,8 @@ def layer_table(model: Model) -> list[str]:
     lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     classifiers = ", ".join(model.classifiers) or "none (effects are measured as output drift)"
     lines.append(f"classifier output: {classifiers}")
+    if model.batch_outputs:
+        lines.append(f"left out (no value per sample, a statistic over the batch): {', '.join(model.batch_outputs)}")
     if model.contrib_ops:
         read = {"FusedConv": "FusedConv (read as Conv + its activation)", "QuickGelu": "QuickGelu (x * sigmoid(ax))"}
         named = ", ".join(read.get(op, op) for op in model.contrib_ops)
@@ -109,6 +111,7 @@ def layers_payload(model: Model) -> dict:
         "classifier_outputs": list(model.classifiers),
         "contrib_ops": list(model.contrib_ops),
         "folded_ops": list(model.folded_ops),
+        "batch_outputs": list(model.batch_outputs),
         "layers": [layer.to_dict() for layer in model.layers],
     }
 

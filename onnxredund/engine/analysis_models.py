@@ -245,8 +245,8 @@ def _at_fast_opset(model: Model) -> onnx.ModelProto | str:
         return f"{older} and onnx cannot convert it ({first_line(e)})"
     feeds = check_feeds(proto, {i.name: [2, *i.sample_shape] if i.batched else [] for i in model.inputs}, 2)
     try:
-        want = Runner.create(proto, "cpu", derived=True).run(feeds)
-        got = Runner.create(upgraded, "cpu", derived=True).run(feeds)
+        want = Runner.create(proto, "cpu", derived=True).run(feeds, model.output_names)
+        got = Runner.create(upgraded, "cpu", derived=True).run(feeds, model.output_names)
     except (RuntimeError, OnnxRedundError) as e:
         return f"{older} and onnxruntime cannot run onnx's conversion of it ({first_line(e)})"
     for name, w, g in zip(model.output_names, want, got, strict=True):

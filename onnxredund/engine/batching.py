@@ -12,6 +12,10 @@ loss takes. Found by that check where the batch was fixed, and from the declared
 batch name on a later axis) where it is free, such an output gets a Transpose that puts its samples
 first (:func:`samples_first`; the output keeps its name), so that every analysis reads samples on the
 first axis; :func:`samples_back` takes the Transposes out again before a model is written.
+
+An output of a free-batch model may hold no samples at all: a statistic over the whole batch (a batch mean,
+the same shape at every batch size). :func:`batch_outputs` finds them (by shape, from runs at two batch sizes);
+there is no value per sample to measure there, and the analyses leave them out.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from onnxredund.engine.runtime import Runner
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import ConstantTable, data_inputs, dims
 
-__all__ = ["check_feeds", "make_batch_dynamic", "moved_outputs", "rebatch", "samples_back", "samples_first"]
+__all__ = [
+    "batch_outputs",
+    "check_feeds",
+    "make_batch_dynamic", "moved_outputs", "rebatch", "samples_back", "samples_first"]
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +211,30 @@ def samples_back(proto: onnx.ModelProto) -> onnx.ModelProto:
             if len(dims) > axis and dims[axis].HasField("dim_value"):
                 dims[axis].dim_param = "N"  # the batch loading freed stays free
     return back
+
+
+def batch_outputs(proto: onnx.ModelProto, sizes: dict[str, list]) -> list[str]:
+    """The outputs of a free-batch model with no axis that holds its samples: none grows with the batch from one
+    sample to two (a statistic over the batch: a mean, a count). Checked by shape, not by value, and only where
+    an output's declared first axis is not the inputs' batch (one run of each size)."""
+    batches = {d[0] for d in sizes.values() if d and isinstance(d[0], str) and d[0] not in ("", "?")}
+    suspects = [vi.name for vi in proto.graph.output if (dims(vi) or [None])[0] not in batches]
+    if not suspects:
+        return []
+    try:
+        one, two = (_outputs(proto, check_feeds(proto, sizes, n)) for n in (1, _CHECK_BATCH))
+    except (OnnxRedundError, ValueError) as e:
+        log.debug("the outputs' sample axes could not be checked: %s", e)
+        return []
+    names = [o.name for o in proto.graph.output]
+    found = []
+    for name in suspects:
+        a, b = one[names.index(name)], two[names.index(name)]
+        grows = a.ndim == b.ndim and any(y == _CHECK_BATCH * x for x, y in zip(a.shape, b.shape, strict=True))
+        if not grows:
+            found.append(name)
+            log.warning("output %r holds no value per sample (%s at every batch size): left out", name, a.shape)
+    return found
 
 
 def make_batch_dynamic(proto: onnx.ModelProto, sizes: dict[str, list]) -> tuple[onnx.ModelProto, bool]:

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from onnxredund.choices import LAYOUT_CHOICES
-from onnxredund.engine.batching import make_batch_dynamic, moved_outputs
+from onnxredund.engine.batching import batch_outputs, make_batch_dynamic, moved_outputs
 from onnxredund.engine.fold import fold_conv_parameters
 from onnxredund.engine.runtime import Runner, probe_shapes
 from onnxredund.engine.surgery import expose_outputs
@@ -142,6 +142,7 @@ def load_model_proto(
                 "reads every input's batch on its first axis: re-export with the state's batch first"
             )
         raise OnnxRedundError(f"{path} fixes its batch to {batch} and cannot be freed; re-export with batch 1 or free")
+    reduced = batch_outputs(proto, sizes) if batch_dynamic else []
     shapes = _shapes(proto, sizes, declared)
     inputs = _inputs(proto, sizes, image, shapes, layout)
     return Model(
@@ -149,11 +150,12 @@ def load_model_proto(
         path=str(path),
         inputs=inputs,
         input_name=image,
-        output_names=[o.name for o in proto.graph.output],
+        output_names=[o.name for o in proto.graph.output if o.name not in reduced],
+        batch_outputs=reduced,
         layers=describe_layers(proto, shapes),
         batch_dynamic=batch_dynamic,
         shapes=shapes,
-        classifiers=_classifiers(proto, shapes, classifier),
+        classifiers=_classifiers(proto, shapes, classifier, reduced),
         declared=declared,
         contrib_ops=contrib,
         folded_ops=folded,
@@ -241,14 +243,16 @@ def _inputs(proto, sizes, image: str, shapes, layout: str | None) -> list[ModelI
     return inputs
 
 
-def _classifiers(proto: onnx.ModelProto, shapes: dict, classifier: str | None) -> list[str]:
+def _classifiers(proto: onnx.ModelProto, shapes: dict, classifier: str | None, reduced: list[str]) -> list[str]:
     if classifier is None:
-        return classifier_outputs(proto, shapes)
+        return [name for name in classifier_outputs(proto, shapes) if name not in reduced]
     if classifier.lower() == "none":
         return []
     outputs = [o.name for o in proto.graph.output]
     if classifier not in outputs:
         raise OnnxRedundError(f"`classifier` {classifier!r} is not an output; outputs: {outputs}")
+    if classifier in reduced:
+        raise OnnxRedundError(f"`classifier` {classifier!r} holds no value per sample (a statistic over the batch)")
     if not is_class_scores(shapes.get(classifier, ())):
         raise OnnxRedundError(
             f"`classifier` {classifier!r} has shape {shapes.get(classifier)} per sample; class scores are "

@@ -83,7 +83,7 @@ class Model:
         path: the file it came from (never written).
         inputs: every data input, in graph order.
         input_name: the image input: the one impulses go into and data without names feed.
-        output_names: the graph outputs.
+        output_names: the graph outputs that hold a value per sample: what the analyses measure.
         classifiers: the outputs that hold class scores (N, classes), the prediction first; may be empty.
         layers: conv layers in graph order.
         batch_dynamic: whether batches of any size can run in one call.
@@ -94,6 +94,8 @@ class Model:
             Conv (+ Add) (+ activation).
         folded_ops: the ops with which the file computes conv weights or biases from constants (a weight
             normalisation's ReduceL2, Div, Mul, say), folded to constants (:mod:`onnxredund.engine.fold`).
+        batch_outputs: the graph outputs of a free-batch model that hold no value per sample (a statistic over
+            the batch, the same shape at every batch size): left out of every measurement, kept in a pruned file.
         shape_constants: in a model run one sample at a time, the values of the tensors computed from the
             data's shapes alone (a RetinaFace's Upsample scales) that the rest reads: the same for every sample,
             they are constants of the analysis models, never fed per sample.
@@ -111,6 +113,7 @@ class Model:
     declared: dict[str, onnx.TypeProto] = field(default_factory=dict, repr=False, compare=False)
     contrib_ops: list[str] = field(default_factory=list)
     folded_ops: list[str] = field(default_factory=list)
+    batch_outputs: list[str] = field(default_factory=list)
     shape_constants: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     _constants: ConstantTable | None = field(default=None, repr=False, compare=False)
     _analysis: onnx.ModelProto | None = field(default=None, repr=False, compare=False)

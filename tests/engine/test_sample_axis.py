@@ -3,6 +3,8 @@ them samples first, on the batched path, and a pruned model is written with the 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -106,3 +108,45 @@ def test_an_output_declared_with_the_batch_on_a_later_axis_where_its_samples_are
     assert "declared with its samples on axis 1, but they do not join there" in caplog.text
     x = _samples(3)
     np.testing.assert_allclose(_run(model.proto, x), _run(proto, x))
+
+
+def test_a_free_batch_output_with_no_sample_axis_is_left_out_of_every_measurement():
+    # "level", the mean over the whole batch, has no value per sample: measured, it broke the fast model (a
+    # Reshape of its () to (K, B)) and the direct path (a traceback unpacking its shape)
+    data = Dataset(_samples(), None, "toy")
+    model = load_model_proto(time_major(None, scalar_output=True))
+    assert model.batch_outputs == ["level"]
+    assert model.output_names == ["scores"]
+    want = run_shuffle(load_model_proto(time_major(None)), "conv2", data, mode="channel", batch_size=4, device="cpu")
+    for exact in (False, True):
+        got = run_shuffle(model, "conv2", data, mode="channel", batch_size=4, device="cpu", exact_path=exact)
+        assert got.route == ("direct" if exact else "fast")
+        assert list(got.to_dict()["outputs"]) == ["scores"]
+        ours, theirs = got.to_dict()["outputs"]["scores"], want.to_dict()["outputs"]["scores"]
+        for key in ("cosine", "relative_l2"):
+            np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-4, atol=1e-6)
+
+
+def test_a_pruned_model_keeps_the_output_with_no_sample_axis(tmp_path):
+    proto = time_major(None, scalar_output=True)
+    path = save(proto, tmp_path)
+    np.savez(tmp_path / "d.npz", x=_samples(16))
+    out = tmp_path / "small.onnx"
+    r = run_cli("prune", path, "--data", tmp_path / "d.npz", "--channels", "conv1:1", "--out", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    pruned = onnx.load(out)
+    assert [o.name for o in pruned.graph.output] == ["scores", "level"]
+    x = _samples(3)
+    want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for w, g in zip(want, got, strict=True):  # conv2 never read conv1's channel 1
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_layers_names_the_output_with_no_sample_axis(tmp_path):
+    path = save(time_major(None, scalar_output=True), tmp_path)
+    r = run_cli("layers", path)
+    assert r.exit_code == 0, r.output
+    assert "left out (no value per sample, a statistic over the batch): level" in r.output
+    r = run_cli("layers", path, "--json")
+    assert json.loads(r.stdout)["batch_outputs"] == ["level"]
