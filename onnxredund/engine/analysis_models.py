@@ -52,6 +52,7 @@ from onnxredund.model import (
     consumers_of,
     default_opset,
     downstream,
+    outer_reads,
     output_kind,
     shape_derived,
     value_infos,
@@ -105,7 +106,7 @@ def build_direct_model(model: Model, layer: ConvLayer, outputs: list[str]) -> tu
     wanted = list(dict.fromkeys([layer.activation, *outputs]))
     # Another consumer may not read the clean X at all: cut only keeps the inputs it needs.
     proto = cut_ir(injected, source, inputs, wanted)
-    used = {t for n in proto.graph.node for t in n.input}
+    used = {t for n in proto.graph.node for t in [*n.input, *outer_reads(n)]}  # an If body's reads count
     keep = [i for i in proto.graph.input if i.name in used or i.name in wanted]
     del proto.graph.input[:]
     proto.graph.input.extend(keep)

@@ -516,6 +516,46 @@ def test_fast_path_copies_an_if_whose_branches_read_the_network_from_the_outer_s
     np.testing.assert_array_equal(fast.accuracy, direct.accuracy)
 
 
+def if_reading_a_second_input_model():
+    """conv1d_model whose pooled features get, inside an If, an offset computed from a second input ``s`` (N, 4)
+    (Silero VAD's decoder reads its LSTM state so): the branch is the only reader of that offset."""
+    h = onnx.helper
+    then = h.make_graph(
+        [h.make_node("Add", ["m", "offset"], ["t"])],
+        "t",
+        [],
+        [h.make_tensor_value_info("t", onnx.TensorProto.FLOAT, None)],
+    )
+    other = h.make_graph(
+        [h.make_node("Identity", ["m"], ["e"])], "e", [], [h.make_tensor_value_info("e", onnx.TensorProto.FLOAT, None)]
+    )
+    nodes = list(conv1d_model().graph.node)
+    nodes[-1].input[0] = "shifted"
+    nodes[-1:-1] = [
+        h.make_node("Relu", ["s"], ["offset"]),
+        h.make_node("Greater", ["one", "zero"], ["c"]),
+        h.make_node("If", ["c"], ["shifted"], then_branch=then, else_branch=other),
+    ]
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in conv1d_model().graph.initializer}
+    inits |= {"one": np.array(1.0), "zero": np.array(0.0)}
+    return make_model(nodes, [("x", ["N", 2, 16]), ("s", ["N", 4])], [("logits", ["N", 3])], inits)
+
+
+def test_direct_path_feeds_what_an_if_branch_alone_reads_from_the_outer_scope():
+    # the direct model kept only the inputs its top-level nodes read: onnxruntime refused it ("input 'offset'
+    # of node Add is not output of any previous nodes")
+    model = load_model_proto(if_reading_a_second_input_model())
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 2, 16)).astype(np.float32)
+    d = Dataset({"x": x, "s": rng.normal(size=(30, 4)).astype(np.float32)}, rng.integers(0, 3, 30), "signals")
+    fast = run_shuffle(model, "c2", d, batch_size=10, device="cpu", seed=4)
+    direct = run_shuffle(model, "c2", d, batch_size=10, device="cpu", seed=4, exact_path=True)
+    assert fast.route == "fast" and direct.route == "direct"
+    assert (direct.outputs["logits"].cosine < 1 - 1e-4).any()
+    np.testing.assert_allclose(direct.outputs["logits"].cosine, fast.outputs["logits"].cosine, atol=1e-6)
+    np.testing.assert_array_equal(direct.accuracy, fast.accuracy)
+
+
 def test_error_bins_on_the_device_are_the_numpy_bins_at_and_beside_every_edge():
     import onnx_ir as ir
     import onnxruntime as ort
