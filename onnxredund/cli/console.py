@@ -70,7 +70,7 @@ def layer_table(model: Model) -> list[str]:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     inputs = ", ".join(
-        f"{i.name} N x {_fmt(i.sample_shape) or 'scalar'} ({i.layout or i.dtype})"
+        f"{i.name} {'N x ' if i.batched else ''}{_fmt(i.sample_shape) or 'scalar'} ({i.layout or i.dtype})"
         + (" [impulse]" if i.name == model.input_name and len(model.inputs) > 1 else "")
         for i in model.inputs
     )

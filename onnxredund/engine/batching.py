@@ -11,7 +11,9 @@ An output may hold its samples on a later axis: a recogniser's time-major (T, N,
 loss takes. Found by that check where the batch was fixed, and from the declared shapes (the inputs'
 batch name on a later axis) where it is free, such an output gets a Transpose that puts its samples
 first (:func:`samples_first`; the output keeps its name), so that every analysis reads samples on the
-first axis; :func:`samples_back` takes the Transposes out again before a model is written.
+first axis. An input declared with the batch on a later axis (an RNN's state, (layers, batch, hidden)) is
+declared samples first and transposed back for the graph (:func:`inputs_samples_first`): the data gives it
+(N, layers, hidden). :func:`samples_back` takes all those Transposes out again before a model is written.
 
 An output of a free-batch model may hold no samples at all: a statistic over the whole batch (a batch mean,
 the same shape at every batch size). :func:`batch_outputs` finds them (by shape, from runs at two batch sizes);
@@ -30,12 +32,19 @@ import onnx_ir as ir
 from onnxredund.engine.ir_edit import Names, constant_value, to_ir, to_proto
 from onnxredund.engine.runtime import Runner
 from onnxredund.errors import OnnxRedundError
-from onnxredund.model import ConstantTable, data_inputs, dims
+from onnxredund.model import ConstantTable, data_inputs, dims, later_batch_axes
 
 __all__ = [
     "batch_outputs",
     "check_feeds",
-    "make_batch_dynamic", "moved_outputs", "rebatch", "samples_back", "samples_first"]
+    "inputs_samples_first",
+    "make_batch_dynamic",
+    "moved_inputs",
+    "moved_outputs",
+    "rebatch",
+    "samples_back",
+    "samples_first",
+]
 
 log = logging.getLogger(__name__)
 
@@ -176,26 +185,74 @@ def samples_first(
     return to_proto(model)
 
 
+def inputs_samples_first(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of ``proto`` in which each data input that holds the batch on a later axis
+    (:func:`~onnxredund.model.later_batch_axes`) is declared with that axis first, and a Transpose gives the graph
+    what it read before (If/Loop bodies' reads included); ``proto`` itself where there is none. The Transpose keeps
+    the declared type for :func:`samples_back`."""
+    axes = later_batch_axes(proto.graph)
+    if not axes:
+        return proto
+    declared = {vi.name: vi.type for vi in proto.graph.input}
+    model = to_ir(proto)
+    graph = model.graph
+    names = Names(graph)
+    for i, value in enumerate(list(graph.inputs)):
+        if value.name not in axes:
+            continue
+        name, axis, shape = value.name, axes[value.name], list(value.shape)
+        first = ir.Value(name=None, type=value.type, shape=ir.Shape([shape[axis], *shape[:axis], *shape[axis + 1 :]]))
+        perm = [0 if j == axis else j + 1 if j < axis else j for j in range(len(shape))]
+        note = f"samples on axis {axis}; declared {declared[name].SerializeToString().hex()}"
+        node = ir.node("Transpose", [first], attributes={"perm": perm}, name=_SAMPLES_FIRST + name, doc_string=note)
+        inner = node.outputs[0]
+        inner.type, inner.shape = value.type, value.shape
+        ir.convenience.replace_all_uses_with(value, inner)
+        graph.inputs[i] = first
+        value.name = None
+        first.name = name
+        inner.name = names.fresh(f"{name}/batch_on_axis_{axis}")
+        if len(graph):
+            graph.insert_before(graph[0], node)
+        else:
+            graph.append(node)
+        log.info("input %r holds its samples on axis %d: the data gives them first", name, axis)
+    return to_proto(model)
+
+
 def _moves(graph) -> list:
     return [n for n in graph if n.op_type == "Transpose" and (n.name or "").startswith(_SAMPLES_FIRST)]
 
 
 def moved_outputs(proto: onnx.ModelProto) -> set[str]:
     """The outputs whose samples :func:`samples_first` moved to the first axis."""
-    return {n.output[0] for n in _moves(proto.graph.node)}
+    outputs = {o.name for o in proto.graph.output}
+    return {n.output[0] for n in _moves(proto.graph.node) if n.output[0] in outputs}
+
+
+def moved_inputs(proto: onnx.ModelProto) -> set[str]:
+    """The inputs :func:`inputs_samples_first` declared samples first."""
+    inputs = {i.name for i in proto.graph.input}
+    return {n.input[0] for n in _moves(proto.graph.node) if n.input[0] in inputs}
 
 
 def samples_back(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """``proto`` without the Transposes of :func:`samples_first` (a copy, where it has any): each output is
-    again what the graph computes, declared as the file declared it (its fixed batch left free)."""
-    if not moved_outputs(proto):
+    """``proto`` without the Transposes of :func:`samples_first` and :func:`inputs_samples_first` (a copy, where it
+    has any): each output is again what the graph computes, each input what the graph reads, declared as the file
+    declared them (an output's fixed batch left free)."""
+    if not _moves(proto.graph.node):
         return proto
     model = to_ir(proto)
     graph = model.graph
     types = {}
     for node in _moves(graph):
-        out, inner = node.outputs[0], node.inputs[0]
         axis, declared = _DECLARED.search(node.doc_string or "").groups()
+        out, inner = node.outputs[0], node.inputs[0]
+        if inner.is_graph_input():  # an input's move: the graph reads the input again
+            ir.convenience.replace_all_uses_with(out, inner)
+            graph.remove(node)
+            types[inner.name] = (int(axis), onnx.TypeProto.FromString(bytes.fromhex(declared)))
+            continue
         graph.outputs[graph.outputs.index(out)] = inner
         graph.remove(node)
         name = out.name
@@ -203,7 +260,7 @@ def samples_back(proto: onnx.ModelProto) -> onnx.ModelProto:
         inner.name = name
         types[name] = (int(axis), onnx.TypeProto.FromString(bytes.fromhex(declared)))
     back = to_proto(model)
-    for vi in back.graph.output:
+    for vi in [*back.graph.input, *back.graph.output]:
         if vi.name in types:
             axis, declared = types[vi.name]
             vi.type.CopyFrom(declared)

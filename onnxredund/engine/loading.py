@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from onnxredund.choices import LAYOUT_CHOICES
-from onnxredund.engine.batching import batch_outputs, make_batch_dynamic, moved_outputs
+from onnxredund.engine.batching import batch_outputs, inputs_samples_first, make_batch_dynamic, moved_outputs
 from onnxredund.engine.fold import fold_conv_parameters
 from onnxredund.engine.runtime import Runner, probe_shapes
 from onnxredund.engine.surgery import expose_outputs
@@ -26,7 +26,6 @@ from onnxredund.model import (
     ModelInput,
     bodies,
     channel_axis,
-    check_batch_first,
     check_finite_weights,
     classifier_outputs,
     copy_model,
@@ -107,7 +106,7 @@ def load_model_proto(
     proto = unfuse_convs(proto)
     proto, folded = fold_conv_parameters(proto)
     declared = {vi.name: _copied(vi.type) for vi in [*data_inputs(proto.graph), *proto.graph.output]}
-    check_batch_first(proto.graph)
+    proto = inputs_samples_first(proto)  # an RNN's state (layers, batch, hidden) is given (batch, layers, hidden)
     image = pick_image_input(proto, path, impulse_input)
     sizes = input_sizes(proto, image, _given_sizes(input_shape))
     for input_name, given in sizes.items():

@@ -26,7 +26,7 @@ from onnx import numpy_helper
 
 from onnxredund.atomic import atomic_write
 from onnxredund.choices import BATCH_SIZE, COMPENSATIONS
-from onnxredund.engine.batching import moved_outputs, samples_back
+from onnxredund.engine.batching import moved_inputs, moved_outputs, samples_back
 from onnxredund.engine.calibration import REFIT_RIDGE, cross_grams, solve_refit
 from onnxredund.engine.channel_groups import (
     ChannelGroup,
@@ -376,9 +376,9 @@ def remove_channels(
 
 def keep_interface(proto: onnx.ModelProto, model: Model) -> None:
     """Declare the graph inputs and outputs of ``proto`` as the model's file did (free sizes and their names
-    included), not at the sizes the analysis fixed; a batch that loading freed stays free. An output whose
+    included), not at the sizes the analysis fixed; a batch that loading freed stays free. An input or output whose
     samples loading moved first is declared so until it is written (:func:`save_pruned` restores it)."""
-    moved = moved_outputs(proto)
+    moved = moved_outputs(proto) | moved_inputs(proto)
     for vi in [*proto.graph.input, *proto.graph.output]:
         declared = model.declared.get(vi.name)
         if declared is None or not declared.HasField("tensor_type") or vi.name in moved:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from onnxredund.errors import OnnxRedundError
-from onnxredund.model.graph import ConstantTable, attribute, data_inputs, dims, fold_tensors
+from onnxredund.model.graph import ConstantTable, attribute, data_inputs, dims, fold_tensors, producers_of
 from onnxredund.model.layers import CONV_OPS, ConvLayer
 from onnxredund.words import short_name
 
@@ -302,6 +302,12 @@ def pick_image_input(proto: onnx.ModelProto, path: Path, name: str | None = None
             raise OnnxRedundError(f"`impulse_input` {name!r} is not an input of {path}; its inputs: {names}")
     else:
         candidates = [i for i in inputs if _rank(i) in _IMAGE_RANKS and _dtype(i) == "float32"]
+        first = _first_conv_inputs(proto.graph)
+        signals = [i for i in inputs if i.name in first and _rank(i) == 2 and _dtype(i) == "float32"]
+        if len(signals) == 1 and not any(i.name in first for i in candidates):
+            candidates = signals  # Silero VAD's audio (N, L) beside its state (N, 2, 128), which no conv reads first
+        elif len(candidates) > 1 and sum(i.name in first for i in candidates) == 1:
+            candidates = [i for i in candidates if i.name in first]
         if len(candidates) > 1:
             names = [i.name for i in candidates]
             raise OnnxRedundError(f"{path} has {len(names)} image inputs {names}; pass `impulse_input` NAME")
@@ -331,22 +337,34 @@ def pick_image_input(proto: onnx.ModelProto, path: Path, name: str | None = None
     return vi.name
 
 
-def check_batch_first(graph: onnx.GraphProto) -> None:
-    """Every data input's batch is on its first axis.
+def _first_conv_inputs(graph: onnx.GraphProto) -> set[str]:
+    """The graph inputs that the first conv (in graph order) reads, through the nodes before it."""
+    first = next((n for n in graph.node if n.op_type in CONV_OPS), None)
+    if first is None:
+        return set()
+    producers = producers_of(graph)
+    seen, todo = set(), [first.input[0]]
+    while todo:
+        t = todo.pop()
+        if t in seen or not t:
+            continue
+        seen.add(t)
+        if t in producers:
+            todo.extend(graph.node[producers[t]].input)
+    return seen & {i.name for i in graph.input}
 
-    Raises:
-        OnnxRedundError: an input has the batch's name (a free first size of another input) on a later axis (an
-            RNN's state, (layers, batch, hidden)).
-    """
+
+def later_batch_axes(graph: onnx.GraphProto) -> dict[str, int]:
+    """The data inputs with the batch's name (a free first size of another input) on a later axis (an RNN's state,
+    (layers, batch, hidden)): name -> that axis."""
     shapes = {i.name: dims(i) or [] for i in data_inputs(graph)}
     batches = {d[0] for d in shapes.values() if d and isinstance(d[0], str)} - {"?", ""}  # '?': any free size
+    axes = {}
     for name, shape in shapes.items():
-        later = [d for d in shape[1:] if d in batches and d != shape[0]]
+        later = [j for j, d in enumerate(shape) if j and d in batches and d != shape[0]]
         if later:
-            raise OnnxRedundError(
-                f"input {name!r} {shape} has the batch {later[0]!r} on axis {shape.index(later[0])}; onnxredund reads "
-                "every input's batch on its first axis (re-export with the batch first)"
-            )
+            axes[name] = later[0]
+    return axes
 
 
 def input_sizes(proto: onnx.ModelProto, image: str, given: dict[str | None, tuple[int, ...]]) -> dict[str, list]:

@@ -205,14 +205,6 @@ MODEL_FILES = {
         lambda good: _convs_in_an_if().SerializeToString(),
         "its 2 convs inside If/Loop/Scan bodies",
     ),
-    "an RNN state with the batch second": (
-        lambda good: _conv_model(
-            [CONV_X, helper.make_node("Identity", ["h"], ["h_out"])],
-            [("x", ["N", 3, 5, 5]), ("h", [2, "N", 8])],
-            {"w": W},
-        ).SerializeToString(),
-        "input 'h' [2, 'N', 8] has the batch 'N' on axis 1",
-    ),
 }
 
 

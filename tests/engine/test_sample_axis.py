@@ -150,3 +150,66 @@ def test_layers_names_the_output_with_no_sample_axis(tmp_path):
     assert "left out (no value per sample, a statistic over the batch): level" in r.output
     r = run_cli("layers", path, "--json")
     assert json.loads(r.stdout)["batch_outputs"] == ["level"]
+
+
+def state_model() -> onnx.ModelProto:
+    """Silero VAD's interface in small: audio x (N, 16) and an RNN-like state (2, N, 3), the batch on its axis 1.
+    x -> Unsqueeze -> conv1 (3, k 5) -> Relu -> conv2 (3, k 3) -> Relu -> mean over time, plus the state's mean over
+    its layers -> Gemm -> logits (N, 4); conv2 reads nothing of conv1's channel 1."""
+    rng = np.random.default_rng(2)
+    w2 = rng.normal(size=(3, 3, 3))
+    w2[:, 1] = 0
+    inits = {"w1": rng.normal(size=(3, 1, 5)), "w2": w2, "fc": rng.normal(size=(3, 4)), "one": np.array([1])}
+    nodes = [
+        helper.make_node("Unsqueeze", ["x", "one"], ["x1"]),
+        helper.make_node("Conv", ["x1", "w1"], ["z1"], name="conv1", pads=[2, 2]),
+        helper.make_node("Relu", ["z1"], ["a1"]),
+        helper.make_node("Conv", ["a1", "w2"], ["z2"], name="conv2", pads=[1, 1]),
+        helper.make_node("Relu", ["z2"], ["a2"]),
+        helper.make_node("ReduceMean", ["a2"], ["m"], axes=[2], keepdims=0),
+        helper.make_node("ReduceMean", ["state"], ["s"], axes=[0], keepdims=0),
+        helper.make_node("Add", ["m", "s"], ["y"]),
+        helper.make_node("Gemm", ["y", "fc"], ["logits"]),
+    ]
+    return make_model(nodes, [("x", ["N", 16]), ("state", [2, "N", 3])], [("logits", ["N", 4])], inits.items())
+
+
+def _state_data(n: int = 12) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    return {"x": rng.normal(size=(n, 16)).astype(np.float32), "state": rng.normal(size=(n, 2, 3)).astype(np.float32)}
+
+
+def _logits(proto: onnx.ModelProto, feeds: dict) -> np.ndarray:
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], feeds)[0]
+
+
+def test_an_input_with_the_batch_on_a_later_axis_is_given_samples_first():
+    # it was refused ("has the batch 'batch' on axis 1"), and the state, of image rank, was taken for the image
+    model = load_model_proto(state_model())
+    assert model.input_name == "x"  # the audio the first conv reads, not the state
+    assert model.input("state").sample_shape == (2, 3)
+    feeds = _state_data()
+    as_declared = {"x": feeds["x"], "state": np.ascontiguousarray(feeds["state"].transpose(1, 0, 2))}
+    np.testing.assert_allclose(_logits(model.proto, feeds), _logits(state_model(), as_declared), rtol=1e-6)
+    data = Dataset(feeds, None, "toy")
+    fast = run_shuffle(model, "conv2", data, batch_size=4, device="cpu")
+    direct = run_shuffle(model, "conv2", data, batch_size=4, device="cpu", exact_path=True)
+    assert fast.route == "fast"
+    np.testing.assert_allclose(fast.outputs["logits"].cosine, direct.outputs["logits"].cosine, atol=1e-6)
+
+
+def test_a_pruned_model_reads_its_state_as_the_file_declared_it(tmp_path):
+    path = save(state_model(), tmp_path)
+    np.savez(tmp_path / "d.npz", **_state_data(16))
+    out = tmp_path / "small.onnx"
+    r = run_cli("prune", path, "--data", tmp_path / "d.npz", "--channels", "conv1:1", "--out", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    pruned = onnx.load(out)
+    onnx.checker.check_model(pruned, full_check=True)
+    state = next(i for i in pruned.graph.input if i.name == "state")
+    assert [d.dim_param or d.dim_value for d in state.type.tensor_type.shape.dim] == [2, "N", 3]
+    assert not [n.name for n in pruned.graph.node if "samples_first" in n.name]
+    feeds = _state_data(3)
+    feeds["state"] = np.ascontiguousarray(feeds["state"].transpose(1, 0, 2))
+    np.testing.assert_allclose(_logits(pruned, feeds), _logits(state_model(), feeds), rtol=1e-5, atol=1e-5)

@@ -15,10 +15,10 @@ from onnxredund.engine.runtime import Runner
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import (
     channel_axis,
-    check_batch_first,
     classifier_output,
     image_layout,
     input_sizes,
+    later_batch_axes,
     pick_image_input,
 )
 
@@ -223,11 +223,10 @@ def test_channel_axis_follows_transposes_and_axis_keeping_ops():
     assert image_layout(5, 4, None, "x") == "NDHWC" and image_layout(4, 3, "nchw", "x") == "NCHW"
 
 
-def test_the_batch_is_first_on_every_input_paddles_question_marks_on_every_free_axis_included():
+def test_the_batch_on_a_later_axis_is_found_paddles_question_marks_on_every_free_axis_not_taken_for_it():
     def graph(*inputs):
         return helper.make_graph([], "g", [helper.make_tensor_value_info(n, 1, s) for n, s in inputs], [])
 
-    check_batch_first(graph(("x", ["?", 3, "?", "?"]), ("scale", [1, "?"])))  # PaddlePaddle: '?' is any free size
-    check_batch_first(graph(("x", ["N", 3, "H", "W"]), ("mask", ["N", "H", "W"])))
-    with pytest.raises(OnnxRedundError, match=r"input 'state' \[2, 'batch', 128\] has the batch 'batch' on axis 1"):
-        check_batch_first(graph(("input", ["batch", "sequence"]), ("state", [2, "batch", 128])))
+    assert later_batch_axes(graph(("x", ["?", 3, "?", "?"]), ("scale", [1, "?"]))) == {}  # '?' is any free size
+    assert later_batch_axes(graph(("x", ["N", 3, "H", "W"]), ("mask", ["N", "H", "W"]))) == {}
+    assert later_batch_axes(graph(("input", ["batch", "sequence"]), ("state", [2, "batch", 128]))) == {"state": 1}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from builders import run_cli
 
@@ -99,9 +100,38 @@ def test_quantized_paddleocr_classifier_goes_through_the_four_commands_and_stays
     assert len(weights) == 53 and all(quantizer.get(w) == "QuantizeLinear" for w in weights)  # each stays int8
 
 
-def test_silero_vad_with_its_state_batch_second_is_refused_in_one_line(real_model):
-    r = run_cli("layers", real_model("silero-vad-16k.onnx"), "--input-shape", "input=512")
-    assert r.exit_code == 2 and "input 'state' [2, 'batch', 128] has the batch 'batch' on axis 1" in r.stderr
+def test_silero_vad_with_its_state_batch_second_goes_through_the_four_commands(real_model, tmp_path):
+    """Silero VAD: audio (N, 512) beside an LSTM state [2, N, 128] (refused before: the batch on axis 1), its
+    decoder reading the state inside an If. The data gives the state samples first; the pruned file reads it as
+    the file declared it."""
+    path = real_model("silero-vad-16k.onnx")
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal((48, 512))).astype(np.float32)
+    data = tmp_path / "vad.npz"
+    np.savez(data, input=audio, state=np.zeros((48, 2, 128), np.float32), sr=np.array(16000))
+    given = ["--input-shape", "input=512"]
+    r = run_cli("layers", path, *given, "--json")
+    assert r.exit_code == 0, r.stderr
+    inputs = {i["name"]: i for i in json.loads(r.stdout)["inputs"]}
+    assert inputs["input"]["image"] and inputs["state"]["sample_shape"] == [2, 128]
+    r = run_cli("impulse", path, *given, "--json", "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    for exact in ([], ["--exact-path"]):
+        args = ["--layer", "2", "--data", data, "--batch-size", "16", "--json", "--device", "cpu", *exact]
+        r = run_cli("shuffle", path, *given, *args)
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout)["samples_done"] == 48
+    pruned = tmp_path / "vad.onnx"
+    args = ["--data", data, "--target-macs", "0.2", "--round-to", "1", "--out", pruned, "--device", "cpu"]
+    r = run_cli("prune", path, *given, *args)
+    assert r.exit_code == 0, r.stderr
+    state = next(i for i in onnx.load(pruned).graph.input if i.name == "state")
+    assert [d.dim_param or d.dim_value for d in state.type.tensor_type.shape.dim] == [2, "batch", 128]
+    session = ort.InferenceSession(str(pruned), providers=["CPUExecutionProvider"])
+    probability, state_out = session.run(
+        None, {"input": audio[:3], "state": np.zeros((2, 3, 128), np.float32), "sr": np.array(16000)}
+    )
+    assert probability.shape == (3, 1) and state_out.shape == (2, 3, 128)
 
 
 def test_basic_pitch_raw_audio_reshaped_as_tf2onnx_writes_it_goes_through_the_four_commands(real_model, tmp_path):
