@@ -271,23 +271,24 @@ def samples_back(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def batch_outputs(proto: onnx.ModelProto, sizes: dict[str, list]) -> list[str]:
-    """The outputs of a free-batch model with no axis that holds its samples: none grows with the batch from one
-    sample to two (a statistic over the batch: a mean, a count). Checked by shape, not by value, and only where
-    an output's declared first axis is not the inputs' batch (one run of each size)."""
+    """The outputs of a free-batch model with no axis that holds its samples: none grows with the batch from two
+    samples to three (a statistic over the batch: a mean, a count). Checked by shape, not by value, and only where
+    an output's declared first axis is not the inputs' batch (one run of each size; not from one sample, which a
+    Squeeze with no axes makes a scalar of)."""
     batches = {d[0] for d in sizes.values() if d and isinstance(d[0], str) and d[0] not in ("", "?")}
     suspects = [vi.name for vi in proto.graph.output if (dims(vi) or [None])[0] not in batches]
     if not suspects:
         return []
     try:
-        one, two = (_outputs(proto, check_feeds(proto, sizes, n)) for n in (1, _CHECK_BATCH))
+        two, three = (_outputs(proto, check_feeds(proto, sizes, n)) for n in (2, 3))
     except (OnnxRedundError, ValueError) as e:
         log.debug("the outputs' sample axes could not be checked: %s", e)
         return []
     names = [o.name for o in proto.graph.output]
     found = []
     for name in suspects:
-        a, b = one[names.index(name)], two[names.index(name)]
-        grows = a.ndim == b.ndim and any(y == _CHECK_BATCH * x for x, y in zip(a.shape, b.shape, strict=True))
+        a, b = two[names.index(name)], three[names.index(name)]
+        grows = a.ndim == b.ndim and any(2 * y == 3 * x for x, y in zip(a.shape, b.shape, strict=True))
         if not grows:
             found.append(name)
             log.warning("output %r holds no value per sample (%s at every batch size): left out", name, a.shape)
