@@ -38,7 +38,7 @@ import onnx.version_converter
 import onnx_ir as ir
 from onnx import TensorProto, helper
 
-from onnxredund.engine.batching import check_feeds
+from onnxredund.engine.batching import check_feeds, moved_inputs
 from onnxredund.engine.ir_edit import captured, constant_value, needed, to_ir, to_proto
 from onnxredund.engine.ir_edit import default_opset as ir_default_opset
 from onnxredund.engine.runtime import Runner
@@ -50,7 +50,9 @@ from onnxredund.model import (
     Model,
     attribute,
     consumers_of,
+    data_dependent,
     default_opset,
+    dims,
     downstream,
     outer_reads,
     output_kind,
@@ -152,6 +154,14 @@ def fast_path_blocker(model: Model, layer: ConvLayer) -> str | None:
         if side_inputs(source, layer.activation) != side or not {layer.output, layer.activation} <= made:
             older = f"the model's opset {default_opset(proto)} is older than {FAST_OPSET}"
             return f"{older} and onnx's conversion renames this layer's tensors"
+    moved = moved_inputs(proto)  # a state given samples first: what the graph computes of it has them later
+    later = sorted(data_dependent(proto.graph, list(moved.values())) & set(side)) if moved else []
+    if later:
+        infos = value_infos(proto)
+        batch = (dims(infos[model.input_name]) or ["?"])[0]
+        later = [t for t in later if not _samples_first(infos.get(t), batch)]
+    if later:
+        return f"{later[0]!r}, read past the layer, holds its samples on a later axis (an input's state)"
     graph = source.graph  # the fast model's nodes come from there
     shaped = sorted(_fast_shape_derived(model) & set(side))
     if shaped:  # the fast model makes them again for its K x B rows, from the sizes of the tensors they measure
@@ -163,6 +173,12 @@ def fast_path_blocker(model: Model, layer: ConvLayer) -> str | None:
                 f"{unknown[0]!r} per sample are not known"
             )
     return None
+
+
+def _samples_first(info: onnx.ValueInfoProto | None, batch) -> bool:
+    """Whether shape inference puts the free batch ``batch`` on the tensor's first axis and on no other."""
+    shape = dims(info) if info is not None else None
+    return bool(shape) and isinstance(batch, str) and shape[0] == batch and batch not in shape[1:]
 
 
 def _static(model: Model, tensor: str) -> bool:

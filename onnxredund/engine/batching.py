@@ -37,6 +37,7 @@ from onnxredund.model import ConstantTable, data_inputs, dims, later_batch_axes
 __all__ = [
     "batch_outputs",
     "check_feeds",
+    "free_fixed_states",
     "inputs_samples_first",
     "make_batch_dynamic",
     "moved_inputs",
@@ -185,12 +186,15 @@ def samples_first(
     return to_proto(model)
 
 
-def inputs_samples_first(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of ``proto`` in which each data input that holds the batch on a later axis
-    (:func:`~onnxredund.model.later_batch_axes`) is declared with that axis first, and a Transpose gives the graph
-    what it read before (If/Loop bodies' reads included); ``proto`` itself where there is none. The Transpose keeps
-    the declared type for :func:`samples_back`."""
-    axes = later_batch_axes(proto.graph)
+def inputs_samples_first(
+    proto: onnx.ModelProto, axes: dict[str, int] | None = None, batch: str | None = None
+) -> onnx.ModelProto:
+    """Copy of ``proto`` in which each data input of ``axes`` (name -> the axis holding its samples; default: those
+    with the batch's name on a later axis, :func:`~onnxredund.model.later_batch_axes`) is declared with that axis
+    first (its size ``batch`` where given), and a Transpose gives the graph what it read before (If/Loop bodies'
+    reads included); ``proto`` itself where there is none. The Transpose keeps the declared type for
+    :func:`samples_back`."""
+    axes = later_batch_axes(proto.graph) if axes is None else axes
     if not axes:
         return proto
     declared = {vi.name: vi.type for vi in proto.graph.input}
@@ -201,12 +205,13 @@ def inputs_samples_first(proto: onnx.ModelProto) -> onnx.ModelProto:
         if value.name not in axes:
             continue
         name, axis, shape = value.name, axes[value.name], list(value.shape)
-        first = ir.Value(name=None, type=value.type, shape=ir.Shape([shape[axis], *shape[:axis], *shape[axis + 1 :]]))
+        samples = shape[axis] if batch is None else batch
+        first = ir.Value(name=None, type=value.type, shape=ir.Shape([samples, *shape[:axis], *shape[axis + 1 :]]))
         perm = [0 if j == axis else j + 1 if j < axis else j for j in range(len(shape))]
         note = f"samples on axis {axis}; declared {declared[name].SerializeToString().hex()}"
         node = ir.node("Transpose", [first], attributes={"perm": perm}, name=_SAMPLES_FIRST + name, doc_string=note)
         inner = node.outputs[0]
-        inner.type, inner.shape = value.type, value.shape
+        inner.type, inner.shape = value.type, ir.Shape([*shape[:axis], samples, *shape[axis + 1 :]])
         ir.convenience.replace_all_uses_with(value, inner)
         graph.inputs[i] = first
         value.name = None
@@ -220,6 +225,69 @@ def inputs_samples_first(proto: onnx.ModelProto) -> onnx.ModelProto:
     return to_proto(model)
 
 
+def free_fixed_states(proto: onnx.ModelProto, sizes: dict[str, list], image: str) -> tuple[onnx.ModelProto, dict]:
+    """Where the image input's batch is free and other inputs fix their first axis above 1 with one axis of size
+    1 after it (AECMOS's GRU state h0 [4, 1, 64]: a batch of one on axis 1), that axis is taken for their batch
+    and they are given samples first (:func:`inputs_samples_first`). If one run of two samples gives what two
+    one-sample runs of the file give, the batch stays free; else every input's batch is fixed to 1 (the samples
+    run one at a time, each with its own state). Returns the model and the inputs' sizes (unchanged where no
+    input is such a state)."""
+    batch = sizes[image][0] if sizes[image] else None
+    fixed = {n: d for n, d in sizes.items() if n != image and d and isinstance(d[0], int) and d[0] > 1}
+    if not isinstance(batch, str) or not fixed:
+        return proto, sizes
+    axes = {}
+    for name, d in fixed.items():
+        ones = [j for j in range(1, len(d)) if d[j] == 1]
+        if len(ones) != 1:
+            return proto, sizes
+        axes[name] = ones[0]
+    moved = inputs_samples_first(proto, axes, batch)
+    given = {**sizes, **{n: [batch, *(d for j, d in enumerate(sizes[n]) if j != a)] for n, a in axes.items()}}
+    feeds = check_feeds(moved, given, _CHECK_BATCH)
+
+    def one(i: int) -> dict[str, np.ndarray]:  # sample i as the file takes it
+        part = _slice(feeds, i, i + 1)
+        return {n: np.moveaxis(v, 0, axes[n]) if n in axes else v for n, v in part.items()}
+
+    try:
+        together = _outputs(moved, feeds)
+        apart = [_outputs(proto, one(i)) for i in range(_CHECK_BATCH)]
+        free = all(_joins(t, [a[k] for a in apart]) for k, t in enumerate(together))
+    except (OnnxRedundError, ValueError) as e:
+        log.debug("a batch of two with the states given samples first failed: %s", e)
+        free = False
+    for name, axis in axes.items():
+        log.info(
+            "input %r %s holds a batch of one on axis %d: the data gives it samples first", name, fixed[name], axis
+        )
+    if free:
+        return moved, given
+    ones = {n: [1, *d[1:]] if d and d[0] == batch else d for n, d in given.items()}
+    return rebatch_to_one(
+        inputs_samples_first(proto, axes, 1), [n for n, d in given.items() if d and d[0] == batch]
+    ), ones
+
+
+def rebatch_to_one(proto: onnx.ModelProto, inputs: list[str]) -> onnx.ModelProto:
+    """``proto`` with the first axis of ``inputs`` fixed to 1 (in place; returned)."""
+    for vi in proto.graph.input:
+        if vi.name in inputs:
+            first = vi.type.tensor_type.shape.dim[0]
+            first.Clear()
+            first.dim_value = 1
+    return proto
+
+
+def _joins(together: np.ndarray, parts: list[np.ndarray]) -> bool:
+    """Whether one-sample runs' values make the batched run's: joined along an axis, or stacked where one sample's
+    value has no batch axis (AECMOS's four scores, (4,) for one sample, (N, 4) for N)."""
+    if _joined_axis(together, parts, 1) is not None:
+        return True
+    stacked = np.stack(parts) if all(p.shape == parts[0].shape for p in parts) else None
+    return stacked is not None and stacked.shape == together.shape and np.allclose(together, stacked, 1e-4, 1e-5)
+
+
 def _moves(graph) -> list:
     return [n for n in graph if n.op_type == "Transpose" and (n.name or "").startswith(_SAMPLES_FIRST)]
 
@@ -230,10 +298,11 @@ def moved_outputs(proto: onnx.ModelProto) -> set[str]:
     return {n.output[0] for n in _moves(proto.graph.node) if n.output[0] in outputs}
 
 
-def moved_inputs(proto: onnx.ModelProto) -> set[str]:
-    """The inputs :func:`inputs_samples_first` declared samples first."""
+def moved_inputs(proto: onnx.ModelProto) -> dict[str, str]:
+    """The inputs :func:`inputs_samples_first` declared samples first: name -> the tensor the graph reads instead
+    (the input as the file declared it, its samples on a later axis)."""
     inputs = {i.name for i in proto.graph.input}
-    return {n.input[0] for n in _moves(proto.graph.node) if n.input[0] in inputs}
+    return {n.input[0]: n.output[0] for n in _moves(proto.graph.node) if n.input[0] in inputs}
 
 
 def samples_back(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -260,7 +329,10 @@ def samples_back(proto: onnx.ModelProto) -> onnx.ModelProto:
         inner.name = name
         types[name] = (int(axis), onnx.TypeProto.FromString(bytes.fromhex(declared)))
     back = to_proto(model)
-    for vi in [*back.graph.input, *back.graph.output]:
+    for vi in back.graph.input:
+        if vi.name in types:
+            vi.type.CopyFrom(types[vi.name][1])
+    for vi in back.graph.output:
         if vi.name in types:
             axis, declared = types[vi.name]
             vi.type.CopyFrom(declared)

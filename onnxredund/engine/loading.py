@@ -13,7 +13,13 @@ import numpy as np
 import onnx
 
 from onnxredund.choices import LAYOUT_CHOICES
-from onnxredund.engine.batching import batch_outputs, inputs_samples_first, make_batch_dynamic, moved_outputs
+from onnxredund.engine.batching import (
+    batch_outputs,
+    free_fixed_states,
+    inputs_samples_first,
+    make_batch_dynamic,
+    moved_outputs,
+)
 from onnxredund.engine.fold import fold_conv_parameters
 from onnxredund.engine.runtime import Runner, probe_shapes
 from onnxredund.engine.surgery import expose_outputs
@@ -129,6 +135,7 @@ def load_model_proto(
         raise OnnxRedundError(f"{path} has no Conv node; onnxredund analyses convolutional networks")
     check_finite_weights(proto, path)
     Runner.create(proto, "cpu", optimize=False)  # onnxruntime must take the model as it is: say so now if not
+    proto, sizes = free_fixed_states(proto, sizes, image)
     proto, batch_dynamic = make_batch_dynamic(proto, sizes)
     batch = sizes[image][0]
     if not batch_dynamic and batch != 1:

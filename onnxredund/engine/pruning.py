@@ -378,7 +378,7 @@ def keep_interface(proto: onnx.ModelProto, model: Model) -> None:
     """Declare the graph inputs and outputs of ``proto`` as the model's file did (free sizes and their names
     included), not at the sizes the analysis fixed; a batch that loading freed stays free. An input or output whose
     samples loading moved first is declared so until it is written (:func:`save_pruned` restores it)."""
-    moved = moved_outputs(proto) | moved_inputs(proto)
+    moved = moved_outputs(proto) | set(moved_inputs(proto))
     for vi in [*proto.graph.input, *proto.graph.output]:
         declared = model.declared.get(vi.name)
         if declared is None or not declared.HasField("tensor_type") or vi.name in moved:

@@ -222,12 +222,18 @@ class Runner:
     def run_per_sample(self, feeds: dict, outputs: list[str] | None = None) -> list[np.ndarray]:
         """Run a model whose batch is fixed to 1: one sample of every feed at a time. Each output is joined
         along its first axis where that axis is the sample's (size 1), else stacked on a new one: a
-        recogniser's (T, 1, classes) per sample becomes (N, T, 1, classes), never (N x T, 1, classes)."""
+        recogniser's (T, 1, classes) per sample becomes (N, T, 1, classes), never (N x T, 1, classes). A feed so
+        stacked (one rank above the input's) gives each run its sample without that axis: an RNN state's slice
+        (2, 1, 64) that an earlier run made."""
         n = len(next(v for v in feeds.values() if np.ndim(v)))
-        parts = [
-            self.run({name: value[i : i + 1] if np.ndim(value) else value for name, value in feeds.items()}, outputs)
-            for i in range(n)
-        ]
+        ranks = {i.name: len(i.shape) for i in self.session.get_inputs()}
+
+        def sample(name: str, value, i: int):
+            if not np.ndim(value):
+                return value
+            return value[i] if np.ndim(value) == ranks.get(name, -1) + 1 else value[i : i + 1]
+
+        parts = [self.run({name: sample(name, value, i) for name, value in feeds.items()}, outputs) for i in range(n)]
         return [_join_samples([p[j] for p in parts]) for j in range(len(parts[0]))]
 
     def runs(self, batched: bool):

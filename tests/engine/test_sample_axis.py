@@ -8,6 +8,7 @@ import json
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from builders import make_model, run_cli, save
 from onnx import helper
 
@@ -213,3 +214,75 @@ def test_a_pruned_model_reads_its_state_as_the_file_declared_it(tmp_path):
     feeds = _state_data(3)
     feeds["state"] = np.ascontiguousarray(feeds["state"].transpose(1, 0, 2))
     np.testing.assert_allclose(_logits(pruned, feeds), _logits(state_model(), feeds), rtol=1e-5, atol=1e-5)
+
+
+def fixed_state_model(*, fixed_batch: bool, state_input: bool = True) -> onnx.ModelProto:
+    """AECMOS's interface in small: x (N, 2, 6, 6) and a state h [3, 1, 4], its batch of one on axis 1, fixed.
+    x -> conv1 (3) -> Relu -> conv2 (4) -> Relu -> mean -> (N, 4), joined on a new first axis with the state's
+    first two rows h[0:2] (read past conv2), averaged over it: logits. ``fixed_batch`` adds the mean's maximum over
+    the batch (its own value for one sample: AECMOS's last two scores differ so in a batch of two);
+    ``state_input=False`` makes h a constant of zeros, and the batch 1 (a constant state has a batch of one)."""
+    rng = np.random.default_rng(4)
+    w2 = rng.normal(size=(4, 3, 3, 3))
+    w2[:, 1] = 0
+    inits = {
+        "w1": rng.normal(size=(3, 2, 3, 3)),
+        "w2": w2,
+        "zero": np.array([0]),
+        "two": np.array([2]),
+    }
+    if not state_input:
+        inits["h"] = np.zeros((3, 1, 4))
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["z1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["z1"], ["a1"]),
+        helper.make_node("Conv", ["a1", "w2"], ["z2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["z2"], ["a2"]),
+        helper.make_node("ReduceMean", ["a2"], ["m"], axes=[2, 3], keepdims=0),
+        helper.make_node("ReduceMax", ["m"], ["top"], axes=[0], keepdims=1),
+        helper.make_node("Add", ["m", "top"], ["m2"]) if fixed_batch else helper.make_node("Identity", ["m"], ["m2"]),
+        helper.make_node("Unsqueeze", ["m2", "zero"], ["m3"]),
+        helper.make_node("Slice", ["h", "zero", "two", "zero"], ["rows"]),
+        helper.make_node("Concat", ["rows", "m3"], ["joined"], axis=0),
+        helper.make_node("ReduceMean", ["joined"], ["logits"], axes=[0], keepdims=0),
+    ]
+    inputs = [("x", ["N", 2, 6, 6]), ("h", [3, 1, 4])] if state_input else [("x", [1, 2, 6, 6])]
+    return make_model(nodes, inputs, [("logits", ["N", 4])], inits.items())
+
+
+def _fixed_state_data(n: int = 10) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(6).normal(size=(n, 2, 6, 6)).astype(np.float32), "h": np.zeros((n, 3, 4))}
+
+
+@pytest.mark.parametrize("fixed_batch", [False, True])
+def test_a_state_with_a_batch_of_one_on_axis_1_is_given_samples_first(fixed_batch):
+    # AECMOS's h0 [4, 1, 64] beside a free batch was refused ("fixes its first axis while 'input' has a free batch")
+    model = load_model_proto(fixed_state_model(fixed_batch=fixed_batch))
+    assert model.input("h").sample_shape == (3, 4)
+    assert model.batch_dynamic is not fixed_batch  # a batch of two runs and joins: free; else one at a time
+    feeds = {k: v.astype(np.float32) for k, v in _fixed_state_data().items()}
+    baked = load_model_proto(fixed_state_model(fixed_batch=fixed_batch, state_input=False))  # h: zeros, a constant
+    for mode in ("channel", "pixel"):
+        got = run_shuffle(model, "conv2", Dataset(feeds, None, "toy"), mode=mode, batch_size=4, device="cpu")
+        want = run_shuffle(
+            baked, "conv2", Dataset({"x": feeds["x"]}, None, "toy"), mode=mode, batch_size=4, device="cpu"
+        )
+        assert got.route == "direct"  # h[0:2], (2, N, 4), is read past conv2: the fast model's rows are first
+        np.testing.assert_allclose(got.cosine, want.cosine, atol=1e-6)
+        ours, theirs = got.to_dict()["outputs"]["logits"], want.to_dict()["outputs"]["logits"]
+        np.testing.assert_allclose(ours["relative_l2"], theirs["relative_l2"], rtol=1e-5, atol=1e-7)
+
+
+def test_a_pruned_model_declares_its_fixed_state_as_the_file_did(tmp_path):
+    proto = fixed_state_model(fixed_batch=True)
+    path = save(proto, tmp_path)
+    np.savez(tmp_path / "d.npz", **_fixed_state_data(16))
+    out = tmp_path / "small.onnx"
+    r = run_cli("prune", path, "--data", tmp_path / "d.npz", "--channels", "conv1:1", "--out", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    pruned = onnx.load(out)
+    h = next(i for i in pruned.graph.input if i.name == "h")
+    assert [d.dim_param or d.dim_value for d in h.type.tensor_type.shape.dim] == [3, 1, 4]
+    x = _fixed_state_data(1)["x"]
+    feeds = {"x": x, "h": np.random.default_rng(0).normal(size=(3, 1, 4)).astype(np.float32)}
+    np.testing.assert_allclose(_logits(pruned, feeds), _logits(proto, feeds), rtol=1e-5, atol=1e-6)
