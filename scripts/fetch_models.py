@@ -104,6 +104,13 @@ MODELS = {
         "Microsoft's DNSMOS P.808 speech quality net (Keras via keras2onnx: (N, 900 frames, 120 mel bands) "
         "unsqueezed to one channel for its 5 convs, a score out)",
     ),
+    "aecmos.onnx": (
+        "speechmos==0.0.1.1",
+        "speechmos/aecmos_models/Run_1663829550_Stage_0.onnx",
+        "b517d8d9ca2f91ea55d15f605a15917c19be5d832868fe115c7c5bc48986dae1",
+        "Microsoft's AECMOS echo-cancellation quality net (PyTorch, opset 9: 3 x frames x 160 spectra beside a GRU "
+        "state h0 [4, 1, 64], a fixed batch of one on axis 1; 4 convs with SiLU, 4 scores that depend on the batch)",
+    ),
     "basic-pitch.onnx": (
         "basic-pitch==0.4.0",
         "basic_pitch/saved_models/icassp_2022/nmp.onnx",

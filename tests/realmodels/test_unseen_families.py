@@ -134,6 +134,36 @@ def test_silero_vad_with_its_state_batch_second_goes_through_the_four_commands(r
     assert probability.shape == (3, 1) and state_out.shape == (2, 3, 128)
 
 
+def test_aecmos_with_a_fixed_gru_state_runs_a_sample_at_a_time_through_the_four_commands(real_model, tmp_path):
+    """Microsoft's AECMOS: spectra (N, 3, frames, 160) beside a GRU state h0 [4, 1, 64] whose batch of one is on
+    axis 1 (refused before: "fixes its first axis while 'input' has a free batch"). Its scores depend on the batch
+    (a batch of two changes them), so the samples run one at a time, each with its state given (N, 4, 64)."""
+    path = real_model("aecmos.onnx")
+    rng = np.random.default_rng(0)
+    data = tmp_path / "aec.npz"
+    np.savez(data, input=rng.random((12, 3, 100, 160)).astype(np.float32), h0=np.zeros((12, 4, 64), np.float32))
+    given = ["--input-shape", "input=3x100x160"]
+    r = run_cli("layers", path, *given, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert {i["name"]: i["sample_shape"] for i in json.loads(r.stdout)["inputs"]}["h0"] == [4, 64]
+    assert run_cli("impulse", path, *given, "--json", "--device", "cpu").exit_code == 0
+    args = ["--layer", "2", "--data", data, "--batch-size", "4", "--json", "--device", "cpu"]
+    r = run_cli("shuffle", path, *given, *args)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["samples_done"] == 12
+    pruned = tmp_path / "aec.onnx"
+    args = ["--data", data, "--target-macs", "0.2", "--round-to", "1", "--out", pruned, "--device", "cpu"]
+    r = run_cli("prune", path, *given, *args)
+    assert r.exit_code == 0, r.stderr
+    h0 = next(i for i in onnx.load(pruned).graph.input if i.name == "h0")
+    assert [d.dim_param or d.dim_value for d in h0.type.tensor_type.shape.dim] == [4, 1, 64]
+    session = ort.InferenceSession(str(pruned), providers=["CPUExecutionProvider"])
+    (scores,) = session.run(
+        None, {"input": rng.random((1, 3, 100, 160), np.float32), "h0": np.zeros((4, 1, 64), np.float32)}
+    )
+    assert scores.shape == (4,) and np.isfinite(scores).all()
+
+
 def test_basic_pitch_raw_audio_reshaped_as_tf2onnx_writes_it_goes_through_the_four_commands(real_model, tmp_path):
     """Spotify's basic-pitch, [N, 43844, 1] into 1 x 256 conv1d kernels through an ExpandDims and a Reshape of two
     size-1 axes: taken for 43,844 channels before (impulse: "Unable to allocate 28.6 GiB", a traceback)."""
