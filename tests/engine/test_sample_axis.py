@@ -216,8 +216,9 @@ def test_a_pruned_model_reads_its_state_as_the_file_declared_it(tmp_path):
     np.testing.assert_allclose(_logits(pruned, feeds), _logits(state_model(), feeds), rtol=1e-5, atol=1e-5)
 
 
-def fixed_state_model(*, fixed_batch: bool, state_input: bool = True) -> onnx.ModelProto:
-    """AECMOS's interface in small: x (N, 2, 6, 6) and a state h [3, 1, 4], its batch of one on axis 1, fixed.
+def fixed_state_model(*, fixed_batch: bool, state_input: bool = True, layers: int = 3) -> onnx.ModelProto:
+    """AECMOS's interface in small: x (N, 2, 6, 6) and a state h [layers, 1, 4], its batch of one on axis 1, fixed
+    (Silero VAD v6's [1, 1, 128] with ``layers=1``).
     x -> conv1 (3) -> Relu -> conv2 (4) -> Relu -> mean -> (N, 4), joined on a new first axis with the state's
     first two rows h[0:2] (read past conv2), averaged over it: logits. ``fixed_batch`` adds the mean's maximum over
     the batch (its own value for one sample: AECMOS's last two scores differ so in a batch of two);
@@ -232,7 +233,7 @@ def fixed_state_model(*, fixed_batch: bool, state_input: bool = True) -> onnx.Mo
         "two": np.array([2]),
     }
     if not state_input:
-        inits["h"] = np.zeros((3, 1, 4))
+        inits["h"] = np.zeros((layers, 1, 4))
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["z1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["z1"], ["a1"]),
@@ -246,22 +247,25 @@ def fixed_state_model(*, fixed_batch: bool, state_input: bool = True) -> onnx.Mo
         helper.make_node("Concat", ["rows", "m3"], ["joined"], axis=0),
         helper.make_node("ReduceMean", ["joined"], ["logits"], axes=[0], keepdims=0),
     ]
-    inputs = [("x", ["N", 2, 6, 6]), ("h", [3, 1, 4])] if state_input else [("x", [1, 2, 6, 6])]
+    inputs = [("x", ["N", 2, 6, 6]), ("h", [layers, 1, 4])] if state_input else [("x", [1, 2, 6, 6])]
     return make_model(nodes, inputs, [("logits", ["N", 4])], inits.items())
 
 
-def _fixed_state_data(n: int = 10) -> dict[str, np.ndarray]:
-    return {"x": np.random.default_rng(6).normal(size=(n, 2, 6, 6)).astype(np.float32), "h": np.zeros((n, 3, 4))}
+def _fixed_state_data(n: int = 10, layers: int = 3) -> dict[str, np.ndarray]:
+    x = np.random.default_rng(6).normal(size=(n, 2, 6, 6)).astype(np.float32)
+    return {"x": x, "h": np.zeros((n, layers, 4))}
 
 
+@pytest.mark.parametrize("layers", [3, 1])
 @pytest.mark.parametrize("fixed_batch", [False, True])
-def test_a_state_with_a_batch_of_one_on_axis_1_is_given_samples_first(fixed_batch):
-    # AECMOS's h0 [4, 1, 64] beside a free batch was refused ("fixes its first axis while 'input' has a free batch")
-    model = load_model_proto(fixed_state_model(fixed_batch=fixed_batch))
-    assert model.input("h").sample_shape == (3, 4)
+def test_a_state_with_a_batch_of_one_on_axis_1_is_given_samples_first(fixed_batch, layers):
+    # AECMOS's h0 [4, 1, 64] (and Silero VAD v6's [1, 1, 128]) beside a free batch was refused ("fixes its first
+    # axis while 'input' has a free batch")
+    model = load_model_proto(fixed_state_model(fixed_batch=fixed_batch, layers=layers))
+    assert model.input("h").sample_shape == (layers, 4)
     assert model.batch_dynamic is not fixed_batch  # a batch of two runs and joins: free; else one at a time
-    feeds = {k: v.astype(np.float32) for k, v in _fixed_state_data().items()}
-    baked = load_model_proto(fixed_state_model(fixed_batch=fixed_batch, state_input=False))  # h: zeros, a constant
+    feeds = {k: v.astype(np.float32) for k, v in _fixed_state_data(layers=layers).items()}
+    baked = load_model_proto(fixed_state_model(fixed_batch=fixed_batch, state_input=False, layers=layers))
     for mode in ("channel", "pixel"):
         got = run_shuffle(model, "conv2", Dataset(feeds, None, "toy"), mode=mode, batch_size=4, device="cpu")
         want = run_shuffle(

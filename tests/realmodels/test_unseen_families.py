@@ -134,6 +134,38 @@ def test_silero_vad_with_its_state_batch_second_goes_through_the_four_commands(r
     assert probability.shape == (3, 1) and state_out.shape == (2, 3, 128)
 
 
+def test_silero_vad_v6_with_fixed_lstm_states_goes_through_the_four_commands(real_model, tmp_path):
+    """Silero VAD v6 as faster-whisper ships it: chunks [seq_len, 576] beside states h and c [1, 1, 128] (refused
+    before: "fixes its first axis while 'input' has a free batch"). A batch of chunks with their states given
+    (N, 1, 128) joins as one-chunk runs do, so the batch stays free; the pruned file keeps [1, 1, 128]."""
+    path = real_model("silero-vad-v6.onnx")
+    rng = np.random.default_rng(0)
+    data = tmp_path / "vad.npz"
+    zeros = np.zeros((48, 1, 128), np.float32)
+    np.savez(data, input=(0.1 * rng.standard_normal((48, 576))).astype(np.float32), h=zeros, c=zeros)
+    r = run_cli("layers", path, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert {i["name"]: i["sample_shape"] for i in json.loads(r.stdout)["inputs"]} == {
+        "input": [576],
+        "h": [1, 128],
+        "c": [1, 128],
+    }
+    assert run_cli("impulse", path, "--json", "--device", "cpu").exit_code == 0
+    r = run_cli("shuffle", path, "--layer", "2", "--data", data, "--batch-size", "16", "--json", "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    sweep = json.loads(r.stdout)
+    assert sweep["samples_done"] == 48 and sweep["path"] == "direct"  # its LSTM reads h and c, samples second
+    pruned = tmp_path / "vad.onnx"
+    args = ["--data", data, "--target-macs", "0.2", "--round-to", "1", "--out", pruned, "--device", "cpu"]
+    r = run_cli("prune", path, *args)
+    assert r.exit_code == 0, r.stderr
+    shapes = {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in onnx.load(pruned).graph.input
+    }
+    assert shapes == {"input": ["seq_len", 576], "h": [1, 1, 128], "c": [1, 1, 128]}
+
+
 def test_aecmos_with_a_fixed_gru_state_runs_a_sample_at_a_time_through_the_four_commands(real_model, tmp_path):
     """Microsoft's AECMOS: spectra (N, 3, frames, 160) beside a GRU state h0 [4, 1, 64] whose batch of one is on
     axis 1 (refused before: "fixes its first axis while 'input' has a free batch"). Its scores depend on the batch
