@@ -209,7 +209,11 @@ def classifier_outputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]
     pooled features (an embedding).
     """
     made_by = {o: n for n in proto.graph.node for o in n.output}
-    two_d = [o.name for o in proto.graph.output if is_class_scores(shapes.get(o.name, ()))]
+    two_d = [
+        o.name
+        for o in proto.graph.output
+        if is_class_scores(shapes.get(o.name, ())) and _classes_are_channels(made_by, shapes, o.name)
+    ]
     soft = [name for name in two_d if _probabilities(made_by, made_by.get(name))]
     return soft or [name for name in two_d if _scored(proto.graph, made_by, name)][:1]
 
@@ -241,6 +245,24 @@ _PASSING = frozenset(
 )
 #: ops that map features to scores: a dense layer (MatMul then a bias Add), a 1 x 1 conv (SqueezeNet), a sigmoid
 _SCORING = frozenset({"Gemm", "MatMul", "Conv", "FusedConv", "Sigmoid", "Softmax", "LogSoftmax"})
+
+
+_MAPS = frozenset({"Gemm", "MatMul", "Conv", "FusedConv"})
+
+
+def _classes_are_channels(made_by: dict[str, onnx.NodeProto], shapes: dict, name: str) -> bool:
+    """Whether the classes of output ``name`` are the channels of the learned map that makes them (a conv's output
+    channels, a dense layer's features), not its positions: a face detector's per-anchor scores, a 1-channel
+    conv's 40 x 40 map transposed and reshaped to (1600, 1), are no classifier. True where it cannot be told."""
+    classes = shapes[name][0]
+    node = made_by.get(name)
+    while node is not None and node.op_type not in _MAPS and node.input:
+        node = made_by.get(node.input[0])
+    made = shapes.get(node.output[0]) if node is not None else None
+    if not made:
+        return True
+    channels = made[0] if node.op_type in ("Conv", "FusedConv") else made[-1]
+    return channels == classes
 
 
 def _scored(graph: onnx.GraphProto, made_by: dict[str, onnx.NodeProto], name: str) -> bool:

@@ -102,6 +102,31 @@ def test_pooled_features_are_not_class_scores_and_a_learned_map_to_them_is():
     assert _pooled("dense").classifiers == ["y"]
 
 
+def test_per_position_scores_of_a_detector_head_are_not_class_scores():
+    # YuNet's face scores: a 1-channel conv's 8 x 8 map, transposed and reshaped to (N, 64, 1), then a Sigmoid,
+    # was taken for 64 classes (agreement: the arg-max over positions)
+    w = np.random.default_rng(2).normal(size=(1, 3, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["z"], name="c", pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["z"], ["t"], perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", ["t", "shape"], ["r"]),
+        helper.make_node("Sigmoid", ["r"], ["cls_8"]),
+    ]
+    inits = {"w": w, "shape": np.array([-1, 64, 1], np.int64)}
+    model = load_model_proto(make_model(nodes, [("x", ["N", 3, 8, 8])], [("cls_8", ["N", 64, 1])], inits))
+    assert model.shapes["cls_8"] == (64, 1) and model.classifiers == []
+    # the same form where the 64 are the conv's channels (a 1 x 1 head over a pooled map) is a classifier
+    wide = np.random.default_rng(2).normal(size=(64, 3, 1, 1)).astype(np.float32)
+    head = [
+        helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+        helper.make_node("Conv", ["g", "w"], ["z"], name="c"),
+        helper.make_node("Reshape", ["z", "shape"], ["cls_8"]),
+    ]
+    inits = {"w": wide, "shape": np.array([-1, 64, 1], np.int64)}
+    model = load_model_proto(make_model(head, [("x", ["N", 3, 8, 8])], [("cls_8", ["N", 64, 1])], inits))
+    assert model.classifiers == ["cls_8"]
+
+
 def test_input_sizes_take_given_sizes_for_free_dimensions_and_refuse_contradictions():
     nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="c")]
     w = small_cnn()[1]["w1"]
