@@ -32,11 +32,12 @@ import onnx_ir as ir
 from onnxredund.engine.ir_edit import Names, constant_value, to_ir, to_proto
 from onnxredund.engine.runtime import Runner
 from onnxredund.errors import OnnxRedundError
-from onnxredund.model import ConstantTable, data_inputs, dims, later_batch_axes
+from onnxredund.model import ConstantTable, copy_model, data_dependent, data_inputs, dims, later_batch_axes
 
 __all__ = [
     "batch_outputs",
     "check_feeds",
+    "fix_baked_batch",
     "free_fixed_states",
     "inputs_samples_first",
     "make_batch_dynamic",
@@ -370,6 +371,41 @@ def batch_outputs(proto: onnx.ModelProto, sizes: dict[str, list]) -> list[str]:
             found.append(name)
             log.warning("output %r holds no value per sample (%s at every batch size): left out", name, a.shape)
     return found
+
+
+def fix_baked_batch(proto: onnx.ModelProto, sizes: dict[str, list]) -> tuple[onnx.ModelProto, dict[str, list]]:
+    """A model that declares a free batch but bakes a batch of one into its constants (yolo5face's channel
+    shuffles: Reshape to [1, 2, 32, 40, 40]) fails on a batch of two, or gives other values: its inputs' batch is
+    fixed to 1 here, so that :func:`make_batch_dynamic` frees it where it safely can and runs the samples one at
+    a time where not. Checked only where a Reshape of data has a constant target starting with 1; returns the
+    model and the inputs' sizes, unchanged otherwise."""
+    free = [n for n, d in sizes.items() if d and isinstance(d[0], str)]
+    if not free or any(d and isinstance(d[0], int) for d in sizes.values()) or not _reshapes_to_one(proto):
+        return proto, sizes
+    feeds = check_feeds(proto, sizes, _CHECK_BATCH)
+    try:
+        together = _outputs(proto, feeds)
+        apart = [_outputs(proto, _slice(feeds, i, i + 1)) for i in range(_CHECK_BATCH)]
+        if all(_joined_axis(t, [a[k] for a in apart], 1) is not None for k, t in enumerate(together)):
+            return proto, sizes
+    except (OnnxRedundError, ValueError) as e:
+        log.debug("a batch of two fails: %s", e)
+    log.warning("the model declares a free batch but its constants fix it to 1 (a Reshape to [1, ...])")
+    ones = {n: [1, *d[1:]] if n in free else d for n, d in sizes.items()}
+    return rebatch_to_one(copy_model(proto), free), ones
+
+
+def _reshapes_to_one(proto: onnx.ModelProto) -> bool:
+    """Whether a Reshape of data has a constant target of rank 2 or more starting with 1."""
+    consts = ConstantTable(proto.graph)
+    dependent = data_dependent(proto.graph)
+    for node in proto.graph.node:
+        if node.op_type != "Reshape" or node.input[0] not in dependent or node.input[1] not in consts:
+            continue
+        target = np.asarray(consts[node.input[1]])
+        if target.ndim == 1 and target.size >= 2 and target[0] == 1:
+            return True
+    return False
 
 
 def make_batch_dynamic(proto: onnx.ModelProto, sizes: dict[str, list]) -> tuple[onnx.ModelProto, bool]:

@@ -15,6 +15,7 @@ import onnx
 from onnxredund.choices import LAYOUT_CHOICES
 from onnxredund.engine.batching import (
     batch_outputs,
+    fix_baked_batch,
     free_fixed_states,
     inputs_samples_first,
     make_batch_dynamic,
@@ -136,6 +137,7 @@ def load_model_proto(
     check_finite_weights(proto, path)
     Runner.create(proto, "cpu", optimize=False)  # onnxruntime must take the model as it is: say so now if not
     proto, sizes = free_fixed_states(proto, sizes, image)
+    proto, sizes = fix_baked_batch(proto, sizes)
     proto, batch_dynamic = make_batch_dynamic(proto, sizes)
     batch = sizes[image][0]
     if not batch_dynamic and batch != 1:

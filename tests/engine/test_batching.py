@@ -58,3 +58,50 @@ def test_a_free_batch_is_left_as_it_is():
     model = reshaped([1, 36])
     same, dynamic = make_batch_dynamic(model, {"x": ["N", 3, 5, 5]})
     assert dynamic and same is model
+
+
+def channel_shuffle_model() -> onnx.ModelProto:
+    """A free batch declared, a batch of one baked in (yolo5face's ShuffleNet blocks): x (N, 4, 6, 6) -> conv1 (4)
+    -> Reshape [1, 2, 2, 6, 6] -> Transpose (the two halves' channels interleaved) -> Reshape [1, -1, 6, 6] ->
+    conv2 (5) -> Relu -> mean -> Gemm -> logits (N, 3)."""
+    rng = np.random.default_rng(7)
+    inits = {
+        "w1": rng.normal(size=(4, 4, 3, 3)),
+        "w2": rng.normal(size=(5, 4, 3, 3)),
+        "fc": rng.normal(size=(5, 3)),
+        "split": np.array([1, 2, 2, 6, 6]),
+        "merged": np.array([1, -1, 6, 6]),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["z1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["z1", "split"], ["s"]),
+        helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Reshape", ["t", "merged"], ["u"]),
+        helper.make_node("Conv", ["u", "w2"], ["z2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["z2"], ["a2"]),
+        helper.make_node("GlobalAveragePool", ["a2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["logits"]),
+    ]
+    return make_model(nodes, [("x", ["N", 4, 6, 6])], [("logits", ["N", 3])], inits.items())
+
+
+def test_a_free_batch_that_the_constants_fix_to_one_is_freed_and_checked():
+    # yolo5face declares 'batch' and reshapes to [1, 2, 32, 40, 40]: every batched run failed in onnxruntime
+    from onnxredund.analyses.shuffle import run_shuffle
+    from onnxredund.data import Dataset
+    from onnxredund.engine import load_model_proto
+
+    proto = channel_shuffle_model()
+    model = load_model_proto(proto)
+    assert model.batch_dynamic  # the leading 1s made 0: a batch of two checked against one-sample runs
+    x = np.random.default_rng(0).normal(size=(3, 4, 6, 6)).astype(np.float32)
+    one_at_a_time = np.concatenate([Runner.create(proto, "cpu").run({"x": x[i : i + 1]})[0] for i in range(3)])
+    np.testing.assert_allclose(Runner.create(model.proto, "cpu").run({"x": x})[0], one_at_a_time, rtol=1e-5)
+    data = Dataset(np.random.default_rng(1).normal(size=(12, 4, 6, 6)).astype(np.float32), None, "toy")
+    for layer in ("conv1", "conv2"):
+        fast = run_shuffle(model, layer, data, batch_size=4, device="cpu")
+        direct = run_shuffle(model, layer, data, batch_size=4, device="cpu", exact_path=True)
+        assert fast.route == "fast"
+        np.testing.assert_allclose(fast.cosine, direct.cosine, atol=1e-6)
+        np.testing.assert_allclose(fast.outputs["logits"].cosine, direct.outputs["logits"].cosine, atol=1e-6)
