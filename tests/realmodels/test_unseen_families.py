@@ -100,37 +100,46 @@ def test_quantized_paddleocr_classifier_goes_through_the_four_commands_and_stays
     assert len(weights) == 53 and all(quantizer.get(w) == "QuantizeLinear" for w in weights)  # each stays int8
 
 
+def _with_states(path, given: list[str], data, batch_size: int, tmp_path) -> tuple[dict, dict, dict, Path]:
+    """layers, impulse, a sweep of layer 2 over ``data`` and a checked 20 % prune of a model whose states are inputs:
+    returns layers' JSON, the sweep's, the pruned file's inputs' dimensions by name, and the file."""
+    r = run_cli("layers", path, *given, "--json")
+    assert r.exit_code == 0, r.stderr
+    layers = json.loads(r.stdout)
+    r = run_cli("impulse", path, *given, "--json", "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    args = ["--layer", "2", "--data", data, "--batch-size", str(batch_size), "--json", "--device", "cpu"]
+    r = run_cli("shuffle", path, *given, *args)
+    assert r.exit_code == 0, r.stderr
+    sweep = json.loads(r.stdout)
+    pruned = tmp_path / "pruned.onnx"
+    args = ["--data", data, "--target-macs", "0.2", "--round-to", "1", "--out", pruned, "--device", "cpu"]
+    r = run_cli("prune", path, *given, *args)
+    assert r.exit_code == 0, r.stderr
+    dims = {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in onnx.load(pruned).graph.input
+    }
+    return layers, sweep, dims, pruned
+
+
 def test_silero_vad_with_its_state_batch_second_goes_through_the_four_commands(real_model, tmp_path):
     """Silero VAD: audio (N, 512) beside an LSTM state [2, N, 128] (refused before: the batch on axis 1), its
     decoder reading the state inside an If. The data gives the state samples first; the pruned file reads it as
     the file declared it."""
-    path = real_model("silero-vad-16k.onnx")
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal((48, 512))).astype(np.float32)
     data = tmp_path / "vad.npz"
     np.savez(data, input=audio, state=np.zeros((48, 2, 128), np.float32), sr=np.array(16000))
-    given = ["--input-shape", "input=512"]
-    r = run_cli("layers", path, *given, "--json")
-    assert r.exit_code == 0, r.stderr
-    inputs = {i["name"]: i for i in json.loads(r.stdout)["inputs"]}
+    path, given = real_model("silero-vad-16k.onnx"), ["--input-shape", "input=512"]
+    layers, sweep, dims, pruned = _with_states(path, given, data, 16, tmp_path)
+    inputs = {i["name"]: i for i in layers["inputs"]}
     assert inputs["input"]["image"] and inputs["state"]["sample_shape"] == [2, 128]
-    r = run_cli("impulse", path, *given, "--json", "--device", "cpu")
-    assert r.exit_code == 0, r.stderr
-    for exact in ([], ["--exact-path"]):
-        args = ["--layer", "2", "--data", data, "--batch-size", "16", "--json", "--device", "cpu", *exact]
-        r = run_cli("shuffle", path, *given, *args)
-        assert r.exit_code == 0, r.stderr
-        assert json.loads(r.stdout)["samples_done"] == 48
-    pruned = tmp_path / "vad.onnx"
-    args = ["--data", data, "--target-macs", "0.2", "--round-to", "1", "--out", pruned, "--device", "cpu"]
-    r = run_cli("prune", path, *given, *args)
-    assert r.exit_code == 0, r.stderr
-    state = next(i for i in onnx.load(pruned).graph.input if i.name == "state")
-    assert [d.dim_param or d.dim_value for d in state.type.tensor_type.shape.dim] == [2, "batch", 128]
+    assert sweep["samples_done"] == 48
+    assert dims["state"] == [2, "batch", 128]
     session = ort.InferenceSession(str(pruned), providers=["CPUExecutionProvider"])
-    probability, state_out = session.run(
-        None, {"input": audio[:3], "state": np.zeros((2, 3, 128), np.float32), "sr": np.array(16000)}
-    )
+    feeds = {"input": audio[:3], "state": np.zeros((2, 3, 128), np.float32), "sr": np.array(16000)}
+    probability, state_out = session.run(None, feeds)
     assert probability.shape == (3, 1) and state_out.shape == (2, 3, 128)
 
 
@@ -138,61 +147,31 @@ def test_silero_vad_v6_with_fixed_lstm_states_goes_through_the_four_commands(rea
     """Silero VAD v6 as faster-whisper ships it: chunks [seq_len, 576] beside states h and c [1, 1, 128] (refused
     before: "fixes its first axis while 'input' has a free batch"). A batch of chunks with their states given
     (N, 1, 128) joins as one-chunk runs do, so the batch stays free; the pruned file keeps [1, 1, 128]."""
-    path = real_model("silero-vad-v6.onnx")
     rng = np.random.default_rng(0)
     data = tmp_path / "vad.npz"
     zeros = np.zeros((48, 1, 128), np.float32)
     np.savez(data, input=(0.1 * rng.standard_normal((48, 576))).astype(np.float32), h=zeros, c=zeros)
-    r = run_cli("layers", path, "--json")
-    assert r.exit_code == 0, r.stderr
-    assert {i["name"]: i["sample_shape"] for i in json.loads(r.stdout)["inputs"]} == {
-        "input": [576],
-        "h": [1, 128],
-        "c": [1, 128],
-    }
-    assert run_cli("impulse", path, "--json", "--device", "cpu").exit_code == 0
-    r = run_cli("shuffle", path, "--layer", "2", "--data", data, "--batch-size", "16", "--json", "--device", "cpu")
-    assert r.exit_code == 0, r.stderr
-    sweep = json.loads(r.stdout)
+    layers, sweep, dims, _ = _with_states(real_model("silero-vad-v6.onnx"), [], data, 16, tmp_path)
+    assert {i["name"]: i["sample_shape"] for i in layers["inputs"]} == {"input": [576], "h": [1, 128], "c": [1, 128]}
     assert sweep["samples_done"] == 48 and sweep["path"] == "direct"  # its LSTM reads h and c, samples second
-    pruned = tmp_path / "vad.onnx"
-    args = ["--data", data, "--target-macs", "0.2", "--round-to", "1", "--out", pruned, "--device", "cpu"]
-    r = run_cli("prune", path, *args)
-    assert r.exit_code == 0, r.stderr
-    shapes = {
-        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
-        for i in onnx.load(pruned).graph.input
-    }
-    assert shapes == {"input": ["seq_len", 576], "h": [1, 1, 128], "c": [1, 1, 128]}
+    assert dims == {"input": ["seq_len", 576], "h": [1, 1, 128], "c": [1, 1, 128]}
 
 
 def test_aecmos_with_a_fixed_gru_state_runs_a_sample_at_a_time_through_the_four_commands(real_model, tmp_path):
     """Microsoft's AECMOS: spectra (N, 3, frames, 160) beside a GRU state h0 [4, 1, 64] whose batch of one is on
     axis 1 (refused before: "fixes its first axis while 'input' has a free batch"). Its scores depend on the batch
     (a batch of two changes them), so the samples run one at a time, each with its state given (N, 4, 64)."""
-    path = real_model("aecmos.onnx")
     rng = np.random.default_rng(0)
     data = tmp_path / "aec.npz"
     np.savez(data, input=rng.random((12, 3, 100, 160)).astype(np.float32), h0=np.zeros((12, 4, 64), np.float32))
-    given = ["--input-shape", "input=3x100x160"]
-    r = run_cli("layers", path, *given, "--json")
-    assert r.exit_code == 0, r.stderr
-    assert {i["name"]: i["sample_shape"] for i in json.loads(r.stdout)["inputs"]}["h0"] == [4, 64]
-    assert run_cli("impulse", path, *given, "--json", "--device", "cpu").exit_code == 0
-    args = ["--layer", "2", "--data", data, "--batch-size", "4", "--json", "--device", "cpu"]
-    r = run_cli("shuffle", path, *given, *args)
-    assert r.exit_code == 0, r.stderr
-    assert json.loads(r.stdout)["samples_done"] == 12
-    pruned = tmp_path / "aec.onnx"
-    args = ["--data", data, "--target-macs", "0.2", "--round-to", "1", "--out", pruned, "--device", "cpu"]
-    r = run_cli("prune", path, *given, *args)
-    assert r.exit_code == 0, r.stderr
-    h0 = next(i for i in onnx.load(pruned).graph.input if i.name == "h0")
-    assert [d.dim_param or d.dim_value for d in h0.type.tensor_type.shape.dim] == [4, 1, 64]
+    path, given = real_model("aecmos.onnx"), ["--input-shape", "input=3x100x160"]
+    layers, sweep, dims, pruned = _with_states(path, given, data, 4, tmp_path)
+    assert {i["name"]: i["sample_shape"] for i in layers["inputs"]}["h0"] == [4, 64]
+    assert sweep["samples_done"] == 12
+    assert dims["h0"] == [4, 1, 64]
     session = ort.InferenceSession(str(pruned), providers=["CPUExecutionProvider"])
-    (scores,) = session.run(
-        None, {"input": rng.random((1, 3, 100, 160), np.float32), "h0": np.zeros((4, 1, 64), np.float32)}
-    )
+    feeds = {"input": rng.random((1, 3, 100, 160), np.float32), "h0": np.zeros((4, 1, 64), np.float32)}
+    (scores,) = session.run(None, feeds)
     assert scores.shape == (4,) and np.isfinite(scores).all()
 
 
