@@ -409,8 +409,17 @@ def input_sizes(proto: onnx.ModelProto, image: str, given: dict[str | None, tupl
         if shape is None:
             raise OnnxRedundError(f"input {name!r} has no shape in the model; re-export it with shapes")
         want = given.get(name, given.get(None) if name == image else None)
-        sizes[name] = _with_sizes(name, shape, want, name == image)
+        sizes[name] = _with_sizes(name, shape, want, name == image, _first_kernel(proto.graph))
     return sizes
+
+
+def _first_kernel(graph: onnx.GraphProto) -> int:
+    """The longest kernel side of the first conv (in graph order) whose weights are constant; 0 if none."""
+    table = ConstantTable(graph)
+    for node in graph.node:
+        if node.op_type in CONV_OPS and len(node.input) > 1 and node.input[1] in table:
+            return max(np.shape(table[node.input[1]])[2:], default=0)
+    return 0
 
 
 def _fits(want: tuple[int, ...], sample: list) -> bool:
@@ -438,7 +447,7 @@ def _in_model_order(name: str, want: tuple[int, ...], sample: list) -> tuple[int
     raise OnnxRedundError(f"`input_shape` {given} contradicts the model's fixed input {name!r} {sample}")
 
 
-def _with_sizes(name: str, shape: list, want: tuple[int, ...] | None, is_image: bool = True) -> list:
+def _with_sizes(name: str, shape: list, want: tuple[int, ...] | None, is_image: bool = True, kernel: int = 0) -> list:
     if not shape:
         return []
     sample = shape[1:]
@@ -450,10 +459,14 @@ def _with_sizes(name: str, shape: list, want: tuple[int, ...] | None, is_image: 
             )
         sample = list(_in_model_order(name, want, sample))
     if any(not isinstance(d, int) or d <= 0 for d in sample):
-        example = "x".join(str(d) if isinstance(d, int) and d > 0 else "64" for d in sample)
+        # a signal (N, L) that the graph frames for a first conv of a long kernel (an STFT's 256 taps) needs more
+        free = str(max(64, 2 * kernel)) if len(sample) == 1 else "64"
+        example = "x".join(str(d) if isinstance(d, int) and d > 0 else free for d in sample)
         example = example if is_image else f"{name}={example}"  # a bare --input-shape is the image input's
+        least = f"; the first conv's kernel spans {kernel}" if len(sample) == 1 and kernel > 32 else ""
         raise OnnxRedundError(
-            f"input {name!r} has free dimensions {shape}; pass `input_shape` {example} (its sizes after the batch)"
+            f"input {name!r} has free dimensions {shape}; pass `input_shape` {example} (its sizes after the batch"
+            f"{least})"
         )
     return [shape[0], *sample]
 

@@ -138,6 +138,22 @@ def test_input_sizes_take_given_sizes_for_free_dimensions_and_refuse_contradicti
         input_sizes(proto, "x", {})
 
 
+def test_a_free_signal_length_is_suggested_from_the_first_convs_kernel():
+    # Silero VAD frames its audio for a 256-tap STFT conv: the suggested 64 samples failed in onnxruntime's Pad
+    w = np.random.default_rng(0).normal(size=(4, 1, 256)).astype(np.float32)
+    nodes = [
+        helper.make_node("Unsqueeze", ["x", "one"], ["x1"]),
+        helper.make_node("Conv", ["x1", "w"], ["z"], name="stft", strides=[128]),
+    ]
+    proto = make_model(nodes, [("x", ["N", "L"])], [("z", ["N", 4, "T"])], {"w": w, "one": np.array([1])})
+    with pytest.raises(
+        OnnxRedundError,
+        match=r"pass `input_shape` 512 \(its sizes after the batch; the first conv's kernel spans 256\)",
+    ):
+        input_sizes(proto, "x", {})
+    assert input_sizes(proto, "x", {None: (512,)}) == {"x": ["N", 512]}
+
+
 def test_input_sizes_in_the_other_channel_order_are_moved_when_only_that_order_fits(caplog):
     nodes = [
         helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
