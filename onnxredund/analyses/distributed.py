@@ -210,7 +210,7 @@ def _runner(job: SweepJob, unit: SweepUnit, cache: dict) -> SweepRunner:
             resolve_device(job.device),
             exact=job.exact_path,
             chunk=job.chunks[unit.layer],
-            batch_size=job.batch_size,
+            batch_size=min(job.batch_size, len(job.data)),
             threads=cache.get("threads", 0),
         )
         runners = [k for k in cache if isinstance(k, tuple)]

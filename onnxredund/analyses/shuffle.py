@@ -379,7 +379,8 @@ def run_shuffle(
     if estimation.sequential:
         data = in_random_order(data, seed)
     if runner is None:
-        runner = SweepRunner(model, layer, mode, device, exact=exact_path, chunk=chunk, batch_size=batch_size)
+        batch = min(batch_size, len(data))  # what a run holds at most
+        runner = SweepRunner(model, layer, mode, device, exact=exact_path, chunk=chunk, batch_size=batch)
     if runner.blocker:
         log.warning("fast path unavailable for %s (%s): using the direct path", layer.name, runner.blocker)
     meter = effect_meter(model, data, repeats, len(channels))

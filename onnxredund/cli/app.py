@@ -60,6 +60,9 @@ class _Group(click.Group):
             sys.exit(e.exit_code)
         except BrokenPipeError:
             sys.exit(1)
+        except MemoryError as e:  # what was finished is kept (checkpoints); the batch is what takes the memory
+            click.echo(f"onnxredund: error: out of memory ({e}); pass a smaller --batch-size", err=True)
+            sys.exit(2)
 
 
 class _ClearsBars(logging.StreamHandler):

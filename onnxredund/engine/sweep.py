@@ -7,6 +7,7 @@ live in :mod:`onnxredund.analyses.shuffle`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -22,8 +23,10 @@ from onnxredund.engine.analysis_models import (
     fast_path_blocker,
     measured_outputs,
 )
+from onnxredund.engine.batching import moved_inputs
 from onnxredund.engine.permutations import apply_permutation
-from onnxredund.engine.runtime import Runner, as_samples, machine_memory
+from onnxredund.engine.runtime import Runner, as_samples, machine_memory, rows_per_run
+from onnxredund.errors import OnnxRedundError
 from onnxredund.metrics import cosine_per_channel
 from onnxredund.model import ConvLayer, Model, downstream
 
@@ -33,6 +36,11 @@ log = logging.getLogger(__name__)
 
 _CHUNK_BUDGET_BYTES = {"cpu": 64 << 20, "cuda": 4 << 30}
 _LIVE_TENSORS = 6  # about six live (B, C_out, *spatial') float tensors per perturbed channel in a fast run
+#: a fast run's peak memory per sample, in the largest tensors after the layer (15 measured: PaddleOCR's detector
+#: at 800 x 608, one channel over 64 images took 15 GB)
+_FAST_PEAK_PER_LARGEST = 16
+#: a batch holds its clean tensors about this many times over (measured 2.5 on PaddleOCR's detector at 800 x 608)
+_KEPT_COPIES = 3
 _EFFECT_FLOATS = 12  # the effects at an output hold about six float64 copies of it (12 float32s per element)
 
 
@@ -64,6 +72,39 @@ def chunk_size(model: Model, layer: ConvLayer, device: str, batch_size: int) -> 
     return -(-layer.in_channels // runs)
 
 
+def _check_batch_memory(model: Model, kept: list[str], outputs: list[str], device: str, batch_size: int) -> None:
+    """Refuse a batch whose clean tensors, held for its perturbed runs, and the effects at its outputs would take
+    more than a quarter of the machine's memory (the runs in parts may take another quarter), naming a batch size
+    that fits (a batch of 256 detector images at 800 x 608 ended in numpy's MemoryError)."""
+    if device != "cpu":
+        return
+    # the clean tensors, a perturbed copy of the layer's input and what a run gives back: about three of them
+    per_sample = 4 * _KEPT_COPIES * sum(int(np.prod(model.shapes.get(t, ()))) for t in kept)
+    per_sample += 4 * _EFFECT_FLOATS * sum(int(np.prod(model.shapes.get(t, ()))) for t in outputs)
+    room = machine_memory() // 4
+    if batch_size * per_sample <= room:
+        return
+    fits = max(1, room // per_sample)
+    raise OnnxRedundError(
+        f"a batch of {batch_size} samples holds about {batch_size * per_sample / 2**30:.1f} GB of this model's "
+        f"tensors (this machine has {machine_memory() / 2**30:.0f} GB); pass `batch_size` {fits} or less"
+    )
+
+
+def _too_big(model: Model, layer: ConvLayer, device: str, batch_size: int) -> str | None:
+    """Why a fast run of one channel over a batch would take more than a quarter of the machine's memory (its
+    rows are the batch's samples, through the network after the layer), or None."""
+    graph = model.proto.graph
+    after = [o for i in downstream(graph, layer.activation) for o in graph.node[i].output if o]
+    rows = rows_per_run(model, device, [layer.output, *after], peak=_FAST_PEAK_PER_LARGEST)
+    if rows is None or batch_size <= rows:
+        return None
+    return (
+        f"one channel's run over a batch of {batch_size} would take more than a quarter of this machine's memory; "
+        f"the direct path runs it in parts (--batch-size {rows} keeps the fast path)"
+    )
+
+
 class SweepRunner:
     """The sessions of one sweep: the clean model, and the fast or the direct model.
 
@@ -90,7 +131,11 @@ class SweepRunner:
         clean, self.clean_names = build_clean_model(model, layer, model.output_names)
         self.clean = Runner.create(clean, device, threads, derived=True)
         self.per_sample = not model.batch_dynamic
-        self.blocker = None if exact else fast_path_blocker(model, layer)
+        # samples a run of the network may take (the clean and direct runs go in parts past it); not where a
+        # state's tensors hold their samples on a later axis
+        self.rows = None if moved_inputs(model.analysis_proto) else rows_per_run(model, device)
+        _check_batch_memory(model, self.clean_names, self.outputs, device, batch_size)
+        self.blocker = None if exact else fast_path_blocker(model, layer) or _too_big(model, layer, device, batch_size)
         self.path = "direct" if exact or self.blocker else "fast"
         self.k = 1
         if self.path == "fast":
@@ -105,8 +150,10 @@ class SweepRunner:
         """The clean tensors of a batch, by name (on CUDA they stay on the device for the fast model)."""
         if self.per_sample:
             run = self.clean.run_per_sample
+        elif self.device == "cuda":
+            run = self.clean.run_device
         else:
-            run = self.clean.run_device if self.device == "cuda" else self.clean.run
+            run = functools.partial(self.clean.run_parts, rows=self.rows)
         return dict(zip(self.clean_names, run(feeds, self.clean_names), strict=True))
 
     def clean_outputs(self, clean: dict) -> dict[str, np.ndarray]:
@@ -128,7 +175,9 @@ class SweepRunner:
         x = as_numpy(clean[self.layer.input])
         a = as_numpy(clean[self.layer.activation])
         cos, outs = [], {name: [] for name in self.outputs}
-        run = self.direct.run_per_sample if self.per_sample else self.direct.run
+        run = (
+            self.direct.run_per_sample if self.per_sample else functools.partial(self.direct.run_parts, rows=self.rows)
+        )
         for k, perm in zip(ks, perms, strict=True):
             feeds = {
                 n: (apply_permutation(x, k, perm, self.mode) if n == PERTURBED else as_numpy(clean[n]))
