@@ -481,7 +481,7 @@ def _run_groups(model: Model, site: ImpulseSite, feeds: dict, groups, mode: str,
         if mode != "network":
             sub, found = linearize(sub)
             notes += [n for n in found if n not in notes]
-        run = Runner.create(sub, device, derived=True).runs(model.batch_dynamic)
+        run = Runner.create(sub, device, derived=True).runs(model)
         per_sample = 4 * sum(int(np.prod(layer.output_shape)) for layer in members)
         step = int(max(1, min(_MAX_RUN - 1, budget // max(1, per_sample) - 1)))
         for s in range(0, len(rows), step):

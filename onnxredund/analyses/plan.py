@@ -91,7 +91,7 @@ def probe_seconds_per_image(model: Model, data: DataSource, device: str, batch_s
     n = min(_PROBE_IMAGES, batch_size, len(data))
     feeds = conform_feeds(data.arrays(0, n), model.inputs, model.input_name, data.name)
     runner = Runner.create(model.proto, device)
-    run = runner.runs(model.batch_dynamic)
+    run = runner.runs(model)
     run(feeds)
     t0 = time.perf_counter()
     run(feeds)

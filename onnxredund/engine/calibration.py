@@ -174,7 +174,7 @@ def cross_grams(
     gram, cross, samples = np.zeros((width + 1, width + 1)), np.zeros((width + 1, width + 1)), 0
     for b, (_, arrays, _) in enumerate(iter_batches(data, batch_size)):
         feeds = conform_feeds(arrays, model.inputs, model.input_name, data.name)
-        z, z_new = (np.asarray(r.runs(model.batch_dynamic)(feeds, [consumer.tensor])[0], np.float32) for r in runners)
+        z, z_new = (np.asarray(r.runs(model)(feeds, [consumer.tensor])[0], np.float32) for r in runners)
         if index is not None:  # the same positions in both
             z, z_new = (_patches(x, index, np.random.default_rng([seed, b])) for x in (z, z_new))
         else:
@@ -239,7 +239,7 @@ def collect_statistics(
                 patch_index[c.node] = index
             stats.grams[c.node] = np.zeros((width + 1, width + 1))
     runner = Runner.create(expose_outputs(model.proto, tensors), device, derived=True)
-    run = runner.runs(model.batch_dynamic)
+    run = runner.runs(model)
     rng = np.random.default_rng(seed)
     node_of = {c.node: c for c in consumers}
     for _, arrays, _ in iter_batches(data, batch_size):

@@ -785,7 +785,7 @@ def _relative_error(want: np.ndarray, got: np.ndarray) -> float:
 
 def _run_on(proto: onnx.ModelProto, feeds: dict, names: list[str], model: Model) -> list[np.ndarray]:
     runner = Runner.create(proto, "cpu", derived=True, optimize=False)
-    return runner.runs(model.batch_dynamic)(feeds, names)
+    return runner.runs(model)(feeds, names)
 
 
 def _first_divergence(

@@ -257,10 +257,13 @@ class Runner:
             for j in range(len(parts[0]))
         ]
 
-    def runs(self, batched: bool):
-        """How to run a batch: at once where the model's batch is free (``batched``), else sample by sample
+    def runs(self, model: Model):
+        """How to run a batch of ``model``'s samples: at once where its batch is free, in parts of the samples a
+        quarter of the machine holds (:meth:`run_parts`, :func:`rows_per_run`), else sample by sample
         (:meth:`run_per_sample`); the one place that choice is made."""
-        return self.run if batched else self.run_per_sample
+        if not model.batch_dynamic:
+            return self.run_per_sample
+        return functools.partial(self.run_parts, rows=rows_per_run(model, self.device))
 
     def run_over(
         self, model: Model, data, names: list[str] | None = None, batch_size: int = BATCH_SIZE
@@ -268,9 +271,7 @@ class Runner:
         """``names`` (default: the model's outputs) over every sample of ``data`` (a DataSource), batch by batch,
         joined along the samples: what running a model over data means, once."""
         names = model.output_names if names is None else names
-        rows = rows_per_run(model, self.device)
-        run = functools.partial(self.run_parts, rows=rows) if model.batch_dynamic else self.run_per_sample
-        parts = []
+        run, parts = self.runs(model), []
         for _, arrays, _ in iter_batches(data, batch_size):
             feeds = conform_feeds(arrays, model.inputs, model.input_name, data.name)
             n = len(feeds[model.input_name])

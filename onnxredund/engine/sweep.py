@@ -86,9 +86,13 @@ def _check_batch_memory(model: Model, kept: list[str], outputs: list[str], devic
         return
     fits = max(1, room // per_sample)
     raise OnnxRedundError(
-        f"a batch of {batch_size} samples holds about {batch_size * per_sample / 2**30:.1f} GB of this model's "
-        f"tensors (this machine has {machine_memory() / 2**30:.0f} GB); pass `batch_size` {fits} or less"
+        f"a batch of {batch_size} samples holds about {_size(batch_size * per_sample)} of this model's tensors "
+        f"(this machine has {_size(machine_memory())}); pass `batch_size` {fits} or less"
     )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
 
 
 def _too_big(model: Model, layer: ConvLayer, device: str, batch_size: int) -> str | None:
@@ -101,7 +105,7 @@ def _too_big(model: Model, layer: ConvLayer, device: str, batch_size: int) -> st
         return None
     return (
         f"one channel's run over a batch of {batch_size} would take more than a quarter of this machine's memory; "
-        f"the direct path runs it in parts (--batch-size {rows} keeps the fast path)"
+        f"the direct path runs it in parts (`batch_size` {rows} keeps the fast path)"
     )
 
 

@@ -5,6 +5,8 @@ numpy's MemoryError)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from builders import make_model, run_cli, save, small_cnn
@@ -65,14 +67,16 @@ def test_a_sweep_whose_fast_run_would_not_fit_takes_the_direct_path_with_the_sam
 
 def test_a_batch_whose_tensors_would_not_fit_is_refused_naming_one_that_does(monkeypatch):
     model = load_model_proto(small_cnn(size=8)[0])
-    data = Dataset(np.zeros((8, 3, 8, 8), np.float32), None, "toy")
-    _memory(monkeypatch, 200_000)
-    pattern = r"a batch of 256 samples holds about .* GB .*; pass `batch_size` \d+ or less"
-    with pytest.raises(OnnxRedundError, match=pattern) as refused:
+    data = Dataset(np.zeros((40, 3, 8, 8), np.float32), None, "toy")
+    _memory(monkeypatch, 400_000)
+    with pytest.raises(OnnxRedundError, match="a batch of 40 samples"):  # 40 samples: a batch of 256 holds 40
         run_shuffle(model, "conv2", data, batch_size=256, device="cpu")
+    pattern = r"a batch of 32 samples holds about .* MB .*has 0.4 MB\); pass `batch_size` \d+ or less"
+    with pytest.raises(OnnxRedundError, match=pattern) as refused:
+        run_shuffle(model, "conv2", data, batch_size=32, device="cpu")
     fits = int(str(refused.value).split("`batch_size` ")[1].split()[0])
-    assert 1 <= fits < 256
-    assert run_shuffle(model, "conv2", data, batch_size=fits, device="cpu").samples_done == 8
+    assert 1 <= fits < 32
+    assert run_shuffle(model, "conv2", data, batch_size=fits, device="cpu").samples_done == 40
 
 
 def test_running_out_of_memory_is_one_line_and_status_2(monkeypatch, tmp_path):
@@ -86,3 +90,29 @@ def test_running_out_of_memory_is_one_line_and_status_2(monkeypatch, tmp_path):
     assert r.exit_code == 2
     assert r.stderr.strip().splitlines()[-1].startswith("onnxredund: error: out of memory (Unable to allocate 950. MiB")
     assert "pass a smaller --batch-size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_prune_in_small_memory_runs_its_batches_in_parts_with_the_same_results(monkeypatch, tmp_path):
+    path = save(small_cnn(size=8)[0], tmp_path)
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(40, 3, 8, 8)).astype(np.float32), y=rng.integers(0, 4, 40))
+    args = ["--data", tmp_path / "d.npz", "--target-macs", "0.3", "--round-to", "1", "--device", "cpu", "--json"]
+    calls = []
+    parts = Runner.run_parts
+
+    def counted(self, feeds, outputs=None, rows=None):
+        calls.append(rows)
+        return parts(self, feeds, outputs, rows)
+
+    monkeypatch.setattr(Runner, "run_parts", counted)
+    plans = []
+    for memory in (None, 50_000):  # 50 kB: runs of 2 samples (6 x 320 floats each)
+        if memory:
+            monkeypatch.setattr(runtime, "machine_memory", lambda m=memory: m)
+        r = run_cli("prune", path, *args, "--out", tmp_path / f"small{memory}.onnx")
+        assert r.exit_code == 0, r.output
+        plans.append(json.loads(r.stdout))
+    assert 2 in calls  # the batches went in parts of two samples
+    assert plans[1]["plan"] == plans[0]["plan"]
+    for key in ("accuracy", "agreement", "output_cosine", "output_drift"):
+        np.testing.assert_allclose(plans[1]["quality"]["after"][key], plans[0]["quality"]["after"][key], rtol=1e-5)
