@@ -252,8 +252,27 @@ def test_ray_gives_the_single_process_json_bit_for_bit(setup, ray_backend, tmp_p
     assert complete and _units_json(results) == _local_json(m, data, layers)
 
 
+def _same_numbers(got, want, path: str = "") -> None:
+    """``got`` equals ``want`` in every key, string and integer, and every float within 1e-6 relative: a sequential
+    sweep's runs are made ahead of its decisions, so how many open channels one run holds (its K) depends on
+    timing, and onnxruntime's sums over another K may differ in their last bit."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), path
+        for key in want:
+            _same_numbers(got[key], want[key], f"{path}/{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _same_numbers(g, w, f"{path}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-12, nan_ok=True), path
+    else:
+        assert got == want, path
+
+
 def test_sequential_units_on_ray_give_the_single_process_numbers(setup, ray_backend):
-    """Each unit decides its own channels; merged, the sweep is the in-process sequential sweep, bit for bit."""
+    """Each unit decides its own channels; merged, the sweep is the in-process sequential sweep: the same
+    decisions and images, the same numbers to float32's last bits."""
     m, data, layers = setup
     estimation = Estimation(sequential=True, cheap_drop=0.2, min_images=8)
     sweeps = [(layer, "channel", list(range(layer.in_channels))) for layer in layers]
@@ -263,7 +282,8 @@ def test_sequential_units_on_ray_give_the_single_process_numbers(setup, ray_back
         layer.name: run_shuffle(m, layer, data, batch_size=8, device="cpu", chunk=2, estimation=estimation).to_dict()
         for layer in layers
     }
-    assert complete and {r.layer: r.to_dict() for r in results} == local
+    assert complete
+    _same_numbers({r.layer: r.to_dict() for r in results}, local)
     assert any(min(r.images) < len(data) for r in results)  # some channels were decided before the end
 
 
