@@ -230,10 +230,9 @@ def free_fixed_states(proto: onnx.ModelProto, sizes: dict[str, list], image: str
     """Where the image input's batch is free and other inputs fix their first axis with one axis of size 1 after
     it (an RNN's state (layers, batch, hidden): AECMOS's GRU state h0 [4, 1, 64]; of rank 3 where the first axis
     is 1 too, Silero VAD v6's [1, 1, 128]), that axis is taken for their batch and they are given samples first
-    (:func:`inputs_samples_first`). If one run of two samples gives what two
-    one-sample runs of the file give, the batch stays free; else every input's batch is fixed to 1 (the samples
-    run one at a time, each with its own state). Returns the model and the inputs' sizes (unchanged where no
-    input is such a state)."""
+    (:func:`inputs_samples_first`). If one run of two samples gives what two one-sample runs of the file give,
+    the batch stays free; else every input's batch is fixed to 1 (the samples run one at a time, each with its
+    own state). Returns the model and the inputs' sizes (unchanged where no input is such a state)."""
     batch = sizes[image][0] if sizes[image] else None
     fixed = {
         n: d

@@ -404,12 +404,13 @@ def input_sizes(proto: onnx.ModelProto, image: str, given: dict[str | None, tupl
     if unknown:
         raise OnnxRedundError(f"`input_shape` names {unknown[0]!r}, which is not an input; inputs: {list(inputs)}")
     sizes = {}
+    kernel = _first_kernel(proto.graph)
     for name, vi in inputs.items():
         shape = dims(vi)
         if shape is None:
             raise OnnxRedundError(f"input {name!r} has no shape in the model; re-export it with shapes")
         want = given.get(name, given.get(None) if name == image else None)
-        sizes[name] = _with_sizes(name, shape, want, name == image, _first_kernel(proto.graph))
+        sizes[name] = _with_sizes(name, shape, want, name == image, kernel)
     return sizes
 
 
