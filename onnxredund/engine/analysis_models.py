@@ -156,8 +156,8 @@ def fast_path_blocker(model: Model, layer: ConvLayer) -> str | None:
             return f"{older} and onnx's conversion renames this layer's tensors"
     moved = moved_inputs(proto)  # a state given samples first: what the graph computes of it has them later
     later = sorted(data_dependent(proto.graph, list(moved.values())) & set(side)) if moved else []
-    if later:
-        infos = value_infos(proto)
+    if later:  # the fast model's build reads the same inferred shapes
+        infos = model.derived("fast_value_infos", lambda: value_infos(source))
         batch = (dims(infos[model.input_name]) or ["?"])[0]
         later = [t for t in later if not _samples_first(infos.get(t), batch)]
     if later:

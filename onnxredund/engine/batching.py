@@ -99,6 +99,15 @@ def _outputs(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nd
     return Runner.create(proto, "cpu").run(feeds)
 
 
+def _together_and_apart(
+    batched: onnx.ModelProto, single: onnx.ModelProto, feeds: dict[str, np.ndarray], part=None
+) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    """What every batch check compares: the outputs of ``batched`` on ``feeds`` (:data:`_CHECK_BATCH` parts), and
+    those of ``single`` on each part (``part(i)``, default the i-th sample's slice)."""
+    part = part or (lambda i: _slice(feeds, i, i + 1))
+    return _outputs(batched, feeds), [_outputs(single, part(i)) for i in range(_CHECK_BATCH)]
+
+
 def _slice(feeds: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
     return {name: value[start:stop] if value.ndim else value for name, value in feeds.items()}
 
@@ -139,8 +148,7 @@ def _confirmed(
         return axes
     feeds = check_feeds(proto, sizes, _CHECK_BATCH)
     try:
-        together = _outputs(proto, feeds)
-        apart = [_outputs(proto, _slice(feeds, i, i + 1)) for i in range(_CHECK_BATCH)]
+        together, apart = _together_and_apart(proto, proto, feeds)
     except (OnnxRedundError, ValueError) as e:
         log.debug("the declared sample axes could not be checked: %s", e)
         return {}
@@ -256,8 +264,7 @@ def free_fixed_states(proto: onnx.ModelProto, sizes: dict[str, list], image: str
         return {n: np.moveaxis(v, 0, axes[n]) if n in axes else v for n, v in part.items()}
 
     try:
-        together = _outputs(moved, feeds)
-        apart = [_outputs(proto, one(i)) for i in range(_CHECK_BATCH)]
+        together, apart = _together_and_apart(moved, proto, feeds, one)
         free = all(_joins(t, [a[k] for a in apart]) for k, t in enumerate(together))
     except (OnnxRedundError, ValueError) as e:
         log.debug("a batch of two with the states given samples first failed: %s", e)
@@ -269,12 +276,12 @@ def free_fixed_states(proto: onnx.ModelProto, sizes: dict[str, list], image: str
     if free:
         return moved, given
     ones = {n: [1, *d[1:]] if d and d[0] == batch else d for n, d in given.items()}
-    return rebatch_to_one(
+    return _batch_of_one(
         inputs_samples_first(proto, axes, 1), [n for n, d in given.items() if d and d[0] == batch]
     ), ones
 
 
-def rebatch_to_one(proto: onnx.ModelProto, inputs: list[str]) -> onnx.ModelProto:
+def _batch_of_one(proto: onnx.ModelProto, inputs: list[str]) -> onnx.ModelProto:
     """``proto`` with the first axis of ``inputs`` fixed to 1 (in place; returned)."""
     for vi in proto.graph.input:
         if vi.name in inputs:
@@ -383,15 +390,14 @@ def fix_baked_batch(proto: onnx.ModelProto, sizes: dict[str, list]) -> tuple[onn
         return proto, sizes
     feeds = check_feeds(proto, sizes, _CHECK_BATCH)
     try:
-        together = _outputs(proto, feeds)
-        apart = [_outputs(proto, _slice(feeds, i, i + 1)) for i in range(_CHECK_BATCH)]
+        together, apart = _together_and_apart(proto, proto, feeds)
         if all(_joined_axis(t, [a[k] for a in apart], 1) is not None for k, t in enumerate(together)):
             return proto, sizes
     except (OnnxRedundError, ValueError) as e:
         log.debug("a batch of two fails: %s", e)
     log.warning("the model declares a free batch but its constants fix it to 1 (a Reshape to [1, ...])")
     ones = {n: [1, *d[1:]] if n in free else d for n, d in sizes.items()}
-    return rebatch_to_one(copy_model(proto), free), ones
+    return _batch_of_one(copy_model(proto), free), ones
 
 
 def _reshapes_to_one(proto: onnx.ModelProto) -> bool:
@@ -421,8 +427,9 @@ def make_batch_dynamic(proto: onnx.ModelProto, sizes: dict[str, list]) -> tuple[
     candidate = rebatch(proto, list(fixed), batch)
     feeds = check_feeds(proto, sizes, _CHECK_BATCH * batch)
     try:
-        together = _outputs(candidate, feeds)
-        apart = [_outputs(proto, _slice(feeds, i, i + batch)) for i in range(0, _CHECK_BATCH * batch, batch)]
+        together, apart = _together_and_apart(
+            candidate, proto, feeds, lambda i: _slice(feeds, i * batch, (i + 1) * batch)
+        )
         axes = [_joined_axis(t, [a[k] for a in apart], batch) for k, t in enumerate(together)]
         ok = len(set(fixed.values())) == 1 and all(axis is not None for axis in axes)
     except (OnnxRedundError, ValueError) as e:

@@ -54,6 +54,12 @@ def as_numpy(value) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else value.numpy()
 
 
+def _after(model: Model, layer: ConvLayer) -> list[str]:
+    """The tensors the network computes after the layer's activation: what its fast runs hold per channel."""
+    graph = model.proto.graph
+    return [o for i in downstream(graph, layer.activation) for o in graph.node[i].output if o]
+
+
 def chunk_size(model: Model, layer: ConvLayer, device: str, batch_size: int) -> int:
     """Channels per fast run: as many as the memory budget allows, balanced so the last run is not mostly padding.
 
@@ -61,9 +67,7 @@ def chunk_size(model: Model, layer: ConvLayer, device: str, batch_size: int) -> 
     network on its own batch: the largest tensors there (a squeeze-excitation scale multiplies a whole
     feature map) count too.
     """
-    graph = model.proto.graph
-    after = [o for i in downstream(graph, layer.activation) for o in graph.node[i].output if o]
-    suffix = max((int(np.prod(model.shapes.get(t, (1,)))) for t in after), default=0)
+    suffix = max((int(np.prod(model.shapes.get(t, (1,)))) for t in _after(model, layer)), default=0)
     outputs = sum(int(np.prod(model.shapes.get(o, (1,)))) for o in measured_outputs(model, layer))
     per_sample = int(np.prod(layer.output_shape)) * _LIVE_TENSORS + 3 * suffix + _EFFECT_FLOATS * outputs
     per_channel = batch_size * per_sample * 4
@@ -98,9 +102,7 @@ def _size(n: int) -> str:
 def _too_big(model: Model, layer: ConvLayer, device: str, batch_size: int) -> str | None:
     """Why a fast run of one channel over a batch would take more than a quarter of the machine's memory (its
     rows are the batch's samples, through the network after the layer), or None."""
-    graph = model.proto.graph
-    after = [o for i in downstream(graph, layer.activation) for o in graph.node[i].output if o]
-    rows = rows_per_run(model, device, [layer.output, *after], peak=_FAST_PEAK_PER_LARGEST)
+    rows = rows_per_run(model, device, [layer.output, *_after(model, layer)], peak=_FAST_PEAK_PER_LARGEST)
     if rows is None or batch_size <= rows:
         return None
     return (
@@ -152,13 +154,13 @@ class SweepRunner:
 
     def run_clean(self, feeds: dict[str, np.ndarray]) -> dict:
         """The clean tensors of a batch, by name (on CUDA they stay on the device for the fast model)."""
-        if self.per_sample:
-            run = self.clean.run_per_sample
-        elif self.device == "cuda":
-            run = self.clean.run_device
-        else:
-            run = functools.partial(self.clean.run_parts, rows=self.rows)
+        run = self.clean.run_device if self.device == "cuda" and not self.per_sample else self._batched(self.clean)
         return dict(zip(self.clean_names, run(feeds, self.clean_names), strict=True))
+
+    def _batched(self, runner: Runner):
+        """How the clean or the direct model runs a batch on numpy arrays: sample by sample where the model's batch
+        is fixed, else in parts of at most :attr:`rows` samples."""
+        return runner.run_per_sample if self.per_sample else functools.partial(runner.run_parts, rows=self.rows)
 
     def clean_outputs(self, clean: dict) -> dict[str, np.ndarray]:
         """Every graph output of the clean run, as numpy (B, *its sample's shape)."""
@@ -179,9 +181,7 @@ class SweepRunner:
         x = as_numpy(clean[self.layer.input])
         a = as_numpy(clean[self.layer.activation])
         cos, outs = [], {name: [] for name in self.outputs}
-        run = (
-            self.direct.run_per_sample if self.per_sample else functools.partial(self.direct.run_parts, rows=self.rows)
-        )
+        run = self._batched(self.direct)
         for k, perm in zip(ks, perms, strict=True):
             feeds = {
                 n: (apply_permutation(x, k, perm, self.mode) if n == PERTURBED else as_numpy(clean[n]))
