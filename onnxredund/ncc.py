@@ -31,6 +31,7 @@ __all__ = [
     "SCREEN_TOLERANCE",
     "EarlierLayers",
     "best_earlier_matches",
+    "best_matches_in",
     "constant_responses",
     "exact_best_matches",
     "ncc_matrix",
@@ -293,11 +294,7 @@ def exact_best_matches(
     best, value = np.full(c, -1), np.full(c, np.nan)
     if compared.sum() < 2:
         return best, value
-    masked = screen.copy()
-    np.fill_diagonal(masked, -np.inf)
-    masked[:, ~compared] = -np.inf
-    masked[~compared] = -np.inf
-    candidates = _best_of_candidates(masked)
+    candidates = _best_of_candidates(_others(screen, compared))
     rows = np.concatenate([np.full(len(cs), r) for r, cs in enumerate(candidates)]).astype(int)
     cols = np.concatenate(candidates).astype(int)
     normalized, constant = normalize_responses(responses)
@@ -306,6 +303,32 @@ def exact_best_matches(
         if np.isnan(value[r]) or v > value[r]:
             best[r], value[r] = col, v
     return best, value
+
+
+def best_matches_in(matrix: np.ndarray, compared: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each compared row's best other compared column of a float64 NCC ``matrix`` (ties to the lower column).
+
+    Returns:
+        (best column (C,), its NCC (C,)); -1 and nan for rows not compared or without a partner.
+    """
+    c = len(matrix)
+    best, value = np.full(c, -1), np.full(c, np.nan)
+    if compared.sum() < 2:
+        return best, value
+    masked = _others(matrix, compared)
+    rows = np.flatnonzero(compared)
+    best[rows] = masked[rows].argmax(axis=1)
+    value[rows] = masked[rows, best[rows]]
+    return best, value
+
+
+def _others(matrix: np.ndarray, compared: np.ndarray) -> np.ndarray:
+    """A copy of ``matrix`` with -inf on its diagonal and in the rows and columns of channels not compared."""
+    masked = matrix.copy()
+    np.fill_diagonal(masked, -np.inf)
+    masked[:, ~compared] = -np.inf
+    masked[~compared] = -np.inf
+    return masked
 
 
 def _window_norms(normalized: np.ndarray, window: tuple[int, ...]) -> np.ndarray:

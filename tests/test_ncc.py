@@ -13,6 +13,7 @@ from onnxredund.ncc import (
     EarlierLayers,
     _window_norms,
     best_earlier_matches,
+    best_matches_in,
     exact_best_matches,
     ncc_matrix,
     normalize_responses,
@@ -128,13 +129,17 @@ def test_a_floor_leaves_out_matches_below_it():
     assert (fl[~kept] == -1).all() and np.isnan(fv[~kept]).all()
 
 
-def test_exact_best_matches_refine_a_float32_screen_to_the_float64_answer():
+@pytest.mark.parametrize("how", ["float32 screen refined", "float64 matrix"])
+def test_best_matches_are_the_float64_answer_from_a_screen_or_from_the_exact_matrix(how):
     responses = RNG.normal(size=(12, 2, 5, 5))
     responses[7] = 2.0 * responses[3]
     compared = np.ones(12, bool)
     compared[5] = False
     full = ncc_matrix(responses)
-    best, value = exact_best_matches(responses, ncc_matrix(responses, single=True), compared)
+    if how == "float64 matrix":
+        best, value = best_matches_in(full, compared)
+    else:
+        best, value = exact_best_matches(responses, ncc_matrix(responses, single=True), compared)
     masked = full.copy()
     np.fill_diagonal(masked, -np.inf)
     masked[:, 5] = -np.inf

@@ -43,10 +43,12 @@ from onnxredund.engine.runtime import Runner, machine_memory
 from onnxredund.engine.surgery import cut, linearize
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import ConvLayer, Model, data_dependent
-from onnxredund.ncc import EarlierLayers, constant_responses, exact_best_matches, ncc_matrix
+from onnxredund.ncc import EarlierLayers, best_matches_in, constant_responses, exact_best_matches, ncc_matrix
 
 __all__ = [
     "IMPULSE_MODES",
+    "JSON_MATRIX_CHANNELS",
+    "JSON_MATRIX_VALUES",
     "MAX_PHASES",
     "MIN_SUPPORT",
     "ImpulseResult",
@@ -65,6 +67,8 @@ QUANTIZED_NOTE = (
     "analyse the float model it was made from for its kernels' responses"
 )
 _MAX_OUTPUT_BYTES = 1 << 30  # the network's outputs for the impulses held at once, at most
+JSON_MATRIX_CHANNELS = 256  # larger NCC matrices go to the .npz only
+JSON_MATRIX_VALUES = 100_000  # and so do those past this many values in all (about 1.3 MB of JSON)
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,8 @@ class LayerImpulse:
             to ``support`` ([*start, *size] in the layer's interleaved output map).
         phases: phase positions per spatial axis the responses interleave (1 for a stride-1 conv).
         ncc: shape (C, C), one-vs-all NCC within the layer: float64 for the layers whose matrix the JSON
-            carries, float32's (within 1e-6) for the others; best matches and their values are float64 always.
+            carries (:func:`json_matrix_layers`), float32's (within 1e-6) for the others; best matches and their
+            values are float64 always.
         compared: shape (C,) bool: channels whose response varies over at least MIN_SUPPORT positions.
         excluded: why the others were left out: {"support": n (too few positions), "constant": n (no response)}.
         best_match, best_value: shape (C,): the most similar other compared channel and its NCC
@@ -157,7 +162,7 @@ class ImpulseResult:
     notes: list[str]
     layers: list[LayerImpulse]
     seconds: float = field(default=0.0, compare=False)
-    json_layers: frozenset[str] = field(default=frozenset(), compare=False)  # whose NCC matrix the JSON holds
+    json_layers: frozenset[str] = field(default=frozenset(), compare=False)  # whose float64 matrix the JSON holds
 
     def layer(self, name: str) -> LayerImpulse:
         return next(layer for layer in self.layers if layer.name == name)
@@ -186,8 +191,8 @@ class ImpulseResult:
         return csv_text([*header, "across_channel", "across_value"], rows)
 
     def to_dict(self, *, responses: bool = False) -> dict:
-        """The result as JSON, with the NCC matrices of the layers in ``json_layers`` (the others are null: the
-        report's writers choose what fits, :func:`onnxredund.report.writers.for_json`)."""
+        """The result as JSON, with the NCC matrices of the layers in ``json_layers`` (the others are null; the
+        .npz holds them, :meth:`arrays`)."""
         return {
             "model": self.model,
             "mode": self.mode,
@@ -215,6 +220,20 @@ class ImpulseResult:
 
 def _csv_float(v: float) -> str:
     return "" if np.isnan(v) else f"{v:.6f}"
+
+
+def json_matrix_layers(channels: list[int]) -> set[int]:
+    """Which layers (positions in ``channels``, each a layer's channel count) have their NCC matrix in the JSON:
+    those of at most :data:`JSON_MATRIX_CHANNELS` channels, smallest first (then in order), until
+    :data:`JSON_MATRIX_VALUES` values in all. The analysis computes theirs in float64."""
+    chosen, total = set(), 0
+    for position in sorted(range(len(channels)), key=lambda i: (channels[i], i)):
+        size = channels[position] ** 2
+        if channels[position] > JSON_MATRIX_CHANNELS or total + size > JSON_MATRIX_VALUES:
+            break
+        chosen.add(position)
+        total += size
+    return chosen
 
 
 def crop_to_support(responses: np.ndarray, rel_tol: float = 1e-6) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -599,10 +618,12 @@ def run_impulse(
         )
     bar = progress("impulse NCC", len(layers), 0) if progress else None
     deadline = None if max_seconds is None else t0 + max_seconds
+    exact = json_matrix_layers([len(resp) for resp, _ in responses])
     results = _compare(
         layers,
         responses,
         sampling,
+        exact=exact,
         threshold=threshold,
         lags=lags,
         across=across,
@@ -620,6 +641,7 @@ def run_impulse(
         notes=notes,
         layers=results,
         seconds=time.perf_counter() - t0,
+        json_layers=frozenset(results[i].name for i in exact),
     )
 
 
@@ -669,6 +691,7 @@ def _compare(
     responses: list,
     sampling: dict[int, _Phases],
     *,
+    exact: set[int],
     threshold: float,
     lags: bool,
     across: bool,
@@ -677,13 +700,20 @@ def _compare(
     notes: list[str],
 ) -> list[LayerImpulse]:
     """NCC within each layer, and each channel's best match in the earlier layers until ``deadline`` (a
-    ``time.perf_counter()``; past it, a note is added to ``notes`` and the layers are compared within only)."""
+    ``time.perf_counter()``; past it, a note is added to ``notes`` and the layers are compared within only).
+
+    The matrices of the layers at positions ``exact`` (those the JSON holds) are computed in float64, the others
+    in float32 with each channel's best match computed again in float64."""
     searches: dict[int, tuple[EarlierLayers, list[tuple[int, np.ndarray]]]] = {}
     results: list[LayerImpulse] = []
-    for layer, (resp, box) in zip(layers, responses, strict=True):
+    for position, (layer, (resp, box)) in enumerate(zip(layers, responses, strict=True)):
         compared, excluded = _compared(resp)
-        ncc = ncc_matrix(resp, lags=lags, single=True)  # float32; the best matches again in float64
-        idx, val = exact_best_matches(resp, ncc, compared, lags=lags)
+        if position in exact:
+            ncc = ncc_matrix(resp, lags=lags)
+            idx, val = best_matches_in(ncc, compared)
+        else:
+            ncc = ncc_matrix(resp, lags=lags, single=True)
+            idx, val = exact_best_matches(resp, ncc, compared, lags=lags)
         count = int((val[compared] >= threshold).sum())
         n = int(compared.sum())
         search, members = searches.setdefault(resp.ndim, (EarlierLayers(), []))

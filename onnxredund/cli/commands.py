@@ -380,7 +380,6 @@ def audit(
     from onnxredund.analyses.distributed import clear_units
     from onnxredund.model import classifier_output
     from onnxredund.report.audit_report import (
-        audit_payload,
         report_seconds,
         write_audit,
         write_audit_impulse,
@@ -449,7 +448,7 @@ def audit(
         if result.complete:
             clear_units(out_dir)
     if as_json:
-        _echo_json(audit_payload(result))
+        _echo_json(result.to_dict())
     else:
         click.echo(f"redundancy audit of {m.path} on {data.name}:")
         click.echo("\n".join(console.redundancy_lines(result)))
@@ -496,7 +495,7 @@ def reproduce(
     checks each of its claims with numbers; then the pruning study on both and a residual network."""
     from onnxredund.analyses.reproduce import run_reproduce, shipped_models, with_prune_study
     from onnxredund.data import load_dataset
-    from onnxredund.report.reproduce_report import reproduce_payload, write_reproduce
+    from onnxredund.report.reproduce_report import write_reproduce
 
     quiet = command_logging(ctx, verbose, quiet)
     models_dir = shipped_models(models_dir)
@@ -525,7 +524,7 @@ def reproduce(
             write_reproduce(out_dir, result)
     bars.close()
     if as_json:
-        _echo_json(reproduce_payload(result))
+        _echo_json(result.to_dict())
     else:
         click.echo("\n".join(console.claims_lines(result)))
         click.echo(f"report: {out_dir / 'report.html'}")

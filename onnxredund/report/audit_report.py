@@ -18,7 +18,6 @@ from onnxredund.report.html import Figure, Section, Table, render_html
 from onnxredund.report.schema import check_results, check_sweep
 from onnxredund.report.writers import (
     IMPULSE_NPZ,
-    for_json,
     impulse_figures,
     impulse_payload,
     outputs_csv,
@@ -31,7 +30,6 @@ from onnxredund.words import UNDECIDED_NOTE, decided, images_each
 __all__ = [
     "FIGURE_LAYERS",
     "SUMMARY_COLUMNS",
-    "audit_payload",
     "report_seconds",
     "write_audit",
     "write_audit_impulse",
@@ -71,14 +69,8 @@ def _summary_value(s: LayerSummary, column: str):
     return getattr(s, column)
 
 
-def audit_payload(result: AuditResult) -> dict:
-    """The audit's JSON, its impulse part as the files hold it (:func:`~onnxredund.report.writers.for_json`)."""
-    return replace(result, impulse=for_json(result.impulse)).to_dict()
-
-
 def write_audit_impulse(out: Path, impulse: ImpulseResult) -> None:
     """The impulse part as soon as it is there: kept on disk whatever happens to the sweeps after it."""
-    impulse = for_json(impulse)
     write_npz(out / IMPULSE_NPZ, impulse.arrays())
     write_json(out / "impulse.json", impulse_payload(impulse))
     atomic_write(out / "impulse.csv", impulse.to_csv())
@@ -305,7 +297,7 @@ def write_audit(out: Path, result: AuditResult, *, parts: bool = True, deadline:
         for modes in result.shuffles.values():
             for r in modes.values():
                 write_audit_sweep(out, r)
-    payload = {**audit_payload(result), "matrices_file": IMPULSE_NPZ}
+    payload = {**result.to_dict(), "matrices_file": IMPULSE_NPZ}
     check_results(payload)
     write_json(out / "results.json", payload)
     rows = [[_summary_value(s, c) for c in SUMMARY_COLUMNS] for s in result.layers]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from onnxredund.analyses.reproduce import ReproduceResult
@@ -15,24 +14,18 @@ from onnxredund.report.figures import (
     shuffle_example_figure,
 )
 from onnxredund.report.html import Figure, Section, Table, render_html
-from onnxredund.report.writers import for_json, layer_impulse_figures, write_figures
+from onnxredund.report.writers import layer_impulse_figures, write_figures
 
-__all__ = ["reproduce_payload", "write_reproduce"]
+__all__ = ["write_reproduce"]
 
 
 def _csv_number(v: float | None) -> str | None:
     return None if v is None else f"{v:.6f}"
 
 
-def reproduce_payload(result: ReproduceResult) -> dict:
-    """The reproduction's JSON, its impulse parts as the files hold them
-    (:func:`~onnxredund.report.writers.for_json`)."""
-    return replace(result, impulses={m: for_json(r) for m, r in result.impulses.items()}).to_dict()
-
-
 def write_reproduce(out: Path, result: ReproduceResult) -> None:
     """The paper's figures 4-9 as PNGs, results.json, claims.csv and report.html."""
-    write_json(out / "results.json", reproduce_payload(result))
+    write_json(out / "results.json", result.to_dict())
     rows = [
         [c.claim, _csv_number(c.lenet5), _csv_number(c.lenet5x10), _csv_number(c.value), int(c.passed)]
         for c in result.claims

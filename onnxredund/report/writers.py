@@ -7,8 +7,6 @@ matrix goes to ``impulse.npz`` (named in the JSON).
 from __future__ import annotations
 
 import io
-import weakref
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,6 @@ import numpy as np
 from onnxredund.analyses.impulse import ImpulseResult, LayerImpulse
 from onnxredund.analyses.shuffle import ShuffleResult
 from onnxredund.atomic import atomic_write, csv_text, write_json
-from onnxredund.ncc import ncc_matrix
 from onnxredund.report.figures import (
     accuracy_figure,
     cosine_figure,
@@ -29,7 +26,6 @@ from onnxredund.report.schema import check_sweep
 
 __all__ = [
     "IMPULSE_NPZ",
-    "for_json",
     "impulse_figures",
     "impulse_payload",
     "shuffle_figures",
@@ -40,8 +36,6 @@ __all__ = [
 ]
 
 IMPULSE_NPZ = "impulse.npz"
-JSON_MATRIX_CHANNELS = 256  # larger NCC matrices go to the .npz only
-JSON_MATRIX_VALUES = 100_000  # and so do those past this many values in all (about 1.3 MB of JSON)
 
 
 #: per effect kind (:func:`~onnxredund.analyses.shuffle.effect_kind`), its words on a figure and in a file name
@@ -141,42 +135,10 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, buf.getvalue())
 
 
-#: id of an impulse result -> it as its files hold it, while the result lives (an audit writes impulse.json as
-#: soon as the analysis ends, then results.json and maybe --json: the float64 matrices are made once)
-_PREPARED: dict[int, ImpulseResult] = {}
-
-
-def for_json(result: ImpulseResult) -> ImpulseResult:
-    """``result`` as its files hold it: the NCC matrices the JSON has room for (layers of up to 256 channels,
-    smallest first, until 100,000 values in all) recomputed in float64 from the responses (the analysis keeps
-    float32's, within 1e-6) and marked for the JSON; every matrix is in the .npz. Made once per result."""
-    if result.json_layers:
-        return result
-    if id(result) in _PREPARED:
-        return _PREPARED[id(result)]
-    prepared = _prepared(result)
-    _PREPARED[id(result)] = prepared
-    weakref.finalize(result, _PREPARED.pop, id(result), None)
-    return prepared
-
-
-def _prepared(result: ImpulseResult) -> ImpulseResult:
-    chosen, total = set(), 0
-    for layer in sorted(result.layers, key=lambda layer: (len(layer.ncc), layer.index)):
-        if len(layer.ncc) > JSON_MATRIX_CHANNELS or total + layer.ncc.size > JSON_MATRIX_VALUES:
-            break
-        chosen.add(layer.name)
-        total += layer.ncc.size
-    layers = [
-        replace(layer, ncc=ncc_matrix(layer.responses, lags=result.lags)) if layer.name in chosen else layer
-        for layer in result.layers
-    ]
-    return replace(result, layers=layers, json_layers=frozenset(chosen))
-
-
 def impulse_payload(result: ImpulseResult, npz: str | None = IMPULSE_NPZ) -> dict:
-    """The impulse result's JSON (:func:`for_json`), naming the .npz that holds every full matrix."""
-    d = for_json(result).to_dict()
+    """The impulse result's JSON (the float64 matrices of the layers it chose), naming the .npz that holds every
+    full matrix."""
+    d = result.to_dict()
     d["matrices_file"] = npz
     return d
 
@@ -184,7 +146,6 @@ def impulse_payload(result: ImpulseResult, npz: str | None = IMPULSE_NPZ) -> dic
 def write_impulse(out: Path, result: ImpulseResult, *, figures: bool = True) -> None:
     """impulse.json (per-layer summaries, matrices up to 256 channels), impulse.npz (every matrix),
     impulse.csv (a row per channel) and the figures."""
-    result = for_json(result)
     write_npz(out / IMPULSE_NPZ, result.arrays())
     write_json(out / "impulse.json", impulse_payload(result))
     atomic_write(out / "impulse.csv", result.to_csv())

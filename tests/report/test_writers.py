@@ -17,7 +17,7 @@ from onnxredund.atomic import csv_text
 from onnxredund.data import Dataset
 from onnxredund.engine import load_model_proto
 from onnxredund.ncc import ncc_matrix
-from onnxredund.report.writers import for_json, impulse_payload, write_impulse, write_shuffle
+from onnxredund.report.writers import impulse_payload, write_impulse, write_shuffle
 
 
 def test_csv_text_quotes_fields_that_need_it_and_writes_none_empty():
@@ -50,13 +50,13 @@ def test_write_impulse_csv_keeps_a_layer_name_with_a_comma(tmp_path):
     assert [int(r["best_match"]) for r in rows] == result.layers[0].best_match.tolist()
     assert json.loads((tmp_path / "impulse.json").read_text()) == impulse_payload(result)
     with np.load(tmp_path / "impulse.npz") as z:
-        np.testing.assert_array_equal(z["0.ncc"], for_json(result).layers[0].ncc)
+        np.testing.assert_array_equal(z["0.ncc"], result.layers[0].ncc)
     assert {p.name for p in tmp_path.glob("*.png")} == {"impulse-0-responses.png", "impulse-0-ncc.png"}
 
 
-def test_the_json_holds_the_matrices_that_fit_recomputed_in_float64_and_the_npz_every_one(tmp_path):
-    """The analysis keeps float32 matrices and chooses none for the JSON; the writer puts in those of at most
-    256 channels, in float64 from the responses, and leaves a 300-channel layer's to the .npz."""
+def test_the_json_holds_the_matrices_that_fit_computed_in_float64_and_the_npz_every_one(tmp_path):
+    """The analysis computes the matrices of at most 256 channels (the JSON's) in float64 and a 300-channel
+    layer's in float32 (the .npz's only); each layer's best matches are float64 either way."""
     rng = np.random.default_rng(2)
     w1, w2 = rng.normal(size=(4, 1, 3, 3)), rng.normal(size=(300, 4, 3, 3))
     nodes = [
@@ -65,17 +65,21 @@ def test_the_json_holds_the_matrices_that_fit_recomputed_in_float64_and_the_npz_
     ]
     proto = make_model(nodes, [("x", ["N", 1, 9, 9])], [("z", ["N", 300, 9, 9])], {"w1": w1, "w2": w2})
     result = run_impulse(load_model_proto(proto), device="cpu")
-    for layer in result.layers:  # as computed: correlated in float32
-        np.testing.assert_array_equal(layer.ncc, ncc_matrix(layer.responses, lags=True, single=True))
-    assert [layer["ncc"] for layer in result.to_dict()["layers"]] == [None, None]  # no choice made there
+    small_layer, wide_layer = result.layers
+    exact = ncc_matrix(small_layer.responses, lags=True)
+    np.testing.assert_array_equal(small_layer.ncc, exact)
+    np.testing.assert_array_equal(wide_layer.ncc, ncc_matrix(wide_layer.responses, lags=True, single=True))
+    assert result.json_layers == {"small"}
+    wide_exact = ncc_matrix(wide_layer.responses, lags=True)
+    np.fill_diagonal(wide_exact, -np.inf)
+    np.testing.assert_allclose(wide_layer.best_value, wide_exact.max(axis=1), rtol=0, atol=1e-12)
     write_impulse(tmp_path, result)
     small, wide = json.loads((tmp_path / "impulse.json").read_text())["layers"]
-    exact = ncc_matrix(result.layers[0].responses, lags=True)
-    assert exact.dtype == np.float64 and small["ncc"] == np.round(exact, 6).tolist()
+    assert small["ncc"] == np.round(exact, 6).tolist()
     assert wide["ncc"] is None and wide["channels"] == 300
     with np.load(tmp_path / "impulse.npz") as z:
         np.testing.assert_array_equal(z["0.ncc"], exact)
-        np.testing.assert_array_equal(z["1.ncc"], result.layers[1].ncc)  # as computed
+        np.testing.assert_array_equal(z["1.ncc"], wide_layer.ncc)
 
 
 def test_the_effect_figure_is_named_after_what_it_plots(tmp_path):
@@ -171,18 +175,16 @@ def test_the_report_gathers_the_time_budgets_notes_into_one_table_and_one_line()
     assert skipped == "note: 2 sweeps skipped, the time budget spent: Conv.5 pixel, Conv.6 channel"
 
 
-def test_the_json_matrices_are_made_once_per_result_however_often_it_is_written(tmp_path, monkeypatch):
-    """An audit writes impulse.json when the analysis ends, then results.json (and --json): the float64
-    matrices, an FFT per pair of channels, are computed for the first and reused, while the result lives."""
-    from onnxredund.report import writers
+def test_no_ncc_matrix_is_computed_twice_however_often_the_result_is_written(tmp_path, monkeypatch):
+    """An audit writes impulse.json when the analysis ends, then results.json (and --json): each layer's matrix,
+    an FFT per pair of channels, is computed once, by the analysis, in the precision the JSON holds."""
+    from onnxredund import ncc
 
-    result = run_impulse(load_model_proto(small_cnn()[0]), device="cpu")
     calls = []
-    real = writers.ncc_matrix
-    monkeypatch.setattr(writers, "ncc_matrix", lambda *a, **k: calls.append(1) or real(*a, **k))
-    first = for_json(result)
+    real = ncc._lagged
+    monkeypatch.setattr(ncc, "_lagged", lambda *a, **k: calls.append(k["dtype"]) or real(*a, **k))
+    result = run_impulse(load_model_proto(small_cnn()[0]), device="cpu")
+    assert calls == [np.complex128] * len(result.layers) == [np.complex128] * 2
     write_impulse(tmp_path, result)
-    assert impulse_payload(result) == impulse_payload(first)
-    assert for_json(result) is first and len(calls) == len(result.layers) == 2  # one per layer, once
-    other = run_impulse(load_model_proto(small_cnn(seed=5)[0]), device="cpu")
-    assert for_json(other) is not first and len(calls) == 4  # another result gets its own
+    assert json.loads((tmp_path / "impulse.json").read_text()) == impulse_payload(result)
+    assert len(calls) == 2
