@@ -35,6 +35,7 @@ from onnxredund.errors import OnnxRedundError
 from onnxredund.model import ConstantTable, copy_model, data_dependent, data_inputs, dims, later_batch_axes
 
 __all__ = [
+    "FREED_BATCH",
     "batch_outputs",
     "check_feeds",
     "fix_baked_batch",
@@ -51,19 +52,20 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _CHECK_BATCH = 2
+FREED_BATCH = "N"  # the name of a batch axis loading freed
 _SAMPLES_FIRST = "onnxredund/samples_first/"  # the name of the Transpose that puts an output's samples first
 _DECLARED = re.compile(r"samples on axis (\d+); declared ([0-9a-f]*)$")
 
 
 def rebatch(proto: onnx.ModelProto, inputs: list[str], batch: int) -> onnx.ModelProto:
-    """Copy of ``proto`` with a free batch dimension ``N`` on ``inputs`` and the outputs (the check is
+    """Copy of ``proto`` with a free batch dimension :data:`FREED_BATCH` on ``inputs`` and the outputs (the check is
     :func:`make_batch_dynamic`'s)."""
     model = to_ir(proto)
     graph = model.graph
     for value in [*(v for v in graph.inputs if v.name in inputs), *graph.outputs]:
         dims = list(value.shape.dims) if value.shape is not None else []
         if dims and dims[0] == batch:
-            value.shape = ir.Shape(["N", *dims[1:]])
+            value.shape = ir.Shape([FREED_BATCH, *dims[1:]])
         elif dims and isinstance(dims[0], int) and value.name not in inputs:  # the batch merged into it: (N x 256, 2)
             value.shape = ir.Shape([f"N_rows_{value.name}", *dims[1:]])
     consts = ConstantTable(proto.graph)
@@ -350,7 +352,7 @@ def samples_back(proto: onnx.ModelProto) -> onnx.ModelProto:
             vi.type.CopyFrom(declared)
             dims = vi.type.tensor_type.shape.dim
             if len(dims) > axis and dims[axis].HasField("dim_value"):
-                dims[axis].dim_param = "N"  # the batch loading freed stays free
+                dims[axis].dim_param = FREED_BATCH  # the batch loading freed stays free
     return back
 
 

@@ -14,6 +14,7 @@ import onnx
 
 from onnxredund.choices import LAYOUT_CHOICES
 from onnxredund.engine.batching import (
+    FREED_BATCH,
     batch_outputs,
     fix_baked_batch,
     free_fixed_states,
@@ -22,6 +23,7 @@ from onnxredund.engine.batching import (
     moved_outputs,
 )
 from onnxredund.engine.fold import fold_conv_parameters
+from onnxredund.engine.old_opsets import check_upgrade, is_old, upgraded
 from onnxredund.engine.runtime import Runner, probe_shapes
 from onnxredund.engine.surgery import expose_outputs
 from onnxredund.engine.unfuse import contrib_ops, unfuse_convs
@@ -109,6 +111,7 @@ def load_model_proto(
     """Validate and describe a model already in memory (a copy is kept; ``proto`` is not changed)."""
     path = Path(name)
     proto = validate(copy_model(proto), path)
+    original, proto = upgraded(proto, path) if is_old(proto) else (None, proto)
     contrib = contrib_ops(proto)
     proto = unfuse_convs(proto)
     proto, folded = fold_conv_parameters(proto)
@@ -119,6 +122,8 @@ def load_model_proto(
     for input_name, given in sizes.items():
         if given:
             set_input_shape(proto, input_name, given)
+    if original is not None:
+        check_upgrade(original, proto, sizes, path)
     if not any(n.op_type in CONV_OPS for n in proto.graph.node):
         inside = sum(n.op_type in CONV_OPS for n in _body_nodes(proto.graph))
         if inside:
@@ -204,7 +209,7 @@ def _shapes(proto: onnx.ModelProto, sizes: dict[str, list], declared: dict) -> d
     those around convs, of the outputs and of Reshapes (whose shape a computed target can hide from inference)
     that inference misses. An output the file declares with a fixed first axis over 1 has no batch axis of its
     own: its sample's shape is all of it (a fixed-batch export that squeezed the batch, or merged it into that
-    axis once freed: (N x 256, 2))."""
+    axis once freed: (N x 256, 2)), unless that axis is the file's fixed batch, freed."""
     free = onnx.ModelProto()
     free.CopyFrom(proto)
     for output in free.graph.output:  # inferred, not declared: an exporter may declare them for another input size
@@ -218,7 +223,9 @@ def _shapes(proto: onnx.ModelProto, sizes: dict[str, list], declared: dict) -> d
     moved = moved_outputs(proto)  # declared with their samples on a later axis, which now come first
     for output in (o for o in proto.graph.output if o.name not in moved):
         full = dims(onnx.helper.make_value_info(output.name, declared[output.name]))
-        if full and isinstance(full[0], int) and full[0] > 1 and all(isinstance(d, int) and d > 0 for d in full):
+        batched = (dims(output) or [None])[0] == FREED_BATCH  # the file's fixed batch of 2 or more, freed
+        fixed = full and isinstance(full[0], int) and full[0] > 1 and all(isinstance(d, int) and d > 0 for d in full)
+        if fixed and not batched:
             shapes[output.name] = tuple(full)
     return shapes
 

@@ -46,6 +46,14 @@ def _opset(version: int) -> onnx.ModelProto:
     return m
 
 
+def _old_prelu() -> onnx.ModelProto:
+    """Opset 6: a PRelu's (C,) slope broadcast along the channels, which onnx's conversion keeps as it is and
+    onnxruntime then refuses (from opset 7 on it lines up with the last axis)."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"], name="c"), helper.make_node("PRelu", ["z", "s"], ["p"])]
+    slope = np.full(4, 0.25, np.float32)
+    return make_model(nodes, [("x", ["N", 3, 5, 5])], [("p", ["N", 4, 3, 3])], {"w": W, "s": slope}, opset=6)
+
+
 def _with_node(node: onnx.NodeProto, domain: str | None = None) -> onnx.ModelProto:
     m = conv_only()
     m.graph.node.append(node)
@@ -166,7 +174,10 @@ MODEL_FILES = {
         "has quantized convs only (1 ConvInteger); onnxredund analyses float convs: give it the float model",
     ),
     "opset too new": (lambda good: _opset(27).SerializeToString(), "uses opset 27"),
-    "opset too old": (lambda good: _opset(5).SerializeToString(), "uses opset 5"),
+    "opset too old, its conversion not runnable": (
+        lambda good: _old_prelu().SerializeToString(),
+        "uses opset 6; onnxruntime runs opsets 7..26, and onnxruntime cannot run onnx's conversion of it",
+    ),
     "unknown op": (
         lambda good: _with_node(helper.make_node("FancyOp", ["z"], ["q"])).SerializeToString(),
         "not a valid ONNX model",

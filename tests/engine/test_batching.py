@@ -105,3 +105,29 @@ def test_a_free_batch_that_the_constants_fix_to_one_is_freed_and_checked():
         assert fast.route == "fast"
         np.testing.assert_allclose(fast.cosine, direct.cosine, atol=1e-6)
         np.testing.assert_allclose(fast.outputs["logits"].cosine, direct.outputs["logits"].cosine, atol=1e-6)
+
+
+def _conv_to_output(batch) -> onnx.ModelProto:
+    """One conv whose output is the graph's output, as PyTorch's old exporter wrote its single-layer tests."""
+    w = np.random.default_rng(3).normal(size=(4, 3, 3, 2))
+    node = helper.make_node("Conv", ["x", "w"], ["z"], name="conv")
+    return make_model([node], [("x", [batch, 3, 7, 5])], [("z", [batch, 4, 5, 4])], {"w": w})
+
+
+def test_a_fixed_batch_of_two_read_by_the_output_itself_is_the_batch_not_part_of_the_sample():
+    # PyTorch's Conv2d test export at batch 2: the output [2, 4, 5, 4] was read as a sample of that shape, and
+    # impulse and shuffle ended in tracebacks (an index past the response's axes, a broadcast of im2col's taps)
+    from onnxredund.analyses.impulse import run_impulse
+    from onnxredund.analyses.shuffle import run_shuffle
+    from onnxredund.data import Dataset
+    from onnxredund.engine import load_model_proto
+
+    fixed, free = load_model_proto(_conv_to_output(2)), load_model_proto(_conv_to_output("N"))
+    assert fixed.batch_dynamic and fixed.layers[0].output_shape == free.layers[0].output_shape == (4, 5, 4)
+    a, b = run_impulse(fixed, device="cpu").layers[0], run_impulse(free, device="cpu").layers[0]
+    np.testing.assert_array_equal(a.responses, b.responses)
+    data = Dataset(np.random.default_rng(1).normal(size=(8, 3, 7, 5)).astype(np.float32), None, "toy")
+    for exact in (False, True):
+        got = run_shuffle(fixed, "conv", data, batch_size=4, device="cpu", exact_path=exact)
+        want = run_shuffle(free, "conv", data, batch_size=4, device="cpu", exact_path=exact)
+        np.testing.assert_allclose(got.cosine, want.cosine, atol=1e-7)
