@@ -19,11 +19,10 @@ from onnxredund.report.schema import check_results, check_sweep
 from onnxredund.report.writers import (
     IMPULSE_NPZ,
     impulse_figures,
-    impulse_payload,
     outputs_csv,
     shuffle_figures,
     write_figures,
-    write_npz,
+    write_impulse,
 )
 from onnxredund.words import UNDECIDED_NOTE, decided, images_each
 
@@ -70,10 +69,9 @@ def _summary_value(s: LayerSummary, column: str):
 
 
 def write_audit_impulse(out: Path, impulse: ImpulseResult) -> None:
-    """The impulse part as soon as it is there: kept on disk whatever happens to the sweeps after it."""
-    write_npz(out / IMPULSE_NPZ, impulse.arrays())
-    write_json(out / "impulse.json", impulse_payload(impulse))
-    atomic_write(out / "impulse.csv", impulse.to_csv())
+    """The impulse part as soon as it is there (its files, the figures later with the report's): kept on disk
+    whatever happens to the sweeps after it."""
+    write_impulse(out, impulse, figures=False)
 
 
 def write_audit_sweep(out: Path, result: ShuffleResult) -> None:
