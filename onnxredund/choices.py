@@ -12,6 +12,7 @@ __all__ = [
     "CONFIDENCE",
     "CRITERIA",
     "DEVICES",
+    "FUTILITY",
     "IMPULSE_MODES",
     "LAYOUT_CHOICES",
     "MIN_IMAGES",
@@ -58,6 +59,9 @@ NCC_THRESHOLD = 0.9
 CHEAP_DROP = 0.005
 #: of each channel's cost interval (sequential estimation)
 CONFIDENCE = 0.95
+#: a sequential sweep stops measuring an undecided channel once the rest of the data would decide it with a chance
+#: under this, were its cost what its images so far say (0: measured to the end of the data)
+FUTILITY = 0.05
 #: images every channel of a sweep sees at least, before any budget cuts it or any decision stops it
 MIN_IMAGES = 64
 #: how pruning ranks channels, and over what

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from onnxredund.analyses.sequential import cost_bounds
+from onnxredund.analyses.sequential import cost_bounds, undecidable
 from onnxredund.metrics import (
     ERROR_EDGES,
     bin_counts,
@@ -170,11 +170,18 @@ class EffectMeter:
 
     def cost_bounds(self, sums: dict, looks, estimation) -> tuple[np.ndarray, np.ndarray]:
         """Each channel's cost interval from the sums (:func:`~onnxredund.analyses.sequential.cost_bounds`)."""
+        return cost_bounds(self.kind, sums, self._cost_keys(), looks, estimation)
+
+    def undecidable(self, sums: dict, looks, estimation, remaining, batch_size: int) -> np.ndarray:
+        """Per channel, whether the rest of the data would not decide it
+        (:func:`~onnxredund.analyses.sequential.undecidable`)."""
+        return undecidable(self.kind, sums, self._cost_keys(), looks, estimation, remaining, batch_size)
+
+    def _cost_keys(self) -> dict[str, list[str]]:
+        """The sums a channel's cost is read from."""
         if self.kind == "agreement":
-            keys = {"top1": [self.key(self.classifiers[0], "top1")]}
-        else:
-            keys = {what: [self.key(name, what) for name in self.outputs] for what in ("cos", "cos_sq")}
-        return cost_bounds(self.kind, sums, keys, looks, estimation)
+            return {"top1": [self.key(self.classifiers[0], "top1")]}
+        return {what: [self.key(name, what) for name in self.outputs] for what in ("cos", "cos_sq")}
 
     def key(self, name: str, what: str) -> str:
         """The name of the sum ``what`` of output ``name`` in the sums dict."""

@@ -39,6 +39,21 @@ probability at most d. The images are taken in a seeded random order (:func:`in_
 images a channel saw are a random sample of the data, and the cost estimated is the exhaustive sweep's. In
 channel mode an image's perturbation comes from another image of its batch: the images are not quite
 independent draws.
+
+**Stopping for futility.** A channel whose cost sits at the threshold is not decided by any amount of data a
+user has, and measuring it to the end of the data keeps the network's clean run of every batch going for it
+alone (:func:`undecidable`). After each look an undecided channel stops receiving images, and stays undecided,
+when the rest of the data would decide it with a chance under ``futility`` were its cost what its images so far
+say (stochastic curtailment, Lan, Simon and Halperin 1982): its sums are projected to the end of the data at their
+current means, the interval is computed there, and it is moved towards each decision in turn by ``z``
+predictive standard deviations of the final mean, sqrt(v R / (N n)) for a per-image variance v, n images seen,
+R left and N = n + R (the final mean's spread under the current estimate's own uncertainty and the R images'
+noise), z the normal quantile of 1 - ``futility``; a channel that could be decided either way after that
+shift goes on. The rule only ever stops measuring: it decides nothing, so each decision's error stays at most
+d (a non-binding futility rule); what it costs is the few channels that the rest of the data would have
+decided: simulated on 4,096 images looked at every 256, at 0.05 it halves the images of channels at the
+threshold and gives up on 3 % of those at 0.4 of it that the whole data would have decided (more than 5 %:
+the chance is computed at the estimate, which is unluckily high in the channels it stops).
 """
 
 from __future__ import annotations
@@ -48,7 +63,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import betaln, ndtri
 
-from onnxredund.choices import CHEAP_DROP, CONFIDENCE, MIN_IMAGES
+from onnxredund.choices import CHEAP_DROP, CONFIDENCE, FUTILITY, MIN_IMAGES
 from onnxredund.data import DataSource
 from onnxredund.errors import OnnxRedundError
 
@@ -57,6 +72,7 @@ __all__ = [
     "COSTLY",
     "DECISIONS",
     "EXHAUSTIVE",
+    "STOPPED",
     "UNDECIDED",
     "Estimation",
     "cost_bounds",
@@ -65,11 +81,13 @@ __all__ = [
     "images_to_clear",
     "in_random_order",
     "proportion_bounds",
+    "undecidable",
     "z_score",
 ]
 
 UNDECIDED, CHEAP, COSTLY = 0, 1, 2
-DECISIONS = ("undecided", "cheap", "costly")  # by code
+STOPPED = 3  # undecided, no longer measured: the rest of the data would not decide it (:func:`undecidable`)
+DECISIONS = ("undecided", "cheap", "costly")  # by code; STOPPED reads "undecided"
 
 
 @dataclass(frozen=True)
@@ -82,22 +100,27 @@ class Estimation:
         cheap_drop: a channel is cheap when its cost's interval lies at or under this, costly when above.
         confidence: of each channel's interval (under optional stopping, for a sequential sweep).
         min_images: images a channel sees before its first look (sequential sweeps).
+        futility: an undecided channel stops receiving images once the rest of the data would decide it with a
+            chance under this (:func:`undecidable`; sequential sweeps; 0: never).
     """
 
     sequential: bool = False
     cheap_drop: float = CHEAP_DROP
     confidence: float = CONFIDENCE
     min_images: int = MIN_IMAGES
+    futility: float = FUTILITY
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.confidence < 1:
             raise OnnxRedundError(f"confidence must be in [0.5, 1), not {self.confidence}")
         if self.min_images < 1:
             raise OnnxRedundError(f"the minimum of images must be at least 1, not {self.min_images}")
+        if not 0 <= self.futility < 0.5:
+            raise OnnxRedundError(f"futility must be in [0, 0.5), not {self.futility}")
 
     def to_dict(self) -> dict:
         d = {"sequential": self.sequential, "cheap_drop": self.cheap_drop, "confidence": self.confidence}
-        return d | ({"min_images": self.min_images} if self.sequential else {})
+        return d | ({"min_images": self.min_images, "futility": self.futility} if self.sequential else {})
 
 
 EXHAUSTIVE = Estimation()  # every image for every channel, decided at the end
@@ -165,8 +188,7 @@ def cost_bounds(kind: str, sums: dict, keys: dict[str, list[str]], looks, estima
     n = sums["seen"].sum(axis=0)
     error, prior = 1.0 - estimation.confidence, estimation.cheap_drop
     if kind == "accuracy":
-        lost = sums["lost"].sum(axis=0)
-        gained = lost + sums["correct"].sum(axis=0) - sums["baseline_correct"].sum(axis=0)
+        lost, gained = _lost_gained(sums)
         lost_lo, lost_hi = proportion_bounds(lost, n, error / 2, prior)
         gained_lo, gained_hi = proportion_bounds(gained, n, error / 2, prior)
         return lost_lo - gained_hi, lost_hi - gained_lo
@@ -180,6 +202,52 @@ def cost_bounds(kind: str, sums: dict, keys: dict[str, list[str]], looks, estima
     lower = np.max([1.0 - hi for _, hi in bounds], axis=0)
     upper = np.max([1.0 - lo for lo, _ in bounds], axis=0)
     return np.clip(lower, 0.0, 2.0), np.clip(upper, 0.0, 2.0)
+
+
+def _lost_gained(sums: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel, the images a perturbation made wrong and those it made right."""
+    lost = sums["lost"].sum(axis=0)
+    return lost, lost + sums["correct"].sum(axis=0) - sums["baseline_correct"].sum(axis=0)
+
+
+def _variance(kind: str, sums: dict, keys: dict[str, list[str]]) -> np.ndarray:
+    """Per channel, the variance of one image's cost (the largest over the outputs for cosines)."""
+    n = np.maximum(sums["seen"].sum(axis=0).astype(np.float64), 1.0)
+    if kind == "accuracy":  # one image's drop is 1 (lost), -1 (gained) or 0
+        lost, gained = (v / n for v in _lost_gained(sums))
+        return np.maximum(lost + gained - np.square(lost - gained), 0.0)
+    if kind == "agreement":
+        p = (n - sums[keys["top1"][0]].sum(axis=0)) / n
+        return p * (1.0 - p)
+    means = [sums[c].sum(axis=0) / n for c in keys["cos"]]
+    return np.max(
+        [np.maximum(sums[q].sum(axis=0) / n - np.square(m), 0.0) for m, q in zip(means, keys["cos_sq"], strict=True)],
+        axis=0,
+    )
+
+
+def undecidable(
+    kind: str, sums: dict, keys: dict[str, list[str]], looks, estimation: Estimation, remaining, batch_size: int
+) -> np.ndarray:
+    """Per channel (K,): whether the rest of the data, ``remaining`` images (K,), would decide it with a chance
+    under ``estimation.futility``, were its cost what its images so far say (see the module's text): its interval
+    at the end of the data, with its sums at their current means, moved by z predictive standard deviations
+    of the final mean towards either decision, still holds the threshold. ``looks`` and ``batch_size`` give the
+    looks there (a mean's interval widens with them); the other arguments are :func:`cost_bounds`'s."""
+    n = sums["seen"].sum(axis=0).astype(np.float64)
+    remaining = np.broadcast_to(np.maximum(np.asarray(remaining, np.float64), 0.0), n.shape)
+    if estimation.futility <= 0:
+        return np.zeros(n.shape, bool)
+    total = n + remaining
+    scale = total / np.maximum(n, 1.0)
+    names = ("seen", "lost", "correct", "baseline_correct", *(k for v in keys.values() for k in v))
+    at_end = {k: sums[k] * scale for k in dict.fromkeys(names) if k in sums}
+    low, high = cost_bounds(kind, at_end, keys, np.asarray(looks) + np.ceil(remaining / batch_size), estimation)
+    z = ndtri(1.0 - estimation.futility)
+    spread = z * np.sqrt(_variance(kind, sums, keys) * remaining / (np.maximum(total, 1.0) * np.maximum(n, 1.0)))
+    could_be_cheap = high - spread <= estimation.cheap_drop
+    could_be_costly = low + spread > estimation.cheap_drop
+    return (n > 0) & (remaining > 0) & ~could_be_cheap & ~could_be_costly
 
 
 def decide(lower: np.ndarray, upper: np.ndarray, cheap_drop: float) -> np.ndarray:

@@ -55,6 +55,7 @@ from onnxredund.analyses.effects import (
 from onnxredund.analyses.sequential import (
     DECISIONS,
     EXHAUSTIVE,
+    STOPPED,
     UNDECIDED,
     Estimation,
     decide,
@@ -110,6 +111,9 @@ class ShuffleResult:
         cost_low, cost_high: each channel's :meth:`cost` interval at ``estimation.confidence`` (K,)
             (:mod:`onnxredund.analyses.sequential`).
         decision: per channel "cheap", "costly" or "undecided" against ``estimation.cheap_drop``.
+        stopped_undecided: the undecided channels a sequential sweep stopped measuring before the end of the
+            data, which would not decide them (:func:`~onnxredund.analyses.sequential.undecidable`); None for
+            an exhaustive sweep.
         estimation: how the channels were decided (sequential or exhaustive, threshold, confidence).
     """
 
@@ -146,6 +150,7 @@ class ShuffleResult:
     cost_low: np.ndarray | None = None
     cost_high: np.ndarray | None = None
     decision: list[str] | None = None
+    stopped_undecided: list[int] | None = None
     estimation: Estimation = field(default_factory=Estimation)
 
     def mean_cosine(self) -> np.ndarray:
@@ -187,6 +192,7 @@ class ShuffleResult:
             "cost": nan_to_none(self.cost()),
             "cost_interval": _intervals(self.cost_low, self.cost_high),
             "decision": self.decision,
+            "stopped_undecided": self.stopped_undecided,
         }
         if timing:
             d["device"], d["seconds"] = self.device, round(self.seconds, 3)
@@ -390,7 +396,7 @@ def run_shuffle(
     t0 = time.perf_counter() - state.seconds
     feed = PermutationFeed(mode, seed, repeats, channels, pixels, workers=permutation_workers(device))
     batches = iter_batches(data, batch_size, state.batches_done)
-    judge = _Judge(meter, estimation, state)
+    judge = _Judge(meter, estimation, state, len(data), batch_size)
     # stages on threads: the clean runs (on a GPU, ahead on a thread of their own: the two sessions' streams
     # overlap; on a CPU they would only share its cores), the perturbed runs, and the sums here
     run_clean = runner.run_clean if clean_passes is None else functools.partial(clean_passes.run, runner)
@@ -462,8 +468,9 @@ class _Judge:
     only shrinks, and :meth:`still_open` drops what they measured of channels decided since.
     """
 
-    def __init__(self, meter: EffectMeter, estimation: Estimation, state: SweepState) -> None:
+    def __init__(self, meter: EffectMeter, estimation: Estimation, state: SweepState, samples: int, batch: int):
         self.meter, self.estimation = meter, estimation
+        self.samples, self.batch = samples, batch  # the data's, to tell what the rest of it could decide
         self.decision = state.sums["decision"][0].copy()
         self.positions = np.flatnonzero(self.decision == UNDECIDED).tolist()
 
@@ -487,16 +494,20 @@ class _Judge:
 
     def look(self, sums: dict) -> dict:
         """After a batch: the open channels with their minimum of images are looked at, and decided where their
-        interval clears the threshold (``sums``, a new dict of new arrays, is updated in place and returned)."""
+        interval clears the threshold, or stopped where the rest of the data would not decide them (``sums``, a
+        new dict of new arrays, is updated in place and returned)."""
         if not self.estimation.sequential:
             return sums
         looking = (sums["decision"][0] == UNDECIDED) & (sums["seen"][0] >= self.estimation.min_images)
         if not looking.any():
             return sums
-        sums["looks"][0, looking] += 1
-        low, high = self.meter.cost_bounds(sums, sums["looks"][0], self.estimation)
+        looks = sums["looks"][0]
+        looks[looking] += 1
+        low, high = self.meter.cost_bounds(sums, looks, self.estimation)
         decided = decide(low, high, self.estimation.cheap_drop)
-        sums["decision"][0, looking] = decided[looking]
+        left = self.samples - sums["seen"][0]
+        futile = (decided == UNDECIDED) & self.meter.undecidable(sums, looks, self.estimation, left, self.batch)
+        sums["decision"][0, looking] = np.where(futile, STOPPED, decided)[looking]
         self.decision = sums["decision"][0].copy()
         self.positions = np.flatnonzero(self.decision == UNDECIDED).tolist()
         return sums
@@ -634,6 +645,7 @@ def sweep_result(
     cosine, cosine_std, low, high = (unmeasured(a, unseen) for a in (cosine, cosine_std, low, high))
     acc, agr = (tuple(unmeasured(v, unseen) for v in pair) for pair in (acc, agr))
     decision = np.where(unseen, UNDECIDED, decision)
+    stopped_undecided = [k for k, d in zip(channels, decision, strict=True) if d == STOPPED]
     channel_baseline = (sums["baseline_correct"] / seen).mean(axis=0) if meter.labelled else None
     channel_baseline = unmeasured(channel_baseline, unseen)
     if unseen.all() and meter.labelled:
@@ -671,6 +683,7 @@ def sweep_result(
         channel_baseline=channel_baseline,
         cost_low=low,
         cost_high=high,
-        decision=[DECISIONS[d] for d in decision],
+        decision=[DECISIONS[UNDECIDED if d == STOPPED else d] for d in decision],
+        stopped_undecided=stopped_undecided if estimation.sequential else None,
         estimation=estimation,
     )

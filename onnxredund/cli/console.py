@@ -178,7 +178,9 @@ def decision_words(result: ShuffleResult) -> str:
     how = f"cost <= {e.cheap_drop:g} at {100 * e.confidence:g} %"
     if e.sequential and result.images is not None and len(result.images):
         how += f", sequential: {images_each(result.images)}"
-    return f"decided: {decided(result.decision_counts())} ({how})"
+    stopped = len(result.stopped_undecided or [])
+    why = f" ({stopped} stopped early: the rest of the data would not decide them)" if stopped else ""
+    return f"decided: {decided(result.decision_counts())}{why} ({how})"
 
 
 def impulse_lines(result: ImpulseResult) -> list[str]:

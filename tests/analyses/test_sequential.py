@@ -4,6 +4,8 @@ exhaustive sweep over the images the channel saw."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from builders import ChunksHere, make_model, run_cli, save, small_cnn
@@ -13,6 +15,7 @@ from onnxredund.analyses.distributed import job_for, run_sweeps
 from onnxredund.analyses.sequential import (
     CHEAP,
     COSTLY,
+    STOPPED,
     UNDECIDED,
     Estimation,
     cost_bounds,
@@ -20,9 +23,11 @@ from onnxredund.analyses.sequential import (
     images_to_clear,
     in_random_order,
     proportion_bounds,
+    undecidable,
     z_score,
 )
 from onnxredund.analyses.shuffle import SweepOptions, SweepState, run_shuffle
+from onnxredund.cli.console import decision_words
 from onnxredund.data import Dataset
 from onnxredund.engine import load_model_proto
 from onnxredund.errors import OnnxRedundError
@@ -97,6 +102,65 @@ def test_clear_cut_channels_are_decided_early():
     assert (_simulate(0.2, channels=100) == COSTLY).all()
 
 
+def _agreement_sums(hits, n) -> tuple[dict, dict]:
+    """Sums of channels with ``hits`` disagreements in ``n`` images each, and the keys that read them."""
+    hits, n = np.broadcast_arrays(np.asarray(hits), np.asarray(n))
+    return {"seen": n[None].astype(np.int64), "top1": (n - hits)[None].astype(np.int64)}, {"top1": ["top1"]}
+
+
+def test_the_rest_of_the_data_decides_a_channel_off_the_threshold_not_one_on_it():
+    at_threshold = Estimation(sequential=True, cheap_drop=0.005)
+    # 20 disagreements in 4,096 images (0.49 %), 6,000 more to come: were its cost 0.49 %, 10,096 images
+    # would still leave 0.5 % inside its interval, and no likely drift of its mean changes that; at 2,048
+    # images with 8,000 to come its mean may still drift far enough
+    sums, keys = _agreement_sums([20, 10, 0, 1, 20, 20, 400], [4096, 2048, 256, 256, 4096, 4096, 4096])
+    left = np.array([6000, 8000, 9744, 9744, 0, 2_000_000, 6000])
+    looks = [16, 8, 1, 1, 16, 16, 16]
+    stop = undecidable("agreement", sums, keys, looks, at_threshold, left, 256)
+    # no hit yet: the rest can call it cheap; one hit in 256: its estimate is too loose to give up on it; nothing
+    # left: the sweep ends there anyway; two million left: enough to decide 0.49 % against 0.5 %; 400 hits: costly
+    assert stop.tolist() == [True, False, False, False, False, False, False]
+    never = Estimation(sequential=True, cheap_drop=0.005, futility=0)
+    assert not undecidable("agreement", sums, keys, looks, never, left, 256).any()
+    # a stream too short to call even a channel with no hit cheap (its upper bound at 512 images is over 0.5 %)
+    sums, keys = _agreement_sums([0], [256])
+    assert undecidable("agreement", sums, keys, [1], at_threshold, [256], 256).tolist() == [True]
+
+
+def _simulate_stops(p: float, futility: float, channels: int = 1000, images: int = 4096, step: int = 256):
+    """Decisions and images measured of ``channels`` simulated channels of true disagreement ``p`` against 0.5 %,
+    looked at every ``step`` images, stopped for futility at ``futility``."""
+    misses = np.random.default_rng(3).random((channels, images)) < p
+    estimation = Estimation(sequential=True, cheap_drop=0.005, futility=futility)
+    decision, looks, seen = np.full(channels, UNDECIDED), np.zeros(channels), np.full(channels, images)
+    for n in range(step, images + 1, step):
+        open_ = np.flatnonzero(decision == UNDECIDED)
+        looks[open_] += 1
+        sums, keys = _agreement_sums(misses[open_, :n].sum(axis=1), np.full(len(open_), n))
+        low, high = cost_bounds("agreement", sums, keys, looks[open_], estimation)
+        now = decide(low, high, 0.005)
+        stop = (now == UNDECIDED) & undecidable("agreement", sums, keys, looks[open_], estimation, images - n, step)
+        decision[open_] = np.where(stop, STOPPED, now)
+        seen[open_[(now != UNDECIDED) | stop]] = n
+    return decision, seen
+
+
+def test_futility_stops_channels_at_the_threshold_early_and_decides_the_others_the_same():
+    on, seen = _simulate_stops(0.005, 0.05)
+    off, seen_off = _simulate_stops(0.005, 0.0)
+    assert (off == UNDECIDED).mean() > 0.9 and seen_off.mean() > 4000  # measured to the end, undecided
+    assert seen.mean() < 0.5 * seen_off.mean() and (on == STOPPED).mean() > 0.9
+    # a channel is decided on the same images either way until it stops: what both decided is the same
+    both = (off != UNDECIDED) & (on != STOPPED)
+    assert (on[both] == off[both]).all() and (seen[both] == seen_off[both]).all()
+    # a channel at 0.4 of the threshold, which the whole data decides half the time: a few are given up on
+    on, _ = _simulate_stops(0.002, 0.05)
+    off, _ = _simulate_stops(0.002, 0.0)
+    assert (off == CHEAP).mean() > 0.5 and ((off == CHEAP) & (on == STOPPED)).mean() < 0.05
+    for p, decision in ((0.0, CHEAP), (0.05, COSTLY)):  # clear-cut channels are decided, never stopped
+        assert (_simulate_stops(p, 0.05, channels=100)[0] == decision).all()
+
+
 def _dead_and_live_model():
     """x (N, 3, 6, 6) -> conv (3 -> 2; input channel 0 dead, 1 weak, 2 strong) -> Relu: an output without a
     classifier, so the cost is 1 - the output cosine."""
@@ -132,8 +196,27 @@ def test_a_sequential_sweep_stops_each_channel_once_decided_with_the_exhaustive_
         np.testing.assert_allclose(seq.cosine[i], full.cosine[0], rtol=1e-12)
         assert seq.cost()[i] == pytest.approx(full.cost()[0], abs=1e-12)
     assert seq.complete and seq.samples_done == max(seq.images)
-    if seq.decision[1] == "undecided":
-        assert seq.images[1] == 320  # measured to the end of the data
+    if seq.decision[1] == "undecided":  # measured to the end of the data, or stopped as not decidable by it
+        assert seq.images[1] == 320 or seq.stopped_undecided == [1]
+
+
+def test_a_sequential_sweep_stops_measuring_a_channel_that_the_rest_of_the_data_would_not_decide():
+    """Channel 2's threshold set at what every image of the data gives it: no amount of this data decides it, and
+    the sweep stops measuring it before the data ends (it is measured to the end without the rule); the
+    channels decided get the same decisions on the same images either way."""
+    model = load_model_proto(_dead_and_live_model())
+    data = _images(640)
+    whole = run_shuffle(model, "conv", in_random_order(data, 0), batch_size=32, device="cpu", channels=[2])
+    estimation = Estimation(sequential=True, cheap_drop=float(whole.cost()[0]), min_images=32)
+    args = {"batch_size": 32, "device": "cpu"}
+    seq = run_shuffle(model, "conv", data, estimation=estimation, **args)
+    assert seq.decision[2] == "undecided" and seq.stopped_undecided == [2] and 32 < seq.images[2] < 640
+    assert seq.to_dict()["stopped_undecided"] == [2] and "1 stopped early" in decision_words(seq)
+    never = run_shuffle(model, "conv", data, estimation=dataclasses.replace(estimation, futility=0), **args)
+    assert never.decision[2] == "undecided" and never.images[2] == 640 and never.stopped_undecided == []
+    assert seq.decision[:2] == never.decision[:2] and (seq.images[:2] == never.images[:2]).all()
+    exhaustive = run_shuffle(model, "conv", data, **args)
+    assert exhaustive.stopped_undecided is None and "stopped early" not in decision_words(exhaustive)
 
 
 def test_sequential_fast_path_equals_direct_path():
@@ -220,7 +303,13 @@ def test_the_shuffle_command_decides_each_channel_and_says_how(tmp_path):
     result = run_cli(*args, "--sequential", "--cheap-drop", "0.05", "--json")
     assert result.exit_code == 0, result.output
     sweep = json.loads(result.stdout)
-    assert sweep["estimation"] == {"sequential": True, "cheap_drop": 0.05, "confidence": 0.95, "min_images": 64}
+    assert sweep["estimation"] == {
+        "sequential": True,
+        "cheap_drop": 0.05,
+        "confidence": 0.95,
+        "min_images": 64,
+        "futility": 0.05,
+    }
     assert sweep["decision"][1] == "cheap" and len(sweep["cost_interval"]) == len(sweep["channel_images"]) == 4
     assert sweep["channel_images"][1] == images_to_clear(Estimation(True, 0.05), "agreement", 64, 512)
     text = run_cli(*args, "--sequential", "--cheap-drop", "0.05").output
