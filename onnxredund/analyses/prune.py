@@ -683,5 +683,6 @@ def _check(model: Model, groups, removed, pruned: onnx.ModelProto, cal: DataSour
     """:func:`check_by_values` on the first calibration samples (raises where the cut is not exact)."""
     n = min(CHECK_SAMPLES, len(cal))
     feeds = conform_feeds(cal.arrays(0, n), model.inputs, model.input_name, cal.name)
-    error, unrounded = check_by_values(model, groups, removed, pruned, feeds, updates=updates)
-    return {"samples": n, "max_relative_error": error, "tolerance": CHECK_TOLERANCE, "unrounded": unrounded}
+    error, unrounded, amplified = check_by_values(model, groups, removed, pruned, feeds, updates=updates)
+    check = {"samples": n, "max_relative_error": error, "tolerance": CHECK_TOLERANCE, "unrounded": unrounded}
+    return check | ({"amplified_by": amplified} if amplified else {})

@@ -80,6 +80,9 @@ def layer_table(model: Model) -> list[str]:
     lines.append(f"classifier output: {classifiers}")
     if model.batch_outputs:
         lines.append(f"left out (no value per sample, a statistic over the batch): {', '.join(model.batch_outputs)}")
+    for name, measured in model.shaped_outputs.items():
+        instead = f"; measured in its place: {', '.join(measured)}" if measured else ""
+        lines.append(f"left out (its size depends on its values, as after a NonMaxSuppression): {name}{instead}")
     if model.contrib_ops:
         read = {"FusedConv": "FusedConv (read as Conv + its activation)", "QuickGelu": "QuickGelu (x * sigmoid(ax))"}
         named = ", ".join(read.get(op, op) for op in model.contrib_ops)
@@ -112,6 +115,7 @@ def layers_payload(model: Model) -> dict:
         "contrib_ops": list(model.contrib_ops),
         "folded_ops": list(model.folded_ops),
         "batch_outputs": list(model.batch_outputs),
+        "shaped_outputs": {name: list(measured) for name, measured in model.shaped_outputs.items()},
         "layers": [layer.to_dict() for layer in model.layers],
     }
 
@@ -462,6 +466,12 @@ def prune_lines(result: PruneResult) -> list[str]:
             + (
                 f", the rounding of {counted(check['unrounded'], 'quantized activation')} left out on both sides"
                 if check.get("unrounded")
+                else ""
+            )
+            + (
+                f", only past {check['amplified_by']}, which reads no removed channel: every tensor before it agrees "
+                "within the tolerance, and it amplifies their last bits"
+                if check.get("amplified_by")
                 else ""
             )
         )

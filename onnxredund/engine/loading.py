@@ -24,6 +24,7 @@ from onnxredund.engine.batching import (
 )
 from onnxredund.engine.fold import fold_conv_parameters
 from onnxredund.engine.old_opsets import check_upgrade, is_old, upgraded
+from onnxredund.engine.post_processing import data_shaped_outputs, expose_measured
 from onnxredund.engine.runtime import Runner, probe_shapes
 from onnxredund.engine.surgery import expose_outputs
 from onnxredund.engine.unfuse import contrib_ops, unfuse_convs
@@ -155,6 +156,8 @@ def load_model_proto(
                 "reads every input's batch on its first axis: re-export with the state's batch first"
             )
         raise OnnxRedundError(f"{path} fixes its batch to {batch} and cannot be freed; re-export with batch 1 or free")
+    shaped = data_shaped_outputs(proto)
+    proto = expose_measured(proto, shaped)
     reduced = batch_outputs(proto, sizes) if batch_dynamic else []
     shapes = _shapes(proto, sizes, declared)
     inputs = _inputs(proto, sizes, image, shapes, layout)
@@ -163,12 +166,13 @@ def load_model_proto(
         path=str(path),
         inputs=inputs,
         input_name=image,
-        output_names=[o.name for o in proto.graph.output if o.name not in reduced],
+        output_names=[o.name for o in proto.graph.output if o.name not in reduced and o.name not in shaped],
         batch_outputs=reduced,
+        shaped_outputs=shaped,
         layers=describe_layers(proto, shapes),
         batch_dynamic=batch_dynamic,
         shapes=shapes,
-        classifiers=_classifiers(proto, shapes, classifier, reduced),
+        classifiers=_classifiers(proto, shapes, classifier, [*reduced, *shaped]),
         declared=declared,
         contrib_ops=contrib,
         folded_ops=folded,
@@ -221,7 +225,7 @@ def _shapes(proto: onnx.ModelProto, sizes: dict[str, list], declared: dict) -> d
     if any(t not in shapes for t in needed):
         shapes.update(probe_shapes(proto, _zero_feeds(proto, sizes), needed))
     moved = moved_outputs(proto)  # declared with their samples on a later axis, which now come first
-    for output in (o for o in proto.graph.output if o.name not in moved):
+    for output in (o for o in proto.graph.output if o.name not in moved and o.name in declared):
         full = dims(onnx.helper.make_value_info(output.name, declared[output.name]))
         batched = (dims(output) or [None])[0] == FREED_BATCH  # the file's fixed batch of 2 or more, freed
         fixed = full and isinstance(full[0], int) and full[0] > 1 and all(isinstance(d, int) and d > 0 for d in full)
@@ -259,6 +263,7 @@ def _inputs(proto, sizes, image: str, shapes, layout: str | None) -> list[ModelI
 
 
 def _classifiers(proto: onnx.ModelProto, shapes: dict, classifier: str | None, reduced: list[str]) -> list[str]:
+    """The class-score outputs (``classifier``: the user's choice, or "none"), none of ``reduced`` (not measured)."""
     if classifier is None:
         return [name for name in classifier_outputs(proto, shapes) if name not in reduced]
     if classifier.lower() == "none":
@@ -267,7 +272,10 @@ def _classifiers(proto: onnx.ModelProto, shapes: dict, classifier: str | None, r
     if classifier not in outputs:
         raise OnnxRedundError(f"`classifier` {classifier!r} is not an output; outputs: {outputs}")
     if classifier in reduced:
-        raise OnnxRedundError(f"`classifier` {classifier!r} holds no value per sample (a statistic over the batch)")
+        raise OnnxRedundError(
+            f"`classifier` {classifier!r} is not measured: it holds no value per sample (a statistic over the batch) "
+            "or its size depends on its values (after a NonMaxSuppression)"
+        )
     if not is_class_scores(shapes.get(classifier, ())):
         raise OnnxRedundError(
             f"`classifier` {classifier!r} has shape {shapes.get(classifier)} per sample; class scores are "

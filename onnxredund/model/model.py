@@ -96,6 +96,10 @@ class Model:
             normalisation's ReduceL2, Div, Mul, say), folded to constants (:mod:`onnxredund.engine.fold`).
         batch_outputs: the graph outputs of a free-batch model that hold no value per sample (a statistic over
             the batch, the same shape at every batch size): left out of every measurement, kept in a pruned file.
+        shaped_outputs: the graph outputs whose shape depends on the values (after a NonMaxSuppression, a
+            NonZero): left out of every measurement, each with the float tensors measured in its place (what the
+            first such op reads, outputs of :attr:`proto` too and in :attr:`output_names`; taken out before a
+            model is written: :mod:`onnxredund.engine.post_processing`).
         shape_constants: in a model run one sample at a time, the values of the tensors computed from the
             data's shapes alone (a RetinaFace's Upsample scales) that the rest reads: the same for every sample,
             they are constants of the analysis models, never fed per sample.
@@ -114,6 +118,7 @@ class Model:
     contrib_ops: list[str] = field(default_factory=list)
     folded_ops: list[str] = field(default_factory=list)
     batch_outputs: list[str] = field(default_factory=list)
+    shaped_outputs: dict[str, list[str]] = field(default_factory=dict)
     shape_constants: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     _constants: ConstantTable | None = field(default=None, repr=False, compare=False)
     _analysis: onnx.ModelProto | None = field(default=None, repr=False, compare=False)

@@ -211,12 +211,40 @@ def test_quantized_activations_are_checked_without_their_rounding_which_turns_la
     same_but_last_bits = _rounding_at_half(1.0 + 1e-6)  # c1's channel 0 gives 2.5000025: rounds to 3, not 2
     x = np.ones((1, 2, 3, 3), np.float32)
     assert run(m.proto, x)[0, 0, 0, 0] == 2 and run(same_but_last_bits, x)[0, 0, 0, 0] == 3
-    error, unrounded = check_by_values(m, groups, {}, same_but_last_bits, {"x": x})  # raised before: 0.33
-    assert error < 2e-6 and unrounded == 1
+    error, unrounded, amplified = check_by_values(m, groups, {}, same_but_last_bits, {"x": x})  # raised before: 0.33
+    assert error < 2e-6 and unrounded == 1 and amplified is None
     # a per-channel pair keeps its rounding (and the whole step shows)
     m = load_model_proto(_rounding_at_half(1.0, per_channel=True))
     with pytest.raises(OnnxRedundError, match="not exact"):
         check_by_values(m, channel_groups(m), {}, _rounding_at_half(1.0 + 1e-6, per_channel=True), {"x": x})
+
+
+def _sqrt_at_zero(gain: float):
+    """x -> conv c1 (2 -> 2, 1 x 1, weights 1.25 and 0.5, times ``gain``) -> a - 2.5 -> Relu -> Sqrt -> y: with x
+    all ones channel 0 is 2.5 - 2.5 = 0, and with weights one float32 step up 2.4e-7 (1e-4 of the check's floor),
+    whose square root, 4.9e-4, is half of it."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
+        helper.make_node("Sub", ["a", "t"], ["d"]),
+        helper.make_node("Relu", ["d"], ["r"]),
+        helper.make_node("Sqrt", ["r"], ["y"], name="root"),
+    ]
+    w1 = np.array([[[[1.25]], [[1.25]]], [[[0.5]], [[0.5]]]], np.float32) * np.float32(gain)
+    inits = {"w1": w1, "t": np.array(2.5, np.float32)}
+    return make_model(nodes, [("x", ["N", 2, 3, 3])], [("y", ["N", 2, 3, 3])], inits)
+
+
+def test_a_square_root_that_reads_no_removed_channel_may_amplify_last_bits_past_the_tolerance():
+    m = load_model_proto(_sqrt_at_zero(1.0))
+    groups = channel_groups(m)
+    x = np.ones((1, 2, 3, 3), np.float32)
+    last_bits = _sqrt_at_zero(1.0 + 1e-7)  # c1's channel 0 gives 2.5000002: 2.4e-7 after the Sub, 4.9e-4 after the root
+    assert run(last_bits, x)[0, 0, 0, 0] == pytest.approx(4.9e-4, rel=0.01)
+    error, _, amplified = check_by_values(m, groups, {}, last_bits, {"x": x})  # raised before: 0.49
+    assert error == pytest.approx(0.49, rel=0.01) and amplified == "Sqrt 'root'"
+    # a difference that starts before it is not the root's doing: c1 itself differs by 1 %
+    with pytest.raises(OnnxRedundError, match="not exact through Conv 'c1'"):
+        check_by_values(m, groups, {}, _sqrt_at_zero(1.01), {"x": x})
 
 
 def test_unrounded_replaces_an_activations_quantize_pair_by_its_saturation_and_leaves_weights_quantized():

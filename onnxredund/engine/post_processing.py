@@ -1,0 +1,100 @@
+"""Outputs whose shape depends on the values: the boxes a NonMaxSuppression keeps, the indices of a NonZero.
+
+Two runs of such an output cannot be compared element by element (a perturbation that adds a box shifts every
+row after it), and where the data holds nothing to keep (noise into a detector) every run gives an empty tensor,
+which any comparison calls unchanged. Such outputs are left out of every measurement, and the float tensors
+that the first of those ops read (a detector's boxes and scores before its NMS) are measured in their place:
+:func:`expose_measured` makes them outputs of the analysed model, and :func:`without_measured` takes them out
+again before a model is written. Both are named by ``layers``.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from onnxredund.engine.surgery import expose_outputs
+from onnxredund.model import copy_model, data_inputs, infer_shapes
+
+__all__ = ["DATA_SHAPED_OPS", "data_shaped_outputs", "expose_measured", "without_measured"]
+
+#: ops whose output's size depends on their input's values (TopK's on a computed k is not among them)
+DATA_SHAPED_OPS = frozenset({"NonMaxSuppression", "NonZero", "Compress", "Unique"})
+_FLOATS = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+)
+_KEY = "onnxredund.measured_in_place"  # metadata of the analysed model: the tensors exposed, comma separated
+_DEPTH = 4  # producers walked up from a non-float input (a mask's Greater) to the floats it compares
+
+
+def data_shaped_outputs(proto: onnx.ModelProto) -> dict[str, list[str]]:
+    """The graph outputs computed through an op of :data:`DATA_SHAPED_OPS` -> the float tensors, computed from
+    the data, that the first such ops on the way read (walking up from an integer or boolean input to the floats
+    it is computed from); an empty list where there are none."""
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output if o}
+    typed = infer_shapes(proto).graph
+    elem = {vi.name: vi.type.tensor_type.elem_type for vi in [*typed.input, *typed.value_info, *typed.output]}
+    from_data = {vi.name for vi in data_inputs(graph)}
+    for node in graph.node:
+        if any(t in from_data for t in node.input):
+            from_data.update(o for o in node.output if o)
+
+    def ancestors(tensor: str) -> list[onnx.NodeProto]:
+        seen, stack, nodes = set(), [tensor], []
+        while stack:
+            t = stack.pop()
+            node = producer.get(t)
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            nodes.append(node)
+            stack.extend(node.input)
+        return nodes
+
+    def floats(tensor: str, depth: int) -> list[str]:
+        if tensor not in from_data:
+            return []
+        if elem.get(tensor) in _FLOATS:
+            return [tensor]
+        node = producer.get(tensor)
+        if node is None or depth == 0:
+            return []
+        return [f for t in node.input for f in floats(t, depth - 1)]
+
+    found = {}
+    for out in graph.output:
+        shaped = [n for n in ancestors(out.name) if n.op_type in DATA_SHAPED_OPS]
+        if not shaped:
+            continue
+        # the first such ops: none upstream of their inputs
+        first = [n for n in shaped if not any(a.op_type in DATA_SHAPED_OPS for t in n.input for a in ancestors(t))]
+        found[out.name] = list(dict.fromkeys(f for n in first for t in n.input for f in floats(t, _DEPTH)))
+    return found
+
+
+def expose_measured(proto: onnx.ModelProto, shaped: dict[str, list[str]]) -> onnx.ModelProto:
+    """``proto`` with the tensors measured in place of ``shaped``'s outputs as graph outputs too, recorded in its
+    metadata for :func:`without_measured` (``proto`` itself where there are none)."""
+    have = {o.name for o in proto.graph.output}
+    names = [t for t in dict.fromkeys(t for ts in shaped.values() for t in ts) if t not in have]
+    if not names:
+        return proto
+    exposed = expose_outputs(proto, names)
+    onnx.helper.set_model_props(exposed, {**{p.key: p.value for p in exposed.metadata_props}, _KEY: ",".join(names)})
+    return exposed
+
+
+def without_measured(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` without the outputs :func:`expose_measured` added (a copy, where it has any)."""
+    props = {p.key: p.value for p in proto.metadata_props}
+    if _KEY not in props:
+        return proto
+    names = set(props.pop(_KEY).split(","))
+    work = copy_model(proto)
+    kept = [o for o in work.graph.output if o.name not in names]
+    del work.graph.output[:]
+    work.graph.output.extend(kept)
+    del work.metadata_props[:]
+    if props:
+        onnx.helper.set_model_props(work, props)
+    return work
