@@ -31,6 +31,8 @@ def data_shaped_outputs(proto: onnx.ModelProto) -> dict[str, list[str]]:
     the data, that the first such ops on the way read (walking up from an integer or boolean input to the floats
     it is computed from); an empty list where there are none."""
     graph = proto.graph
+    if not any(n.op_type in DATA_SHAPED_OPS for n in graph.node):
+        return {}
     producer = {o: n for n in graph.node for o in n.output if o}
     typed = infer_shapes(proto).graph
     elem = {vi.name: vi.type.tensor_type.elem_type for vi in [*typed.input, *typed.value_info, *typed.output]}
