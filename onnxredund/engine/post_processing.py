@@ -27,15 +27,31 @@ _DEPTH = 4  # producers walked up from a non-float input (a mask's Greater) to t
 
 
 def data_shaped_outputs(proto: onnx.ModelProto) -> dict[str, list[str]]:
-    """The graph outputs computed through an op of :data:`DATA_SHAPED_OPS` -> the float tensors, computed from
-    the data, that the first such ops on the way read (walking up from an integer or boolean input to the floats
-    it is computed from); an empty list where there are none."""
+    """The graph outputs computed through an op of :data:`DATA_SHAPED_OPS` whose size shape inference cannot tell
+    (past a batch the inputs share) -> the float tensors, computed from the data, that the first such ops read
+    (walking up from an integer or boolean input to the floats it is computed from); an empty list where there
+    are none."""
     graph = proto.graph
     if not any(n.op_type in DATA_SHAPED_OPS for n in graph.node):
         return {}
     producer = {o: n for n in graph.node for o in n.output if o}
-    typed = infer_shapes(proto).graph
+    free = copy_model(proto)
+    for output in free.graph.output:  # inferred, not declared: an exporter may name a box count like the batch
+        output.type.tensor_type.ClearField("shape")
+    typed = infer_shapes(free).graph
     elem = {vi.name: vi.type.tensor_type.elem_type for vi in [*typed.input, *typed.value_info, *typed.output]}
+    batch = {d.dim_param for vi in data_inputs(graph) for d in vi.type.tensor_type.shape.dim[:1] if d.dim_param}
+
+    def sized_by_values(name: str) -> bool:  # a size past the batch unknown to inference (a NonMaxSuppression's)
+        vi = next((o for o in typed.output if o.name == name), None)
+        if vi is None or not vi.type.tensor_type.HasField("shape"):
+            return True
+        known = [
+            d.HasField("dim_value") or (i == 0 and d.dim_param in batch)
+            for i, d in enumerate(vi.type.tensor_type.shape.dim)
+        ]
+        return not all(known)
+
     from_data = {vi.name for vi in data_inputs(graph)}
     for node in graph.node:
         if any(t in from_data for t in node.input):
@@ -66,7 +82,7 @@ def data_shaped_outputs(proto: onnx.ModelProto) -> dict[str, list[str]]:
     found = {}
     for out in graph.output:
         shaped = [n for n in ancestors(out.name) if n.op_type in DATA_SHAPED_OPS]
-        if not shaped:
+        if not shaped or not sized_by_values(out.name):  # a NonZero's indices scattered back into a whole map
             continue
         # the first such ops: none upstream of their inputs
         first = [n for n in shaped if not any(a.op_type in DATA_SHAPED_OPS for t in n.input for a in ancestors(t))]

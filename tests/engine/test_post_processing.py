@@ -84,6 +84,28 @@ def test_an_nms_output_is_left_out_and_the_boxes_and_scores_it_reads_are_measure
     assert expose_measured(plain, {}) is plain and without_measured(plain) is plain
 
 
+def test_a_nonzero_whose_indices_are_scattered_back_into_a_whole_map_keeps_its_output_measured():
+    """y[y < 0] = 0 as PyTorch exports it: NonZero's indices, a ScatterND of zeros into y; the output is y's size."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], name="c"),
+        helper.make_node("Less", ["y", "zero"], ["negative"]),
+        helper.make_node("NonZero", ["negative"], ["where"]),
+        helper.make_node("Transpose", ["where"], ["idx"], perm=[1, 0]),
+        helper.make_node("Shape", ["idx"], ["idx_shape"], end=1),
+        helper.make_node("Expand", ["zero"], ["updates"]),
+        helper.make_node("ScatterND", ["y", "idx", "updates"], ["out"]),
+    ]
+    nodes[5].input.append("idx_shape")
+    w = np.random.default_rng(2).normal(size=(2, 1, 3, 3)).astype(np.float32)
+    model = make_model(nodes, [("x", ["N", 1, 4, 4])], [("out", ["N", 2, 2, 2])], {"w": w, "zero": np.float32(0)})
+    assert data_shaped_outputs(model) == {}
+    m = load_model_proto(model)
+    assert m.output_names == ["out"] and m.shaped_outputs == {}
+    x = _images(2)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert (session.run(None, {"x": x})[0] >= 0).all()  # the model does what it says
+
+
 @pytest.mark.parametrize("mode", ["channel", "pixel"])
 def test_a_sweep_through_an_nms_measures_what_the_same_model_without_it_outputs(mode):
     data = Dataset(_images(), None, "noise")
