@@ -40,7 +40,8 @@ def data_shaped_outputs(proto: onnx.ModelProto) -> dict[str, list[str]]:
         output.type.tensor_type.ClearField("shape")
     typed = infer_shapes(free).graph
     elem = {vi.name: vi.type.tensor_type.elem_type for vi in [*typed.input, *typed.value_info, *typed.output]}
-    batch = {d.dim_param for vi in data_inputs(graph) for d in vi.type.tensor_type.shape.dim[:1] if d.dim_param}
+    inputs = data_inputs(graph)
+    batch = {d.dim_param for vi in inputs for d in vi.type.tensor_type.shape.dim[:1] if d.dim_param}
 
     def sized_by_values(name: str) -> bool:  # a size past the batch unknown to inference (a NonMaxSuppression's)
         vi = next((o for o in typed.output if o.name == name), None)
@@ -52,7 +53,7 @@ def data_shaped_outputs(proto: onnx.ModelProto) -> dict[str, list[str]]:
         ]
         return not all(known)
 
-    from_data = {vi.name for vi in data_inputs(graph)}
+    from_data = {vi.name for vi in inputs}
     for node in graph.node:
         if any(t in from_data for t in node.input):
             from_data.update(o for o in node.output if o)

@@ -774,10 +774,9 @@ def check_by_values(
     if errors[worst] <= CHECK_TOLERANCE:
         return float(errors[worst]), unrounded_pairs, None
     node, group = _first_divergence(model, groups, removed, reference, pruned, feeds)
-    if node is not None and node.op_type in AMPLIFYING_OPS and not _reads_removed(node, groups, removed):
-        amplified = f"{node.op_type} {node.name or node.output[0]!r}"
-        return float(errors[worst]), unrounded_pairs, amplified
     where = f"{node.op_type} {node.name or node.output[0]!r}" if node is not None else "an op"
+    if node is not None and node.op_type in AMPLIFYING_OPS and not _reads_removed(node, groups, removed):
+        return float(errors[worst]), unrounded_pairs, where
     producers = ", ".join(groups[group].producers) if group is not None else "the groups removed"
     raise OnnxRedundError(
         f"removing channels of {producers} is not exact through {where}: the pruned model differs from the "
