@@ -158,7 +158,7 @@ def macs_for_speedup(
     if tried[0]["speedup"] < target.speedup:
         raise OnnxRedundError(
             f"`target_speedup` {target.speedup:g} cannot be reached: removing all it can ({hi:.3f} of the conv MACs) "
-            f"runs {tried[0]['speedup']:.2f}x as fast at batch {target.batch} on this machine"
+            f"runs {tried[0]['speedup']:.2f}x as fast at batch {timed_batch(model, data, target.batch)} on this machine"
         )
     lo, at_hi = 0.0, tried[0]["speedup"]
     for _ in range(SPEEDUP_STEPS):
@@ -438,11 +438,16 @@ def latency_ms(model: Model, proto: onnx.ModelProto, data: DataSource, batch: in
     return latency_runs(model, proto, data, batch, device)["median"]
 
 
+def timed_batch(model: Model, data: DataSource, batch: int) -> int:
+    """The samples a latency run of ``batch`` really holds: no more than the data has, one where the batch is fixed."""
+    return min(batch, len(data)) if model.batch_dynamic else 1
+
+
 def latency_runs(model: Model, proto: onnx.ModelProto, data: DataSource, batch: int, device: str) -> dict:
-    """onnxruntime latency of one run of ``batch`` samples (after a warm-up), in milliseconds, over repeated
-    runs: ``{"median", "p25", "p75", "runs"}`` (the quartiles say how much it moved)."""
+    """onnxruntime latency of one run of ``batch`` samples (:func:`timed_batch` of them; after a warm-up), in
+    milliseconds, over repeated runs: ``{"median", "p25", "p75", "runs"}`` (the quartiles say how much it moved)."""
     runner = Runner.create(proto, device, derived=proto is not model.proto)
-    batch = min(batch, len(data)) if model.batch_dynamic else 1
+    batch = timed_batch(model, data, batch)
     feeds = conform_feeds(data.arrays(0, batch), model.inputs, model.input_name, data.name)
     runner.run(feeds)
     times, start = [], time.perf_counter()
@@ -625,7 +630,7 @@ def run_prune(
             target_info = {
                 "kind": "speedup",
                 "speedup": speed.speedup,
-                "batch": speed.batch,
+                "batch": timed_batch(model, ev, speed.batch),  # what the timed runs held
                 "macs_fraction": fraction,
                 "measured_speedup": measured,
                 "search": tried,
@@ -650,7 +655,9 @@ def run_prune(
     if latency:
         for side, proto in (("before", model.proto), ("after", pruned)):
             d = before if side == "before" else after
-            runs = {str(b): latency_runs(model, proto, ev, b, device) for b in (1, batch_size)}
+            # keyed by the samples a run really holds (a batch of 256 on 16 samples times 16)
+            sizes = sorted({timed_batch(model, ev, b) for b in (1, batch_size)})
+            runs = {str(b): latency_runs(model, proto, ev, b, device) for b in sizes}
             d["latency_ms"] = {b: r["median"] for b, r in runs.items()}
             d["latency_quartiles_ms"] = {b: [r["p25"], r["p75"]] for b, r in runs.items()}
             d["latency_runs"] = {b: r["runs"] for b, r in runs.items()}
