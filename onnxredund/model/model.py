@@ -579,8 +579,10 @@ def channel_axis(graph: onnx.GraphProto, name: str, shapes: dict[str, tuple[int,
 
     Found by following the input through axis-keeping ops, Transposes, Reshapes that only move, drop or insert
     size-1 axes (TensorFlow exporters write NHWC -> NCHW of one channel so; -1 where the convs read an axis the
-    graph inserted) and a flattening Reshape undone by another; reductions (a sample's min or max) are statistics,
-    not paths. None where paths disagree or a shape-changing op stands in the way.
+    graph inserted) and a flattening Reshape undone by another. A reduction that keeps its axes is followed weakly:
+    a conv it reaches tells the axis (a mean over the channels, a grayscale conversion, leaves them at size 1 where
+    they were), a statistic broadcast back (a sample's min or max) or an op not understood after it tells nothing.
+    None where paths disagree or a shape-changing op stands in the way.
     """
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -588,31 +590,36 @@ def channel_axis(graph: onnx.GraphProto, name: str, shapes: dict[str, tuple[int,
             consumers.setdefault(t, []).append(node)
     constants = ConstantTable(graph)
     found: set[int | None] = set()
-    stack: list = [(name, tuple(range(len(shapes[name]) + 1)))]
+    # (tensor, its axes, weak): a weak path went through a reduction that kept its axes (XFeat's grayscale, a mean
+    # over the channels): a conv it reaches says which axis the channels are, anything else it reaches says nothing
+    stack: list = [(name, tuple(range(len(shapes[name]) + 1)), False)]
     seen = set()
     while stack:
-        tensor, axes = stack.pop()
-        if (tensor, axes) in seen:
+        tensor, axes, weak = item = stack.pop()
+        if item in seen:
             continue
-        seen.add((tensor, axes))
+        seen.add(item)
         for node in consumers.get(tensor, []):
             if node.op_type in _REDUCTIONS:
+                if node.op_type.startswith("Reduce") and attribute(node, "keepdims", 1) and node.input[0] == tensor:
+                    stack.append((node.output[0], axes, True))
                 continue
             if node.op_type == "Reshape" and node.input[0] == tensor:
                 before, after = shapes.get(tensor), shapes.get(node.output[0])
-                stack.append((node.output[0], _reshaped(before, after, axes)))
+                stack.append((node.output[0], _reshaped(before, after, axes), weak))
             elif node.op_type in _AXIS_KEEPING:
-                stack.extend((o, axes) for o in node.output if o)
-            elif isinstance(axes, _Flat) or axes is None:
+                stack.extend((o, axes, weak) for o in node.output if o)
+            elif (isinstance(axes, _Flat) or axes is None) and not weak:
                 found.add(None)
-            elif node.op_type in CONV_OPS:
-                found.add(axes[1] if node.input[0] == tensor else None)
-            elif node.op_type == "Transpose":
+            elif node.op_type in CONV_OPS and isinstance(axes, tuple):
+                if node.input[0] == tensor or not weak:
+                    found.add(axes[1] if node.input[0] == tensor else None)
+            elif node.op_type == "Transpose" and isinstance(axes, tuple):
                 perm = attribute(node, "perm", list(range(len(axes)))[::-1])
-                stack.append((node.output[0], tuple(axes[p] for p in perm)))
-            elif node.op_type in ("Unsqueeze", "Squeeze") and node.input[0] == tensor:
-                stack.append((node.output[0], _squeezed_axes(node, axes, constants)))
-            else:
+                stack.append((node.output[0], tuple(axes[p] for p in perm), weak))
+            elif node.op_type in ("Unsqueeze", "Squeeze") and node.input[0] == tensor and isinstance(axes, tuple):
+                stack.append((node.output[0], _squeezed_axes(node, axes, constants), weak))
+            elif not weak:
                 found.add(None)
     return found.pop() if len(found) == 1 else None
 

@@ -264,6 +264,31 @@ def test_channel_axis_follows_transposes_and_axis_keeping_ops():
     assert image_layout(5, 4, None, "x") == "NDHWC" and image_layout(4, 3, "nchw", "x") == "NCHW"
 
 
+def test_channel_axis_is_told_by_a_mean_over_the_channels_that_keeps_its_axes_xfeats_grayscale():
+    """XFeat reads its RGB input through ReduceMean(axes=1, keepdims) and an instance norm: the averaged axis is the
+    channels; in NHWC the same through a Transpose; a whole-sample statistic that reaches no conv says nothing."""
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["gray"], axes=[1], keepdims=1),
+        helper.make_node("InstanceNormalization", ["gray", "s", "b"], ["n"]),
+        helper.make_node("Conv", ["n", "w"], ["z"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [], [])
+    assert channel_axis(graph, "x", {"x": (3, 8, 6), "gray": (1, 8, 6), "n": (1, 8, 6)}) == 1
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["gray"], axes=[3], keepdims=1),
+        helper.make_node("Transpose", ["gray"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t", "w"], ["z"]),
+        helper.make_node("ReduceMax", ["x"], ["top"]),  # a statistic, read by an op the walk does not follow
+        helper.make_node("Equal", ["top", "zero"], ["flat"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [], [])
+    assert channel_axis(graph, "x", {"x": (8, 6, 3), "gray": (8, 6, 1), "t": (1, 8, 6), "top": (1, 1, 1)}) == 3
+    # keepdims=0 drops the axis: nothing to follow, so nothing found
+    nodes[0] = helper.make_node("ReduceMean", ["x"], ["gray"], axes=[3], keepdims=0)
+    graph = helper.make_graph(nodes, "g", [], [])
+    assert channel_axis(graph, "x", {"x": (8, 6, 3), "gray": (8, 6), "t": (1, 8, 6), "top": (1, 1, 1)}) is None
+
+
 def test_the_batch_on_a_later_axis_is_found_paddles_question_marks_on_every_free_axis_not_taken_for_it():
     def graph(*inputs):
         return helper.make_graph([], "g", [helper.make_tensor_value_info(n, 1, s) for n, s in inputs], [])
