@@ -142,11 +142,12 @@ def macs_for_speedup(
     Raises:
         OnnxRedundError: removing all the ranked groups can lets go of still does not reach the speed-up.
     """
-    base = latency_ms(model, model.proto, data, target.batch, device)
 
-    def speedup(fraction: float) -> float:
+    def speedup(fraction: float) -> float:  # the original and the pruned model timed by turns
         removal = select_channels(groups, scores, cost, Target("macs", fraction), scope, criterion, round_to)
-        return base / latency_ms(model, remove_channels(model, groups, removal), data, target.batch, device)
+        pruned = remove_channels(model, groups, removal)
+        base, after = latency_runs(model, [model.proto, pruned], data, target.batch, device)
+        return base["median"] / after["median"]
 
     hi = min(most_removed(groups, scores, cost, "macs", round_to), 0.999) * (1 - 1e-9)
     if hi <= 0:
@@ -433,30 +434,36 @@ def _outputs(model: Model, proto: onnx.ModelProto, data: DataSource, batch_size:
     return Runner.create(proto, device, derived=proto is not model.proto).run_over(model, data, batch_size=batch_size)
 
 
-def latency_ms(model: Model, proto: onnx.ModelProto, data: DataSource, batch: int, device: str) -> float:
-    """Median onnxruntime latency of one run of ``batch`` samples (after a warm-up), in milliseconds."""
-    return latency_runs(model, proto, data, batch, device)["median"]
-
-
 def timed_batch(model: Model, data: DataSource, batch: int) -> int:
     """The samples a latency run of ``batch`` really holds: no more than the data has, one where the batch is fixed."""
     return min(batch, len(data)) if model.batch_dynamic else 1
 
 
-def latency_runs(model: Model, proto: onnx.ModelProto, data: DataSource, batch: int, device: str) -> dict:
+def latency_runs(model: Model, protos: list[onnx.ModelProto], data: DataSource, batch: int, device: str) -> list[dict]:
     """onnxruntime latency of one run of ``batch`` samples (:func:`timed_batch` of them; after a warm-up), in
-    milliseconds, over repeated runs: ``{"median", "p25", "p75", "runs"}`` (the quartiles say how much it moved)."""
-    runner = Runner.create(proto, device, derived=proto is not model.proto)
+    milliseconds, of each model in ``protos`` (the original and pruned ones of ``model``): ``{"median", "p25",
+    "p75", "runs"}`` each, the quartiles saying how much it moved.
+
+    The models take turns, one run each, for :data:`_LATENCY_SECONDS` per model: a machine whose speed drifts (a
+    shared CPU, a clock that throttles) slows them alike, and the ratio of their medians holds where two timings
+    one after the other would not."""
+    runners = [Runner.create(p, device, derived=p is not model.proto) for p in protos]
     batch = timed_batch(model, data, batch)
     feeds = conform_feeds(data.arrays(0, batch), model.inputs, model.input_name, data.name)
-    runner.run(feeds)
-    times, start = [], time.perf_counter()
-    while len(times) < 5 or (time.perf_counter() - start < _LATENCY_SECONDS and len(times) < 1000):
-        t0 = time.perf_counter()
+    for runner in runners:
         runner.run(feeds)
-        times.append(time.perf_counter() - t0)
-    p25, median, p75 = (1000.0 * float(q) for q in np.percentile(times, [25, 50, 75]))
-    return {"median": median, "p25": p25, "p75": p75, "runs": len(times)}
+    times: list[list[float]] = [[] for _ in runners]
+    start, budget = time.perf_counter(), _LATENCY_SECONDS * len(runners)
+    while len(times[0]) < 5 or (time.perf_counter() - start < budget and len(times[0]) < 1000):
+        for runner, timed in zip(runners, times, strict=True):
+            t0 = time.perf_counter()
+            runner.run(feeds)
+            timed.append(time.perf_counter() - t0)
+    out = []
+    for timed in times:
+        p25, median, p75 = (1000.0 * float(q) for q in np.percentile(timed, [25, 50, 75]))
+        out.append({"median": median, "p25": p25, "p75": p75, "runs": len(timed)})
+    return out
 
 
 # -- the command -----------------------------------------------------------------------------------------
@@ -653,14 +660,13 @@ def run_prune(
     before = {"params": cost.params_total, "conv_macs": cost.macs_total, "file_bytes": _size(model.proto)}
     after = {"params": cost.params(removed), "conv_macs": cost.macs(removed), "file_bytes": _size(pruned)}
     if latency:
-        for side, proto in (("before", model.proto), ("after", pruned)):
-            d = before if side == "before" else after
-            # keyed by the samples a run really holds (a batch of 256 on 16 samples times 16)
-            sizes = sorted({timed_batch(model, ev, b) for b in (1, batch_size)})
-            runs = {str(b): latency_runs(model, proto, ev, b, device) for b in sizes}
-            d["latency_ms"] = {b: r["median"] for b, r in runs.items()}
-            d["latency_quartiles_ms"] = {b: [r["p25"], r["p75"]] for b, r in runs.items()}
-            d["latency_runs"] = {b: r["runs"] for b, r in runs.items()}
+        # keyed by the samples a run really holds (a batch of 256 on 16 samples times 16); the two models by turns
+        sizes = sorted({timed_batch(model, ev, b) for b in (1, batch_size)})
+        runs = {str(b): latency_runs(model, [model.proto, pruned], ev, b, device) for b in sizes}
+        for i, d in enumerate((before, after)):
+            d["latency_ms"] = {b: r[i]["median"] for b, r in runs.items()}
+            d["latency_quartiles_ms"] = {b: [r[i]["p25"], r[i]["p75"]] for b, r in runs.items()}
+            d["latency_runs"] = {b: r[i]["runs"] for b, r in runs.items()}
     return PruneResult(
         model=model.path,
         criterion=criterion,

@@ -331,7 +331,11 @@ def test_a_speedup_target_finds_the_smallest_fraction_whose_pruned_model_is_that
     m = load_model_proto(onnx.load(str(MODELS / "lenet5x10.onnx")))
     groups = channel_groups(m)
     scores = {g.index: np.arange(g.channels, dtype=float)[::-1].copy() for g in groups if g.prunable}
-    monkeypatch.setattr(prune_module, "latency_ms", lambda model, proto, data, batch, device: float(_conv_macs(proto)))
+    monkeypatch.setattr(
+        prune_module,
+        "latency_runs",
+        lambda model, protos, data, batch, device: [{"median": float(_conv_macs(p))} for p in protos],
+    )
     cost = PruneCost.measure(m, groups)
     fraction, measured, tried = prune_module.macs_for_speedup(
         m, groups, scores, cost, prune_module.SpeedTarget(2.0, 8), "layer", "l1", 8, None, "cpu"
@@ -340,6 +344,39 @@ def test_a_speedup_target_finds_the_smallest_fraction_whose_pruned_model_is_that
     assert measured == pytest.approx(_conv_macs(m.proto) / cost.macs(removal)) and measured >= 2.0
     assert all(t["speedup"] < 2.0 for t in tried if t["macs_fraction"] < fraction)
     assert len(tried) == 1 + prune_module.SPEEDUP_STEPS
+
+
+def test_latency_times_the_models_by_turns_so_a_drifting_clock_slows_them_alike(monkeypatch):
+    """A machine that slows down as it goes (a throttling CPU): each reading of the clock is further from the last.
+    Timed one after the other, the second of two identical models would take about twice as long; by turns, one
+    run each, their medians are within a few runs' drift of each other."""
+    m = load_model_proto(zoo())
+    clock = {"t": 0.0, "calls": 0, "runs": []}
+
+    def perf_counter():
+        clock["calls"] += 1
+        clock["t"] += 1e-3 * clock["calls"]
+        return clock["t"]
+
+    real_create = prune_module.Runner.create
+
+    def create(proto, device, derived=False):
+        runner, index, run = real_create(proto, device, derived=derived), len(clock["runs"]), None
+        clock["runs"].append(0)
+        run = runner.run
+
+        def counted(feeds):
+            clock["runs"][index] += 1
+            return run(feeds)
+
+        runner.run = counted
+        return runner
+
+    monkeypatch.setattr(prune_module.Runner, "create", staticmethod(create))
+    monkeypatch.setattr(prune_module.time, "perf_counter", perf_counter)
+    first, second = prune_module.latency_runs(m, [m.proto, m.proto], labelled(8), 4, "cpu")
+    assert first["runs"] == second["runs"] >= 5 and clock["runs"] == [first["runs"] + 1] * 2  # and a warm-up each
+    assert second["median"] / first["median"] < 1.25
 
 
 def test_output_drift_leaves_out_samples_whose_original_output_is_all_zero_and_counts_them():
