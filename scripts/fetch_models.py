@@ -248,6 +248,11 @@ DERIVED = {
         "the PaddleOCR classifier through onnxruntime's quantize_static (QDQ, int8 per channel; its weights, graph "
         "inputs in Paddle's export, quantized in the graph), calibrated on 8 seeded noise images of 3 x 48 x 192",
     ),
+    "paddleocr-cls-qop.onnx": (
+        "paddleocr-cls.onnx",
+        "the same quantization in the QOperator form (QLinearConv, QLinearAdd, QLinearMul, QGemm ... on uint8 maps), "
+        "what the int8 files of model zoos hold",
+    ),
 }
 
 
@@ -316,7 +321,10 @@ def derive(target: Path) -> list[str]:
         import onnxruntime as ort  # only here: --list needs none of it
 
         partial = target / f".{name}.part.onnx"
-        (_quantized if name.endswith("-qdq.onnx") else _optimised)(target / source, partial)
+        if name.endswith(("-qdq.onnx", "-qop.onnx")):
+            _quantized(target / source, partial, operators=name.endswith("-qop.onnx"))
+        else:
+            _optimised(target / source, partial)
         partial.replace(target / name)
         lines.append(f"{name}: made from {source} by onnxruntime {ort.__version__}")
     return lines
@@ -332,9 +340,9 @@ def _optimised(source: Path, out: Path) -> None:
     ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
 
 
-def _quantized(source: Path, out: Path) -> None:
-    """``source`` quantized by onnxruntime's static quantizer (QDQ, int8 weights per channel), calibrated on 8
-    seeded noise images of 3 x 48 x 192."""
+def _quantized(source: Path, out: Path, *, operators: bool = False) -> None:
+    """``source`` quantized by onnxruntime's static quantizer (QDQ, or with ``operators`` the QOperator form; int8
+    weights per channel), calibrated on 8 seeded noise images of 3 x 48 x 192."""
     import numpy as np
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
@@ -349,7 +357,8 @@ def _quantized(source: Path, out: Path) -> None:
         def get_next(self):
             return next(self.feeds, None)
 
-    quantize_static(str(source), str(out), Noise(), quant_format=QuantFormat.QDQ, per_channel=True)
+    form = QuantFormat.QOperator if operators else QuantFormat.QDQ
+    quantize_static(str(source), str(out), Noise(), quant_format=form, per_channel=True)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "default_opset",
     "needed",
     "remove_unused",
+    "replace_node",
     "to_ir",
     "to_proto",
 ]
@@ -133,6 +134,22 @@ class Names:
             name, k = f"{base}{k}", k + 1
         self.taken.add(name)
         return name
+
+
+def replace_node(graph: ir.Graph, node: ir.Node, new: list[ir.Node]) -> None:
+    """``new`` (its last node's output standing for ``node``'s first) in ``node``'s place, under that output's name
+    (the graph's outputs, value infos and the user's names stay)."""
+    out, result = node.outputs[0], new[-1].outputs[0]
+    graph.insert_before(node, new)
+    for i, o in enumerate(graph.outputs):  # first: the IR does not move a graph output's uses
+        if o is out:
+            graph.outputs[i] = result
+    ir.convenience.replace_all_uses_with(out, result)
+    name = out.name
+    graph.remove(node, safe=True)
+    result.name = name
+    result.type = result.type or out.type  # a graph output keeps its declared type and shape
+    result.shape = result.shape or out.shape
 
 
 def remove_unused(model: ir.Model) -> None:

@@ -5,6 +5,7 @@ cannot tell), and decide its image input's layout from what the graph does with 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ from onnxredund.choices import LAYOUT_CHOICES
 from onnxredund.engine.batching import (
     FREED_BATCH,
     batch_outputs,
+    check_feeds,
     fix_baked_batch,
     free_fixed_states,
     inputs_samples_first,
@@ -25,6 +27,7 @@ from onnxredund.engine.batching import (
 from onnxredund.engine.fold import fold_conv_parameters
 from onnxredund.engine.old_opsets import check_upgrade, is_old, upgraded
 from onnxredund.engine.post_processing import data_shaped_outputs, expose_measured
+from onnxredund.engine.qoperator import dequantize_operators, qoperator_ops
 from onnxredund.engine.runtime import Runner, probe_shapes
 from onnxredund.engine.surgery import expose_outputs
 from onnxredund.engine.unfuse import contrib_ops, unfuse_convs
@@ -55,6 +58,8 @@ from onnxredund.model import (
 )
 
 __all__ = ["LAYOUT_CHOICES", "load_model", "load_model_proto"]
+
+log = logging.getLogger(__name__)
 
 # the convs of quantized models (integer inputs and weights): ONNX's own and onnxruntime's contrib ones
 QUANTIZED_CONV_OPS = frozenset({"ConvInteger", "QLinearConv", "QLinearConvTranspose"})
@@ -100,6 +105,30 @@ def _given_sizes(input_shape: InputShapes) -> dict[str | None, tuple[int, ...]]:
     return dict(input_shape) if isinstance(input_shape, dict) else {None: tuple(input_shape)}
 
 
+def _report_dequantized(
+    quantized: onnx.ModelProto, rewritten: onnx.ModelProto, sizes: dict, path: Path, ops: list[str]
+) -> None:
+    """Say that the QOperator ops ``ops`` are analysed in their QDQ form, and how far its outputs are from the
+    model's own on one seeded sample (both unoptimised): the requantization's rounding, a step now and then."""
+    fixed = [dims[0] for dims in sizes.values() if dims and isinstance(dims[0], int) and dims[0] > 0]  # Paddle: -1
+    feeds = check_feeds(quantized, sizes, fixed[0] if fixed else 1)
+    want = Runner.create(quantized, "cpu", optimize=False).run(feeds)
+    got = Runner.create(rewritten, "cpu", optimize=False).run(feeds)
+    gaps = [
+        float(np.abs(np.float64(g) - np.float64(w)).max(initial=0.0)) / max(float(np.abs(np.float64(w)).max()), 1e-12)
+        for w, g in zip(want, got, strict=True)
+    ]
+    log.warning(
+        "%s has onnxruntime's integer (QOperator) ops %s: analysed, and pruned, in the QDQ form they compute "
+        "(DequantizeLinear, the float op, QuantizeLinear; onnxruntime fuses it back when it loads it); on a seeded "
+        "sample its outputs are within %.2g of the model's own, relative to each output's largest value (the "
+        "integer ops' rounding)",
+        path,
+        ", ".join(ops),
+        max(gaps, default=0.0),
+    )
+
+
 def load_model_proto(
     proto: onnx.ModelProto,
     *,
@@ -114,7 +143,8 @@ def load_model_proto(
     proto = validate(copy_model(proto), path)
     original, proto = upgraded(proto, path) if is_old(proto) else (None, proto)
     contrib = contrib_ops(proto)
-    proto = unfuse_convs(proto)
+    quantized_ops, quantized_original = qoperator_ops(proto), proto
+    proto = unfuse_convs(dequantize_operators(proto))
     proto, folded = fold_conv_parameters(proto)
     declared = {vi.name: _copied(vi.type) for vi in [*data_inputs(proto.graph), *proto.graph.output]}
     proto = inputs_samples_first(proto)  # an RNN's state (layers, batch, hidden) is given (batch, layers, hidden)
@@ -125,6 +155,8 @@ def load_model_proto(
             set_input_shape(proto, input_name, given)
     if original is not None:
         check_upgrade(original, proto, sizes, path)
+    if quantized_ops:
+        _report_dequantized(quantized_original, proto, sizes, path, quantized_ops)
     if not any(n.op_type in CONV_OPS for n in proto.graph.node):
         inside = sum(n.op_type in CONV_OPS for n in _body_nodes(proto.graph))
         if inside:

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxredund.engine.ir_edit import constant_value, to_ir, to_proto
+from onnxredund.engine.ir_edit import constant_value, replace_node, to_ir, to_proto
 from onnxredund.errors import OnnxRedundError
 
 __all__ = ["CONTRIB_DOMAIN", "contrib_ops", "unfuse_convs"]
@@ -69,7 +69,7 @@ def unfuse_convs(proto: onnx.ModelProto) -> onnx.ModelProto:
     model = to_ir(proto)
     graph = model.graph
     for node in [n for n in graph if n.op_type == "QuickGelu" and n.domain == CONTRIB_DOMAIN]:
-        _replace(graph, node, _quick_gelu(graph, node))
+        replace_node(graph, node, _quick_gelu(graph, node))
     for node in [n for n in graph if n.op_type == "FusedConv" and n.domain == CONTRIB_DOMAIN]:
         x, w, *rest = node.inputs
         bias, z = [*rest, None, None][:2]
@@ -78,7 +78,7 @@ def unfuse_convs(proto: onnx.ModelProto) -> onnx.ModelProto:
         added = [ir.node("Add", [conv.outputs[0], z], name=f"{node.name}/Add")] if z is not None else []
         last = (added or [conv])[-1].outputs[0]
         activation = _activation(graph, node, last)
-        _replace(graph, node, [conv, *added, *activation])
+        replace_node(graph, node, [conv, *added, *activation])
     return to_proto(model, inner_shapes=False)
 
 
@@ -97,16 +97,3 @@ def _quick_gelu(graph: ir.Graph, node: ir.Node) -> list[ir.Node]:
         scaled = [ir.node("Mul", [x, value], name=f"{node.name}/Mul_alpha")]
     gate = ir.node("Sigmoid", [(scaled[0].outputs[0] if scaled else x)], name=f"{node.name}/Sigmoid")
     return [*scaled, gate, ir.node("Mul", [x, gate.outputs[0]], name=f"{node.name}/Mul")]
-
-
-def _replace(graph: ir.Graph, node: ir.Node, new: list[ir.Node]) -> None:
-    """``new`` (its last node's output standing for ``node``'s) in ``node``'s place, under its output's name."""
-    out, result = node.outputs[0], new[-1].outputs[0]
-    graph.insert_before(node, new)
-    ir.convenience.replace_all_uses_with(out, result)
-    for i, o in enumerate(graph.outputs):
-        if o is out:
-            graph.outputs[i] = result
-    name = out.name
-    graph.remove(node, safe=True)
-    result.name = name  # the fused node's output name stays: outputs, value infos and the user's names

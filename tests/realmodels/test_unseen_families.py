@@ -74,6 +74,16 @@ def test_onnxruntime_optimised_paddleocr_classifier_goes_through_the_four_comman
     assert len(out["layers"]["layers"]) == len(out["impulse"]["layers"]) == 53
 
 
+def test_paddleocr_classifier_quantized_in_the_qoperator_form_goes_through_the_four_commands(real_model, tmp_path):
+    """The int8 QOperator form (QLinearConv on int8 maps, QLinearAdd, QLinearMul, QGemm) was refused: "has quantized
+    convs only (53 QLinearConv)"; read as the QDQ form it computes, it has the float model's 53 convs."""
+    path = real_model("paddleocr-cls-qop.onnx")
+    assert sum(n.op_type == "QLinearConv" for n in onnx.load(str(path)).graph.node) == 53
+    out = _four_commands(path, "3x48x192", "10", tmp_path)
+    assert len(out["layers"]["layers"]) == len(out["impulse"]["layers"]) == 53
+    assert out["prune"]["value_check"]["max_relative_error"] <= out["prune"]["value_check"]["tolerance"]
+
+
 def test_onnxruntime_optimised_yolov8n_prunes_as_the_original_with_its_quick_gelus_read_as_silus(real_model):
     """YOLOv8n saved by onnxruntime (extended level): its SiLUs become com.microsoft QuickGelu, and no group was
     prunable ("its channels reach a QuickGelu node, which is not handled")."""
