@@ -691,8 +691,9 @@ def zeroed_at_consumers(
 def unrounded(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """``proto`` with each quantized activation's rounding left out: a DequantizeLinear of a QuantizeLinear of a
     computed tensor, per tensor, becomes a Clip of that tensor to the range the pair can give (its saturation
-    kept: a quantizer that dropped a Relu lets the zero point's bound stand for it). Returns the new model and
-    the pairs replaced.
+    kept: a quantizer that dropped a Relu lets the zero point's bound stand for it), and where ops that only move
+    the quantized values stand between the two (a channel shuffle on int8, a nearest Resize: :data:`_MOVES`), the
+    Clip is followed by copies of them on the floats. Returns the new model and the pairs replaced.
 
     What a cut must equal exactly is the float network: on both sides of a check by values, the rounding turns
     float32's last-bit differences (a sum over fewer channels) into whole quantization steps, which then
@@ -703,19 +704,36 @@ def unrounded(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
     nodes, replaced, extra = [], 0, []
     for node in graph.node:
-        quantize = made_by.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        quantize, moves = (
+            _quantized_chain(node, made_by, constants) if node.op_type == "DequantizeLinear" else (None, [])
+        )
         bounds = _saturation(quantize, constants) if quantize is not None else None
         if bounds is None or quantize.input[0] in constants:
             nodes.append(node)
             continue
+        # the clip, then the moves between the pair (a channel shuffle's Reshape, Transpose, Reshape on int8) on floats
+        clipped = [f"{node.output[0]}__unrounded"] if moves else list(node.output)
         if opset < 11:
-            clip = onnx.helper.make_node("Clip", [quantize.input[0]], node.output, min=bounds[0], max=bounds[1])
+            clip = onnx.helper.make_node("Clip", [quantize.input[0]], clipped, min=bounds[0], max=bounds[1])
         else:  # the bounds in the scale's type: the float type of the tensor quantized
             kind = np.asarray(constants[quantize.input[1]]).dtype
             names = [f"{node.output[0]}__unrounded_{side}" for side in ("min", "max")]
             extra += [numpy_helper.from_array(np.array(v, kind), n) for v, n in zip(bounds, names, strict=True)]
-            clip = onnx.helper.make_node("Clip", [quantize.input[0], *names], node.output)
+            clip = onnx.helper.make_node("Clip", [quantize.input[0], *names], clipped)
         nodes.append(clip)
+        last = clipped[0]
+        for k, (move, index) in enumerate(moves):
+            copy = onnx.NodeProto()
+            copy.CopyFrom(move)
+            copy.name = f"{move.name or move.op_type}_{k}__unrounded_{node.output[0]}"
+            copy.input[0] = last
+            outputs = [f"{o}__unrounded_{node.output[0]}" for o in move.output]
+            if k == len(moves) - 1:
+                outputs[index] = node.output[0]
+            del copy.output[:]
+            copy.output.extend(outputs)
+            nodes.append(copy)
+            last = outputs[index]
         replaced += 1
     if not replaced:
         return proto, 0
@@ -725,6 +743,45 @@ def unrounded(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     out.graph.node.extend(nodes)
     out.graph.initializer.extend(extra)
     return out, replaced
+
+
+#: ops that only move, copy or pick a quantized tensor's values (or, MaxPool, compare them): the same on the floats
+_MOVES = frozenset(
+    {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Slice", "Split", "MaxPool", "Resize"}
+    | {"DepthToSpace", "SpaceToDepth"}
+)
+
+
+def _quantized_chain(dequantize: onnx.NodeProto, made_by: dict, constants: ConstantTable) -> tuple:
+    """The QuantizeLinear whose values ``dequantize`` reads, and the :data:`_MOVES` between them (the QuantizeLinear
+    side first, each with the index of the output taken); (None, []) where the path holds another op, a Resize
+    that interpolates, or the DequantizeLinear's scale and zero point are not the QuantizeLinear's."""
+    moves, tensor = [], dequantize.input[0]
+    while tensor in made_by and made_by[tensor].op_type in _MOVES:
+        move = made_by[tensor]
+        if move.op_type == "Resize" and attribute(move, "mode", "nearest") != "nearest":
+            return None, []
+        moves.append((move, list(move.output).index(tensor)))
+        tensor = move.input[0]
+    quantize = made_by.get(tensor)
+    if quantize is None or quantize.op_type != "QuantizeLinear":
+        return None, []
+    if moves and not _same_parameters(quantize, dequantize, constants):
+        return None, []
+    return quantize, moves[::-1]
+
+
+def _same_parameters(a: onnx.NodeProto, b: onnx.NodeProto, constants: ConstantTable) -> bool:
+    """Whether two Quantize/DequantizeLinear nodes have the same constant scale and zero point (or both none)."""
+    for i in (1, 2):
+        x, y = (n.input[i] if len(n.input) > i else "" for n in (a, b))
+        if not (x or y):
+            continue
+        if not (x in constants and y in constants):
+            return False
+        if not np.array_equal(np.asarray(constants[x]), np.asarray(constants[y])):
+            return False
+    return True
 
 
 def _saturation(quantize: onnx.NodeProto, constants: ConstantTable) -> tuple[float, float] | None:
