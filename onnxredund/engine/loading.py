@@ -142,9 +142,10 @@ def load_model_proto(
     path = Path(name)
     proto = validate(copy_model(proto), path)
     original, proto = upgraded(proto, path) if is_old(proto) else (None, proto)
-    contrib = contrib_ops(proto)
     quantized_ops, quantized_original = qoperator_ops(proto), proto
-    proto = unfuse_convs(dequantize_operators(proto))
+    proto = dequantize_operators(proto)
+    contrib = contrib_ops(proto)  # those left to onnxruntime, and its fused convs (read as the ops they fuse)
+    proto = unfuse_convs(proto)
     proto, folded = fold_conv_parameters(proto)
     declared = {vi.name: _copied(vi.type) for vi in [*data_inputs(proto.graph), *proto.graph.output]}
     proto = inputs_samples_first(proto)  # an RNN's state (layers, batch, hidden) is given (batch, layers, hidden)

@@ -90,8 +90,8 @@ class Model:
         shapes: sample shape (no batch) of every tensor whose shape is known.
         declared: the types the file declares for its graph inputs and outputs, before any size was given or
             the batch freed (what a rewritten model keeps as its interface).
-        contrib_ops: the onnxruntime contrib ops (com.microsoft) the file uses; its FusedConvs are read as
-            Conv (+ Add) (+ activation).
+        contrib_ops: the onnxruntime contrib ops (com.microsoft) the file uses, past its QOperator ops (read in
+            the QDQ form they compute); its FusedConvs are read as Conv (+ Add) (+ activation).
         folded_ops: the ops with which the file computes conv weights or biases from constants (a weight
             normalisation's ReduceL2, Div, Mul, say), folded to constants (:mod:`onnxredund.engine.fold`).
         batch_outputs: the graph outputs of a free-batch model that hold no value per sample (a statistic over

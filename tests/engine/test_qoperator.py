@@ -162,6 +162,7 @@ def test_a_qoperator_model_is_listed_like_its_float_model_and_says_how_it_is_rea
     layers = [(c.in_channels, c.out_channels, c.kernel) for c in model.layers]
     assert layers == [w[1:] for w in want]  # was: "has quantized convs only (2 QLinearConv)"
     assert "QOperator" in caplog.text and "QDQ form" in caplog.text
+    assert model.contrib_ops == []  # QGemm and QLinearGlobalAveragePool were read as standard ops: none left
 
 
 def test_pruning_a_qoperator_model_passes_its_own_check_by_values_and_writes_standard_ops(tmp_path):
