@@ -250,7 +250,7 @@ DERIVED = {
     ),
     "paddleocr-cls-qop.onnx": (
         "paddleocr-cls.onnx",
-        "the same quantization in the QOperator form (QLinearConv, QLinearAdd, QLinearMul, QGemm ... on uint8 maps), "
+        "the same quantization in the QOperator form (QLinearConv, QLinearAdd, QLinearMul, QGemm ... on int8 maps), "
         "what the int8 files of model zoos hold",
     ),
 }

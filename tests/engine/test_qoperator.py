@@ -1,7 +1,7 @@
 """Quantized models in the QOperator form (``quantize_static(quant_format=QOperator)``, the int8 files of model zoos:
-QLinearConv, QGemm, QLinearAdd ... on uint8 maps): each op is written as the QDQ form it computes, which agrees
-with onnxruntime's integer kernel to one quantization step; the model is then listed, swept and pruned like a QDQ
-one (it was refused before: "has quantized convs only")."""
+QLinearConv, QGemm, QLinearAdd ... on 8-bit maps, uint8 here, int8 in the real model's test): each op is written as
+the QDQ form it computes, which agrees with onnxruntime's integer kernel to one quantization step; the model is then
+listed, swept and pruned like a QDQ one (it was refused before: "has quantized convs only")."""
 
 from __future__ import annotations
 
