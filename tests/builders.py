@@ -121,3 +121,26 @@ class ChunksHere(LocalBackend):
     unit loses the unit (what Ray's workers do, without Ray)."""
 
     in_process = False
+
+
+def statically_quantized(
+    proto: onnx.ModelProto, tmp_path: Path, *, per_channel: bool, operators: bool = False, seed: int = 7
+) -> onnx.ModelProto:
+    """``proto`` (input ``x`` of (N, 3, 6, 6)) through onnxruntime's static quantizer, calibrated on 8 seeded normal
+    inputs: the QDQ form, or with ``operators`` the QOperator one (QLinearConv ...)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    rng = np.random.default_rng(seed)
+
+    class Inputs(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"x": rng.normal(size=(1, 3, 6, 6)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    src, dst = tmp_path / "float.onnx", tmp_path / ("qop.onnx" if operators else "qdq.onnx")
+    onnx.save(proto, src)
+    form = QuantFormat.QOperator if operators else QuantFormat.QDQ
+    quantize_static(str(src), str(dst), Inputs(), quant_format=form, per_channel=per_channel)
+    return onnx.load(dst)

@@ -121,19 +121,29 @@ def constant_value(name: str, array: np.ndarray) -> ir.Value:
 
 
 class Names:
-    """Fresh tensor names that clash with none of a graph's, its subgraphs' included."""
+    """Fresh tensor and node names that clash with none of a graph's, its subgraphs' included."""
 
     def __init__(self, graph: ir.Graph) -> None:
         self.taken = {v.name for v in graph.inputs} | set(graph.initializers)
+        self.nodes = set()  # node names: onnxruntime refuses two nodes of one name
         for node in all_nodes(graph):
             self.taken |= {v.name for v in (*node.inputs, *node.outputs) if v is not None}
+            self.nodes.add(node.name)
 
     def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            name, k = f"{base}{k}", k + 1
-        self.taken.add(name)
-        return name
+        return _unique(base, self.taken, "")
+
+    def node(self, base: str) -> str:
+        """A fresh node name."""
+        return _unique(base, self.nodes, "_")
+
+
+def _unique(base: str, taken: set[str], separator: str) -> str:
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}{separator}{k}", k + 1
+    taken.add(name)
+    return name
 
 
 def replace_node(graph: ir.Graph, node: ir.Node, new: list[ir.Node]) -> None:

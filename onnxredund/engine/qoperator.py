@@ -83,7 +83,7 @@ def dequantize_operators(proto: onnx.ModelProto) -> onnx.ModelProto:
     if not qoperator_ops(proto):
         return proto
     model = to_ir(proto)
-    graph, names, opset = model.graph, _Names(model.graph), default_opset(model) or 11
+    graph, names, opset = model.graph, Names(model.graph), default_opset(model) or 11
     for node in list(graph):
         form = QOPERATOR_OPS.get((node.domain if node.domain != "ai.onnx" else "", node.op_type))
         if form is not None:
@@ -100,7 +100,7 @@ def _constant(value: ir.Value | None, node: ir.Node, what: str) -> np.ndarray:
     return value.const_value.numpy()
 
 
-def _rewrite(graph: ir.Graph, node: ir.Node, form: _Form, names: _Names, opset: int) -> None:
+def _rewrite(graph: ir.Graph, node: ir.Node, form: _Form, names: Names, opset: int) -> None:
     inputs = list(node.inputs)
     attrs = {k: v for k, v in node.attributes.items() if k != "channels_last"}
     if node.attributes.get("channels_last") is not None and node.attributes["channels_last"].as_int():
@@ -156,21 +156,6 @@ def _axis(node: ir.Node, at: int, axis) -> int | None:
     if axis == -1:  # MatMul's B (..., K, N): the scales go with N
         return _constant(inputs[at], node, "weights").ndim - 1
     return axis
-
-
-class _Names(Names):
-    """Fresh tensor names, and fresh node names (onnxruntime refuses two nodes of one name)."""
-
-    def __init__(self, graph: ir.Graph) -> None:
-        super().__init__(graph)
-        self.nodes = {n.name for n in graph if n.name}
-
-    def node(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.nodes:
-            name, k = f"{base}_{k}", k + 1
-        self.nodes.add(name)
-        return name
 
 
 def _dequantized(node: ir.Node, at: int, axis: int) -> np.ndarray:

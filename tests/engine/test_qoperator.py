@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from builders import small_cnn
+from builders import small_cnn, statically_quantized
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxredund.analyses.prune import run_prune
@@ -135,27 +135,10 @@ def test_a_bias_whose_scale_is_computed_at_run_time_is_refused_in_one_line():
         dequantize_operators(proto)
 
 
-def _qoperator(proto: onnx.ModelProto, tmp_path) -> onnx.ModelProto:
-    """``proto`` through onnxruntime's static quantizer in the QOperator form (per channel, 8 random inputs)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-
-    class Inputs(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"x": RNG.normal(size=(1, 3, 6, 6)).astype(np.float32)} for _ in range(8)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    src, dst = tmp_path / "float.onnx", tmp_path / "qop.onnx"
-    onnx.save(proto, src)
-    quantize_static(str(src), str(dst), Inputs(), quant_format=QuantFormat.QOperator, per_channel=True)
-    return onnx.load(dst)
-
-
 def test_a_qoperator_model_is_listed_like_its_float_model_and_says_how_it_is_read(tmp_path, caplog):
     proto = small_cnn(c_in=3, c_mid=6, c_out=5, residual=False)[0]
     want = [(c.name, c.in_channels, c.out_channels, c.kernel) for c in load_model_proto(proto).layers]
-    qop = _qoperator(proto, tmp_path)
+    qop = statically_quantized(proto, tmp_path, per_channel=True, operators=True)
     assert "QLinearConv" in qoperator_ops(qop) and not any(n.op_type == "Conv" for n in qop.graph.node)
     caplog.clear()
     model = load_model_proto(qop)
@@ -166,7 +149,9 @@ def test_a_qoperator_model_is_listed_like_its_float_model_and_says_how_it_is_rea
 
 
 def test_pruning_a_qoperator_model_passes_its_own_check_by_values_and_writes_standard_ops(tmp_path):
-    model = load_model_proto(_qoperator(small_cnn(c_mid=6, seed=3)[0], tmp_path))
+    model = load_model_proto(
+        statically_quantized(small_cnn(c_mid=6, seed=3)[0], tmp_path, per_channel=True, operators=True)
+    )
     conv1 = model.layers[0].name
     data = Dataset(RNG.normal(size=(64, 3, 6, 6)).astype(np.float32), None, "noise")
     result = run_prune(model, data, channels={conv1: [1, 4]}, device="cpu", latency=False, batch_size=32)

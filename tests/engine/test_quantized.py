@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from builders import small_cnn
+from builders import small_cnn, statically_quantized
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxredund.analyses.shuffle import run_shuffle
@@ -20,23 +20,6 @@ from onnxredund.engine.runtime import Runner
 from onnxredund.model import ConstantTable
 
 RNG = np.random.default_rng(7)
-
-
-def quantized(proto: onnx.ModelProto, tmp_path, *, per_channel: bool) -> onnx.ModelProto:
-    """``proto`` through onnxruntime's static quantizer (QDQ format, calibrated on 8 random inputs)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-
-    class Inputs(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"x": RNG.normal(size=(1, 3, 6, 6)).astype(np.float32)} for _ in range(8)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    src, dst = tmp_path / "float.onnx", tmp_path / "qdq.onnx"
-    onnx.save(proto, src)
-    quantize_static(str(src), str(dst), Inputs(), quant_format=QuantFormat.QDQ, per_channel=per_channel)
-    return onnx.load(dst)
 
 
 def _dq_model(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, **attributes) -> onnx.ModelProto:
@@ -96,7 +79,7 @@ def test_weights_a_model_quantizes_itself_are_constants_of_the_right_shape(tmp_p
     """Float weights quantized in the graph (initializer -> QuantizeLinear -> DequantizeLinear: what onnxruntime's
     quantizer wrote for PaddleOCR's classifier, whose weights Paddle lists as graph inputs) are constants: that
     model was refused, a depthwise conv's weights taken as (1, 3, 3) from the per-sample shapes."""
-    qdq = quantized(small_cnn(c_in=3, c_mid=6, c_out=5)[0], tmp_path, per_channel=False)
+    qdq = statically_quantized(small_cnn(c_in=3, c_mid=6, c_out=5)[0], tmp_path, per_channel=False)
     inits = {t.name: t for t in qdq.graph.initializer}
     q, scale = (numpy_helper.to_array(inits[n]) for n in ("w2_quantized", "w2_scale"))
     float_weight = numpy_helper.from_array(q.astype(np.float32) * scale, "w2_float")
@@ -130,7 +113,7 @@ def test_weights_a_model_quantizes_itself_are_constants_of_the_right_shape(tmp_p
 def test_a_qdq_models_convs_are_listed_as_the_float_models(tmp_path, per_channel, caplog):
     proto = small_cnn(c_in=3, c_mid=6, c_out=5)[0]
     want = [(c.name, c.in_channels, c.out_channels, c.kernel) for c in load_model_proto(proto).layers]
-    qdq = quantized(proto, tmp_path, per_channel=per_channel)
+    qdq = statically_quantized(proto, tmp_path, per_channel=per_channel)
     caplog.clear()
     model = load_model_proto(qdq)
     assert [(c.name, c.in_channels, c.out_channels, c.kernel) for c in model.layers] == want  # was: "expect 3"
@@ -138,7 +121,7 @@ def test_a_qdq_models_convs_are_listed_as_the_float_models(tmp_path, per_channel
 
 
 def test_a_qdq_sweeps_fast_path_equals_its_direct_path(tmp_path):
-    model = load_model_proto(quantized(small_cnn(c_mid=6)[0], tmp_path, per_channel=True))
+    model = load_model_proto(statically_quantized(small_cnn(c_mid=6)[0], tmp_path, per_channel=True))
     x = RNG.normal(size=(40, 3, 6, 6)).astype(np.float32)
     data = Dataset(x, RNG.integers(0, 4, 40), "noise")
     fast = run_shuffle(model, "conv2", data, batch_size=20, device="cpu")
@@ -164,7 +147,7 @@ def _at_zero_point(proto: onnx.ModelProto, weight: str, channels: list[int]) -> 
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
 def test_pruning_a_qdq_model_keeps_the_weights_quantized_and_equals_them_at_their_zero_point(tmp_path, per_channel):
-    proto = quantized(small_cnn(c_mid=6, seed=3)[0], tmp_path, per_channel=per_channel)
+    proto = statically_quantized(small_cnn(c_mid=6, seed=3)[0], tmp_path, per_channel=per_channel)
     model = load_model_proto(proto)
     groups = channel_groups(model)
     group = next(g for g in groups if "conv1" in g.producers)
@@ -193,7 +176,7 @@ def test_pruning_a_qdq_model_keeps_the_weights_quantized_and_equals_them_at_thei
 def test_compensating_a_qdq_consumer_says_its_new_weights_are_float(tmp_path):
     from onnxredund.analyses.prune import run_prune
 
-    model = load_model_proto(quantized(small_cnn(c_mid=6, seed=3)[0], tmp_path, per_channel=True))
+    model = load_model_proto(statically_quantized(small_cnn(c_mid=6, seed=3)[0], tmp_path, per_channel=True))
     data = Dataset(RNG.normal(size=(64, 3, 6, 6)).astype(np.float32), None, "noise")
     options = {"channels": {"conv1": [1, 4]}, "device": "cpu", "latency": False, "batch_size": 32}
     plain = run_prune(model, data, **options)
@@ -210,5 +193,5 @@ def test_the_impulse_analysis_of_a_model_that_quantizes_its_activations_says_so(
 
     proto = small_cnn(c_mid=6)[0]
     assert QUANTIZED_NOTE not in run_impulse(load_model_proto(proto), device="cpu").notes
-    qdq = load_model_proto(quantized(proto, tmp_path, per_channel=True))
+    qdq = load_model_proto(statically_quantized(proto, tmp_path, per_channel=True))
     assert QUANTIZED_NOTE in run_impulse(qdq, device="cpu").notes
