@@ -85,8 +85,12 @@ def rebatch(proto: onnx.ModelProto, inputs: list[str], batch: int) -> onnx.Model
     return to_proto(model, inner_shapes=False)
 
 
-def check_feeds(proto: onnx.ModelProto, sizes: dict[str, list], batch: int) -> dict[str, np.ndarray]:
-    """Seeded feeds of ``batch`` samples for every data input (uniform [0, 1) floats, zero integers)."""
+def check_feeds(proto: onnx.ModelProto, sizes: dict[str, list], batch: int | None = None) -> dict[str, np.ndarray]:
+    """Seeded feeds of ``batch`` samples for every data input (uniform [0, 1) floats, zero integers); by default
+    the first batch an input fixes (a positive size: Paddle writes -1 for a free one), else one."""
+    if batch is None:
+        fixed = [dims[0] for dims in sizes.values() if dims and isinstance(dims[0], int) and dims[0] > 0]
+        batch = fixed[0] if fixed else 1
     rng = np.random.default_rng(0)
     feeds = {}
     for vi in data_inputs(proto.graph):

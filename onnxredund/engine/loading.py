@@ -110,8 +110,7 @@ def _report_dequantized(
 ) -> None:
     """Say that the QOperator ops ``ops`` are analysed in their QDQ form, and how far its outputs are from the
     model's own on one seeded sample (both unoptimised): the requantization's rounding, a step now and then."""
-    fixed = [dims[0] for dims in sizes.values() if dims and isinstance(dims[0], int) and dims[0] > 0]  # Paddle: -1
-    feeds = check_feeds(quantized, sizes, fixed[0] if fixed else 1)
+    feeds = check_feeds(quantized, sizes)
     want = Runner.create(quantized, "cpu", optimize=False).run(feeds)
     got = Runner.create(rewritten, "cpu", optimize=False).run(feeds)
     gaps = [

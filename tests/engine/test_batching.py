@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from builders import make_model
-from onnx import helper
+from onnx import TensorProto, helper
 
-from onnxredund.engine.batching import make_batch_dynamic, rebatch
+from onnxredund.engine.batching import check_feeds, make_batch_dynamic, rebatch
 from onnxredund.engine.runtime import Runner
 from onnxredund.model import ConstantTable
 
@@ -131,3 +131,14 @@ def test_a_fixed_batch_of_two_read_by_the_output_itself_is_the_batch_not_part_of
         got = run_shuffle(fixed, "conv", data, batch_size=4, device="cpu", exact_path=exact)
         want = run_shuffle(free, "conv", data, batch_size=4, device="cpu", exact_path=exact)
         np.testing.assert_allclose(got.cosine, want.cosine, atol=1e-7)
+
+
+def test_check_feeds_take_the_batch_an_input_fixes_and_one_for_paddles_minus_one():
+    """Paddle declares a free batch as -1: the QOperator check read it as the batch and died in a traceback
+    ("negative dimensions are not allowed") on PaddleOCR's quantized classifier."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 4])
+    proto = helper.make_model(helper.make_graph([], "g", [x], []))
+    assert check_feeds(proto, {"x": [-1, 3, 4]})["x"].shape == (1, 3, 4)
+    assert check_feeds(proto, {"x": ["N", 3, 4]})["x"].shape == (1, 3, 4)
+    assert check_feeds(proto, {"x": [2, 3, 4]})["x"].shape == (2, 3, 4)
+    assert check_feeds(proto, {"x": [2, 3, 4]}, 5)["x"].shape == (5, 3, 4)
