@@ -1,14 +1,14 @@
 """onnxruntime's QOperator int8 ops as the QDQ form they compute.
 
 ``quantize_static(..., quant_format=QuantFormat.QOperator)`` (and the int8 files of model zoos) writes each quantized
-op as one integer node: ``QLinearConv`` reads a uint8 map, its scale and zero point, int8 weights with theirs, and
-writes a uint8 map at the output's scale and zero point. The same computation in the QDQ form is a float op between
-``DequantizeLinear`` of each quantized input and ``QuantizeLinear`` of its output: what ``quant_format=QDQ`` writes,
-and what onnxredund analyses and prunes (weights stay int8 behind their DequantizeLinear). :func:`dequantize_operators`
-writes every top-level QOperator node of :data:`QOPERATOR_OPS` so, the tensors between them staying quantized
-(MaxPool, Reshape and the like keep running on uint8); onnxruntime fuses the result back into the integer ops when it
-loads it. The two forms agree up to the rounding of an integer accumulator's requantization: at most one
-quantization step of an output, now and then.
+op as one integer node: ``QLinearConv`` reads an 8-bit map (uint8 or int8), its scale and zero point, int8 weights
+with theirs, and writes an 8-bit map at the output's scale and zero point. The same computation in the QDQ form is a
+float op between ``DequantizeLinear`` of each quantized input and ``QuantizeLinear`` of its output: what
+``quant_format=QDQ`` writes, and what onnxredund analyses and prunes (weights stay int8 behind their
+DequantizeLinear). :func:`dequantize_operators` writes every top-level QOperator node of :data:`QOPERATOR_OPS` so,
+the tensors between them staying quantized (MaxPool, Reshape and the like keep running on the 8-bit values);
+onnxruntime fuses the result back into the integer ops when it loads it. The two forms agree up to the rounding of an
+integer accumulator's requantization: at most one quantization step of an output, now and then.
 
 An int32 bias (a conv's ``B``, QGemm's ``C``: scale the product of its inputs' scales, zero point 0) becomes a float
 constant, and so does a per-channel weight before opset 13 (no DequantizeLinear axis yet): where their scales are
@@ -147,9 +147,10 @@ def _rewrite(graph: ir.Graph, node: ir.Node, form: _Form, names: Names, opset: i
 
 def _axis(node: ir.Node, at: int, axis) -> int | None:
     """The axis of input ``at``'s per-channel scales (its form's ``weight_axis``), None where they are per tensor."""
+    scale = node.inputs[at + 1]
+    if axis is None or scale is None or scale.const_value is None or scale.const_value.numpy().size <= 1:
+        return None  # per tensor (a scale computed at run time is one: only weights have them per channel)
     inputs = list(node.inputs)
-    if axis is None or _constant(inputs[at + 1], node, "scales").size <= 1:
-        return None
     if axis == "gemm":  # QGemm's B is (K, N), or (N, K) with transB: the scales go with N
         trans = node.attributes.get("transB")
         return 0 if trans is not None and trans.as_int() else 1
