@@ -42,6 +42,7 @@ __all__ = [
     "Segment",
     "Slicing",
     "channel_groups",
+    "computed_constants",
     "constant_values",
     "node_label",
 ]
@@ -104,15 +105,23 @@ def constant_values(model: Model) -> Mapping[str, np.ndarray]:
     """Every constant tensor: initializers, Constant nodes, and the tensors nodes compute from constants
     alone that data-dependent nodes read (a bias reshaped by a Reshape node, as Paddle exports it),
     evaluated once by onnxruntime."""
-    graph = model.proto.graph
-    table = ConstantTable(graph)
+    table = ConstantTable(model.proto.graph)
+    computed = computed_constants(model.proto, table)
+    return ChainMap(computed, table) if computed else table
+
+
+def computed_constants(proto: onnx.ModelProto, table: ConstantTable | None = None) -> dict[str, np.ndarray]:
+    """The tensors nodes compute from constants alone that data-dependent nodes read, evaluated by onnxruntime
+    (``table``: the graph's :class:`ConstantTable`, where the caller has it)."""
+    graph = proto.graph
+    table = ConstantTable(graph) if table is None else table
     dependent = data_dependent(graph)
     computed = {o for n in graph.node for o in n.output if o and o not in dependent and o not in table}
     wanted = sorted({t for n in graph.node if any(o in dependent for o in n.output) for t in n.input if t in computed})
     if not wanted:
-        return table
-    values = Runner.create(cut(model.proto, [], wanted), "cpu", derived=True).run({}, wanted)
-    return ChainMap(dict(zip(wanted, (np.asarray(v) for v in values), strict=True)), table)
+        return {}
+    values = Runner.create(cut(proto, [], wanted), "cpu", derived=True).run({}, wanted)
+    return dict(zip(wanted, (np.asarray(v) for v in values), strict=True))
 
 
 class _Walker:

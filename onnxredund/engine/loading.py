@@ -24,6 +24,7 @@ from onnxredund.engine.batching import (
     make_batch_dynamic,
     moved_outputs,
 )
+from onnxredund.engine.channel_groups import computed_constants
 from onnxredund.engine.fold import fold_conv_parameters
 from onnxredund.engine.old_opsets import check_upgrade, is_old, upgraded
 from onnxredund.engine.post_processing import data_shaped_outputs, expose_measured
@@ -240,14 +241,28 @@ def _copied(type_proto: onnx.TypeProto) -> onnx.TypeProto:
     return out
 
 
+def _constants_folded(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``proto`` whose tensors computed from constants alone (a reflection Pad's pads by Slice, Transpose
+    and Cast, a Resize's scales by a Concat of Constants) are initializers, the nodes that made them gone: shape
+    inference, which does not evaluate them, then knows the shapes after them (for shape inference only)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    values = computed_constants(proto)
+    if values:
+        kept = [n for n in out.graph.node if not all(o in values for o in n.output if o)]
+        del out.graph.node[:]
+        out.graph.node.extend(kept)
+        out.graph.initializer.extend(onnx.numpy_helper.from_array(v, name) for name, v in values.items())
+    return out
+
+
 def _shapes(proto: onnx.ModelProto, sizes: dict[str, list], declared: dict) -> dict[str, tuple[int, ...]]:
     """Per-sample shapes of the model's tensors, the outputs' as computed, not as declared; a probe run finds
     those around convs, of the outputs and of Reshapes (whose shape a computed target can hide from inference)
     that inference misses. An output the file declares with a fixed first axis over 1 has no batch axis of its
     own: its sample's shape is all of it (a fixed-batch export that squeezed the batch, or merged it into that
     axis once freed: (N x 256, 2)), unless that axis is the file's fixed batch, freed."""
-    free = onnx.ModelProto()
-    free.CopyFrom(proto)
+    free = _constants_folded(proto)
     for output in free.graph.output:  # inferred, not declared: an exporter may declare them for another input size
         output.type.tensor_type.ClearField("shape")
     shapes = shape_table(infer_shapes(free))

@@ -378,3 +378,43 @@ def test_compensating_a_bias_free_consumer_that_also_loses_outputs_gives_it_a_bi
     pruned = remove_channels(m, groups, removal, updates=compensate(m, groups, removal, method, stats))
     assert _initializer(pruned, "conv2", 2).shape == (3,)
     assert run(pruned, x).shape == (32, 3)
+
+
+def test_pads_and_scales_computed_from_constants_let_the_groups_through():
+    """Lite-Mono's depth decoder (PyTorch): reflection Pads whose pads are computed from constants (Slice,
+    Transpose, Reshape, Cast) and Resizes whose scales are a Concat of two Constants. Shape inference does not
+    evaluate the Concat, the shapes after it were unknown, and no group of the decoder was prunable ("they are a
+    parameter of Resize"); inference now runs on the model with such tensors folded."""
+    rng = np.random.default_rng(3)
+    w = {
+        "w1": rng.normal(size=(4, 2, 3, 3)).astype(np.float32),
+        "w2": rng.normal(size=(3, 4, 3, 3)).astype(np.float32),
+        "w3": rng.normal(size=(2, 3, 1, 1)).astype(np.float32),
+        "pairs": np.array([[1, 1], [1, 1], [0, 0], [0, 0]], np.float32),  # (begin, end) per axis, last axis first
+        "steps": np.array([-1], np.int64),
+        "starts": np.array([-1], np.int64),
+        "ends": np.array([-(2**62)], np.int64),
+        "axes": np.array([0], np.int64),
+        "flat_shape": np.array([-1], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["a1"]),
+        helper.make_node("Slice", ["pairs", "starts", "ends", "axes", "steps"], ["reversed"]),  # the axes in order
+        helper.make_node("Transpose", ["reversed"], ["begins_ends"], perm=[1, 0]),  # (2, 4): begins, then ends
+        helper.make_node("Reshape", ["begins_ends", "flat_shape"], ["flat"]),
+        helper.make_node("Cast", ["flat"], ["pads"], to=onnx.TensorProto.INT64),
+        helper.make_node("Pad", ["a1", "pads"], ["padded"], mode="reflect"),
+        helper.make_node("Conv", ["padded", "w2"], ["c2"], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["a2"]),
+        helper.make_node("Constant", [], ["keep"], value=onnx.numpy_helper.from_array(np.ones(2, np.float32))),
+        helper.make_node("Constant", [], ["twice"], value=onnx.numpy_helper.from_array(np.full(2, 2, np.float32))),
+        helper.make_node("Concat", ["keep", "twice"], ["scales"], axis=0),
+        helper.make_node("Resize", ["a2", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Conv", ["up", "w3"], ["out"], name="conv3"),
+    ]
+    proto = _graph(nodes, w, ["N", 2, 2 * SIZE, 2 * SIZE])
+    m = load_model_proto(proto)
+    assert m.shapes["up"] == (3, 2 * SIZE, 2 * SIZE)
+    _check_against_zeroed(proto, "conv1", [1, 3])  # through the computed Pad
+    _check_against_zeroed(proto, "conv2", [0])  # through the Resize of computed scales
