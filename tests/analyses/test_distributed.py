@@ -245,6 +245,22 @@ def ray_backend():
     ray.shutdown()
 
 
+def test_each_ray_run_gets_its_own_context_even_where_the_object_is_the_same(ray_backend):
+    """Workers keep a job's context between its units, by a key: an id() was that key, and CPython gives a new
+    job the id of one that is gone, so a worker ran the new job's units on the old context (CI: KeyError
+    ('convB', 'pixel') from the previous test's job). The same object changed between two runs is that case."""
+    context, got = {"value": 10}, {}
+
+    def _read_value(context, unit, cache):  # nested: Ray's pickle sends it by value, not by this test module's name
+        return context["value"] + unit
+
+    ray_backend.run(_read_value, context, [1, 2, 3, 4], lambda i, r: got.__setitem__(("first", i), r))
+    context["value"] = 100
+    ray_backend.run(_read_value, context, [1, 2, 3, 4], lambda i, r: got.__setitem__(("second", i), r))
+    assert [got[("first", i)] for i in range(4)] == [11, 12, 13, 14]
+    assert [got[("second", i)] for i in range(4)] == [101, 102, 103, 104]
+
+
 def test_ray_gives_the_single_process_json_bit_for_bit(setup, ray_backend, tmp_path):
     m, data, layers = setup
     job, sweeps = _job(m, data, layers)

@@ -9,6 +9,7 @@ its threads to it. Ray is imported here only, and only when a backend is made: i
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -87,7 +88,9 @@ class RayBackend:
 
     def run(self, fn, context: Any, units: Sequence, on_done: Callable[[int, Any], None]) -> None:
         ray = self.ray
-        key = f"{id(context)}-{os.getpid()}"
+        # one key per run: an id() is reused once its object is gone, and a worker would then run a new job's
+        # units on the last job's context (a sweep of another job's layers and modes: a KeyError, seen in CI)
+        key = uuid.uuid4().hex
         ref = ray.put(context)
         todo = list(range(len(units)))[::-1]
         pending: dict = {}
