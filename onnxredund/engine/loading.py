@@ -114,18 +114,23 @@ def _report_dequantized(
     feeds = check_feeds(quantized, sizes)
     want = Runner.create(quantized, "cpu", optimize=False).run(feeds)
     got = Runner.create(rewritten, "cpu", optimize=False).run(feeds)
-    gaps = [
-        float(np.abs(np.float64(g) - np.float64(w)).max(initial=0.0)) / max(float(np.abs(np.float64(w)).max()), 1e-12)
-        for w, g in zip(want, got, strict=True)
+    names = [o.name for o in quantized.graph.output]
+    resized = [n for n, w, g in zip(names, want, got, strict=True) if np.shape(w) != np.shape(g)]  # boxes an NMS kept
+    gaps = [  # an output may be empty (no box kept): a gap of 0, not numpy's error on an empty max
+        float(np.abs(np.float64(g) - np.float64(w)).max(initial=0.0))
+        / max(float(np.abs(np.float64(w)).max(initial=0.0)), 1e-12)
+        for n, w, g in zip(names, want, got, strict=True)
+        if n not in resized
     ]
     log.warning(
         "%s has onnxruntime's integer (QOperator) ops %s: analysed, and pruned, in the QDQ form they compute "
         "(DequantizeLinear, the float op, QuantizeLinear; onnxruntime fuses it back when it loads it); on a seeded "
         "sample its outputs are within %.2g of the model's own, relative to each output's largest value (the "
-        "integer ops' rounding)",
+        "integer ops' rounding)%s",
         path,
         ", ".join(ops),
         max(gaps, default=0.0),
+        f"; {', '.join(map(repr, resized))} differ in size" if resized else "",
     )
 
 
