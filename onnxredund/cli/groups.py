@@ -45,7 +45,7 @@ class OptionGroup:
 
 @dataclass(frozen=True)
 class ModelArgs(OptionGroup):
-    """MODEL, ``--input-shape``, ``--impulse-input``, ``--layout``, ``--classifier-output``."""
+    """MODEL, ``--input-shape``, ``--impulse-input``, ``--layout``, ``--classifier-output``, ``--input-value``."""
 
     decorator: ClassVar = options.model_options
     model: Path
@@ -53,6 +53,7 @@ class ModelArgs(OptionGroup):
     impulse_input: str | None
     layout: str | None
     classifier_output: str | None
+    input_value: dict | None
 
     def load(self) -> Model:
         from onnxredund.engine.loading import load_model
@@ -63,6 +64,7 @@ class ModelArgs(OptionGroup):
             impulse_input=self.impulse_input,
             layout=self.layout,
             classifier=self.classifier_output,
+            input_values=self.input_value,
         )
 
 

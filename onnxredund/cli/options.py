@@ -61,6 +61,24 @@ def _parse_shapes(_ctx, _param, values: tuple[str, ...]):
     return shapes
 
 
+def _parse_values(_ctx, _param, values: tuple[str, ...]):
+    """``--input-value NAME=1.5`` or ``NAME=0.2,0.3,0.5``, repeatable."""
+    if not values:
+        return None
+    from onnxredund.engine.given_inputs import parse_values
+
+    given = {}
+    for value in values:
+        name, sep, numbers = value.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            given[name] = parse_values(numbers)
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: use NAME=1.5, or NAME=0.2,0.3,0.5 for several values") from None
+    return given
+
+
 def parse_position(_ctx, _param, value: str | None):
     if value is None:
         return None
@@ -97,6 +115,13 @@ model_options = compose(
     click.option(
         "--classifier-output",
         help="The output holding class scores, or 'none' [default: a Softmax output, else the first (N, classes)].",
+    ),
+    click.option(
+        "--input-value",
+        multiple=True,
+        callback=_parse_values,
+        help="NAME=VALUE[,VALUE...]: an input that is one value for every sample (a filter's strength, a "
+        "threshold), fed that value in every run; a pruned file still asks for it. Repeatable.",
     ),
 )
 data_options = compose(

@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from onnxredund.engine.channels import ChannelGroup, Consumer, ConsumerKind, Cut, Role, Segment, Slicing, node_label
+from onnxredund.engine.given_inputs import given_names
 from onnxredund.engine.op_rules import rule_for
 from onnxredund.engine.runtime import Runner
 from onnxredund.engine.surgery import cut
@@ -131,6 +132,7 @@ class _Walker:
     def __init__(self, model: Model) -> None:
         self.model, self.graph = model, model.proto.graph
         self.constants = constant_values(model)
+        self.given = given_names(model.proto)  # the model's inputs given one value (--input-value)
         self.groups = _Groups()
         self.maps: dict[str, list[Segment]] = {}
         self.outputs = {o.name for o in self.graph.output}
@@ -150,6 +152,8 @@ class _Walker:
         return self.layers.get(self.i)
 
     def cut(self, kind: Cut, name: str, axis: int, s: Segment, role: Role) -> None:
+        if name in self.given:  # the pruned file would ask for a shorter value than the original
+            self.groups.refuse(s.group, f"they index the model's input {name!r} (given with --input-value)")
         self.groups.groups[s.group].slicings.append(
             Slicing(kind, self.i, name, axis, s.offset, s.block, role, s.first, s.length, s.step)
         )

@@ -26,6 +26,7 @@ from onnxredund.engine.batching import (
 )
 from onnxredund.engine.channel_groups import computed_constants
 from onnxredund.engine.fold import fold_conv_parameters
+from onnxredund.engine.given_inputs import give_input_values, unbatched_inputs
 from onnxredund.engine.old_opsets import check_upgrade, is_old, upgraded
 from onnxredund.engine.post_processing import data_shaped_outputs, expose_measured
 from onnxredund.engine.qoperator import dequantize_operators, qoperator_ops
@@ -67,6 +68,7 @@ QUANTIZED_CONV_OPS = frozenset({"ConvInteger", "QLinearConv", "QLinearConvTransp
 
 
 InputShapes = tuple[int, ...] | dict[str | None, tuple[int, ...]] | None
+InputValues = dict[str, np.ndarray] | None
 
 
 def load_model(
@@ -76,6 +78,7 @@ def load_model(
     impulse_input: str | None = None,
     layout: str | None = None,
     classifier: str | None = None,
+    input_values: InputValues = None,
 ) -> Model:
     """Load and validate an ONNX CNN; the file itself is never written.
 
@@ -86,6 +89,8 @@ def load_model(
         impulse_input: the image input (default: the only float32 input of rank 3 to 5).
         layout: "nchw" or "nhwc" for an image input whose layout the graph does not show.
         classifier: the output holding class scores (default: found from the graph), or "none".
+        input_values: inputs that are one value for the whole batch (a filter's strength, a threshold) -> their
+            values (see :mod:`onnxredund.engine.given_inputs`).
 
     Raises:
         OnnxRedundError: the file is not a runnable CNN with an image input.
@@ -97,6 +102,7 @@ def load_model(
         impulse_input=impulse_input,
         layout=layout,
         classifier=classifier,
+        input_values=input_values,
     )
 
 
@@ -142,6 +148,7 @@ def load_model_proto(
     impulse_input: str | None = None,
     layout: str | None = None,
     classifier: str | None = None,
+    input_values: InputValues = None,
 ) -> Model:
     """Validate and describe a model already in memory (a copy is kept; ``proto`` is not changed)."""
     path = Path(name)
@@ -152,6 +159,7 @@ def load_model_proto(
     contrib = contrib_ops(proto)  # those left to onnxruntime, and its fused convs (read as the ops they fuse)
     proto = unfuse_convs(proto)
     proto, folded = fold_conv_parameters(proto)
+    proto = give_input_values(proto, input_values or {}, path)  # after folding: no conv's parameters take them
     declared = {vi.name: _copied(vi.type) for vi in [*data_inputs(proto.graph), *proto.graph.output]}
     proto = inputs_samples_first(proto)  # an RNN's state (layers, batch, hidden) is given (batch, layers, hidden)
     image = pick_image_input(proto, path, impulse_input)
@@ -190,10 +198,21 @@ def load_model_proto(
             name, dims = fixing[0]
             raise OnnxRedundError(
                 f"{path}: input {name!r} {dims} fixes its first axis while {image!r} has a free batch, and the model "
-                "does not run on batches of two with it (an RNN state with its batch on another axis?); onnxredund "
-                "reads every input's batch on its first axis: re-export with the state's batch first"
+                "does not run on batches of two with it: if it is one value for every sample (a strength, a "
+                f"threshold), give it with --input-value {name}=VALUE; if it is an RNN state with its batch on "
+                "another axis, re-export the model with the state's batch first"
             )
         raise OnnxRedundError(f"{path} fixes its batch to {batch} and cannot be freed; re-export with batch 1 or free")
+    parameters = [] if batch_dynamic else unbatched_inputs(sizes, image)
+    if parameters:
+        log.warning(
+            "%s runs one sample at a time; if %s %s one value for every sample, giving %s with --input-value "
+            "NAME=VALUE may free its batch",
+            path,
+            ", ".join(map(repr, parameters)),
+            "is" if len(parameters) == 1 else "are each",
+            "it" if len(parameters) == 1 else "them",
+        )
     shaped = data_shaped_outputs(proto)
     proto = expose_measured(proto, shaped)
     reduced = batch_outputs(proto, sizes) if batch_dynamic else []

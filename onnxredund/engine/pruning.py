@@ -37,6 +37,7 @@ from onnxredund.engine.channel_groups import (
     constant_values,
     node_label,
 )
+from onnxredund.engine.given_inputs import without_given_values
 from onnxredund.engine.ir_edit import (
     Names,
     constant_value,
@@ -429,7 +430,7 @@ def save_pruned(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
     into it), atomically; over protobuf's 2 GB limit the weights go to ``<name>.data`` beside it."""
     path = Path(path)
     # the outputs as the graph computes them, not samples first, and none of those measured in place of others
-    work = without_measured(samples_back(inline_external(proto)))
+    work = without_given_values(without_measured(samples_back(inline_external(proto))))
     if work.ByteSize() > PROTOBUF_LIMIT:
         data = path.with_name(path.name + ".data")
         onnx.save_model(work, str(path), save_as_external_data=True, location=data.name, all_tensors_to_one_file=True)
