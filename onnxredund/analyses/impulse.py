@@ -450,17 +450,35 @@ def _memory_budget() -> int:
     return min(machine_memory() // 4, _MAX_OUTPUT_BYTES)
 
 
+def _kept_limit() -> int:
+    """Bytes the responses kept for the comparisons may take in all: half the machine's memory."""
+    return machine_memory() // 2
+
+
 class _Blocks:
     """Each layer's response to each impulse (a row of the impulse batch), kept only inside the box where it is
-    non-zero: memory grows with the responses' support, not with the input's area."""
+    non-zero: memory grows with the responses' support, not with the input's area. Where the supports span the
+    maps (attention, global pooling) and the kept responses would pass :func:`_kept_limit`, the analysis stops in
+    one line before the machine runs out of memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, site: ImpulseSite) -> None:
         self.rows: dict[int, dict[int, tuple[tuple[int, ...], np.ndarray]]] = {}  # layer -> row -> (start, block)
+        self.site, self.nbytes, self.limit = site, 0, _kept_limit()
 
-    def add(self, layer: int, row: int, delta: np.ndarray) -> None:
+    def add(self, layer: ConvLayer, row: int, delta: np.ndarray) -> None:
         start, stop = _box_above(np.abs(delta).max(axis=0, initial=0.0), 0.0)  # exactly non-zero
         index = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
-        self.rows.setdefault(layer, {})[row] = (start, delta[(slice(None), *index)].copy())
+        block = delta[(slice(None), *index)]
+        if self.nbytes + block.nbytes > self.limit:
+            raise OnnxRedundError(
+                f"the impulse responses kept up to layer {layer.name!r} would take more than "
+                f"{self.limit / (1 << 30):.1f} GiB, half this machine's memory: they span most of each map (attention "
+                "or global pooling makes every response as big as the input). Compare fewer layers (`layers`), put "
+                "the impulses further in (`impulse_at`) or give a smaller `input_shape`"
+                f"{'' if self.site.channels_last else '; if its channels are last, pass `layout` nhwc'}"
+            )
+        self.nbytes += block.nbytes
+        self.rows.setdefault(layer.index, {})[row] = (start, block.copy())
 
     def response(self, layer: int, rows: list[list[int]], shape: tuple[int, ...]) -> tuple[np.ndarray, tuple]:
         """The responses (P, C, M, *box) of the phases' rows, in float64, and the box's start in the layer's output."""
@@ -492,7 +510,7 @@ def _run_groups(model: Model, site: ImpulseSite, feeds: dict, groups, mode: str,
         _BaselineNotFinite: the all-zero sample gives non-finite values.
         OnnxRedundError: an impulse does.
     """
-    blocks, notes, budget = _Blocks(), [], _memory_budget()
+    blocks, notes, budget = _Blocks(site), [], _memory_budget()
     for members, rows in groups:
         sub = cut(model.analysis_proto, list(site.inputs), [layer.output for layer in members])
         if QUANTIZED_NOTE not in notes and any(n.op_type == "QuantizeLinear" for n in sub.graph.node):
@@ -513,7 +531,7 @@ def _run_groups(model: Model, site: ImpulseSite, feeds: dict, groups, mode: str,
                     raise OnnxRedundError("impulse responses are not finite: the model overflows on a unit impulse")
                 zero = out[0].astype(np.float64)
                 for i, row in enumerate(chunk[1:], start=1):
-                    blocks.add(layer.index, row, out[i].astype(np.float64) - zero)
+                    blocks.add(layer, row, out[i].astype(np.float64) - zero)
             del outs
     return blocks, notes
 

@@ -476,7 +476,7 @@ def prune_lines(result: PruneResult) -> list[str]:
             )
             + (
                 f", only past {check['amplified_by']}, which reads no removed channel: every tensor before it agrees "
-                "within the tolerance, and it amplifies their last bits"
+                "within the tolerance, and it amplifies their last bits or decides on them"
                 if check.get("amplified_by")
                 else ""
             )

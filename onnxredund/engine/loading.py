@@ -327,7 +327,7 @@ def _inputs(proto, sizes, image: str, shapes, layout: str | None) -> list[ModelI
             if inserted:  # the convs read an axis the graph inserts: the input's size-1 axis is its channel
                 axis = len(dims) - 1 if dims[-1] == 1 else 1 if dims[1] == 1 else None
             if not (inserted and axis is None and layout is None):
-                kind = image_layout(len(dims), axis, layout, image)
+                kind = image_layout(len(dims), axis, layout, image, tuple(dims[1:]))
             # else no channel axis at all (DNSMOS's (N, frames, bands), unsqueezed for its convs): not an image
         inputs.append(ModelInput(vi.name, dtype, tuple(dims[1:]), batched=bool(dims), layout=kind))
     return inputs

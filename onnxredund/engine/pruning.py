@@ -650,6 +650,13 @@ CHECK_FLOOR = 1e-3
 #: ops whose output may differ by more than their inputs do (an unbounded derivative: a square root, a log or a
 #: reciprocal near 0): after one that reads no removed channel, inputs that agree to the last bits may not
 AMPLIFYING_OPS = frozenset({"Sqrt", "Pow", "Log", "Reciprocal", "Div"})
+#: ops that decide on their inputs' values (a comparison, a peak's position, a rounding): inputs that agree to the
+#: last bits may still fall on either side (M-LSD keeps a heatmap's peaks where it equals its MaxPool, of which
+#: sigmoid's saturated 1.0s make ties); their outputs, booleans and indices too, are compared exactly
+DECIDING_OPS = frozenset(
+    {"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "ArgMax", "ArgMin", "TopK", "Round", "Floor", "Ceil"}
+    | {"Sign"}
+)
 
 
 def zeroed_at_consumers(
@@ -833,7 +840,7 @@ def check_by_values(
         return float(errors[worst]), unrounded_pairs, None
     node, group = _first_divergence(model, groups, removed, reference, pruned, feeds)
     where = f"{node.op_type} {node.name or node.output[0]!r}" if node is not None else "an op"
-    if node is not None and node.op_type in AMPLIFYING_OPS and not _reads_removed(node, groups, removed):
+    if node is not None and node.op_type in AMPLIFYING_OPS | DECIDING_OPS and not _reads_removed(node, groups, removed):
         return float(errors[worst]), unrounded_pairs, where
     producers = ", ".join(groups[group].producers) if group is not None else "the groups removed"
     raise OnnxRedundError(
@@ -866,7 +873,8 @@ def _first_divergence(
     model: Model, groups: list[ChannelGroup], removed: Removal, reference, pruned, feeds
 ) -> tuple[onnx.NodeProto | None, int | None]:
     """The first node (in graph order) whose float output differs between ``reference`` and ``pruned`` on the
-    channels the pruned model keeps, and the removed group whose channels it reads or writes."""
+    channels the pruned model keeps (or, for a node of :data:`DECIDING_OPS`, whose output differs at all), and the
+    removed group whose channels it reads or writes."""
     graph = model.proto.graph
     have = {o for n in pruned.graph.node for o in n.output}
     order = [(i, o) for i, n in enumerate(graph.node) for o in n.output if o and o in have]
@@ -875,6 +883,9 @@ def _first_divergence(
     got = dict(zip(names, _run_on(expose_outputs(pruned, names), feeds, names, model), strict=True))
     for i, tensor in order:
         if not np.issubdtype(np.asarray(want[tensor]).dtype, np.floating):
+            node = graph.node[i]  # a decision's booleans or indices; a Shape's sizes differ where channels went
+            if node.op_type in DECIDING_OPS and not np.array_equal(want[tensor], got[tensor]):
+                return node, None
             continue
         segments = [(s, ch) for g, ch in removed.items() for s in groups[g].tensors.get(tensor, [])]
         gone = sorted({int(k) for s, ch in segments for k in s.indices(ch)})

@@ -49,6 +49,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: onnxruntime's own log: errors only. Some kernels warn through the default logger, not the session's (a
+#: Resize's deprecated `tf_half_pixel_for_nn` on every session of a TensorFlow export); onnxredund says what matters
+_ORT_LOG_SEVERITY = 3
+ort.set_default_logger_severity(_ORT_LOG_SEVERITY)
 
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
@@ -86,7 +90,7 @@ def cuda_works() -> bool:
         log.debug("CUDA probe failed: %s", e)
         return False
     finally:
-        ort.set_default_logger_severity(2)
+        ort.set_default_logger_severity(_ORT_LOG_SEVERITY)
 
 
 def resolve_device(device: str) -> str:

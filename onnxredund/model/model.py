@@ -567,6 +567,15 @@ class _Flat(NamedTuple):
     axes: tuple
 
 
+class _Merged(NamedTuple):
+    """A sample whose leading axes a Reshape merged into the batch, its last axis kept (TensorFlow's Tensordot:
+    (N, H, W, 3) -> (N x H x W, 3), a MatMul over the channels, and back): the shape it had and its axes then,
+    given back by a Reshape to that shape (its last axis may have another size after the MatMul)."""
+
+    shape: tuple
+    axes: tuple
+
+
 #: ops whose output is a statistic of their input (a min, a norm): it is broadcast back, but says nothing of the axes
 _REDUCTIONS = frozenset(
     {"ReduceMin", "ReduceMax", "ReduceMean", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSumExp"}
@@ -609,7 +618,9 @@ def channel_axis(graph: onnx.GraphProto, name: str, shapes: dict[str, tuple[int,
                 stack.append((node.output[0], _reshaped(before, after, axes), weak))
             elif node.op_type in _AXIS_KEEPING:
                 stack.extend((o, axes, weak) for o in node.output if o)
-            elif (isinstance(axes, _Flat) or axes is None) and not weak:
+            elif node.op_type == "MatMul" and node.input[0] == tensor and _matrix(constants, node.input[1]):
+                stack.append((node.output[0], axes, weak))  # mixes the last axis, as a 1 x 1 conv mixes channels
+            elif (isinstance(axes, (_Flat, _Merged)) or axes is None) and not weak:
                 found.add(None)
             elif node.op_type in CONV_OPS and isinstance(axes, tuple):
                 if node.input[0] == tensor or not weak:
@@ -624,14 +635,22 @@ def channel_axis(graph: onnx.GraphProto, name: str, shapes: dict[str, tuple[int,
     return found.pop() if len(found) == 1 else None
 
 
-def _reshaped(before: tuple | None, after: tuple | None, axes) -> tuple | _Flat | None:
+def _matrix(constants: ConstantTable, name: str) -> bool:
+    return name in constants and np.ndim(constants[name]) == 2
+
+
+def _reshaped(before: tuple | None, after: tuple | None, axes) -> tuple | _Flat | _Merged | None:
     """The axes after a Reshape of per-sample shapes ``before`` -> ``after`` (see :func:`channel_axis`)."""
     if axes is None or not before or not after:
         return None
     if isinstance(axes, _Flat):
         return axes.axes if after == axes.shape else None
+    if isinstance(axes, _Merged):
+        return axes.axes if after[:-1] == axes.shape[:-1] and len(after) == len(axes.shape) else None
     if len(after) == 1 and len(before) > 1 and after[0] == int(np.prod(before)):
         return _Flat(before, axes)
+    if len(after) == 1 and len(before) > 1 and after[0] == before[-1]:  # the rest merged into the batch
+        return _Merged(before, axes)
     return _reshape_axes(before, after, axes)
 
 
@@ -655,15 +674,26 @@ def _squeezed_axes(node: onnx.NodeProto, axes: tuple, constants: ConstantTable) 
     return tuple(-1 if i in inserted else next(rest) for i in range(rank))
 
 
-def image_layout(rank: int, axis: int | None, given: str | None, name: str) -> str:
+def image_layout(rank: int, axis: int | None, given: str | None, name: str, sample: tuple = ()) -> str:
     """The layout of an image input of ``rank``: the one given (--layout nchw|nhwc), else the one its channel
-    axis shows; where the graph cannot tell, channels first, said in a warning."""
+    axis shows; where the graph cannot tell, the one its ``sample`` sizes show (one end at most 4, the other at
+    least 16: 240 x 320 x 3 is channels last), else channels first; both said in a warning."""
     first, last = LAYOUTS[rank]
     if given is not None:
         return first if given.lower() in ("nchw", "channels_first") else last
     if axis == 1:
         return first
     if axis == rank - 1:
+        return last
+    ends = [d if isinstance(d, int) else 0 for d in (sample[:1] + sample[-1:])] if len(sample) >= 2 else []
+    if ends and ends[1] in range(1, 5) and ends[0] >= 16:
+        log.warning(
+            "cannot tell from the graph whether input %r has its channels first or last; its sizes %s say last: "
+            "assuming %s (pass `layout` nchw if they are first)",
+            name,
+            "x".join(map(str, sample)),
+            last,
+        )
         return last
     log.warning(
         "cannot tell from the graph whether input %r has its channels first or last; assuming %s "

@@ -274,6 +274,20 @@ def test_impulses_that_would_take_more_than_half_the_memory_are_refused_with_the
     assert run_impulse(m, device="cpu").layers[0].phases == (1, 4)  # its own layout: 4 impulses of 1 x 120
 
 
+def test_responses_that_would_keep_more_than_half_the_memory_stop_the_analysis_in_one_line(monkeypatch):
+    """LYT-Net's attention makes every response as big as its map: taken channels first (240 channels of 320 x 3)
+    the kept responses grew past 24 GB and the kernel killed the process. They are counted as they are kept."""
+    from onnxredund.analyses import impulse
+
+    net = _strided_net(32)
+    kept = sum(layer.responses.nbytes for layer in run_impulse(net, device="cpu").layers)
+    monkeypatch.setattr(impulse, "_kept_limit", lambda: kept // 2)
+    with pytest.raises(OnnxRedundError, match=r"would take more than .* GiB, half this machine's memory"):
+        run_impulse(net, device="cpu")
+    monkeypatch.setattr(impulse, "_kept_limit", lambda: 4 * kept)
+    assert len(run_impulse(net, device="cpu").layers) == 3
+
+
 def test_a_strided_1d_signal_reshaped_into_2d_convs_shows_its_whole_kernels_through_phases():
     # 1 x 16 kernels at stride 1 x 4: one impulse shows every 4th tap of each kernel; the 4 phases along the
     # signal show them all (the inserted axis of size 1 takes none)
@@ -345,7 +359,7 @@ def test_impulse_responses_do_not_depend_on_how_many_impulses_a_run_holds_or_on_
 
     def spy(self, layer, row, delta):
         add(self, layer, row, delta)
-        kept.append(self.rows[layer][row][1].size)
+        kept.append(self.rows[layer.index][row][1].size)
 
     monkeypatch.setattr(impulse._Blocks, "add", spy)
     small = run_impulse(_strided_net(32), device="cpu")

@@ -247,6 +247,32 @@ def test_a_square_root_that_reads_no_removed_channel_may_amplify_last_bits_past_
         check_by_values(m, groups, {}, _sqrt_at_zero(1.01), {"x": x})
 
 
+def _peak_at(gain: float):
+    """x -> conv c1 (2 -> 2, 1 x 1, as :func:`_sqrt_at_zero`) -> Equal to 2.5 -> Cast to float -> y: M-LSD's peaks
+    (a heatmap equal to its MaxPool); with x all ones channel 0 is exactly 2.5, one float32 step off with ``gain``
+    1 + 1e-7."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
+        helper.make_node("Equal", ["a", "t"], ["e"], name="peak"),
+        helper.make_node("Cast", ["e"], ["y"], to=TensorProto.FLOAT),
+    ]
+    w1 = np.array([[[[1.25]], [[1.25]]], [[[0.5]], [[0.5]]]], np.float32) * np.float32(gain)
+    inits = {"w1": w1, "t": np.array(2.5, np.float32)}
+    return make_model(nodes, [("x", ["N", 2, 3, 3])], [("y", ["N", 2, 3, 3])], inits)
+
+
+def test_a_comparison_that_reads_no_removed_channel_may_decide_on_last_bits_past_the_tolerance():
+    m = load_model_proto(_peak_at(1.0))
+    groups = channel_groups(m)
+    x = np.ones((1, 2, 3, 3), np.float32)
+    last_bits = _peak_at(1.0 + 1e-7)  # c1's channel 0 gives 2.5000002: no longer equal, 1 -> 0
+    assert run(_peak_at(1.0), x)[0, 0, 0, 0] == 1.0 and run(last_bits, x)[0, 0, 0, 0] == 0.0
+    error, _, amplified = check_by_values(m, groups, {}, last_bits, {"x": x})  # raised before: through the Cast
+    assert error == 1.0 and amplified == "Equal 'peak'"
+    with pytest.raises(OnnxRedundError, match="not exact through Conv 'c1'"):  # c1 itself differs by 1 %
+        check_by_values(m, groups, {}, _peak_at(1.01), {"x": x})
+
+
 def test_unrounded_replaces_an_activations_quantize_pair_by_its_saturation_and_leaves_weights_quantized():
     x = np.linspace(-300, 300, 18, dtype=np.float32).reshape(1, 2, 3, 3)
     proto = _rounding_at_half(1.0)

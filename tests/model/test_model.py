@@ -289,6 +289,34 @@ def test_channel_axis_is_told_by_a_mean_over_the_channels_that_keeps_its_axes_xf
     assert channel_axis(graph, "x", {"x": (8, 6, 3), "gray": (8, 6), "t": (1, 8, 6), "top": (1, 1, 1)}) is None
 
 
+def test_channel_axis_follows_tensorflows_tensordot_over_the_channels_lyt_nets_rgb_to_yuv():
+    """LYT-Net turns RGB into YUV by Tensordot: (N, H, W, 3) reshaped to (N x H x W, 3), a MatMul by a 3 x 3 matrix,
+    and reshaped back; the channels are the kept last axis all along."""
+    nodes = [
+        helper.make_node("Reshape", ["x", "rows"], ["r"]),
+        helper.make_node("MatMul", ["r", "yuv"], ["m"]),
+        helper.make_node("Reshape", ["m", "back"], ["b"]),
+        helper.make_node("Transpose", ["b"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t", "w"], ["z"]),
+    ]
+    inits = {"rows": [-1, 3], "yuv": np.eye(3, dtype=np.float32), "back": [-1, 8, 6, 3], "w": np.ones((2, 3, 1, 1))}
+    graph = make_model(nodes, [("x", ["N", 8, 6, 3])], [("z", ["N", 2, 8, 6])], inits).graph
+    shapes = {"x": (8, 6, 3), "r": (3,), "m": (3,), "b": (8, 6, 3), "t": (3, 8, 6)}
+    assert channel_axis(graph, "x", shapes) == 3  # lost at the first Reshape before
+    # a MatMul by a computed matrix is not a channel mix the walk knows: nothing found
+    del graph.initializer[1]
+    assert channel_axis(graph, "x", shapes) is None
+
+
+def test_a_layout_the_graph_does_not_show_is_taken_from_sizes_that_show_it(caplog):
+    with caplog.at_level(logging.WARNING, logger="onnxredund"):
+        assert image_layout(4, None, None, "x", (240, 320, 3)) == "NHWC"  # was NCHW: 240 channels of 320 x 3
+    assert "sizes 240x320x3 say last" in caplog.text and "pass `layout` nchw" in caplog.text
+    assert image_layout(4, None, None, "x", (3, 240, 320)) == "NCHW"
+    assert image_layout(4, None, None, "x", (8, 8, 4)) == "NCHW"  # neither end says: the default, said
+    assert image_layout(4, None, "nchw", "x", (240, 320, 3)) == "NCHW"  # the user's word first
+
+
 def test_the_batch_on_a_later_axis_is_found_paddles_question_marks_on_every_free_axis_not_taken_for_it():
     def graph(*inputs):
         return helper.make_graph([], "g", [helper.make_tensor_value_info(n, 1, s) for n, s in inputs], [])
