@@ -23,7 +23,12 @@ __all__ = ["as_flags", "bar_shown", "command_logging", "main", "setup_logging"]
 log = logging.getLogger("onnxredund")
 
 #: the library's parameters whose flag is not their name with dashes
-FLAGS = {"classifier": "--classifier-output", "at": "--impulse-at", "address": "--ray-address"}
+FLAGS = {
+    "classifier": "--classifier-output",
+    "at": "--impulse-at",
+    "address": "--ray-address",
+    "input_values": "--input-value",
+}
 _PARAMETER = re.compile(r"(?<!`)`([a-z][a-z0-9_]*)`(?!`)")
 
 

@@ -153,7 +153,7 @@ class _Walker:
 
     def cut(self, kind: Cut, name: str, axis: int, s: Segment, role: Role) -> None:
         if name in self.given:  # the pruned file would ask for a shorter value than the original
-            self.groups.refuse(s.group, f"they index the model's input {name!r} (given with --input-value)")
+            self.groups.refuse(s.group, f"they index the model's input {name!r} (given with `input_values`)")
         self.groups.groups[s.group].slicings.append(
             Slicing(kind, self.i, name, axis, s.offset, s.block, role, s.first, s.length, s.step)
         )

@@ -75,10 +75,10 @@ def give_input_values(proto: onnx.ModelProto, values: dict[str, np.ndarray], pat
     unknown = [n for n in values if n not in inputs]
     if unknown:
         raise OnnxRedundError(
-            f"{path} has no input {unknown[0]!r} to give a value (--input-value); its inputs: {', '.join(inputs)}"
+            f"{path} has no input {unknown[0]!r} to give a value (`input_values`); its inputs: {', '.join(inputs)}"
         )
     if len(values) == len(inputs):
-        raise OnnxRedundError(f"{path}: --input-value gives every input a value; leave the data input out of it")
+        raise OnnxRedundError(f"{path}: `input_values` gives every input a value; leave the data input out of it")
     out = copy_model(proto)
     for name, given in values.items():
         if inputs[name].type.tensor_type.elem_type == onnx.TensorProto.UNDEFINED:

@@ -199,14 +199,14 @@ def load_model_proto(
             raise OnnxRedundError(
                 f"{path}: input {name!r} {dims} fixes its first axis while {image!r} has a free batch, and the model "
                 "does not run on batches of two with it: if it is one value for every sample (a strength, a "
-                f"threshold), give it with --input-value {name}=VALUE; if it is an RNN state with its batch on "
+                f"threshold), give it with `input_values` {name}=VALUE; if it is an RNN state with its batch on "
                 "another axis, re-export the model with the state's batch first"
             )
         raise OnnxRedundError(f"{path} fixes its batch to {batch} and cannot be freed; re-export with batch 1 or free")
     parameters = [] if batch_dynamic else unbatched_inputs(sizes, image)
     if parameters:
         log.warning(
-            "%s runs one sample at a time; if %s %s one value for every sample, giving %s with --input-value "
+            "%s runs one sample at a time; if %s %s one value for every sample, giving %s with `input_values` "
             "NAME=VALUE may free its batch",
             path,
             ", ".join(map(repr, parameters)),

@@ -41,9 +41,11 @@ def gained(gain_shape=(1,), gain: np.ndarray | None = None) -> onnx.ModelProto:
     return make_model(nodes, inputs, [("logits", ["N", 5])], inits)
 
 
-def test_an_input_without_a_batch_and_without_a_value_is_refused_naming_the_flag():
-    with pytest.raises(OnnxRedundError, match=r"--input-value gain=VALUE"):
+def test_an_input_without_a_batch_and_without_a_value_is_refused_naming_the_flag(tmp_path):
+    with pytest.raises(OnnxRedundError, match=r"`input_values` gain=VALUE"):
         load_model_proto(gained())
+    result = run_cli("layers", save(gained(), tmp_path))
+    assert result.exit_code == 2 and "give it with --input-value gain=VALUE" in result.stderr
 
 
 def test_a_given_input_frees_the_batch_and_every_run_reads_its_value():
@@ -105,7 +107,7 @@ def test_a_pruned_model_asks_for_the_given_input_again_and_computes_the_same(tmp
 def test_a_group_whose_channels_index_a_given_input_is_not_prunable():
     model = load_model_proto(gained((1, 4, 1, 1)), input_values={"gain": np.arange(1.0, 5.0)})
     group = next(g for g in channel_groups(model) if g.producers == ["conv1"])
-    assert not group.prunable and "'gain'" in group.reason and "--input-value" in group.reason
+    assert not group.prunable and "'gain'" in group.reason and "`input_values`" in group.reason
 
 
 def test_layers_names_the_given_inputs_and_their_values(tmp_path):
