@@ -11,7 +11,6 @@ import click
 import numpy as np
 
 from onnxredund.cli.app import bar_shown
-from onnxredund.engine.given_inputs import given_values
 from onnxredund.words import (
     NOT_MEASURED,
     ONE_CHANNEL_NOTE,
@@ -77,9 +76,8 @@ def layer_table(model: Model) -> list[str]:
     )
     head = f"{model.path}: input {inputs}, {counted(len(model.layers), 'conv layer')}"
     lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    given = given_values(model.proto)
-    if given:
-        values = "; ".join(f"{name} = {np.array2string(v.ravel(), threshold=8)}" for name, v in given.items())
+    if model.given_inputs:
+        values = "; ".join(f"{n} = {np.array2string(v.ravel(), threshold=8)}" for n, v in model.given_inputs.items())
         lines.append(f"inputs given one value for every sample (--input-value): {values}")
     classifiers = ", ".join(model.classifiers) or "none (effects are measured as output drift)"
     lines.append(f"classifier output: {classifiers}")
@@ -115,7 +113,7 @@ def layers_payload(model: Model) -> dict:
             }
             for i in model.inputs
         ],
-        "given_inputs": {name: v.tolist() for name, v in given_values(model.proto).items()},
+        "given_inputs": {name: v.tolist() for name, v in model.given_inputs.items()},
         "outputs": model.output_names,
         "classifier_outputs": list(model.classifiers),
         "contrib_ops": list(model.contrib_ops),

@@ -5,6 +5,7 @@ Choices come from the library's own constants, so a new mode or device shows up 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -65,15 +66,13 @@ def _parse_values(_ctx, _param, values: tuple[str, ...]):
     """``--input-value NAME=1.5`` or ``NAME=0.2,0.3,0.5``, repeatable."""
     if not values:
         return None
-    from onnxredund.engine.given_inputs import parse_values
-
     given = {}
     for value in values:
         name, sep, numbers = value.partition("=")
         try:
-            if not sep or not name:
+            given[name] = tuple(float(v) for v in numbers.replace("/", ",").split(","))
+            if not sep or not name or not all(math.isfinite(v) for v in given[name]):
                 raise ValueError
-            given[name] = parse_values(numbers)
         except ValueError:
             raise click.BadParameter(f"{value!r}: use NAME=1.5, or NAME=0.2,0.3,0.5 for several values") from None
     return given

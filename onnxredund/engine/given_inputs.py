@@ -21,20 +21,11 @@ __all__ = [
     "give_input_values",
     "given_names",
     "given_values",
-    "parse_values",
     "unbatched_inputs",
     "without_given_values",
 ]
 
 _KEY = "onnxredund.given_inputs"  # metadata of the analysed model: the inputs given a value, comma separated
-
-
-def parse_values(text: str) -> np.ndarray:
-    """``1.5`` or ``0.2,0.3,0.5`` (``/`` separates too) as a float64 vector; raises ValueError otherwise."""
-    values = np.array([float(p) for p in text.replace("/", ",").split(",")], np.float64)
-    if not np.isfinite(values).all():
-        raise ValueError(f"{text!r} holds a value that is not finite")
-    return values
 
 
 def _shaped(name: str, vi: onnx.ValueInfoProto, values: np.ndarray) -> np.ndarray:
@@ -62,7 +53,7 @@ def _shaped(name: str, vi: onnx.ValueInfoProto, values: np.ndarray) -> np.ndarra
     return values.reshape(shape).astype(dtype)
 
 
-def give_input_values(proto: onnx.ModelProto, values: dict[str, np.ndarray], path) -> onnx.ModelProto:
+def give_input_values(proto: onnx.ModelProto, values: dict, path) -> onnx.ModelProto:
     """A copy of ``proto`` whose inputs named in ``values`` have that value as their initializer (see the module
     docstring); ``proto`` itself where ``values`` is empty.
 
@@ -83,7 +74,8 @@ def give_input_values(proto: onnx.ModelProto, values: dict[str, np.ndarray], pat
     for name, given in values.items():
         if inputs[name].type.tensor_type.elem_type == onnx.TensorProto.UNDEFINED:
             raise OnnxRedundError(f"input {name!r} of {path} is not a tensor: it cannot be given a value")
-        out.graph.initializer.append(onnx.numpy_helper.from_array(_shaped(name, inputs[name], given), name))
+        value = _shaped(name, inputs[name], np.asarray(given, np.float64).ravel())
+        out.graph.initializer.append(onnx.numpy_helper.from_array(value, name))
     props = {p.key: p.value for p in out.metadata_props}
     props[_KEY] = ",".join(values)
     del out.metadata_props[:]

@@ -26,7 +26,7 @@ from onnxredund.engine.batching import (
 )
 from onnxredund.engine.channel_groups import computed_constants
 from onnxredund.engine.fold import fold_conv_parameters
-from onnxredund.engine.given_inputs import give_input_values, unbatched_inputs
+from onnxredund.engine.given_inputs import give_input_values, given_values, unbatched_inputs
 from onnxredund.engine.old_opsets import check_upgrade, is_old, upgraded
 from onnxredund.engine.post_processing import data_shaped_outputs, expose_measured
 from onnxredund.engine.qoperator import dequantize_operators, qoperator_ops
@@ -232,6 +232,7 @@ def load_model_proto(
         classifiers=_classifiers(proto, shapes, classifier, [*reduced, *shaped]),
         declared=declared,
         contrib_ops=contrib,
+        given_inputs=given_values(proto),
         folded_ops=folded,
         shape_constants={} if batch_dynamic else _shape_constants(proto, sizes),
     )

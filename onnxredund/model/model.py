@@ -100,6 +100,8 @@ class Model:
             NonZero): left out of every measurement, each with the float tensors measured in its place (what the
             first such op reads, outputs of :attr:`proto` too and in :attr:`output_names`; taken out before a
             model is written: :mod:`onnxredund.engine.post_processing`).
+        given_inputs: the inputs the user gave one value for every sample (``input_values``) -> that value, read
+            as the input's default by :attr:`proto` (:mod:`onnxredund.engine.given_inputs`).
         shape_constants: in a model run one sample at a time, the values of the tensors computed from the
             data's shapes alone (a RetinaFace's Upsample scales) that the rest reads: the same for every sample,
             they are constants of the analysis models, never fed per sample.
@@ -116,6 +118,7 @@ class Model:
     classifiers: list[str] = field(default_factory=list)
     declared: dict[str, onnx.TypeProto] = field(default_factory=dict, repr=False, compare=False)
     contrib_ops: list[str] = field(default_factory=list)
+    given_inputs: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
     folded_ops: list[str] = field(default_factory=list)
     batch_outputs: list[str] = field(default_factory=list)
     shaped_outputs: dict[str, list[str]] = field(default_factory=dict)
