@@ -20,6 +20,7 @@ op (:mod:`.op_rules`) how the channels pass; :class:`Slicing` lists what removin
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -133,6 +134,7 @@ class _Walker:
         self.model, self.graph = model, model.proto.graph
         self.constants = constant_values(model)
         self.given = given_names(model.proto)  # the model's inputs given one value (--input-value)
+        self.weights: dict[tuple, int] = {}  # a conv's weights' values -> the group of the first conv with them
         self.groups = _Groups()
         self.maps: dict[str, list[Segment]] = {}
         self.outputs = {o.name for o in self.graph.output}
@@ -182,6 +184,13 @@ class _Walker:
 
     def tie(self, a: int, first_a: int, b: int, first_b: int) -> bool:
         return self.groups.tie(a, first_a, b, first_b)
+
+    def same_weights(self, weight: str, group: int) -> None:
+        value = np.ascontiguousarray(self.constants[weight])
+        key = (value.dtype.str, value.shape, hashlib.sha256(value.tobytes()).digest())
+        first = self.weights.setdefault(key, group)
+        if first != group:
+            self.groups.tie(first, 0, group, 0)
 
     # -- the walk -----------------------------------------------------------------------------------
     def run(self) -> list[ChannelGroup]:

@@ -82,6 +82,11 @@ class Walk(Protocol):
     def tie(self, a: int, first_a: int, b: int, first_b: int) -> bool:
         """Channel ``first_a + i`` of group a is channel ``first_b + i`` of b; False where that contradicts."""
 
+    def same_weights(self, weight: str, group: int) -> None:
+        """Group ``group`` starts at a conv whose weights are constant ``weight``: where an earlier conv's hold the
+        same values (a siamese network's twin branches, the weights shared through an Identity), the two groups
+        are tied, so that the same channels go from both (left apart where that contradicts earlier ties)."""
+
 
 class OpRule:
     """How channels pass through the ops named in ``ops`` (see the module docstring)."""
@@ -202,6 +207,8 @@ class ConvRule(OpRule):
             walk.refuse_group(g, f"conv {layer.name!r} has computed weights")
         elif int(attribute(node, "group", 1)) != 1:
             walk.refuse_group(g, f"conv {layer.name!r} is grouped ({attribute(node, 'group')} groups)")
+        else:
+            walk.same_weights(node.input[1], g)
         whole = Segment(g, 0, layer.out_channels)
         walk.cut(Cut.tensor, node.input[1], 0, whole, Role.producer)
         if len(node.input) > 2 and node.input[2]:

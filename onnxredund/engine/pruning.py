@@ -13,6 +13,7 @@ so that what the removed channels carried is not simply lost.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import defaultdict
 from collections.abc import Mapping
@@ -150,6 +151,7 @@ class _Writer:
         self.constants = constants
         self.names = Names(model.graph)
         self.written: dict[str, np.ndarray] = {}
+        self.same: dict[tuple, ir.Value] = {}
 
     def value(self, name: str) -> np.ndarray:
         return np.array(self.written[name] if name in self.written else self.constants[name], copy=True)
@@ -158,10 +160,16 @@ class _Writer:
         return self.names.fresh(f"{base}__pruned")
 
     def initializer(self, value: np.ndarray, base: str) -> ir.Value:
+        """A new initializer of ``value``; one written before with the same values where there is one (the twin
+        branches of a siamese network, cut alike, share their weights again)."""
+        key = (value.dtype.str, value.shape, hashlib.sha256(np.ascontiguousarray(value).tobytes()).digest())
+        if key in self.same:
+            return self.same[key]
         name = self.fresh(base)
         init = constant_value(name, value)
         self.graph.register_initializer(init)
         self.written[name] = value
+        self.same[key] = init
         return init
 
     def set_input(self, node: ir.Node, position: int, value: np.ndarray, base: str) -> str:

@@ -394,3 +394,36 @@ def test_a_removal_that_leaves_a_consumer_nothing_to_read_is_refused_and_no_sele
     # the best channel of each consumer's reading stays: 3 of the half convA reads alone, 0 of what conv2 reads
     assert removal == {g.index: [1, 2]}
     prune_and_compare(_split_half_read_alone(), "conv1", [1, 2], inputs(4))
+
+
+def _siamese() -> onnx.ModelProto:
+    """ref, alt (N, 2, 6, 6) -> the same conv (3 x 3, 4 channels; PyTorch shares the weight with the second
+    branch through an Identity) -> Relu -> Sub -> conv head (4 -> 3) -> y: a variant caller's twin branches."""
+    rng = np.random.default_rng(7)
+    nodes = [
+        helper.make_node("Identity", ["w"], ["w_alt"]),
+        helper.make_node("Identity", ["b"], ["b_alt"]),
+        helper.make_node("Conv", ["ref", "w", "b"], ["r"], name="ref_conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["alt", "w_alt", "b_alt"], ["a"], name="alt_conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["r"], ["rr"]),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("Sub", ["rr", "ar"], ["d"]),
+        helper.make_node("Conv", ["d", "h"], ["y"], name="head"),
+    ]
+    inits = {"w": rng.normal(size=(4, 2, 3, 3)), "b": rng.normal(size=4), "h": rng.normal(size=(3, 4, 1, 1))}
+    shape = ["N", 2, 6, 6]
+    return make_model(nodes, [("ref", shape), ("alt", shape)], [("y", ["N", 3, 6, 6])], inits)
+
+
+def test_the_twin_branches_of_a_siamese_network_lose_the_same_channels_and_keep_sharing_their_weights():
+    m = load_model_proto(_siamese(), impulse_input="ref")
+    groups = channel_groups(m)
+    twins = group_of(groups, "ref_conv")
+    assert sorted(twins.producers) == ["alt_conv", "ref_conv"]  # two groups before, the Sub tying nothing
+    pruned = remove_channels(m, groups, {twins.index: [1, 2]})
+    convs = [n for n in pruned.graph.node if n.op_type == "Conv"][:2]
+    assert convs[0].input[1] == convs[1].input[1] and convs[0].input[2] == convs[1].input[2]  # one weight, as before
+    assert [list(t.dims) for t in pruned.graph.initializer if t.name == convs[0].input[1]] == [[2, 2, 3, 3]]
+    rng = np.random.default_rng(2)
+    feeds = {"ref": rng.random((2, 2, 6, 6), dtype=np.float32), "alt": rng.random((2, 2, 6, 6), dtype=np.float32)}
+    assert check_by_values(m, groups, {twins.index: [1, 2]}, pruned, feeds)[0] < 1e-5
