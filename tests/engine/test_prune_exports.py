@@ -398,7 +398,7 @@ def test_a_removal_that_leaves_a_consumer_nothing_to_read_is_refused_and_no_sele
 
 def _siamese() -> onnx.ModelProto:
     """ref, alt (N, 2, 6, 6) -> the same conv (3 x 3, 4 channels; PyTorch shares the weight with the second
-    branch through an Identity) -> Relu -> Sub -> conv head (4 -> 3) -> y: a variant caller's twin branches."""
+    branch through an Identity) -> Relu -> Concat -> conv head (8 -> 3) -> y: a variant caller's twin branches."""
     rng = np.random.default_rng(7)
     nodes = [
         helper.make_node("Identity", ["w"], ["w_alt"]),
@@ -407,10 +407,10 @@ def _siamese() -> onnx.ModelProto:
         helper.make_node("Conv", ["alt", "w_alt", "b_alt"], ["a"], name="alt_conv", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["r"], ["rr"]),
         helper.make_node("Relu", ["a"], ["ar"]),
-        helper.make_node("Sub", ["rr", "ar"], ["d"]),
+        helper.make_node("Concat", ["rr", "ar"], ["d"], axis=1),
         helper.make_node("Conv", ["d", "h"], ["y"], name="head"),
     ]
-    inits = {"w": rng.normal(size=(4, 2, 3, 3)), "b": rng.normal(size=4), "h": rng.normal(size=(3, 4, 1, 1))}
+    inits = {"w": rng.normal(size=(4, 2, 3, 3)), "b": rng.normal(size=4), "h": rng.normal(size=(3, 8, 1, 1))}
     shape = ["N", 2, 6, 6]
     return make_model(nodes, [("ref", shape), ("alt", shape)], [("y", ["N", 3, 6, 6])], inits)
 
@@ -419,7 +419,7 @@ def test_the_twin_branches_of_a_siamese_network_lose_the_same_channels_and_keep_
     m = load_model_proto(_siamese(), impulse_input="ref")
     groups = channel_groups(m)
     twins = group_of(groups, "ref_conv")
-    assert sorted(twins.producers) == ["alt_conv", "ref_conv"]  # two groups before, the Sub tying nothing
+    assert sorted(twins.producers) == ["alt_conv", "ref_conv"]  # two groups before: a Concat ties nothing
     pruned = remove_channels(m, groups, {twins.index: [1, 2]})
     convs = [n for n in pruned.graph.node if n.op_type == "Conv"][:2]
     assert convs[0].input[1] == convs[1].input[1] and convs[0].input[2] == convs[1].input[2]  # one weight, as before
