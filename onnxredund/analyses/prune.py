@@ -58,7 +58,7 @@ from onnxredund.engine.pruning import (
     read_by_consumer,
     remove_channels,
 )
-from onnxredund.engine.runtime import Runner
+from onnxredund.engine.runtime import Runner, resolve_device, rows_per_run
 from onnxredund.errors import OnnxRedundError
 from onnxredund.metrics import flat_cosine, relative_l2_per_sample, top1
 from onnxredund.model import Model, classifier_output
@@ -157,9 +157,10 @@ def macs_for_speedup(
         )
     tried = [{"macs_fraction": hi, "speedup": speedup(hi)}]
     if tried[0]["speedup"] < target.speedup:
+        batch = timed_batch(model, data, target.batch, device)
         raise OnnxRedundError(
             f"`target_speedup` {target.speedup:g} cannot be reached: removing all it can ({hi:.3f} of the conv MACs) "
-            f"runs {tried[0]['speedup']:.2f}x as fast at batch {timed_batch(model, data, target.batch)} on this machine"
+            f"runs {tried[0]['speedup']:.2f}x as fast at batch {batch} on this machine"
         )
     lo, at_hi = 0.0, tried[0]["speedup"]
     for _ in range(SPEEDUP_STEPS):
@@ -434,9 +435,13 @@ def _outputs(model: Model, proto: onnx.ModelProto, data: DataSource, batch_size:
     return Runner.create(proto, device, derived=proto is not model.proto).run_over(model, data, batch_size=batch_size)
 
 
-def timed_batch(model: Model, data: DataSource, batch: int) -> int:
-    """The samples a latency run of ``batch`` really holds: no more than the data has, one where the batch is fixed."""
-    return min(batch, len(data)) if model.batch_dynamic else 1
+def timed_batch(model: Model, data: DataSource, batch: int, device: str) -> int:
+    """The samples a latency run of ``batch`` really holds: no more than the data has, nor than a quarter of the
+    machine's memory holds in one run (:func:`rows_per_run`: LYT-Net's attention at 640 x 360 takes 50 MB a head
+    and sample, and a run of 16 was killed at 24 GB), one where the batch is fixed."""
+    if not model.batch_dynamic:
+        return 1
+    return min(batch, len(data), rows_per_run(model, resolve_device(device)) or batch)
 
 
 def latency_runs(model: Model, protos: list[onnx.ModelProto], data: DataSource, batch: int, device: str) -> list[dict]:
@@ -448,7 +453,7 @@ def latency_runs(model: Model, protos: list[onnx.ModelProto], data: DataSource, 
     shared CPU, a clock that throttles) slows them alike, and the ratio of their medians holds where two timings
     one after the other would not."""
     runners = [Runner.create(p, device, derived=p is not model.proto) for p in protos]
-    batch = timed_batch(model, data, batch)
+    batch = timed_batch(model, data, batch, device)
     feeds = conform_feeds(data.arrays(0, batch), model.inputs, model.input_name, data.name)
     for runner in runners:
         runner.run(feeds)
@@ -637,7 +642,7 @@ def run_prune(
             target_info = {
                 "kind": "speedup",
                 "speedup": speed.speedup,
-                "batch": timed_batch(model, ev, speed.batch),  # what the timed runs held
+                "batch": timed_batch(model, ev, speed.batch, device),  # what the timed runs held
                 "macs_fraction": fraction,
                 "measured_speedup": measured,
                 "search": tried,
@@ -661,7 +666,7 @@ def run_prune(
     after = {"params": cost.params(removed), "conv_macs": cost.macs(removed), "file_bytes": _size(pruned)}
     if latency:
         # keyed by the samples a run really holds (a batch of 256 on 16 samples times 16); the two models by turns
-        sizes = sorted({timed_batch(model, ev, b) for b in (1, batch_size)})
+        sizes = sorted({timed_batch(model, ev, b, device) for b in (1, batch_size)})
         runs = {str(b): latency_runs(model, [model.proto, pruned], ev, b, device) for b in sizes}
         for i, d in enumerate((before, after)):
             d["latency_ms"] = {b: r[i]["median"] for b, r in runs.items()}

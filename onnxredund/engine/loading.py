@@ -67,6 +67,10 @@ log = logging.getLogger(__name__)
 QUANTIZED_CONV_OPS = frozenset({"ConvInteger", "QLinearConv", "QLinearConvTranspose"})
 
 
+#: ops whose output may be much larger than their inputs (LYT-Net's self-attention over 3,600 positions: 52 MB a
+#: head and sample, unknown to shape inference behind its computed Reshapes; onnxruntime was killed at 24 GB)
+_GROWING_OPS = frozenset({"MatMul", "Einsum", "Resize", "Upsample", "Expand", "Tile"})
+
 InputShapes = tuple[int, ...] | dict[str | None, tuple[int, ...]] | None
 InputValues = dict[str, np.ndarray] | None
 
@@ -294,6 +298,9 @@ def _shapes(proto: onnx.ModelProto, sizes: dict[str, list], declared: dict) -> d
     needed = [t for n in proto.graph.node if n.op_type in CONV_OPS for t in (n.input[0], n.output[0])]
     needed += [n.output[0] for n in proto.graph.node if n.op_type == "Reshape"]
     needed += [o.name for o in proto.graph.output]
+    # what can outgrow its inputs (attention's (positions x positions) maps, an upsampling): a run's memory is
+    # counted from the largest tensor (:func:`~onnxredund.engine.runtime.rows_per_run`)
+    needed += [n.output[0] for n in proto.graph.node if n.op_type in _GROWING_OPS and n.output]
     if any(t not in shapes for t in needed):
         shapes.update(probe_shapes(proto, _zero_feeds(proto, sizes), needed))
     moved = moved_outputs(proto)  # declared with their samples on a later axis, which now come first

@@ -206,7 +206,15 @@ class ConvRule(OpRule):
         if node.input[1] not in walk.constants:
             walk.refuse_group(g, f"conv {layer.name!r} has computed weights")
         elif int(attribute(node, "group", 1)) != 1:
-            walk.refuse_group(g, f"conv {layer.name!r} is grouped ({attribute(node, 'group')} groups)")
+            groups = int(attribute(node, "group", 1))
+            depthwise = np.shape(walk.constants[node.input[1]])[:2] == (groups, 1)
+            walk.refuse_group(
+                g,
+                f"conv {layer.name!r} is depthwise: its channels are its input's, which no conv before it makes "
+                "(the graph's input, say)"
+                if depthwise
+                else f"conv {layer.name!r} is grouped ({groups} groups)",
+            )
         else:
             walk.same_weights(node.input[1], g)
         whole = Segment(g, 0, layer.out_channels)

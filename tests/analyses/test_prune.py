@@ -379,6 +379,41 @@ def test_latency_times_the_models_by_turns_so_a_drifting_clock_slows_them_alike(
     assert second["median"] / first["median"] < 1.25
 
 
+def _attention(size: int = 8) -> onnx.ModelProto:
+    """x (N, 4, size, size) -> conv -> (N, positions, 4) by a Reshape to a computed shape (its sizes read off
+    Shape, as tf2onnx writes them: shape inference cannot tell) -> MatMul with its transpose: (N, P, P), LYT-Net's
+    self-attention scores -> Softmax -> MatMul back -> y (N, P, 4)."""
+    p = size * size
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["c"], ["dims"]),
+        helper.make_node("Slice", ["dims", "zero", "one"], ["n"]),
+        helper.make_node("Concat", ["n", "rest"], ["target"], axis=0),
+        helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", ["t", "target"], ["q"]),
+        helper.make_node("Transpose", ["q"], ["k"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "k"], ["scores"], name="scores"),
+        helper.make_node("Softmax", ["scores"], ["attn"], axis=-1),
+        helper.make_node("MatMul", ["attn", "q"], ["y"]),
+    ]
+    inits = {"w": np.ones((4, 4, 3, 3)), "zero": [0], "one": [1], "rest": [-1, 4]}
+    return make_model(nodes, [("x", ["N", 4, size, size])], [("y", ["N", p, 4])], inits)
+
+
+def test_a_latency_run_holds_no_more_samples_than_a_quarter_of_the_memory_counting_attention_maps(monkeypatch):
+    """LYT-Net at 640 x 360: 52 MB of attention scores a head and sample behind Reshapes to computed shapes; the
+    latency run of 16 samples was killed at 24 GB. The scores' size is known now, and a run holds what fits."""
+    import onnxredund.engine.runtime as runtime
+
+    m = load_model_proto(_attention())
+    assert m.shapes["scores"] == (64, 64)  # unknown before: the largest tensor counted was the conv's 4 x 8 x 8
+    data = Dataset(np.zeros((16, 4, 8, 8), np.float32), None, "x")
+    assert prune_module.timed_batch(m, data, 16, "cpu") == 16
+    per_run = runtime._RUN_SHARE * runtime._PEAK_PER_LARGEST * 4 * 64 * 64  # the bytes one sample's run takes
+    monkeypatch.setattr(runtime, "machine_memory", lambda: 5 * per_run)
+    assert prune_module.timed_batch(m, data, 16, "cpu") == 5
+
+
 def test_output_drift_leaves_out_samples_whose_original_output_is_all_zero_and_counts_them():
     # y = Relu(x * w + b): sample 0's input is negative, so the original gives zeros there; a bias of 1 in the
     # "pruned" model changes it, which has no scale (its relative L2 was inf, and prune's JSON failed to write)

@@ -335,6 +335,19 @@ def test_groups_that_cannot_be_pruned_say_why(case, reason):
         remove_channels(m, groups, {g.index: [0]})
 
 
+def test_a_depthwise_conv_on_the_input_says_its_channels_are_the_inputs_and_a_grouped_one_that_it_is_grouped():
+    """onnx-cv-graph's blur: a depthwise 3 x 1 conv on the image, whose channels nothing before it makes ("is
+    grouped (3 groups)" before, as if the groups were the obstacle)."""
+    rng = np.random.default_rng(1)
+    w = {"dw": rng.normal(size=(2, 1, 3, 3)), "gw": rng.normal(size=(4, 1, 3, 3))}
+    for weight, groups, reason in [("dw", 2, "is depthwise: its channels are its input's"), ("gw", 2, "is grouped")]:
+        nodes = [helper.make_node("Conv", ["x", weight], ["p"], name="c", group=groups, pads=[1, 1, 1, 1])]
+        nodes.append(helper.make_node("Conv", ["p", "w2"], ["out"], name="next", pads=[1, 1, 1, 1]))
+        w2 = {"w2": rng.normal(size=(3, len(w[weight]), 3, 3))}
+        g = group_of(channel_groups(load_model_proto(_graph(nodes, w | w2, ["N", 3, SIZE, SIZE]))), "c")
+        assert not g.prunable and reason in g.reason
+
+
 @pytest.mark.parametrize(
     ("removal", "message"),
     [({1: [5]}, "no channel 5"), ({1: [0, 1, 2]}, "every channel")],
