@@ -13,6 +13,7 @@ __all__ = [
     "counted",
     "decided",
     "images_each",
+    "name_list",
     "short_name",
     "short_names_in",
 ]
@@ -51,6 +52,15 @@ def short_name(name: str, width: int = NAME_WIDTH) -> str:
         own = [p for p in parts if "conv" in p.rsplit("/", 1)[-1].lower()] or [p for p in parts if "conv" in p.lower()]
         name = (own or parts)[0]
     return name if len(name) <= width else "..." + name[-(width - 3) :]
+
+
+def name_list(names: list[str], most: int = 3) -> str:
+    """Names as a table's cell shows them (as :func:`short_name` does): up to ``most`` all of them, past that the
+    first and how many more (nine convs reading one shared kernel make one group: a cell of all nine was 300
+    characters wide)."""
+    if len(names) <= most:
+        return ", ".join(map(short_name, names))
+    return f"{short_name(names[0])} and {len(names) - 1} more"
 
 
 def short_names_in(text: str, width: int = NAME_WIDTH) -> str:

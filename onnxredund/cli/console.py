@@ -19,6 +19,7 @@ from onnxredund.words import (
     counted,
     decided,
     images_each,
+    name_list,
     short_name,
     short_names_in,
 )
@@ -404,9 +405,9 @@ def group_lines(model: Model, groups: list[ChannelGroup]) -> list[str]:
         rows.append(
             [
                 str(g.index),
-                ", ".join(map(short_name, g.producers)),
+                name_list(g.producers),
                 str(g.channels),
-                ", ".join(map(short_name, g.consumer_names)) or "-",
+                name_list(g.consumer_names) or "-",
                 "yes" if g.prunable else f"no: {short_names_in(g.reason)}",
             ]
         )

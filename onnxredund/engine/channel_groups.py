@@ -187,6 +187,8 @@ class _Walker:
 
     def same_weights(self, weight: str, group: int) -> None:
         value = np.ascontiguousarray(self.constants[weight])
+        if value.size > 1 and (value == value.flat[0]).all():  # all zeros or ones (an untrained layer): not shared
+            return
         key = (value.dtype.str, value.shape, hashlib.sha256(value.tobytes()).digest())
         first = self.weights.setdefault(key, group)
         if first != group:

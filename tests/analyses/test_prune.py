@@ -403,7 +403,7 @@ def _attention(size: int = 8) -> onnx.ModelProto:
 def test_a_latency_run_holds_no_more_samples_than_a_quarter_of_the_memory_counting_attention_maps(monkeypatch):
     """LYT-Net at 640 x 360: 52 MB of attention scores a head and sample behind Reshapes to computed shapes; the
     latency run of 16 samples was killed at 24 GB. The scores' size is known now, and a run holds what fits."""
-    import onnxredund.engine.runtime as runtime
+    from onnxredund.engine import runtime
 
     m = load_model_proto(_attention())
     assert m.shapes["scores"] == (64, 64)  # unknown before: the largest tensor counted was the conv's 4 x 8 x 8

@@ -356,6 +356,14 @@ def test_long_names_quoted_in_a_reason_are_short_and_the_others_kept():
     assert short_names_in("a name's quote is kept: 'it's'") == "a name's quote is kept: 'it's'"
 
 
+def test_a_cell_of_many_names_shows_the_first_and_how_many_more():
+    from onnxredund.words import name_list
+
+    convs = [f"model_1/cq_t2010v2_1/conv1d_{i}" for i in range(9)]  # basic-pitch: nine convs share one kernel
+    assert name_list(convs) == "model_1/cq_t2010v2_1/conv1d_0 and 8 more"
+    assert name_list(convs[:3]) == ", ".join(convs[:3]) and name_list([]) == ""
+
+
 def test_the_librarys_defaults_are_the_command_lines():
     """A default is one constant (onnxredund.choices): the Python API gives what the command gives (run_prune
     ranked globally at batch 128 where prune ranks layer by layer at 256)."""
