@@ -62,7 +62,6 @@ __all__ = [
 MAX_PHASES = 4  # phase positions per axis of a strided conv
 MIN_SUPPORT = 3  # positions a response needs to be compared (a 1x1 support is one number per input channel)
 _MAX_RUN = 64  # impulses per run
-_INNER_COPIES = 3  # copies of the largest tensor a run holds at once (its inputs and outputs, onnxruntime's arena)
 QUANTIZED_NOTE = (
     "the model quantizes its activations (QuantizeLinear): an impulse's small responses may round to zero; "
     "analyse the float model it was made from for its kernels' responses"
@@ -520,9 +519,7 @@ def _run_groups(model: Model, site: ImpulseSite, feeds: dict, groups, mode: str,
             sub, found = linearize(sub)
             notes += [n for n in found if n not in notes]
         run = Runner.create(sub, device, derived=True).runs(model)
-        # the outputs kept, and the largest tensor on the way (self-attention's scores at 640 x 360: 52 MB a head)
-        inner = max((int(np.prod(model.shapes.get(o, ()))) for n in sub.graph.node for o in n.output if o), default=0)
-        per_sample = 4 * (sum(int(np.prod(layer.output_shape)) for layer in members) + _INNER_COPIES * inner)
+        per_sample = 4 * sum(int(np.prod(layer.output_shape)) for layer in members)
         step = int(max(1, min(_MAX_RUN - 1, budget // max(1, per_sample) - 1)))
         for s in range(0, len(rows), step):
             chunk = [0, *rows[s : s + step]]

@@ -427,3 +427,10 @@ def test_the_twin_branches_of_a_siamese_network_lose_the_same_channels_and_keep_
     rng = np.random.default_rng(2)
     feeds = {"ref": rng.random((2, 2, 6, 6), dtype=np.float32), "alt": rng.random((2, 2, 6, 6), dtype=np.float32)}
     assert check_by_values(m, groups, {twins.index: [1, 2]}, pruned, feeds)[0] < 1e-5
+    # two weights of zeros (untrained layers) are equal by chance, not shared: no tie
+    zeros = _siamese()
+    del zeros.graph.node[0]  # the Identity: the alt branch reads an initializer of its own
+    zero = np.zeros((4, 2, 3, 3), np.float32)
+    zeros.graph.initializer[0].CopyFrom(numpy_helper.from_array(zero, "w"))
+    zeros.graph.initializer.append(numpy_helper.from_array(zero, "w_alt"))
+    assert group_of(channel_groups(load_model_proto(zeros, impulse_input="ref")), "ref_conv").producers == ["ref_conv"]
