@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from onnxredund.errors import OnnxRedundError
-from onnxredund.model import copy_model, data_inputs
+from onnxredund.model import copy_model, data_inputs, marked_names, without_marked
 
 __all__ = [
     "give_input_values",
@@ -85,8 +85,7 @@ def give_input_values(proto: onnx.ModelProto, values: dict, path) -> onnx.ModelP
 
 def given_names(proto: onnx.ModelProto) -> set[str]:
     """The inputs :func:`give_input_values` gave a value in ``proto``."""
-    props = {p.key: p.value for p in proto.metadata_props}
-    return set(props[_KEY].split(",")) if _KEY in props else set()
+    return marked_names(proto, _KEY)
 
 
 def given_values(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -98,18 +97,7 @@ def given_values(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
 def without_given_values(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``proto`` without the defaults :func:`give_input_values` added (a copy, where it has any): the inputs ask
     for their values again."""
-    names = given_names(proto)
-    if not names:
-        return proto
-    props = {p.key: p.value for p in proto.metadata_props if p.key != _KEY}
-    work = copy_model(proto)
-    kept = [t for t in work.graph.initializer if t.name not in names]
-    del work.graph.initializer[:]
-    work.graph.initializer.extend(kept)
-    del work.metadata_props[:]
-    if props:
-        onnx.helper.set_model_props(work, props)
-    return work
+    return without_marked(proto, _KEY, "initializer")
 
 
 def unbatched_inputs(sizes: dict[str, list], image: str) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import onnx
 
 from onnxredund.engine.surgery import expose_outputs
-from onnxredund.model import copy_model, data_inputs, infer_shapes
+from onnxredund.model import copy_model, data_inputs, infer_shapes, without_marked
 
 __all__ = ["DATA_SHAPED_OPS", "data_shaped_outputs", "expose_measured", "without_measured"]
 
@@ -105,15 +105,4 @@ def expose_measured(proto: onnx.ModelProto, shaped: dict[str, list[str]]) -> onn
 
 def without_measured(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``proto`` without the outputs :func:`expose_measured` added (a copy, where it has any)."""
-    props = {p.key: p.value for p in proto.metadata_props}
-    if _KEY not in props:
-        return proto
-    names = set(props.pop(_KEY).split(","))
-    work = copy_model(proto)
-    kept = [o for o in work.graph.output if o.name not in names]
-    del work.graph.output[:]
-    work.graph.output.extend(kept)
-    del work.metadata_props[:]
-    if props:
-        onnx.helper.set_model_props(work, props)
-    return work
+    return without_marked(proto, _KEY, "output")

@@ -35,12 +35,14 @@ from onnxredund.model.graph import (
     downstream,
     fold_tensors,
     infer_shapes,
+    marked_names,
     outer_reads,
     producers_of,
     quantize,
     quantize_op,
     shape_derived,
     value_infos,
+    without_marked,
 )
 from onnxredund.model.layers import ACTIVATION_OPS, CONV_OPS, ConvLayer, describe_layers
 from onnxredund.model.model import (
@@ -99,6 +101,7 @@ __all__ = [
     "input_sizes",
     "is_class_scores",
     "later_batch_axes",
+    "marked_names",
     "outer_reads",
     "output_kind",
     "pick_image_input",
@@ -113,4 +116,5 @@ __all__ = [
     "tensor_array",
     "validate",
     "value_infos",
+    "without_marked",
 ]

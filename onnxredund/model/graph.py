@@ -59,6 +59,30 @@ def copy_model(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def marked_names(proto: onnx.ModelProto, key: str) -> set[str]:
+    """The names the analysis recorded under metadata ``key`` (comma separated): what it added to the model."""
+    props = {p.key: p.value for p in proto.metadata_props}
+    return set(props[key].split(",")) if key in props else set()
+
+
+def without_marked(proto: onnx.ModelProto, key: str, field: str) -> onnx.ModelProto:
+    """``proto`` without the entries of ``graph.<field>`` (outputs, initializers) named under metadata ``key``, nor
+    the key (a copy, where it has any): what the analysis added, taken out before a model is written."""
+    names = marked_names(proto, key)
+    if not names:
+        return proto
+    props = {p.key: p.value for p in proto.metadata_props if p.key != key}
+    work = copy_model(proto)
+    entries = getattr(work.graph, field)
+    kept = [e for e in entries if e.name not in names]
+    del entries[:]
+    entries.extend(kept)
+    del work.metadata_props[:]
+    if props:
+        onnx.helper.set_model_props(work, props)
+    return work
+
+
 def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``proto`` with inferred shapes (data propagation on); the model as it is when inference fails.
 
