@@ -68,7 +68,7 @@ def _parse_values(_ctx, _param, values: tuple[str, ...]):
         return None
     given = {}
     for value in values:
-        name, sep, numbers = value.partition("=")
+        name, sep, numbers = value.rpartition("=")  # a name may hold "=", numbers never do
         try:
             given[name] = tuple(float(v) for v in numbers.replace("/", ",").split(","))
             if not sep or not name or not all(math.isfinite(v) for v in given[name]):
