@@ -85,3 +85,28 @@ def test_running_over_data_gives_the_same_outputs_batched_and_sample_by_sample()
     b = Runner.create(fixed.proto, "cpu").run_over(fixed, data, batch_size=4)[0]
     assert a.shape == b.shape == (10, 4, 16)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_onnxruntimes_own_warnings_do_not_reach_the_console(tmp_path):
+    """A TensorFlow export's Resize with the deprecated `tf_half_pixel_for_nn` made onnxruntime print a warning on
+    stderr (through its default logger, not the session's) for every session: LYT-Net's `prune` printed dozens."""
+    import subprocess
+    import sys
+
+    from builders import make_model
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node(
+            "Resize", ["c", "", "scales"], ["y"], mode="nearest", coordinate_transformation_mode="tf_half_pixel_for_nn"
+        ),
+    ]
+    inits = {"w": np.ones((2, 1, 1, 1)), "scales": np.array([1.0, 1.0, 2.0, 2.0])}
+    path = tmp_path / "resize.onnx"
+    onnx.save(make_model(nodes, [("x", ["N", 1, 4, 4])], [("y", ["N", 2, 8, 8])], inits, opset=13), str(path))
+    code = "import sys\nfrom onnxredund.cli import run\nsys.argv = ['onnxredund', *sys.argv[1:]]\nrun()"
+    args = ["shuffle", str(path), "--data", "synthetic:4", "--layer", "0", "--device", "cpu", "-q"]
+    r = subprocess.run([sys.executable, "-c", code, *args], check=False, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "tf_half_pixel_for_nn" not in r.stderr  # the warning, once per session, before
