@@ -20,7 +20,6 @@ op (:mod:`.op_rules`) how the channels pass; :class:`Slicing` lists what removin
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from onnxredund.engine.given_inputs import given_names
 from onnxredund.engine.op_rules import rule_for
 from onnxredund.engine.runtime import Runner
 from onnxredund.engine.surgery import cut
-from onnxredund.model import ConstantTable, ConvLayer, Model, data_dependent, outer_reads
+from onnxredund.model import ConstantTable, ConvLayer, Model, data_dependent, outer_reads, value_key
 
 __all__ = [
     "ChannelGroup",
@@ -189,8 +188,7 @@ class _Walker:
         value = np.ascontiguousarray(self.constants[weight])
         if value.size > 1 and (value == value.flat[0]).all():  # all zeros or ones (an untrained layer): not shared
             return
-        key = (value.dtype.str, value.shape, hashlib.sha256(value.tobytes()).digest())
-        first = self.weights.setdefault(key, group)
+        first = self.weights.setdefault(value_key(value), group)
         if first != group:
             self.groups.tie(first, 0, group, 0)
 

@@ -13,7 +13,6 @@ so that what the removed channels carried is not simply lost.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import defaultdict
 from collections.abc import Mapping
@@ -60,6 +59,7 @@ from onnxredund.model import (
     external_tensors,
     quantize_op,
     tensor_array,
+    value_key,
 )
 
 __all__ = [
@@ -162,7 +162,7 @@ class _Writer:
     def initializer(self, value: np.ndarray, base: str) -> ir.Value:
         """A new initializer of ``value``; one written before with the same values where there is one (the twin
         branches of a siamese network, cut alike, share their weights again)."""
-        key = (value.dtype.str, value.shape, hashlib.sha256(np.ascontiguousarray(value).tobytes()).digest())
+        key = value_key(value)
         if key in self.same:
             return self.same[key]
         name = self.fresh(base)

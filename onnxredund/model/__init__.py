@@ -42,6 +42,7 @@ from onnxredund.model.graph import (
     quantize_op,
     shape_derived,
     value_infos,
+    value_key,
     without_marked,
 )
 from onnxredund.model.layers import ACTIVATION_OPS, CONV_OPS, ConvLayer, describe_layers
@@ -116,5 +117,6 @@ __all__ = [
     "tensor_array",
     "validate",
     "value_infos",
+    "value_key",
     "without_marked",
 ]

@@ -7,6 +7,7 @@ Everything here reads a graph and returns plain values: attributes (:func:`attri
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator, Mapping
 
@@ -30,12 +31,15 @@ __all__ = [
     "downstream",
     "fold_tensors",
     "infer_shapes",
+    "marked_names",
     "outer_reads",
     "producers_of",
     "quantize",
     "quantize_op",
     "shape_derived",
     "value_infos",
+    "value_key",
+    "without_marked",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,12 @@ def copy_model(proto: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     return out
+
+
+def value_key(array: np.ndarray) -> tuple:
+    """A key equal for arrays of equal type, shape and values (a digest: weights are not kept twice to compare)."""
+    array = np.ascontiguousarray(array)
+    return array.dtype.str, array.shape, hashlib.sha256(array.tobytes()).digest()
 
 
 def marked_names(proto: onnx.ModelProto, key: str) -> set[str]:
