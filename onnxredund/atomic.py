@@ -13,10 +13,12 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from onnxredund.errors import OnnxRedundError
 from onnxredund.interrupts import deferred
 
-__all__ = ["atomic_write", "check_writable", "csv_text", "prepare_out_dir", "write_json"]
+__all__ = ["atomic_write", "check_writable", "csv_text", "prepare_out_dir", "write_json", "write_npz"]
 
 
 def prepare_out_dir(path: str | os.PathLike, *, overwrite: bool = False, resume: bool = False) -> Path:
@@ -91,6 +93,16 @@ def _umask() -> int:
 def write_json(path: str | os.PathLike, obj) -> Path:
     """Deterministic JSON (sorted keys, fixed separators) written atomically."""
     return atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_npz(path: str | os.PathLike, arrays: dict, *, compressed: bool = False) -> Path:
+    """Named arrays (no pickles) into an .npz written atomically; a signal is held until the file is in place
+    (one that came inside numpy's zip writer turned into the writer's own error, and a stopped run into a
+    crash)."""
+    buf = io.BytesIO()
+    with deferred():
+        (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+        return atomic_write(path, buf.getvalue())
 
 
 def csv_text(header: list[str], rows: list[list]) -> str:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["Interrupted", "deferred", "exit_status", "signals_interrupt", "stop_status"]
+__all__ = ["Interrupted", "deferred", "exit_status", "signal_behind", "signals_interrupt", "stop_status"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []  # the signals the handlers turned into Interrupted, in order
@@ -41,6 +41,19 @@ def exit_status(error: BaseException | None) -> int:
             return 128 + signal.SIGINT
         error = error.__cause__ or error.__context__
     return 128 + signal.SIGINT
+
+
+def signal_behind(error: BaseException) -> Interrupted | None:
+    """The signal that caused ``error``, where it was raised while a library cleaned up after one (numpy's
+    ``savez`` closing its zip file while :class:`Interrupted` passes through: "Can't close the ZIP file while
+    there is an open writing handle"); None for an error of its own."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, Interrupted):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def stop_status() -> int:

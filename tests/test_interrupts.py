@@ -75,3 +75,58 @@ def test_a_signal_right_after_the_temporary_file_is_made_leaves_the_file_whole_a
         atomic_write(tmp_path / "unit.npz", b"the whole unit")
     assert [p.name for p in tmp_path.iterdir()] == ["unit.npz"]
     assert (tmp_path / "unit.npz").read_bytes() == b"the whole unit"
+
+
+def test_a_signal_inside_numpys_zip_writer_leaves_the_checkpoint_whole_then_stops(tmp_path, monkeypatch):
+    """The race CI met on a sweep: SIGTERM while ``np.savez`` had a member open made zipfile's cleanup raise its own
+    ValueError ("Can't close the ZIP file while there is an open writing handle"), and the stop became a crash."""
+    import zipfile
+
+    import numpy as np
+
+    from onnxredund.analyses.sweep_state import SweepState
+
+    opened = zipfile.ZipFile.open
+
+    def then_a_signal(self, *args, **kwargs):
+        handle = opened(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # lands while the member is open for writing
+        return handle
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", then_a_signal)
+    state = SweepState(3, 96, {"cos_sum": np.arange(6.0).reshape(1, 2, 3)}, 1.5, key="k")
+    with pytest.raises(Interrupted) as caught, signals_interrupt():
+        state.save(tmp_path / "unit.npz")
+    assert caught.value.signum == signal.SIGTERM
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["unit.npz"]
+    again = SweepState.load(tmp_path / "unit.npz", "k")
+    assert (again.batches_done, again.samples_done, again.seconds) == (3, 96, 1.5)
+    np.testing.assert_array_equal(again.sums["cos_sum"], state.sums["cos_sum"])
+
+
+def test_an_error_a_library_raised_while_a_signal_passed_through_exits_as_the_signal(tmp_path):
+    """Not a traceback and status 1: the command stops with 128 + the signal, and says so in one line."""
+    from click.testing import CliRunner
+
+    from onnxredund.cli.app import _Group
+
+    @click.group(cls=_Group)
+    def group():
+        pass
+
+    @group.command()
+    def cleanup_fails():
+        try:
+            raise Interrupted(signal.SIGTERM)
+        finally:
+            raise ValueError("Can't close the ZIP file while there is an open writing handle on it.")
+
+    @group.command()
+    def own_error():
+        raise ValueError("a bug of its own")
+
+    result = CliRunner().invoke(group, ["cleanup-fails"])
+    assert result.exit_code == 143 and result.output.strip() == "onnxredund: interrupted"
+    result = CliRunner().invoke(group, ["own-error"])
+    assert result.exit_code == 1 and isinstance(result.exception, ValueError)

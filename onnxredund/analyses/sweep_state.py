@@ -9,7 +9,6 @@ permutations and end with the numbers of an uninterrupted one.
 from __future__ import annotations
 
 import functools
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxredund.analyses.sequential import Estimation
-from onnxredund.atomic import atomic_write
+from onnxredund.atomic import write_npz
 from onnxredund.data import DataSource
 from onnxredund.errors import OnnxRedundError
 from onnxredund.model import ConvLayer, Model, external_tensors, file_sha256
@@ -42,17 +41,18 @@ class SweepState:
     key: str = field(default="", compare=False)
 
     def save(self, path: Path) -> None:
-        """Write the state atomically as an .npz (no pickles)."""
-        buf = io.BytesIO()
-        np.savez(
-            buf,
-            key=np.array(self.key),
-            batches_done=self.batches_done,
-            samples_done=self.samples_done,
-            seconds=self.seconds,
-            **{f"sum_{k}": v for k, v in self.sums.items()},
+        """Write the state atomically as an .npz (no pickles; a signal waits until it is in place)."""
+        arrays = {f"sum_{k}": v for k, v in self.sums.items()}
+        write_npz(
+            path,
+            dict(
+                arrays,
+                key=np.array(self.key),
+                batches_done=self.batches_done,
+                samples_done=self.samples_done,
+                seconds=self.seconds,
+            ),
         )
-        atomic_write(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: Path, key: str) -> SweepState | None:

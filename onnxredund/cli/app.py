@@ -16,7 +16,7 @@ import click
 
 from onnxredund import __version__
 from onnxredund.errors import OnnxRedundError
-from onnxredund.interrupts import exit_status, signals_interrupt
+from onnxredund.interrupts import exit_status, signal_behind, signals_interrupt
 
 __all__ = ["as_flags", "bar_shown", "command_logging", "main", "setup_logging"]
 
@@ -68,6 +68,12 @@ class _Group(click.Group):
         except MemoryError as e:  # what was finished is kept (checkpoints); the batch is what takes the memory
             click.echo(f"onnxredund: error: out of memory ({e}); pass a smaller --batch-size", err=True)
             sys.exit(2)
+        except Exception as e:  # a library's cleanup that failed as a signal passed through it: still a stop
+            stop = signal_behind(e)
+            if stop is None:
+                raise
+            click.echo("onnxredund: interrupted", err=True)
+            sys.exit(exit_status(stop))
 
 
 class _ClearsBars(logging.StreamHandler):

@@ -33,7 +33,7 @@ from onnxredund.cli.app import command_logging
 from onnxredund.cli.groups import BackendArgs, DataArgs, EstimationArgs, ModelArgs, OptionGroup
 from onnxredund.cli.params import CHANNEL_LIST, GATE, LAYER_CHANNELS
 from onnxredund.errors import OnnxRedundError
-from onnxredund.interrupts import deferred, exit_status, stop_status
+from onnxredund.interrupts import deferred, exit_status, signal_behind, stop_status
 
 if TYPE_CHECKING:
     from onnxredund.analyses.prune import SpeedTarget, Target
@@ -82,10 +82,15 @@ def _keeping(out_dir: Path | None, what: str, bars: console.StepBars) -> Iterato
         if out_dir is None:
             raise
         raise OnnxRedundError(f"{e} ({what} is kept in {out_dir}/)") from None
-    except Exception:
+    except Exception as e:
         bars.close()
+        stop = signal_behind(e)  # a library's cleanup that failed as the signal passed through it
+        where = f"; {what} is kept in {out_dir}/" if out_dir is not None else ""
+        if stop is not None:
+            click.echo(f"onnxredund: interrupted{where}", err=True)
+            sys.exit(exit_status(stop))
         if out_dir is not None:
-            click.echo(f"onnxredund: an unexpected error stopped the run; {what} is kept in {out_dir}/", err=True)
+            click.echo(f"onnxredund: an unexpected error stopped the run{where}", err=True)
         raise
 
 

@@ -6,14 +6,13 @@ matrix goes to ``impulse.npz`` (named in the JSON).
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 
 from onnxredund.analyses.impulse import ImpulseResult, LayerImpulse
 from onnxredund.analyses.shuffle import ShuffleResult
-from onnxredund.atomic import atomic_write, csv_text, write_json
+from onnxredund.atomic import atomic_write, csv_text, write_json, write_npz
 from onnxredund.report.figures import (
     accuracy_figure,
     cosine_figure,
@@ -31,7 +30,6 @@ __all__ = [
     "shuffle_figures",
     "write_figures",
     "write_impulse",
-    "write_npz",
     "write_shuffle",
 ]
 
@@ -128,13 +126,6 @@ def write_figures(out: Path, figs: dict[str, Figure]) -> None:
         atomic_write(out / name, fig.png)
 
 
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Arrays into a compressed .npz, atomically."""
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write(path, buf.getvalue())
-
-
 def impulse_payload(result: ImpulseResult, npz: str | None = IMPULSE_NPZ) -> dict:
     """The impulse result's JSON (the float64 matrices of the layers it chose), naming the .npz that holds every
     full matrix."""
@@ -146,7 +137,7 @@ def impulse_payload(result: ImpulseResult, npz: str | None = IMPULSE_NPZ) -> dic
 def write_impulse(out: Path, result: ImpulseResult, *, figures: bool = True) -> None:
     """impulse.json (per-layer summaries, matrices up to 256 channels), impulse.npz (every matrix),
     impulse.csv (a row per channel) and the figures."""
-    write_npz(out / IMPULSE_NPZ, result.arrays())
+    write_npz(out / IMPULSE_NPZ, result.arrays(), compressed=True)
     write_json(out / "impulse.json", impulse_payload(result))
     atomic_write(out / "impulse.csv", result.to_csv())
     if figures:
