@@ -91,6 +91,9 @@ def layer_table(model: Model) -> list[str]:
         read = {"FusedConv": "FusedConv (read as Conv + its activation)", "QuickGelu": "QuickGelu (x * sigmoid(ax))"}
         named = ", ".join(read.get(op, op) for op in model.contrib_ops)
         lines.append(f"onnxruntime contrib ops (com.microsoft, run natively): {named}")
+    if model.decided_ifs:
+        taken = ", ".join(model.decided_ifs)
+        lines.append(f"If nodes decided by the input's sizes, analysed as the branch taken: {taken}")
     if model.folded_ops:
         lines.append(
             f"conv weights computed in the graph from constants ({', '.join(model.folded_ops)}): folded to constants"
@@ -119,6 +122,7 @@ def layers_payload(model: Model) -> dict:
         "classifier_outputs": list(model.classifiers),
         "contrib_ops": list(model.contrib_ops),
         "folded_ops": list(model.folded_ops),
+        "decided_ifs": list(model.decided_ifs),
         "batch_outputs": list(model.batch_outputs),
         "shaped_outputs": {name: list(measured) for name, measured in model.shaped_outputs.items()},
         "layers": [layer.to_dict() for layer in model.layers],

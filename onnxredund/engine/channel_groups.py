@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from onnxredund.engine.channels import ChannelGroup, Consumer, ConsumerKind, Cut, Role, Segment, Slicing, node_label
+from onnxredund.engine.decided_ifs import taken_nodes
 from onnxredund.engine.given_inputs import given_names
 from onnxredund.engine.op_rules import rule_for
 from onnxredund.engine.runtime import Runner
@@ -133,6 +134,7 @@ class _Walker:
         self.model, self.graph = model, model.proto.graph
         self.constants = constant_values(model)
         self.given = given_names(model.proto)  # the model's inputs given one value (--input-value)
+        self.taken = taken_nodes(model.proto)  # the nodes that stand for an If the input's sizes decide
         self.weights: dict[tuple, int] = {}  # a conv's weights' values -> the group of the first conv with them
         self.groups = _Groups()
         self.maps: dict[str, list[Segment]] = {}
@@ -212,6 +214,10 @@ class _Walker:
                 rule.follow(self, node, carried)
             if rule is not None and node.output and node.output[0] not in self.maps:
                 rule.start(self, node)  # a depthwise conv's output channels continue its input's: no new group
+            decided = next((self.taken[o] for o in node.output if o in self.taken), None)
+            if decided is not None:  # a pruned file puts the If back: a cut would have to go into both branches
+                touched = [t for t in [*node.input, *node.output] if t in self.maps]
+                self.refuse(touched, f"they pass through If {decided.name!r}, taken as its {decided.branch} branch")
         for tensor, segments in self.maps.items():
             if tensor in self.outputs:
                 for s in segments:

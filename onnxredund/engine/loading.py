@@ -25,6 +25,7 @@ from onnxredund.engine.batching import (
     moved_outputs,
 )
 from onnxredund.engine.channel_groups import computed_constants
+from onnxredund.engine.decided_ifs import decided_ifs, take_decided_ifs
 from onnxredund.engine.fold import fold_conv_parameters
 from onnxredund.engine.given_inputs import give_input_values, given_values, unbatched_inputs
 from onnxredund.engine.old_opsets import check_upgrade, is_old, upgraded
@@ -171,6 +172,7 @@ def load_model_proto(
     for input_name, given in sizes.items():
         if given:
             set_input_shape(proto, input_name, given)
+    proto = take_decided_ifs(proto, sizes)  # an If on the input's shape: its convs are analysed
     if original is not None:
         check_upgrade(original, proto, sizes, path)
     if quantized_ops:
@@ -238,6 +240,7 @@ def load_model_proto(
         contrib_ops=contrib,
         given_inputs=given_values(proto),
         folded_ops=folded,
+        decided_ifs=[d.describe() for d in decided_ifs(proto)],
         shape_constants={} if batch_dynamic else _shape_constants(proto, sizes),
     )
 

@@ -37,6 +37,7 @@ from onnxredund.engine.channel_groups import (
     constant_values,
     node_label,
 )
+from onnxredund.engine.decided_ifs import put_back_ifs
 from onnxredund.engine.given_inputs import without_given_values
 from onnxredund.engine.ir_edit import (
     Names,
@@ -378,7 +379,7 @@ def remove_channels(
                 update = ConsumerUpdate(update.weight, np.delete(update.bias, sorted(bias_cut[0])))
             _write_consumer(writer, model, node_index, update, own_cuts.get(inputs[1]))
     remove_unused(edited)
-    proto = to_proto(edited, inner_shapes=False)
+    proto = put_back_ifs(to_proto(edited, inner_shapes=False))  # the Ifs the input's sizes decided, both branches
     keep_interface(proto, model)
     _check_valid(proto, model, groups, removed)
     return proto

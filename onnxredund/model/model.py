@@ -102,6 +102,8 @@ class Model:
             model is written: :mod:`onnxredund.engine.post_processing`).
         given_inputs: the inputs the user gave one value for every sample (``input_values``) -> that value, read
             as the input's default by :attr:`proto` (:mod:`onnxredund.engine.given_inputs`).
+        decided_ifs: the If nodes whose condition the input's sizes decide, each replaced in :attr:`proto` by the
+            branch it takes ("If_117 (then branch, 1 conv inside)"; :mod:`onnxredund.engine.decided_ifs`).
         shape_constants: in a model run one sample at a time, the values of the tensors computed from the
             data's shapes alone (a RetinaFace's Upsample scales) that the rest reads: the same for every sample,
             they are constants of the analysis models, never fed per sample.
@@ -120,6 +122,7 @@ class Model:
     contrib_ops: list[str] = field(default_factory=list)
     given_inputs: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
     folded_ops: list[str] = field(default_factory=list)
+    decided_ifs: list[str] = field(default_factory=list)
     batch_outputs: list[str] = field(default_factory=list)
     shaped_outputs: dict[str, list[str]] = field(default_factory=dict)
     shape_constants: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
