@@ -142,7 +142,7 @@ def shuffle_lines(result: ShuffleResult) -> list[str]:
     )
     lines = [
         f"{result.mode} shuffling at {short_name(result.layer)} ({result.route} path, {result.device}): "
-        f"{done}, {len(result.channels)} channels, seed {result.seed}"
+        f"{done}, {counted(len(result.channels), 'channel')}, seed {result.seed}"
     ]
     if not len(measured):
         lines.append("  no channel measured: no batch finished")
