@@ -1,4 +1,5 @@
-"""Outputs whose shape depends on the values: the boxes a NonMaxSuppression keeps, the indices of a NonZero.
+"""Outputs whose shape depends on the values: the boxes a NonMaxSuppression keeps, the indices of a NonZero, the
+steps of a decoder's Loop that stops when every sample has emitted its end token (SLANet's table structure).
 
 Two runs of such an output cannot be compared element by element (a perturbation that adds a box shifts every
 row after it), and where the data holds nothing to keep (noise into a detector) every run gives an empty tensor,
@@ -13,12 +14,12 @@ from __future__ import annotations
 import onnx
 
 from onnxredund.engine.surgery import expose_outputs
-from onnxredund.model import copy_model, data_inputs, infer_shapes, without_marked
+from onnxredund.model import copy_model, data_inputs, infer_shapes, outer_reads, shape_derived, without_marked
 
 __all__ = ["DATA_SHAPED_OPS", "data_shaped_outputs", "expose_measured", "without_measured"]
 
 #: ops whose output's size depends on their input's values (TopK's on a computed k is not among them)
-DATA_SHAPED_OPS = frozenset({"NonMaxSuppression", "NonZero", "Compress", "Unique"})
+DATA_SHAPED_OPS = frozenset({"NonMaxSuppression", "NonZero", "Compress", "Unique", "Loop"})
 _FLOATS = frozenset(
     {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 )
@@ -70,8 +71,10 @@ def data_shaped_outputs(proto: onnx.ModelProto) -> dict[str, list[str]]:
             stack.extend(node.input)
         return nodes
 
+    shaped_only = shape_derived(graph)  # a zero state of the data's shape (ConstantOfShape) is not measured
+
     def floats(tensor: str, depth: int) -> list[str]:
-        if tensor not in from_data:
+        if tensor not in from_data or tensor in shaped_only:
             return []
         if elem.get(tensor) in _FLOATS:
             return [tensor]
@@ -87,8 +90,17 @@ def data_shaped_outputs(proto: onnx.ModelProto) -> dict[str, list[str]]:
             continue
         # the first such ops: none upstream of their inputs
         first = [n for n in shaped if not any(a.op_type in DATA_SHAPED_OPS for t in n.input for a in ancestors(t))]
-        found[out.name] = list(dict.fromkeys(f for n in first for t in n.input for f in floats(t, _DEPTH)))
+        read = [t for n in first for t in _measured_reads(n)]
+        found[out.name] = list(dict.fromkeys(f for t in read for f in floats(t, _DEPTH)))
     return found
+
+
+def _measured_reads(node: onnx.NodeProto) -> list[str]:
+    """What a data-shaped op reads that is measured in its place: a Loop's carried values and what its body reads
+    from the graph (the encoder's features), not its step count or condition (a scalar for the whole batch)."""
+    if node.op_type == "Loop":
+        return [*node.input[2:], *sorted(outer_reads(node))]
+    return list(node.input)
 
 
 def expose_measured(proto: onnx.ModelProto, shaped: dict[str, list[str]]) -> onnx.ModelProto:

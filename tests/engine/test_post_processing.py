@@ -139,3 +139,59 @@ def test_a_pruned_detector_keeps_its_nms_output_and_nothing_measured_in_its_plac
     x = _images()
     for got, want in zip(_selected(pruned, x), _selected(_detector(w0=zeroed), x), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def _decoder() -> onnx.ModelProto:
+    """x (N, 2, 6) -> conv (2 -> 3) -> Relu -> feats; a Loop of as many steps as 4 x the largest feature (cast to an
+    integer: the values decide it, as a decoder stops at its end token), each step a (N, 1) read of the features'
+    mean from the outer graph -> (steps, N, 1) -> y (N, steps, 1)."""
+    rng = np.random.default_rng(2)
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Cast", ["i"], ["fi"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["mean2", "fi"], ["step"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("step", TensorProto.FLOAT, None),
+        ],
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["z"], name="conv"),
+        helper.make_node("Relu", ["z"], ["feats"]),
+        helper.make_node("ReduceMean", ["feats"], ["mean"], axes=[1, 2], keepdims=0),
+        helper.make_node("Unsqueeze", ["mean", "one_axis"], ["mean2"]),
+        helper.make_node("ReduceMax", ["feats"], ["top"], keepdims=0),
+        helper.make_node("Mul", ["top", "four"], ["scaled"]),
+        helper.make_node("Cast", ["scaled"], ["steps"], to=TensorProto.INT64),
+        helper.make_node("Loop", ["steps", "true"], ["ys"], body=body),
+        helper.make_node("Transpose", ["ys"], ["y"], perm=[1, 0, 2]),
+    ]
+    inits = {
+        "w": rng.normal(size=(3, 2, 3)).astype(np.float32),
+        "one_axis": np.array([1]),
+        "four": np.array(4.0, np.float32),
+    }
+    true = helper.make_tensor("t", TensorProto.BOOL, [], [1])
+    nodes.insert(0, helper.make_node("Constant", [], ["true"], value=true))
+    return make_model(nodes, [("x", ["N", 2, 6])], [("y", ["N", "steps", 1])], inits)
+
+
+def test_a_loop_whose_steps_the_values_decide_is_left_out_and_what_its_body_reads_is_measured(tmp_path):
+    """SLANet's table decoder (a Loop until every sample emitted its end token): a perturbed run took more steps
+    than the clean one, and the sweep ended in a traceback ("operands could not be broadcast together with shapes
+    (1,16,1288) (1,16,1424)") or in onnxruntime's refusal inside the body."""
+    model = _decoder()
+    assert data_shaped_outputs(model) == {"y": ["mean2"]}
+    path = save(model, tmp_path)
+    for path_flag in ([], ["--exact-path"]):
+        result = run_cli("shuffle", path, "--data", "synthetic:32", "--layer", "0", "--device", "cpu", "--json",
+                         *path_flag)  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        assert list(json.loads(result.stdout)["outputs"]) == ["mean2"]
