@@ -403,7 +403,9 @@ def keep_interface(proto: onnx.ModelProto, model: Model) -> None:
 
 
 def _check_valid(proto: onnx.ModelProto, model: Model, groups: list[ChannelGroup], removed: Removal) -> None:
-    """onnx's full check and one run by onnxruntime, or a refusal that names the groups (nothing is written)."""
+    """onnx's full check and one run by onnxruntime, or a refusal that names the groups (nothing is written). Where
+    the model itself fails the full check (paddle2onnx's Loop bodies declare shapes that strict inference
+    contradicts), the pruned one is held to the plain check, what the original passes."""
     producers = ", ".join(p for g, ch in removed.items() if ch for p in groups[g].producers)
     refusal = (
         f"removing channels of {producers} gives a model that {{}} (a pattern onnxredund does not handle yet): "
@@ -412,7 +414,7 @@ def _check_valid(proto: onnx.ModelProto, model: Model, groups: list[ChannelGroup
     checked = inline_external(proto)  # as it will be saved; onnx's checker reads external files from the cwd
     try:
         if checked.ByteSize() <= PROTOBUF_LIMIT:  # over it, onnxruntime's run and the check by values remain
-            onnx.checker.check_model(checked, full_check=True)
+            onnx.checker.check_model(checked, full_check=_passes_full_check(model))
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise OnnxRedundError(refusal.format(f"fails onnx's check ({first_line(e)})")) from e
     runner = Runner.create(proto, "cpu", derived=True, optimize=False)
@@ -420,6 +422,15 @@ def _check_valid(proto: onnx.ModelProto, model: Model, groups: list[ChannelGroup
         runner.run({i.name: np.zeros(_one_sample(i), i.dtype) for i in model.inputs})
     except OnnxRedundError as e:
         raise OnnxRedundError(refusal.format(f"onnxruntime cannot run ({e})")) from e
+
+
+def _passes_full_check(model: Model) -> bool:
+    """Whether the analysed model passes onnx's full check (shape inference in strict mode) before any cut."""
+    try:
+        onnx.checker.check_model(inline_external(model.proto), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError):
+        return False
+    return True
 
 
 def _one_sample(inp) -> tuple[int, ...]:

@@ -434,3 +434,44 @@ def test_the_twin_branches_of_a_siamese_network_lose_the_same_channels_and_keep_
     zeros.graph.initializer[0].CopyFrom(numpy_helper.from_array(zero, "w"))
     zeros.graph.initializer.append(numpy_helper.from_array(zero, "w_alt"))
     assert group_of(channel_groups(load_model_proto(zeros, impulse_input="ref")), "ref_conv").producers == ["ref_conv"]
+
+
+def test_a_model_that_fails_onnxs_full_check_itself_is_pruned_to_the_plain_check():
+    """SLANet (paddle2onnx): its Loop body declares shapes that strict shape inference contradicts, so every pruned
+    file "failed onnx's check" although the original fails it the same way; the pruned one passes what it passes."""
+    w1 = np.random.default_rng(0).normal(size=(4, 2, 3, 3)).astype(np.float32)
+    w2 = np.random.default_rng(1).normal(size=(3, 4, 3, 3)).astype(np.float32)
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c"], ["c2"]), helper.make_node("Identity", ["y"], ["s"])],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("c2", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 5, 6, 6]),  # 3 channels, in truth
+        ],
+    )
+    once = [helper.make_tensor("t", TensorProto.BOOL, [], [1]), helper.make_tensor("n", TensorProto.INT64, [], [1])]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["z1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["z1"], ["a1"]),
+        helper.make_node("Conv", ["a1", "w2"], ["z2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["z2"], ["y"]),
+        helper.make_node("Constant", [], ["t"], value=once[0]),
+        helper.make_node("Constant", [], ["n"], value=once[1]),
+        helper.make_node("Loop", ["n", "t"], ["ys"], body=body),
+    ]
+    proto = make_model(nodes, [("x", ["N", 2, 6, 6])], [("ys", [1, "N", 3, 6, 6])], {"w1": w1, "w2": w2})
+    with pytest.raises(onnx.shape_inference.InferenceError):
+        onnx.checker.check_model(proto, full_check=True)
+    model = load_model_proto(proto, input_shape=(2, 6, 6))
+    groups = channel_groups(model)
+    removal = {group_of(groups, "conv1").index: [1]}
+    pruned = remove_channels(model, groups, removal)
+    onnx.checker.check_model(pruned)
+    x = np.random.default_rng(2).normal(size=(2, 2, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(
+        run(pruned, x), run(zeroed_at_consumers(model, groups, removal), x), rtol=1e-5, atol=1e-6
+    )
