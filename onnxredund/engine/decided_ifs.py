@@ -66,7 +66,8 @@ def taken_nodes(proto: onnx.ModelProto) -> dict[str, DecidedIf]:
 
 
 def _conditions(proto: onnx.ModelProto, sizes: dict[str, list]) -> dict[str, bool]:
-    """The value of each main-graph If's condition that the fixed sizes and constants decide, by If name."""
+    """The value of each main-graph If's condition that the fixed sizes and constants decide, by condition tensor
+    (unnamed Ifs are not told apart by name)."""
     graph = proto.graph
     shaped = shape_derived(graph)
     dependent = data_dependent(graph)
@@ -88,7 +89,7 @@ def _conditions(proto: onnx.ModelProto, sizes: dict[str, list]) -> dict[str, boo
     for name, at_one, at_two in zip(wanted, *values, strict=True):
         if np.size(at_one) == 1 and np.array_equal(at_one, at_two):
             decided[name] = bool(np.asarray(at_one).ravel()[0])
-    return {n.name: decided[n.input[0]] for n in ifs if n.input[0] in decided}
+    return decided
 
 
 def _zero_feeds(graph: onnx.GraphProto, sizes: dict[str, list], batch: int) -> dict[str, np.ndarray] | None:
@@ -214,10 +215,10 @@ def take_decided_ifs(proto: onnx.ModelProto, sizes: dict[str, list]) -> onnx.Mod
         graph, taken = work.graph, _all_names(work.graph)
         nodes, changed = [], False
         for node in graph.node:
-            if node.op_type != "If" or node.name not in decided:
+            if node.op_type != "If" or node.input[0] not in decided:
                 nodes.append(node)
                 continue
-            which = "then" if decided[node.name] else "else"
+            which = "then" if decided[node.input[0]] else "else"
             branch = next(a.g for a in node.attribute if a.name == f"{which}_branch")
             made = _branch_nodes(node, branch, taken)
             if made is None:
@@ -229,7 +230,7 @@ def take_decided_ifs(proto: onnx.ModelProto, sizes: dict[str, list]) -> onnx.Mod
             nodes += inlined
             records.append(
                 {
-                    "name": node.name,
+                    "name": node.name or f"If->{node.output[0]}",  # unnamed: by its first output
                     "branch": which,
                     "convs": sum(n.op_type in ("Conv", "ConvTranspose") for n in branch.node),
                     "node": _b64(node),

@@ -151,3 +151,27 @@ def test_the_if_put_back_comes_after_its_condition_wherever_a_rewrite_moved_the_
     onnx.checker.check_model(back, full_check=True)
     order = [n.op_type for n in back.graph.node]
     assert order.index("Equal") < order.index("If")
+
+
+def test_unnamed_ifs_are_each_decided_by_their_own_condition():
+    """Exporters leave nodes unnamed: two Ifs named "" took the first one's branch both."""
+    proto = with_if()
+    graph = proto.graph
+    graph.node[3].name = ""  # the If on the channel count: then at C = 1
+    other = helper.make_node(
+        "If",
+        ["cond2"],
+        ["y"],
+        then_branch=branch("then2", [helper.make_node("Neg", ["y0"], ["n2"])], "n2"),
+        else_branch=branch("else2", [helper.make_node("Identity", ["y0"], ["i2"])], "i2"),
+    )
+    graph.node[-1].output[0] = "y0"
+    graph.node.extend([helper.make_node("Equal", ["size", "two"], ["cond2"]), other])
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array(2, np.int64), "two"))
+    model = load_model_proto(proto, input_shape=(1, 40))
+    assert [layer.name for layer in model.layers] == ["conv0_mono", "conv1", "conv2"]
+    assert model.decided_ifs == ["'If->z0' (then branch, 1 conv inside)", "'If->y' (else branch)"]
+    x = RNG.normal(size=(2, 1, 40)).astype(np.float32)
+    np.testing.assert_allclose(
+        Runner.create(model.proto, "cpu").run({"x": x})[0], Runner.create(proto, "cpu").run({"x": x})[0], rtol=1e-6
+    )
