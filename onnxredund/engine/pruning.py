@@ -414,7 +414,12 @@ def _check_valid(proto: onnx.ModelProto, model: Model, groups: list[ChannelGroup
     checked = inline_external(proto)  # as it will be saved; onnx's checker reads external files from the cwd
     try:
         if checked.ByteSize() <= PROTOBUF_LIMIT:  # over it, onnxruntime's run and the check by values remain
-            onnx.checker.check_model(checked, full_check=_passes_full_check(model))
+            try:
+                onnx.checker.check_model(checked, full_check=True)
+            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
+                if _passes_full_check(model):  # only then the original's own check is run: a fault of the cut
+                    raise
+                onnx.checker.check_model(checked)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise OnnxRedundError(refusal.format(f"fails onnx's check ({first_line(e)})")) from e
     runner = Runner.create(proto, "cpu", derived=True, optimize=False)
